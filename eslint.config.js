@@ -1,0 +1,23 @@
+import js from '@eslint/js';
+import tseslint from 'typescript-eslint';
+
+export default tseslint.config(
+  { ignores: ['node_modules/', 'bench/.cache/', 'bench/out/', 'data/'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    languageOptions: {
+      globals: { process: 'readonly', console: 'readonly', URL: 'readonly', Buffer: 'readonly' },
+    },
+    rules: {
+      'no-console': ['error', { allow: [] }],
+      '@typescript-eslint/consistent-type-imports': 'error',
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
+    },
+  },
+  {
+    // The CLI, scripts and benchmarks talk to a person on the terminal.
+    files: ['src/cli/**', 'scripts/**', 'bench/**', 'bin/**'],
+    rules: { 'no-console': 'off' },
+  },
+);

@@ -1,0 +1,89 @@
+#!/usr/bin/env node
+// Installs what Bulkhead needs on a fresh Debian 12 machine that has only Node and npm:
+// the npm packages (`npm ci`) and the Debian packages of the tools it drives.
+// Plain JavaScript on purpose: it runs with whatever Node the machine has, before the
+// pinned Node 24 from node_modules exists.
+//
+//   node scripts/setup.js            what `bulkhead` itself needs
+//   node scripts/setup.js --test     plus what the test suite needs
+//   node scripts/setup.js --bench    plus the peers the benchmarks compare against
+import { spawnSync } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+/** Debian packages, by what needs them. Each entry names the command it provides. */
+const packages = {
+  base: [
+    ['qemu-utils', 'qemu-img'],
+    ['e2fsprogs', 'mkfs.ext4'],
+  ],
+  test: [],
+  bench: [
+    ['debootstrap', 'debootstrap'],
+    ['casync', 'casync'],
+    ['zsync', 'zsync'],
+    ['zstd', 'zstd'],
+    ['rsync', 'rsync'],
+  ],
+};
+
+function run(cmd, args, opts = {}) {
+  const r = spawnSync(cmd, args, { stdio: 'inherit', ...opts });
+  return r.status === 0;
+}
+
+function ensureNpmPackages() {
+  const lock = join(root, 'package-lock.json');
+  const installed = join(root, 'node_modules', '.package-lock.json');
+  const pinnedNode = join(root, 'node_modules', 'node', 'bin', 'node');
+  const fresh =
+    existsSync(installed) &&
+    existsSync(pinnedNode) &&
+    statSync(installed).mtimeMs >= statSync(lock).mtimeMs;
+  if (fresh) return;
+  console.error('setup: installing npm packages (npm ci)');
+  if (!run('npm', ['ci', '--no-audit', '--no-fund'], { cwd: root })) {
+    console.error('setup: `npm ci` failed; see the messages above.');
+    process.exit(1);
+  }
+}
+
+function isInstalled(pkg) {
+  const r = spawnSync('dpkg-query', ['-W', '-f=${Status}', pkg], { encoding: 'utf8' });
+  return r.status === 0 && r.stdout.includes('install ok installed');
+}
+
+function ensureDebianPackages(wanted) {
+  const missing = wanted.filter(([pkg]) => !isInstalled(pkg)).map(([pkg]) => pkg);
+  if (missing.length === 0) return;
+  const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+  const sudo = isRoot ? [] : ['sudo', '-n'];
+  if (!isRoot && !run('sudo', ['-n', 'true'], { stdio: 'ignore' })) {
+    console.error(
+      `setup: missing Debian packages: ${missing.join(' ')}.\n` +
+        `Install them as root: apt-get install -y ${missing.join(' ')}`,
+    );
+    process.exit(1);
+  }
+  console.error(`setup: installing Debian packages: ${missing.join(' ')}`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const install = () =>
+    run(sudo[0] ?? 'apt-get', [...sudo.slice(1), ...(sudo.length ? ['apt-get'] : []), 'install', '-y', '-q', '--no-install-recommends', ...missing], { env });
+  const update = () =>
+    run(sudo[0] ?? 'apt-get', [...sudo.slice(1), ...(sudo.length ? ['apt-get'] : []), 'update', '-q'], { env });
+  // A fresh machine often has no package lists yet: update once when the first try fails.
+  if (!install() && !(update() && install())) {
+    console.error(`setup: could not install ${missing.join(' ')} with apt-get; see above.`);
+    process.exit(1);
+  }
+}
+
+const args = new Set(process.argv.slice(2));
+const wanted = [...packages.base];
+if (args.has('--test')) wanted.push(...packages.test);
+if (args.has('--bench')) wanted.push(...packages.bench);
+ensureNpmPackages();
+ensureDebianPackages(wanted);
