@@ -71,9 +71,25 @@ function ensureDebianPackages(wanted) {
   console.error(`setup: installing Debian packages: ${missing.join(' ')}`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   const install = () =>
-    run(sudo[0] ?? 'apt-get', [...sudo.slice(1), ...(sudo.length ? ['apt-get'] : []), 'install', '-y', '-q', '--no-install-recommends', ...missing], { env });
+    run(
+      sudo[0] ?? 'apt-get',
+      [
+        ...sudo.slice(1),
+        ...(sudo.length ? ['apt-get'] : []),
+        'install',
+        '-y',
+        '-q',
+        '--no-install-recommends',
+        ...missing,
+      ],
+      { env },
+    );
   const update = () =>
-    run(sudo[0] ?? 'apt-get', [...sudo.slice(1), ...(sudo.length ? ['apt-get'] : []), 'update', '-q'], { env });
+    run(
+      sudo[0] ?? 'apt-get',
+      [...sudo.slice(1), ...(sudo.length ? ['apt-get'] : []), 'update', '-q'],
+      { env },
+    );
   // A fresh machine often has no package lists yet: update once when the first try fails.
   if (!install() && !(update() && install())) {
     console.error(`setup: could not install ${missing.join(' ')} with apt-get; see above.`);

@@ -1,0 +1,412 @@
+import { randomBytes, createHash, type KeyObject } from 'node:crypto';
+import { mkdir, open, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { constants, zstdCompressSync } from 'node:zlib';
+import {
+  BulkheadError,
+  ErrorCodes,
+  MAX_MANIFEST_BYTES,
+  type ChunkerParams,
+  type ManifestBody,
+  type PackIndex,
+} from '../protocol/index.ts';
+import { rebuildCatalog } from './catalog.ts';
+import { encodeChunkIndex, type ChunkEntry } from './chunk-index.ts';
+import { DEFAULT_CHUNKER } from './chunker.ts';
+import { forEachLimit, sha256File } from './digest-file.ts';
+import { writeError } from './fs-errors.ts';
+import { encodeManifest, manifestId, parseManifest, signManifest } from './manifest.ts';
+import { WorkerPool } from './pool.ts';
+import { readIndex } from './read.ts';
+import { scanImage } from './scan.ts';
+import { openRawSource } from './source.ts';
+import {
+  chunkKey,
+  indexKey,
+  manifestKey,
+  packIndexKey,
+  packKey,
+  type WritableChunkStore,
+} from './store/index.ts';
+
+export interface ImportProgress {
+  phase: 'scan' | 'digest' | 'store' | 'pack';
+  doneBytes: number;
+  totalBytes: number;
+}
+
+export interface ImportOptions {
+  /** The image file: raw, or any format qemu-img reads. */
+  file: string;
+  store: WritableChunkStore;
+  name: string;
+  version: string;
+  /** Publisher key that signs the manifest. */
+  key: { key: KeyObject; keyid: string };
+  /**
+   * Version this one follows. `undefined`: the newest version of the same name in the store;
+   * `null`: none. A pack of the new chunks since the parent is built when there is one.
+   */
+  parent?: string | null;
+  chunker?: ChunkerParams;
+  /** Input format; detected from the file's magic bytes when absent. */
+  format?: string;
+  /** zstd level of chunks stored one by one (fast: it bounds import throughput). */
+  chunkLevel?: number;
+  /** zstd level of pack frames (high: a pack is made once and downloaded by every PC). */
+  packLevel?: number;
+  /** Raw bytes per pack frame: bigger compresses better, smaller wastes less on a partial fetch. */
+  packFrameBytes?: number;
+  tempDir?: string;
+  pool?: WorkerPool;
+  now?: () => Date;
+  onProgress?: (p: ImportProgress) => void;
+}
+
+export interface ImportResult {
+  manifest: string;
+  name: string;
+  version: string;
+  size: number;
+  sha256: string;
+  format: string;
+  chunks: number;
+  uniqueChunks: number;
+  dataBytes: number;
+  zeroBytes: number;
+  /** Chunks the store did not hold before. */
+  newChunks: number;
+  newBytes: number;
+  /** Compressed bytes written for new chunks. */
+  storedBytes: number;
+  indexBytes: number;
+  parent: string | null;
+  pack: {
+    from: string;
+    chunks: number;
+    rawBytes: number;
+    bytes: number;
+    frames: number;
+    seconds: number;
+  } | null;
+  seconds: number;
+}
+
+const BATCH_BYTES = 16 * 1024 * 1024;
+
+export async function importImage(opts: ImportOptions): Promise<ImportResult> {
+  const started = performance.now();
+  const { store, name, version } = opts;
+  const chunker = opts.chunker ?? DEFAULT_CHUNKER;
+  const now = opts.now ?? (() => new Date());
+  const mKey = manifestKey(name, version);
+  if (await store.has(mKey)) {
+    throw new BulkheadError(
+      ErrorCodes.IMAGE_EXISTS,
+      `${name}@${version} is already in the store ${store.location}`,
+      {
+        hint: 'image versions are immutable: import under a new version',
+      },
+    );
+  }
+  const parent = await resolveParent(store, name, opts.parent);
+  const tempDir = opts.tempDir ?? tmpdir();
+  const source = await openRawSource(opts.file, tempDir, opts.format);
+  const pool = opts.pool ?? new WorkerPool();
+  try {
+    const { path, size } = source;
+    const progress = opts.onProgress;
+    // The whole-image digest streams on this thread while the workers chunk.
+    const imageDigest = sha256File(path, size);
+    const entries = await scanImage(path, size, chunker, pool, (p) => progress?.({ ...p }));
+
+    const stored = await storeChunks(entries, path, store, pool, opts.chunkLevel ?? 3, progress);
+    const sha256 = await imageDigest;
+
+    const indexBytes = encodeChunkIndex(entries);
+    const indexDigest = createHash('sha256').update(indexBytes).digest('hex');
+    const compressedIndex = zstdCompressSync(indexBytes, {
+      params: { [constants.ZSTD_c_compressionLevel]: 19 },
+    });
+    await store.write(indexKey(indexDigest), compressedIndex);
+
+    let pack: ImportResult['pack'] = null;
+    if (parent) {
+      const parentEntries = await readIndex(store, parent.body);
+      pack = await buildPack({
+        store,
+        pool,
+        path,
+        name,
+        version,
+        from: parent.body.version,
+        entries,
+        parentEntries,
+        level: opts.packLevel ?? 19,
+        frameBytes: opts.packFrameBytes ?? 8 * 1024 * 1024,
+        tempDir,
+        onProgress: progress,
+      });
+    }
+
+    const dataEntries = entries.filter((e) => e.digest !== null);
+    const body: ManifestBody = {
+      type: 'bulkhead.image-manifest',
+      formatVersion: 1,
+      name,
+      version,
+      size,
+      sha256,
+      created: now().toISOString(),
+      chunker,
+      index: { digest: indexDigest, bytes: indexBytes.length, entries: entries.length },
+      stats: {
+        chunks: dataEntries.length,
+        uniqueChunks: new Set(dataEntries.map((e) => e.digest)).size,
+        dataBytes: dataEntries.reduce((n, e) => n + e.length, 0),
+        zeroBytes: entries.reduce((n, e) => n + (e.digest === null ? e.length : 0), 0),
+      },
+      parent: parent ? { version: parent.body.version, manifest: parent.id } : null,
+    };
+    // Point of publication: every chunk, the index and the pack are on stable storage before
+    // the manifest that names them appears. A crash before here leaves only unreferenced files.
+    await store.sync();
+    await store.write(mKey, encodeManifest(signManifest(body, opts.key)), { durable: true });
+    await rebuildCatalog(store);
+    return {
+      manifest: manifestId(body),
+      name,
+      version,
+      size,
+      sha256,
+      format: source.format,
+      chunks: body.stats.chunks,
+      uniqueChunks: body.stats.uniqueChunks,
+      dataBytes: body.stats.dataBytes,
+      zeroBytes: body.stats.zeroBytes,
+      newChunks: stored.newChunks,
+      newBytes: stored.newBytes,
+      storedBytes: stored.storedBytes,
+      indexBytes: compressedIndex.length,
+      parent: parent?.body.version ?? null,
+      pack,
+      seconds: (performance.now() - started) / 1000,
+    };
+  } finally {
+    if (!opts.pool) await pool.close();
+    await source.dispose();
+  }
+}
+
+async function resolveParent(
+  store: WritableChunkStore,
+  name: string,
+  wanted: string | null | undefined,
+) {
+  if (wanted === null) return null;
+  if (wanted !== undefined) {
+    const bytes = await store
+      .read(manifestKey(name, wanted), MAX_MANIFEST_BYTES)
+      .catch((err: unknown) => {
+        throw new BulkheadError(
+          ErrorCodes.IMAGE_NOT_FOUND,
+          `parent ${name}@${wanted} is not in the store ${store.location}`,
+          {
+            cause: err,
+            hint: 'import the parent first, or leave out --parent',
+          },
+        );
+      });
+    const body = parseManifest(bytes).signed;
+    return { body, id: manifestId(body) };
+  }
+  let newest: { body: ManifestBody; id: string } | null = null;
+  for (const file of await store.list(`manifests/${name}`)) {
+    if (!file.endsWith('.json')) continue;
+    try {
+      const body = parseManifest(
+        await store.read(manifestKey(name, file.slice(0, -5)), MAX_MANIFEST_BYTES),
+      ).signed;
+      if (!newest || body.created > newest.body.created) newest = { body, id: manifestId(body) };
+    } catch {
+      // A damaged manifest cannot be a parent; `image verify` reports it.
+    }
+  }
+  return newest;
+}
+
+async function storeChunks(
+  entries: ChunkEntry[],
+  path: string,
+  store: WritableChunkStore,
+  pool: WorkerPool,
+  level: number,
+  progress: ImportOptions['onProgress'],
+) {
+  // First occurrence of each distinct chunk, then only those the store lacks.
+  const firstOf = new Map<string, ChunkEntry>();
+  for (const e of entries)
+    if (e.digest !== null && !firstOf.has(e.digest)) firstOf.set(e.digest, e);
+  const unique = [...firstOf.values()];
+  const missing: ChunkEntry[] = [];
+  const present = new Array<boolean>(unique.length).fill(false);
+  await forEachLimit(unique, 64, async (e, i) => {
+    present[i] = await store.has(chunkKey(e.digest!));
+  });
+  unique.forEach((e, i) => {
+    if (!present[i]) missing.push(e);
+  });
+  const totalBytes = missing.reduce((n, e) => n + e.length, 0);
+  let doneBytes = 0;
+  let storedBytes = 0;
+  const batches: ChunkEntry[][] = [];
+  let batch: ChunkEntry[] = [];
+  let bytes = 0;
+  for (const e of missing) {
+    batch.push(e);
+    bytes += e.length;
+    if (bytes >= BATCH_BYTES) {
+      batches.push(batch);
+      batch = [];
+      bytes = 0;
+    }
+  }
+  if (batch.length) batches.push(batch);
+  await forEachLimit(batches, pool.size * 2, async (b) => {
+    const spans = new Float64Array(b.flatMap((e) => [e.offset, e.length]));
+    const r = await pool.run({ op: 'compress', path, spans, level, joined: false });
+    await forEachLimit(b, 16, async (e, k) => {
+      const digest = Buffer.from(r.digests.subarray(k * 32, k * 32 + 32)).toString('hex');
+      if (digest !== e.digest) {
+        throw new BulkheadError(
+          ErrorCodes.INPUT_UNREADABLE,
+          `the input image changed while it was being imported (at byte ${e.offset})`,
+          {
+            hint: 'import an image that nothing is writing to (shut its VM down first)',
+          },
+        );
+      }
+      const data = r.compressed[k]!;
+      await store.write(chunkKey(e.digest), data);
+      storedBytes += data.length;
+    });
+    doneBytes += b.reduce((n, e) => n + e.length, 0);
+    progress?.({ phase: 'store', doneBytes, totalBytes });
+  });
+  return { newChunks: missing.length, newBytes: totalBytes, storedBytes };
+}
+
+interface PackInput {
+  store: WritableChunkStore;
+  pool: WorkerPool;
+  path: string;
+  name: string;
+  version: string;
+  from: string;
+  entries: ChunkEntry[];
+  parentEntries: ChunkEntry[];
+  level: number;
+  frameBytes: number;
+  tempDir: string;
+  onProgress?: ImportOptions['onProgress'];
+}
+
+/**
+ * Builds the pack from `from` to this version: the chunks a holder of `from` lacks, in image
+ * order (neighbours compress together), cut into zstd frames so a reader can fetch just the
+ * frames it needs with HTTP range requests.
+ */
+async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']>> {
+  const started = performance.now();
+  const have = new Set(p.parentEntries.map((e) => e.digest));
+  const seen = new Set<string>();
+  const wanted: ChunkEntry[] = [];
+  for (const e of p.entries) {
+    if (e.digest === null || have.has(e.digest) || seen.has(e.digest)) continue;
+    seen.add(e.digest);
+    wanted.push(e);
+  }
+  const frames: ChunkEntry[][] = [];
+  let frame: ChunkEntry[] = [];
+  let bytes = 0;
+  for (const e of wanted) {
+    frame.push(e);
+    bytes += e.length;
+    if (bytes >= p.frameBytes) {
+      frames.push(frame);
+      frame = [];
+      bytes = 0;
+    }
+  }
+  if (frame.length) frames.push(frame);
+
+  await mkdir(p.tempDir, { recursive: true });
+  const tmp = join(p.tempDir, `pack-${randomBytes(6).toString('hex')}`);
+  const fh = await open(tmp, 'w', 0o644).catch((err: unknown) => {
+    throw writeError(err, tmp);
+  });
+  const index: PackIndex = {
+    type: 'bulkhead.pack-index',
+    formatVersion: 1,
+    name: p.name,
+    version: p.version,
+    from: p.from,
+    pack: { bytes: 0, sha256: '' },
+    frames: [],
+  };
+  const packHash = createHash('sha256');
+  const totalBytes = wanted.reduce((n, e) => n + e.length, 0);
+  let doneBytes = 0;
+  try {
+    // Compress frames in parallel but append them in order.
+    const compressed = frames.map((f) =>
+      p.pool.run({
+        op: 'compress',
+        path: p.path,
+        spans: new Float64Array(f.flatMap((e) => [e.offset, e.length])),
+        level: p.level,
+        joined: true,
+      }),
+    );
+    let offset = 0;
+    for (let i = 0; i < frames.length; i++) {
+      const r = await compressed[i]!;
+      const data = r.compressed[0]!;
+      try {
+        await fh.write(data);
+      } catch (err) {
+        throw writeError(err, tmp);
+      }
+      packHash.update(data);
+      const f = frames[i]!;
+      index.frames.push({
+        offset,
+        bytes: data.length,
+        rawBytes: f.reduce((n, e) => n + e.length, 0),
+        chunks: f.map((e) => e.digest!),
+      });
+      offset += data.length;
+      doneBytes += index.frames[i]!.rawBytes;
+      p.onProgress?.({ phase: 'pack', doneBytes, totalBytes });
+    }
+    await fh.close();
+    index.pack = { bytes: offset, sha256: packHash.digest('hex') };
+    await p.store.writeFromFile(packKey(p.name, p.version, p.from), tmp);
+    await p.store.write(
+      packIndexKey(p.name, p.version, p.from),
+      Buffer.from(JSON.stringify(index)),
+    );
+    return {
+      from: p.from,
+      chunks: wanted.length,
+      rawBytes: totalBytes,
+      bytes: offset,
+      frames: frames.length,
+      seconds: (performance.now() - started) / 1000,
+    };
+  } finally {
+    await fh.close().catch(() => {});
+    await rm(tmp, { force: true });
+  }
+}

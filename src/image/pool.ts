@@ -1,0 +1,92 @@
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+
+export type WorkerRequest =
+  | { op: 'fingerprint'; path: string; start: number; end: number; blockSize: number }
+  /** spans: [offset0, length0, offset1, length1, …] */
+  | { op: 'digest'; path: string; spans: Float64Array }
+  | { op: 'compress'; path: string; spans: Float64Array; level: number; joined: boolean };
+
+export type WorkerResponse =
+  | { op: 'fingerprint'; fingerprints: Uint32Array; isZero: Uint8Array }
+  | { op: 'digest'; digests: Uint8Array; isZero: Uint8Array }
+  | { op: 'compress'; compressed: Uint8Array[]; digests: Uint8Array };
+
+type ResponseOf<Op extends WorkerRequest['op']> = Extract<WorkerResponse, { op: Op }>;
+
+interface Pending {
+  resolve: (res: WorkerResponse) => void;
+  reject: (err: Error) => void;
+}
+
+/**
+ * A fixed set of worker threads running `worker.ts`, one per core by default. Requests queue
+ * and go to the first idle worker. A worker's failure rejects only the request it was running,
+ * with the worker's message and errno code kept.
+ */
+export class WorkerPool {
+  private readonly idle: Worker[] = [];
+  private readonly all: Worker[] = [];
+  private readonly queue: { id: number; req: WorkerRequest; transfer: ArrayBuffer[] }[] = [];
+  private readonly pending = new Map<number, Pending>();
+  private readonly running = new Map<Worker, number>();
+  private nextId = 1;
+  private closed = false;
+
+  constructor(size = availableParallelism()) {
+    for (let i = 0; i < Math.max(1, size); i++) {
+      const w = new Worker(new URL('./worker.ts', import.meta.url));
+      w.on(
+        'message',
+        (msg: { id: number; res?: WorkerResponse; error?: { message: string; code?: string } }) => {
+          const p = this.pending.get(msg.id);
+          this.pending.delete(msg.id);
+          this.running.delete(w);
+          this.idle.push(w);
+          if (msg.error) {
+            const err = Object.assign(new Error(msg.error.message), { code: msg.error.code });
+            p?.reject(err);
+          } else p?.resolve(msg.res!);
+          this.dispatch();
+        },
+      );
+      w.on('error', (err) => {
+        const id = this.running.get(w);
+        if (id !== undefined) this.pending.get(id)?.reject(err);
+      });
+      this.all.push(w);
+      this.idle.push(w);
+    }
+  }
+
+  get size(): number {
+    return this.all.length;
+  }
+
+  run<Op extends WorkerRequest['op']>(
+    req: Extract<WorkerRequest, { op: Op }>,
+    transfer: ArrayBuffer[] = [],
+  ): Promise<ResponseOf<Op>> {
+    if (this.closed) return Promise.reject(new Error('worker pool is closed'));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (r: WorkerResponse) => void, reject });
+      this.queue.push({ id, req, transfer });
+      this.dispatch();
+    });
+  }
+
+  private dispatch(): void {
+    while (this.idle.length > 0 && this.queue.length > 0) {
+      const w = this.idle.pop()!;
+      const job = this.queue.shift()!;
+      this.running.set(w, job.id);
+      w.postMessage({ id: job.id, req: job.req }, job.transfer);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.all.map((w) => w.terminate()));
+  }
+}

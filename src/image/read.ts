@@ -1,0 +1,134 @@
+import { createHash } from 'node:crypto';
+import { zstdDecompressSync } from 'node:zlib';
+import {
+  BulkheadError,
+  ErrorCodes,
+  MAX_MANIFEST_BYTES,
+  MAX_PACK_INDEX_BYTES,
+  PackIndexSchema,
+  isBulkheadError,
+  type ManifestBody,
+  type PackIndex,
+} from '../protocol/index.ts';
+import { decodeChunkIndex, type ChunkEntry } from './chunk-index.ts';
+import type { PublicKeyInfo } from './keys.ts';
+import { verifyManifest } from './manifest.ts';
+import { chunkKey, indexKey, manifestKey, packIndexKey, type ChunkStore } from './store/index.ts';
+
+/** Reads and verifies a manifest; a missing one is ERR_IMAGE_NOT_FOUND. */
+export async function readManifest(
+  store: ChunkStore,
+  name: string,
+  version: string,
+  trusted: readonly PublicKeyInfo[],
+): Promise<{ body: ManifestBody; id: string; bytes: number }> {
+  let bytes: Buffer;
+  try {
+    bytes = await store.read(manifestKey(name, version), MAX_MANIFEST_BYTES);
+  } catch (err) {
+    if (isBulkheadError(err, ErrorCodes.OBJECT_NOT_FOUND)) {
+      throw new BulkheadError(
+        ErrorCodes.IMAGE_NOT_FOUND,
+        `image ${name}@${version} is not in the store ${store.location}`,
+        {
+          cause: err,
+          hint: '`bulkhead image list --store …` shows what the store holds',
+        },
+      );
+    }
+    throw err;
+  }
+  return { ...verifyManifest(bytes, trusted, { name, version }), bytes: bytes.length };
+}
+
+/** Reads the chunk index a (verified) manifest names and checks it against the manifest. */
+export async function readIndex(store: ChunkStore, body: ManifestBody): Promise<ChunkEntry[]> {
+  const { digest, bytes } = body.index;
+  const compressed = await store.read(indexKey(digest), bytes + 64 * 1024);
+  const raw = decompress(
+    compressed,
+    bytes,
+    () =>
+      new BulkheadError(
+        ErrorCodes.INDEX_CORRUPT,
+        `chunk index ${digest.slice(0, 16)}… of ${body.name}@${body.version} in ${store.location} does not decompress to ${bytes} bytes`,
+        {
+          hint: 'the store holds a damaged index; re-import the image or use another mirror',
+        },
+      ),
+  );
+  if (createHash('sha256').update(raw).digest('hex') !== digest) {
+    throw new BulkheadError(
+      ErrorCodes.INDEX_CORRUPT,
+      `chunk index of ${body.name}@${body.version} in ${store.location} does not match the digest the signed manifest names (tampered or damaged)`,
+      {
+        hint: 'do not use this store or mirror; re-import the image or use another one',
+      },
+    );
+  }
+  return decodeChunkIndex(raw, body.size);
+}
+
+/** Reads one chunk, decompresses it and checks its digest. */
+export async function readChunk(
+  store: ChunkStore,
+  digest: string,
+  length: number,
+): Promise<Buffer> {
+  const compressed = await store.read(chunkKey(digest), zstdBound(length));
+  const raw = decompress(compressed, length, () => corruptChunk(digest, store.location));
+  if (createHash('sha256').update(raw).digest('hex') !== digest)
+    throw corruptChunk(digest, store.location);
+  return raw;
+}
+
+export function corruptChunk(digest: string, location: string): BulkheadError {
+  return new BulkheadError(
+    ErrorCodes.CHUNK_CORRUPT,
+    `chunk ${digest.slice(0, 16)}… from ${location} does not match its digest (tampered or damaged); it was not used`,
+    {
+      hint: 'use another mirror, or re-import the image into this store; chunks already verified are kept',
+    },
+  );
+}
+
+/** Reads a pack index if the store has one for `from` → `version`; null otherwise. */
+export async function readPackIndex(
+  store: ChunkStore,
+  name: string,
+  version: string,
+  from: string,
+): Promise<PackIndex | null> {
+  let bytes: Buffer;
+  try {
+    bytes = await store.read(packIndexKey(name, version, from), MAX_PACK_INDEX_BYTES);
+  } catch (err) {
+    if (isBulkheadError(err, ErrorCodes.OBJECT_NOT_FOUND)) return null;
+    throw err;
+  }
+  try {
+    const parsed = PackIndexSchema.parse(JSON.parse(bytes.toString('utf8')));
+    if (parsed.name !== name || parsed.version !== version || parsed.from !== from) return null;
+    return parsed;
+  } catch {
+    // A bad pack index only costs the fast path: chunks are fetched one by one instead.
+    return null;
+  }
+}
+
+/** Largest compressed size zstd may produce for `length` bytes, with room for framing. */
+export function zstdBound(length: number): number {
+  return length + (length >> 7) + 1024;
+}
+
+/** Decompresses exactly `length` bytes; anything else (or a bomb) is the given error. */
+export function decompress(data: Uint8Array, length: number, error: () => BulkheadError): Buffer {
+  let raw: Buffer;
+  try {
+    raw = zstdDecompressSync(data, { maxOutputLength: Math.max(1, length) });
+  } catch {
+    throw error();
+  }
+  if (raw.length !== length) throw error();
+  return raw;
+}

@@ -1,0 +1,68 @@
+/**
+ * Domain errors. Every failure a user or operator can meet carries a stable `code` (tests and
+ * the HTTP layer match on it), a `retryable` flag (a transient network fault is; a bad
+ * signature is not) and, where it helps, a `hint` saying what to do about it.
+ */
+export const ErrorCodes = {
+  USAGE: 'ERR_USAGE',
+  INVALID_NAME: 'ERR_INVALID_NAME',
+  INVALID_DIGEST: 'ERR_INVALID_DIGEST',
+  KEY_INVALID: 'ERR_KEY_INVALID',
+  KEY_EXISTS: 'ERR_KEY_EXISTS',
+  MANIFEST_MALFORMED: 'ERR_MANIFEST_MALFORMED',
+  MANIFEST_UNSIGNED: 'ERR_MANIFEST_UNSIGNED',
+  MANIFEST_SIGNATURE: 'ERR_MANIFEST_SIGNATURE',
+  MANIFEST_MISMATCH: 'ERR_MANIFEST_MISMATCH',
+  UNTRUSTED_KEY: 'ERR_UNTRUSTED_KEY',
+  INDEX_CORRUPT: 'ERR_INDEX_CORRUPT',
+  CHUNK_CORRUPT: 'ERR_CHUNK_CORRUPT',
+  PACK_CORRUPT: 'ERR_PACK_CORRUPT',
+  IMAGE_NOT_FOUND: 'ERR_IMAGE_NOT_FOUND',
+  IMAGE_EXISTS: 'ERR_IMAGE_EXISTS',
+  IMAGE_DIGEST_MISMATCH: 'ERR_IMAGE_DIGEST_MISMATCH',
+  OBJECT_NOT_FOUND: 'ERR_OBJECT_NOT_FOUND',
+  OBJECT_TOO_LARGE: 'ERR_OBJECT_TOO_LARGE',
+  STORE_UNAVAILABLE: 'ERR_STORE_UNAVAILABLE',
+  STORE_READ_ONLY: 'ERR_STORE_READ_ONLY',
+  INPUT_UNREADABLE: 'ERR_INPUT_UNREADABLE',
+  OUTPUT_EXISTS: 'ERR_OUTPUT_EXISTS',
+  DISK_FULL: 'ERR_DISK_FULL',
+  TOOL_MISSING: 'ERR_TOOL_MISSING',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+export interface BulkheadErrorOptions {
+  /** The error this one explains, kept for logs and debugging. */
+  cause?: unknown;
+  /** True when the same operation may succeed if tried again unchanged. */
+  retryable?: boolean;
+  /** One sentence telling the user what to do about it. */
+  hint?: string;
+}
+
+export class BulkheadError extends Error {
+  readonly code: ErrorCode;
+  readonly retryable: boolean;
+  readonly hint: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options: BulkheadErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'BulkheadError';
+    this.code = code;
+    this.retryable = options.retryable ?? false;
+    this.hint = options.hint;
+  }
+}
+
+export function isBulkheadError(err: unknown, code?: ErrorCode): err is BulkheadError {
+  return err instanceof BulkheadError && (code === undefined || err.code === code);
+}
+
+/** Node's errno code of a system error, if it is one. */
+export function errnoCode(err: unknown): string | undefined {
+  if (err !== null && typeof err === 'object' && 'code' in err && typeof err.code === 'string') {
+    return err.code;
+  }
+  return undefined;
+}
