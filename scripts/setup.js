@@ -20,7 +20,10 @@ const packages = {
     ['qemu-utils', 'qemu-img'],
     ['e2fsprogs', 'mkfs.ext4'],
   ],
-  test: [],
+  test: [
+    // Reflink (shared-extent) copies are tested on a loop-mounted XFS file system.
+    ['xfsprogs', 'mkfs.xfs'],
+  ],
   bench: [
     ['debootstrap', 'debootstrap'],
     ['casync', 'casync'],

@@ -357,9 +357,19 @@ async function fetchFromPack(
   let chunks = 0;
   const key = packKey(body.name, body.version, from);
   await forEachLimit(chosen, parallel, async (f) => {
-    const data = await withRetry(`pack frame at ${f.offset}`, () =>
-      store.readRange(key, f.offset, f.bytes),
-    );
+    let data: Buffer;
+    try {
+      data = await withRetry(`pack frame at ${f.offset}`, () =>
+        store.readRange(key, f.offset, f.bytes),
+      );
+    } catch (err) {
+      // A pack is an optimisation: when it cannot be read, its chunks come one by one.
+      if (!isBulkheadError(err)) throw err;
+      onWarning?.(
+        `cannot read the frame at byte ${f.offset} of ${key} (${err.message}); fetching its chunks one by one`,
+      );
+      return;
+    }
     frames++;
     let raw: Buffer;
     try {

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { open, rm } from 'node:fs/promises';
+import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { BulkheadError, ErrorCodes, errnoCode } from '../protocol/index.ts';
@@ -77,6 +77,7 @@ export async function openRawSource(
   if (fmt === 'raw') return { path, size: detected.size, format: 'raw', dispose: async () => {} };
   const out = join(tempDir, `convert-${process.pid}-${Date.now()}.raw`);
   try {
+    await mkdir(tempDir, { recursive: true });
     await run('qemu-img', ['convert', '-q', '-f', fmt, '-O', 'raw', '-S', '4k', path, out], {
       maxBuffer: 1 << 20,
     });
