@@ -241,10 +241,25 @@ const verifyCmd: Command = {
         );
     }
     if (!r.ok) {
-      if (inv.json) ctx.out(JSON.stringify(r, null, 2));
-      throw new BulkheadError(ErrorCodes.CHUNK_CORRUPT, `${name}@${version} failed verification`, {
-        hint: 're-import the image into this store, or restore the store from a good copy',
-      });
+      const storeOk =
+        r.missing.length === 0 && r.corrupt.length === 0 && r.packs.every((p) => p.ok);
+      throw storeOk
+        ? new BulkheadError(
+            ErrorCodes.IMAGE_DIGEST_MISMATCH,
+            `${r.file?.path} is not ${name}@${version}: its SHA-256 differs from the signed manifest's`,
+            {
+              hint: 'the local file was altered or is another version; pull the image again',
+              details: r,
+            },
+          )
+        : new BulkheadError(
+            ErrorCodes.CHUNK_CORRUPT,
+            `${name}@${version} failed verification in the store`,
+            {
+              hint: 're-import the image into this store, or restore the store from a good copy',
+              details: r,
+            },
+          );
     }
     return r;
   },

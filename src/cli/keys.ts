@@ -1,4 +1,4 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BulkheadError, ErrorCodes, errnoCode } from '../protocol/index.ts';
 import { generateKeyPair } from '../image/index.ts';
@@ -16,17 +16,31 @@ const generate: Command = {
     const pair = generateKeyPair();
     const privatePath = join(dir, 'publisher.key');
     const publicPath = join(dir, 'publisher.pub');
+    if (!force) {
+      // Never overwrite a key by accident (the private key may be the only copy), nor leave a
+      // new private key beside an old public one.
+      for (const path of [privatePath, publicPath]) {
+        if (
+          await stat(path).then(
+            () => true,
+            () => false,
+          )
+        ) {
+          throw new BulkheadError(ErrorCodes.KEY_EXISTS, `${path} already exists`, {
+            hint: 'keep it, or pass --force to replace the pair (images signed with the old key will need its public key)',
+          });
+        }
+      }
+    }
+    let wrotePrivate = false;
     try {
       await mkdir(dir, { recursive: true, mode: 0o700 });
-      // Never overwrite a private key by accident: it may be the only copy.
       await writeFile(privatePath, pair.privatePem, { mode: 0o600, flag: force ? 'w' : 'wx' });
+      wrotePrivate = true;
+      await chmod(privatePath, 0o600);
       await writeFile(publicPath, pair.publicPem, { mode: 0o644, flag: force ? 'w' : 'wx' });
     } catch (err) {
-      if (errnoCode(err) === 'EEXIST') {
-        throw new BulkheadError(ErrorCodes.KEY_EXISTS, `${privatePath} already exists`, {
-          hint: 'keep it, or pass --force to replace it (images signed with it will need the old public key)',
-        });
-      }
+      if (wrotePrivate && !force) await rm(privatePath, { force: true });
       throw new BulkheadError(
         ErrorCodes.KEY_INVALID,
         `cannot write the key pair in ${dir}: ${errnoCode(err) ?? String(err)}`,

@@ -99,6 +99,7 @@ function reportError(err: unknown, command: Command, json: boolean, ctx: Command
               message: err.message,
               hint: err.hint ?? null,
               retryable: err.retryable,
+              ...(err.details === undefined ? {} : { details: err.details }),
             },
           },
           null,

@@ -4,6 +4,7 @@ import {
   BulkheadError,
   ErrorCodes,
   MAX_MANIFEST_BYTES,
+  errnoCode,
   isBulkheadError,
   type ManifestBody,
 } from '../protocol/index.ts';
@@ -60,6 +61,11 @@ export async function inspectImage(
 /** Every image version a store holds. A directory is read directly; HTTP uses catalog.json. */
 export async function listImages(store: ChunkStore): Promise<CatalogEntry[]> {
   if (!(store instanceof DirectoryStore)) return (await readCatalog(store)).images;
+  if (!(await store.exists())) {
+    throw new BulkheadError(ErrorCodes.OBJECT_NOT_FOUND, `there is no store at ${store.location}`, {
+      hint: 'check the --store path; `bulkhead image import` creates a store',
+    });
+  }
   const out: CatalogEntry[] = [];
   for (const name of await store.list('manifests')) {
     for (const file of await store.list(`manifests/${name}`)) {
@@ -139,7 +145,17 @@ export async function verifyImage(
   }
   let file: VerifyReport['file'];
   if (options.file) {
-    const sha256 = await sha256File(options.file);
+    const path = options.file;
+    const sha256 = await sha256File(path).catch((err: unknown) => {
+      throw new BulkheadError(
+        ErrorCodes.INPUT_UNREADABLE,
+        `cannot read ${path}: ${errnoCode(err) ?? String(err)}`,
+        {
+          cause: err,
+          hint: 'check the path given with --file',
+        },
+      );
+    });
     file = { path: options.file, ok: sha256 === m.body.sha256, sha256 };
   }
   const ok =

@@ -39,12 +39,15 @@ export interface BulkheadErrorOptions {
   retryable?: boolean;
   /** One sentence telling the user what to do about it. */
   hint?: string;
+  /** Structured facts about the failure (a verification report, say), for `--json` output. */
+  details?: unknown;
 }
 
 export class BulkheadError extends Error {
   readonly code: ErrorCode;
   readonly retryable: boolean;
   readonly hint: string | undefined;
+  readonly details: unknown;
 
   constructor(code: ErrorCode, message: string, options: BulkheadErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -52,6 +55,7 @@ export class BulkheadError extends Error {
     this.code = code;
     this.retryable = options.retryable ?? false;
     this.hint = options.hint;
+    this.details = options.details;
   }
 }
 

@@ -530,3 +530,33 @@ test('demo --dir DIR --json pulls v2 downloading less than a tenth of its size',
   assert.equal(pull.sha256, v2.sha256);
   assert.ok(await exists(join(dir, 'demo', 'pc', 'os-v2.raw')));
 });
+
+test('image verify --file of another version: one JSON document, ERR_IMAGE_DIGEST_MISMATCH', async () => {
+  const w = await world();
+  const args = ['image', 'verify', '--store', w.store, 'os@2', '--trust', w.publicKey];
+  const r = await bulkhead([...args, '--file', w.v1, '--json']);
+  expectFailure(r, 1);
+  const doc = json(r) as { error: { code: string; details: { file: { ok: boolean } } } };
+  assert.equal(doc.error.code, 'ERR_IMAGE_DIGEST_MISMATCH');
+  assert.equal(doc.error.details.file.ok, false);
+  const missing = await bulkhead([...args, '--file', join(w.dir, 'no-such.raw'), '--json']);
+  expectFailure(missing, 1);
+  assert.equal((json(missing) as { error: { code: string } }).error.code, 'ERR_INPUT_UNREADABLE');
+});
+
+test('keys generate beside an existing public key writes no private key', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(join(dir, 'publisher.pub'), 'old public key');
+  const r = await bulkhead(['keys', 'generate', '--out', dir]);
+  const line = expectFailure(r, 1);
+  assert.match(line, /publisher\.pub already exists/);
+  assert.equal(await exists(join(dir, 'publisher.key')), false);
+  assert.equal(await readFile(join(dir, 'publisher.pub'), 'utf8'), 'old public key');
+});
+
+test('image list of a store that does not exist is an error, not an empty list', async (t) => {
+  const dir = await tempDir(t);
+  const r = await bulkhead(['image', 'list', '--store', join(dir, 'typo'), '--json']);
+  expectFailure(r, 1);
+  assert.equal((json(r) as { error: { code: string } }).error.code, 'ERR_OBJECT_NOT_FOUND');
+});

@@ -166,8 +166,16 @@ export class DirectoryStore implements WritableChunkStore {
     }
   }
 
+  /** Whether the store's directory exists. */
+  async exists(): Promise<boolean> {
+    return stat(this.location).then(
+      (s) => s.isDirectory(),
+      () => false,
+    );
+  }
+
   /** Size in bytes of a stored object. */
-  async sizeOf(key: StoreKey | string): Promise<number> {
+  async sizeOf(key: StoreKey): Promise<number> {
     try {
       return (await stat(join(this.location, key))).size;
     } catch (err) {
