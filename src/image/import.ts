@@ -7,6 +7,7 @@ import {
   BulkheadError,
   ErrorCodes,
   MAX_MANIFEST_BYTES,
+  isBulkheadError,
   type ChunkerParams,
   type ManifestBody,
   type PackIndex,
@@ -18,7 +19,7 @@ import { forEachLimit, sha256File } from './digest-file.ts';
 import { writeError } from './fs-errors.ts';
 import { encodeManifest, manifestId, parseManifest, signManifest } from './manifest.ts';
 import { WorkerPool } from './pool.ts';
-import { readIndex } from './read.ts';
+import { readChunk, readIndex } from './read.ts';
 import { scanImage } from './scan.ts';
 import { openRawSource } from './source.ts';
 import {
@@ -251,8 +252,18 @@ async function storeChunks(
   const unique = [...firstOf.values()];
   const missing: ChunkEntry[] = [];
   const present = new Array<boolean>(unique.length).fill(false);
+  // Chunks are written in place (not via rename), so one already in the store counts only
+  // when it reads back right: a partial file from a crash is found here and rewritten.
   await forEachLimit(unique, 64, async (e, i) => {
-    present[i] = await store.has(chunkKey(e.digest!));
+    try {
+      await readChunk(store, e.digest!, e.length);
+      present[i] = true;
+    } catch (err) {
+      const healable =
+        isBulkheadError(err, ErrorCodes.OBJECT_NOT_FOUND) ||
+        isBulkheadError(err, ErrorCodes.CHUNK_CORRUPT);
+      if (!healable) throw err;
+    }
   });
   unique.forEach((e, i) => {
     if (!present[i]) missing.push(e);
@@ -288,7 +299,7 @@ async function storeChunks(
         );
       }
       const data = r.compressed[k]!;
-      await store.write(chunkKey(e.digest), data);
+      await store.write(chunkKey(e.digest), data, { atomic: false });
       storedBytes += data.length;
     });
     doneBytes += b.reduce((n, e) => n + e.length, 0);

@@ -228,3 +228,48 @@ test('on a file system with reflinks, the seed is cloned and only changed ranges
   const frag = await tool('filefrag', ['-v', out], 'e2fsprogs');
   assert.match(frag, /shared/, 'the output shares extents with its seed');
 });
+
+test('chunking is deterministic: the same image cuts the same way into any store', async (t) => {
+  const dir = await tempDir(t);
+  const keys = await makeKeys(dir);
+  const image = await ext4Image(dir, 'v1', osFiles(1));
+  const a = await importImage({
+    file: image,
+    store: new DirectoryStore(join(dir, 'a')),
+    name: 'os',
+    version: '1',
+    key: keys.key,
+  });
+  const b = await importImage({
+    file: image,
+    store: new DirectoryStore(join(dir, 'b')),
+    name: 'os',
+    version: '1',
+    key: keys.key,
+  });
+  const ma = await readManifest(new DirectoryStore(join(dir, 'a')), 'os', '1', keys.trusted);
+  const mb = await readManifest(new DirectoryStore(join(dir, 'b')), 'os', '1', keys.trusted);
+  assert.equal(ma.body.index.digest, mb.body.index.digest);
+  assert.equal(a.chunks, b.chunks);
+});
+
+test('a chunk left half-written by a crash is found and rewritten by the next import', async (t) => {
+  const dir = await tempDir(t);
+  const keys = await makeKeys(dir);
+  const store = new DirectoryStore(join(dir, 'store'));
+  const image = await ext4Image(dir, 'v1', osFiles(1));
+  const first = await importImage({ file: image, store, name: 'os', version: '1', key: keys.key });
+  const m = await readManifest(store, 'os', '1', keys.trusted);
+  const entries = decodeChunkIndex(
+    zstdDecompressSync(await readFile(join(store.location, indexKey(m.body.index.digest)))),
+    m.body.size,
+  );
+  const victim = entries.find((e) => e.digest)!.digest!;
+  const path = join(store.location, 'chunks', victim.slice(0, 2), victim.slice(2, 4), victim);
+  const { truncate } = await import('node:fs/promises');
+  await truncate(path, 10);
+  const again = await importImage({ file: image, store, name: 'os', version: '1b', key: keys.key });
+  assert.equal(again.newChunks, 1);
+  assert.ok(first.newChunks > 1);
+  assert.equal((await verifyImage(store, 'os', '1', keys.trusted)).ok, true);
+});

@@ -25,6 +25,17 @@ export interface ChunkStore {
   close(): Promise<void>;
 }
 
+export interface WriteOptions {
+  /** On stable storage when the write resolves (else call `sync()` before publishing). */
+  durable?: boolean;
+  /**
+   * Default true: readers see the old state or the whole object. False allows a crash to leave
+   * a partial object under its name; only for content-addressed objects that every reader
+   * verifies (chunks), where it saves a rename per object.
+   */
+  atomic?: boolean;
+}
+
 /** A store that can also be written: a local directory today. */
 export interface WritableChunkStore extends ChunkStore {
   /**
@@ -33,9 +44,9 @@ export interface WritableChunkStore extends ChunkStore {
    * call `sync()` before publishing anything that refers to it.
    * Throws ERR_DISK_FULL when the disk is full (the partial object is removed).
    */
-  write(key: StoreKey, data: Uint8Array, options?: { durable?: boolean }): Promise<void>;
+  write(key: StoreKey, data: Uint8Array, options?: WriteOptions): Promise<void>;
   /** Writes an object from a file by moving or copying it in; same guarantees as write. */
-  writeFromFile(key: StoreKey, path: string, options?: { durable?: boolean }): Promise<void>;
+  writeFromFile(key: StoreKey, path: string, options?: WriteOptions): Promise<void>;
   /** Flushes every earlier write to stable storage. */
   sync(): Promise<void>;
   /** Names of the direct children of a folder of the store (e.g. `manifests`), sorted. */
