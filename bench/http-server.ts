@@ -61,6 +61,19 @@ export function parseRange(header: string | undefined, size: number): Range[] | 
   return ranges;
 }
 
+/** Resolves when `res` can take more data or has closed; leaves no listeners behind. */
+function drained(res: ServerResponse): Promise<void> {
+  return new Promise((resolvePromise) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolvePromise();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
+
 export async function startStaticServer(root: string): Promise<StaticServer> {
   const base = resolve(root);
   let sent = 0;
@@ -68,9 +81,7 @@ export async function startStaticServer(root: string): Promise<StaticServer> {
 
   async function writeChunk(res: ServerResponse, chunk: string | Buffer): Promise<void> {
     sent += typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length;
-    if (!res.write(chunk)) {
-      await Promise.race([once(res, 'drain'), once(res, 'close')]);
-    }
+    if (!res.write(chunk)) await drained(res);
   }
 
   async function writeFileRange(res: ServerResponse, file: string, range: Range): Promise<void> {
@@ -156,9 +167,10 @@ export async function startStaticServer(root: string): Promise<StaticServer> {
       return;
     }
     const boundary = `bench-${randomBytes(12).toString('hex')}`;
+    // Every part, the first included, starts with CRLF: zsync reads a line before each boundary.
     const partHeaders = ranges.map(
-      (r, i) =>
-        `${i === 0 ? '' : '\r\n'}--${boundary}\r\n` +
+      (r) =>
+        `\r\n--${boundary}\r\n` +
         'Content-Type: application/octet-stream\r\n' +
         `Content-Range: bytes ${r.start}-${r.end}/${size}\r\n\r\n`,
     );
