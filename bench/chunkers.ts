@@ -14,8 +14,8 @@ import {
 
 export const CANDIDATES: { label: string; params: ChunkerParams }[] = [
   { label: 'fastcdc 4/16/64 KiB', params: DEFAULT_FASTCDC },
-  { label: 'block-cdc avg 8 KiB', params: { ...DEFAULT_CHUNKER, avgBlocks: 2, maxBlocks: 8 } },
-  { label: 'block-cdc avg 16 KiB (default)', params: DEFAULT_CHUNKER },
+  { label: 'block-cdc avg 8 KiB (default)', params: DEFAULT_CHUNKER },
+  { label: 'block-cdc avg 16 KiB', params: { ...DEFAULT_CHUNKER, avgBlocks: 4, maxBlocks: 16 } },
   { label: 'block-cdc avg 32 KiB', params: { ...DEFAULT_CHUNKER, avgBlocks: 8, maxBlocks: 32 } },
   { label: 'block-cdc avg 64 KiB', params: { ...DEFAULT_CHUNKER, avgBlocks: 16, maxBlocks: 64 } },
 ];

@@ -17,8 +17,8 @@ export const DEFAULT_CHUNKER: BlockCdcParams = {
   algorithm: 'block-cdc',
   blockSize: 4096,
   minBlocks: 1,
-  avgBlocks: 4,
-  maxBlocks: 16,
+  avgBlocks: 2,
+  maxBlocks: 8,
 };
 
 /** Parameters of FastCDC used for comparison in the benchmark. */
