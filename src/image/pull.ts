@@ -177,6 +177,10 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
     const fh = await open(partial, 'r+').catch((err: unknown) => {
       throw writeError(err, partial);
     });
+    const journal = await open(journalPath, 'a').catch(async (err: unknown) => {
+      await fh.close();
+      throw writeError(err, journalPath);
+    });
     let chunksDownloaded = 0;
     let packFrames = 0;
     let reusedBytes = 0;
@@ -196,11 +200,14 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
       for (const [i, e] of entries.entries()) {
         if (e.digest === null && !inPlace.has(i)) await writeZeros(fh, e.offset, e.length, partial);
       }
-      const place = async (digest: string, data: Buffer) => {
+      // Downloaded chunks are journaled once written, so a retry need not fetch them again;
+      // seed copies are cheap to redo and are not. (The final digest check covers both.)
+      const place = async (digest: string, data: Buffer, isDownload = true) => {
         for (const e of positions.get(digest) ?? []) await writeAt(fh, data, e.offset, partial);
-        await appendFile(journalPath, `${digest}\n`).catch((err: unknown) => {
-          throw writeError(err, journalPath);
-        });
+        if (isDownload)
+          await journal.write(`${digest}\n`).catch((err: unknown) => {
+            throw writeError(err, journalPath);
+          });
       };
 
       // 1. Copy what seeds hold.
@@ -226,7 +233,7 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
               },
             );
           }
-          await place(digest, data);
+          await place(digest, data, false);
           reusedBytes += length * list.length;
           copied += length;
           opts.onProgress?.({ phase: 'assemble', doneBytes: copied, totalBytes: total });
@@ -277,6 +284,7 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
       }
     } finally {
       await fh.close();
+      await journal.close();
     }
 
     // 3. The assembled image must be exactly the signed one before it may be used.
