@@ -3,12 +3,13 @@
 // the same images in the same run, and prints one JSON document on stdout. Progress goes to
 // stderr; the JSON is also written to bench/out/results-<date>.json.
 //
-//   node bench/run.ts [--pairs=v2,v2b] [--skip=bulkhead,casync,zsync,rsync,zstd,bound]
+//   node bench/run.ts [--pairs=v2,v2b] [--skip=bulkhead,casync,zsync,rsync,zstd,bound,chunkers]
 import { availableParallelism, cpus, release, totalmem } from 'node:os';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startStaticServer } from './http-server.ts';
+import { compareChunkers } from './chunkers.ts';
 import { buildImagePair } from './images.ts';
 import type { ImagePair } from './images.ts';
 import {
@@ -32,7 +33,7 @@ const bulkheadJs = join(repoRoot, 'bin', 'bulkhead.js');
 
 const PAIRS = ['v2', 'v2b'] as const;
 type PairName = (typeof PAIRS)[number];
-const PARTS = ['bulkhead', 'casync', 'zsync', 'rsync', 'zstd', 'bound'] as const;
+const PARTS = ['bulkhead', 'casync', 'zsync', 'rsync', 'zstd', 'bound', 'chunkers'] as const;
 type Part = (typeof PARTS)[number];
 
 const started = process.hrtime.bigint();
@@ -105,6 +106,8 @@ interface BulkheadPull {
 
 interface BulkheadRun {
   imports: Record<string, BulkheadImport>;
+  /** The same imports into a second store without building packs: the work casync make does. */
+  importsNoPack: Record<string, BulkheadImport>;
   pulls: Partial<Record<PairName, { local?: BulkheadPull; http?: BulkheadPull; error?: string }>>;
 }
 
@@ -146,21 +149,41 @@ export async function runBulkhead(opts: {
   const imports: Record<string, BulkheadImport> = {};
   const plan: [string, string, string | undefined][] = [['v1', '1', undefined]];
   for (const p of opts.pairs) plan.push([p, p === 'v2' ? '2' : '2b', '1']);
-  for (const [which, version, parent] of plan) {
-    const image = images[which as 'v1' | PairName];
-    opts.log(`bulkhead: image import ${which}.raw as ${name}@${version}`);
-    const args = ['image', 'import', image, '--store', store, '--name', name, '--version', version];
-    args.push('--key', join(keys, 'publisher.key'));
-    if (parent) args.push('--parent', parent);
-    const { json, seconds } = await bulkheadCli(args);
-    const size = (await sizes(image)).bytes;
-    imports[which] = {
-      version,
-      reported: json,
-      wallSeconds: round(seconds, 2),
-      wallMBps: round(mb(size) / seconds, 1),
-    };
-  }
+  const importAll = async (
+    into: string,
+    extra: string[],
+    results: Record<string, BulkheadImport>,
+  ) => {
+    for (const [which, version, parent] of plan) {
+      const image = images[which as 'v1' | PairName];
+      opts.log(`bulkhead: image import ${which}.raw as ${name}@${version} ${extra.join(' ')}`);
+      const args = [
+        'image',
+        'import',
+        image,
+        '--store',
+        into,
+        '--name',
+        name,
+        '--version',
+        version,
+      ];
+      args.push('--key', join(keys, 'publisher.key'), ...extra);
+      if (parent) args.push('--parent', parent);
+      const { json, seconds } = await bulkheadCli(args);
+      const size = (await sizes(image)).bytes;
+      results[which] = {
+        version,
+        reported: json,
+        wallSeconds: round(seconds, 2),
+        wallMBps: round(mb(size) / seconds, 1),
+      };
+    }
+  };
+  const importsNoPack: Record<string, BulkheadImport> = {};
+  await importAll(join(work, 'store-nopack'), ['--no-pack'], importsNoPack);
+  await rm(join(work, 'store-nopack'), { recursive: true, force: true });
+  await importAll(store, [], imports);
 
   const pulls: BulkheadRun['pulls'] = {};
   for (const p of opts.pairs) {
@@ -209,7 +232,7 @@ export async function runBulkhead(opts: {
       entry.error = errorMessage(err);
     }
   }
-  return { imports, pulls };
+  return { imports, importsNoPack, pulls };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -284,8 +307,13 @@ function compare(pair: PairName, peers: PeerResults, bh: BulkheadRun | undefined
     bulkheadOverCasyncBytes: ratio(bhBytes, casync?.extractHttp.bytesSent),
     bulkheadOverBoundBytes: ratio(bhBytes, bound?.novelCompressedBytes),
     bulkheadOverZsyncBytes: ratio(bhBytes, ok(peers.zsync)?.downloadBytes),
-    /** Bulkhead import MB/s ÷ casync make MB/s (wall clock, same image). */
+    /** Bulkhead import MB/s (with the pack it builds) ÷ casync make MB/s (wall clock, same image). */
     bulkheadOverCasyncImportThroughput: ratio(imp?.wallMBps, casync?.make.newMBps),
+    /** The same without building the pack: chunk store, index and signed manifest, as casync make. */
+    bulkheadOverCasyncImportThroughputNoPack: ratio(
+      bh?.importsNoPack[pair]?.wallMBps,
+      casync?.make.newMBps,
+    ),
     /** Bulkhead pull seconds ÷ casync extract seconds, both from a local store. */
     bulkheadOverCasyncPullSeconds: ratio(pull?.local?.wallSeconds, casync?.extractLocal.seconds),
     bulkheadOverCasyncPullSecondsHttp: ratio(pull?.http?.wallSeconds, casync?.extractHttp.seconds),
@@ -370,13 +398,28 @@ async function main(): Promise<void> {
   }
   const bh = ok(bulkhead);
 
+  // Which chunker, measured: the bytes a holder of v1 downloads for each candidate.
+  let chunkers: Awaited<ReturnType<typeof compareChunkers>> | { error: string } | undefined;
+  if (!skip.has('chunkers') && pairs.includes('v2')) {
+    const t = process.hrtime.bigint();
+    log('chunkers: FastCDC and block-aligned CDC at several sizes, v1→v2');
+    chunkers = await attempt('chunkers', () => compareChunkers(images.v1, images.v2));
+    stageSeconds.chunkers = round(secondsSince(t), 1);
+  }
+
   for (const pair of pairs) {
     const peers = peersByPair[pair] ?? {};
     pairResults[`v1→${pair}`] = {
       old: images.v1,
       new: images[pair],
       bulkhead: bh
-        ? { import: bh.imports[pair], importV1: bh.imports.v1, pull: bh.pulls[pair] }
+        ? {
+            import: bh.imports[pair],
+            importV1: bh.imports.v1,
+            importNoPack: bh.importsNoPack[pair],
+            importV1NoPack: bh.importsNoPack.v1,
+            pull: bh.pulls[pair],
+          }
         : bulkhead,
       ...peers,
       comparison: compare(pair, peers, bh),
@@ -397,6 +440,7 @@ async function main(): Promise<void> {
     tools: await toolVersions(),
     images: images.info,
     pairs: pairResults,
+    chunkers,
   };
   const json = JSON.stringify(doc, null, 2);
   const stamp = startedAt.toISOString().replace(/:/g, '-').replace(/\..*$/, '');

@@ -60,11 +60,12 @@ const importCmd: Command = {
     'Cut a disk image (raw, qcow2, vmdk, vhdx, …) into chunks, store the new ones, and publish a signed manifest; builds a pack of the new chunks since the parent version.',
   usage: `Usage: bulkhead image import FILE --store DIR --name NAME --version VER --key KEYFILE
          [--parent VER | --no-parent] [--format FMT] [--chunker block-cdc|fastcdc]
-         [--level N] [--pack-level N] [--json]
+         [--level N] [--pack-level N | --no-pack] [--json]
 
   --parent VER     the version this one follows (default: the newest of NAME in the store)
   --level N        zstd level of single chunks (default 3)
-  --pack-level N   zstd level of the pack (default 19)`,
+  --pack-level N   zstd level of the pack (default 18)
+  --no-pack        do not build a pack (PCs then fetch new chunks one by one)`,
   options: {
     store: { type: 'string' },
     name: { type: 'string' },
@@ -76,6 +77,7 @@ const importCmd: Command = {
     chunker: { type: 'string' },
     level: { type: 'string' },
     'pack-level': { type: 'string' },
+    'no-pack': { type: 'boolean' },
   },
   async run(inv, ctx) {
     const file = inv.positionals[0];
@@ -104,6 +106,7 @@ const importCmd: Command = {
       format: optionalString(inv, 'format'),
       chunkLevel: integerOption(inv, 'level', 1, 22),
       packLevel: integerOption(inv, 'pack-level', 1, 22),
+      pack: inv.values['no-pack'] !== true,
       tempDir: resolve(store.location, '.tmp'),
       onProgress: (p) => progress.update(p.phase, p.doneBytes, p.totalBytes),
     }).finally(() => progress.done());

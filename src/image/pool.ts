@@ -14,6 +14,12 @@ export type WorkerResponse =
 
 type ResponseOf<Op extends WorkerRequest['op']> = Extract<WorkerResponse, { op: Op }>;
 
+interface Job {
+  id: number;
+  req: WorkerRequest;
+  transfer: ArrayBuffer[];
+}
+
 interface Pending {
   resolve: (res: WorkerResponse) => void;
   reject: (err: Error) => void;
@@ -27,7 +33,8 @@ interface Pending {
 export class WorkerPool {
   private readonly idle: Worker[] = [];
   private readonly all: Worker[] = [];
-  private readonly queue: { id: number; req: WorkerRequest; transfer: ArrayBuffer[] }[] = [];
+  private readonly queue: Job[] = [];
+  private readonly backlog: Job[] = [];
   private readonly pending = new Map<number, Pending>();
   private readonly running = new Map<Worker, number>();
   private nextId = 1;
@@ -63,23 +70,31 @@ export class WorkerPool {
     return this.all.length;
   }
 
+  /**
+   * Queues a request. `background` requests (long ones, like pack frames) run only when no
+   * other request waits, so they soak up idle cores without holding up the critical path.
+   */
   run<Op extends WorkerRequest['op']>(
     req: Extract<WorkerRequest, { op: Op }>,
-    transfer: ArrayBuffer[] = [],
+    options: { transfer?: ArrayBuffer[]; background?: boolean } = {},
   ): Promise<ResponseOf<Op>> {
     if (this.closed) return Promise.reject(new Error('worker pool is closed'));
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (r: WorkerResponse) => void, reject });
-      this.queue.push({ id, req, transfer });
+      (options.background ? this.backlog : this.queue).push({
+        id,
+        req,
+        transfer: options.transfer ?? [],
+      });
       this.dispatch();
     });
   }
 
   private dispatch(): void {
-    while (this.idle.length > 0 && this.queue.length > 0) {
+    while (this.idle.length > 0 && (this.queue.length > 0 || this.backlog.length > 0)) {
       const w = this.idle.pop()!;
-      const job = this.queue.shift()!;
+      const job = (this.queue.length > 0 ? this.queue : this.backlog).shift()!;
       this.running.set(w, job.id);
       w.postMessage({ id: job.id, req: job.req }, job.transfer);
     }
