@@ -12,7 +12,9 @@ test('the progress bar draws on a terminal and clears its line when done', () =>
   const { writes, stream } = fakeStream();
   const bar = new ProgressBar(stream, true);
   bar.update('download', 512 * 1024, 1024 * 1024);
-  assert.match(writes[0]!, /^\rdownload +█+░+ +50% +512\.0 KiB \/ 1\.0 MiB\x1b\[K$/);
+  const first = writes[0]!;
+  assert.ok(first.startsWith('\r') && first.endsWith('\u001b[K'), JSON.stringify(first));
+  assert.match(first, /download +█+░+ +50% +512\.0 KiB \/ 1\.0 MiB/);
   bar.update('download', 1024 * 1024, 1024 * 1024);
   assert.match(writes.at(-1)!, /100%/);
   bar.done();
