@@ -356,13 +356,19 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
     seen.add(e.digest);
     wanted.push(e);
   }
+  // Frames of about frameBytes, their count a multiple of the workers so that the last round
+  // of compression keeps every core busy.
+  const rawTotal = wanted.reduce((n, e) => n + e.length, 0);
+  const workers = p.pool.size;
+  const count = Math.max(1, Math.ceil(Math.round(rawTotal / p.frameBytes) / workers) * workers);
+  const target = Math.ceil(rawTotal / count);
   const frames: ChunkEntry[][] = [];
   let frame: ChunkEntry[] = [];
   let bytes = 0;
   for (const e of wanted) {
     frame.push(e);
     bytes += e.length;
-    if (bytes >= p.frameBytes) {
+    if (bytes >= target) {
       frames.push(frame);
       frame = [];
       bytes = 0;
@@ -385,7 +391,7 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
     frames: [],
   };
   const packHash = createHash('sha256');
-  const totalBytes = wanted.reduce((n, e) => n + e.length, 0);
+  const totalBytes = rawTotal;
   let doneBytes = 0;
   try {
     // Compress frames in parallel but append them in order.

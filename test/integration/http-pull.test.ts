@@ -4,22 +4,15 @@ import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { zstdCompressSync } from 'node:zlib';
 import { ErrorCodes } from '../../src/protocol/index.ts';
-import { DirectoryStore, HttpStore, importImage, pullImage } from '../../src/image/index.ts';
-import { ext4Image, makeKeys, osFiles, sha256Of, tempDir } from '../support/fixtures.ts';
+import { HttpStore, pullImage } from '../../src/image/index.ts';
+import { publishPair, sha256Of, tempDir } from '../support/fixtures.ts';
 import { startStaticServer } from '../support/static-server.ts';
 
 async function setup(t: TestContext) {
-  const dir = await tempDir(t);
-  const keys = await makeKeys(dir);
-  const store = new DirectoryStore(join(dir, 'store'));
-  const v1 = await ext4Image(dir, 'v1', osFiles(1));
-  const v2 = await ext4Image(dir, 'v2', osFiles(2));
-  const common = { store, name: 'os', key: keys.key, tempDir: join(dir, 'tmp') };
-  const r1 = await importImage({ ...common, file: v1, version: '1' });
-  const r2 = await importImage({ ...common, file: v2, version: '2' });
-  const server = await startStaticServer(store.location);
+  const published = await publishPair(await tempDir(t));
+  const server = await startStaticServer(published.store.location);
   t.after(() => server.close());
-  return { dir, keys, store, v1, v2, r1, r2, server };
+  return { ...published, server };
 }
 
 const isChunk = (path: string) => path.startsWith('/chunks/');

@@ -14,18 +14,15 @@ import {
   readManifest,
   verifyImage,
 } from '../../src/image/index.ts';
-import { ext4Image, makeKeys, osFiles, sha256Of, tempDir, tool } from '../support/fixtures.ts';
-
-async function publishPair(dir: string) {
-  const keys = await makeKeys(dir);
-  const store = new DirectoryStore(join(dir, 'store'));
-  const v1 = await ext4Image(dir, 'v1', osFiles(1));
-  const v2 = await ext4Image(dir, 'v2', osFiles(2));
-  const common = { store, name: 'os', key: keys.key, tempDir: join(dir, 'tmp') };
-  const r1 = await importImage({ ...common, file: v1, version: '1' });
-  const r2 = await importImage({ ...common, file: v2, version: '2' });
-  return { keys, store, v1, v2, r1, r2 };
-}
+import {
+  ext4Image,
+  makeKeys,
+  osFiles,
+  publishPair,
+  sha256Of,
+  tempDir,
+  tool,
+} from '../support/fixtures.ts';
 
 test('import stores each chunk once, compressed, and signs a manifest that matches the image', async (t) => {
   const dir = await tempDir(t);

@@ -6,7 +6,9 @@ import { dirname, join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import {
+  DirectoryStore,
   generateKeyPair,
+  importImage,
   loadPrivateKey,
   loadPublicKey,
   type PublicKeyInfo,
@@ -120,4 +122,16 @@ export async function sha256Of(path: string): Promise<string> {
   return createHash('sha256')
     .update(await readFile(path))
     .digest('hex');
+}
+
+/** A store in `dir` holding os@1 and os@2 (a patch of it, rebuilt), signed by a new key. */
+export async function publishPair(dir: string) {
+  const keys = await makeKeys(dir);
+  const store = new DirectoryStore(join(dir, 'store'));
+  const v1 = await ext4Image(dir, 'v1', osFiles(1));
+  const v2 = await ext4Image(dir, 'v2', osFiles(2));
+  const common = { store, name: 'os', key: keys.key, tempDir: join(dir, 'tmp') };
+  const r1 = await importImage({ ...common, file: v1, version: '1' });
+  const r2 = await importImage({ ...common, file: v2, version: '2' });
+  return { dir, keys, store, v1, v2, r1, r2 };
 }
