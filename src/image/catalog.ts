@@ -3,6 +3,7 @@ import {
   CatalogSchema,
   ErrorCodes,
   MAX_CATALOG_BYTES,
+  MAX_MANIFEST_BYTES,
   isBulkheadError,
   type Catalog,
 } from '../protocol/index.ts';
@@ -13,16 +14,14 @@ import {
   type ChunkStore,
   type WritableChunkStore,
 } from './store/index.ts';
-import { MAX_MANIFEST_BYTES } from '../protocol/index.ts';
 
 export type CatalogEntry = Catalog['images'][number];
 
 /**
- * Rebuilds `catalog.json` from the manifests on disk, which are the truth: two imports that
- * finish together both leave a catalog listing every version. Packs are listed by the
- * versions they start from.
+ * Every image version a writable store holds, read from its manifests (the truth; the catalog
+ * is derived from them). A damaged manifest is left out, not fatal: `image verify` reports it.
  */
-export async function rebuildCatalog(store: WritableChunkStore): Promise<Catalog> {
+export async function scanCatalog(store: WritableChunkStore): Promise<CatalogEntry[]> {
   const images: CatalogEntry[] = [];
   for (const name of await store.list('manifests')) {
     for (const file of await store.list(`manifests/${name}`)) {
@@ -34,11 +33,10 @@ export async function rebuildCatalog(store: WritableChunkStore): Promise<Catalog
           await store.read(manifestKey(name, version), MAX_MANIFEST_BYTES),
         ).signed;
       } catch (err) {
-        // One damaged manifest must not hide the others; `image verify` reports it.
         if (isBulkheadError(err)) continue;
         throw err;
       }
-      const packs = (await store.list(`packs/${name}/${version}`).catch(() => []))
+      const packs = (await store.list(`packs/${name}/${version}`))
         .filter((f) => f.startsWith('from-') && f.endsWith('.json'))
         .map((f) => f.slice('from-'.length, -'.json'.length));
       images.push({
@@ -52,9 +50,17 @@ export async function rebuildCatalog(store: WritableChunkStore): Promise<Catalog
       });
     }
   }
-  images.sort((a, b) =>
+  return images.sort((a, b) =>
     a.name === b.name ? a.created.localeCompare(b.created) : a.name.localeCompare(b.name),
   );
+}
+
+/**
+ * Rebuilds `catalog.json` from the manifests: two imports that finish together both leave a
+ * catalog listing every version.
+ */
+export async function rebuildCatalog(store: WritableChunkStore): Promise<Catalog> {
+  const images = await scanCatalog(store);
   const catalog: Catalog = { type: 'bulkhead.catalog', images };
   await store.write(CATALOG_KEY, Buffer.from(`${JSON.stringify(catalog, null, 2)}\n`), {
     durable: true,

@@ -6,20 +6,19 @@ import { constants, zstdCompressSync } from 'node:zlib';
 import {
   BulkheadError,
   ErrorCodes,
-  MAX_MANIFEST_BYTES,
   isBulkheadError,
   type ChunkerParams,
   type ManifestBody,
   type PackIndex,
 } from '../protocol/index.ts';
-import { rebuildCatalog } from './catalog.ts';
+import { rebuildCatalog, scanCatalog } from './catalog.ts';
 import { encodeChunkIndex, type ChunkEntry } from './chunk-index.ts';
 import { DEFAULT_CHUNKER } from './chunker.ts';
 import { forEachLimit, sha256File } from './digest-file.ts';
 import { writeError } from './fs-errors.ts';
 import { encodeManifest, manifestId, parseManifest, signManifest } from './manifest.ts';
 import { WorkerPool } from './pool.ts';
-import { readChunk, readIndex } from './read.ts';
+import { readChunk, readIndex, readManifestBytes } from './read.ts';
 import { scanImage } from './scan.ts';
 import { openRawSource } from './source.ts';
 import {
@@ -212,41 +211,28 @@ export async function importImage(opts: ImportOptions): Promise<ImportResult> {
   }
 }
 
+/** The parent's manifest: the one asked for, or by default the newest of the same name. */
 async function resolveParent(
   store: WritableChunkStore,
   name: string,
   wanted: string | null | undefined,
-) {
+): Promise<{ body: ManifestBody; id: string } | null> {
   if (wanted === null) return null;
-  if (wanted !== undefined) {
-    const bytes = await store
-      .read(manifestKey(name, wanted), MAX_MANIFEST_BYTES)
-      .catch((err: unknown) => {
-        throw new BulkheadError(
-          ErrorCodes.IMAGE_NOT_FOUND,
-          `parent ${name}@${wanted} is not in the store ${store.location}`,
-          {
-            cause: err,
-            hint: 'import the parent first, or leave out --parent',
-          },
-        );
-      });
-    const body = parseManifest(bytes).signed;
-    return { body, id: manifestId(body) };
-  }
-  let newest: { body: ManifestBody; id: string } | null = null;
-  for (const file of await store.list(`manifests/${name}`)) {
-    if (!file.endsWith('.json')) continue;
-    try {
-      const body = parseManifest(
-        await store.read(manifestKey(name, file.slice(0, -5)), MAX_MANIFEST_BYTES),
-      ).signed;
-      if (!newest || body.created > newest.body.created) newest = { body, id: manifestId(body) };
-    } catch {
-      // A damaged manifest cannot be a parent; `image verify` reports it.
-    }
-  }
-  return newest;
+  const version =
+    wanted ?? (await scanCatalog(store)).filter((i) => i.name === name).at(-1)?.version;
+  if (version === undefined) return null;
+  const bytes = await readManifestBytes(store, name, version).catch((err: unknown) => {
+    throw new BulkheadError(
+      ErrorCodes.IMAGE_NOT_FOUND,
+      `parent ${name}@${version} is not in the store ${store.location}`,
+      {
+        cause: err,
+        hint: 'import the parent first, or leave out --parent',
+      },
+    );
+  });
+  const body = parseManifest(bytes).signed;
+  return { body, id: manifestId(body) };
 }
 
 async function storeChunks(

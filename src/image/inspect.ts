@@ -3,18 +3,17 @@ import { zstdDecompressSync } from 'node:zlib';
 import {
   BulkheadError,
   ErrorCodes,
-  MAX_MANIFEST_BYTES,
   errnoCode,
   isBulkheadError,
   type ManifestBody,
 } from '../protocol/index.ts';
-import { readCatalog, type CatalogEntry } from './catalog.ts';
+import { readCatalog, scanCatalog, type CatalogEntry } from './catalog.ts';
 import type { ChunkEntry } from './chunk-index.ts';
 import { forEachLimit, sha256File } from './digest-file.ts';
 import type { PublicKeyInfo } from './keys.ts';
 import { manifestId, parseManifest } from './manifest.ts';
 import { chooseFrames } from './pack-plan.ts';
-import { readChunk, readIndex, readManifest, readPackIndex } from './read.ts';
+import { readChunk, readIndex, readManifest, readManifestBytes, readPackIndex } from './read.ts';
 import {
   DirectoryStore,
   chunkKey,
@@ -33,22 +32,10 @@ export async function inspectImage(
 ): Promise<{ id: string; verified: boolean; signers: string[]; body: ManifestBody }> {
   if (trusted.length > 0) {
     const m = await readManifest(store, name, version, trusted);
-    const raw = parseManifest(await store.read(manifestKey(name, version), MAX_MANIFEST_BYTES));
+    const raw = parseManifest(await readManifestBytes(store, name, version));
     return { id: m.id, verified: true, signers: raw.signatures.map((s) => s.keyid), body: m.body };
   }
-  let bytes: Buffer;
-  try {
-    bytes = await store.read(manifestKey(name, version), MAX_MANIFEST_BYTES);
-  } catch (err) {
-    if (isBulkheadError(err, ErrorCodes.OBJECT_NOT_FOUND)) {
-      throw new BulkheadError(
-        ErrorCodes.IMAGE_NOT_FOUND,
-        `image ${name}@${version} is not in the store ${store.location}`,
-        { cause: err },
-      );
-    }
-    throw err;
-  }
+  const bytes = await readManifestBytes(store, name, version);
   const m = parseManifest(bytes);
   return {
     id: manifestId(m.signed),
@@ -66,35 +53,7 @@ export async function listImages(store: ChunkStore): Promise<CatalogEntry[]> {
       hint: 'check the --store path; `bulkhead image import` creates a store',
     });
   }
-  const out: CatalogEntry[] = [];
-  for (const name of await store.list('manifests')) {
-    for (const file of await store.list(`manifests/${name}`)) {
-      if (!file.endsWith('.json')) continue;
-      const version = file.slice(0, -5);
-      try {
-        const body = parseManifest(
-          await store.read(manifestKey(name, version), MAX_MANIFEST_BYTES),
-        ).signed;
-        const packs = (await store.list(`packs/${name}/${version}`))
-          .filter((f) => f.startsWith('from-') && f.endsWith('.json'))
-          .map((f) => f.slice(5, -5));
-        out.push({
-          name,
-          version,
-          manifest: manifestId(body),
-          size: body.size,
-          created: body.created,
-          parent: body.parent?.version ?? null,
-          packs,
-        });
-      } catch (err) {
-        if (!isBulkheadError(err)) throw err;
-      }
-    }
-  }
-  return out.sort((a, b) =>
-    a.name === b.name ? a.created.localeCompare(b.created) : a.name.localeCompare(b.name),
-  );
+  return scanCatalog(store);
 }
 
 export interface VerifyReport {

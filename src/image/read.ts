@@ -15,16 +15,14 @@ import type { PublicKeyInfo } from './keys.ts';
 import { verifyManifest } from './manifest.ts';
 import { chunkKey, indexKey, manifestKey, packIndexKey, type ChunkStore } from './store/index.ts';
 
-/** Reads and verifies a manifest; a missing one is ERR_IMAGE_NOT_FOUND. */
-export async function readManifest(
+/** Reads a manifest's bytes, unverified; a missing one is ERR_IMAGE_NOT_FOUND. */
+export async function readManifestBytes(
   store: ChunkStore,
   name: string,
   version: string,
-  trusted: readonly PublicKeyInfo[],
-): Promise<{ body: ManifestBody; id: string; bytes: number }> {
-  let bytes: Buffer;
+): Promise<Buffer> {
   try {
-    bytes = await store.read(manifestKey(name, version), MAX_MANIFEST_BYTES);
+    return await store.read(manifestKey(name, version), MAX_MANIFEST_BYTES);
   } catch (err) {
     if (isBulkheadError(err, ErrorCodes.OBJECT_NOT_FOUND)) {
       throw new BulkheadError(
@@ -38,6 +36,16 @@ export async function readManifest(
     }
     throw err;
   }
+}
+
+/** Reads and verifies a manifest; a missing one is ERR_IMAGE_NOT_FOUND. */
+export async function readManifest(
+  store: ChunkStore,
+  name: string,
+  version: string,
+  trusted: readonly PublicKeyInfo[],
+): Promise<{ body: ManifestBody; id: string; bytes: number }> {
+  const bytes = await readManifestBytes(store, name, version);
   return { ...verifyManifest(bytes, trusted, { name, version }), bytes: bytes.length };
 }
 
