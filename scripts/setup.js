@@ -23,6 +23,9 @@ const packages = {
   test: [
     // Reflink (shared-extent) copies are tested on a loop-mounted XFS file system.
     ['xfsprogs', 'mkfs.xfs'],
+    // Center's database tests start a throwaway cluster from its binaries
+    // (/usr/lib/postgresql/*/bin, not on PATH).
+    ['postgresql', 'initdb'],
   ],
   bench: [
     ['debootstrap', 'debootstrap'],
