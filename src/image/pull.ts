@@ -30,6 +30,7 @@ import {
   readIndex,
   readManifest,
   readPackIndex,
+  zstdBound,
 } from './read.ts';
 import { scanImage } from './scan.ts';
 import { detectFormat } from './source.ts';
@@ -256,7 +257,9 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
           store,
           body,
           missing,
-          lengthOf,
+          new Map(
+            entries.flatMap((e) => (e.digest === null ? [] : [[e.digest, e.length] as const])),
+          ),
           place,
           withRetry,
           opts.onWarning,
@@ -348,7 +351,8 @@ async function fetchFromPack(
   store: ChunkStore,
   body: ManifestBody,
   missing: Set<string>,
-  lengthOf: Map<string, number>,
+  /** Length of every data chunk of the target, from its signed index. */
+  lengthOf: ReadonlyMap<string, number>,
   place: (digest: string, data: Buffer) => Promise<void>,
   withRetry: <T>(what: string, fn: () => Promise<T>) => Promise<T>,
   onWarning: ((m: string) => void) | undefined,
@@ -360,7 +364,23 @@ async function fetchFromPack(
     readPackIndex(store, body.name, body.version, from),
   );
   if (!index) return { frames: 0, chunks: 0 };
-  const chosen = chooseFrames(index.frames, missing, lengthOf);
+  // The pack index is not signed: believe a frame only when its claims agree with the signed
+  // chunk index, which also bounds what we download and inflate for it.
+  const consistent = index.frames.filter((f) => {
+    let raw = 0;
+    for (const d of f.chunks) {
+      const length = lengthOf.get(d);
+      if (length === undefined) return false;
+      raw += length;
+    }
+    return raw === f.rawBytes && f.bytes <= zstdBound(f.rawBytes);
+  });
+  if (consistent.length < index.frames.length) {
+    onWarning?.(
+      `pack index of ${body.name}@${body.version} from ${from} does not match the image; using only its consistent frames`,
+    );
+  }
+  const chosen = chooseFrames(consistent, missing, lengthOf);
   let frames = 0;
   let chunks = 0;
   const key = packKey(body.name, body.version, from);
@@ -394,19 +414,9 @@ async function fetchFromPack(
     }
     let pos = 0;
     for (const digest of f.chunks) {
-      const length = lengthOf.get(digest);
-      if (length === undefined) {
-        // A chunk of the pack we do not need (or do not know): its length is unknown to us, so
-        // the rest of the frame cannot be split safely. Chunks not placed are fetched singly.
-        if (!missing.has(digest)) {
-          onWarning?.(
-            `pack ${key} lists a chunk this version does not use; ignoring the rest of the frame`,
-          );
-          return;
-        }
-      }
-      const slice = raw.subarray(pos, pos + length!);
-      pos += length!;
+      const length = lengthOf.get(digest)!;
+      const slice = raw.subarray(pos, pos + length);
+      pos += length;
       if (!missing.has(digest)) continue;
       if (createHash('sha256').update(slice).digest('hex') !== digest) {
         onWarning?.(corruptChunk(digest, `pack ${key}`).message);
@@ -415,7 +425,7 @@ async function fetchFromPack(
       await place(digest, Buffer.from(slice));
       missing.delete(digest);
       chunks++;
-      report(length!);
+      report(length);
     }
   });
   return { frames, chunks };

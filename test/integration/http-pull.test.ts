@@ -190,4 +190,26 @@ test('a mirror that lies is caught: tampered chunk, index, manifest; a bad pack 
       warnings.join('\n'),
     );
   });
+  await t.test(
+    'a pack index whose claims disagree with the signed index is not believed',
+    async () => {
+      const { readFile } = await import('node:fs/promises');
+      const real = JSON.parse(
+        await readFile(join(s.store.location, 'packs/os/2/from-1.json'), 'utf8'),
+      );
+      // Claims a frame inflates to a gigabyte: believing it would let a mirror make us allocate it.
+      real.frames[0].rawBytes = 1 << 30;
+      s.server.fault = (path) =>
+        path.endsWith('from-1.json')
+          ? { kind: 'replace', body: Buffer.from(JSON.stringify(real)) }
+          : { kind: 'none' };
+      const warnings: string[] = [];
+      const r = await pull({ seeds: [s.v1], onWarning: (m: string) => warnings.push(m) });
+      assert.equal(r.sha256, await sha256Of(s.v2));
+      assert.ok(
+        warnings.some((w) => w.includes('does not match the image')),
+        warnings.join('\n'),
+      );
+    },
+  );
 });
