@@ -28,6 +28,10 @@ export const ErrorCodes = {
   OUTPUT_EXISTS: 'ERR_OUTPUT_EXISTS',
   DISK_FULL: 'ERR_DISK_FULL',
   TOOL_MISSING: 'ERR_TOOL_MISSING',
+  DATABASE_URL: 'ERR_DATABASE_URL',
+  DATABASE: 'ERR_DATABASE',
+  DATABASE_MIGRATION: 'ERR_DATABASE_MIGRATION',
+  CONFIG_INVALID: 'ERR_CONFIG_INVALID',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -1,0 +1,48 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { ErrorCodes } from '../protocol/index.ts';
+import { configFromEnv, resolveConfig } from './config.ts';
+
+test('defaults: SQLite and a chunk store under ./data, loopback 8080', () => {
+  const c = resolveConfig([], '/srv/center');
+  assert.equal(c.dataDir, '/srv/center/data');
+  assert.equal(c.database, 'sqlite:/srv/center/data/center.db');
+  assert.equal(c.storeDir, '/srv/center/data/store');
+  assert.deepEqual(c.listen, { host: '127.0.0.1', port: 8080 });
+  assert.equal(c.publicUrl, 'http://127.0.0.1:8080');
+  assert.ok(Object.isFrozen(c) && Object.isFrozen(c.listen));
+});
+
+test('later sources win: file, then environment, then flags', () => {
+  const env = configFromEnv({
+    BULKHEAD_LISTEN: '0.0.0.0:9000',
+    BULKHEAD_MIRRORS: 'https://a.example/s, https://b.example/s',
+    BULKHEAD_LOG_LEVEL: 'warn',
+  });
+  const c = resolveConfig([{ listen: '[::1]:1', dataDir: '/x' }, env, { dataDir: '/y' }]);
+  assert.deepEqual(c.listen, { host: '0.0.0.0', port: 9000 });
+  assert.deepEqual(c.mirrors, ['https://a.example/s', 'https://b.example/s']);
+  assert.equal(c.logLevel, 'warn');
+  assert.equal(c.dataDir, '/y');
+});
+
+test('a bad value fails start-up naming its key', async (t) => {
+  const cases: [string, Record<string, unknown>][] = [
+    ['listen', { listen: 'localhost' }],
+    ['listen', { listen: '127.0.0.1:70000' }],
+    ['publicUrl', { publicUrl: 'ftp://x' }],
+    ['mirrors.0', { mirrors: ['not a url'] }],
+    ['logLevel', { logLevel: 'loud' }],
+    ['bodyLimit', { bodyLimit: 10 }],
+    ['(root)', { databse: 'sqlite:x' }],
+  ];
+  for (const [key, input] of cases) {
+    await t.test(key, () => {
+      assert.throws(
+        () => resolveConfig([input]),
+        (err: { code?: string; message: string }) =>
+          err.code === ErrorCodes.CONFIG_INVALID && err.message.includes(`"${key}"`),
+      );
+    });
+  }
+});

@@ -1,0 +1,110 @@
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { pino } from 'pino';
+import { HttpStore, pullImage } from '../image/index.ts';
+import { publishPair, sha256Of, tempDir } from '../../test/support/fixtures.ts';
+import { resolveConfig } from './config.ts';
+import { createCenterApp } from './server.ts';
+import { isStoreKey } from './store-route.ts';
+
+async function center(t: TestContext, checkDatabase?: () => Promise<void>) {
+  const dir = await tempDir(t);
+  const published = await publishPair(dir);
+  // The fixture's store is the Center's: dataDir/store.
+  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
+  const app = await createCenterApp({ config, log: pino({ level: 'silent' }), checkDatabase });
+  t.after(() => app.close());
+  return { app, ...published };
+}
+
+test('healthz answers ok, and 503 naming the cause when the database is down', async (t) => {
+  const up = await center(t);
+  const ok = await up.app.inject({ url: '/healthz' });
+  assert.equal(ok.statusCode, 200);
+  assert.deepEqual(ok.json(), { status: 'ok' });
+  const down = await center(t, async () => {
+    throw new Error('connection refused');
+  });
+  const bad = await down.app.inject({ url: '/healthz' });
+  assert.equal(bad.statusCode, 503);
+  assert.match(bad.json().reason, /connection refused/);
+});
+
+test('metrics count requests in the Prometheus text format', async (t) => {
+  const { app } = await center(t);
+  await app.inject({ url: '/healthz' });
+  const res = await app.inject({ url: '/metrics' });
+  assert.equal(res.statusCode, 200);
+  assert.match(res.headers['content-type'] as string, /text\/plain/);
+  assert.match(
+    res.body,
+    /bulkhead_center_http_requests_total\{method="GET",route="\/healthz",status="2xx"\} 1/,
+  );
+});
+
+test('the OpenAPI document is generated from the route schemas', async (t) => {
+  const { app } = await center(t);
+  const doc = (await app.inject({ url: '/api/openapi.json' })).json();
+  assert.match(doc.openapi, /^3\./);
+  assert.ok(doc.paths['/healthz'].get.responses['503']);
+});
+
+test('the chunk store is served read-only, with ranges, and nothing outside its layout', async (t) => {
+  const { app, store } = await center(t);
+  const manifest = await app.inject({ url: '/store/manifests/os/2.json' });
+  assert.equal(manifest.statusCode, 200);
+  assert.equal(manifest.body, await readFile(join(store.location, 'manifests/os/2.json'), 'utf8'));
+  assert.match(manifest.headers['cache-control'] as string, /immutable/);
+
+  const pack = await readFile(join(store.location, 'packs/os/2/from-1.pack'));
+  const range = await app.inject({
+    url: '/store/packs/os/2/from-1.pack',
+    headers: { range: 'bytes=10-99' },
+  });
+  assert.equal(range.statusCode, 206);
+  assert.equal(range.headers['content-range'], `bytes 10-99/${pack.length}`);
+  assert.deepEqual(range.rawPayload, pack.subarray(10, 100));
+  const head = await app.inject({ method: 'HEAD', url: '/store/catalog.json' });
+  assert.equal(head.statusCode, 200);
+  assert.equal(head.headers['cache-control'], 'no-cache');
+
+  for (const url of [
+    '/store/../package.json',
+    '/store/%2e%2e/%2e%2e/etc/passwd',
+    '/store/.tmp/x',
+
+    '/store/chunks/00/00/' + 'ab'.repeat(32),
+  ]) {
+    const res = await app.inject({ url });
+    assert.equal(res.statusCode, 404, url);
+  }
+  const put = await app.inject({ method: 'PUT', url: '/store/catalog.json', payload: '{}' });
+  assert.equal(put.statusCode, 404);
+});
+
+test('a PC pulls an image from a listening Center with only the chunks it lacks', async (t) => {
+  const { app, keys, v1, v2, dir } = await center(t);
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  const r = await pullImage({
+    store: new HttpStore(`${url}/store/`),
+    name: 'os',
+    version: '2',
+    trusted: keys.trusted,
+    out: join(dir, 'pc.raw'),
+    seeds: [v1],
+  });
+  assert.equal(r.sha256, await sha256Of(v2));
+  assert.ok(r.packFrames > 0);
+});
+
+test('store keys follow the layout exactly', () => {
+  const d = 'ab'.repeat(32);
+  assert.equal(isStoreKey(`chunks/ab/ab/${d}`), true);
+  assert.equal(isStoreKey(`chunks/ab/ac/${d}`), false);
+  assert.equal(isStoreKey('manifests/os/1.json'), true);
+  assert.equal(isStoreKey('manifests/../1.json'), false);
+  assert.equal(isStoreKey('packs/os/2/from-1.pack'), true);
+  assert.equal(isStoreKey('packs/os/2/from-1.exe'), false);
+});

@@ -1,0 +1,113 @@
+import swagger from '@fastify/swagger';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type RawServerDefault,
+} from 'fastify';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import {
+  jsonSchemaTransform,
+  serializerCompiler,
+  validatorCompiler,
+  type ZodTypeProvider,
+} from 'fastify-type-provider-zod';
+import type { Logger } from 'pino';
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { z } from 'zod';
+import type { CenterConfig } from './config.ts';
+import { registerStoreRoute } from './store-route.ts';
+
+/** Center's Fastify instance, with zod schemas as its type provider. */
+export type CenterApp = FastifyInstance<
+  RawServerDefault,
+  IncomingMessage,
+  ServerResponse,
+  FastifyBaseLogger,
+  ZodTypeProvider
+>;
+
+export interface CenterDeps {
+  config: CenterConfig;
+  /** pino logger (component `http` is derived from it). */
+  log: Logger;
+  /** Answers whether the database is reachable; `/healthz` reports it. */
+  checkDatabase?: () => Promise<void>;
+}
+
+/**
+ * Builds Center's HTTP application (not listening): health, metrics, the OpenAPI document and
+ * the read-only chunk store. Later plugins add the device and admin APIs.
+ */
+export async function createCenterApp(deps: CenterDeps): Promise<CenterApp> {
+  const app = Fastify({
+    loggerInstance: deps.log.child({ component: 'http' }) as FastifyBaseLogger,
+    bodyLimit: deps.config.bodyLimit,
+    disableRequestLogging: false,
+    // Behind a load balancer, the client's address comes from X-Forwarded-For.
+    trustProxy: true,
+  }).withTypeProvider<ZodTypeProvider>();
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'Bulkhead Center', version: '0.1.0' },
+      servers: [{ url: deps.config.publicUrl }],
+    },
+    transform: jsonSchemaTransform,
+  });
+
+  const metrics = new Registry();
+  collectDefaultMetrics({ register: metrics, prefix: 'bulkhead_center_' });
+  const requests = new Counter({
+    name: 'bulkhead_center_http_requests_total',
+    help: 'HTTP requests answered, by route and status class.',
+    labelNames: ['method', 'route', 'status'],
+    registers: [metrics],
+  });
+  const latency = new Histogram({
+    name: 'bulkhead_center_http_request_seconds',
+    help: 'Time to answer an HTTP request, by route.',
+    labelNames: ['method', 'route'],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [metrics],
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    const route = req.routeOptions.url ?? 'unmatched';
+    requests.inc({ method: req.method, route, status: `${Math.floor(reply.statusCode / 100)}xx` });
+    latency.observe({ method: req.method, route }, reply.elapsedTime / 1000);
+  });
+
+  app.get(
+    '/healthz',
+    {
+      schema: {
+        description: 'Liveness and readiness: the process answers and its database is reachable.',
+        response: {
+          200: z.object({ status: z.literal('ok') }),
+          503: z.object({ status: z.literal('unavailable'), reason: z.string() }),
+        },
+      },
+    },
+    async (_req, reply) => {
+      try {
+        await deps.checkDatabase?.();
+        return { status: 'ok' as const };
+      } catch (err) {
+        return reply
+          .code(503)
+          .send({ status: 'unavailable' as const, reason: `database: ${(err as Error).message}` });
+      }
+    },
+  );
+
+  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
+    reply.type(metrics.contentType);
+    return metrics.metrics();
+  });
+
+  app.get('/api/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  registerStoreRoute(app, deps.config.storeDir);
+  return app;
+}
