@@ -1,0 +1,446 @@
+import {
+  type CreateTableBuilder,
+  type Kysely,
+  type Migration,
+  type MigrationResultSet,
+  Migrator,
+  sql,
+} from 'kysely';
+import { BulkheadError, ErrorCodes } from '../../protocol/errors.ts';
+import type { Database } from './schema.ts';
+
+/*
+ * Center's schema history. Migrations live in code, not in files read at run time, so the one
+ * process that ships is the one schema it expects, with nothing to copy or lose beside it. They
+ * only use what SQLite and PostgreSQL both understand (see schema.ts for the type choices).
+ *
+ * A migration is history: once released it never changes, and its value lists are spelled out
+ * here rather than imported from schema.ts, which describes only the latest state. A change is a
+ * new migration with the next number. There are no down migrations: going back is restoring a
+ * backup, which is the only rollback that also brings back the data.
+ */
+
+// Migrations see the database as it was then, not as `Database` describes it now.
+type AnyDb = Kysely<unknown>;
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type Table = CreateTableBuilder<string, any>;
+
+/** `column IN ('a', 'b')` for a CHECK constraint (DDL cannot take bound parameters). */
+function oneOf(column: string, values: readonly string[]) {
+  return sql<boolean>`${sql.ref(column)} in (${sql.join(values.map((v) => sql.lit(v)))})`;
+}
+
+function id(t: Table): Table {
+  return t.addColumn('id', 'text', (c) => c.primaryKey().notNull());
+}
+
+function timestamps(t: Table): Table {
+  return t
+    .addColumn('created_at', 'bigint', (c) => c.notNull())
+    .addColumn('updated_at', 'bigint', (c) => c.notNull());
+}
+
+async function initial(db: AnyDb): Promise<void> {
+  await db.schema
+    .createTable('admin_users')
+    .$call(id)
+    .addColumn('username', 'text', (c) => c.notNull().unique())
+    .addColumn('password_hash', 'text', (c) => c.notNull())
+    .addColumn('role', 'text', (c) => c.notNull())
+    .addColumn('last_login_at', 'bigint')
+    .$call(timestamps)
+    .addCheckConstraint('admin_users_role_check', oneOf('role', ['admin', 'operator', 'viewer']))
+    .execute();
+
+  await db.schema
+    .createTable('api_tokens')
+    .$call(id)
+    .addColumn('user_id', 'text', (c) =>
+      c.notNull().references('admin_users.id').onDelete('cascade'),
+    )
+    .addColumn('name', 'text', (c) => c.notNull())
+    .addColumn('token_hash', 'text', (c) => c.notNull().unique())
+    .addColumn('expires_at', 'bigint')
+    .addColumn('last_used_at', 'bigint')
+    .addColumn('created_at', 'bigint', (c) => c.notNull())
+    .execute();
+  await db.schema.createIndex('api_tokens_user').on('api_tokens').column('user_id').execute();
+
+  await db.schema
+    .createTable('images')
+    .$call(id)
+    .addColumn('name', 'text', (c) => c.notNull().unique())
+    .addColumn('kind', 'text', (c) => c.notNull())
+    .addColumn('description', 'text', (c) => c.notNull())
+    .$call(timestamps)
+    .addCheckConstraint('images_kind_check', oneOf('kind', ['system', 'app']))
+    .execute();
+
+  await db.schema
+    .createTable('image_versions')
+    .$call(id)
+    .addColumn('image_id', 'text', (c) => c.notNull().references('images.id').onDelete('restrict'))
+    .addColumn('version', 'text', (c) => c.notNull())
+    .addColumn('manifest_id', 'text', (c) => c.notNull().unique())
+    .addColumn('signatures', 'text', (c) => c.notNull())
+    .addColumn('size', 'bigint', (c) => c.notNull())
+    .addColumn('sha256', 'text', (c) => c.notNull())
+    .addColumn('parent_version', 'text')
+    .addColumn('state', 'text', (c) => c.notNull())
+    .addColumn('created_at', 'bigint', (c) => c.notNull())
+    .addColumn('published_at', 'bigint')
+    .addColumn('retired_at', 'bigint')
+    .addUniqueConstraint('image_versions_image_version_unique', ['image_id', 'version'])
+    .addCheckConstraint(
+      'image_versions_state_check',
+      oneOf('state', ['draft', 'published', 'retired']),
+    )
+    .execute();
+
+  await db.schema
+    .createTable('apps')
+    .$call(id)
+    .addColumn('name', 'text', (c) => c.notNull().unique())
+    .addColumn('display_name', 'text', (c) => c.notNull())
+    .addColumn('description', 'text', (c) => c.notNull())
+    .addColumn('image_id', 'text', (c) => c.notNull().references('images.id').onDelete('restrict'))
+    .$call(timestamps)
+    .execute();
+  await db.schema.createIndex('apps_image').on('apps').column('image_id').execute();
+
+  await db.schema
+    .createTable('profiles')
+    .$call(id)
+    .addColumn('name', 'text', (c) => c.notNull().unique())
+    .addColumn('description', 'text', (c) => c.notNull())
+    .addColumn('system_image_id', 'text', (c) =>
+      c.notNull().references('images.id').onDelete('restrict'),
+    )
+    .addColumn('isolation_policy', 'text', (c) => c.notNull())
+    .addColumn('health_check', 'text', (c) => c.notNull())
+    .addColumn('lease_days', 'integer', (c) => c.notNull().check(sql`lease_days > 0`))
+    .addColumn('cpus', 'integer', (c) => c.notNull().check(sql`cpus > 0`))
+    .addColumn('memory_mib', 'integer', (c) => c.notNull().check(sql`memory_mib > 0`))
+    .addColumn('reset_policy', 'text', (c) => c.notNull())
+    .$call(timestamps)
+    .addCheckConstraint(
+      'profiles_reset_policy_check',
+      oneOf('reset_policy', ['on-update', 'on-boot']),
+    )
+    .execute();
+  await db.schema
+    .createIndex('profiles_system_image')
+    .on('profiles')
+    .column('system_image_id')
+    .execute();
+
+  await db.schema
+    .createTable('profile_apps')
+    .addColumn('profile_id', 'text', (c) =>
+      c.notNull().references('profiles.id').onDelete('cascade'),
+    )
+    .addColumn('app_id', 'text', (c) => c.notNull().references('apps.id').onDelete('restrict'))
+    .addColumn('mode', 'text', (c) => c.notNull())
+    .addPrimaryKeyConstraint('profile_apps_pk', ['profile_id', 'app_id'])
+    .addCheckConstraint('profile_apps_mode_check', oneOf('mode', ['default', 'optional']))
+    .execute();
+  await db.schema.createIndex('profile_apps_app').on('profile_apps').column('app_id').execute();
+
+  await db.schema
+    .createTable('device_groups')
+    .$call(id)
+    .addColumn('name', 'text', (c) => c.notNull().unique())
+    .addColumn('description', 'text', (c) => c.notNull())
+    .$call(timestamps)
+    .execute();
+
+  await db.schema
+    .createTable('devices')
+    .$call(id)
+    .addColumn('name', 'text', (c) => c.notNull())
+    .addColumn('public_key', 'text', (c) => c.notNull().unique())
+    .addColumn('inventory', 'text', (c) => c.notNull())
+    .addColumn('group_id', 'text', (c) =>
+      c.notNull().references('device_groups.id').onDelete('restrict'),
+    )
+    .addColumn('current_versions', 'text', (c) => c.notNull())
+    .addColumn('state', 'text', (c) => c.notNull())
+    .addColumn('enrolled_at', 'bigint', (c) => c.notNull())
+    .addColumn('last_contact_at', 'bigint', (c) => c.notNull())
+    .addColumn('updated_at', 'bigint', (c) => c.notNull())
+    .addCheckConstraint(
+      'devices_state_check',
+      oneOf('state', ['active', 'locked', 'killed', 'retired']),
+    )
+    .execute();
+  // Device lists page by keyset on (last_contact_at, id), newest first, filtered by group and
+  // state, by state alone, or not at all. Each index serves one of those shapes as a plain range
+  // scan (read backwards for "newest first"), so a page costs the same at row 99,000 as at row
+  // 0. The group index also serves the foreign key from device_groups.
+  await db.schema
+    .createIndex('devices_group_state_contact')
+    .on('devices')
+    .columns(['group_id', 'state', 'last_contact_at', 'id'])
+    .execute();
+  await db.schema
+    .createIndex('devices_state_contact')
+    .on('devices')
+    .columns(['state', 'last_contact_at', 'id'])
+    .execute();
+  await db.schema
+    .createIndex('devices_contact')
+    .on('devices')
+    .columns(['last_contact_at', 'id'])
+    .execute();
+
+  await db.schema
+    .createTable('device_profiles')
+    .addColumn('device_id', 'text', (c) => c.notNull().references('devices.id').onDelete('cascade'))
+    .addColumn('profile_id', 'text', (c) =>
+      c.notNull().references('profiles.id').onDelete('restrict'),
+    )
+    .addPrimaryKeyConstraint('device_profiles_pk', ['device_id', 'profile_id'])
+    .execute();
+  // Rollouts that target a profile find its devices here.
+  await db.schema
+    .createIndex('device_profiles_profile')
+    .on('device_profiles')
+    .column('profile_id')
+    .execute();
+
+  await db.schema
+    .createTable('device_apps')
+    .addColumn('device_id', 'text', (c) => c.notNull())
+    .addColumn('profile_id', 'text', (c) => c.notNull())
+    .addColumn('app_id', 'text', (c) => c.notNull())
+    .addPrimaryKeyConstraint('device_apps_pk', ['device_id', 'profile_id', 'app_id'])
+    .addForeignKeyConstraint(
+      'device_apps_device_profile_fk',
+      ['device_id', 'profile_id'],
+      'device_profiles',
+      ['device_id', 'profile_id'],
+      (fk) => fk.onDelete('cascade'),
+    )
+    .addForeignKeyConstraint(
+      'device_apps_profile_app_fk',
+      ['profile_id', 'app_id'],
+      'profile_apps',
+      ['profile_id', 'app_id'],
+      (fk) => fk.onDelete('cascade'),
+    )
+    .execute();
+  await db.schema
+    .createIndex('device_apps_profile_app')
+    .on('device_apps')
+    .columns(['profile_id', 'app_id'])
+    .execute();
+
+  await db.schema
+    .createTable('enrolment_tokens')
+    .$call(id)
+    .addColumn('token_hash', 'text', (c) => c.notNull().unique())
+    .addColumn('group_id', 'text', (c) =>
+      c.notNull().references('device_groups.id').onDelete('cascade'),
+    )
+    .addColumn('uses_left', 'integer', (c) => c.notNull().check(sql`uses_left >= 0`))
+    .addColumn('expires_at', 'bigint', (c) => c.notNull())
+    .addColumn('created_by', 'text', (c) => c.references('admin_users.id').onDelete('set null'))
+    .addColumn('note', 'text', (c) => c.notNull())
+    .addColumn('created_at', 'bigint', (c) => c.notNull())
+    .execute();
+  await db.schema
+    .createIndex('enrolment_tokens_group')
+    .on('enrolment_tokens')
+    .column('group_id')
+    .execute();
+
+  await db.schema
+    .createTable('rollouts')
+    .$call(id)
+    .addColumn('image_version_id', 'text', (c) =>
+      c.notNull().references('image_versions.id').onDelete('restrict'),
+    )
+    .addColumn('group_id', 'text', (c) => c.references('device_groups.id').onDelete('restrict'))
+    .addColumn('profile_id', 'text', (c) => c.references('profiles.id').onDelete('restrict'))
+    .addColumn('phases', 'text', (c) => c.notNull())
+    .addColumn('current_phase', 'integer', (c) => c.notNull())
+    .addColumn('phase_started_at', 'bigint')
+    .addColumn('soak_ms', 'bigint', (c) => c.notNull().check(sql`soak_ms >= 0`))
+    .addColumn('failure_threshold', 'double precision', (c) =>
+      c.notNull().check(sql`failure_threshold >= 0 and failure_threshold <= 1`),
+    )
+    .addColumn('state', 'text', (c) => c.notNull())
+    .addColumn('state_reason', 'text')
+    .addColumn('created_by', 'text', (c) => c.references('admin_users.id').onDelete('set null'))
+    .$call(timestamps)
+    .addCheckConstraint(
+      'rollouts_state_check',
+      oneOf('state', ['pending', 'running', 'paused', 'halted', 'completed', 'aborted']),
+    )
+    .addCheckConstraint(
+      'rollouts_target_check',
+      sql`group_id is not null or profile_id is not null`,
+    )
+    .execute();
+  // The scheduler looks only at rollouts that are still going.
+  await db.schema.createIndex('rollouts_state').on('rollouts').column('state').execute();
+  await db.schema
+    .createIndex('rollouts_image_version')
+    .on('rollouts')
+    .column('image_version_id')
+    .execute();
+
+  await db.schema
+    .createTable('rollout_devices')
+    .addColumn('rollout_id', 'text', (c) =>
+      c.notNull().references('rollouts.id').onDelete('cascade'),
+    )
+    .addColumn('device_id', 'text', (c) => c.notNull().references('devices.id').onDelete('cascade'))
+    .addColumn('phase', 'integer', (c) => c.notNull())
+    .addColumn('status', 'text', (c) => c.notNull())
+    .addColumn('reason', 'text')
+    .addColumn('updated_at', 'bigint', (c) => c.notNull())
+    .addPrimaryKeyConstraint('rollout_devices_pk', ['rollout_id', 'device_id'])
+    .addCheckConstraint(
+      'rollout_devices_status_check',
+      oneOf('status', [
+        'pending',
+        'downloading',
+        'staged',
+        'switched',
+        'healthy',
+        'failed',
+        'rolled-back',
+      ]),
+    )
+    .execute();
+  // The halt check counts statuses per phase of one rollout.
+  await db.schema
+    .createIndex('rollout_devices_phase_status')
+    .on('rollout_devices')
+    .columns(['rollout_id', 'phase', 'status'])
+    .execute();
+  await db.schema
+    .createIndex('rollout_devices_device')
+    .on('rollout_devices')
+    .column('device_id')
+    .execute();
+
+  // The primary key is what makes report ingestion idempotent: a replayed event collides.
+  await db.schema
+    .createTable('device_events')
+    .addColumn('device_id', 'text', (c) => c.notNull().references('devices.id').onDelete('cascade'))
+    .addColumn('event_id', 'text', (c) => c.notNull())
+    .addColumn('type', 'text', (c) => c.notNull())
+    .addColumn('payload', 'text', (c) => c.notNull())
+    .addColumn('occurred_at', 'bigint', (c) => c.notNull())
+    .addColumn('received_at', 'bigint', (c) => c.notNull())
+    .addPrimaryKeyConstraint('device_events_pk', ['device_id', 'event_id'])
+    .execute();
+  // A device's history, newest first.
+  await db.schema
+    .createIndex('device_events_device_time')
+    .on('device_events')
+    .columns(['device_id', 'occurred_at'])
+    .execute();
+
+  await db.schema
+    .createTable('commands')
+    .$call(id)
+    .addColumn('device_id', 'text', (c) => c.notNull().references('devices.id').onDelete('cascade'))
+    .addColumn('kind', 'text', (c) => c.notNull())
+    .addColumn('profile_id', 'text', (c) => c.references('profiles.id').onDelete('cascade'))
+    .addColumn('state', 'text', (c) => c.notNull())
+    .addColumn('result', 'text')
+    .addColumn('created_by', 'text', (c) => c.references('admin_users.id').onDelete('set null'))
+    .$call(timestamps)
+    .addCheckConstraint(
+      'commands_kind_check',
+      oneOf('kind', ['lock', 'unlock', 'kill', 'restart-vm']),
+    )
+    .addCheckConstraint(
+      'commands_state_check',
+      oneOf('state', ['pending', 'delivered', 'done', 'failed', 'cancelled']),
+    )
+    .execute();
+  // A device's pending commands go into every desired state it fetches.
+  await db.schema
+    .createIndex('commands_device_state')
+    .on('commands')
+    .columns(['device_id', 'state'])
+    .execute();
+
+  await db.schema
+    .createTable('audit_log')
+    .$call(id)
+    .addColumn('actor', 'text', (c) => c.notNull())
+    .addColumn('action', 'text', (c) => c.notNull())
+    .addColumn('target_type', 'text', (c) => c.notNull())
+    .addColumn('target_id', 'text')
+    .addColumn('before', 'text')
+    .addColumn('after', 'text')
+    .addColumn('at', 'bigint', (c) => c.notNull())
+    .execute();
+  // The trail pages by keyset on (at, id), whole or for one target.
+  await db.schema.createIndex('audit_log_time').on('audit_log').columns(['at', 'id']).execute();
+  await db.schema
+    .createIndex('audit_log_target')
+    .on('audit_log')
+    .columns(['target_type', 'target_id', 'at'])
+    .execute();
+}
+
+/** Every migration, by name; the Migrator runs them in name order. */
+const migrations: Record<string, Migration> = {
+  '0001_initial': { up: initial },
+};
+
+/** What `migrateToLatest` did. */
+export interface MigrationReport {
+  /** Names of the migrations this call applied, in order; empty when already up to date. */
+  applied: string[];
+  /** Name of the newest migration this code knows: the database is now at it. */
+  latest: string;
+}
+
+/**
+ * Brings the database to the latest schema, applying each missing migration in its own
+ * transaction. Idempotent, and safe when several Center replicas start at once: Kysely's
+ * Migrator holds a lock (an advisory lock on PostgreSQL) while it works.
+ *
+ * @throws BulkheadError `ERR_DATABASE_MIGRATION` when a migration fails (naming it; the ones
+ *   before it stay applied), or when the database holds migrations this code does not know
+ *   (it was migrated by a newer Bulkhead).
+ */
+export async function migrateToLatest(db: Kysely<Database>): Promise<MigrationReport> {
+  const migrator = new Migrator({
+    db,
+    provider: { getMigrations: () => Promise.resolve(migrations) },
+  });
+  let result: MigrationResultSet;
+  try {
+    result = await migrator.migrateToLatest();
+  } catch (err) {
+    throw migrationError(undefined, err);
+  }
+  const results = result.results ?? [];
+  if (result.error !== undefined) {
+    throw migrationError(results.find((r) => r.status === 'Error')?.migrationName, result.error);
+  }
+  return {
+    applied: results.filter((r) => r.status === 'Success').map((r) => r.migrationName),
+    latest: Object.keys(migrations).sort().at(-1) ?? '',
+  };
+}
+
+function migrationError(name: string | undefined, cause: unknown): BulkheadError {
+  const reason = cause instanceof Error ? cause.message : String(cause);
+  const what =
+    name === undefined ? 'database migration failed' : `database migration ${name} failed`;
+  return new BulkheadError(ErrorCodes.DATABASE_MIGRATION, `${what}: ${reason}`, {
+    cause,
+    hint: reason.includes('corrupted migrations')
+      ? 'This database was migrated by a newer Bulkhead; run that version, or restore a backup.'
+      : undefined,
+  });
+}
