@@ -2,10 +2,11 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { BulkheadError, ErrorCodes, isBulkheadError } from '../protocol/index.ts';
 import { imageCommands } from './image.ts';
 import { keysCommands } from './keys.ts';
+import { centerCommands } from './center.ts';
 import { demoCommand } from './demo.ts';
 import type { Command, CommandContext } from './command.ts';
 
-const commands: Command[] = [...keysCommands, ...imageCommands, demoCommand];
+const commands: Command[] = [...keysCommands, ...imageCommands, ...centerCommands, demoCommand];
 
 const globalHelp = `bulkhead — central images for bare-metal client virtualisation
 

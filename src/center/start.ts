@@ -1,0 +1,143 @@
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { sql } from 'kysely';
+import type { Logger } from 'pino';
+import { BulkheadError, ErrorCodes, errnoCode } from '../protocol/index.ts';
+import { generateKeyPair, loadPrivateKey, type PublicKeyInfo } from '../image/index.ts';
+import { generatePassword, hashPassword } from './auth/passwords.ts';
+import type { CenterConfig } from './config.ts';
+import {
+  displayUrl,
+  migrateToLatest,
+  newId,
+  openDatabase,
+  parseDatabaseUrl,
+  type CenterDatabase,
+} from './db/index.ts';
+import { createCenterApp, type CenterApp } from './server.ts';
+
+export interface RunningCenter {
+  app: CenterApp;
+  database: CenterDatabase;
+  /** The URL it listens on. */
+  url: string;
+  /** Center's signing key id (desired states are signed with it). */
+  keyid: string;
+  /**
+   * The first administrator's one-time password when this start created the account; shown to
+   * the person starting Center once, never logged.
+   */
+  initialAdmin: { username: string; password: string } | null;
+  /** Stops accepting requests, finishes those in flight, closes the database. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts Center: its data directory, signing key, database (migrated), first administrator,
+ * and the HTTP API. Everything it creates on first start is reused on the next.
+ */
+export async function startCenter(deps: {
+  config: CenterConfig;
+  log: Logger;
+  now?: () => Date;
+}): Promise<RunningCenter> {
+  const { config, log } = deps;
+  const now = deps.now ?? (() => new Date());
+  await mkdir(config.storeDir, { recursive: true });
+  const key = await loadOrCreateSigningKey(config.dataDir, log);
+
+  const database = await openDatabase({ url: config.database });
+  try {
+    // The database holds password and token hashes: readable by Center's user only.
+    const target = parseDatabaseUrl(config.database);
+    if (target.dialect === 'sqlite' && target.path !== ':memory:') {
+      for (const file of [target.path, `${target.path}-wal`, `${target.path}-shm`]) {
+        await chmod(file, 0o600).catch((err: unknown) => {
+          if (errnoCode(err) !== 'ENOENT') throw err;
+        });
+      }
+    }
+    const migrated = await migrateToLatest(database.db);
+    log.info(
+      { component: 'store', database: displayUrl(config.database), applied: migrated.applied },
+      'database ready',
+    );
+    const initialAdmin = await ensureFirstAdmin(database, now);
+    const app = await createCenterApp({
+      config,
+      log,
+      checkDatabase: async () => {
+        await sql`select 1`.execute(database.db);
+      },
+    });
+    const url = await app.listen({ host: config.listen.host, port: config.listen.port });
+    log.info({ component: 'http', url, keyid: key.keyid }, 'Center listening');
+    return {
+      app,
+      database,
+      url,
+      keyid: key.keyid,
+      initialAdmin,
+      close: async () => {
+        await app.close();
+        await database.close();
+      },
+    };
+  } catch (err) {
+    await database.close();
+    throw err;
+  }
+}
+
+/** The signing key in `dataDir/center.key` (0600), made on first start. */
+async function loadOrCreateSigningKey(
+  dataDir: string,
+  log: Logger,
+): Promise<PublicKeyInfo & { privatePath: string }> {
+  const privatePath = join(dataDir, 'center.key');
+  const pair = generateKeyPair();
+  try {
+    await writeFile(privatePath, pair.privatePem, { mode: 0o600, flag: 'wx' });
+    await writeFile(join(dataDir, 'center.pub'), pair.publicPem, { mode: 0o644 });
+    log.info({ component: 'store', keyid: pair.keyid }, 'created the Center signing key');
+  } catch (err) {
+    if (errnoCode(err) !== 'EEXIST') {
+      throw new BulkheadError(
+        ErrorCodes.KEY_INVALID,
+        `cannot create the Center signing key ${privatePath}: ${errnoCode(err) ?? String(err)}`,
+        { cause: err },
+      );
+    }
+  }
+  const loaded = await loadPrivateKey(privatePath);
+  const { createPublicKey } = await import('node:crypto');
+  return { key: createPublicKey(loaded.key), keyid: loaded.keyid, privatePath };
+}
+
+/** Creates `admin` with a random password when there is no administrator at all. */
+async function ensureFirstAdmin(
+  database: CenterDatabase,
+  now: () => Date,
+): Promise<RunningCenter['initialAdmin']> {
+  const existing = await database.db
+    .selectFrom('admin_users')
+    .select('id')
+    .limit(1)
+    .executeTakeFirst();
+  if (existing) return null;
+  const password = generatePassword();
+  const at = now().getTime();
+  await database.db
+    .insertInto('admin_users')
+    .values({
+      id: newId(at),
+      username: 'admin',
+      password_hash: await hashPassword(password),
+      role: 'admin',
+      last_login_at: null,
+      created_at: at,
+      updated_at: at,
+    })
+    .execute();
+  return { username: 'admin', password };
+}

@@ -1,0 +1,77 @@
+import { pino } from 'pino';
+import {
+  configFromEnv,
+  readConfigFile,
+  resolveConfig,
+  type CenterConfigInput,
+} from '../center/config.ts';
+import { startCenter } from '../center/start.ts';
+import { optionalString, type Command } from './command.ts';
+
+const serve: Command = {
+  name: 'center serve',
+  summary: 'Run Center, the management server: HTTP API, database, chunk store.',
+  usage: `Usage: bulkhead center serve [--data DIR] [--listen HOST:PORT] [--database URL]
+         [--public-url URL] [--config FILE] [--log-level LEVEL]
+
+  Defaults: SQLite and a chunk store under ./data, listening on 127.0.0.1:8080.
+  --database postgres://USER:PASS@HOST/DB shares one database between Center replicas.
+  Settings may also come from BULKHEAD_* environment variables or a JSON --config file.
+  Logs go to stderr as JSON lines; stop with Ctrl-C or SIGTERM (requests in flight finish).`,
+  options: {
+    data: { type: 'string' },
+    listen: { type: 'string' },
+    database: { type: 'string' },
+    'public-url': { type: 'string' },
+    config: { type: 'string' },
+    'log-level': { type: 'string' },
+  },
+  async run(inv, ctx) {
+    const file = optionalString(inv, 'config');
+    const flags: CenterConfigInput = {
+      dataDir: optionalString(inv, 'data'),
+      listen: optionalString(inv, 'listen'),
+      database: optionalString(inv, 'database'),
+      publicUrl: optionalString(inv, 'public-url'),
+      logLevel: optionalString(inv, 'log-level') as CenterConfigInput['logLevel'],
+    };
+    const config = resolveConfig([
+      file ? await readConfigFile(file) : {},
+      configFromEnv(process.env),
+      flags,
+    ]);
+    const log = pino(
+      { level: config.logLevel, redact: ['req.headers.authorization', 'req.headers.cookie'] },
+      pino.destination(2),
+    );
+    const center = await startCenter({ config, log });
+    // Listen for the stop signals before saying we are up: whoever reads the line may stop us.
+    const stopped = new Promise<void>((resolve) => {
+      process.once('SIGINT', () => resolve());
+      process.once('SIGTERM', () => resolve());
+    });
+    const result = {
+      url: center.url,
+      keyid: center.keyid,
+      dataDir: config.dataDir,
+      initialAdmin: center.initialAdmin,
+    };
+    if (inv.json) ctx.out(JSON.stringify(result));
+    else {
+      ctx.out(`Center listening on ${center.url} (data in ${config.dataDir})`);
+      if (center.initialAdmin) {
+        ctx.out(
+          `First start: administrator "${center.initialAdmin.username}" created with the one-time password`,
+        );
+        ctx.out(`  ${center.initialAdmin.password}`);
+        ctx.out('It is shown only now; change it after logging in.');
+      }
+    }
+    await stopped;
+    log.info({ component: 'http' }, 'shutting down');
+    await center.close();
+    return undefined;
+  },
+};
+
+export const centerCommands: Command[] = [serve];
