@@ -11,10 +11,13 @@ import {
   validatorCompiler,
   type ZodTypeProvider,
 } from 'fastify-type-provider-zod';
+import type { KeyObject } from 'node:crypto';
+import { sql } from 'kysely';
 import type { Logger } from 'pino';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { z } from 'zod';
 import type { CenterConfig } from './config.ts';
+import type { CenterDatabase } from './db/index.ts';
 import { registerStoreRoute } from './store-route.ts';
 
 /** Center's Fastify instance, with zod schemas as its type provider. */
@@ -30,8 +33,12 @@ export interface CenterDeps {
   config: CenterConfig;
   /** pino logger (component `http` is derived from it). */
   log: Logger;
-  /** Answers whether the database is reachable; `/healthz` reports it. */
-  checkDatabase?: () => Promise<void>;
+  /** The migrated database; `/healthz` checks that it answers. */
+  database: CenterDatabase;
+  /** Center's Ed25519 signing key (desired states and device tokens are signed with it). */
+  signingKey: { key: KeyObject; keyid: string };
+  /** The clock; every time Center records or compares comes from it. */
+  now: () => Date;
 }
 
 /**
@@ -91,7 +98,7 @@ export async function createCenterApp(deps: CenterDeps): Promise<CenterApp> {
     },
     async (_req, reply) => {
       try {
-        await deps.checkDatabase?.();
+        await sql`select 1`.execute(deps.database.db);
         return { status: 'ok' as const };
       } catch (err) {
         return reply

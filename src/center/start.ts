@@ -1,9 +1,9 @@
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { sql } from 'kysely';
 import type { Logger } from 'pino';
 import { BulkheadError, ErrorCodes, errnoCode } from '../protocol/index.ts';
-import { generateKeyPair, loadPrivateKey, type PublicKeyInfo } from '../image/index.ts';
+import type { KeyObject } from 'node:crypto';
+import { generateKeyPair, loadPrivateKey } from '../image/index.ts';
 import { generatePassword, hashPassword } from './auth/passwords.ts';
 import type { CenterConfig } from './config.ts';
 import {
@@ -63,13 +63,7 @@ export async function startCenter(deps: {
       'database ready',
     );
     const initialAdmin = await ensureFirstAdmin(database, now);
-    const app = await createCenterApp({
-      config,
-      log,
-      checkDatabase: async () => {
-        await sql`select 1`.execute(database.db);
-      },
-    });
+    const app = await createCenterApp({ config, log, database, signingKey: key, now });
     const url = await app.listen({ host: config.listen.host, port: config.listen.port });
     log.info({ component: 'http', url, keyid: key.keyid }, 'Center listening');
     return {
@@ -93,7 +87,7 @@ export async function startCenter(deps: {
 async function loadOrCreateSigningKey(
   dataDir: string,
   log: Logger,
-): Promise<PublicKeyInfo & { privatePath: string }> {
+): Promise<{ key: KeyObject; keyid: string }> {
   const privatePath = join(dataDir, 'center.key');
   const pair = generateKeyPair();
   try {
@@ -109,9 +103,7 @@ async function loadOrCreateSigningKey(
       );
     }
   }
-  const loaded = await loadPrivateKey(privatePath);
-  const { createPublicKey } = await import('node:crypto');
-  return { key: createPublicKey(loaded.key), keyid: loaded.keyid, privatePath };
+  return loadPrivateKey(privatePath);
 }
 
 /** Creates `admin` with a random password when there is no administrator at all. */
