@@ -1,4 +1,5 @@
 export * from './errors.ts';
 export * from './names.ts';
 export * from './manifest.ts';
+export * from './admin.ts';
 export { canonicalJson } from './canonical.ts';

@@ -1,0 +1,124 @@
+import { z } from 'zod';
+
+/*
+ * Wire schemas of Center's admin API (`/api/v1/admin/…`). Request bodies and queries are strict:
+ * an unknown field is a 400 naming it, so a typo never silently does nothing.
+ */
+
+export const ADMIN_ROLE_NAMES = ['admin', 'operator', 'viewer'] as const;
+/** `admin`: everything; `operator`: day-to-day changes, no users or tokens; `viewer`: read only. */
+export const AdminRoleSchema = z.enum(ADMIN_ROLE_NAMES);
+export type AdminRoleName = z.infer<typeof AdminRoleSchema>;
+
+/** Login names: short, printable, no spaces, so they read well in the audit trail. */
+export const AdminUsernameSchema = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._@-]*$/, 'letters, digits and . _ @ - only');
+
+/** Passwords: at least 12 characters; the upper bound keeps scrypt's input small. */
+export const AdminPasswordSchema = z.string().min(12).max(256);
+
+export const LoginRequestSchema = z.strictObject({
+  username: z.string().min(1).max(64),
+  password: z.string().min(1).max(256),
+});
+export type LoginRequest = z.infer<typeof LoginRequestSchema>;
+
+export const LoginResponseSchema = z.object({
+  /** The bearer token, shown once. */
+  token: z.string(),
+  /** Milliseconds since the epoch. */
+  expiresAt: z.number().int(),
+  username: z.string(),
+  role: AdminRoleSchema,
+});
+export type LoginResponse = z.infer<typeof LoginResponseSchema>;
+
+export const MeResponseSchema = z.object({
+  id: z.string(),
+  username: z.string(),
+  role: AdminRoleSchema,
+  /** How the caller authenticated. */
+  via: z.enum(['session', 'token']),
+});
+export type MeResponse = z.infer<typeof MeResponseSchema>;
+
+export const AdminUserSchema = z.object({
+  id: z.string(),
+  username: z.string(),
+  role: AdminRoleSchema,
+  lastLoginAt: z.number().int().nullable(),
+  createdAt: z.number().int(),
+  updatedAt: z.number().int(),
+});
+export type AdminUser = z.infer<typeof AdminUserSchema>;
+
+export const AdminUserListSchema = z.object({ users: z.array(AdminUserSchema) });
+
+export const CreateAdminUserRequestSchema = z.strictObject({
+  username: AdminUsernameSchema,
+  role: AdminRoleSchema,
+  /** Omitted: Center generates one and returns it once. */
+  password: AdminPasswordSchema.optional(),
+});
+export type CreateAdminUserRequest = z.infer<typeof CreateAdminUserRequestSchema>;
+
+export const CreateAdminUserResponseSchema = z.object({
+  user: AdminUserSchema,
+  /** The generated one-time password, when none was given. */
+  password: z.string().optional(),
+});
+
+export const UpdateAdminUserRequestSchema = z
+  .strictObject({ role: AdminRoleSchema.optional(), password: AdminPasswordSchema.optional() })
+  .refine((b) => b.role !== undefined || b.password !== undefined, {
+    message: 'give role or password',
+  });
+export type UpdateAdminUserRequest = z.infer<typeof UpdateAdminUserRequestSchema>;
+
+export const IdParamsSchema = z.strictObject({ id: z.string().min(1).max(64) });
+
+export const CreateApiTokenRequestSchema = z.strictObject({
+  name: z.string().min(1).max(100),
+  /** Lifetime in days; omitted: no expiry. */
+  expiresInDays: z.number().int().min(1).max(3650).optional(),
+});
+export type CreateApiTokenRequest = z.infer<typeof CreateApiTokenRequestSchema>;
+
+export const CreateApiTokenResponseSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  /** The bearer token, shown once. */
+  token: z.string(),
+  expiresAt: z.number().int().nullable(),
+});
+
+export const AuditEntrySchema = z.object({
+  id: z.string(),
+  actor: z.string(),
+  action: z.string(),
+  targetType: z.string(),
+  targetId: z.string().nullable(),
+  before: z.unknown().nullable(),
+  after: z.unknown().nullable(),
+  at: z.number().int(),
+});
+export type AuditEntry = z.infer<typeof AuditEntrySchema>;
+
+export const AuditQuerySchema = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(500).default(100),
+  /** The `next` of the previous page. */
+  cursor: z.string().max(200).optional(),
+});
+
+export const AuditPageSchema = z.object({
+  entries: z.array(AuditEntrySchema),
+  /** Pass as `cursor` for the next (older) page; null at the end. */
+  next: z.string().nullable(),
+});
+
+export const ErrorBodySchema = z.object({
+  error: z.object({ code: z.string(), message: z.string() }),
+});
