@@ -18,6 +18,7 @@ import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client
 import { z } from 'zod';
 import type { CenterConfig } from './config.ts';
 import type { CenterDatabase } from './db/index.ts';
+import { adminPlugin } from './admin/index.ts';
 import { registerStoreRoute } from './store-route.ts';
 
 /** Center's Fastify instance, with zod schemas as its type provider. */
@@ -116,5 +117,6 @@ export async function createCenterApp(deps: CenterDeps): Promise<CenterApp> {
   app.get('/api/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   registerStoreRoute(app, deps.config.storeDir);
+  await app.register(adminPlugin, deps);
   return app;
 }

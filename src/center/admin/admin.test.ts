@@ -1,0 +1,363 @@
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { test, type TestContext } from 'node:test';
+import { pino } from 'pino';
+import { tempDir } from '../../../test/support/fixtures.ts';
+import { createDatabase, startPostgres } from '../../../test/support/postgres.ts';
+import { resolveConfig } from '../config.ts';
+import { migrateToLatest, openDatabase, type DatabaseDialect } from '../db/index.ts';
+import { createCenterApp } from '../server.ts';
+import { createUser } from './users.ts';
+
+const ADMIN_PASSWORD = 'correct horse battery';
+
+interface Target {
+  dialect: DatabaseDialect;
+  /** Gets the server ready once; returns a maker of URLs to empty databases. */
+  setUp(t: TestContext): Promise<(t: TestContext) => Promise<string>>;
+}
+
+const targets: Target[] = [
+  {
+    dialect: 'sqlite',
+    setUp: () =>
+      Promise.resolve(async (t) => `sqlite:${join(await tempDir(t, 'bulkhead-admin-'), 'c.db')}`),
+  },
+  {
+    dialect: 'postgres',
+    setUp: async (t) => {
+      const server = await startPostgres(t);
+      return (subtest) => createDatabase(subtest, server);
+    },
+  },
+];
+
+/** A Center with one admin `root`, a settable clock, and its logs kept as text. */
+async function center(t: TestContext, url: string) {
+  const dir = await tempDir(t);
+  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
+  const database = await openDatabase({ url });
+  await migrateToLatest(database.db);
+  let clock = Date.UTC(2026, 10, 23, 12);
+  const now = () => new Date(clock);
+  await createUser(
+    database.db,
+    { label: 'system' },
+    { username: 'root', role: 'admin', password: ADMIN_PASSWORD },
+    clock,
+  );
+  clock += 1000;
+  let logs = '';
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      logs += chunk.toString();
+      done();
+    },
+  });
+  const { privateKey } = generateKeyPairSync('ed25519');
+  const app = await createCenterApp({
+    config,
+    log: pino({ level: 'debug' }, sink),
+    database,
+    signingKey: { key: privateKey, keyid: 'test' },
+    now,
+  });
+  t.after(async () => {
+    await app.close();
+    await database.close();
+  });
+
+  const call = async (
+    method: 'GET' | 'POST' | 'PATCH' | 'DELETE',
+    path: string,
+    options: { token?: string; body?: unknown; ip?: string } = {},
+  ) => {
+    const res = await app.inject({
+      method,
+      url: `/api/v1/admin${path}`,
+      remoteAddress: options.ip ?? '10.0.0.1',
+      headers: options.token ? { authorization: `Bearer ${options.token}` } : {},
+      ...(options.body === undefined ? {} : { payload: options.body as object }),
+    });
+    return { status: res.statusCode, headers: res.headers, body: res.body ? res.json() : null };
+  };
+  const loginAs = async (username: string, password: string) => {
+    const res = await call('POST', '/login', { body: { username, password } });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    return res.body.token as string;
+  };
+  return {
+    app,
+    database,
+    call,
+    loginAs,
+    logs: () => logs,
+    advance: (ms: number) => {
+      clock += ms;
+    },
+  };
+}
+
+for (const target of targets) {
+  test(`admin API on ${target.dialect}`, async (t) => {
+    const newUrl = await target.setUp(t);
+
+    await t.test('login gives a session that expires and that logout revokes', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const token = await c.loginAs('root', ADMIN_PASSWORD);
+      assert.match(token, /^bh_[A-Za-z0-9_-]{43}$/);
+      const me = await c.call('GET', '/me', { token });
+      assert.deepEqual(
+        { ...me.body, id: undefined },
+        { id: undefined, username: 'root', role: 'admin', via: 'session' },
+      );
+      const stored = await c.database.db.selectFrom('api_tokens').selectAll().execute();
+      assert.equal(stored.length, 1);
+      assert.notEqual(stored[0]!.token_hash, token);
+      assert.match(stored[0]!.token_hash, /^[0-9a-f]{64}$/);
+
+      c.advance(12 * 3600_000 - 1);
+      assert.equal((await c.call('GET', '/me', { token })).status, 200);
+      c.advance(1);
+      const expired = await c.call('GET', '/me', { token });
+      assert.equal(expired.status, 401);
+      assert.equal(expired.body.error.code, 'ERR_UNAUTHENTICATED');
+
+      const second = await c.loginAs('root', ADMIN_PASSWORD);
+      assert.equal((await c.call('POST', '/logout', { token: second })).status, 204);
+      assert.equal((await c.call('GET', '/me', { token: second })).status, 401);
+    });
+
+    await t.test('no token, a malformed one or an unknown one is 401', async (t) => {
+      const c = await center(t, await newUrl(t));
+      for (const token of [undefined, 'not a token!', 'bh_unknownunknownunknown']) {
+        const res = await c.call('GET', '/users', { ...(token ? { token } : {}) });
+        assert.equal(res.status, 401, String(token));
+        assert.equal(res.body.error.code, 'ERR_UNAUTHENTICATED');
+      }
+      // Authentication comes before validation: an anonymous bad body is still a 401.
+      const res = await c.call('POST', '/users', { body: { bogus: 1 } });
+      assert.equal(res.status, 401);
+      const wrong = await c.call('POST', '/login', {
+        body: { username: 'root', password: 'wrong' },
+      });
+      assert.equal(wrong.status, 401);
+      const nobody = await c.call('POST', '/login', {
+        body: { username: 'nobody', password: 'wrong' },
+      });
+      assert.deepEqual(nobody.body, wrong.body);
+    });
+
+    await t.test('five failed logins per username and address lock that pair out', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const attempt = (password: string, ip = '10.0.0.1') =>
+        c.call('POST', '/login', { body: { username: 'root', password }, ip });
+      for (let i = 0; i < 5; i++) assert.equal((await attempt('wrong')).status, 401);
+      const limited = await attempt(ADMIN_PASSWORD);
+      assert.equal(limited.status, 429);
+      assert.equal(limited.body.error.code, 'ERR_RATE_LIMITED');
+      assert.equal(limited.headers['retry-after'], '900');
+      // Another address is not locked out.
+      assert.equal((await attempt(ADMIN_PASSWORD, '10.0.0.2')).status, 200);
+      c.advance(10 * 60_000);
+      assert.equal((await attempt(ADMIN_PASSWORD)).headers['retry-after'], '300');
+      c.advance(5 * 60_000);
+      assert.equal((await attempt(ADMIN_PASSWORD)).status, 200);
+    });
+
+    await t.test('each route enforces its role: viewer < operator < admin', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const root = await c.loginAs('root', ADMIN_PASSWORD);
+      for (const [username, role] of [
+        ['vera', 'viewer'],
+        ['otto', 'operator'],
+      ]) {
+        const res = await c.call('POST', '/users', {
+          token: root,
+          body: { username, role, password: `${username} password long` },
+        });
+        assert.equal(res.status, 201, JSON.stringify(res.body));
+        assert.equal(res.body.password, undefined);
+      }
+      const viewer = await c.loginAs('vera', 'vera password long');
+      const operator = await c.loginAs('otto', 'otto password long');
+      assert.equal((await c.call('GET', '/users', { token: viewer })).status, 200);
+      assert.equal((await c.call('GET', '/audit', { token: viewer })).status, 200);
+      const denied = await c.call('POST', '/users', {
+        token: viewer,
+        body: { username: 'x', role: 'viewer' },
+      });
+      assert.equal(denied.status, 403);
+      assert.equal(denied.body.error.code, 'ERR_FORBIDDEN');
+      const noToken = await c.call('POST', '/tokens', { token: operator, body: { name: 'ci' } });
+      assert.equal(noToken.status, 403);
+
+      const created = await c.call('POST', '/tokens', {
+        token: root,
+        body: { name: 'ci', expiresInDays: 1 },
+      });
+      assert.equal(created.status, 201);
+      const api = created.body.token as string;
+      const me = await c.call('GET', '/me', { token: api });
+      assert.equal(me.body.via, 'token');
+      assert.equal(me.body.username, 'root');
+      c.advance(86_400_000);
+      assert.equal((await c.call('GET', '/me', { token: api })).status, 401);
+    });
+
+    await t.test('users: create, change, delete; never the last admin', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const root = await c.loginAs('root', ADMIN_PASSWORD);
+      const rootId = (await c.call('GET', '/me', { token: root })).body.id as string;
+
+      const demote = await c.call('PATCH', `/users/${rootId}`, {
+        token: root,
+        body: { role: 'operator' },
+      });
+      assert.equal(demote.status, 409);
+      assert.equal(demote.body.error.code, 'ERR_LAST_ADMIN');
+      const remove = await c.call('DELETE', `/users/${rootId}`, { token: root });
+      assert.equal(remove.body.error.code, 'ERR_LAST_ADMIN');
+
+      const made = await c.call('POST', '/users', {
+        token: root,
+        body: { username: 'ada', role: 'admin' },
+      });
+      assert.equal(made.status, 201);
+      assert.match(made.body.password, /^[A-Za-z0-9_-]{22}$/);
+      const dup = await c.call('POST', '/users', {
+        token: root,
+        body: { username: 'ada', role: 'viewer' },
+      });
+      assert.equal(dup.status, 409);
+      assert.equal(dup.body.error.code, 'ERR_ADMIN_USER_EXISTS');
+
+      const ada = await c.loginAs('ada', made.body.password);
+      const changed = await c.call('PATCH', `/users/${made.body.user.id}`, {
+        token: root,
+        body: { password: 'a brand new password' },
+      });
+      assert.equal(changed.status, 200);
+      assert.equal((await c.call('GET', '/me', { token: ada })).status, 401, 'sessions end');
+      await c.loginAs('ada', 'a brand new password');
+
+      assert.equal(
+        (await c.call('PATCH', `/users/${rootId}`, { token: root, body: { role: 'viewer' } }))
+          .status,
+        200,
+      );
+      // root is a viewer now: its own session is judged by its new role.
+      assert.equal(
+        (await c.call('DELETE', `/users/${made.body.user.id}`, { token: root })).status,
+        403,
+      );
+      const list = await c.call('GET', '/users', { token: root });
+      assert.deepEqual(
+        list.body.users.map((u: { username: string; role: string }) => [u.username, u.role]),
+        [
+          ['ada', 'admin'],
+          ['root', 'viewer'],
+        ],
+      );
+      const missing = await c.call('DELETE', '/users/00000000-0000-7000-8000-000000000000', {
+        token: await c.loginAs('ada', 'a brand new password'),
+      });
+      assert.equal(missing.status, 404);
+      assert.equal(missing.body.error.code, 'ERR_NOT_FOUND');
+    });
+
+    await t.test('bad input is a 400 naming the field, without a stack', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const root = await c.loginAs('root', ADMIN_PASSWORD);
+      const cases: { path: string; method?: 'POST' | 'GET'; body?: unknown; names: RegExp }[] = [
+        { path: '/users', body: { username: 'a', role: 'admin', rolee: 1 }, names: /"rolee"/ },
+        { path: '/users', body: { username: 'a', role: 'root' }, names: /body\.role/ },
+        { path: '/users', body: { username: 'a'.repeat(65), role: 'viewer' }, names: /username/ },
+        {
+          path: '/users',
+          body: { username: 'a', role: 'viewer', password: 'short' },
+          names: /password/,
+        },
+        { path: '/tokens', body: { name: 'x', expiresInDays: 0 }, names: /expiresInDays/ },
+        { path: '/tokens', body: { name: 'session:x' }, names: /body\.name/ },
+        { path: '/audit?limit=501', method: 'GET', names: /limit/ },
+        { path: '/audit?colour=red', method: 'GET', names: /"colour"/ },
+        { path: '/audit?cursor=bm9wZQ', method: 'GET', names: /cursor/ },
+      ];
+      for (const k of cases) {
+        const res = await c.call(k.method ?? 'POST', k.path, { token: root, body: k.body });
+        assert.equal(res.status, 400, `${k.path} ${JSON.stringify(k.body)}`);
+        assert.equal(res.body.error.code, 'ERR_VALIDATION');
+        assert.match(res.body.error.message, k.names);
+        assert.doesNotMatch(JSON.stringify(res.body), /\bat .*\.ts:\d+/);
+      }
+      const login = await c.call('POST', '/login', { body: { username: 'root' } });
+      assert.equal(login.status, 400);
+      assert.match(login.body.error.message, /body\.password/);
+    });
+
+    await t.test('the audit trail records every change, pages newest first', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const root = await c.loginAs('root', ADMIN_PASSWORD);
+      for (const name of ['a1', 'a2', 'a3']) {
+        c.advance(1000);
+        await c.call('POST', '/users', {
+          token: root,
+          body: { username: name, role: 'viewer', password: 'a long enough password' },
+        });
+      }
+      // A refused change leaves no trace: the audit row shares its transaction.
+      await c.call('POST', '/users', { token: root, body: { username: 'a1', role: 'viewer' } });
+      c.advance(1000);
+      await c.call('POST', '/tokens', { token: root, body: { name: 'ci' } });
+
+      const seen: { action: string; actor: string; after: unknown; at: number }[] = [];
+      let cursor: string | null = null;
+      let pages = 0;
+      do {
+        const page = await c.call('GET', `/audit?limit=2${cursor ? `&cursor=${cursor}` : ''}`, {
+          token: root,
+        });
+        assert.equal(page.status, 200);
+        seen.push(...page.body.entries);
+        cursor = page.body.next;
+        pages++;
+      } while (cursor !== null);
+      assert.equal(pages, 3);
+      assert.equal(seen.length, 6);
+      assert.deepEqual(
+        seen.map((e) => e.action),
+        [
+          'token.create',
+          'user.create',
+          'user.create',
+          'user.create',
+          'session.create',
+          'user.create',
+        ],
+      );
+      assert.deepEqual(
+        seen.map((e) => e.actor),
+        [...Array(5).fill('user:root'), 'system'],
+      );
+      assert.ok(seen.every((e, i) => i === 0 || e.at <= seen[i - 1]!.at));
+      assert.deepEqual((seen[1]!.after as { username: string }).username, 'a3');
+      const trail = JSON.stringify(seen);
+      assert.doesNotMatch(trail, /password_hash|scrypt\$|a long enough password|bh_/);
+    });
+
+    await t.test('tokens and passwords never reach the logs', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const root = await c.loginAs('root', ADMIN_PASSWORD);
+      const made = await c.call('POST', '/tokens', { token: root, body: { name: 'ci' } });
+      await c.call('GET', '/me', { token: made.body.token });
+      await c.call('POST', '/login', { body: { username: 'root', password: 'a wrong one' } });
+      assert.match(c.logs(), /\/api\/v1\/admin\/me/, 'requests are logged');
+      for (const secret of [root, made.body.token, ADMIN_PASSWORD, 'a wrong one']) {
+        assert.ok(!c.logs().includes(secret), 'a secret was logged');
+      }
+    });
+  });
+}

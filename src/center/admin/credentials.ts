@@ -1,0 +1,224 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { Kysely } from 'kysely';
+import {
+  BulkheadError,
+  ErrorCodes,
+  type AdminRoleName,
+  type CreateApiTokenRequest,
+  type LoginResponse,
+} from '../../protocol/index.ts';
+import { hashPassword, verifyPassword } from '../auth/passwords.ts';
+import { newId, type Database } from '../db/index.ts';
+import { writeAudit, type Actor } from './audit.ts';
+import type { LoginLimiter } from './rate-limit.ts';
+
+/*
+ * Sessions and API tokens are both bearer secrets kept in `api_tokens` as SHA-256 hashes: a
+ * session is a row named `session:<username>` that expires after SESSION_MS. One table means
+ * one lookup per request and one place that revokes (deleting a user cascades to both). The
+ * secrets have 256 bits of entropy, so a plain hash (no salt, no stretching) is enough, and it
+ * lets the lookup be an index probe.
+ */
+
+export const SESSION_MS = 12 * 60 * 60_000;
+const SESSION_PREFIX = 'session:';
+
+/** Who a request acts as, resolved from its bearer token. */
+export interface Caller extends Actor {
+  userId: string;
+  username: string;
+  role: AdminRoleName;
+  /** The api_tokens row presented. */
+  credentialId: string;
+  via: 'session' | 'token';
+}
+
+const ROLE_RANK: Record<AdminRoleName, number> = { viewer: 0, operator: 1, admin: 2 };
+
+/** Whether `role` includes everything `required` may do. */
+export function hasRole(role: AdminRoleName, required: AdminRoleName): boolean {
+  return ROLE_RANK[role] >= ROLE_RANK[required];
+}
+
+function newSecret(): string {
+  return `bh_${randomBytes(32).toString('base64url')}`;
+}
+
+export function hashSecret(secret: string): string {
+  return createHash('sha256').update(secret).digest('hex');
+}
+
+function unauthenticated(message: string): BulkheadError {
+  return new BulkheadError(ErrorCodes.UNAUTHENTICATED, message);
+}
+
+/**
+ * The caller an `Authorization` header names.
+ * @throws BulkheadError `ERR_UNAUTHENTICATED` when it is missing, malformed, unknown or expired.
+ */
+export async function resolveCaller(
+  db: Kysely<Database>,
+  authorization: string | undefined,
+  nowMs: number,
+): Promise<Caller> {
+  if (authorization === undefined) throw unauthenticated('authentication required');
+  const match = /^Bearer\s+([A-Za-z0-9_-]{1,128})$/i.exec(authorization.trim());
+  if (!match) throw unauthenticated('the Authorization header must be "Bearer <token>"');
+  const row = await db
+    .selectFrom('api_tokens as t')
+    .innerJoin('admin_users as u', 'u.id', 't.user_id')
+    .select(['t.id', 't.name', 't.expires_at', 't.last_used_at', 'u.id as user_id', 'u.username'])
+    .select('u.role')
+    .where('t.token_hash', '=', hashSecret(match[1]!))
+    .executeTakeFirst();
+  if (!row || (row.expires_at !== null && Number(row.expires_at) <= nowMs)) {
+    throw unauthenticated('the token is unknown, revoked or expired');
+  }
+  // Recording use costs a write; once a minute per token is precise enough.
+  if (row.last_used_at === null || Number(row.last_used_at) < nowMs - 60_000) {
+    await db
+      .updateTable('api_tokens')
+      .set({ last_used_at: nowMs })
+      .where('id', '=', row.id)
+      .execute();
+  }
+  const via = row.name.startsWith(SESSION_PREFIX) ? 'session' : 'token';
+  return {
+    userId: row.user_id,
+    username: row.username,
+    role: row.role,
+    credentialId: row.id,
+    via,
+    label: via === 'session' ? `user:${row.username}` : `token:${row.id}`,
+  };
+}
+
+// Verifying against this when the user does not exist keeps the answer's timing the same.
+let dummyHash: Promise<string> | undefined;
+
+/**
+ * Checks a username and password and opens a session.
+ * @throws BulkheadError `ERR_RATE_LIMITED` (details.retryAfterSeconds) after too many failures
+ *   for this username from this address; `ERR_UNAUTHENTICATED` for a wrong name or password
+ *   (the same message for both).
+ */
+export async function login(
+  deps: { db: Kysely<Database>; limiter: LoginLimiter; nowMs: () => number },
+  input: { username: string; password: string; ip: string },
+): Promise<LoginResponse> {
+  const key = `${input.username.toLowerCase()}\n${input.ip}`;
+  const wait = deps.limiter.retryAfter(key);
+  if (wait > 0) {
+    throw new BulkheadError(
+      ErrorCodes.RATE_LIMITED,
+      `too many failed logins; try again in ${wait} s`,
+      { retryable: true, details: { retryAfterSeconds: wait } },
+    );
+  }
+  const user = await deps.db
+    .selectFrom('admin_users')
+    .selectAll()
+    .where('username', '=', input.username)
+    .executeTakeFirst();
+  const matches = await verifyPassword(
+    input.password,
+    user?.password_hash ?? (await (dummyHash ??= hashPassword(newSecret()))),
+  );
+  if (!user || !matches) {
+    deps.limiter.fail(key);
+    throw unauthenticated('wrong username or password');
+  }
+  deps.limiter.reset(key);
+  const at = deps.nowMs();
+  const token = newSecret();
+  const id = newId(at);
+  const expiresAt = at + SESSION_MS;
+  await deps.db.transaction().execute(async (trx) => {
+    await trx
+      .insertInto('api_tokens')
+      .values({
+        id,
+        user_id: user.id,
+        name: `${SESSION_PREFIX}${user.username}`,
+        token_hash: hashSecret(token),
+        expires_at: expiresAt,
+        last_used_at: at,
+        created_at: at,
+      })
+      .execute();
+    await trx
+      .updateTable('admin_users')
+      .set({ last_login_at: at })
+      .where('id', '=', user.id)
+      .execute();
+    await writeAudit(trx, {
+      actor: { label: `user:${user.username}` },
+      action: 'session.create',
+      targetType: 'session',
+      targetId: id,
+      before: null,
+      after: { id, userId: user.id, expiresAt, ip: input.ip },
+      at,
+    });
+  });
+  return { token, expiresAt, username: user.username, role: user.role };
+}
+
+/** Revokes the credential the caller presented (its session, or the API token itself). */
+export async function logout(db: Kysely<Database>, caller: Caller, at: number): Promise<void> {
+  await db.transaction().execute(async (trx) => {
+    await trx.deleteFrom('api_tokens').where('id', '=', caller.credentialId).execute();
+    await writeAudit(trx, {
+      actor: caller,
+      action: caller.via === 'session' ? 'session.delete' : 'token.delete',
+      targetType: caller.via,
+      targetId: caller.credentialId,
+      before: { id: caller.credentialId, userId: caller.userId },
+      after: null,
+      at,
+    });
+  });
+}
+
+/** Creates an API token acting as the caller's user; the secret is returned only here. */
+export async function createApiToken(
+  db: Kysely<Database>,
+  caller: Caller,
+  input: CreateApiTokenRequest,
+  at: number,
+): Promise<{ id: string; name: string; token: string; expiresAt: number | null }> {
+  if (input.name.startsWith(SESSION_PREFIX)) {
+    throw new BulkheadError(
+      ErrorCodes.VALIDATION,
+      `body.name: must not start with "${SESSION_PREFIX}"`,
+    );
+  }
+  const token = newSecret();
+  const id = newId(at);
+  const expiresAt =
+    input.expiresInDays === undefined ? null : at + input.expiresInDays * 86_400_000;
+  await db.transaction().execute(async (trx) => {
+    await trx
+      .insertInto('api_tokens')
+      .values({
+        id,
+        user_id: caller.userId,
+        name: input.name,
+        token_hash: hashSecret(token),
+        expires_at: expiresAt,
+        last_used_at: null,
+        created_at: at,
+      })
+      .execute();
+    await writeAudit(trx, {
+      actor: caller,
+      action: 'token.create',
+      targetType: 'token',
+      targetId: id,
+      before: null,
+      after: { id, userId: caller.userId, name: input.name, expiresAt },
+      at,
+    });
+  });
+  return { id, name: input.name, token, expiresAt };
+}

@@ -1,0 +1,4 @@
+// Center's admin API: sessions and API tokens, roles, users, the audit trail.
+export { adminPlugin } from './plugin.ts';
+export { createUser, updateUser } from './users.ts';
+export { writeAudit, type Actor } from './audit.ts';

@@ -1,0 +1,209 @@
+import type { FastifyPluginAsync } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import {
+  AdminUserListSchema,
+  AdminUserSchema,
+  AuditPageSchema,
+  AuditQuerySchema,
+  BulkheadError,
+  CreateAdminUserRequestSchema,
+  CreateAdminUserResponseSchema,
+  CreateApiTokenRequestSchema,
+  CreateApiTokenResponseSchema,
+  ErrorCodes,
+  IdParamsSchema,
+  LoginRequestSchema,
+  LoginResponseSchema,
+  MeResponseSchema,
+  UpdateAdminUserRequestSchema,
+  type AdminRoleName,
+} from '../../protocol/index.ts';
+import type { CenterDeps } from '../server.ts';
+import { listAudit } from './audit.ts';
+import {
+  createApiToken,
+  hasRole,
+  login,
+  logout,
+  resolveCaller,
+  type Caller,
+} from './credentials.ts';
+import { adminErrorHandler } from './errors.ts';
+import { createLoginLimiter } from './rate-limit.ts';
+import { createUser, deleteUser, listUsers, updateUser } from './users.ts';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The least role a route of the admin API needs; `public` needs no authentication. */
+    adminRole?: AdminRoleName | 'public';
+  }
+  interface FastifyRequest {
+    /** The authenticated caller of an admin API route (set before validation). */
+    adminCaller?: Caller;
+  }
+}
+
+/** The caller of a route that is not `public`; the onRequest hook guarantees it is set. */
+function callerOf(req: { adminCaller?: Caller }): Caller {
+  if (!req.adminCaller) throw new BulkheadError(ErrorCodes.INTERNAL, 'route has no caller');
+  return req.adminCaller;
+}
+
+/**
+ * The admin API, under `/api/v1/admin`. Authorization lives in this plugin's one onRequest
+ * hook: every route declares `config.adminRole` (a route without one fails at start-up), and
+ * the hook resolves the bearer token to a caller (401) and compares roles (403) before the
+ * body is even parsed, so an unauthenticated client learns nothing from validation errors.
+ */
+export const adminPlugin: FastifyPluginAsync<CenterDeps> = async (parent, deps) => {
+  const app = parent.withTypeProvider<ZodTypeProvider>();
+  const { db } = deps.database;
+  const nowMs = () => deps.now().getTime();
+  const limiter = createLoginLimiter({ now: deps.now });
+
+  app.setErrorHandler(adminErrorHandler);
+
+  app.addHook('onRoute', (route) => {
+    if (route.config?.adminRole === undefined) {
+      throw new Error(`admin route ${route.method} ${route.url} declares no config.adminRole`);
+    }
+  });
+
+  app.addHook('onRequest', async (req) => {
+    const required = req.routeOptions.config.adminRole;
+    if (required === 'public') return;
+    const caller = await resolveCaller(db, req.headers.authorization, nowMs());
+    if (required === undefined || !hasRole(caller.role, required)) {
+      throw new BulkheadError(
+        ErrorCodes.FORBIDDEN,
+        `this needs the ${required ?? 'admin'} role; ${caller.username} is ${caller.role}`,
+      );
+    }
+    req.adminCaller = caller;
+  });
+
+  const prefix = '/api/v1/admin';
+  const tags = ['admin'];
+
+  app.post(
+    `${prefix}/login`,
+    {
+      config: { adminRole: 'public' },
+      schema: {
+        tags,
+        description:
+          'Opens a 12-hour session. Five failures per username and address in 15 minutes lock ' +
+          'that pair out (429 with Retry-After); the count is per Center replica.',
+        body: LoginRequestSchema,
+        response: { 200: LoginResponseSchema },
+      },
+    },
+    async (req) => login({ db, limiter, nowMs }, { ...req.body, ip: req.ip }),
+  );
+
+  app.post(
+    `${prefix}/logout`,
+    {
+      config: { adminRole: 'viewer' },
+      schema: { tags, description: 'Revokes the bearer token presented.' },
+    },
+    async (req, reply) => {
+      await logout(db, callerOf(req), nowMs());
+      return reply.code(204).send(null);
+    },
+  );
+
+  app.get(
+    `${prefix}/me`,
+    {
+      config: { adminRole: 'viewer' },
+      schema: { tags, response: { 200: MeResponseSchema } },
+    },
+    async (req) => {
+      const caller = callerOf(req);
+      return { id: caller.userId, username: caller.username, role: caller.role, via: caller.via };
+    },
+  );
+
+  app.post(
+    `${prefix}/tokens`,
+    {
+      config: { adminRole: 'admin' },
+      schema: {
+        tags,
+        description: 'Creates an API token acting as the caller; the token is shown only here.',
+        body: CreateApiTokenRequestSchema,
+        response: { 201: CreateApiTokenResponseSchema },
+      },
+    },
+    async (req, reply) =>
+      reply.code(201).send(await createApiToken(db, callerOf(req), req.body, nowMs())),
+  );
+
+  app.get(
+    `${prefix}/users`,
+    {
+      config: { adminRole: 'viewer' },
+      schema: { tags, response: { 200: AdminUserListSchema } },
+    },
+    async () => ({ users: await listUsers(db) }),
+  );
+
+  app.post(
+    `${prefix}/users`,
+    {
+      config: { adminRole: 'admin' },
+      schema: {
+        tags,
+        description:
+          'Creates an administrator; without a password, a generated one is returned once.',
+        body: CreateAdminUserRequestSchema,
+        response: { 201: CreateAdminUserResponseSchema },
+      },
+    },
+    async (req, reply) =>
+      reply.code(201).send(await createUser(db, callerOf(req), req.body, nowMs())),
+  );
+
+  app.patch(
+    `${prefix}/users/:id`,
+    {
+      config: { adminRole: 'admin' },
+      schema: {
+        tags,
+        params: IdParamsSchema,
+        body: UpdateAdminUserRequestSchema,
+        response: { 200: AdminUserSchema },
+      },
+    },
+    async (req) => updateUser(db, callerOf(req), { id: req.params.id }, req.body, nowMs()),
+  );
+
+  app.delete(
+    `${prefix}/users/:id`,
+    {
+      config: { adminRole: 'admin' },
+      schema: { tags, params: IdParamsSchema, response: { 204: z.null() } },
+    },
+    async (req, reply) => {
+      await deleteUser(db, callerOf(req), req.params.id, nowMs());
+      return reply.code(204).send(null);
+    },
+  );
+
+  app.get(
+    `${prefix}/audit`,
+    {
+      config: { adminRole: 'viewer' },
+      schema: {
+        tags,
+        description:
+          'The audit trail, newest first; pass `next` back as `cursor` for older entries.',
+        querystring: AuditQuerySchema,
+        response: { 200: AuditPageSchema },
+      },
+    },
+    async (req) => listAudit(db, req.query),
+  );
+};

@@ -1,0 +1,196 @@
+import { PostgresAdapter, type Kysely, type Transaction } from 'kysely';
+import {
+  BulkheadError,
+  ErrorCodes,
+  type AdminRoleName,
+  type AdminUser,
+  type UpdateAdminUserRequest,
+} from '../../protocol/index.ts';
+import { generatePassword, hashPassword } from '../auth/passwords.ts';
+import { constraintViolation, newId, type Database, type Row } from '../db/index.ts';
+import { writeAudit, type Actor } from './audit.ts';
+
+/** A user as the API shows it: never the password hash. */
+export function presentUser(row: Row<'admin_users'>): AdminUser {
+  return {
+    id: row.id,
+    username: row.username,
+    role: row.role,
+    lastLoginAt: row.last_login_at === null ? null : Number(row.last_login_at),
+    createdAt: Number(row.created_at),
+    updatedAt: Number(row.updated_at),
+  };
+}
+
+export async function listUsers(db: Kysely<Database>): Promise<AdminUser[]> {
+  const rows = await db.selectFrom('admin_users').selectAll().orderBy('username').execute();
+  return rows.map(presentUser);
+}
+
+/**
+ * Creates an administrator; generates a password when none is given and returns it once.
+ * @throws BulkheadError `ERR_ADMIN_USER_EXISTS` when the username is taken.
+ */
+export async function createUser(
+  db: Kysely<Database>,
+  actor: Actor,
+  input: { username: string; role: AdminRoleName; password?: string | undefined },
+  at: number,
+): Promise<{ user: AdminUser; password?: string }> {
+  const password = input.password ?? generatePassword();
+  const row: Row<'admin_users'> = {
+    id: newId(at),
+    username: input.username,
+    password_hash: await hashPassword(password),
+    role: input.role,
+    last_login_at: null,
+    created_at: at,
+    updated_at: at,
+  };
+  try {
+    await db.transaction().execute(async (trx) => {
+      await trx.insertInto('admin_users').values(row).execute();
+      await writeAudit(trx, {
+        actor,
+        action: 'user.create',
+        targetType: 'user',
+        targetId: row.id,
+        before: null,
+        after: presentUser(row),
+        at,
+      });
+    });
+  } catch (err) {
+    if (constraintViolation(err) === 'unique') {
+      throw new BulkheadError(
+        ErrorCodes.ADMIN_USER_EXISTS,
+        `an administrator named "${input.username}" already exists`,
+        { cause: err },
+      );
+    }
+    throw err;
+  }
+  return input.password === undefined
+    ? { user: presentUser(row), password }
+    : { user: presentUser(row) };
+}
+
+/**
+ * Changes a user's role and/or password. A password change ends the user's sessions (API
+ * tokens stay: scripts are revoked explicitly).
+ * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_LAST_ADMIN` when it would demote the last admin.
+ */
+export async function updateUser(
+  db: Kysely<Database>,
+  actor: Actor,
+  where: { id: string } | { username: string },
+  input: UpdateAdminUserRequest,
+  at: number,
+): Promise<AdminUser> {
+  const passwordHash =
+    input.password === undefined ? undefined : await hashPassword(input.password);
+  return db.transaction().execute(async (trx) => {
+    const current = await findUser(trx, where);
+    if (input.role !== undefined && input.role !== 'admin' && current.role === 'admin') {
+      await assertAnotherAdmin(trx, current.id);
+    }
+    const target: Row<'admin_users'> = {
+      ...current,
+      role: input.role ?? current.role,
+      password_hash: passwordHash ?? current.password_hash,
+      updated_at: at,
+    };
+    await trx
+      .updateTable('admin_users')
+      .set({ role: target.role, password_hash: target.password_hash, updated_at: at })
+      .where('id', '=', current.id)
+      .execute();
+    if (passwordHash !== undefined) {
+      await trx
+        .deleteFrom('api_tokens')
+        .where('user_id', '=', current.id)
+        .where('name', 'like', 'session:%')
+        .execute();
+    }
+    // The trail says that the password changed, never what it is or its hash.
+    await writeAudit(trx, {
+      actor,
+      action: 'user.update',
+      targetType: 'user',
+      targetId: current.id,
+      before: presentUser(current),
+      after: { ...presentUser(target), ...(passwordHash ? { passwordChanged: true } : {}) },
+      at,
+    });
+    return presentUser(target);
+  });
+}
+
+/**
+ * Deletes a user, its sessions and API tokens.
+ * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_LAST_ADMIN` for the last admin.
+ */
+export async function deleteUser(
+  db: Kysely<Database>,
+  actor: Actor,
+  id: string,
+  at: number,
+): Promise<void> {
+  await db.transaction().execute(async (trx) => {
+    const current = await findUser(trx, { id });
+    if (current.role === 'admin') await assertAnotherAdmin(trx, current.id);
+    await trx.deleteFrom('api_tokens').where('user_id', '=', id).execute();
+    await trx.deleteFrom('admin_users').where('id', '=', id).execute();
+    await writeAudit(trx, {
+      actor,
+      action: 'user.delete',
+      targetType: 'user',
+      targetId: id,
+      before: presentUser(current),
+      after: null,
+      at,
+    });
+  });
+}
+
+async function findUser(
+  trx: Transaction<Database>,
+  where: { id: string } | { username: string },
+): Promise<Row<'admin_users'>> {
+  const row = await trx
+    .selectFrom('admin_users')
+    .selectAll()
+    .$call((q) =>
+      'id' in where ? q.where('id', '=', where.id) : q.where('username', '=', where.username),
+    )
+    .executeTakeFirst();
+  if (!row) {
+    const name = 'id' in where ? where.id : where.username;
+    throw new BulkheadError(ErrorCodes.NOT_FOUND, `no administrator "${name}"`);
+  }
+  return row;
+}
+
+/**
+ * Refuses to remove the last admin. On PostgreSQL the admin rows are locked (`for update`), so
+ * two transactions demoting the last two admins at once cannot both pass; SQLite runs one
+ * writer at a time anyway.
+ */
+async function assertAnotherAdmin(trx: Transaction<Database>, exceptId: string): Promise<void> {
+  const admins = await trx
+    .selectFrom('admin_users')
+    .select('id')
+    .where('role', '=', 'admin')
+    .$call((q) => (isPostgres(trx) ? q.forUpdate() : q))
+    .execute();
+  if (!admins.some((a) => a.id !== exceptId)) {
+    throw new BulkheadError(
+      ErrorCodes.LAST_ADMIN,
+      'this is the last administrator with the admin role; make another one admin first',
+    );
+  }
+}
+
+function isPostgres(trx: Transaction<Database>): boolean {
+  return trx.getExecutor().adapter instanceof PostgresAdapter;
+}
