@@ -3,10 +3,17 @@ import { BulkheadError, ErrorCodes, isBulkheadError } from '../protocol/index.ts
 import { imageCommands } from './image.ts';
 import { keysCommands } from './keys.ts';
 import { centerCommands } from './center.ts';
+import { adminCommands } from './admin.ts';
 import { demoCommand } from './demo.ts';
 import type { Command, CommandContext } from './command.ts';
 
-const commands: Command[] = [...keysCommands, ...imageCommands, ...centerCommands, demoCommand];
+const commands: Command[] = [
+  ...keysCommands,
+  ...imageCommands,
+  ...centerCommands,
+  ...adminCommands,
+  demoCommand,
+];
 
 const globalHelp = `bulkhead — central images for bare-metal client virtualisation
 
