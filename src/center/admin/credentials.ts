@@ -99,15 +99,25 @@ let dummyHash: Promise<string> | undefined;
 /**
  * Checks a username and password and opens a session.
  * @throws BulkheadError `ERR_RATE_LIMITED` (details.retryAfterSeconds) after too many failures
- *   for this username from this address; `ERR_UNAUTHENTICATED` for a wrong name or password
+ *   for this username from this address, or for this username from anywhere; `ERR_UNAUTHENTICATED` for a wrong name or password
  *   (the same message for both).
  */
 export async function login(
-  deps: { db: Kysely<Database>; limiter: LoginLimiter; nowMs: () => number },
+  deps: {
+    db: Kysely<Database>;
+    limiters: { perAddress: LoginLimiter; perUsername: LoginLimiter };
+    nowMs: () => number;
+  },
   input: { username: string; password: string; ip: string },
 ): Promise<LoginResponse> {
-  const key = `${input.username.toLowerCase()}\n${input.ip}`;
-  const wait = deps.limiter.retryAfter(key);
+  // Two counts: per username and address (5 tries), and per username alone (50 tries), since
+  // the address comes from X-Forwarded-For, which a client not behind a proxy can forge.
+  const name = input.username.toLowerCase();
+  const key = `${name}\n${input.ip}`;
+  const wait = Math.max(
+    deps.limiters.perAddress.retryAfter(key),
+    deps.limiters.perUsername.retryAfter(name),
+  );
   if (wait > 0) {
     throw new BulkheadError(
       ErrorCodes.RATE_LIMITED,
@@ -125,10 +135,11 @@ export async function login(
     user?.password_hash ?? (await (dummyHash ??= hashPassword(newSecret()))),
   );
   if (!user || !matches) {
-    deps.limiter.fail(key);
+    deps.limiters.perAddress.fail(key);
+    deps.limiters.perUsername.fail(name);
     throw unauthenticated('wrong username or password');
   }
-  deps.limiter.reset(key);
+  deps.limiters.perAddress.reset(key);
   const at = deps.nowMs();
   const token = newSecret();
   const id = newId(at);

@@ -60,7 +60,11 @@ export const adminPlugin: FastifyPluginAsync<CenterDeps> = async (parent, deps) 
   const app = parent.withTypeProvider<ZodTypeProvider>();
   const { db } = deps.database;
   const nowMs = () => deps.now().getTime();
-  const limiter = createLoginLimiter({ now: deps.now });
+  const limiters = {
+    perAddress: createLoginLimiter({ now: deps.now, maxFailures: 5 }),
+    // Bounds guessing when addresses are forged; a lockout of one user lasts 15 minutes at most.
+    perUsername: createLoginLimiter({ now: deps.now, maxFailures: 50 }),
+  };
 
   app.setErrorHandler(adminErrorHandler);
 
@@ -94,12 +98,13 @@ export const adminPlugin: FastifyPluginAsync<CenterDeps> = async (parent, deps) 
         tags,
         description:
           'Opens a 12-hour session. Five failures per username and address in 15 minutes lock ' +
-          'that pair out (429 with Retry-After); the count is per Center replica.',
+          'that pair out (429 with Retry-After), fifty lock the username out from everywhere; ' +
+          'the counts are per Center replica.',
         body: LoginRequestSchema,
         response: { 200: LoginResponseSchema },
       },
     },
-    async (req) => login({ db, limiter, nowMs }, { ...req.body, ip: req.ip }),
+    async (req) => login({ db, limiters, nowMs }, { ...req.body, ip: req.ip }),
   );
 
   app.post(
