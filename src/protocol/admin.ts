@@ -95,6 +95,19 @@ export const CreateApiTokenResponseSchema = z.object({
   expiresAt: z.number().int().nullable(),
 });
 
+export const ApiTokenSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  /** The user the token acts as. */
+  username: z.string(),
+  expiresAt: z.number().int().nullable(),
+  lastUsedAt: z.number().int().nullable(),
+  createdAt: z.number().int(),
+});
+export type ApiToken = z.infer<typeof ApiTokenSchema>;
+
+export const ApiTokenListSchema = z.object({ tokens: z.array(ApiTokenSchema) });
+
 export const AuditEntrySchema = z.object({
   id: z.string(),
   actor: z.string(),

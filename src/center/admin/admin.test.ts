@@ -203,6 +203,21 @@ for (const target of targets) {
       const me = await c.call('GET', '/me', { token: api });
       assert.equal(me.body.via, 'token');
       assert.equal(me.body.username, 'root');
+      const listed = await c.call('GET', '/tokens', { token: root });
+      assert.deepEqual(
+        listed.body.tokens.map((k: { name: string; username: string }) => [k.name, k.username]),
+        [['ci', 'root']],
+        'sessions are not listed',
+      );
+      assert.doesNotMatch(JSON.stringify(listed.body), /bh_|token_hash/);
+      assert.equal((await c.call('GET', '/tokens', { token: operator })).status, 403);
+      const other = await c.call('POST', '/tokens', { token: root, body: { name: 'other' } });
+      const revoked = await c.call('DELETE', `/tokens/${other.body.id}`, { token: root });
+      assert.equal(revoked.status, 204);
+      assert.equal((await c.call('GET', '/me', { token: other.body.token })).status, 401);
+      const again = await c.call('DELETE', `/tokens/${other.body.id}`, { token: root });
+      assert.equal(again.status, 404);
+
       c.advance(86_400_000);
       assert.equal((await c.call('GET', '/me', { token: api })).status, 401);
     });

@@ -4,6 +4,7 @@ import {
   BulkheadError,
   ErrorCodes,
   type AdminRoleName,
+  type ApiToken,
   type CreateApiTokenRequest,
   type LoginResponse,
 } from '../../protocol/index.ts';
@@ -232,4 +233,67 @@ export async function createApiToken(
     });
   });
   return { id, name: input.name, token, expiresAt };
+}
+
+/** Every API token (not sessions), without its hash, newest first. */
+export async function listApiTokens(db: Kysely<Database>): Promise<ApiToken[]> {
+  const rows = await db
+    .selectFrom('api_tokens as t')
+    .innerJoin('admin_users as u', 'u.id', 't.user_id')
+    .select(['t.id', 't.name', 'u.username', 't.expires_at', 't.last_used_at', 't.created_at'])
+    .where('t.name', 'not like', `${SESSION_PREFIX}%`)
+    .orderBy('t.created_at', 'desc')
+    .orderBy('t.id', 'desc')
+    .execute();
+  return rows.map(presentToken);
+}
+
+function presentToken(r: {
+  id: string;
+  name: string;
+  username: string;
+  expires_at: number | null;
+  last_used_at: number | null;
+  created_at: number;
+}): ApiToken {
+  return {
+    id: r.id,
+    name: r.name,
+    username: r.username,
+    expiresAt: r.expires_at === null ? null : Number(r.expires_at),
+    lastUsedAt: r.last_used_at === null ? null : Number(r.last_used_at),
+    createdAt: Number(r.created_at),
+  };
+}
+
+/**
+ * Revokes an API token (sessions end by logout, a password change, or deleting the user).
+ * @throws BulkheadError `ERR_NOT_FOUND` when there is no such token.
+ */
+export async function revokeApiToken(
+  db: Kysely<Database>,
+  actor: Actor,
+  id: string,
+  at: number,
+): Promise<void> {
+  await db.transaction().execute(async (trx) => {
+    const current = await trx
+      .selectFrom('api_tokens as t')
+      .innerJoin('admin_users as u', 'u.id', 't.user_id')
+      .select(['t.id', 't.name', 'u.username', 't.expires_at', 't.last_used_at', 't.created_at'])
+      .where('t.id', '=', id)
+      .where('t.name', 'not like', `${SESSION_PREFIX}%`)
+      .executeTakeFirst();
+    if (!current) throw new BulkheadError(ErrorCodes.NOT_FOUND, `no API token "${id}"`);
+    await trx.deleteFrom('api_tokens').where('id', '=', id).execute();
+    await writeAudit(trx, {
+      actor,
+      action: 'token.delete',
+      targetType: 'token',
+      targetId: id,
+      before: presentToken(current),
+      after: null,
+      at,
+    });
+  });
 }

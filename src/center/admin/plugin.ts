@@ -3,6 +3,7 @@ import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import {
   AdminUserListSchema,
+  ApiTokenListSchema,
   AdminUserSchema,
   AuditPageSchema,
   AuditQuerySchema,
@@ -23,6 +24,8 @@ import type { CenterDeps } from '../server.ts';
 import { listAudit } from './audit.ts';
 import {
   createApiToken,
+  listApiTokens,
+  revokeApiToken,
   hasRole,
   login,
   logout,
@@ -144,6 +147,31 @@ export const adminPlugin: FastifyPluginAsync<CenterDeps> = async (parent, deps) 
     },
     async (req, reply) =>
       reply.code(201).send(await createApiToken(db, callerOf(req), req.body, nowMs())),
+  );
+
+  app.get(
+    `${prefix}/tokens`,
+    {
+      config: { adminRole: 'admin' },
+      schema: {
+        tags,
+        description: 'API tokens (never their secrets), newest first.',
+        response: { 200: ApiTokenListSchema },
+      },
+    },
+    async () => ({ tokens: await listApiTokens(db) }),
+  );
+
+  app.delete(
+    `${prefix}/tokens/:id`,
+    {
+      config: { adminRole: 'admin' },
+      schema: { tags, params: IdParamsSchema, response: { 204: z.null() } },
+    },
+    async (req, reply) => {
+      await revokeApiToken(db, callerOf(req), req.params.id, nowMs());
+      return reply.code(204).send(null);
+    },
   );
 
   app.get(
