@@ -3,3 +3,4 @@ export * from './names.ts';
 export * from './manifest.ts';
 export * from './admin.ts';
 export { canonicalJson } from './canonical.ts';
+export * from './device.ts';

@@ -1,0 +1,166 @@
+import { z } from 'zod';
+
+/*
+ * Wire schemas of Center's device API (`/api/v1/device/…`), shared by Center and Engine.
+ * Request bodies are strict (an unknown field is a 400 naming it) and every string, array and
+ * free-form object is bounded, so a request's cost is known before it is handled.
+ */
+
+/** A device id as Center hands it out (UUIDv7, lower-case). */
+export const DeviceIdSchema = z
+  .string()
+  .regex(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'a device id');
+
+/** Milliseconds since the Unix epoch. */
+const EpochMsSchema = z.number().int().min(0).max(8.64e15);
+
+const Text = (max: number) => z.string().max(max);
+
+/** Hardware inventory a device reports at enrolment; every part bounded. */
+export const InventorySchema = z.strictObject({
+  hostname: z.string().min(1).max(253),
+  cpu: z.strictObject({ model: Text(200), cores: z.number().int().min(1).max(4096) }).optional(),
+  memoryBytes: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 53 - 1)
+    .optional(),
+  disks: z
+    .array(
+      z.strictObject({
+        name: Text(64),
+        model: Text(200).optional(),
+        sizeBytes: z
+          .number()
+          .int()
+          .min(0)
+          .max(2 ** 53 - 1),
+      }),
+    )
+    .max(32)
+    .optional(),
+  firmware: z.strictObject({ vendor: Text(200), version: Text(200) }).optional(),
+  vendor: Text(200).optional(),
+  model: Text(200).optional(),
+  serial: Text(200).optional(),
+  hypervisor: Text(200).optional(),
+});
+export type Inventory = z.infer<typeof InventorySchema>;
+
+export const EnrolRequestSchema = z.strictObject({
+  /** The enrolment token an administrator created (base64url, 256 bits). */
+  token: z.string().min(1).max(128),
+  /** The device's Ed25519 public key: SPKI PEM, or base64 of the raw 32 bytes. */
+  publicKey: z.string().min(1).max(1024),
+  inventory: InventorySchema,
+  /** Label shown to administrators; the host name when omitted. */
+  name: z.string().min(1).max(200).optional(),
+});
+export type EnrolRequest = z.infer<typeof EnrolRequestSchema>;
+
+export const EnrolResponseSchema = z.object({ deviceId: z.string() });
+export type EnrolResponse = z.infer<typeof EnrolResponseSchema>;
+
+export const ChallengeRequestSchema = z.strictObject({ deviceId: DeviceIdSchema });
+export type ChallengeRequest = z.infer<typeof ChallengeRequestSchema>;
+
+export const ChallengeResponseSchema = z.object({
+  /** Opaque; the device signs it as is (domain `device-auth`) and sends it back. */
+  challenge: z.string(),
+  expiresAt: EpochMsSchema,
+});
+export type ChallengeResponse = z.infer<typeof ChallengeResponseSchema>;
+
+export const TokenRequestSchema = z.strictObject({
+  deviceId: DeviceIdSchema,
+  challenge: z.string().min(1).max(512),
+  /** base64 Ed25519 signature of the challenge by the device's key, domain `device-auth`. */
+  signature: z.string().min(1).max(128),
+});
+export type TokenRequest = z.infer<typeof TokenRequestSchema>;
+
+export const TokenResponseSchema = z.object({
+  /** Bearer token for `Authorization: Bearer …`; never log it. */
+  token: z.string(),
+  expiresAt: EpochMsSchema,
+});
+export type TokenResponse = z.infer<typeof TokenResponseSchema>;
+
+export const DeviceCommandSchema = z.object({
+  id: z.string(),
+  kind: z.enum(['lock', 'unlock', 'kill', 'restart-vm']),
+  /** The VM (profile id) a `restart-vm` applies to; null for device-wide commands. */
+  profileId: z.string().nullable(),
+  issuedAt: EpochMsSchema,
+});
+export type DeviceCommand = z.infer<typeof DeviceCommandSchema>;
+
+/** What Center wants a device to run. VMs are filled in by the profiles/rollouts work. */
+export const DesiredStateSchema = z.object({
+  deviceId: z.string(),
+  /** Grows whenever the content changes; a device refuses a document older than one it has. */
+  revision: z.number().int(),
+  generatedAt: EpochMsSchema,
+  /** A device stops trusting the document after this (freeze attacks). */
+  expiresAt: EpochMsSchema,
+  vms: z.array(z.unknown()),
+  commands: z.array(DeviceCommandSchema),
+});
+export type DesiredState = z.infer<typeof DesiredStateSchema>;
+
+/**
+ * The signed document: `signature` is Center's Ed25519 signature (domain `desired-state`) over
+ * `canonicalJson(state)`, by the key `keyid`.
+ */
+export const SignedDesiredStateSchema = z.object({
+  state: DesiredStateSchema,
+  keyid: z.string(),
+  signature: z.string(),
+});
+export type SignedDesiredState = z.infer<typeof SignedDesiredStateSchema>;
+
+/** Most events in one report batch. */
+export const MAX_REPORT_EVENTS = 500;
+/** Most bytes of one event's `data` as JSON. */
+export const MAX_EVENT_DATA_BYTES = 8 * 1024;
+
+export const DeviceEventSchema = z.strictObject({
+  /** Chosen by the device (a UUID, say); a replay with the same id is counted once. */
+  id: z
+    .string()
+    .min(1)
+    .max(128)
+    .regex(/^[A-Za-z0-9._:-]+$/, 'letters, digits and . _ : - only'),
+  /** `download-progress`, `staged`, `switched`, `healthy`, `rolled-back`, `vm-state`, … */
+  type: z
+    .string()
+    .min(1)
+    .max(64)
+    .regex(/^[a-z][a-z0-9-]*$/, 'lower-case letters, digits and - only'),
+  at: EpochMsSchema,
+  data: z
+    .record(z.string().max(128), z.unknown())
+    .refine((d) => Buffer.byteLength(JSON.stringify(d)) <= MAX_EVENT_DATA_BYTES, {
+      message: `at most ${MAX_EVENT_DATA_BYTES} bytes as JSON`,
+    })
+    .default({}),
+});
+export type DeviceEvent = z.infer<typeof DeviceEventSchema>;
+
+export const ReportRequestSchema = z.strictObject({
+  events: z.array(DeviceEventSchema).min(1).max(MAX_REPORT_EVENTS),
+});
+export type ReportRequest = z.infer<typeof ReportRequestSchema>;
+
+export const ReportResponseSchema = z.object({
+  /** Events stored by this request. */
+  accepted: z.number().int(),
+  /** Events Center already had (replays), stored nothing. */
+  duplicates: z.number().int(),
+});
+export type ReportResponse = z.infer<typeof ReportResponseSchema>;
+
+export const DeviceErrorSchema = z.object({
+  error: z.object({ code: z.string(), message: z.string() }),
+});
