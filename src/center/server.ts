@@ -19,6 +19,7 @@ import { z } from 'zod';
 import type { CenterConfig } from './config.ts';
 import type { CenterDatabase } from './db/index.ts';
 import { adminPlugin } from './admin/index.ts';
+import { deviceApi } from './devices/index.ts';
 import { registerStoreRoute } from './store-route.ts';
 
 /** Center's Fastify instance, with zod schemas as its type provider. */
@@ -117,6 +118,7 @@ export async function createCenterApp(deps: CenterDeps): Promise<CenterApp> {
   app.get('/api/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   registerStoreRoute(app, deps.config.storeDir);
+  await app.register(deviceApi(deps));
   await app.register(adminPlugin, deps);
   return app;
 }

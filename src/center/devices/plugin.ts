@@ -1,0 +1,288 @@
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
+import { createPublicKey } from 'node:crypto';
+import { z } from 'zod';
+import { verifyPayload } from '../../image/keys.ts';
+import {
+  BulkheadError,
+  ChallengeRequestSchema,
+  ChallengeResponseSchema,
+  DeviceErrorSchema,
+  DeviceIdSchema,
+  EnrolRequestSchema,
+  EnrolResponseSchema,
+  ErrorCodes,
+  isBulkheadError,
+  ReportRequestSchema,
+  ReportResponseSchema,
+  SignedDesiredStateSchema,
+  TokenRequestSchema,
+  TokenResponseSchema,
+  type ErrorCode,
+} from '../../protocol/index.ts';
+import type { CenterApp, CenterDeps } from '../server.ts';
+import { DeviceCredentials, DOMAINS } from './credentials.ts';
+import { buildDesiredState, matchesEtag, readDesiredStateHead } from './desired-state.ts';
+import { enrolDevice } from './enrol.ts';
+import { RateLimiter } from './rate-limit.ts';
+import { ingestReports } from './reports.ts';
+
+export interface DeviceApiOptions {
+  /** Enrol attempts one client address may make per minute (default 20). */
+  enrolPerMinute?: number;
+}
+
+/** HTTP status of each error code the device API answers with. */
+const STATUS: Partial<Record<ErrorCode, number>> = {
+  [ErrorCodes.VALIDATION]: 400,
+  [ErrorCodes.KEY_INVALID]: 400,
+  [ErrorCodes.ENROLMENT_TOKEN_REFUSED]: 401,
+  [ErrorCodes.DEVICE_CHALLENGE_INVALID]: 401,
+  [ErrorCodes.UNAUTHENTICATED]: 401,
+  [ErrorCodes.FORBIDDEN]: 403,
+  [ErrorCodes.DEVICE_EXISTS]: 409,
+  [ErrorCodes.OBJECT_TOO_LARGE]: 413,
+  [ErrorCodes.RATE_LIMITED]: 429,
+};
+
+const errors = {
+  400: DeviceErrorSchema,
+  401: DeviceErrorSchema,
+  403: DeviceErrorSchema,
+  429: DeviceErrorSchema,
+};
+
+/** States in which a device gets nothing more from Center. */
+const CUT_OFF = new Set(['killed', 'retired']);
+
+/**
+ * The device API under `/api/v1/device/`: enrolment, key-based authentication, the signed
+ * desired state and event reports. Register with `app.register(deviceApi(deps))`.
+ */
+export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
+  return async function deviceApiPlugin(app: CenterApp): Promise<void> {
+    const { db } = deps.database;
+    const credentials = new DeviceCredentials(deps.signingKey, deps.now);
+    const enrolLimiter = new RateLimiter({
+      limit: options.enrolPerMinute ?? 20,
+      windowMs: 60_000,
+      now: deps.now,
+    });
+    // Which device the bearer token of a request named; set by `authenticate`.
+    const devices = new WeakMap<FastifyRequest, string>();
+    const deviceOf = (req: FastifyRequest) => devices.get(req) as string;
+
+    app.setErrorHandler((err: FastifyError, req, reply) => sendError(err, req, reply));
+
+    async function authenticate(req: FastifyRequest): Promise<void> {
+      const header = req.headers.authorization;
+      const match = header === undefined ? null : /^Bearer ([A-Za-z0-9_.-]{1,1024})$/.exec(header);
+      if (match === null) {
+        throw new BulkheadError(
+          ErrorCodes.UNAUTHENTICATED,
+          'this route needs a device token: Authorization: Bearer <token>',
+        );
+      }
+      devices.set(req, credentials.deviceOfToken(match[1] as string));
+    }
+
+    app.post(
+      '/api/v1/device/enrol',
+      {
+        bodyLimit: 64 * 1024,
+        onRequest: async (req) => {
+          if (!enrolLimiter.isAllowed(req.ip)) {
+            throw new BulkheadError(
+              ErrorCodes.RATE_LIMITED,
+              'too many enrolment attempts from this address; try again in a minute',
+              { retryable: true },
+            );
+          }
+        },
+        schema: {
+          description: 'Enrol a device with an enrolment token and its Ed25519 public key.',
+          body: EnrolRequestSchema,
+          response: { 200: EnrolResponseSchema, ...errors, 409: DeviceErrorSchema },
+        },
+      },
+      async (req) => {
+        const result = await enrolDevice(db, req.body, deps.now());
+        req.log.info({ deviceId: result.deviceId }, 'device enrolled');
+        return result;
+      },
+    );
+
+    app.post(
+      '/api/v1/device/auth/challenge',
+      {
+        bodyLimit: 4 * 1024,
+        schema: {
+          description: 'A short-lived challenge for the device to sign with its key.',
+          body: ChallengeRequestSchema,
+          response: { 200: ChallengeResponseSchema, 400: DeviceErrorSchema },
+        },
+      },
+      async (req) => credentials.issueChallenge(req.body.deviceId),
+    );
+
+    app.post(
+      '/api/v1/device/auth/token',
+      {
+        bodyLimit: 4 * 1024,
+        schema: {
+          description: 'Exchange a signed challenge for a short-lived bearer token.',
+          body: TokenRequestSchema,
+          response: { 200: TokenResponseSchema, ...errors },
+        },
+      },
+      async (req) => {
+        const { deviceId, challenge, signature } = req.body;
+        credentials.checkChallenge(challenge, deviceId);
+        const device = await db
+          .selectFrom('devices')
+          .select(['public_key', 'state'])
+          .where('id', '=', deviceId)
+          .executeTakeFirst();
+        // The same answer for an unknown device and a wrong signature: ids are not probed.
+        const refused = new BulkheadError(
+          ErrorCodes.UNAUTHENTICATED,
+          'the signature does not verify with the key this device enrolled with',
+        );
+        if (device === undefined) throw refused;
+        const key = createPublicKey({
+          key: {
+            kty: 'OKP',
+            crv: 'Ed25519',
+            x: Buffer.from(device.public_key, 'base64').toString('base64url'),
+          },
+          format: 'jwk',
+        });
+        if (Buffer.from(signature, 'base64').length !== 64) throw refused;
+        if (!verifyPayload(DOMAINS.deviceAuth, challenge, signature, key)) throw refused;
+        if (CUT_OFF.has(device.state)) {
+          throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${device.state}`);
+        }
+        const now = deps.now();
+        await db
+          .updateTable('devices')
+          .set({ last_contact_at: now.getTime() })
+          .where('id', '=', deviceId)
+          .execute();
+        return credentials.issueToken(deviceId);
+      },
+    );
+
+    app.get(
+      '/api/v1/device/desired-state',
+      {
+        onRequest: authenticate,
+        schema: {
+          description:
+            'The signed desired state of the calling device; 304 when If-None-Match names ' +
+            'its current ETag.',
+          querystring: z.strictObject({ deviceId: DeviceIdSchema.optional() }),
+          response: {
+            200: SignedDesiredStateSchema,
+            304: z.undefined().describe('Not modified'),
+            ...errors,
+          },
+        },
+      },
+      async (req, reply) => {
+        const deviceId = deviceOf(req);
+        if (req.query.deviceId !== undefined && req.query.deviceId !== deviceId) {
+          throw new BulkheadError(
+            ErrorCodes.FORBIDDEN,
+            'a device may only read its own desired state',
+          );
+        }
+        const head = await readDesiredStateHead(db, deviceId, deps.now(), deps.signingKey.keyid);
+        if (head === undefined) {
+          throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device is not enrolled');
+        }
+        if (CUT_OFF.has(head.state)) {
+          throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${head.state}`);
+        }
+        reply.header('etag', head.etag).header('cache-control', 'private, no-cache');
+        if (matchesEtag(req.headers['if-none-match'], head.etag)) {
+          return reply.code(304).send();
+        }
+        return buildDesiredState(db, head, deps.signingKey);
+      },
+    );
+
+    app.post(
+      '/api/v1/device/reports',
+      {
+        onRequest: authenticate,
+        // 500 events of at most 8 KiB of data each, with room for their envelopes.
+        bodyLimit: 5 * 1024 * 1024,
+        schema: {
+          description: 'A batch of device events; replays are counted once.',
+          body: ReportRequestSchema,
+          response: { 200: ReportResponseSchema, ...errors },
+        },
+      },
+      async (req) => ingestReports(db, deviceOf(req), req.body, deps.now()),
+    );
+  };
+}
+
+/** Every failure as `{ error: { code, message } }`; never a stack trace. */
+function sendError(err: FastifyError, req: FastifyRequest, reply: FastifyReply) {
+  const send = (status: number, code: string, message: string) =>
+    reply.code(status).send({ error: { code, message } });
+  if (hasZodFastifySchemaValidationErrors(err)) {
+    return send(
+      400,
+      ErrorCodes.VALIDATION,
+      describeValidation(err.validationContext, err.validation),
+    );
+  }
+  if (isBulkheadError(err)) {
+    const status = STATUS[err.code] ?? 500;
+    if (status >= 500) {
+      req.log.error({ err }, 'device API request failed');
+      return send(500, ErrorCodes.INTERNAL, 'internal error');
+    }
+    if (status === 429) reply.header('retry-after', '60');
+    return send(status, err.code, err.message);
+  }
+  const status = err.statusCode;
+  if (status !== undefined && status >= 400 && status < 500) {
+    // Fastify's own client errors: body too large, malformed JSON, wrong content type.
+    return send(
+      status,
+      status === 413 ? ErrorCodes.OBJECT_TOO_LARGE : ErrorCodes.VALIDATION,
+      err.message,
+    );
+  }
+  req.log.error({ err }, 'device API request failed');
+  return send(500, ErrorCodes.INTERNAL, 'internal error');
+}
+
+/** The first few issues, each naming its field: `body.inventory: unknown field "gpu"`. */
+function describeValidation(
+  context: string | undefined,
+  issues: readonly {
+    instancePath: string;
+    keyword: string;
+    message?: string;
+    params: Record<string, unknown>;
+  }[],
+): string {
+  return issues
+    .slice(0, 5)
+    .map((issue) => {
+      const path = [
+        context ?? 'request',
+        ...issue.instancePath.split('/').filter((p) => p !== ''),
+      ].join('.');
+      const keys = issue.params['keys'];
+      if (issue.keyword === 'unrecognized_keys' && Array.isArray(keys)) {
+        return `${path}: unknown field ${keys.map((k) => `"${String(k)}"`).join(', ')}`;
+      }
+      return `${path}: ${issue.message ?? issue.keyword}`;
+    })
+    .join('; ');
+}
