@@ -308,6 +308,20 @@ for (const target of targets) {
         assert.match(res.body.error.message, k.names);
         assert.doesNotMatch(JSON.stringify(res.body), /\bat .*\.ts:\d+/);
       }
+      const notJson = await c.app.inject({
+        method: 'POST',
+        url: '/api/v1/admin/users',
+        headers: { authorization: `Bearer ${root}`, 'content-type': 'application/json' },
+        payload: '{"username": ',
+      });
+      assert.equal(notJson.statusCode, 400);
+      assert.equal(notJson.json().error.code, 'ERR_VALIDATION');
+      const noBody = await c.call('POST', '/users', { token: root });
+      assert.equal(noBody.status, 400);
+      assert.match(noBody.body.error.message, /^body/);
+      const empty = await c.call('PATCH', '/users/x', { token: root, body: {} });
+      assert.equal(empty.status, 400);
+      assert.match(empty.body.error.message, /role or password/);
       const login = await c.call('POST', '/login', { body: { username: 'root' } });
       assert.equal(login.status, 400);
       assert.match(login.body.error.message, /body\.password/);
@@ -361,6 +375,16 @@ for (const target of targets) {
       assert.deepEqual((seen[1]!.after as { username: string }).username, 'a3');
       const trail = JSON.stringify(seen);
       assert.doesNotMatch(trail, /password_hash|scrypt\$|a long enough password|bh_/);
+    });
+
+    await t.test('a fault of the server is a bare 500, logged, never shown', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const root = await c.loginAs('root', ADMIN_PASSWORD);
+      await c.database.close();
+      const res = await c.call('GET', '/users', { token: root });
+      assert.equal(res.status, 500);
+      assert.deepEqual(res.body, { error: { code: 'ERR_INTERNAL', message: 'internal error' } });
+      assert.match(c.logs(), /admin request failed/);
     });
 
     await t.test('tokens and passwords never reach the logs', async (t) => {
