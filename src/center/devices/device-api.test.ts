@@ -23,6 +23,7 @@ import {
 } from '../db/index.ts';
 import { createCenterApp } from '../server.ts';
 import { createEnrolmentToken, DEVICE_SIGNATURE_DOMAINS as DOMAINS } from './index.ts';
+import { Writable } from 'node:stream';
 
 const START = Date.parse('2026-03-02T09:15:00Z');
 const MINUTE = 60_000;
@@ -75,12 +76,12 @@ for (const target of targets) {
     const centerPublic = createPublicKey(center.publicPem);
 
     /** A Center app of its own (own clock and rate limiter) over the shared database. */
-    async function setup(st: TestContext) {
+    async function setup(st: TestContext, log = pino({ level: 'silent' })) {
       const clock = { ms: START };
       const now = () => new Date(clock.ms);
       const app = await createCenterApp({
         config,
-        log: pino({ level: 'silent' }),
+        log,
         database,
         signingKey,
         now,
@@ -609,5 +610,68 @@ for (const target of targets) {
       });
       assert.match(assertError(query, 400, 'ERR_VALIDATION'), /debug/);
     });
+
+    await t.test(
+      'enrolment tokens: shown once, refused with no uses or a past expiry',
+      async (st) => {
+        const s = await setup(st);
+        const now = new Date(s.clock.ms);
+        const made = await createEnrolmentToken(db, {
+          groupId: s.groupId,
+          uses: 3,
+          expiresAt: new Date(s.clock.ms + MINUTE),
+          now,
+        });
+        assert.match(made.token, /^[A-Za-z0-9_-]{43}$/);
+        const row = await db
+          .selectFrom('enrolment_tokens')
+          .selectAll()
+          .where('id', '=', made.id)
+          .executeTakeFirstOrThrow();
+        assert.equal(row.uses_left, 3);
+        assert.match(row.token_hash, /^[0-9a-f]{64}$/);
+        for (const bad of [
+          { uses: 0, expiresAt: new Date(s.clock.ms + MINUTE) },
+          { uses: 1.5, expiresAt: new Date(s.clock.ms + MINUTE) },
+          { uses: 1, expiresAt: now },
+        ]) {
+          await assert.rejects(
+            createEnrolmentToken(db, { groupId: s.groupId, now, ...bad }),
+            RangeError,
+          );
+        }
+      },
+    );
+
+    await t.test(
+      'tokens never reach the logs; the routes are in the OpenAPI document',
+      async (st) => {
+        const lines: string[] = [];
+        const sink = new Writable({
+          write(chunk: Buffer, _enc, done) {
+            lines.push(chunk.toString());
+            done();
+          },
+        });
+        const s = await setup(st, pino({ level: 'trace' }, sink));
+        const token = await s.token(1);
+        const keys = deviceKeys();
+        const res = await s.enrol({ token, publicKey: keys.publicPem, inventory });
+        const deviceId: string = res.json().deviceId;
+        const bearer = await s.login(deviceId, keys.privateKey);
+        const auth = { authorization: `Bearer ${bearer}` };
+        await s.app.inject({ url: '/api/v1/device/desired-state', headers: auth });
+        await s.app.inject({ url: '/api/v1/device/desired-state?x=1', headers: auth });
+        const logs = lines.join('');
+        assert.match(logs, /device enrolled/);
+        for (const secret of [token, bearer, bearer.split('.')[1]!]) {
+          assert.ok(!logs.includes(secret), 'a token was logged');
+        }
+        const doc = (await s.app.inject({ url: '/api/openapi.json' })).json();
+        for (const path of ['enrol', 'auth/challenge', 'auth/token', 'reports', 'desired-state']) {
+          assert.ok(doc.paths[`/api/v1/device/${path}`], path);
+        }
+      },
+    );
   });
 }
