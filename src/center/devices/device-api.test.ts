@@ -495,13 +495,26 @@ for (const target of targets) {
         });
         assertError(foreign, 403, 'ERR_FORBIDDEN');
 
-        // A killed device gets nothing more.
+        // A killed device gets nothing more: no state, no new token.
         await db
           .updateTable('devices')
           .set({ state: 'killed' })
           .where('id', '=', b.deviceId)
           .execute();
         assertError(await s.app.inject({ url, headers: b.auth }), 403, 'ERR_FORBIDDEN');
+        const ch = await s.challenge(b.deviceId);
+        const signed = signPayload(DOMAINS.deviceAuth, ch, b.keys.privateKey);
+        assertError(await s.exchange(b.deviceId, ch, signed), 403, 'ERR_FORBIDDEN');
+        // A deleted device's token still verifies for its last minutes, but finds nothing.
+        await db.deleteFrom('devices').where('id', '=', b.deviceId).execute();
+        assertError(await s.app.inject({ url, headers: b.auth }), 401, 'ERR_UNAUTHENTICATED');
+        const report = await s.app.inject({
+          method: 'POST',
+          url: '/api/v1/device/reports',
+          headers: b.auth,
+          payload: { events: [{ id: 'late', type: 'healthy', at: START }] },
+        });
+        assertError(report, 401, 'ERR_UNAUTHENTICATED');
       },
     );
 

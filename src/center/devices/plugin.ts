@@ -180,6 +180,8 @@ export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
           description:
             'The signed desired state of the calling device; 304 when If-None-Match names ' +
             'its current ETag.',
+          // The device comes from its token; a deviceId naming another device is refused
+          // outright rather than quietly answered with the caller's own state.
           querystring: z.strictObject({ deviceId: DeviceIdSchema.optional() }),
           response: {
             200: SignedDesiredStateSchema,
@@ -203,6 +205,8 @@ export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
         if (CUT_OFF.has(head.state)) {
           throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${head.state}`);
         }
+        // Polls do not move last_contact_at: that would turn every 304 into a write. Contact
+        // is noted when the device gets a token (every 15 minutes) and when it reports.
         reply.header('etag', head.etag).header('cache-control', 'private, no-cache');
         if (matchesEtag(req.headers['if-none-match'], head.etag)) {
           return reply.code(304).send();
