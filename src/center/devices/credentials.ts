@@ -24,6 +24,8 @@ export const DOMAINS = {
 
 export const CHALLENGE_TTL_MS = 60_000;
 export const TOKEN_TTL_MS = 15 * 60_000;
+/** Verified tokens remembered (about 200 bytes each). */
+const VERIFIED_TOKEN_CACHE = 100_000;
 
 interface Signer {
   key: KeyObject;
@@ -60,6 +62,12 @@ export class DeviceCredentials {
   readonly #signer: Signer;
   readonly #publicKey: KeyObject;
   readonly #now: () => Date;
+  /**
+   * Tokens whose signature already verified, by token. Verifying Ed25519 costs ~150 µs, most
+   * of a 304's CPU; a device polls several times with one token, so remembering the outcome
+   * (never a failure) saves most of it. Expiry is still checked on every use.
+   */
+  readonly #verifiedTokens = new Map<string, { sub: string; exp: number }>();
 
   constructor(signer: Signer, now: () => Date) {
     this.#signer = signer;
@@ -102,16 +110,26 @@ export class DeviceCredentials {
    * @throws BulkheadError `ERR_UNAUTHENTICATED` for a forged, malformed or expired token.
    */
   deviceOfToken(token: string): string {
-    const body = open(DOMAINS.token, token, this.#publicKey);
-    if (!isRecord(body) || typeof body['sub'] !== 'string' || typeof body['exp'] !== 'number') {
-      throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device token is not valid');
+    let verified = this.#verifiedTokens.get(token);
+    if (verified === undefined) {
+      const body = open(DOMAINS.token, token, this.#publicKey);
+      if (!isRecord(body) || typeof body['sub'] !== 'string' || typeof body['exp'] !== 'number') {
+        throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device token is not valid');
+      }
+      verified = { sub: body['sub'], exp: body['exp'] };
+      // Oldest first out: Map keeps insertion order.
+      if (this.#verifiedTokens.size >= VERIFIED_TOKEN_CACHE) {
+        this.#verifiedTokens.delete(this.#verifiedTokens.keys().next().value as string);
+      }
+      this.#verifiedTokens.set(token, verified);
     }
-    if (body['exp'] <= this.#now().getTime()) {
+    if (verified.exp <= this.#now().getTime()) {
+      this.#verifiedTokens.delete(token);
       throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device token has expired', {
         hint: 'get a new token with a fresh challenge',
       });
     }
-    return body['sub'];
+    return verified.sub;
   }
 }
 
