@@ -20,6 +20,7 @@ import type { CenterConfig } from './config.ts';
 import type { CenterDatabase } from './db/index.ts';
 import { adminPlugin } from './admin/index.ts';
 import { deviceApi } from './devices/index.ts';
+import { centerErrorHandler } from './http-errors.ts';
 import { registerStoreRoute } from './store-route.ts';
 
 /** Center's Fastify instance, with zod schemas as its type provider. */
@@ -51,12 +52,12 @@ export async function createCenterApp(deps: CenterDeps): Promise<CenterApp> {
   const app = Fastify({
     loggerInstance: deps.log.child({ component: 'http' }) as FastifyBaseLogger,
     bodyLimit: deps.config.bodyLimit,
-    disableRequestLogging: false,
     // Behind a load balancer, the client's address comes from X-Forwarded-For.
     trustProxy: true,
   }).withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
+  app.setErrorHandler(centerErrorHandler);
 
   await app.register(swagger, {
     openapi: {

@@ -77,6 +77,7 @@ const EXPECTED_TABLES = [
   'images',
   'profile_apps',
   'profiles',
+  'publisher_keys',
   'rollout_devices',
   'rollouts',
 ];
@@ -108,10 +109,13 @@ for (const target of targets) {
         st,
         async ({ db }) => {
           assert.deepEqual(await migrateToLatest(db), {
-            applied: ['0001_initial'],
-            latest: '0001_initial',
+            applied: ['0001_initial', '0002_publishers_and_releases'],
+            latest: '0002_publishers_and_releases',
           });
-          assert.deepEqual(await migrateToLatest(db), { applied: [], latest: '0001_initial' });
+          assert.deepEqual(await migrateToLatest(db), {
+            applied: [],
+            latest: '0002_publishers_and_releases',
+          });
           const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
           assert.deepEqual(tables, EXPECTED_TABLES);
         },
@@ -405,6 +409,7 @@ const INSERT_ORDER = [
   'device_events',
   'commands',
   'audit_log',
+  'publisher_keys',
 ] as const satisfies readonly (keyof Database)[];
 
 type SeedRows = { [T in (typeof INSERT_ORDER)[number]]: NewRow<T>[] };
@@ -454,6 +459,7 @@ function seedRows(): SeedRows {
         name: 'debian-work',
         kind: 'system',
         description: 'Work desktop',
+        release_version_id: v1,
         created_at: NOW,
         updated_at: NOW,
       },
@@ -462,6 +468,7 @@ function seedRows(): SeedRows {
         name: 'office',
         kind: 'app',
         description: '',
+        release_version_id: null,
         created_at: NOW,
         updated_at: NOW,
       },
@@ -673,6 +680,16 @@ function seedRows(): SeedRows {
         before: '{"state":"active"}',
         after: '{"state":"locked"}',
         at: NOW,
+      },
+    ],
+    publisher_keys: [
+      {
+        keyid: digest('d'),
+        name: 'build-server',
+        public_key: '-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n',
+        created_by: admin,
+        created_at: NOW,
+        revoked_at: null,
       },
     ],
   };

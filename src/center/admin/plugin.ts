@@ -32,7 +32,6 @@ import {
   resolveCaller,
   type Caller,
 } from './credentials.ts';
-import { adminErrorHandler } from './errors.ts';
 import { createLoginLimiter } from './rate-limit.ts';
 import { createUser, deleteUser, listUsers, updateUser } from './users.ts';
 
@@ -68,8 +67,6 @@ export const adminPlugin: FastifyPluginAsync<CenterDeps> = async (parent, deps) 
     // Bounds guessing when addresses are forged; a lockout of one user lasts 15 minutes at most.
     perUsername: createLoginLimiter({ now: deps.now, maxFailures: 50 }),
   };
-
-  app.setErrorHandler(adminErrorHandler);
 
   app.addHook('onRoute', (route) => {
     if (route.config?.adminRole === undefined) {

@@ -390,9 +390,30 @@ async function initial(db: AnyDb): Promise<void> {
     .execute();
 }
 
+/**
+ * Trusted publisher keys, whose signatures Center accepts on uploaded manifests; and each
+ * image's released version, the one a VM gets when no rollout gives it another.
+ */
+async function publishersAndReleases(db: AnyDb): Promise<void> {
+  await db.schema
+    .createTable('publisher_keys')
+    .addColumn('keyid', 'text', (c) => c.primaryKey().notNull())
+    .addColumn('name', 'text', (c) => c.notNull().unique())
+    .addColumn('public_key', 'text', (c) => c.notNull())
+    .addColumn('created_by', 'text', (c) => c.references('admin_users.id').onDelete('set null'))
+    .addColumn('created_at', 'bigint', (c) => c.notNull())
+    .addColumn('revoked_at', 'bigint')
+    .execute();
+
+  // No foreign key: SQLite cannot add one to an existing table, and images and versions would
+  // reference each other. The image layer checks the version belongs to the image.
+  await db.schema.alterTable('images').addColumn('release_version_id', 'text').execute();
+}
+
 /** Every migration, by name; the Migrator runs them in name order. */
 const migrations: Record<string, Migration> = {
   '0001_initial': { up: initial },
+  '0002_publishers_and_releases': { up: publishersAndReleases },
 };
 
 /** What `migrateToLatest` did. */

@@ -96,6 +96,11 @@ export interface ImagesTable {
   kind: ImageKind;
   /** Free text for administrators; may be empty. */
   description: string;
+  /**
+   * The released version (`image_versions.id`, of this image, published): what a VM on this
+   * image runs when no rollout gives it another. Null until a version is released.
+   */
+  release_version_id: string | null;
   /** When it was created. */
   created_at: EpochMs;
   /** When a field of this row last changed. */
@@ -359,6 +364,25 @@ export interface CommandsTable {
   updated_at: EpochMs;
 }
 
+/**
+ * A key whose signatures Center accepts on uploaded manifests (`publisher_keys`). Revoked keys
+ * stay, so the trail of who signed what outlives them.
+ */
+export interface PublisherKeysTable {
+  /** The key id as the image format computes it (`keyIdOf`: SHA-256 of the raw key): its content address. */
+  keyid: string;
+  /** Unique label (`build-server`, `alice-laptop`). */
+  name: string;
+  /** The Ed25519 public key, SPKI PEM. */
+  public_key: string;
+  /** The admin user who added it; null if that user was deleted. */
+  created_by: string | null;
+  /** When it was added. */
+  created_at: EpochMs;
+  /** When it was revoked; null while trusted. */
+  revoked_at: EpochMs | null;
+}
+
 /** A person who administers Center (`admin_users`). */
 export interface AdminUsersTable {
   /** UUIDv7. */
@@ -437,6 +461,7 @@ export interface Database {
   admin_users: AdminUsersTable;
   api_tokens: ApiTokensTable;
   audit_log: AuditLogTable;
+  publisher_keys: PublisherKeysTable;
 }
 
 /** A row as read: `Row<'devices'>`. */

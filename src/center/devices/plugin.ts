@@ -1,5 +1,4 @@
-import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
+import type { FastifyRequest } from 'fastify';
 import { createPublicKey } from 'node:crypto';
 import { z } from 'zod';
 import { verifyPayload } from '../../image/keys.ts';
@@ -12,13 +11,11 @@ import {
   EnrolRequestSchema,
   EnrolResponseSchema,
   ErrorCodes,
-  isBulkheadError,
   ReportRequestSchema,
   ReportResponseSchema,
   SignedDesiredStateSchema,
   TokenRequestSchema,
   TokenResponseSchema,
-  type ErrorCode,
 } from '../../protocol/index.ts';
 import type { CenterApp, CenterDeps } from '../server.ts';
 import { DeviceCredentials, DOMAINS } from './credentials.ts';
@@ -31,19 +28,6 @@ export interface DeviceApiOptions {
   /** Enrol attempts one client address may make per minute (default 20). */
   enrolPerMinute?: number;
 }
-
-/** HTTP status of each error code the device API answers with. */
-const STATUS: Partial<Record<ErrorCode, number>> = {
-  [ErrorCodes.VALIDATION]: 400,
-  [ErrorCodes.KEY_INVALID]: 400,
-  [ErrorCodes.ENROLMENT_TOKEN_REFUSED]: 401,
-  [ErrorCodes.DEVICE_CHALLENGE_INVALID]: 401,
-  [ErrorCodes.UNAUTHENTICATED]: 401,
-  [ErrorCodes.FORBIDDEN]: 403,
-  [ErrorCodes.DEVICE_EXISTS]: 409,
-  [ErrorCodes.OBJECT_TOO_LARGE]: 413,
-  [ErrorCodes.RATE_LIMITED]: 429,
-};
 
 const errors = {
   400: DeviceErrorSchema,
@@ -71,8 +55,6 @@ export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
     // Which device the bearer token of a request named; set by `authenticate`.
     const devices = new WeakMap<FastifyRequest, string>();
     const deviceOf = (req: FastifyRequest) => devices.get(req) as string;
-
-    app.setErrorHandler((err: FastifyError, req, reply) => sendError(err, req, reply));
 
     async function authenticate(req: FastifyRequest): Promise<void> {
       const header = req.headers.authorization;
@@ -230,63 +212,4 @@ export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
       async (req) => ingestReports(db, deviceOf(req), req.body, deps.now()),
     );
   };
-}
-
-/** Every failure as `{ error: { code, message } }`; never a stack trace. */
-function sendError(err: FastifyError, req: FastifyRequest, reply: FastifyReply) {
-  const send = (status: number, code: string, message: string) =>
-    reply.code(status).send({ error: { code, message } });
-  if (hasZodFastifySchemaValidationErrors(err)) {
-    return send(
-      400,
-      ErrorCodes.VALIDATION,
-      describeValidation(err.validationContext, err.validation),
-    );
-  }
-  if (isBulkheadError(err)) {
-    const status = STATUS[err.code] ?? 500;
-    if (status >= 500) {
-      req.log.error({ err }, 'device API request failed');
-      return send(500, ErrorCodes.INTERNAL, 'internal error');
-    }
-    if (status === 429) reply.header('retry-after', '60');
-    return send(status, err.code, err.message);
-  }
-  const status = err.statusCode;
-  if (status !== undefined && status >= 400 && status < 500) {
-    // Fastify's own client errors: body too large, malformed JSON, wrong content type.
-    return send(
-      status,
-      status === 413 ? ErrorCodes.OBJECT_TOO_LARGE : ErrorCodes.VALIDATION,
-      err.message,
-    );
-  }
-  req.log.error({ err }, 'device API request failed');
-  return send(500, ErrorCodes.INTERNAL, 'internal error');
-}
-
-/** The first few issues, each naming its field: `body.inventory: unknown field "gpu"`. */
-function describeValidation(
-  context: string | undefined,
-  issues: readonly {
-    instancePath: string;
-    keyword: string;
-    message?: string;
-    params: Record<string, unknown>;
-  }[],
-): string {
-  return issues
-    .slice(0, 5)
-    .map((issue) => {
-      const path = [
-        context ?? 'request',
-        ...issue.instancePath.split('/').filter((p) => p !== ''),
-      ].join('.');
-      const keys = issue.params['keys'];
-      if (issue.keyword === 'unrecognized_keys' && Array.isArray(keys)) {
-        return `${path}: unknown field ${keys.map((k) => `"${String(k)}"`).join(', ')}`;
-      }
-      return `${path}: ${issue.message ?? issue.keyword}`;
-    })
-    .join('; ');
 }

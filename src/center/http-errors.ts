@@ -1,16 +1,23 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
-import { ErrorCodes, isBulkheadError, type ErrorCode } from '../../protocol/index.ts';
+import { ErrorCodes, isBulkheadError, type ErrorCode } from '../protocol/index.ts';
 
-/** HTTP status per domain error code; codes not listed are the server's fault (500). */
+/**
+ * HTTP status per domain error code, for every API of Center (one table, so a code means the
+ * same status on every route); codes not listed are the server's fault (500).
+ */
 const STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.VALIDATION]: 400,
   [ErrorCodes.USAGE]: 400,
+  [ErrorCodes.KEY_INVALID]: 400,
+  [ErrorCodes.ENROLMENT_TOKEN_REFUSED]: 401,
+  [ErrorCodes.DEVICE_CHALLENGE_INVALID]: 401,
   [ErrorCodes.UNAUTHENTICATED]: 401,
   [ErrorCodes.FORBIDDEN]: 403,
   [ErrorCodes.NOT_FOUND]: 404,
   [ErrorCodes.ADMIN_USER_EXISTS]: 409,
   [ErrorCodes.LAST_ADMIN]: 409,
+  [ErrorCodes.DEVICE_EXISTS]: 409,
   [ErrorCodes.OBJECT_TOO_LARGE]: 413,
   [ErrorCodes.RATE_LIMITED]: 429,
 };
@@ -30,6 +37,7 @@ interface ValidationIssue {
 /** One line naming the field: `body.role: Invalid option…`, `body: unknown field "rolee"`. */
 export function describeValidation(context: string, issues: readonly ValidationIssue[]): string {
   return issues
+    .slice(0, 5)
     .map((issue) => {
       const path = [context, ...issue.instancePath.split('/').filter((p) => p !== '')].join('.');
       if (issue.keyword === 'unrecognized_keys' && Array.isArray(issue.params['keys'])) {
@@ -42,11 +50,11 @@ export function describeValidation(context: string, issues: readonly ValidationI
 }
 
 /**
- * The admin API's error handler: domain errors by code, zod validation failures as 400
+ * Center's error handler, for every route: domain errors by code, zod validation failures as 400
  * `ERR_VALIDATION` naming the field, Fastify's own 4xx (bad JSON, body too large) as
  * themselves, anything else as a bare 500. A stack trace never reaches the client.
  */
-export function adminErrorHandler(
+export function centerErrorHandler(
   err: FastifyError,
   req: FastifyRequest,
   reply: FastifyReply,
@@ -57,10 +65,11 @@ export function adminErrorHandler(
   }
   if (isBulkheadError(err)) {
     const status = statusOf(err.code);
-    if (status >= 500) req.log.error({ err }, 'admin request failed');
+    if (status >= 500) req.log.error({ err }, 'request failed');
     const retryAfter = (err.details as { retryAfterSeconds?: number } | undefined)
       ?.retryAfterSeconds;
     if (retryAfter !== undefined) void reply.header('retry-after', String(retryAfter));
+    else if (status === 429) void reply.header('retry-after', '60');
     return send(reply, status, err.code, status >= 500 ? 'internal error' : err.message);
   }
   const status = err.statusCode;
@@ -68,7 +77,7 @@ export function adminErrorHandler(
     const code = status === 413 ? ErrorCodes.OBJECT_TOO_LARGE : ErrorCodes.VALIDATION;
     return send(reply, status, code, err.message);
   }
-  req.log.error({ err }, 'admin request failed');
+  req.log.error({ err }, 'request failed');
   return send(reply, 500, ErrorCodes.INTERNAL, 'internal error');
 }
 
