@@ -21,6 +21,7 @@ import type { CenterDatabase } from './db/index.ts';
 import { adminPlugin } from './admin/index.ts';
 import { deviceApi } from './devices/index.ts';
 import { centerErrorHandler } from './http-errors.ts';
+import { createLocalPushBus, type PushBus } from './push.ts';
 import { registerStoreRoute } from './store-route.ts';
 
 /** Center's Fastify instance, with zod schemas as its type provider. */
@@ -42,13 +43,19 @@ export interface CenterDeps {
   signingKey: { key: KeyObject; keyid: string };
   /** The clock; every time Center records or compares comes from it. */
   now: () => Date;
+  /** Tells online devices their desired state changed; a process-local bus when omitted. */
+  push?: PushBus;
 }
+
+/** What Center's plugins get: the dependencies, with every optional one filled in. */
+export type CenterContext = CenterDeps & { push: PushBus };
 
 /**
  * Builds Center's HTTP application (not listening): health, metrics, the OpenAPI document and
  * the read-only chunk store. Later plugins add the device and admin APIs.
  */
-export async function createCenterApp(deps: CenterDeps): Promise<CenterApp> {
+export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
+  const deps: CenterContext = { ...given, push: given.push ?? createLocalPushBus() };
   const app = Fastify({
     loggerInstance: deps.log.child({ component: 'http' }) as FastifyBaseLogger,
     bodyLimit: deps.config.bodyLimit,
@@ -119,6 +126,7 @@ export async function createCenterApp(deps: CenterDeps): Promise<CenterApp> {
   app.get('/api/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   registerStoreRoute(app, deps.config.storeDir);
+  // Each domain registers its plugin here, in its own line.
   await app.register(deviceApi(deps));
   await app.register(adminPlugin, deps);
   return app;

@@ -4,3 +4,4 @@ export * from './manifest.ts';
 export * from './admin.ts';
 export { canonicalJson } from './canonical.ts';
 export * from './device.ts';
+export * from './policy.ts';
