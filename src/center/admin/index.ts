@@ -1,4 +1,5 @@
 // Center's admin API: sessions and API tokens, roles, users, the audit trail.
-export { adminPlugin } from './plugin.ts';
+export { adminPlugin, callerOf } from './plugin.ts';
+export type { Caller } from './credentials.ts';
 export { createUser, updateUser } from './users.ts';
 export { writeAudit, type Actor } from './audit.ts';

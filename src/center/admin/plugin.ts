@@ -20,7 +20,7 @@ import {
   UpdateAdminUserRequestSchema,
   type AdminRoleName,
 } from '../../protocol/index.ts';
-import type { CenterDeps } from '../server.ts';
+import type { CenterContext } from '../server.ts';
 import { listAudit } from './audit.ts';
 import {
   createApiToken,
@@ -47,7 +47,7 @@ declare module 'fastify' {
 }
 
 /** The caller of a route that is not `public`; the onRequest hook guarantees it is set. */
-function callerOf(req: { adminCaller?: Caller }): Caller {
+export function callerOf(req: { adminCaller?: Caller }): Caller {
   if (!req.adminCaller) throw new BulkheadError(ErrorCodes.INTERNAL, 'route has no caller');
   return req.adminCaller;
 }
@@ -58,7 +58,7 @@ function callerOf(req: { adminCaller?: Caller }): Caller {
  * the hook resolves the bearer token to a caller (401) and compares roles (403) before the
  * body is even parsed, so an unauthenticated client learns nothing from validation errors.
  */
-export const adminPlugin: FastifyPluginAsync<CenterDeps> = async (parent, deps) => {
+export const adminPlugin: FastifyPluginAsync<CenterContext> = async (parent, deps) => {
   const app = parent.withTypeProvider<ZodTypeProvider>();
   const { db } = deps.database;
   const nowMs = () => deps.now().getTime();
@@ -236,4 +236,7 @@ export const adminPlugin: FastifyPluginAsync<CenterDeps> = async (parent, deps) 
     },
     async (req) => listAudit(db, req.query),
   );
+
+  // The other domains' admin routes, registered inside this scope so the role hook covers them.
+  // Each registers with its own line.
 };
