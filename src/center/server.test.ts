@@ -59,6 +59,13 @@ test('the OpenAPI document is generated from the route schemas', async (t) => {
   const doc = (await app.inject({ url: '/api/openapi.json' })).json();
   assert.match(doc.openapi, /^3\./);
   assert.ok(doc.paths['/healthz'].get.responses['503']);
+  // Each route says which bearer token it needs; public ones say none.
+  assert.equal(doc.components.securitySchemes.admin.scheme, 'bearer');
+  assert.deepEqual(doc.paths['/api/v1/admin/users'].get.security, [{ admin: [] }]);
+  assert.equal(doc.paths['/api/v1/admin/login'].post.security, undefined);
+  assert.deepEqual(doc.paths['/api/v1/device/desired-state'].get.security, [{ device: [] }]);
+  assert.equal(doc.paths['/api/v1/device/enrol'].post.security, undefined);
+  assert.equal(doc.paths['/healthz'].get.security, undefined);
 });
 
 test('the chunk store is served read-only, with ranges, and nothing outside its layout', async (t) => {

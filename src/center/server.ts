@@ -50,6 +50,27 @@ export interface CenterDeps {
 /** What Center's plugins get: the dependencies, with every optional one filled in. */
 export type CenterContext = CenterDeps & { push: PushBus };
 
+/** Device routes a device calls before it has a token. */
+const PUBLIC_DEVICE_ROUTES = new Set([
+  '/api/v1/device/enrol',
+  '/api/v1/device/auth/challenge',
+  '/api/v1/device/auth/token',
+]);
+
+/** Declares in the OpenAPI document which bearer token each route needs. */
+function withSecurity<T extends { schema: object; url: string }>(
+  transformed: T,
+  route: { config?: unknown },
+): T {
+  const { url } = transformed;
+  const role = (route.config as { adminRole?: string } | undefined)?.adminRole;
+  let scheme: 'admin' | 'device' | undefined;
+  if (url.startsWith('/api/v1/admin/') && role !== 'public') scheme = 'admin';
+  if (url.startsWith('/api/v1/device/') && !PUBLIC_DEVICE_ROUTES.has(url)) scheme = 'device';
+  if (scheme === undefined) return transformed;
+  return { ...transformed, schema: { ...transformed.schema, security: [{ [scheme]: [] }] } };
+}
+
 /**
  * Builds Center's HTTP application (not listening): health, metrics, the OpenAPI document and
  * the read-only chunk store. Later plugins add the device and admin APIs.
@@ -70,8 +91,22 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
     openapi: {
       info: { title: 'Bulkhead Center', version: '0.1.0' },
       servers: [{ url: deps.config.publicUrl }],
+      components: {
+        securitySchemes: {
+          admin: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'A session token from POST /api/v1/admin/login, or an API token.',
+          },
+          device: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'A device token from POST /api/v1/device/auth/token.',
+          },
+        },
+      },
     },
-    transform: jsonSchemaTransform,
+    transform: (route) => withSecurity(jsonSchemaTransform(route), route.route),
   });
 
   const metrics = new Registry();
