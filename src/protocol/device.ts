@@ -1,4 +1,10 @@
 import { z } from 'zod';
+import {
+  HealthCheckSchema,
+  IsolationPolicySchema,
+  ResetPolicySchema,
+  VmResourcesSchema,
+} from './policy.ts';
 
 /*
  * Wire schemas of Center's device API (`/api/v1/device/…`), shared by Center and Engine.
@@ -96,7 +102,50 @@ export const DeviceCommandSchema = z.object({
 });
 export type DeviceCommand = z.infer<typeof DeviceCommandSchema>;
 
-/** What Center wants a device to run. VMs are filled in by the profiles/rollouts work. */
+/** One volume version a VM boots: a system image or an app layer, named by its manifest. */
+export const VolumeRefSchema = z.object({
+  /** Image name (the store's `manifests/<image>/<version>` path). */
+  image: z.string(),
+  imageId: z.string(),
+  version: z.string(),
+  versionId: z.string(),
+  /** SHA-256 id of the signed manifest; Engine refuses a manifest with another id. */
+  manifestId: z.string(),
+  /** Size of the volume in bytes. */
+  size: z.number().int().min(0),
+});
+export type VolumeRef = z.infer<typeof VolumeRefSchema>;
+
+/** An app layer attached read-only to a VM. */
+export const AppVolumeRefSchema = VolumeRefSchema.extend({
+  appId: z.string(),
+  /** The app's catalog name; the guest sees it at `/apps/<name>`. */
+  name: z.string(),
+});
+export type AppVolumeRef = z.infer<typeof AppVolumeRefSchema>;
+
+/** One VM a device should run: a profile resolved to versions for this device. */
+export const DesiredVmSchema = z.object({
+  /** Profile name (`work`, `personal`); also the VM's name on the PC. */
+  name: z.string(),
+  profileId: z.string(),
+  system: VolumeRefSchema,
+  apps: z.array(AppVolumeRefSchema),
+  policy: IsolationPolicySchema,
+  healthCheck: HealthCheckSchema,
+  resources: VmResourcesSchema,
+  resetPolicy: ResetPolicySchema,
+  /** The offline lease: past `expiresAt` without a newer document, the VM does not start. */
+  lease: z.object({ days: z.number().int().min(1), expiresAt: EpochMsSchema }),
+  /**
+   * Key of the VM's encrypted data volume (base64, 32 bytes), escrowed at Center; present only
+   * when the policy encrypts data. Engine keeps it only in memory and in QEMU's secret object.
+   */
+  dataKey: z.string().optional(),
+});
+export type DesiredVm = z.infer<typeof DesiredVmSchema>;
+
+/** What Center wants a device to run. */
 export const DesiredStateSchema = z.object({
   deviceId: z.string(),
   /** Grows whenever the content changes; a device refuses a document older than one it has. */
@@ -104,7 +153,11 @@ export const DesiredStateSchema = z.object({
   generatedAt: EpochMsSchema,
   /** A device stops trusting the document after this (freeze attacks). */
   expiresAt: EpochMsSchema,
-  vms: z.array(z.unknown()),
+  /** The device's state at Center (`locked`: VMs may not start; `killed`: crypto-erase). */
+  device: z.object({ state: z.enum(['active', 'locked', 'killed', 'retired']) }),
+  /** Base URLs of chunk stores to fetch from, Center's own first, then its mirrors. */
+  mirrors: z.array(z.string()),
+  vms: z.array(DesiredVmSchema),
   commands: z.array(DeviceCommandSchema),
 });
 export type DesiredState = z.infer<typeof DesiredStateSchema>;

@@ -84,6 +84,7 @@ export async function buildDesiredState(
   db: Kysely<Database>,
   head: DesiredStateHead,
   signer: { key: KeyObject; keyid: string },
+  mirrors: readonly string[],
 ): Promise<SignedDesiredState> {
   const commands = await db
     .selectFrom('commands')
@@ -98,6 +99,8 @@ export async function buildDesiredState(
     revision: head.revision,
     generatedAt: head.generatedAt,
     expiresAt: head.generatedAt + DESIRED_STATE_VALIDITY_MS,
+    device: { state: head.state },
+    mirrors: [...mirrors],
     // TODO(issue 3): VMs from the device's profiles and rollouts.
     vms: [],
     commands: commands.map((c) => ({

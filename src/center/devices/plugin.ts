@@ -47,6 +47,11 @@ export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
   return async function deviceApiPlugin(app: CenterApp): Promise<void> {
     const { db } = deps.database;
     const credentials = new DeviceCredentials(deps.signingKey, deps.now);
+    // Where devices fetch chunks: Center's own store first, then its mirrors.
+    const storeUrls = [
+      `${deps.config.publicUrl.replace(/\/$/, '')}/store/`,
+      ...deps.config.mirrors,
+    ];
     const enrolLimiter = new RateLimiter({
       limit: options.enrolPerMinute ?? 20,
       windowMs: 60_000,
@@ -193,7 +198,7 @@ export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
         if (matchesEtag(req.headers['if-none-match'], head.etag)) {
           return reply.code(304).send();
         }
-        return buildDesiredState(db, head, deps.signingKey);
+        return buildDesiredState(db, head, deps.signingKey, storeUrls);
       },
     );
 
