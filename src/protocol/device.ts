@@ -65,7 +65,22 @@ export const EnrolRequestSchema = z.strictObject({
 });
 export type EnrolRequest = z.infer<typeof EnrolRequestSchema>;
 
-export const EnrolResponseSchema = z.object({ deviceId: z.string() });
+/** A public key named by its key id (SHA-256 of the SPKI DER, as `keyIdOf` computes it). */
+export const PublicKeyRefSchema = z.object({
+  keyid: z.string(),
+  /** SPKI PEM. */
+  publicKey: z.string(),
+});
+export type PublicKeyRef = z.infer<typeof PublicKeyRefSchema>;
+
+export const EnrolResponseSchema = z.object({
+  deviceId: z.string(),
+  /**
+   * Center's signing key, which the device pins: desired states and device tokens signed by
+   * another key are refused from then on.
+   */
+  centerKey: PublicKeyRefSchema,
+});
 export type EnrolResponse = z.infer<typeof EnrolResponseSchema>;
 
 export const ChallengeRequestSchema = z.strictObject({ deviceId: DeviceIdSchema });
@@ -157,6 +172,8 @@ export const DesiredStateSchema = z.object({
   device: z.object({ state: z.enum(['active', 'locked', 'killed', 'retired']) }),
   /** Base URLs of chunk stores to fetch from, Center's own first, then its mirrors. */
   mirrors: z.array(z.string()),
+  /** Publisher keys Center trusts (not revoked); manifests must be signed by one of them. */
+  publishers: z.array(PublicKeyRefSchema),
   vms: z.array(DesiredVmSchema),
   commands: z.array(DeviceCommandSchema),
 });

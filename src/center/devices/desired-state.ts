@@ -94,6 +94,12 @@ export async function buildDesiredState(
     .orderBy('created_at')
     .orderBy('id')
     .execute();
+  const publishers = await db
+    .selectFrom('publisher_keys')
+    .select(['keyid', 'public_key'])
+    .where('revoked_at', 'is', null)
+    .orderBy('keyid')
+    .execute();
   const state: DesiredState = {
     deviceId: head.deviceId,
     revision: head.revision,
@@ -101,6 +107,7 @@ export async function buildDesiredState(
     expiresAt: head.generatedAt + DESIRED_STATE_VALIDITY_MS,
     device: { state: head.state },
     mirrors: [...mirrors],
+    publishers: publishers.map((p) => ({ keyid: p.keyid, publicKey: p.public_key })),
     // TODO(issue 3): VMs from the device's profiles and rollouts.
     vms: [],
     commands: commands.map((c) => ({

@@ -11,7 +11,7 @@ import { pino } from 'pino';
 import { tempDir } from '../../../test/support/fixtures.ts';
 import { startPostgres } from '../../../test/support/postgres.ts';
 import { generateKeyPair } from '../../image/keys.ts';
-import { signPayload, verifyPayload } from '../../image/keys.ts';
+import { keyIdOf, signPayload, verifyPayload } from '../../image/keys.ts';
 import { canonicalJson } from '../../protocol/index.ts';
 import { resolveConfig } from '../config.ts';
 import {
@@ -114,6 +114,9 @@ for (const target of targets) {
         const res = await enrol({ token: await token(), publicKey: keys.publicPem, inventory });
         assert.equal(res.statusCode, 200, res.body);
         const deviceId: string = res.json().deviceId;
+        // The device pins Center's key from here on.
+        assert.equal(res.json().centerKey.keyid, signingKey.keyid);
+        assert.equal(keyIdOf(createPublicKey(res.json().centerKey.publicKey)), signingKey.keyid);
         const bearer = await login(deviceId, keys.privateKey);
         return { deviceId, keys, bearer, auth: { authorization: `Bearer ${bearer}` } };
       }

@@ -47,6 +47,12 @@ export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
   return async function deviceApiPlugin(app: CenterApp): Promise<void> {
     const { db } = deps.database;
     const credentials = new DeviceCredentials(deps.signingKey, deps.now);
+    const centerKey = {
+      keyid: deps.signingKey.keyid,
+      publicKey: createPublicKey(deps.signingKey.key)
+        .export({ type: 'spki', format: 'pem' })
+        .toString(),
+    };
     // Where devices fetch chunks: Center's own store first, then its mirrors.
     const storeUrls = [
       `${deps.config.publicUrl.replace(/\/$/, '')}/store/`,
@@ -95,7 +101,7 @@ export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
       async (req) => {
         const result = await enrolDevice(db, req.body, deps.now());
         req.log.info({ deviceId: result.deviceId }, 'device enrolled');
-        return result;
+        return { ...result, centerKey };
       },
     );
 
