@@ -234,3 +234,18 @@ export type ReportResponse = z.infer<typeof ReportResponseSchema>;
 export const DeviceErrorSchema = z.object({
   error: z.object({ code: z.string(), message: z.string() }),
 });
+
+/**
+ * Domains of the signatures of the device API (see `signPayload` in src/image/keys.ts), so that
+ * a signature made for one purpose never verifies as another.
+ */
+export const DEVICE_SIGNATURE_DOMAINS = {
+  /** Center's signature over a challenge it issued. */
+  challenge: 'device-challenge',
+  /** The device's signature over a challenge. */
+  deviceAuth: 'device-auth',
+  /** Center's signature over a device bearer token. */
+  token: 'device-token',
+  /** Center's signature over `canonicalJson(state)` of a desired state. */
+  desiredState: 'desired-state',
+} as const;
