@@ -33,6 +33,8 @@ const packages = {
     ['zsync', 'zsync'],
     ['zstd', 'zstd'],
     ['rsync', 'rsync'],
+    // Load generator for Center's device API.
+    ['wrk', 'wrk'],
   ],
 };
 
