@@ -46,13 +46,14 @@ async function withDatabase<T>(
 
 function username(inv: Invocation): string {
   const name = requireString(inv, 'username');
-  if (!AdminUsernameSchema.safeParse(name).success) {
+  const parsed = AdminUsernameSchema.safeParse(name);
+  if (!parsed.success) {
     throw new BulkheadError(
       ErrorCodes.USAGE,
       `--username "${name}" is not a valid name (letters, digits and . _ @ -, at most 64)`,
     );
   }
-  return name;
+  return parsed.data;
 }
 
 // The audit trail names the command line as the actor: it acts with the database's authority.

@@ -10,12 +10,16 @@ export const ADMIN_ROLE_NAMES = ['admin', 'operator', 'viewer'] as const;
 export const AdminRoleSchema = z.enum(ADMIN_ROLE_NAMES);
 export type AdminRoleName = z.infer<typeof AdminRoleSchema>;
 
-/** Login names: short, printable, no spaces, so they read well in the audit trail. */
+/**
+ * Login names: short, printable, no spaces, so they read well in the audit trail. Names are
+ * case-insensitive: stored and compared in lower case, so `Alice` and `alice` are one account.
+ */
 export const AdminUsernameSchema = z
   .string()
   .min(1)
   .max(64)
-  .regex(/^[A-Za-z0-9][A-Za-z0-9._@-]*$/, 'letters, digits and . _ @ - only');
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._@-]*$/, 'letters, digits and . _ @ - only')
+  .transform((name) => name.toLowerCase());
 
 /** Passwords: at least 12 characters; the upper bound keeps scrypt's input small. */
 export const AdminPasswordSchema = z.string().min(12).max(256);

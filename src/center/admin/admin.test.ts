@@ -125,7 +125,10 @@ for (const target of targets) {
       assert.equal(expired.status, 401);
       assert.equal(expired.body.error.code, 'ERR_UNAUTHENTICATED');
 
-      const second = await c.loginAs('root', ADMIN_PASSWORD);
+      // Usernames are case-insensitive: the same account answers to ROOT.
+      const second = await c.loginAs('ROOT', ADMIN_PASSWORD);
+      const again = await c.call('GET', '/me', { token: second });
+      assert.equal(again.body.username, 'root');
       assert.equal((await c.call('POST', '/logout', { token: second })).status, 204);
       assert.equal((await c.call('GET', '/me', { token: second })).status, 401);
     });
@@ -181,7 +184,13 @@ for (const target of targets) {
         assert.equal(res.status, 201, JSON.stringify(res.body));
         assert.equal(res.body.password, undefined);
       }
-      const viewer = await c.loginAs('vera', 'vera password long');
+      // A name differing only in case is the same account.
+      const twin = await c.call('POST', '/users', {
+        token: root,
+        body: { username: 'Vera', role: 'admin', password: 'another password' },
+      });
+      assert.equal(twin.status, 409, JSON.stringify(twin.body));
+      const viewer = await c.loginAs('Vera', 'vera password long');
       const operator = await c.loginAs('otto', 'otto password long');
       assert.equal((await c.call('GET', '/users', { token: viewer })).status, 200);
       assert.equal((await c.call('GET', '/audit', { token: viewer })).status, 200);

@@ -129,7 +129,7 @@ export async function login(
   const user = await deps.db
     .selectFrom('admin_users')
     .selectAll()
-    .where('username', '=', input.username)
+    .where('username', '=', name)
     .executeTakeFirst();
   const matches = await verifyPassword(
     input.password,

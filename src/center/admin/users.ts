@@ -40,7 +40,7 @@ export async function createUser(
   const password = input.password ?? generatePassword();
   const row: Row<'admin_users'> = {
     id: newId(at),
-    username: input.username,
+    username: input.username.toLowerCase(),
     password_hash: await hashPassword(password),
     role: input.role,
     last_login_at: null,
@@ -161,7 +161,9 @@ async function findUser(
     .selectFrom('admin_users')
     .selectAll()
     .$call((q) =>
-      'id' in where ? q.where('id', '=', where.id) : q.where('username', '=', where.username),
+      'id' in where
+        ? q.where('id', '=', where.id)
+        : q.where('username', '=', where.username.toLowerCase()),
     )
     .executeTakeFirst();
   if (!row) {
