@@ -48,6 +48,8 @@ export interface PullOptions {
   version: string;
   /** Publisher keys a manifest may be signed by. */
   trusted: readonly PublicKeyInfo[];
+  /** The manifest id the caller expects (from a signed desired state); another is refused. */
+  manifestId?: string;
   /** Final path of the image. Written to `<out>.partial` first, then renamed. */
   out: string;
   /** Raw images already on this machine whose chunks need not be downloaded. */
@@ -119,6 +121,13 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
   const manifest = await withRetry('manifest', () =>
     readManifest(store, name, version, opts.trusted),
   );
+  if (opts.manifestId !== undefined && manifest.id !== opts.manifestId) {
+    throw new BulkheadError(
+      ErrorCodes.MANIFEST_MISMATCH,
+      `the manifest of ${name}@${version} at ${store.location} has id ${manifest.id.slice(0, 16)}…, expected ${opts.manifestId.slice(0, 16)}…`,
+      { hint: 'the store or mirror serves another manifest under this name; use another one' },
+    );
+  }
   const body = manifest.body;
   const entries = await withRetry('chunk index', () => readIndex(store, body));
 
