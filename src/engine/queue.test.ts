@@ -1,0 +1,242 @@
+import assert from 'node:assert/strict';
+import { appendFile, readdir, readFile, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { tempDir } from '../../test/support/fixtures.ts';
+import { isBulkheadError } from '../protocol/index.ts';
+import type { Clock } from './clock.ts';
+import type { Log } from './log.ts';
+import { EventQueue, readQueueDepth } from './queue.ts';
+
+const START = Date.parse('2026-03-02T09:15:00Z');
+
+function fixedClock(ms = START): Clock & { ms: number } {
+  const clock = { ms, now: () => clock.ms, sleep: async () => {} };
+  return clock;
+}
+
+function recorder(): Log & { warnings: string[] } {
+  const warnings: string[] = [];
+  return {
+    warnings,
+    debug: () => {},
+    info: () => {},
+    warn: (_o, msg) => warnings.push(msg),
+    error: () => {},
+  };
+}
+
+const segmentOf = async (dir: string) =>
+  (await readdir(dir)).find((n) => n.startsWith('segment-')) as string;
+
+test('events come back in order with time-ordered UUIDv7 ids, across a reopen', async (t) => {
+  const dir = await tempDir(t, 'bulkhead-queue-');
+  const clock = fixedClock();
+  const q = await EventQueue.open({ dir, clock });
+  const appended = await q.append([
+    { type: 'staged', data: { n: 1 } },
+    { type: 'switched', data: { n: 2 } },
+  ]);
+  clock.ms -= 5000; // a clock step back keeps ids increasing
+  appended.push(...(await q.append({ type: 'healthy', data: { n: 3 } })));
+  for (const e of appended) {
+    assert.match(e.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  }
+  const ids = appended.map((e) => e.id);
+  assert.deepEqual([...ids].sort(), ids, 'ids sort in append order');
+  assert.equal(appended[0]!.at, START);
+  assert.deepEqual(
+    q.peek(10).map((e) => e.data),
+    [{ n: 1 }, { n: 2 }, { n: 3 }],
+  );
+  assert.equal(q.depth(), 3);
+  await q.close();
+
+  const again = await EventQueue.open({ dir, clock });
+  assert.deepEqual(again.peek(10), appended);
+  assert.deepEqual(
+    again.peek(2).map((e) => e.id),
+    ids.slice(0, 2),
+  );
+  await again.close();
+});
+
+test('acknowledged events never come back, also after a restart and out-of-order acks', async (t) => {
+  const dir = await tempDir(t, 'bulkhead-queue-');
+  const q = await EventQueue.open({ dir, clock: fixedClock() });
+  const events = await q.append(
+    Array.from({ length: 6 }, (_, i) => ({ type: 'vm-state', data: { i } })),
+  );
+  await q.ack([events[0]!.id, events[1]!.id, events[4]!.id]);
+  assert.deepEqual(
+    q.peek(10).map((e) => e.data['i']),
+    [2, 3, 5],
+  );
+  await q.close();
+  assert.equal(await readQueueDepth(dir), 3, 'read-only depth agrees');
+
+  const again = await EventQueue.open({ dir, clock: fixedClock() });
+  assert.deepEqual(
+    again.peek(10).map((e) => e.data['i']),
+    [2, 3, 5],
+  );
+  await again.ack([events[2]!.id, events[3]!.id, events[5]!.id, 'unknown-id']);
+  assert.equal(again.depth(), 0);
+  await again.close();
+  assert.equal(await readQueueDepth(dir), 0);
+});
+
+test('a torn last line (kill -9 mid-append) is ignored with a warning, later appends are whole', async (t) => {
+  const dir = await tempDir(t, 'bulkhead-queue-');
+  const q = await EventQueue.open({ dir, clock: fixedClock() });
+  const [first] = await q.append({ type: 'staged' });
+  await q.close();
+  const segment = join(dir, await segmentOf(dir));
+  await appendFile(segment, '{"id":"0190-torn","type":"heal');
+
+  // The read-only view ignores it as well.
+  assert.equal(await readQueueDepth(dir), 1);
+  const log = recorder();
+  const again = await EventQueue.open({ dir, clock: fixedClock(), log });
+  assert.ok(
+    log.warnings.some((w) => /torn last line/.test(w)),
+    log.warnings.join('; '),
+  );
+  assert.deepEqual(again.peek(10), [first]);
+  const [second] = await again.append({ type: 'healthy' });
+  await again.close();
+  const lines = (await readFile(segment, 'utf8')).trimEnd().split('\n');
+  assert.deepEqual(
+    lines.map((l) => JSON.parse(l).id),
+    [first!.id, second!.id],
+  );
+  const reopened = await EventQueue.open({ dir, clock: fixedClock() });
+  assert.equal(reopened.depth(), 2);
+  await reopened.close();
+});
+
+test('a lost cursor replays what is on disk rather than losing it', async (t) => {
+  const dir = await tempDir(t, 'bulkhead-queue-');
+  const q = await EventQueue.open({ dir, clock: fixedClock() });
+  const events = await q.append([{ type: 'staged' }, { type: 'healthy' }]);
+  await q.ack([events[0]!.id]);
+  await q.close();
+  await writeFile(join(dir, 'cursor.json'), '{ broken');
+  await writeFile(join(dir, 'cursor.json.bak'), '{ broken');
+  const again = await EventQueue.open({ dir, clock: fixedClock(), log: recorder() });
+  assert.deepEqual(
+    again.peek(10).map((e) => e.id),
+    events.map((e) => e.id),
+  );
+  await again.close();
+});
+
+test('acked heads are compacted into a new segment; the old one is removed', async (t) => {
+  const dir = await tempDir(t, 'bulkhead-queue-');
+  const q = await EventQueue.open({ dir, clock: fixedClock(), compactBytes: 1024 });
+  const events = await q.append(
+    Array.from({ length: 40 }, (_, i) => ({ type: 'vm-state', data: { i } })),
+  );
+  const before = await segmentOf(dir);
+  await q.ack(events.slice(0, 30).map((e) => e.id));
+  const after = await segmentOf(dir);
+  assert.notEqual(after, before);
+  assert.deepEqual(
+    (await readdir(dir)).filter((n) => n.startsWith('segment-')),
+    [after],
+  );
+  await q.append({ type: 'healthy' });
+  await q.close();
+  const again = await EventQueue.open({ dir, clock: fixedClock() });
+  assert.deepEqual(
+    again.peek(100).map((e) => e.data['i'] ?? e.type),
+    [30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 'healthy'],
+  );
+  await again.close();
+});
+
+test('bounded: oldest download-progress goes first, then other kinds, never outcomes', async (t) => {
+  const dir = await tempDir(t, 'bulkhead-queue-');
+  const log = recorder();
+  const q = await EventQueue.open({ dir, clock: fixedClock(), maxEvents: 10, log });
+  await q.append([
+    { type: 'healthy', data: { k: 'h1' } },
+    { type: 'download-progress', data: { k: 'p1' } },
+    { type: 'staged', data: { k: 's1' } },
+    { type: 'download-progress', data: { k: 'p2' } },
+    { type: 'command-result', data: { k: 'c1' } },
+    { type: 'rolled-back', data: { k: 'r1' } },
+    { type: 'download-progress', data: { k: 'p3' } },
+    { type: 'staged', data: { k: 's2' } },
+    { type: 'download-progress', data: { k: 'p4' } },
+    { type: 'healthy', data: { k: 'h2' } },
+  ]);
+  assert.equal(q.depth(), 10);
+  // One more: down to 9 (90%) by dropping the two oldest progress events.
+  await q.append({ type: 'download-progress', data: { k: 'p5' } });
+  const kinds = () => q.peek(100).map((e) => e.data['k']);
+  assert.deepEqual(kinds(), ['h1', 's1', 'c1', 'r1', 'p3', 's2', 'p4', 'h2', 'p5']);
+  assert.ok(log.warnings.some((w) => /queue full/.test(w)));
+  // Many outcomes: every progress and staged event goes before any of them.
+  await q.append(Array.from({ length: 6 }, (_, i) => ({ type: 'healthy', data: { k: `x${i}` } })));
+  assert.deepEqual(kinds(), ['h1', 'c1', 'r1', 'h2', 'x0', 'x1', 'x2', 'x3', 'x4', 'x5']);
+  // Only outcomes left: the bound gives way rather than lose one.
+  await q.append({ type: 'rolled-back', data: { k: 'r2' } });
+  assert.equal(q.depth(), 11);
+  await q.close();
+  const again = await EventQueue.open({ dir, clock: fixedClock(), maxEvents: 10 });
+  assert.equal(again.depth(), 11, 'drops are durable');
+  await again.close();
+});
+
+test('an event Center would refuse is refused at append, not stuck in the queue', async (t) => {
+  const dir = await tempDir(t, 'bulkhead-queue-');
+  const q = await EventQueue.open({ dir, clock: fixedClock() });
+  await assert.rejects(q.append({ type: 'Bad Type' }), (err) =>
+    isBulkheadError(err, 'ERR_VALIDATION'),
+  );
+  await assert.rejects(q.append({ type: 'big', data: { x: 'y'.repeat(9000) } }), (err) =>
+    isBulkheadError(err, 'ERR_VALIDATION'),
+  );
+  assert.equal(q.depth(), 0);
+  await q.append({ type: 'ok' });
+  assert.equal(q.depth(), 1);
+  await q.close();
+});
+
+test('kill -9 during a stream of appends loses no acknowledged append and leaves a readable queue', async (t) => {
+  const dir = await tempDir(t, 'bulkhead-queue-');
+  const queueUrl = new URL('./queue.ts', import.meta.url).href;
+  const script = `
+    const { EventQueue } = await import(${JSON.stringify(queueUrl)});
+    const q = await EventQueue.open({ dir: ${JSON.stringify(dir)} });
+    for (let i = 0; ; i++) {
+      const [e] = await q.append({ type: 'download-progress', data: { i, pad: 'x'.repeat(i % 700) } });
+      process.stdout.write(e.id + '\\n');
+    }`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+  await new Promise<void>((resolve) => {
+    const check = setInterval(() => {
+      if (out.split('\n').length > 200) {
+        clearInterval(check);
+        resolve();
+      }
+    }, 5);
+  });
+  child.kill('SIGKILL');
+  await new Promise((resolve) => child.once('close', resolve));
+  const confirmed = out.split('\n').filter((l) => l.length > 0 && l.length === 36);
+
+  const q = await EventQueue.open({ dir, log: recorder() });
+  const ids = q.peek(1_000_000).map((e) => e.id);
+  await q.close();
+  assert.ok(confirmed.length >= 200);
+  assert.deepEqual(ids.slice(0, confirmed.length), confirmed, 'every confirmed append survived');
+  assert.ok(ids.length <= confirmed.length + 1, 'at most the one unconfirmed append more');
+  assert.deepEqual([...ids].sort(), ids, 'still in order');
+});
