@@ -1,0 +1,192 @@
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { BulkheadError, ErrorCodes, isValidName } from '../../protocol/index.ts';
+import type { VmDisk } from '../hypervisor/types.ts';
+
+const exec = promisify(execFile);
+
+/*
+ * The writable side of a VM's volumes (DESIGN §2): a qcow2 overlay per system or app volume,
+ * backed by its read-only golden and thrown away on every switch or rollback, and one data
+ * volume that is created once and never recreated, deleted or rewritten by an update.
+ * Every file is made under a temp name and renamed into place, so a crash never leaves a
+ * half-made overlay or data volume under the real name.
+ */
+
+export interface VolumeLayout {
+  /** `<data>/vms/<vm>`: the VM's overlays, data volume and run directory. */
+  vmDir: string;
+  overlay(role: string): string;
+  data: string;
+  runDir: string;
+}
+
+export function volumeLayout(dataDir: string, vm: string): VolumeLayout {
+  if (!isValidName(vm)) {
+    throw new BulkheadError(ErrorCodes.VALIDATION, `VM name ${JSON.stringify(vm)} is not valid`);
+  }
+  const vmDir = join(dataDir, 'vms', vm);
+  return {
+    vmDir,
+    // Roles are `system` or `app:<name>`; the colon stays out of file names.
+    overlay: (role) => {
+      const app = role.startsWith('app:') ? role.slice(4) : null;
+      if (role !== 'system' && (app === null || !isValidName(app))) {
+        throw new BulkheadError(
+          ErrorCodes.VALIDATION,
+          `volume role ${JSON.stringify(role)} is not valid`,
+        );
+      }
+      return join(vmDir, app === null ? 'system.qcow2' : `app-${app}.qcow2`);
+    },
+    data: join(vmDir, 'data.qcow2'),
+    runDir: join(vmDir, 'run'),
+  };
+}
+
+async function qemuImg(args: string[]): Promise<string> {
+  try {
+    const { stdout } = await exec('qemu-img', args, { maxBuffer: 16 * 1024 * 1024 });
+    return stdout;
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: string };
+    if (e.code === 'ENOENT') {
+      throw new BulkheadError(ErrorCodes.TOOL_MISSING, 'qemu-img was not found', {
+        hint: 'install the Debian package qemu-utils',
+      });
+    }
+    throw new BulkheadError(
+      ErrorCodes.INTERNAL,
+      `qemu-img ${args[0]} failed: ${(e.stderr ?? e.message).trim()}`,
+      { cause: err },
+    );
+  }
+}
+
+/**
+ * Replaces the overlay at `path` with a fresh, empty one on `golden`. The VM using it must be
+ * stopped. Idempotent: redoing it after a crash gives the same result.
+ */
+export async function freshOverlay(golden: string, path: string): Promise<void> {
+  await mkdir(join(path, '..'), { recursive: true });
+  const tmp = `${path}.new`;
+  await rm(tmp, { force: true });
+  await qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', golden, tmp]);
+  await rename(tmp, path);
+}
+
+/** The golden an overlay is backed by, or null when there is no overlay. */
+export async function overlayBacking(path: string): Promise<string | null> {
+  if (!(await exists(path))) return null;
+  const info = JSON.parse(await qemuImg(['info', '--output=json', '-U', path])) as {
+    'backing-filename'?: string;
+  };
+  return info['backing-filename'] ?? null;
+}
+
+export interface DataVolumeOptions {
+  /** Virtual size; default 1 GiB (qcow2 takes only what is written). */
+  sizeBytes?: number;
+  /** The LUKS key (32 bytes) for an encrypted data volume; absent: not encrypted. */
+  key?: Buffer;
+  /** File-system label; default `data`. */
+  label?: string;
+}
+
+/**
+ * Creates the VM's data volume if it does not exist: an empty ext4 file system in a qcow2
+ * file, LUKS-encrypted with QEMU's native encryption when a key is given. An existing volume
+ * is never touched. QEMU wants a UTF-8 LUKS passphrase, so the passphrase is the key in base64
+ * (as the desired state carries it); the hypervisor must pass the same text. It reaches
+ * qemu-img through a 0600 secret file removed right after, and is never logged.
+ * Returns true when it created the volume.
+ */
+export async function ensureDataVolume(
+  path: string,
+  options: DataVolumeOptions = {},
+): Promise<boolean> {
+  if (await exists(path)) return false;
+  await mkdir(join(path, '..'), { recursive: true });
+  const raw = `${path}.fs.tmp`;
+  const tmp = `${path}.new`;
+  const secret = `${path}.${randomBytes(8).toString('hex')}.key`;
+  try {
+    await writeFile(raw, '');
+    await truncate(raw, options.sizeBytes ?? 1024 ** 3);
+    await mkfs(raw, options.label ?? 'data');
+    const args = ['convert', '-q', '-O', 'qcow2'];
+    if (options.key) {
+      await writeFile(secret, options.key.toString('base64'), { mode: 0o600 });
+      args.push(
+        '--object',
+        `secret,id=datakey,file=${secret}`,
+        // The key is 256 random bits; a long key-derivation time buys nothing and slows boots.
+        '-o',
+        'encrypt.format=luks,encrypt.key-secret=datakey,encrypt.iter-time=50',
+      );
+    }
+    await qemuImg([...args, raw, tmp]);
+    await rename(tmp, path);
+    return true;
+  } finally {
+    await rm(secret, { force: true });
+    await rm(raw, { force: true });
+    await rm(tmp, { force: true });
+  }
+}
+
+async function mkfs(path: string, label: string): Promise<void> {
+  try {
+    await exec('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', label, path]);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: string };
+    if (e.code === 'ENOENT') {
+      throw new BulkheadError(ErrorCodes.TOOL_MISSING, 'mkfs.ext4 was not found', {
+        hint: 'install the Debian package e2fsprogs',
+      });
+    }
+    throw new BulkheadError(
+      ErrorCodes.INTERNAL,
+      `mkfs.ext4 failed: ${(e.stderr ?? e.message).trim()}`,
+      {
+        cause: err,
+      },
+    );
+  }
+}
+
+/** The disks of a VM for the hypervisor: system, apps (read-only), data. */
+export function vmDisks(
+  layout: VolumeLayout,
+  apps: readonly { name: string }[],
+  dataKey?: Buffer,
+): VmDisk[] {
+  return [
+    { role: 'system', path: layout.overlay('system'), format: 'qcow2', readOnly: false },
+    ...apps.map((a): VmDisk => ({
+      role: `app:${a.name}`,
+      path: layout.overlay(`app:${a.name}`),
+      format: 'qcow2',
+      readOnly: true,
+    })),
+    {
+      role: 'data',
+      path: layout.data,
+      format: 'qcow2',
+      readOnly: false,
+      ...(dataKey ? { encryptionKey: dataKey } : {}),
+    },
+  ];
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
