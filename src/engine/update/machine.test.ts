@@ -180,7 +180,7 @@ const resumeCases: {
   state: ActiveState;
   attempt: number;
   firstCall: ActiveState | null;
-  end: UpdateState[];
+  end: (UpdateState | null)[];
 }[] = [
   { state: 'downloading', attempt: 0, firstCall: 'downloading', end: ['committed', null] },
   { state: 'staged', attempt: 0, firstCall: 'staged', end: ['committed', null] },
