@@ -5,3 +5,4 @@ export * from './admin.ts';
 export { canonicalJson } from './canonical.ts';
 export * from './device.ts';
 export * from './policy.ts';
+export * from './images.ts';

@@ -34,6 +34,7 @@ import {
 } from './credentials.ts';
 import { createLoginLimiter } from './rate-limit.ts';
 import { createUser, deleteUser, listUsers, updateUser } from './users.ts';
+import { imagesAdmin } from '../images/index.ts';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -239,4 +240,5 @@ export const adminPlugin: FastifyPluginAsync<CenterContext> = async (parent, dep
 
   // The other domains' admin routes, registered inside this scope so the role hook covers them.
   // Each registers with its own line.
+  await app.register(imagesAdmin, deps);
 };

@@ -1,0 +1,347 @@
+import type { FastifyPluginAsync } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import { rebuildCatalog } from '../../image/catalog.ts';
+import { DirectoryStore, manifestKey } from '../../image/index.ts';
+import {
+  BulkheadError,
+  CreateImageRequestSchema,
+  CreatePublisherRequestSchema,
+  DigestParamsSchema,
+  ErrorCodes,
+  ImageDetailSchema,
+  ImageInfoSchema,
+  ImageListQuerySchema,
+  ImageListSchema,
+  ImageParamsSchema,
+  ImageVersionInfoSchema,
+  ImageVersionListSchema,
+  ImageVersionParamsSchema,
+  KeyIdParamsSchema,
+  MAX_INDEX_BYTES,
+  MAX_MANIFEST_BYTES,
+  MissingRequestSchema,
+  MissingResponseSchema,
+  PublishVersionRequestSchema,
+  PublisherListSchema,
+  PublisherSchema,
+  PushVersionParamsSchema,
+  PushVersionQuerySchema,
+  PushVersionResponseSchema,
+  ReleaseRequestSchema,
+  StoredObjectSchema,
+  UpdateImageRequestSchema,
+} from '../../protocol/index.ts';
+import { callerOf } from '../admin/plugin.ts';
+import type { CenterContext } from '../server.ts';
+import {
+  createImage,
+  deleteImage,
+  findImage,
+  imageDetail,
+  listImages,
+  listVersions,
+  publishVersion,
+  releaseVersion,
+  retireVersion,
+  updateImage,
+} from './images.ts';
+import { createPublisher, listPublishers, revokePublisher } from './publishers.ts';
+import {
+  MAX_COMPRESSED_CHUNK_BYTES,
+  findMissing,
+  pushVersion,
+  putChunk,
+  putIndex,
+} from './upload.ts';
+
+/** The raw body of an upload; anything but application/octet-stream is refused. */
+function rawBody(body: unknown): Buffer {
+  if (!Buffer.isBuffer(body)) {
+    throw new BulkheadError(
+      ErrorCodes.VALIDATION,
+      'body: send the bytes as Content-Type: application/octet-stream',
+    );
+  }
+  return body;
+}
+
+/**
+ * Images and their publishing, under the admin API (registered inside its scope, so its role
+ * hook covers every route): trusted publisher keys (admin), images and versions (viewer reads,
+ * operator changes), and the upload of chunks, indexes and signed manifests into Center's store
+ * (operator).
+ */
+export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (parent, deps) => {
+  const app = parent.withTypeProvider<ZodTypeProvider>();
+  const { db } = deps.database;
+  const store = new DirectoryStore(deps.config.storeDir);
+  const nowMs = () => deps.now().getTime();
+  const prefix = '/api/v1/admin';
+  const tags = ['images'];
+
+  // Uploads are raw bytes; the parser exists in this plugin's scope only.
+  app.addContentTypeParser(
+    'application/octet-stream',
+    { parseAs: 'buffer' },
+    (_req, body: Buffer, done) => done(null, body),
+  );
+
+  app.get(
+    `${prefix}/publishers`,
+    {
+      config: { adminRole: 'viewer' },
+      schema: {
+        tags,
+        description: 'Publisher keys, trusted and revoked.',
+        response: { 200: PublisherListSchema },
+      },
+    },
+    async () => ({ publishers: await listPublishers(db) }),
+  );
+
+  app.post(
+    `${prefix}/publishers`,
+    {
+      config: { adminRole: 'admin' },
+      schema: {
+        tags,
+        description: 'Trusts an Ed25519 publisher key: manifests it signs may be uploaded.',
+        body: CreatePublisherRequestSchema,
+        response: { 201: PublisherSchema },
+      },
+    },
+    async (req, reply) =>
+      reply.code(201).send(await createPublisher(db, callerOf(req), req.body, nowMs())),
+  );
+
+  app.delete(
+    `${prefix}/publishers/:keyid`,
+    {
+      config: { adminRole: 'admin' },
+      schema: {
+        tags,
+        description: 'Revokes a publisher key: it verifies no new upload. Versions it signed stay.',
+        params: KeyIdParamsSchema,
+        response: { 200: PublisherSchema },
+      },
+    },
+    async (req) => revokePublisher(db, callerOf(req), req.params.keyid, nowMs()),
+  );
+
+  app.get(
+    `${prefix}/images`,
+    {
+      config: { adminRole: 'viewer' },
+      schema: { tags, querystring: ImageListQuerySchema, response: { 200: ImageListSchema } },
+    },
+    async (req) => ({ images: await listImages(db, req.query.kind) }),
+  );
+
+  app.post(
+    `${prefix}/images`,
+    {
+      config: { adminRole: 'operator' },
+      schema: { tags, body: CreateImageRequestSchema, response: { 201: ImageInfoSchema } },
+    },
+    async (req, reply) =>
+      reply.code(201).send(await createImage(db, callerOf(req), req.body, nowMs())),
+  );
+
+  app.get(
+    `${prefix}/images/:id`,
+    {
+      config: { adminRole: 'viewer' },
+      schema: {
+        tags,
+        description: 'An image (by id or name) with its versions.',
+        params: ImageParamsSchema,
+        response: { 200: ImageDetailSchema },
+      },
+    },
+    async (req) => imageDetail(db, req.params.id),
+  );
+
+  app.patch(
+    `${prefix}/images/:id`,
+    {
+      config: { adminRole: 'operator' },
+      schema: {
+        tags,
+        params: ImageParamsSchema,
+        body: UpdateImageRequestSchema,
+        response: { 200: ImageInfoSchema },
+      },
+    },
+    async (req) => updateImage(db, callerOf(req), req.params.id, req.body, nowMs()),
+  );
+
+  app.delete(
+    `${prefix}/images/:id`,
+    {
+      config: { adminRole: 'operator' },
+      schema: {
+        tags,
+        description:
+          'Deletes an image and its versions when no profile, app or rollout refers to them (409 otherwise).',
+        params: ImageParamsSchema,
+        response: { 204: z.null() },
+      },
+    },
+    async (req, reply) => {
+      const deleted = await deleteImage(db, callerOf(req), req.params.id, nowMs());
+      // After the commit: a manifest left behind by a crash here is harmless, one removed
+      // before it would leave a version without its manifest.
+      for (const v of deleted.versions) await store.remove(manifestKey(deleted.name, v));
+      await rebuildCatalog(store);
+      return reply.code(204).send(null);
+    },
+  );
+
+  app.get(
+    `${prefix}/images/:id/versions`,
+    {
+      config: { adminRole: 'viewer' },
+      schema: { tags, params: ImageParamsSchema, response: { 200: ImageVersionListSchema } },
+    },
+    async (req) => ({ versions: await listVersions(db, await findImage(db, req.params.id)) }),
+  );
+
+  app.post(
+    `${prefix}/images/:id/versions/:version/publish`,
+    {
+      config: { adminRole: 'operator' },
+      schema: {
+        tags,
+        description:
+          'Publishes a draft. It becomes the released version with `release: true`, or when the image has none yet.',
+        params: ImageVersionParamsSchema,
+        body: PublishVersionRequestSchema,
+        response: { 200: ImageVersionInfoSchema },
+      },
+    },
+    async (req) =>
+      publishVersion(
+        db,
+        callerOf(req),
+        req.params.id,
+        req.params.version,
+        { release: req.body?.release ?? false },
+        nowMs(),
+      ),
+  );
+
+  app.post(
+    `${prefix}/images/:id/versions/:version/retire`,
+    {
+      config: { adminRole: 'operator' },
+      schema: {
+        tags,
+        description: 'Retires a version: no new installs. Not the released one.',
+        params: ImageVersionParamsSchema,
+        response: { 200: ImageVersionInfoSchema },
+      },
+    },
+    async (req) => retireVersion(db, callerOf(req), req.params.id, req.params.version, nowMs()),
+  );
+
+  app.post(
+    `${prefix}/images/:id/release`,
+    {
+      config: { adminRole: 'operator' },
+      schema: {
+        tags,
+        description:
+          'Sets the version every device on the image gets when no rollout applies; only a published one.',
+        params: ImageParamsSchema,
+        body: ReleaseRequestSchema,
+        response: { 200: ImageInfoSchema },
+      },
+    },
+    async (req) => releaseVersion(db, callerOf(req), req.params.id, req.body.versionId, nowMs()),
+  );
+
+  app.post(
+    `${prefix}/store/missing`,
+    {
+      config: { adminRole: 'operator' },
+      schema: {
+        tags,
+        description: 'Which of the given chunks (and chunk indexes) the store lacks.',
+        body: MissingRequestSchema,
+        response: { 200: MissingResponseSchema },
+      },
+    },
+    async (req) => findMissing(store, req.body),
+  );
+
+  // Chunks are content-addressed and not referenced until a manifest names them, so a chunk
+  // upload leaves no audit entry; the manifest upload that publishes them does.
+  app.put(
+    `${prefix}/store/chunks/:digest`,
+    {
+      config: { adminRole: 'operator' },
+      bodyLimit: MAX_COMPRESSED_CHUNK_BYTES,
+      schema: {
+        tags,
+        description:
+          'Uploads one chunk as the store keeps it (zstd-compressed); the SHA-256 of its content must be the digest.',
+        params: DigestParamsSchema,
+        response: { 200: StoredObjectSchema, 201: StoredObjectSchema },
+      },
+    },
+    async (req, reply) => {
+      const r = await putChunk(store, req.params.digest, rawBody(req.body));
+      return reply.code(r.created ? 201 : 200).send(r);
+    },
+  );
+
+  app.put(
+    `${prefix}/store/indexes/:digest`,
+    {
+      config: { adminRole: 'operator' },
+      bodyLimit: MAX_INDEX_BYTES,
+      schema: {
+        tags,
+        description:
+          'Uploads one chunk index as the store keeps it (zstd-compressed); the SHA-256 of its content must be the digest.',
+        params: DigestParamsSchema,
+        response: { 200: StoredObjectSchema, 201: StoredObjectSchema },
+      },
+    },
+    async (req, reply) => {
+      const r = await putIndex(store, req.params.digest, rawBody(req.body));
+      return reply.code(r.created ? 201 : 200).send(r);
+    },
+  );
+
+  app.put(
+    `${prefix}/store/images/:name/:version`,
+    {
+      config: { adminRole: 'operator' },
+      bodyLimit: MAX_MANIFEST_BYTES,
+      schema: {
+        tags,
+        description:
+          'Uploads the signed manifest of a version whose index and chunks are in the store; records it as a draft. The same manifest again is a no-op (200).',
+        params: PushVersionParamsSchema,
+        querystring: PushVersionQuerySchema,
+        response: { 200: PushVersionResponseSchema, 201: PushVersionResponseSchema },
+      },
+    },
+    async (req, reply) => {
+      const r = await pushVersion(
+        { db, store },
+        callerOf(req),
+        {
+          name: req.params.name,
+          version: req.params.version,
+          kind: req.query.kind,
+          manifest: rawBody(req.body),
+        },
+        nowMs(),
+      );
+      return reply.code(r.created ? 201 : 200).send(r);
+    },
+  );
+};
