@@ -1,0 +1,408 @@
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  BulkheadError,
+  isBulkheadError,
+  type DesiredVm,
+  type PublicKeyRef,
+  type VolumeRef,
+} from '../../protocol/index.ts';
+import type { Clock } from '../clock.ts';
+import type { HypervisorDriver, VmSpec, VmStatus } from '../hypervisor/types.ts';
+import type { Log } from '../log.ts';
+import type { NewEvent } from '../queue.ts';
+import type { GoldenStore } from '../volumes/goldens.ts';
+import {
+  ensureDataVolume,
+  freshOverlay,
+  volumeLayout,
+  vmDisks,
+  type VolumeLayout,
+} from '../volumes/overlays.ts';
+import { checkHealth, type GuestAgentLink, type HealthResult } from './health.ts';
+import {
+  releaseKey,
+  runTransaction,
+  type Release,
+  type Transaction,
+  type UpdateExecutors,
+  type UpdateState,
+} from './machine.ts';
+import type { TransactionFiles, VmRecord, VmRecords } from './records.ts';
+
+/** What the update executors act on; everything is passed in (tests build exactly this). */
+export interface UpdateDeps {
+  dataDir: string;
+  goldens: GoldenStore;
+  hypervisor: HypervisorDriver;
+  records: VmRecords;
+  transactions: TransactionFiles;
+  /** Queues an event for Center (durably). */
+  report: (event: NewEvent) => Promise<unknown>;
+  /** The latest verified desired state as far as one VM is concerned. */
+  target: (vm: string) => {
+    vm: DesiredVm | undefined;
+    mirrors: readonly string[];
+    publishers: readonly PublicKeyRef[];
+  };
+  /** Opens the guest agent of a running VM. */
+  connectAgent: (status: VmStatus) => Promise<GuestAgentLink>;
+  clock: Clock;
+  log: Log;
+  /** Direct kernel boot for appliance-style images and the test guest. */
+  kernel?: VmSpec['kernel'];
+  bandwidthBytesPerSec?: number;
+  /** How long a staged update waits for the VM to be off or the user to accept (default 0). */
+  switchDeadlineMs?: number;
+  /** Graceful shutdown time before a hard stop (default 30 s). */
+  stopTimeoutMs?: number;
+  /** Data volume size for new VMs (default 1 GiB). */
+  dataVolumeBytes?: number;
+  signal?: AbortSignal;
+  /** Test hook: called after each persisted step (the crash tests stop the process there). */
+  afterPersist?: (state: UpdateState) => void;
+}
+
+const acceptDir = (dataDir: string) => join(dataDir, 'accept');
+/** The marker `bulkhead engine accept [--vm NAME]` leaves: the user allows the switch now. */
+export function acceptMarker(dataDir: string, vm: string | null): string {
+  return join(acceptDir(dataDir), vm ?? '_all');
+}
+
+/** Event ids fixed per transaction and kind, so a step redone after a crash is counted once. */
+function eventId(tx: Transaction, kind: string): string {
+  return `upd.${tx.vm}.${tx.startedAt}.${kind}`.replace(/[^A-Za-z0-9._:-]/g, '_');
+}
+
+function volumesOf(release: Release): VolumeRef[] {
+  return [release.system, ...release.apps];
+}
+
+export function dataKeyOf(vm: DesiredVm | undefined): Buffer | undefined {
+  return vm?.dataKey ? Buffer.from(vm.dataKey, 'base64') : undefined;
+}
+
+/** The spec a VM boots with `release`. */
+export function vmSpec(
+  vm: DesiredVm,
+  release: Release,
+  layout: VolumeLayout,
+  kernel?: VmSpec['kernel'],
+): VmSpec {
+  const key = dataKeyOf(vm);
+  return {
+    name: vm.name,
+    cpus: vm.resources.cpus,
+    memoryMib: vm.resources.memoryMib,
+    ...(kernel ? { kernel } : {}),
+    disks: vmDisks(layout, release.apps, key),
+    policy: vm.policy,
+    runDir: layout.runDir,
+  };
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * Puts `release` in place for a stopped VM: a fresh overlay on each golden (fetched first if
+ * it is missing, e.g. a previous version that was collected), and the data volume if the VM
+ * has none yet. The data volume is never touched otherwise.
+ */
+export async function prepareVolumes(
+  deps: UpdateDeps,
+  vm: DesiredVm,
+  release: Release,
+): Promise<VolumeLayout> {
+  const layout = volumeLayout(deps.dataDir, vm.name);
+  const { mirrors, publishers } = deps.target(vm.name);
+  for (const [role, ref] of [
+    ['system', release.system] as const,
+    ...release.apps.map((a) => [`app:${a.name}`, a] as const),
+  ]) {
+    const golden = await deps.goldens.ensure(ref, { mirrors, publishers });
+    await freshOverlay(golden.golden.path, layout.overlay(role));
+  }
+  const key = dataKeyOf(vm);
+  await ensureDataVolume(layout.data, {
+    ...(key ? { key } : {}),
+    ...(deps.dataVolumeBytes ? { sizeBytes: deps.dataVolumeBytes } : {}),
+  });
+  await mkdir(layout.runDir, { recursive: true });
+  return layout;
+}
+
+/** Stops, re-prepares and boots `release`, then checks its health from that fresh boot. */
+async function bootHealthy(
+  deps: UpdateDeps,
+  vm: DesiredVm,
+  release: Release,
+): Promise<HealthResult> {
+  await deps.hypervisor.stop(vm.name, { timeoutMs: deps.stopTimeoutMs ?? 30_000 });
+  const layout = await prepareVolumes(deps, vm, release);
+  const startedAt = deps.clock.now();
+  const status = await deps.hypervisor.start(vmSpec(vm, release, layout, deps.kernel));
+  return checkHealth({
+    connect: () => deps.connectAgent(status),
+    check: vm.healthCheck,
+    startedAt,
+    clock: deps.clock,
+    ...(deps.signal ? { signal: deps.signal } : {}),
+  });
+}
+
+function desiredVm(deps: UpdateDeps, tx: Transaction): DesiredVm {
+  const vm = deps.target(tx.vm).vm;
+  if (!vm) {
+    throw new BulkheadError(
+      'ERR_INTERNAL',
+      `VM ${tx.vm} is not in the desired state; its update cannot go on`,
+      { retryable: true },
+    );
+  }
+  return vm;
+}
+
+/** True when the desired state now wants another release than this transaction's target. */
+function isSuperseded(deps: UpdateDeps, tx: Transaction): boolean {
+  const vm = deps.target(tx.vm).vm;
+  if (!vm) return true;
+  return releaseKey({ system: vm.system, apps: vm.apps }) !== releaseKey(tx.to);
+}
+
+export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
+  const base = (tx: Transaction, release: Release) => ({
+    profileId: tx.profileId,
+    image: release.system.image,
+    versionId: release.system.versionId,
+    version: release.system.version,
+  });
+  return {
+    async downloading(tx) {
+      if (isSuperseded(deps, tx)) return 'cancel';
+      const { mirrors, publishers } = deps.target(tx.vm);
+      let downloaded = 0;
+      let reused = 0;
+      let lastReport = 0;
+      try {
+        for (const ref of volumesOf(tx.to)) {
+          const r = await deps.goldens.ensure(ref, {
+            mirrors,
+            publishers,
+            ...(deps.bandwidthBytesPerSec
+              ? { bandwidthBytesPerSec: deps.bandwidthBytesPerSec }
+              : {}),
+            ...(deps.signal ? { signal: deps.signal } : {}),
+            onWarning: (m) => deps.log.warn({ vm: tx.vm }, m),
+            onProgress: (p) => {
+              const now = deps.clock.now();
+              if (p.phase !== 'download' || now - lastReport < 2000) return;
+              lastReport = now;
+              void deps
+                .report({
+                  type: 'download-progress',
+                  data: { ...base(tx, tx.to), doneBytes: p.doneBytes, totalBytes: p.totalBytes },
+                })
+                .catch(() => {});
+            },
+          });
+          downloaded += r.downloadedBytes;
+          reused += r.reusedBytes;
+        }
+      } catch (err) {
+        if (isBulkheadError(err) && err.retryable) {
+          deps.log.warn({ vm: tx.vm, code: err.code }, `download paused: ${err.message}`);
+          await deps.records.update(tx.vm, (r) => ({
+            ...r,
+            lastError: { code: err.code, message: err.message, at: deps.clock.now() },
+          }));
+          return 'wait';
+        }
+        return { event: 'download-failed', reason: message(err) };
+      }
+      await deps.report({
+        id: eventId(tx, 'staged'),
+        type: 'staged',
+        data: { ...base(tx, tx.to), downloadedBytes: downloaded, reusedBytes: reused },
+      });
+      return 'downloaded';
+    },
+
+    async staged(tx) {
+      if (isSuperseded(deps, tx)) return 'cancel';
+      const status = await deps.hypervisor.status(tx.vm);
+      const isOff = status.state === 'stopped' || status.state === 'crashed';
+      const accepted =
+        (await exists(acceptMarker(deps.dataDir, tx.vm))) ||
+        (await exists(acceptMarker(deps.dataDir, null)));
+      const deadlinePassed = deps.clock.now() >= tx.since + (deps.switchDeadlineMs ?? 0);
+      return isOff || accepted || deadlinePassed ? 'window-open' : 'wait';
+    },
+
+    async switching(tx) {
+      // Redone after a crash: stopping a stopped VM and making fresh overlays are idempotent.
+      try {
+        const vm = desiredVm(deps, tx);
+        await deps.hypervisor.stop(tx.vm, { timeoutMs: deps.stopTimeoutMs ?? 30_000 });
+        await prepareVolumes(deps, vm, tx.to);
+      } catch (err) {
+        return { event: 'switch-failed', reason: `switch failed: ${message(err)}` };
+      }
+      await rm(acceptMarker(deps.dataDir, tx.vm), { force: true });
+      await deps.report({
+        id: eventId(tx, 'switched'),
+        type: 'switched',
+        data: { ...base(tx, tx.to), fromVersionId: tx.from?.system.versionId ?? null },
+      });
+      return 'switched';
+    },
+
+    async booting(tx) {
+      try {
+        const vm = desiredVm(deps, tx);
+        const layout = volumeLayout(deps.dataDir, vm.name);
+        await deps.hypervisor.start(vmSpec(vm, tx.to, layout, deps.kernel));
+        return 'booted';
+      } catch (err) {
+        return { event: 'boot-failed', reason: `the VM did not start: ${message(err)}` };
+      }
+    },
+
+    async 'health-check'(tx) {
+      const vm = desiredVm(deps, tx);
+      const status = await deps.hypervisor.status(tx.vm);
+      if (status.state !== 'running' && status.state !== 'starting') {
+        return {
+          event: 'unhealthy',
+          reason: `the VM stopped during its health check (${status.lastExit ?? status.state})`,
+        };
+      }
+      const result = await checkHealth({
+        connect: () => deps.connectAgent(status),
+        check: vm.healthCheck,
+        startedAt: tx.since,
+        clock: deps.clock,
+        ...(deps.signal ? { signal: deps.signal } : {}),
+      });
+      return result.healthy ? 'healthy' : { event: 'unhealthy', reason: result.reason };
+    },
+
+    async committed(tx) {
+      await deps.records.update(tx.vm, (r) => ({
+        ...r,
+        profileId: tx.profileId,
+        current: tx.to,
+        // A retried commit must not make the new version its own previous one.
+        previous: tx.from ?? r.previous ?? null,
+        currentVersionId: tx.to.system.versionId,
+        previousVersionId: tx.from?.system.versionId ?? r.previousVersionId,
+        lastError: null,
+        lastFailure: null,
+      }));
+      await deps.report({ id: eventId(tx, 'healthy'), type: 'healthy', data: base(tx, tx.to) });
+      return 'done';
+    },
+
+    async 'rolling-back'(tx) {
+      if (!tx.from) {
+        await deps.hypervisor.stop(tx.vm, { timeoutMs: deps.stopTimeoutMs ?? 30_000 });
+        return { event: 'nothing-to-roll-back', reason: tx.reason ?? 'no previous version' };
+      }
+      try {
+        const result = await bootHealthy(deps, desiredVm(deps, tx), tx.from);
+        return result.healthy
+          ? 'rolled-back'
+          : { event: 'rollback-failed', reason: `previous version: ${result.reason}` };
+      } catch (err) {
+        return { event: 'rollback-failed', reason: `rollback failed: ${message(err)}` };
+      }
+    },
+
+    async 'rolled-back'(tx) {
+      const reason = tx.reason ?? 'unhealthy';
+      await deps.records.update(tx.vm, (r) => markBad(r, tx, reason, deps.clock.now()));
+      await deps.report({
+        id: eventId(tx, 'rolled-back'),
+        type: 'rolled-back',
+        data: {
+          ...base(tx, tx.to),
+          reason,
+          runningVersionId: tx.from?.system.versionId ?? null,
+        },
+      });
+      return 'done';
+    },
+
+    async failed(tx) {
+      const reason = tx.reason ?? 'failed';
+      const now = deps.clock.now();
+      // Switched and still failing: the version is bad. Not switched: try it again later.
+      const switched = tx.attempt > 0;
+      await deps.records.update(tx.vm, (r) => ({
+        ...(switched ? markBad(r, tx, reason, now) : r),
+        lastError: { code: 'ERR_UPDATE_FAILED', message: reason, at: now },
+        lastFailure: { releaseKey: releaseKey(tx.to), at: now },
+      }));
+      await deps.report({
+        id: eventId(tx, 'failed'),
+        type: 'failed',
+        data: { ...base(tx, tx.to), reason },
+      });
+      return 'done';
+    },
+  };
+}
+
+function markBad(r: VmRecord, tx: Transaction, reason: string, now: number): VmRecord {
+  const key = releaseKey(tx.to);
+  return {
+    ...r,
+    badVersions: r.badVersions.includes(key) ? r.badVersions : [...r.badVersions, key],
+    lastError: { code: 'ERR_HEALTH_CHECK', message: reason, at: now },
+  };
+}
+
+/**
+ * Runs one VM's transaction (persisting it before every step, and mirroring its state into the
+ * engine state file for `engine status`) until it is over or has to wait.
+ */
+export async function runUpdate(
+  deps: UpdateDeps,
+  tx: Transaction,
+  options: { resumed?: boolean } = {},
+): Promise<Transaction | null> {
+  const executors = createUpdateExecutors(deps);
+  return runTransaction(tx, {
+    executors,
+    now: () => deps.clock.now(),
+    resumed: options.resumed ?? false,
+    persist: (t) => persistTransaction(deps, tx.vm, t),
+    ...(deps.afterPersist ? { afterPersist: deps.afterPersist } : {}),
+  });
+}
+
+/** Writes the transaction file, then the status view of it. */
+export async function persistTransaction(
+  deps: Pick<UpdateDeps, 'transactions' | 'records' | 'clock'>,
+  vm: string,
+  tx: Transaction | null,
+): Promise<void> {
+  await deps.transactions.write(vm, tx);
+  await deps.records.update(vm, (r) => ({
+    ...r,
+    transaction:
+      tx && tx.state !== 'failed'
+        ? { state: tx.state, targetVersionId: tx.to.system.versionId, since: tx.since }
+        : { state: 'idle', targetVersionId: null, since: deps.clock.now() },
+  }));
+}
