@@ -1,17 +1,21 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { BulkheadError, ErrorCodes, isBulkheadError } from '../protocol/index.ts';
 import { imageCommands } from './image.ts';
+import { pushCommand } from './push.ts';
 import { keysCommands } from './keys.ts';
 import { centerCommands } from './center.ts';
 import { adminCommands } from './admin.ts';
+import { engineCommands } from './engine.ts';
 import { demoCommand } from './demo.ts';
 import type { Command, CommandContext } from './command.ts';
 
 const commands: Command[] = [
   ...keysCommands,
   ...imageCommands,
+  pushCommand,
   ...centerCommands,
   ...adminCommands,
+  ...engineCommands,
   demoCommand,
 ];
 

@@ -61,20 +61,6 @@ export const SyncStateSchema = z.strictObject({
 });
 export type SyncState = z.infer<typeof SyncStateSchema>;
 
-/** Steps of a VM update transaction (DESIGN §3). */
-export const VmTransactionStateSchema = z.enum([
-  'idle',
-  'downloading',
-  'staged',
-  'switching',
-  'booting',
-  'health-check',
-  'committed',
-  'rolling-back',
-  'rolled-back',
-]);
-export type VmTransactionState = z.infer<typeof VmTransactionStateSchema>;
-
 /**
  * One VM on this PC as the update transaction leaves it. Loose: the update engine may keep
  * more facts per VM (they are preserved); these are the ones `engine status` shows.
@@ -87,7 +73,12 @@ export const EngineVmSchema = z.looseObject({
   /** The version it would roll back to. */
   previousVersionId: z.string().nullable(),
   transaction: z.looseObject({
-    state: VmTransactionStateSchema,
+    /**
+     * The update transaction's state (`idle`, `downloading`, `staged`, `switching`, `booting`,
+     * `health-check`, `committed`, `rolling-back`, `rolled-back`, `failed`; DESIGN §3). A string
+     * here, so that a state the update machine adds never makes this file unreadable.
+     */
+    state: z.string().min(1).max(64),
     /** The version being installed, while a transaction runs. */
     targetVersionId: z.string().nullable(),
     /** When the current state was entered. */

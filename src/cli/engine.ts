@@ -1,0 +1,67 @@
+import {
+  DEFAULT_ENGINE_DATA_DIR,
+  enroll,
+  formatEngineStatus,
+  readEngineStatus,
+} from '../engine/index.ts';
+import { optionalString, requireString, type Command, type Invocation } from './command.ts';
+
+function dataDir(inv: Invocation): string {
+  return optionalString(inv, 'data') ?? process.env.BULKHEAD_ENGINE_DATA ?? DEFAULT_ENGINE_DATA_DIR;
+}
+
+const enrollCommand: Command = {
+  name: 'engine enroll',
+  summary: 'Enrol this PC with Center using a one-time enrolment token.',
+  usage: `Usage: bulkhead engine enroll --center URL --token TOKEN [--name NAME] [--data DIR]
+         [--force]
+
+  Makes the device's Ed25519 key pair (the private key stays in DIR, mode 0600), reports the
+  hardware inventory and stores the identity with Center's key pinned.
+  DIR defaults to $BULKHEAD_ENGINE_DATA or ${DEFAULT_ENGINE_DATA_DIR}.
+  --force enrols an already enrolled PC again, as a new device with a new key.`,
+  options: {
+    center: { type: 'string' },
+    token: { type: 'string' },
+    name: { type: 'string' },
+    data: { type: 'string' },
+    force: { type: 'boolean' },
+  },
+  async run(inv, ctx) {
+    const identity = await enroll({
+      centerUrl: requireString(inv, 'center'),
+      token: requireString(inv, 'token'),
+      name: optionalString(inv, 'name'),
+      dataDir: dataDir(inv),
+      force: inv.values.force === true,
+    });
+    const result = {
+      deviceId: identity.deviceId,
+      centerUrl: identity.centerUrl,
+      centerKeyId: identity.centerKey.keyid,
+      dataDir: dataDir(inv),
+    };
+    if (!inv.json) {
+      ctx.out(`Enrolled with ${identity.centerUrl} as device ${identity.deviceId}`);
+      ctx.out(`Center's key ${identity.centerKey.keyid} is pinned; data in ${result.dataDir}`);
+    }
+    return result;
+  },
+};
+
+const statusCommand: Command = {
+  name: 'engine status',
+  summary: "Show this PC's enrolment, connection to Center, desired state, VMs and queue.",
+  usage: `Usage: bulkhead engine status [--data DIR]
+
+  Reads Engine's state files; works whether \`engine run\` is running or not.
+  DIR defaults to $BULKHEAD_ENGINE_DATA or ${DEFAULT_ENGINE_DATA_DIR}.`,
+  options: { data: { type: 'string' } },
+  async run(inv, ctx) {
+    const status = await readEngineStatus(dataDir(inv));
+    if (!inv.json) for (const line of formatEngineStatus(status, Date.now())) ctx.out(line);
+    return status;
+  },
+};
+
+export const engineCommands: Command[] = [enrollCommand, statusCommand];

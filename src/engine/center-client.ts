@@ -1,0 +1,437 @@
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { signPayload, verifyPayload } from '../image/keys.ts';
+import {
+  BulkheadError,
+  canonicalJson,
+  ChallengeResponseSchema,
+  DEVICE_SIGNATURE_DOMAINS,
+  ErrorCodes,
+  isBulkheadError,
+  MAX_REPORT_EVENTS,
+  ReportResponseSchema,
+  SignedDesiredStateSchema,
+  TokenResponseSchema,
+  type DeviceEvent,
+  type ErrorCode,
+  type ReportResponse,
+  type SignedDesiredState,
+} from '../protocol/index.ts';
+import { systemClock, type Clock } from './clock.ts';
+import { callCenter, parseAnswer, type CenterRequest, type Fetch } from './http.ts';
+import { silentLog, type Log } from './log.ts';
+import type { NewEvent } from './queue.ts';
+import type { Identity } from './state.ts';
+
+/** A token is renewed this long before it expires, so a request never carries a dying one. */
+const TOKEN_RENEW_MARGIN_MS = 60_000;
+const PUSH_BACKOFF_BASE_MS = 1_000;
+const PUSH_BACKOFF_CAP_MS = 5 * 60_000;
+/** After a 404 on the push route, Center has no push channel; ask again this much later. */
+const PUSH_UNSUPPORTED_RETRY_MS = 30 * 60_000;
+
+/** Codes of a desired state Engine refuses. */
+export const DESIRED_STATE_REFUSALS: ReadonlySet<ErrorCode> = new Set([
+  ErrorCodes.DESIRED_STATE_MALFORMED,
+  ErrorCodes.DESIRED_STATE_KEY,
+  ErrorCodes.DESIRED_STATE_SIGNATURE,
+  ErrorCodes.DESIRED_STATE_DEVICE,
+  ErrorCodes.DESIRED_STATE_ROLLBACK,
+  ErrorCodes.DESIRED_STATE_EXPIRED,
+]);
+
+export interface VerifyDesiredStateOptions {
+  /** Center's key as pinned at enrolment. */
+  centerKey: { keyid: string; key: KeyObject };
+  deviceId: string;
+  now: number;
+  /** The revision Engine already has; an older document is a replay. */
+  minRevision?: number;
+}
+
+function refuse(code: ErrorCode, message: string, details?: object): BulkheadError {
+  return new BulkheadError(code, message, {
+    details,
+    hint: 'Engine keeps the last desired state it verified; check the network path to Center',
+  });
+}
+
+/**
+ * Checks a desired-state document as received: signed by the pinned Center key under the
+ * desired-state domain, for this device, not older than what Engine has, not expired.
+ * The signature is checked over the document exactly as sent (before the schema drops any
+ * field it does not know), so a newer Center's additions do not break verification.
+ *
+ * @throws BulkheadError with a code of `DESIRED_STATE_REFUSALS`, one per reason.
+ */
+export function verifyDesiredState(
+  raw: unknown,
+  options: VerifyDesiredStateOptions,
+): SignedDesiredState {
+  const doc = raw as { state?: unknown; keyid?: unknown; signature?: unknown } | null;
+  if (
+    typeof doc !== 'object' ||
+    doc === null ||
+    typeof doc.state !== 'object' ||
+    doc.state === null ||
+    typeof doc.keyid !== 'string' ||
+    typeof doc.signature !== 'string'
+  ) {
+    throw refuse(ErrorCodes.DESIRED_STATE_MALFORMED, 'the desired state is not a signed document');
+  }
+  if (doc.keyid !== options.centerKey.keyid) {
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_KEY,
+      `the desired state is signed by key ${doc.keyid.slice(0, 16)}…, not by the Center key ` +
+        `this device pinned (${options.centerKey.keyid.slice(0, 16)}…)`,
+      { keyid: doc.keyid },
+    );
+  }
+  let signed: boolean;
+  try {
+    signed = verifyPayload(
+      DEVICE_SIGNATURE_DOMAINS.desiredState,
+      canonicalJson(doc.state),
+      doc.signature,
+      options.centerKey.key,
+    );
+  } catch {
+    signed = false;
+  }
+  if (!signed) {
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_SIGNATURE,
+      "the desired state's signature does not verify with the pinned Center key",
+    );
+  }
+  const parsed = SignedDesiredStateSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_MALFORMED,
+      `the desired state does not match the protocol (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'})`,
+    );
+  }
+  const { state } = parsed.data;
+  if (state.deviceId !== options.deviceId) {
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_DEVICE,
+      `the desired state is for device ${state.deviceId}, not this one (${options.deviceId})`,
+    );
+  }
+  if (options.minRevision !== undefined && state.revision < options.minRevision) {
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_ROLLBACK,
+      `the desired state has revision ${state.revision}, older than the ${options.minRevision} ` +
+        'this device already has (a replay)',
+      { revision: state.revision, current: options.minRevision },
+    );
+  }
+  if (state.expiresAt < options.now) {
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_EXPIRED,
+      `the desired state expired at ${new Date(state.expiresAt).toISOString()} (a stale copy)`,
+      { revision: state.revision, expiresAt: state.expiresAt },
+    );
+  }
+  return parsed.data;
+}
+
+export type DesiredStateAnswer =
+  | { changed: false; etag: string | null }
+  | { changed: true; etag: string | null; document: SignedDesiredState };
+
+export interface PushSubscription {
+  /** `open` while the channel is up; `unsupported` when Center has no push route. */
+  readonly state: 'connecting' | 'open' | 'retrying' | 'unsupported' | 'closed';
+  close(): void;
+}
+
+export interface CenterClientOptions {
+  identity: Identity;
+  privateKey: KeyObject;
+  fetch?: Fetch;
+  clock?: Clock;
+  log?: Log;
+  /** Where refused desired states are reported (the event queue). */
+  events?: { append(event: NewEvent): Promise<unknown> };
+  /** Timeout of each request (default 30 s). */
+  timeoutMs?: number;
+  /** Base URL to talk to; the identity's when omitted. */
+  centerUrl?: string;
+  /** The push channel is reopened when it carried nothing for this long (default 5 min). */
+  pushIdleMs?: number;
+  /** For the jitter of the push channel's backoff; Math.random when omitted. */
+  random?: () => number;
+}
+
+/** Engine's side of Center's device API. */
+export class CenterClient {
+  readonly #identity: Identity;
+  readonly #privateKey: KeyObject;
+  readonly #centerKey: { keyid: string; key: KeyObject };
+  readonly #fetch: Fetch;
+  readonly #clock: Clock;
+  readonly #log: Log;
+  readonly #events: CenterClientOptions['events'];
+  readonly #timeoutMs: number;
+  readonly #baseUrl: string;
+  readonly #pushIdleMs: number;
+  readonly #random: () => number;
+  #token: { token: string; expiresAt: number } | undefined;
+  #tokenPending: Promise<string> | undefined;
+  #lastRefusal: string | undefined;
+
+  constructor(options: CenterClientOptions) {
+    this.#identity = options.identity;
+    this.#privateKey = options.privateKey;
+    this.#centerKey = {
+      keyid: options.identity.centerKey.keyid,
+      key: createPublicKey(options.identity.centerKey.publicKey),
+    };
+    this.#fetch = options.fetch ?? fetch;
+    this.#clock = options.clock ?? systemClock;
+    this.#log = options.log ?? silentLog;
+    this.#events = options.events;
+    this.#timeoutMs = options.timeoutMs ?? 30_000;
+    this.#baseUrl = (options.centerUrl ?? options.identity.centerUrl).replace(/\/+$/, '');
+    this.#pushIdleMs = options.pushIdleMs ?? 5 * 60_000;
+    this.#random = options.random ?? Math.random;
+  }
+
+  get deviceId(): string {
+    return this.#identity.deviceId;
+  }
+
+  /**
+   * The desired state, if it changed since `etag`, verified (see `verifyDesiredState`). A
+   * refused document is reported as a `desired-state-refused` event (once per distinct
+   * refusal) and thrown.
+   */
+  async getDesiredState(
+    current: { etag?: string | null; revision?: number } = {},
+  ): Promise<DesiredStateAnswer> {
+    const res = await this.#authed({
+      url: `${this.#baseUrl}/api/v1/device/desired-state`,
+      headers: current.etag ? { 'if-none-match': current.etag } : {},
+      accept: [304],
+    });
+    const etag = res.headers.get('etag');
+    if (res.status === 304) return { changed: false, etag: etag ?? current.etag ?? null };
+    let document: SignedDesiredState;
+    try {
+      document = verifyDesiredState(res.json, {
+        centerKey: this.#centerKey,
+        deviceId: this.#identity.deviceId,
+        now: this.#clock.now(),
+        minRevision: current.revision,
+      });
+    } catch (err) {
+      if (isBulkheadError(err)) await this.#reportRefusal(err, res.json);
+      throw err;
+    }
+    this.#lastRefusal = undefined;
+    return { changed: true, etag, document };
+  }
+
+  /**
+   * Sends a batch of events (at most `MAX_REPORT_EVENTS`). Resolves only on Center's 200, so
+   * a caller acknowledges its queue only then.
+   */
+  async sendReports(events: readonly DeviceEvent[]): Promise<ReportResponse> {
+    if (events.length === 0 || events.length > MAX_REPORT_EVENTS) {
+      throw new RangeError(
+        `a report carries 1 to ${MAX_REPORT_EVENTS} events, not ${events.length}`,
+      );
+    }
+    const res = await this.#authed({
+      url: `${this.#baseUrl}/api/v1/device/reports`,
+      method: 'POST',
+      body: { events },
+    });
+    return parseAnswer(ReportResponseSchema, res, 'reports');
+  }
+
+  /**
+   * Holds Center's push channel (server-sent events on `/api/v1/device/push`) open and calls
+   * `onChange` on each `desired-state-changed`, and once on every (re)connect, since a change
+   * may have been missed while the channel was down. Reconnects with backoff; when Center has
+   * no push route (404) it asks again only every half hour: polling carries on meanwhile.
+   */
+  subscribePush(onChange: () => void): PushSubscription {
+    const stop = new AbortController();
+    const sub = { state: 'connecting' as PushSubscription['state'] };
+    const run = async () => {
+      let failures = 0;
+      while (!stop.signal.aborted) {
+        let wait: number;
+        try {
+          const outcome = await this.#holdPush(onChange, stop.signal, () => {
+            sub.state = 'open';
+            failures = 0;
+          });
+          if (outcome === 'unsupported') {
+            sub.state = 'unsupported';
+            wait = PUSH_UNSUPPORTED_RETRY_MS;
+          } else {
+            sub.state = 'retrying';
+            wait = this.#random() * PUSH_BACKOFF_BASE_MS;
+          }
+        } catch (err) {
+          if (stop.signal.aborted) break;
+          failures += 1;
+          sub.state = 'retrying';
+          wait =
+            this.#random() *
+            Math.min(PUSH_BACKOFF_CAP_MS, PUSH_BACKOFF_BASE_MS * 2 ** Math.min(failures, 20));
+          this.#log.debug(
+            { component: 'sync', err: (err as Error).message, retryInMs: Math.round(wait) },
+            'push channel down',
+          );
+        }
+        await this.#clock.sleep(wait, stop.signal);
+      }
+      sub.state = 'closed';
+    };
+    void run();
+    return {
+      get state() {
+        return sub.state;
+      },
+      close: () => stop.abort(),
+    };
+  }
+
+  /** One push connection, until it ends; 'unsupported' on a 404. */
+  async #holdPush(
+    onChange: () => void,
+    stop: AbortSignal,
+    onOpen: () => void,
+  ): Promise<'ended' | 'unsupported'> {
+    const token = await this.#bearer();
+    const connection = new AbortController();
+    const abort = () => connection.abort();
+    stop.addEventListener('abort', abort, { once: true });
+    // The timer covers connecting, then silence on an open channel.
+    let idle = setTimeout(abort, this.#timeoutMs);
+    const touch = (ms: number) => {
+      clearTimeout(idle);
+      idle = setTimeout(abort, ms);
+    };
+    try {
+      const res = await this.#fetch(`${this.#baseUrl}/api/v1/device/push`, {
+        headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream' },
+        signal: connection.signal,
+      });
+      if (res.status === 404) {
+        await res.body?.cancel();
+        return 'unsupported';
+      }
+      if (res.status === 401) this.#token = undefined;
+      if (res.status !== 200 || res.body === null) {
+        await res.body?.cancel();
+        throw new Error(`push channel answered ${res.status}`);
+      }
+      onOpen();
+      onChange();
+      touch(this.#pushIdleMs);
+      const decoder = new TextDecoder();
+      let buffer = '';
+      for await (const chunk of res.body) {
+        touch(this.#pushIdleMs);
+        buffer += decoder.decode(chunk as Uint8Array, { stream: true });
+        let end: number;
+        while ((end = buffer.search(/\r?\n\r?\n/)) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end).replace(/^\r?\n\r?\n/, '');
+          const event = /^event:\s?(.*)$/m.exec(block)?.[1]?.trim();
+          if (event === 'desired-state-changed') onChange();
+        }
+        if (buffer.length > 64 * 1024) throw new Error('push channel sent an oversized event');
+      }
+      return 'ended';
+    } finally {
+      clearTimeout(idle);
+      stop.removeEventListener('abort', abort);
+    }
+  }
+
+  async #reportRefusal(err: BulkheadError, raw: unknown): Promise<void> {
+    const revision = (raw as { state?: { revision?: unknown } } | null)?.state?.revision;
+    const key = `${err.code}:${String(revision)}`;
+    this.#log.warn(
+      { component: 'sync', code: err.code, revision },
+      `refused a desired state: ${err.message}`,
+    );
+    if (key === this.#lastRefusal || this.#events === undefined) return;
+    this.#lastRefusal = key;
+    await this.#events.append({
+      type: 'desired-state-refused',
+      data: {
+        code: err.code,
+        message: err.message.slice(0, 500),
+        ...(typeof revision === 'number' ? { revision } : {}),
+      },
+    });
+  }
+
+  /** A request with the device's bearer token; on a 401, one retry with a fresh token. */
+  async #authed(req: Omit<CenterRequest, 'fetch' | 'timeoutMs'>) {
+    for (let attempt = 0; ; attempt++) {
+      const token = await this.#bearer();
+      try {
+        return await callCenter({
+          ...req,
+          fetch: this.#fetch,
+          timeoutMs: this.#timeoutMs,
+          headers: { ...req.headers, authorization: `Bearer ${token}` },
+        });
+      } catch (err) {
+        const status = (err as BulkheadError).details as { status?: number } | undefined;
+        if (attempt === 0 && isBulkheadError(err) && status?.status === 401) {
+          this.#token = undefined;
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+
+  /** A valid bearer token, from the cache or a fresh challenge. One exchange at a time. */
+  #bearer(): Promise<string> {
+    const cached = this.#token;
+    if (cached !== undefined && cached.expiresAt - TOKEN_RENEW_MARGIN_MS > this.#clock.now()) {
+      return Promise.resolve(cached.token);
+    }
+    this.#tokenPending ??= this.#authenticate().finally(() => {
+      this.#tokenPending = undefined;
+    });
+    return this.#tokenPending;
+  }
+
+  async #authenticate(): Promise<string> {
+    const deviceId = this.#identity.deviceId;
+    const base = { fetch: this.#fetch, timeoutMs: this.#timeoutMs, method: 'POST' as const };
+    const challenge = parseAnswer(
+      ChallengeResponseSchema,
+      await callCenter({
+        ...base,
+        url: `${this.#baseUrl}/api/v1/device/auth/challenge`,
+        body: { deviceId },
+      }),
+      'challenge',
+    ).challenge;
+    const signature = signPayload(DEVICE_SIGNATURE_DOMAINS.deviceAuth, challenge, this.#privateKey);
+    const answer = parseAnswer(
+      TokenResponseSchema,
+      await callCenter({
+        ...base,
+        url: `${this.#baseUrl}/api/v1/device/auth/token`,
+        body: { deviceId, challenge, signature },
+      }),
+      'token',
+    );
+    this.#token = { token: answer.token, expiresAt: answer.expiresAt };
+    this.#log.debug({ component: 'sync', expiresAt: answer.expiresAt }, 'device token renewed');
+    return answer.token;
+  }
+}

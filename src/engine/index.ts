@@ -1,0 +1,28 @@
+// Engine, the agent on each PC (DESIGN §1, §3): identity, contact with Center, the event
+// queue, the sync loop and the state files. The hypervisor, volumes and update transaction
+// have their own folders.
+export { createEngine, type Engine, type EngineDeps } from './agent.ts';
+export {
+  CenterClient,
+  verifyDesiredState,
+  DESIRED_STATE_REFUSALS,
+  type CenterClientOptions,
+  type DesiredStateAnswer,
+  type PushSubscription,
+} from './center-client.ts';
+export { systemClock, type Clock } from './clock.ts';
+export { enroll, gatherInventory, loadIdentity, normalizeCenterUrl } from './identity.ts';
+export type { EnrollOptions } from './identity.ts';
+export { silentLog, type Log } from './log.ts';
+export { EventQueue, PROTECTED_EVENT_TYPES, readQueueDepth, type NewEvent } from './queue.ts';
+export * from './state.ts';
+export { formatEngineStatus, readEngineStatus, type EngineStatus } from './status.ts';
+export {
+  createSyncLoop,
+  type CommandHandler,
+  type CommandOutcome,
+  type SyncLoop,
+  type SyncLoopDeps,
+  type SyncOutcome,
+} from './sync.ts';
+export { AtomicJsonFile } from './store/atomic.ts';
