@@ -18,6 +18,8 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.ADMIN_USER_EXISTS]: 409,
   [ErrorCodes.LAST_ADMIN]: 409,
   [ErrorCodes.DEVICE_EXISTS]: 409,
+  [ErrorCodes.NAME_TAKEN]: 409,
+  [ErrorCodes.DEVICE_STATE]: 409,
   [ErrorCodes.INVALID_NAME]: 400,
   [ErrorCodes.INVALID_DIGEST]: 400,
   [ErrorCodes.CHUNK_DIGEST_MISMATCH]: 400,

@@ -48,7 +48,11 @@ export interface CenterDeps {
 }
 
 /** What Center's plugins get: the dependencies, with every optional one filled in. */
-export type CenterContext = CenterDeps & { push: PushBus };
+export type CenterContext = CenterDeps & {
+  push: PushBus;
+  /** The app's Prometheus registry (`/metrics`), for plugins that add metrics of their own. */
+  metrics?: Registry;
+};
 
 /** Device routes a device calls before it has a token. */
 const PUBLIC_DEVICE_ROUTES = new Set([
@@ -111,6 +115,7 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
 
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics, prefix: 'bulkhead_center_' });
+  deps.metrics = metrics;
   const requests = new Counter({
     name: 'bulkhead_center_http_requests_total',
     help: 'HTTP requests answered, by route and status class.',

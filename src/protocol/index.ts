@@ -6,3 +6,4 @@ export { canonicalJson } from './canonical.ts';
 export * from './device.ts';
 export * from './policy.ts';
 export * from './images.ts';
+export * from './fleet.ts';

@@ -410,10 +410,40 @@ async function publishersAndReleases(db: AnyDb): Promise<void> {
   await db.schema.alterTable('images').addColumn('release_version_id', 'text').execute();
 }
 
+/**
+ * Indexes for the admin's device list, which pages by keyset on (enrolled_at, id), oldest first,
+ * whole or filtered by group, by state, or both. Each index serves one of those shapes as a
+ * range scan in the list's order, so a page costs the same at row 99,000 as at row 0; the other
+ * filters (profile, name prefix, last contact) are checked on the rows that scan visits.
+ */
+async function fleet(db: AnyDb): Promise<void> {
+  await db.schema
+    .createIndex('devices_enrolled')
+    .on('devices')
+    .columns(['enrolled_at', 'id'])
+    .execute();
+  await db.schema
+    .createIndex('devices_group_enrolled')
+    .on('devices')
+    .columns(['group_id', 'enrolled_at', 'id'])
+    .execute();
+  await db.schema
+    .createIndex('devices_state_enrolled')
+    .on('devices')
+    .columns(['state', 'enrolled_at', 'id'])
+    .execute();
+  await db.schema
+    .createIndex('devices_group_state_enrolled')
+    .on('devices')
+    .columns(['group_id', 'state', 'enrolled_at', 'id'])
+    .execute();
+}
+
 /** Every migration, by name; the Migrator runs them in name order. */
 const migrations: Record<string, Migration> = {
   '0001_initial': { up: initial },
   '0002_publishers_and_releases': { up: publishersAndReleases },
+  '0004_fleet': { up: fleet },
 };
 
 /** What `migrateToLatest` did. */

@@ -1,5 +1,6 @@
 import type { FastifyRequest } from 'fastify';
 import { createPublicKey } from 'node:crypto';
+import { Counter } from 'prom-client';
 import { z } from 'zod';
 import { verifyPayload } from '../../image/keys.ts';
 import {
@@ -17,8 +18,8 @@ import {
   TokenRequestSchema,
   TokenResponseSchema,
 } from '../../protocol/index.ts';
-import type { CenterApp, CenterDeps } from '../server.ts';
-import { DeviceCredentials, DOMAINS } from './credentials.ts';
+import type { CenterApp, CenterContext } from '../server.ts';
+import { DeviceCredentials, DOMAINS, TOKEN_TTL_MS } from './credentials.ts';
 import { buildDesiredState, matchesEtag, readDesiredStateHead } from './desired-state.ts';
 import { enrolDevice } from './enrol.ts';
 import { RateLimiter } from './rate-limit.ts';
@@ -36,17 +37,23 @@ const errors = {
   429: DeviceErrorSchema,
 };
 
-/** States in which a device gets nothing more from Center. */
+/** States in which a device gets nothing more from Center (but see `isCutOff`). */
 const CUT_OFF = new Set(['killed', 'retired']);
+
+/** Push connections one device may hold: one, and a second while it reconnects. */
+const PUSH_CONNECTIONS_PER_DEVICE = 2;
+/** SSE comment sent on an idle push connection, so proxies and NATs keep it open. */
+const PUSH_HEARTBEAT_MS = 25_000;
 
 /**
  * The device API under `/api/v1/device/`: enrolment, key-based authentication, the signed
  * desired state and event reports. Register with `app.register(deviceApi(deps))`.
  */
-export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
+export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
   return async function deviceApiPlugin(app: CenterApp): Promise<void> {
     const { db } = deps.database;
     const credentials = new DeviceCredentials(deps.signingKey, deps.now);
+    // VMs left out of desired states are logged once each, not on every poll.
     const centerKey = {
       keyid: deps.signingKey.keyid,
       publicKey: createPublicKey(deps.signingKey.key)
@@ -66,6 +73,35 @@ export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
     // Which device the bearer token of a request named; set by `authenticate`.
     const devices = new WeakMap<FastifyRequest, string>();
     const deviceOf = (req: FastifyRequest) => devices.get(req) as string;
+    const metricName = 'bulkhead_center_desired_state_checks_total';
+    const checks =
+      deps.metrics === undefined
+        ? undefined
+        : ((deps.metrics.getSingleMetric(metricName) as Counter<'result'> | undefined) ??
+          new Counter({
+            name: metricName,
+            help: 'Desired-state requests answered, by result: 200 (new document) or 304.',
+            labelNames: ['result'],
+            registers: [deps.metrics],
+          }));
+
+    /**
+     * Whether a device in `state` gets nothing more. A killed device is let in until it
+     * acknowledges its kill command (or the command is otherwise settled), so that it fetches
+     * the order to crypto-erase; from then on it is cut off like a retired one.
+     */
+    async function isCutOff(deviceId: string, state: string): Promise<boolean> {
+      if (!CUT_OFF.has(state)) return false;
+      if (state !== 'killed') return true;
+      const kill = await db
+        .selectFrom('commands')
+        .select('id')
+        .where('device_id', '=', deviceId)
+        .where('kind', '=', 'kill')
+        .where('state', 'in', ['pending', 'delivered'])
+        .executeTakeFirst();
+      return kill === undefined;
+    }
 
     async function authenticate(req: FastifyRequest): Promise<void> {
       const header = req.headers.authorization;
@@ -152,7 +188,7 @@ export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
         });
         if (Buffer.from(signature, 'base64').length !== 64) throw refused;
         if (!verifyPayload(DOMAINS.deviceAuth, challenge, signature, key)) throw refused;
-        if (CUT_OFF.has(device.state)) {
+        if (await isCutOff(deviceId, device.state)) {
           throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${device.state}`);
         }
         const now = deps.now();
@@ -195,16 +231,94 @@ export function deviceApi(deps: CenterDeps, options: DeviceApiOptions = {}) {
         if (head === undefined) {
           throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device is not enrolled');
         }
-        if (CUT_OFF.has(head.state)) {
+        if (await isCutOff(deviceId, head.state)) {
           throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${head.state}`);
         }
         // Polls do not move last_contact_at: that would turn every 304 into a write. Contact
         // is noted when the device gets a token (every 15 minutes) and when it reports.
         reply.header('etag', head.etag).header('cache-control', 'private, no-cache');
         if (matchesEtag(req.headers['if-none-match'], head.etag)) {
+          checks?.inc({ result: '304' });
           return reply.code(304).send();
         }
+        checks?.inc({ result: '200' });
         return buildDesiredState(db, head, deps.signingKey, storeUrls);
+      },
+    );
+
+    // Open push streams by device, and how to end each (Center's shutdown ends them all).
+    const pushConnections = new Map<string, number>();
+    const openStreams = new Set<() => void>();
+    app.addHook('preClose', async () => {
+      for (const end of [...openStreams]) end();
+    });
+
+    app.get(
+      '/api/v1/device/push',
+      {
+        onRequest: authenticate,
+        schema: {
+          description:
+            'The push channel (Server-Sent Events): `event: hello` on connect, then ' +
+            '`event: desired-state-changed` whenever the desired state changes (fetch it ' +
+            'then), and a comment every 25 s. At most two per device; a stream ends when the ' +
+            'token that opened it would expire, so reconnect with a fresh token.',
+          response: { 200: z.string().describe('text/event-stream'), ...errors },
+        },
+      },
+      async (req, reply) => {
+        const deviceId = deviceOf(req);
+        const device = await db
+          .selectFrom('devices')
+          .select('state')
+          .where('id', '=', deviceId)
+          .executeTakeFirst();
+        if (device === undefined) {
+          throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device is not enrolled');
+        }
+        if (await isCutOff(deviceId, device.state)) {
+          throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${device.state}`);
+        }
+        const open = pushConnections.get(deviceId) ?? 0;
+        if (open >= PUSH_CONNECTIONS_PER_DEVICE) {
+          throw new BulkheadError(
+            ErrorCodes.RATE_LIMITED,
+            `this device already holds ${open} push connections; close one first`,
+            { retryable: true },
+          );
+        }
+        pushConnections.set(deviceId, open + 1);
+        reply.hijack();
+        const res = reply.raw;
+        res.writeHead(200, {
+          'content-type': 'text/event-stream; charset=utf-8',
+          'cache-control': 'no-cache, no-transform',
+          connection: 'keep-alive',
+          // Tells nginx-like proxies not to buffer the stream.
+          'x-accel-buffering': 'no',
+        });
+        res.write('retry: 5000\nevent: hello\ndata: {}\n\n');
+        let ended = false;
+        const unsubscribe = deps.push.subscribe(deviceId, () => {
+          res.write('event: desired-state-changed\ndata: {}\n\n');
+        });
+        const heartbeat = setInterval(() => res.write(': heartbeat\n\n'), PUSH_HEARTBEAT_MS);
+        const lifetime = setTimeout(() => end(), TOKEN_TTL_MS);
+        const end = () => {
+          if (ended) return;
+          ended = true;
+          clearInterval(heartbeat);
+          clearTimeout(lifetime);
+          unsubscribe();
+          openStreams.delete(end);
+          const left = (pushConnections.get(deviceId) ?? 1) - 1;
+          if (left > 0) pushConnections.set(deviceId, left);
+          else pushConnections.delete(deviceId);
+          res.end();
+        };
+        openStreams.add(end);
+        res.on('close', end);
+        res.on('error', end);
       },
     );
 

@@ -1,8 +1,10 @@
-import type { Kysely } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import type { Database } from '../db/index.ts';
 import {
   BulkheadError,
+  CommandResultDataSchema,
   ErrorCodes,
+  type DeviceEvent,
   type ReportRequest,
   type ReportResponse,
 } from '../../protocol/index.ts';
@@ -48,6 +50,46 @@ export async function ingestReports(
       .onConflict((oc) => oc.columns(['device_id', 'event_id']).doNothing())
       .returning('event_id')
       .execute();
+    await settleCommands(
+      tx,
+      deviceId,
+      report.events,
+      new Set(inserted.map((r) => r.event_id)),
+      nowMs,
+    );
     return { accepted: inserted.length, duplicates: report.events.length - inserted.length };
   });
+}
+
+/**
+ * Settles the commands that fresh `command-result` events acknowledge: `done` when `ok`, else
+ * `failed`, with the device's report as the result. Only the device's own commands that are
+ * still open change, so a replay, a stray id or another device's command id does nothing; an
+ * event whose data is not `{ commandId, ok, message? }` is kept as an event and settles nothing.
+ * `updated_at` moves strictly forward, which changes the device's desired-state ETag.
+ */
+async function settleCommands(
+  tx: Transaction<Database>,
+  deviceId: string,
+  events: readonly DeviceEvent[],
+  fresh: ReadonlySet<string>,
+  nowMs: number,
+): Promise<void> {
+  for (const event of events) {
+    if (event.type !== 'command-result' || !fresh.has(event.id)) continue;
+    const parsed = CommandResultDataSchema.safeParse(event.data);
+    if (!parsed.success) continue;
+    const { commandId, ok, message } = parsed.data;
+    await tx
+      .updateTable('commands')
+      .set({
+        state: ok ? 'done' : 'failed',
+        result: JSON.stringify({ ok, ...(message === undefined ? {} : { message }) }),
+        updated_at: sql<number>`case when updated_at >= ${nowMs} then updated_at + 1 else ${nowMs} end`,
+      })
+      .where('id', '=', commandId)
+      .where('device_id', '=', deviceId)
+      .where('state', 'in', ['pending', 'delivered'])
+      .execute();
+  }
 }

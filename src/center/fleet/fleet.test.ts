@@ -1,0 +1,861 @@
+import assert from 'node:assert/strict';
+import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { get, type IncomingMessage } from 'node:http';
+import { join } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { pino } from 'pino';
+import { tempDir } from '../../../test/support/fixtures.ts';
+import { createDatabase, startPostgres } from '../../../test/support/postgres.ts';
+import { signPayload } from '../../image/keys.ts';
+import { DEVICE_SIGNATURE_DOMAINS } from '../../protocol/index.ts';
+import { hashSecret } from '../admin/credentials.ts';
+import { resolveConfig } from '../config.ts';
+import {
+  migrateToLatest,
+  newId,
+  openDatabase,
+  type CenterDatabase,
+  type DatabaseDialect,
+} from '../db/index.ts';
+import { createCenterApp, type CenterApp } from '../server.ts';
+
+const START = Date.UTC(2026, 4, 4, 8);
+
+interface Target {
+  dialect: DatabaseDialect;
+  /** Gets the server ready once; returns a maker of URLs to empty databases. */
+  setUp(t: TestContext): Promise<(t: TestContext) => Promise<string>>;
+}
+
+const targets: Target[] = [
+  {
+    dialect: 'sqlite',
+    setUp: () =>
+      Promise.resolve(async (t) => `sqlite:${join(await tempDir(t, 'bulkhead-fleet-'), 'c.db')}`),
+  },
+  {
+    dialect: 'postgres',
+    setUp: async (t) => {
+      const server = await startPostgres(t);
+      return (subtest) => createDatabase(subtest, server);
+    },
+  },
+];
+
+type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE';
+interface Res {
+  status: number;
+  // Test code reads whatever the route answered.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  body: any;
+}
+
+/**
+ * A Center with users `root` (admin), `ops` (operator) and `eve` (viewer), a system image and
+ * an app image, and a settable clock.
+ */
+async function center(t: TestContext, url: string) {
+  const dir = await tempDir(t);
+  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
+  const database: CenterDatabase = await openDatabase({ url });
+  await migrateToLatest(database.db);
+  const { db } = database;
+  const clock = { ms: START };
+  const now = () => new Date(clock.ms);
+  // Users with sessions made directly: password hashing would cost most of the test's time.
+  const session = async (username: string, role: 'admin' | 'operator' | 'viewer') => {
+    const userId = newId(clock.ms);
+    const token = `bh_${randomBytes(32).toString('base64url')}`;
+    await db
+      .insertInto('admin_users')
+      .values({
+        id: userId,
+        username,
+        password_hash: 'unused',
+        role,
+        last_login_at: null,
+        created_at: clock.ms,
+        updated_at: clock.ms,
+      })
+      .execute();
+    await db
+      .insertInto('api_tokens')
+      .values({
+        id: newId(clock.ms),
+        user_id: userId,
+        name: 'session:test',
+        token_hash: hashSecret(token),
+        expires_at: null,
+        last_used_at: null,
+        created_at: clock.ms,
+      })
+      .execute();
+    return token;
+  };
+  const tokens = {
+    admin: await session('root', 'admin'),
+    operator: await session('ops', 'operator'),
+    viewer: await session('eve', 'viewer'),
+  };
+  const { privateKey } = generateKeyPairSync('ed25519');
+  const app: CenterApp = await createCenterApp({
+    config,
+    log: pino({ level: 'silent' }),
+    database,
+    signingKey: { key: privateKey, keyid: 'test' },
+    now,
+  });
+  t.after(async () => {
+    await app.close();
+    await database.close();
+  });
+
+  const image = async (name: string, kind: 'system' | 'app') => {
+    const id = newId(clock.ms);
+    await db
+      .insertInto('images')
+      .values({
+        id,
+        name,
+        kind,
+        description: '',
+        release_version_id: null,
+        created_at: clock.ms,
+        updated_at: clock.ms,
+      })
+      .execute();
+    return id;
+  };
+  const images = {
+    system: await image('debian', 'system'),
+    system2: await image('debian-next', 'system'),
+    app: await image('office-vol', 'app'),
+    app2: await image('cad-vol', 'app'),
+  };
+
+  const call = async (
+    method: Method,
+    path: string,
+    options: { token?: string | undefined; body?: unknown } = {},
+  ): Promise<Res> => {
+    const res = await app.inject({
+      method,
+      url: path.startsWith('/api/') ? path : `/api/v1/admin${path}`,
+      headers: options.token ? { authorization: `Bearer ${options.token}` } : {},
+      ...(options.body === undefined ? {} : { payload: options.body as object }),
+    });
+    return { status: res.statusCode, body: res.body ? res.json() : null };
+  };
+  const as =
+    (token: string) =>
+    async (method: Method, path: string, body?: unknown, status?: number): Promise<Res> => {
+      const res = await call(method, path, { token, body });
+      if (status !== undefined) assert.equal(res.status, status, JSON.stringify(res.body));
+      return res;
+    };
+
+  /** Enrols a device through the device API with a token from the admin API. */
+  async function enrol(groupId: string, name = 'pc') {
+    const created = await as(tokens.operator)('POST', '/enrolment-tokens', { groupId }, 201);
+    const { privateKey: key, publicKey } = generateKeyPairSync('ed25519');
+    const res = await call('POST', '/api/v1/device/enrol', {
+      body: {
+        token: created.body.token,
+        publicKey: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+        inventory: { hostname: name },
+        name,
+      },
+    });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    const deviceId = res.body.deviceId as string;
+    return { deviceId, key, bearer: await deviceLogin(deviceId, key) };
+  }
+
+  async function deviceLogin(deviceId: string, key: KeyObject): Promise<Res & { token?: string }> {
+    const ch = await call('POST', '/api/v1/device/auth/challenge', { body: { deviceId } });
+    const challenge = ch.body.challenge as string;
+    const res = await call('POST', '/api/v1/device/auth/token', {
+      body: {
+        deviceId,
+        challenge,
+        signature: signPayload(DEVICE_SIGNATURE_DOMAINS.deviceAuth, challenge, key),
+      },
+    });
+    return { ...res, token: res.body?.token };
+  }
+
+  return {
+    app,
+    db,
+    clock,
+    images,
+    call,
+    tokens,
+    admin: as(tokens.admin),
+    operator: as(tokens.operator),
+    viewer: as(tokens.viewer),
+    enrol,
+    deviceLogin,
+  };
+}
+
+function device(token: string | undefined) {
+  return { authorization: `Bearer ${token}` };
+}
+
+for (const target of targets) {
+  test(`fleet admin API on ${target.dialect}`, async (t) => {
+    const newUrl = await target.setUp(t);
+
+    await t.test('groups, apps and profiles: CRUD, audit, conflicts', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const group = await c.admin('POST', '/groups', { name: 'Sales', description: 'EMEA' }, 201);
+      assert.equal(group.body.name, 'Sales');
+      assert.equal(group.body.devices, 0);
+      assert.equal(
+        (await c.admin('POST', '/groups', { name: 'Sales' })).body.error.code,
+        'ERR_NAME_TAKEN',
+      );
+      const renamed = await c.admin('PATCH', `/groups/${group.body.id}`, { name: 'Sales EU' }, 200);
+      assert.equal(renamed.body.name, 'Sales EU');
+      assert.equal(renamed.body.description, 'EMEA');
+      const listed = await c.viewer('GET', '/groups', undefined, 200);
+      assert.deepEqual(
+        listed.body.groups.map((g: { name: string }) => g.name),
+        ['Sales EU'],
+      );
+
+      const office = await c.admin(
+        'POST',
+        '/apps',
+        { name: 'office', displayName: 'Office', imageId: c.images.app },
+        201,
+      );
+      const cad = await c.admin(
+        'POST',
+        '/apps',
+        { name: 'cad', displayName: 'CAD', imageId: c.images.app2 },
+        201,
+      );
+      // An app needs an app image; a system image or a missing one is a 400 naming the field.
+      const wrongKind = await c.admin('POST', '/apps', {
+        name: 'x',
+        displayName: 'X',
+        imageId: c.images.system,
+      });
+      assert.equal(wrongKind.status, 400);
+      assert.match(wrongKind.body.error.message, /^body\.imageId: .*system/);
+      const missing = await c.admin('POST', '/apps', {
+        name: 'x',
+        displayName: 'X',
+        imageId: newId(START),
+      });
+      assert.equal(missing.status, 400);
+      assert.match(missing.body.error.message, /^body\.imageId: no image/);
+
+      const work = await c.admin(
+        'POST',
+        '/profiles',
+        {
+          name: 'work',
+          systemImageId: c.images.system,
+          apps: [
+            { appId: office.body.id, mode: 'default' },
+            { appId: cad.body.id, mode: 'optional' },
+          ],
+          isolation: {
+            network: 'restricted',
+            allowedEndpoints: [{ host: 'vpn.example', port: 443 }],
+            encryptData: true,
+          },
+          healthCheck: { timeoutSeconds: 60, command: ['/bin/true'] },
+          leaseDays: 14,
+          cpus: 2,
+          memoryMib: 4096,
+          resetPolicy: 'on-boot',
+        },
+        201,
+      );
+      assert.equal(work.body.isolation.network, 'restricted');
+      assert.equal(work.body.isolation.clipboard, false, 'policy defaults filled in');
+      assert.equal(work.body.apps.length, 2);
+      const got = await c.viewer('GET', `/profiles/${work.body.id}`, undefined, 200);
+      assert.deepEqual(got.body, work.body);
+      // The profile's system image must be a system image.
+      const badSystem = await c.admin('POST', '/profiles', {
+        name: 'personal',
+        systemImageId: c.images.app,
+      });
+      assert.equal(badSystem.status, 400);
+      assert.match(badSystem.body.error.message, /^body\.systemImageId: /);
+      const badApp = await c.admin('POST', '/profiles', {
+        name: 'personal',
+        systemImageId: c.images.system,
+        apps: [{ appId: newId(START), mode: 'optional' }],
+      });
+      assert.equal(badApp.status, 400);
+      assert.match(badApp.body.error.message, /^body\.apps\.0\.appId: no app/);
+
+      // An app a profile offers cannot go; nor a profile a device holds; nor a group with devices.
+      assert.equal((await c.admin('DELETE', `/apps/${cad.body.id}`)).body.error.code, 'ERR_IN_USE');
+      const pc = await c.enrol(group.body.id);
+      await c.operator('PATCH', `/devices/${pc.deviceId}`, { profiles: [work.body.id] }, 200);
+      const inUse = await c.admin('DELETE', `/profiles/${work.body.id}`);
+      assert.equal(inUse.status, 409);
+      assert.equal(inUse.body.error.code, 'ERR_IN_USE');
+      const full = await c.admin('DELETE', `/groups/${group.body.id}`);
+      assert.equal(full.status, 409);
+      assert.match(full.body.error.message, /1 device/);
+
+      // Dropping cad from the profile frees it.
+      await c.admin(
+        'PATCH',
+        `/profiles/${work.body.id}`,
+        { apps: [{ appId: office.body.id, mode: 'default' }] },
+        200,
+      );
+      await c.admin('DELETE', `/apps/${cad.body.id}`, undefined, 204);
+      assert.equal((await c.viewer('GET', `/apps/${cad.body.id}`)).status, 404);
+      const empty = await c.admin('POST', '/groups', { name: 'Empty' }, 201);
+      await c.admin('DELETE', `/groups/${empty.body.id}`, undefined, 204);
+
+      const audit = await c.viewer('GET', '/audit?limit=100', undefined, 200);
+      const actions = audit.body.entries.map((e: { action: string }) => e.action);
+      for (const action of [
+        'group.create',
+        'group.update',
+        'group.delete',
+        'app.create',
+        'app.delete',
+        'profile.create',
+        'profile.update',
+        'device.update',
+        'enrolment-token.create',
+      ]) {
+        assert.ok(actions.includes(action), `audit has ${action}`);
+      }
+      const update = audit.body.entries.find(
+        (e: { action: string }) => e.action === 'group.update',
+      );
+      assert.equal(update.actor, 'user:root');
+      assert.equal(update.before.name, 'Sales');
+      assert.equal(update.after.name, 'Sales EU');
+    });
+
+    await t.test('validation names the field; roles are enforced', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const unknown = await c.admin('POST', '/groups', { name: 'A', colour: 'red' });
+      assert.equal(unknown.status, 400);
+      assert.match(unknown.body.error.message, /unknown field "colour"/);
+      const lease = await c.admin('POST', '/profiles', {
+        name: 'work',
+        systemImageId: c.images.system,
+        leaseDays: 400,
+      });
+      assert.equal(lease.status, 400);
+      assert.match(lease.body.error.message, /body\.leaseDays/);
+      const policy = await c.admin('POST', '/profiles', {
+        name: 'work',
+        systemImageId: c.images.system,
+        isolation: { network: 'open' },
+      });
+      assert.equal(policy.status, 400);
+      assert.match(policy.body.error.message, /body\.isolation\.network/);
+      const health = await c.admin('POST', '/profiles', {
+        name: 'work',
+        systemImageId: c.images.system,
+        healthCheck: { timeoutSeconds: 1 },
+      });
+      assert.match(health.body.error.message, /body\.healthCheck\.timeoutSeconds/);
+      const badName = await c.admin('POST', '/profiles', {
+        name: 'Work VM',
+        systemImageId: c.images.system,
+      });
+      assert.match(badName.body.error.message, /body\.name/);
+      const uses = await c.operator('POST', '/enrolment-tokens', {
+        groupId: newId(START),
+        uses: 0,
+      });
+      assert.match(uses.body.error.message, /body\.uses/);
+      const noGroup = await c.operator('POST', '/enrolment-tokens', { groupId: newId(START) });
+      assert.equal(noGroup.status, 400);
+      assert.match(noGroup.body.error.message, /^body\.groupId: no device group/);
+      const restart = await c.operator('POST', `/devices/${newId(START)}/commands`, {
+        kind: 'restart-vm',
+      });
+      assert.equal(restart.status, 400);
+      assert.match(restart.body.error.message, /profileId/);
+      assert.equal((await c.viewer('GET', '/devices?limit=501')).status, 400);
+      const cursor = await c.viewer('GET', '/devices?cursor=bm9wZQ');
+      assert.equal(cursor.status, 400);
+      assert.match(cursor.body.error.message, /querystring\.cursor/);
+      assert.equal((await c.viewer('GET', '/devices/not-an-id')).status, 400);
+      assert.equal((await c.viewer('GET', `/devices/${newId(START)}`)).status, 404);
+
+      // Roles: a viewer reads but changes nothing; an operator runs devices, not the catalog.
+      const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+      for (const [method, path, body] of [
+        ['POST', '/groups', { name: 'H' }],
+        ['POST', '/enrolment-tokens', { groupId: group.body.id }],
+        ['POST', `/devices/${newId(START)}/commands`, { kind: 'lock' }],
+        ['DELETE', `/devices/${newId(START)}`, undefined],
+      ] as const) {
+        const res = await c.viewer(method, path, body);
+        assert.equal(res.status, 403, `${method} ${path}`);
+        assert.equal(res.body.error.code, 'ERR_FORBIDDEN');
+      }
+      assert.equal((await c.operator('POST', '/groups', { name: 'H' })).status, 403);
+      assert.equal(
+        (await c.operator('POST', '/profiles', { name: 'w', systemImageId: c.images.system }))
+          .status,
+        403,
+      );
+      assert.equal(
+        (await c.operator('PATCH', `/groups/${group.body.id}`, { name: 'I' })).status,
+        403,
+      );
+      for (const path of ['/groups', '/apps', '/profiles', '/devices', '/enrolment-tokens']) {
+        assert.equal((await c.call('GET', `/api/v1/admin${path}`)).status, 401, path);
+        assert.equal((await c.viewer('GET', path)).status, 200, path);
+      }
+    });
+
+    await t.test('enrolment tokens: shown once, listed without the secret, revoked', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+      const created = await c.operator(
+        'POST',
+        '/enrolment-tokens',
+        { groupId: group.body.id, uses: 3, expiresInHours: 2, note: 'lab' },
+        201,
+      );
+      assert.match(created.body.token, /^[A-Za-z0-9_-]{43}$/);
+      assert.equal(created.body.usesLeft, 3);
+      assert.equal(created.body.expiresAt, START + 2 * 3600_000);
+      const list = await c.viewer('GET', '/enrolment-tokens', undefined, 200);
+      assert.equal(list.body.tokens.length, 1);
+      assert.ok(!JSON.stringify(list.body).includes(created.body.token));
+      const audit = await c.viewer('GET', '/audit', undefined, 200);
+      assert.ok(!JSON.stringify(audit.body).includes(created.body.token), 'secret not audited');
+      await c.operator('DELETE', `/enrolment-tokens/${created.body.id}`, undefined, 204);
+      const refused = await c.call('POST', '/api/v1/device/enrol', {
+        body: {
+          token: created.body.token,
+          publicKey: generateKeyPairSync('ed25519')
+            .publicKey.export({ type: 'spki', format: 'pem' })
+            .toString(),
+          inventory: { hostname: 'x' },
+        },
+      });
+      assert.equal(refused.status, 401);
+      assert.equal(
+        (await c.operator('DELETE', `/enrolment-tokens/${created.body.id}`)).status,
+        404,
+      );
+    });
+
+    await t.test(
+      'devices: detail, profiles and optional apps, bumps, filters, retire',
+      async (t) => {
+        const c = await center(t, await newUrl(t));
+        const g1 = await c.admin('POST', '/groups', { name: 'One' }, 201);
+        const g2 = await c.admin('POST', '/groups', { name: 'Two' }, 201);
+        const office = await c.admin(
+          'POST',
+          '/apps',
+          { name: 'office', displayName: 'Office', imageId: c.images.app },
+          201,
+        );
+        const cad = await c.admin(
+          'POST',
+          '/apps',
+          { name: 'cad', displayName: 'CAD', imageId: c.images.app2 },
+          201,
+        );
+        const work = await c.admin(
+          'POST',
+          '/profiles',
+          {
+            name: 'work',
+            systemImageId: c.images.system,
+            apps: [
+              { appId: office.body.id, mode: 'default' },
+              { appId: cad.body.id, mode: 'optional' },
+            ],
+          },
+          201,
+        );
+        const personal = await c.admin(
+          'POST',
+          '/profiles',
+          { name: 'personal', systemImageId: c.images.system },
+          201,
+        );
+        const a = await c.enrol(g1.body.id, 'Alpha');
+        c.clock.ms += 1000;
+        const b = await c.enrol(g1.body.id, 'beta');
+        c.clock.ms += 1000;
+        const d = await c.enrol(g2.body.id, 'Gamma');
+
+        const updatedAt = async (id: string) =>
+          Number(
+            (
+              await c.db
+                .selectFrom('devices')
+                .select('updated_at')
+                .where('id', '=', id)
+                .executeTakeFirstOrThrow()
+            ).updated_at,
+          );
+        const before = await updatedAt(a.deviceId);
+        // Only an optional app of a held profile may be chosen.
+        const notHeld = await c.operator('PATCH', `/devices/${a.deviceId}`, {
+          apps: [{ profileId: work.body.id, appId: cad.body.id }],
+        });
+        assert.equal(notHeld.status, 400);
+        assert.match(notHeld.body.error.message, /^body\.apps\.0\.profileId: /);
+        const notOptional = await c.operator('PATCH', `/devices/${a.deviceId}`, {
+          profiles: [work.body.id],
+          apps: [{ profileId: work.body.id, appId: office.body.id }],
+        });
+        assert.equal(notOptional.status, 400);
+        assert.match(notOptional.body.error.message, /^body\.apps\.0\.appId: not an optional app/);
+        const patched = await c.operator(
+          'PATCH',
+          `/devices/${a.deviceId}`,
+          {
+            name: 'Alpha 2',
+            profiles: [work.body.id, personal.body.id],
+            apps: [{ profileId: work.body.id, appId: cad.body.id }],
+          },
+          200,
+        );
+        assert.equal(patched.body.name, 'Alpha 2');
+        assert.deepEqual(
+          patched.body.profiles.map((p: { name: string }) => p.name),
+          ['personal', 'work'],
+        );
+        assert.deepEqual(patched.body.apps, [
+          { profileId: work.body.id, appId: cad.body.id, name: 'cad' },
+        ]);
+        const bumped = await updatedAt(a.deviceId);
+        assert.ok(bumped > before, 'a change moves updated_at');
+        // Two changes in one millisecond still move it forward.
+        await c.operator('PATCH', `/devices/${a.deviceId}`, { name: 'Alpha 3' }, 200);
+        assert.equal(await updatedAt(a.deviceId), bumped + 1);
+
+        // A profile change bumps every device holding it, and only those.
+        await c.operator('PATCH', `/devices/${b.deviceId}`, { profiles: [personal.body.id] }, 200);
+        const [ta, tb, td] = [
+          await updatedAt(a.deviceId),
+          await updatedAt(b.deviceId),
+          await updatedAt(d.deviceId),
+        ];
+        c.clock.ms += 1000;
+        await c.admin('PATCH', `/profiles/${work.body.id}`, { leaseDays: 7 }, 200);
+        assert.ok((await updatedAt(a.deviceId)) > ta);
+        assert.equal(await updatedAt(b.deviceId), tb);
+        assert.equal(await updatedAt(d.deviceId), td);
+        // Dropping a profile drops the app choices within it.
+        const dropped = await c.operator(
+          'PATCH',
+          `/devices/${a.deviceId}`,
+          { profiles: [personal.body.id] },
+          200,
+        );
+        assert.deepEqual(dropped.body.apps, []);
+
+        const names = (res: Res) => res.body.devices.map((x: { name: string }) => x.name);
+        assert.deepEqual(names(await c.viewer('GET', '/devices', undefined, 200)), [
+          'Alpha 3',
+          'beta',
+          'Gamma',
+        ]);
+        assert.deepEqual(names(await c.viewer('GET', `/devices?groupId=${g1.body.id}`)), [
+          'Alpha 3',
+          'beta',
+        ]);
+        assert.deepEqual(names(await c.viewer('GET', `/devices?profileId=${personal.body.id}`)), [
+          'Alpha 3',
+          'beta',
+        ]);
+        assert.deepEqual(names(await c.viewer('GET', '/devices?q=AL')), ['Alpha 3']);
+        assert.deepEqual(names(await c.viewer('GET', '/devices?q=%25')), []);
+        assert.deepEqual(
+          names(await c.viewer('GET', `/devices?lastContactBefore=${START + 1500}`)),
+          ['Alpha 3', 'beta'],
+        );
+
+        const detail = await c.viewer('GET', `/devices/${d.deviceId}`, undefined, 200);
+        assert.equal(detail.body.group.name, 'Two');
+        assert.deepEqual(detail.body.inventory, { hostname: 'Gamma' });
+        assert.deepEqual(detail.body.pendingCommands, []);
+
+        await c.operator('DELETE', `/devices/${d.deviceId}`, undefined, 204);
+        assert.deepEqual(names(await c.viewer('GET', '/devices?state=retired')), ['Gamma']);
+        const refused = await c.deviceLogin(d.deviceId, d.key);
+        assert.equal(refused.status, 403);
+        const retired = (await c.viewer('GET', '/audit')).body.entries.find(
+          (e: { action: string }) => e.action === 'device.retire',
+        );
+        assert.equal(retired.actor, 'user:ops');
+        assert.equal(retired.before.state, 'active');
+        assert.equal(retired.after.state, 'retired');
+      },
+    );
+
+    await t.test(
+      'commands: lock, kill until acknowledged, results from the device only',
+      async (t) => {
+        const c = await center(t, await newUrl(t));
+        const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+        const pc = await c.enrol(group.body.id);
+        const other = await c.enrol(group.body.id);
+        const desired = (token: string | undefined, etag?: string) =>
+          c.app.inject({
+            method: 'GET',
+            url: '/api/v1/device/desired-state',
+            headers: { ...device(token), ...(etag ? { 'if-none-match': etag } : {}) },
+          });
+        const report = (token: string | undefined, events: unknown[]) =>
+          c.app.inject({
+            method: 'POST',
+            url: '/api/v1/device/reports',
+            headers: device(token),
+            payload: { events },
+          });
+
+        const first = await desired(pc.bearer.token);
+        assert.equal(first.statusCode, 200);
+        const lock = await c.operator(
+          'POST',
+          `/devices/${pc.deviceId}/commands`,
+          { kind: 'lock' },
+          201,
+        );
+        assert.equal(lock.body.state, 'pending');
+        const locked = await desired(pc.bearer.token, first.headers.etag as string);
+        assert.equal(locked.statusCode, 200, 'the ETag changed');
+        assert.equal(locked.json().state.device.state, 'locked');
+        assert.deepEqual(
+          locked.json().state.commands.map((x: { id: string }) => x.id),
+          [lock.body.id],
+        );
+
+        // Another device cannot settle this command; a malformed result settles nothing.
+        await report(other.bearer.token, [
+          {
+            id: 'e1',
+            type: 'command-result',
+            at: START,
+            data: { commandId: lock.body.id, ok: true },
+          },
+        ]);
+        await report(pc.bearer.token, [
+          { id: 'e2', type: 'command-result', at: START, data: { commandId: lock.body.id } },
+        ]);
+        assert.equal(
+          (await c.viewer('GET', `/devices/${pc.deviceId}/commands`)).body.commands[0].state,
+          'pending',
+        );
+        const acked = await report(pc.bearer.token, [
+          {
+            id: 'e3',
+            type: 'command-result',
+            at: START,
+            data: { commandId: lock.body.id, ok: true, message: 'locked' },
+          },
+        ]);
+        assert.equal(acked.statusCode, 200, acked.body);
+        const commands = (await c.viewer('GET', `/devices/${pc.deviceId}/commands`, undefined, 200))
+          .body.commands;
+        assert.equal(commands[0].state, 'done');
+        assert.deepEqual(commands[0].result, { ok: true, message: 'locked' });
+        const after = await desired(pc.bearer.token, locked.headers.etag as string);
+        assert.equal(after.statusCode, 200);
+        assert.deepEqual(after.json().state.commands, []);
+
+        // A restart must name a VM the device runs.
+        const restart = await c.operator('POST', `/devices/${pc.deviceId}/commands`, {
+          kind: 'restart-vm',
+          profileId: newId(START),
+        });
+        assert.equal(restart.status, 400);
+        assert.match(restart.body.error.message, /^body\.profileId: /);
+
+        // Kill: the device is killed at once but still fetches the kill, until it acknowledges.
+        const unlock = await c.operator(
+          'POST',
+          `/devices/${pc.deviceId}/commands`,
+          { kind: 'unlock' },
+          201,
+        );
+        const kill = await c.operator(
+          'POST',
+          `/devices/${pc.deviceId}/commands`,
+          { kind: 'kill' },
+          201,
+        );
+        const killedDetail = (await c.viewer('GET', `/devices/${pc.deviceId}`)).body;
+        assert.equal(killedDetail.state, 'killed');
+        assert.deepEqual(
+          killedDetail.pendingCommands.map((x: { id: string }) => x.id),
+          [kill.body.id],
+        );
+        const cancelled = (
+          await c.viewer('GET', `/devices/${pc.deviceId}/commands`)
+        ).body.commands.find((x: { id: string }) => x.id === unlock.body.id);
+        assert.equal(cancelled.state, 'cancelled');
+        const again = await c.operator('POST', `/devices/${pc.deviceId}/commands`, {
+          kind: 'lock',
+        });
+        assert.equal(again.status, 409);
+        assert.equal(again.body.error.code, 'ERR_DEVICE_STATE');
+        const relogin = await c.deviceLogin(pc.deviceId, pc.key);
+        assert.equal(relogin.status, 200, 'a killed device with a pending kill still gets a token');
+        const killDoc = await desired(relogin.token);
+        assert.equal(killDoc.statusCode, 200);
+        assert.equal(killDoc.json().state.device.state, 'killed');
+        assert.deepEqual(
+          killDoc.json().state.commands.map((x: { kind: string }) => x.kind),
+          ['kill'],
+        );
+        await report(relogin.token, [
+          {
+            id: 'e4',
+            type: 'command-result',
+            at: START,
+            data: { commandId: kill.body.id, ok: true },
+          },
+        ]);
+        const cut = await desired(relogin.token);
+        assert.equal(cut.statusCode, 403);
+        assert.equal((await c.deviceLogin(pc.deviceId, pc.key)).status, 403);
+        const audit = (await c.viewer('GET', '/audit')).body.entries.map(
+          (e: { action: string }) => e.action,
+        );
+        assert.ok(audit.includes('device.kill') && audit.includes('device.lock'));
+      },
+    );
+
+    await t.test('paging: no duplicates or gaps while devices enrol', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+      // Many devices share an enrolment time, so the id must break ties.
+      const insert = async (n: number, at: number) => {
+        const rows = Array.from({ length: n }, (_, i) => ({
+          id: newId(at),
+          name: `pc-${at}-${i}`,
+          public_key: `key-${at}-${i}-${Math.random()}`,
+          inventory: '{}',
+          group_id: group.body.id,
+          current_versions: '{}',
+          state: 'active' as const,
+          enrolled_at: at,
+          last_contact_at: at,
+          updated_at: at,
+        }));
+        await c.db.insertInto('devices').values(rows).execute();
+        return rows.map((r) => r.id);
+      };
+      const original = [...(await insert(60, START)), ...(await insert(60, START + 1))];
+      const seen: string[] = [];
+      let cursor: string | null = null;
+      let pages = 0;
+      do {
+        const res: Res = await c.viewer(
+          'GET',
+          `/devices?limit=25${cursor ? `&cursor=${cursor}` : ''}`,
+          undefined,
+          200,
+        );
+        seen.push(...res.body.devices.map((x: { id: string }) => x.id));
+        cursor = res.body.next;
+        pages += 1;
+        if (pages === 2) await insert(30, START + 5000);
+      } while (cursor !== null);
+      assert.equal(new Set(seen).size, seen.length, 'no duplicates');
+      for (const id of original) assert.ok(seen.includes(id), 'no gaps');
+      assert.equal(seen.length, 150, 'devices enrolled meanwhile come at the end');
+    });
+
+    await t.test('the push channel tells a device within a second', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+      const pc = await c.enrol(group.body.id);
+      const address = await c.app.listen({ host: '127.0.0.1', port: 0 });
+      const open = () =>
+        new Promise<IncomingMessage>((resolve, reject) => {
+          get(`${address}/api/v1/device/push`, { headers: device(pc.bearer.token) }, resolve).on(
+            'error',
+            reject,
+          );
+        });
+      const stream = await open();
+      assert.equal(stream.statusCode, 200);
+      assert.match(String(stream.headers['content-type']), /^text\/event-stream/);
+      let text = '';
+      const waitFor = (pattern: RegExp, ms: number) =>
+        new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(
+            () => reject(new Error(`no ${pattern} in ${ms} ms: ${text}`)),
+            ms,
+          );
+          const check = () => {
+            if (pattern.test(text)) {
+              clearTimeout(timer);
+              stream.off('data', onData);
+              resolve();
+            }
+          };
+          const onData = (chunk: Buffer) => {
+            text += chunk.toString();
+            check();
+          };
+          stream.on('data', onData);
+          check();
+        });
+      await waitFor(/event: hello\n/, 1000);
+      const second = await open();
+      assert.equal(second.statusCode, 200);
+      const third = await open();
+      assert.equal(third.statusCode, 429, 'two connections per device at most');
+      third.resume();
+      second.destroy();
+      const issued = Date.now();
+      await c.operator('POST', `/devices/${pc.deviceId}/commands`, { kind: 'lock' }, 201);
+      await waitFor(/event: desired-state-changed\n/, 1000);
+      assert.ok(Date.now() - issued < 1000);
+      stream.destroy();
+      const anonymous = await new Promise<IncomingMessage>((resolve) => {
+        get(`${address}/api/v1/device/push`, resolve);
+      });
+      assert.equal(anonymous.statusCode, 401);
+      anonymous.resume();
+    });
+
+    await t.test('metrics: devices by state and desired-state checks', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+      const pc = await c.enrol(group.body.id);
+      await c.enrol(group.body.id);
+      await c.operator('POST', `/devices/${pc.deviceId}/commands`, { kind: 'lock' }, 201);
+      const first = await c.app.inject({
+        method: 'GET',
+        url: '/api/v1/device/desired-state',
+        headers: device(pc.bearer.token),
+      });
+      await c.app.inject({
+        method: 'GET',
+        url: '/api/v1/device/desired-state',
+        headers: { ...device(pc.bearer.token), 'if-none-match': first.headers.etag as string },
+      });
+      const text = (await c.app.inject({ method: 'GET', url: '/metrics' })).body;
+      assert.match(text, /bulkhead_center_devices\{state="active"\} 1\n/);
+      assert.match(text, /bulkhead_center_devices\{state="locked"\} 1\n/);
+      assert.match(text, /bulkhead_center_devices\{state="killed"\} 0\n/);
+      assert.match(text, /bulkhead_center_desired_state_checks_total\{result="200"\} 1\n/);
+      assert.match(text, /bulkhead_center_desired_state_checks_total\{result="304"\} 1\n/);
+    });
+  });
+}

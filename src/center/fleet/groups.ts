@@ -1,0 +1,153 @@
+import type { Kysely } from 'kysely';
+import {
+  BulkheadError,
+  ErrorCodes,
+  type CreateDeviceGroupRequest,
+  type DeviceGroup,
+  type UpdateDeviceGroupRequest,
+} from '../../protocol/index.ts';
+import { writeAudit, type Actor } from '../admin/audit.ts';
+import { newId, type Database, type Row } from '../db/index.ts';
+import { notFound, refuseInUse, rethrowNameTaken } from './common.ts';
+
+function presentGroup(row: Row<'device_groups'>, devices: number): DeviceGroup {
+  return {
+    id: row.id,
+    name: row.name,
+    description: row.description,
+    devices,
+    createdAt: Number(row.created_at),
+    updatedAt: Number(row.updated_at),
+  };
+}
+
+function groupsWithCounts(db: Kysely<Database>) {
+  return db
+    .selectFrom('device_groups as g')
+    .selectAll('g')
+    .select((eb) =>
+      eb
+        .selectFrom('devices as d')
+        .select((d) => d.fn.countAll<number>().as('n'))
+        .whereRef('d.group_id', '=', 'g.id')
+        .as('devices'),
+    );
+}
+
+export async function listGroups(db: Kysely<Database>): Promise<DeviceGroup[]> {
+  const rows = await groupsWithCounts(db).orderBy('g.name').execute();
+  return rows.map((r) => presentGroup(r, Number(r.devices ?? 0)));
+}
+
+/** @throws BulkheadError `ERR_NOT_FOUND`. */
+export async function getGroup(db: Kysely<Database>, id: string): Promise<DeviceGroup> {
+  const row = await groupsWithCounts(db).where('g.id', '=', id).executeTakeFirst();
+  if (!row) throw notFound('device group', id);
+  return presentGroup(row, Number(row.devices ?? 0));
+}
+
+/** @throws BulkheadError `ERR_NAME_TAKEN`. */
+export async function createGroup(
+  db: Kysely<Database>,
+  actor: Actor,
+  input: CreateDeviceGroupRequest,
+  at: number,
+): Promise<DeviceGroup> {
+  const row: Row<'device_groups'> = {
+    id: newId(at),
+    name: input.name,
+    description: input.description,
+    created_at: at,
+    updated_at: at,
+  };
+  try {
+    await db.transaction().execute(async (trx) => {
+      await trx.insertInto('device_groups').values(row).execute();
+      await writeAudit(trx, {
+        actor,
+        action: 'group.create',
+        targetType: 'group',
+        targetId: row.id,
+        before: null,
+        after: presentGroup(row, 0),
+        at,
+      });
+    });
+  } catch (err) {
+    rethrowNameTaken(err, 'device group', input.name);
+  }
+  return presentGroup(row, 0);
+}
+
+/** Renames or redescribes a group; no device's desired state depends on either. */
+export async function updateGroup(
+  db: Kysely<Database>,
+  actor: Actor,
+  id: string,
+  input: UpdateDeviceGroupRequest,
+  at: number,
+): Promise<DeviceGroup> {
+  try {
+    return await db.transaction().execute(async (trx) => {
+      const before = await getGroup(trx, id);
+      await trx
+        .updateTable('device_groups')
+        .set({
+          ...(input.name === undefined ? {} : { name: input.name }),
+          ...(input.description === undefined ? {} : { description: input.description }),
+          updated_at: at,
+        })
+        .where('id', '=', id)
+        .execute();
+      const after = await getGroup(trx, id);
+      await writeAudit(trx, {
+        actor,
+        action: 'group.update',
+        targetType: 'group',
+        targetId: id,
+        before,
+        after,
+        at,
+      });
+      return after;
+    });
+  } catch (err) {
+    rethrowNameTaken(err, 'device group', input.name);
+  }
+}
+
+/**
+ * Deletes an empty group and its enrolment tokens.
+ * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_IN_USE` while devices are in it or a rollout
+ *   targets it.
+ */
+export async function deleteGroup(
+  db: Kysely<Database>,
+  actor: Actor,
+  id: string,
+  at: number,
+): Promise<void> {
+  await db.transaction().execute(async (trx) => {
+    const before = await getGroup(trx, id);
+    if (before.devices > 0) {
+      throw new BulkheadError(
+        ErrorCodes.IN_USE,
+        `device group "${before.name}" still holds ${before.devices} device(s)`,
+        { hint: 'move its devices to another group first' },
+      );
+    }
+    await refuseInUse(
+      () => trx.deleteFrom('device_groups').where('id', '=', id).execute(),
+      `device group "${before.name}" is the target of a rollout`,
+    );
+    await writeAudit(trx, {
+      actor,
+      action: 'group.delete',
+      targetType: 'group',
+      targetId: id,
+      before,
+      after: null,
+      at,
+    });
+  });
+}

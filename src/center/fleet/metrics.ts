@@ -1,0 +1,27 @@
+import { sql, type Kysely } from 'kysely';
+import { Gauge, type Registry } from 'prom-client';
+import { DEVICE_STATES, type Database } from '../db/index.ts';
+
+/**
+ * Registers `bulkhead_center_devices{state}`: devices by state, counted at each scrape with one
+ * `group by state` (an index-only scan of devices_state_contact). Idempotent per registry.
+ */
+export function registerFleetMetrics(registry: Registry, db: Kysely<Database>): void {
+  if (registry.getSingleMetric('bulkhead_center_devices') !== undefined) return;
+  new Gauge({
+    name: 'bulkhead_center_devices',
+    help: 'Enrolled devices, by management state.',
+    labelNames: ['state'],
+    registers: [registry],
+    async collect() {
+      const rows = await db
+        .selectFrom('devices')
+        .select(['state', sql<number>`count(*)`.as('n')])
+        .groupBy('state')
+        .execute();
+      for (const state of DEVICE_STATES) {
+        this.set({ state }, Number(rows.find((r) => r.state === state)?.n ?? 0));
+      }
+    },
+  });
+}

@@ -1,0 +1,274 @@
+import type { Kysely, Transaction } from 'kysely';
+import {
+  HealthCheckSchema,
+  IsolationPolicySchema,
+  type CreateProfileRequest,
+  type Profile,
+  type ProfileApp,
+  type UpdateProfileRequest,
+} from '../../protocol/index.ts';
+import { writeAudit, type Actor } from '../admin/audit.ts';
+import { newId, type Database, type Row } from '../db/index.ts';
+import { assertImageKind } from './apps.ts';
+import {
+  badReference,
+  bumpDevicesHolding,
+  notFound,
+  refuseInUse,
+  rethrowNameTaken,
+  tellDevices,
+  type FleetDeps,
+} from './common.ts';
+
+function presentProfile(
+  row: Row<'profiles'>,
+  apps: readonly ProfileApp[],
+  devices: number,
+): Profile {
+  return {
+    id: row.id,
+    name: row.name,
+    description: row.description,
+    systemImageId: row.system_image_id,
+    apps: [...apps].sort((a, b) => (a.appId < b.appId ? -1 : a.appId > b.appId ? 1 : 0)),
+    // Stored by this module from validated input; parsed again so a hand-edited row fails loudly.
+    isolation: IsolationPolicySchema.parse(JSON.parse(row.isolation_policy)),
+    healthCheck: HealthCheckSchema.parse(JSON.parse(row.health_check)),
+    leaseDays: row.lease_days,
+    cpus: row.cpus,
+    memoryMib: row.memory_mib,
+    resetPolicy: row.reset_policy,
+    devices,
+    createdAt: Number(row.created_at),
+    updatedAt: Number(row.updated_at),
+  };
+}
+
+async function presentRows(db: Kysely<Database>, rows: Row<'profiles'>[]): Promise<Profile[]> {
+  if (rows.length === 0) return [];
+  const ids = rows.map((r) => r.id);
+  const apps = await db
+    .selectFrom('profile_apps')
+    .select(['profile_id', 'app_id', 'mode'])
+    .where('profile_id', 'in', ids)
+    .orderBy('app_id')
+    .execute();
+  const counts = await db
+    .selectFrom('device_profiles')
+    .select(['profile_id', (eb) => eb.fn.countAll<number>().as('n')])
+    .where('profile_id', 'in', ids)
+    .groupBy('profile_id')
+    .execute();
+  return rows.map((row) =>
+    presentProfile(
+      row,
+      apps.filter((a) => a.profile_id === row.id).map((a) => ({ appId: a.app_id, mode: a.mode })),
+      Number(counts.find((c) => c.profile_id === row.id)?.n ?? 0),
+    ),
+  );
+}
+
+export async function listProfiles(db: Kysely<Database>): Promise<Profile[]> {
+  const rows = await db.selectFrom('profiles').selectAll().orderBy('name').execute();
+  return presentRows(db, rows);
+}
+
+async function findProfile(db: Kysely<Database>, id: string): Promise<Row<'profiles'>> {
+  const row = await db.selectFrom('profiles').selectAll().where('id', '=', id).executeTakeFirst();
+  if (!row) throw notFound('profile', id);
+  return row;
+}
+
+/** @throws BulkheadError `ERR_NOT_FOUND`. */
+export async function getProfile(db: Kysely<Database>, id: string): Promise<Profile> {
+  const [profile] = await presentRows(db, [await findProfile(db, id)]);
+  return profile!;
+}
+
+/** Checks every app of the list exists, naming the first that does not. */
+async function assertApps(trx: Transaction<Database>, apps: readonly ProfileApp[]): Promise<void> {
+  if (apps.length === 0) return;
+  const found = await trx
+    .selectFrom('apps')
+    .select('id')
+    .where(
+      'id',
+      'in',
+      apps.map((a) => a.appId),
+    )
+    .execute();
+  const known = new Set(found.map((r) => r.id));
+  const missing = apps.findIndex((a) => !known.has(a.appId));
+  if (missing >= 0) {
+    throw badReference(`body.apps.${missing}.appId`, `no app ${apps[missing]!.appId}`);
+  }
+}
+
+/**
+ * @throws BulkheadError `ERR_VALIDATION` naming the field for a missing or wrong-kind image or
+ *   a missing app; `ERR_NAME_TAKEN`.
+ */
+export async function createProfile(
+  db: Kysely<Database>,
+  actor: Actor,
+  input: CreateProfileRequest,
+  at: number,
+): Promise<Profile> {
+  const row: Row<'profiles'> = {
+    id: newId(at),
+    name: input.name,
+    description: input.description,
+    system_image_id: input.systemImageId,
+    isolation_policy: JSON.stringify(input.isolation),
+    health_check: JSON.stringify(input.healthCheck),
+    lease_days: input.leaseDays,
+    cpus: input.cpus,
+    memory_mib: input.memoryMib,
+    reset_policy: input.resetPolicy,
+    created_at: at,
+    updated_at: at,
+  };
+  const profile = presentProfile(row, input.apps, 0);
+  try {
+    await db.transaction().execute(async (trx) => {
+      await assertImageKind(trx, input.systemImageId, 'system', 'body.systemImageId');
+      await assertApps(trx, input.apps);
+      await trx.insertInto('profiles').values(row).execute();
+      if (input.apps.length > 0) {
+        await trx
+          .insertInto('profile_apps')
+          .values(input.apps.map((a) => ({ profile_id: row.id, app_id: a.appId, mode: a.mode })))
+          .execute();
+      }
+      await writeAudit(trx, {
+        actor,
+        action: 'profile.create',
+        targetType: 'profile',
+        targetId: row.id,
+        before: null,
+        after: profile,
+        at,
+      });
+    });
+  } catch (err) {
+    rethrowNameTaken(err, 'profile', input.name);
+  }
+  return profile;
+}
+
+/**
+ * Changes a profile; every device holding it gets a new desired state, so all of them are
+ * bumped and told. A new app list replaces the old: an app taken out also drops the devices'
+ * choice of it (the foreign key cascades).
+ */
+export async function updateProfile(
+  deps: FleetDeps,
+  actor: Actor,
+  id: string,
+  input: UpdateProfileRequest,
+): Promise<Profile> {
+  const at = deps.nowMs;
+  try {
+    const { profile, devices } = await deps.db.transaction().execute(async (trx) => {
+      const current = await findProfile(trx, id);
+      const before = await getProfile(trx, id);
+      if (input.systemImageId !== undefined) {
+        await assertImageKind(trx, input.systemImageId, 'system', 'body.systemImageId');
+      }
+      await trx
+        .updateTable('profiles')
+        .set({
+          name: input.name ?? current.name,
+          description: input.description ?? current.description,
+          system_image_id: input.systemImageId ?? current.system_image_id,
+          isolation_policy:
+            input.isolation === undefined
+              ? current.isolation_policy
+              : JSON.stringify(input.isolation),
+          health_check:
+            input.healthCheck === undefined
+              ? current.health_check
+              : JSON.stringify(input.healthCheck),
+          lease_days: input.leaseDays ?? current.lease_days,
+          cpus: input.cpus ?? current.cpus,
+          memory_mib: input.memoryMib ?? current.memory_mib,
+          reset_policy: input.resetPolicy ?? current.reset_policy,
+          updated_at: at,
+        })
+        .where('id', '=', id)
+        .execute();
+      if (input.apps !== undefined) await replaceApps(trx, id, input.apps);
+      const devices = await bumpDevicesHolding(trx, at, [id]);
+      const after = await getProfile(trx, id);
+      await writeAudit(trx, {
+        actor,
+        action: 'profile.update',
+        targetType: 'profile',
+        targetId: id,
+        before,
+        after,
+        at,
+      });
+      return { profile: after, devices };
+    });
+    tellDevices(deps.push, devices);
+    return profile;
+  } catch (err) {
+    rethrowNameTaken(err, 'profile', input.name);
+  }
+}
+
+async function replaceApps(
+  trx: Transaction<Database>,
+  profileId: string,
+  apps: readonly ProfileApp[],
+): Promise<void> {
+  await assertApps(trx, apps);
+  const keep = apps.map((a) => a.appId);
+  await trx
+    .deleteFrom('profile_apps')
+    .where('profile_id', '=', profileId)
+    .$call((q) => (keep.length > 0 ? q.where('app_id', 'not in', keep) : q))
+    .execute();
+  for (const app of apps) {
+    await trx
+      .insertInto('profile_apps')
+      .values({ profile_id: profileId, app_id: app.appId, mode: app.mode })
+      .onConflict((oc) => oc.columns(['profile_id', 'app_id']).doUpdateSet({ mode: app.mode }))
+      .execute();
+  }
+  // A default app is on every device anyway; a choice of it would only linger.
+  const defaults = apps.filter((a) => a.mode === 'default').map((a) => a.appId);
+  if (defaults.length > 0) {
+    await trx
+      .deleteFrom('device_apps')
+      .where('profile_id', '=', profileId)
+      .where('app_id', 'in', defaults)
+      .execute();
+  }
+}
+
+/** @throws BulkheadError `ERR_NOT_FOUND`; `ERR_IN_USE` while devices hold it or a rollout targets it. */
+export async function deleteProfile(
+  db: Kysely<Database>,
+  actor: Actor,
+  id: string,
+  at: number,
+): Promise<void> {
+  await db.transaction().execute(async (trx) => {
+    const before = await getProfile(trx, id);
+    await refuseInUse(
+      () => trx.deleteFrom('profiles').where('id', '=', id).execute(),
+      `profile "${before.name}" is held by ${before.devices} device(s) or targeted by a rollout`,
+    );
+    await writeAudit(trx, {
+      actor,
+      action: 'profile.delete',
+      targetType: 'profile',
+      targetId: id,
+      before,
+      after: null,
+      at,
+    });
+  });
+}

@@ -1,0 +1,253 @@
+import { stat } from 'node:fs/promises';
+import type { DesiredState, DesiredVm } from '../protocol/index.ts';
+import type { VmRunState } from './hypervisor/types.ts';
+import {
+  persistTransaction,
+  prepareVolumes,
+  runUpdate,
+  vmSpec,
+  type UpdateDeps,
+} from './update/executors.ts';
+import { beginTransaction, releaseKey, type Release, type Transaction } from './update/machine.ts';
+import type { VmRecord } from './update/records.ts';
+import { volumeLayout } from './volumes/overlays.ts';
+
+/*
+ * Engine's reconciler (DESIGN §3): a pure planner compares what the PC runs (current) with the
+ * desired state (target) and answers steps as data; a table of executors, one per action,
+ * carries them out; the loop repeats until the plan is empty.
+ */
+
+/** What the planner knows about one VM on this PC. */
+export interface VmFacts {
+  name: string;
+  record: Pick<VmRecord, 'current' | 'previous' | 'badVersions' | 'lastFailure'>;
+  /** The persisted update transaction, if one is under way. */
+  transaction: Transaction | null;
+  run: VmRunState;
+}
+
+export interface PlanInput {
+  now: number;
+  /** The last verified desired state; null before the first one. */
+  desired: DesiredState | null;
+  vms: readonly VmFacts[];
+  /** Goldens on disk. */
+  goldens: readonly { image: string; versionId: string }[];
+  /** A failed download of a release is tried again after this long (default 10 min). */
+  retryFailedAfterMs?: number;
+}
+
+export type Step =
+  | { action: 'resumeUpdate'; vm: string }
+  | { action: 'beginUpdate'; vm: string; profileId: string; from: Release | null; to: Release }
+  | { action: 'startVm'; vm: string }
+  | { action: 'stopVm'; vm: string; reason: string }
+  | { action: 'collectGoldens'; keep: { image: string; versionId: string }[] };
+
+export type StepAction = Step['action'];
+
+const isUp = (run: VmRunState) => run === 'running' || run === 'starting';
+
+export function releaseOf(vm: DesiredVm): Release {
+  return { system: vm.system, apps: vm.apps };
+}
+
+function volumes(release: Release | null | undefined): { image: string; versionId: string }[] {
+  return release
+    ? [release.system, ...release.apps].map((v) => ({ image: v.image, versionId: v.versionId }))
+    : [];
+}
+
+/** Steps that bring the PC from `input.vms` to `input.desired`; empty when they agree. */
+export function plan(input: PlanInput): Step[] {
+  const steps: Step[] = [];
+  const { desired, now } = input;
+  const retryAfter = input.retryFailedAfterMs ?? 10 * 60_000;
+  const facts = new Map(input.vms.map((v) => [v.name, v]));
+  const deviceActive = desired?.device.state === 'active';
+  let busy = false;
+
+  for (const v of input.vms) {
+    const wanted = desired?.vms.find((d) => d.name === v.name);
+    // A locked, killed or retired device runs no VM; a VM no longer assigned stops.
+    if (desired && isUp(v.run) && (!deviceActive || !wanted)) {
+      steps.push({
+        action: 'stopVm',
+        vm: v.name,
+        reason: !wanted ? 'no longer assigned' : `device ${desired.device.state}`,
+      });
+    }
+  }
+  if (!desired || !deviceActive) return steps;
+
+  for (const vm of desired.vms) {
+    const f = facts.get(vm.name);
+    const leaseValid = now < vm.lease.expiresAt;
+    if (f?.transaction) {
+      busy = true;
+      steps.push({ action: 'resumeUpdate', vm: vm.name });
+      continue;
+    }
+    const target = releaseOf(vm);
+    const key = releaseKey(target);
+    const current = f?.record.current ?? null;
+    if (!current || releaseKey(current) !== key) {
+      const isBad = f?.record.badVersions.includes(key) ?? false;
+      const failure = f?.record.lastFailure;
+      const isBackingOff = failure?.releaseKey === key && now - failure.at < retryAfter;
+      // Past its lease a VM does not start, so an update (which boots it) waits for a new one.
+      if (!isBad && !isBackingOff && leaseValid) {
+        busy = true;
+        steps.push({
+          action: 'beginUpdate',
+          vm: vm.name,
+          profileId: vm.profileId,
+          from: current,
+          to: target,
+        });
+        continue;
+      }
+    }
+    if (current && leaseValid && !isUp(f?.run ?? 'stopped')) {
+      steps.push({ action: 'startVm', vm: vm.name });
+    }
+  }
+
+  if (!busy) {
+    // Keep each VM's current and previous versions (and any being staged); drop the rest.
+    const keep = input.vms.flatMap((v) => [
+      ...volumes(v.record.current),
+      ...volumes(v.record.previous),
+      ...volumes(v.transaction?.to),
+      ...volumes(v.transaction?.from),
+    ]);
+    const kept = new Set(keep.map((k) => `${k.image}/${k.versionId}`));
+    if (input.goldens.some((g) => !kept.has(`${g.image}/${g.versionId}`))) {
+      steps.push({ action: 'collectGoldens', keep });
+    }
+  }
+  return steps;
+}
+
+/** Everything the reconcile executors use: the update deps plus the current desired state. */
+export interface ReconcileDeps extends UpdateDeps {
+  desired: () => DesiredState | null;
+}
+
+type StepOf<A extends StepAction> = Extract<Step, { action: A }>;
+/** One executor per action; a missing one is a compile error. */
+export type StepExecutors = { readonly [A in StepAction]: (step: StepOf<A>) => Promise<void> };
+
+export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
+  const vmOf = (name: string): DesiredVm => {
+    const vm = deps.desired()?.vms.find((v) => v.name === name);
+    if (!vm) throw new Error(`VM ${name} is not in the desired state`);
+    return vm;
+  };
+  const vmState = (vm: string, state: string, extra: Record<string, unknown> = {}) =>
+    deps.report({
+      type: 'vm-state',
+      data: {
+        vm,
+        profileId: deps.desired()?.vms.find((v) => v.name === vm)?.profileId ?? null,
+        state,
+        ...extra,
+      },
+    });
+  return {
+    async resumeUpdate(step) {
+      const tx = await deps.transactions.read(step.vm);
+      if (!tx) return;
+      // booting and health-check never wait, so a transaction found in them was cut off by a
+      // restart (or a fault): `resumed` boots the target afresh.
+      await runUpdate(deps, tx, { resumed: true });
+    },
+    async beginUpdate(step) {
+      const tx = beginTransaction(step.vm, step.profileId, step.from, step.to, deps.clock.now());
+      await persistTransaction(deps, step.vm, tx);
+      deps.afterPersist?.(tx.state);
+      await runUpdate(deps, tx);
+    },
+    async startVm(step) {
+      const vm = vmOf(step.vm);
+      const record = await deps.records.get(step.vm);
+      if (!record.current) return;
+      const layout = volumeLayout(deps.dataDir, vm.name);
+      const isMissing = !(await exists(layout.overlay('system')));
+      // on-boot: the system overlay is discarded at every boot, not only at updates.
+      if (vm.resetPolicy === 'on-boot' || isMissing) await prepareVolumes(deps, vm, record.current);
+      const status = await deps.hypervisor.start(vmSpec(vm, record.current, layout, deps.kernel));
+      await vmState(step.vm, status.state, { versionId: record.current.system.versionId });
+    },
+    async stopVm(step) {
+      await deps.hypervisor.stop(step.vm, { timeoutMs: deps.stopTimeoutMs ?? 30_000 });
+      await vmState(step.vm, 'stopped', { reason: step.reason });
+    },
+    async collectGoldens(step) {
+      const removed = await deps.goldens.gc(step.keep);
+      if (removed.length) deps.log.info({ removed }, 'old golden images removed');
+    },
+  };
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Gathers the facts the planner needs from disk and the hypervisor. */
+export async function gatherFacts(deps: ReconcileDeps): Promise<PlanInput> {
+  const desired = deps.desired();
+  const names = new Set<string>([
+    ...(desired?.vms.map((v) => v.name) ?? []),
+    ...(await deps.records.all()).map((r) => r.name),
+  ]);
+  const vms: VmFacts[] = [];
+  for (const name of names) {
+    const record = await deps.records.get(name);
+    const transaction = (await deps.transactions.read(name)) ?? null;
+    const run = (await deps.hypervisor.status(name)).state;
+    vms.push({ name, record, transaction, run });
+  }
+  const goldens = (await deps.goldens.list()).map((g) => ({
+    image: g.image,
+    versionId: g.versionId,
+  }));
+  return { now: deps.clock.now(), desired, vms, goldens };
+}
+
+/**
+ * Plans and executes until the plan is empty or only waiting work is left (a staged update
+ * outside its switch window, a download waiting for a mirror). A failing step is logged and
+ * the pass goes on with the others; the next pass plans it again.
+ */
+export async function reconcileOnce(deps: ReconcileDeps, maxRounds = 8): Promise<Step[]> {
+  const executors = createStepExecutors(deps);
+  const done: Step[] = [];
+  let previous = '';
+  for (let round = 0; round < maxRounds; round++) {
+    const steps = plan(await gatherFacts(deps));
+    const signature = JSON.stringify(steps);
+    // The same plan twice in a row means what is left is waiting, not work.
+    if (steps.length === 0 || signature === previous) break;
+    previous = signature;
+    for (const step of steps) {
+      deps.signal?.throwIfAborted();
+      try {
+        await (executors[step.action] as (s: Step) => Promise<void>)(step);
+        done.push(step);
+      } catch (err) {
+        deps.log.error(
+          { err, step: step.action, vm: 'vm' in step ? step.vm : undefined },
+          'reconcile step failed',
+        );
+      }
+    }
+  }
+  return done;
+}

@@ -1,0 +1,316 @@
+import { z } from 'zod';
+import {
+  HealthCheckSchema,
+  IsolationPolicySchema,
+  ResetPolicySchema,
+  VmResourcesSchema,
+} from './policy.ts';
+
+/*
+ * Wire schemas of Center's fleet admin API (`/api/v1/admin/{groups,apps,profiles,devices,
+ * enrolment-tokens}`). Request bodies and queries are strict (an unknown field is a 400 naming
+ * it) and bounded; responses are plain objects with times as epoch milliseconds.
+ */
+
+const EpochMsSchema = z.number().int().min(0).max(8.64e15);
+
+/** A short machine name (`work`, `office`): a VM's name on a PC, an app's mount name. */
+export const ShortNameSchema = z
+  .string()
+  .min(1)
+  .max(63)
+  .regex(/^[a-z][a-z0-9-]*$/, 'lower-case letters, digits and -, starting with a letter');
+
+/** A name people read (groups): printable, no leading or trailing space. */
+const LabelSchema = z
+  .string()
+  .min(1)
+  .max(100)
+  .regex(/^\S(.*\S)?$/, 'no leading or trailing space')
+  .regex(/^[^\p{Cc}]*$/u, 'no control characters');
+
+const DescriptionSchema = z.string().max(2000);
+
+/** An id Center made (UUIDv7, lower-case). */
+export const FleetIdSchema = z
+  .string()
+  .regex(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'an id');
+
+// Groups
+
+export const DeviceGroupSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  description: z.string(),
+  /** Devices in the group (any state). */
+  devices: z.number().int(),
+  createdAt: EpochMsSchema,
+  updatedAt: EpochMsSchema,
+});
+export type DeviceGroup = z.infer<typeof DeviceGroupSchema>;
+export const DeviceGroupListSchema = z.object({ groups: z.array(DeviceGroupSchema) });
+
+export const CreateDeviceGroupRequestSchema = z.strictObject({
+  name: LabelSchema,
+  description: DescriptionSchema.default(''),
+});
+export type CreateDeviceGroupRequest = z.infer<typeof CreateDeviceGroupRequestSchema>;
+
+export const UpdateDeviceGroupRequestSchema = z
+  .strictObject({ name: LabelSchema.optional(), description: DescriptionSchema.optional() })
+  .refine((b) => Object.keys(b).length > 0, { message: 'give at least one field to change' });
+export type UpdateDeviceGroupRequest = z.infer<typeof UpdateDeviceGroupRequestSchema>;
+
+// Apps
+
+export const AppSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  displayName: z.string(),
+  description: z.string(),
+  imageId: z.string(),
+  createdAt: EpochMsSchema,
+  updatedAt: EpochMsSchema,
+});
+export type App = z.infer<typeof AppSchema>;
+export const AppListSchema = z.object({ apps: z.array(AppSchema) });
+
+export const CreateAppRequestSchema = z.strictObject({
+  name: ShortNameSchema,
+  displayName: LabelSchema,
+  description: DescriptionSchema.default(''),
+  /** An image of kind `app`. */
+  imageId: FleetIdSchema,
+});
+export type CreateAppRequest = z.infer<typeof CreateAppRequestSchema>;
+
+export const UpdateAppRequestSchema = z
+  .strictObject({
+    displayName: LabelSchema.optional(),
+    description: DescriptionSchema.optional(),
+    imageId: FleetIdSchema.optional(),
+  })
+  .refine((b) => Object.keys(b).length > 0, { message: 'give at least one field to change' });
+export type UpdateAppRequest = z.infer<typeof UpdateAppRequestSchema>;
+
+// Profiles
+
+export const ProfileAppSchema = z.strictObject({
+  appId: FleetIdSchema,
+  /** `default`: every device with the profile gets it; `optional`: chosen per device. */
+  mode: z.enum(['default', 'optional']),
+});
+export type ProfileApp = z.infer<typeof ProfileAppSchema>;
+
+const LeaseDaysSchema = z.number().int().min(1).max(365);
+
+export const ProfileSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  description: z.string(),
+  systemImageId: z.string(),
+  apps: z.array(z.object({ appId: z.string(), mode: z.enum(['default', 'optional']) })),
+  isolation: IsolationPolicySchema,
+  healthCheck: HealthCheckSchema,
+  leaseDays: z.number().int(),
+  cpus: z.number().int(),
+  memoryMib: z.number().int(),
+  resetPolicy: ResetPolicySchema,
+  /** Devices holding the profile. */
+  devices: z.number().int(),
+  createdAt: EpochMsSchema,
+  updatedAt: EpochMsSchema,
+});
+export type Profile = z.infer<typeof ProfileSchema>;
+export const ProfileListSchema = z.object({ profiles: z.array(ProfileSchema) });
+
+const ProfileAppsSchema = z
+  .array(ProfileAppSchema)
+  .max(64)
+  .refine((apps) => new Set(apps.map((a) => a.appId)).size === apps.length, {
+    message: 'an app may appear once',
+  });
+
+export const CreateProfileRequestSchema = z.strictObject({
+  name: ShortNameSchema,
+  description: DescriptionSchema.default(''),
+  /** An image of kind `system`. */
+  systemImageId: FleetIdSchema,
+  apps: ProfileAppsSchema.default([]),
+  isolation: IsolationPolicySchema.default(IsolationPolicySchema.parse({})),
+  healthCheck: HealthCheckSchema.default(HealthCheckSchema.parse({})),
+  leaseDays: LeaseDaysSchema.default(30),
+  cpus: VmResourcesSchema.shape.cpus.default(2),
+  memoryMib: VmResourcesSchema.shape.memoryMib.default(4096),
+  resetPolicy: ResetPolicySchema.default('on-update'),
+});
+export type CreateProfileRequest = z.infer<typeof CreateProfileRequestSchema>;
+
+export const UpdateProfileRequestSchema = z
+  .strictObject({
+    name: ShortNameSchema.optional(),
+    description: DescriptionSchema.optional(),
+    systemImageId: FleetIdSchema.optional(),
+    apps: ProfileAppsSchema.optional(),
+    isolation: IsolationPolicySchema.optional(),
+    healthCheck: HealthCheckSchema.optional(),
+    leaseDays: LeaseDaysSchema.optional(),
+    cpus: VmResourcesSchema.shape.cpus.optional(),
+    memoryMib: VmResourcesSchema.shape.memoryMib.optional(),
+    resetPolicy: ResetPolicySchema.optional(),
+  })
+  .refine((b) => Object.keys(b).length > 0, { message: 'give at least one field to change' });
+export type UpdateProfileRequest = z.infer<typeof UpdateProfileRequestSchema>;
+
+// Devices
+
+export const DEVICE_STATE_NAMES = ['active', 'locked', 'killed', 'retired'] as const;
+export const DeviceStateSchema = z.enum(DEVICE_STATE_NAMES);
+
+/** A device in a list: what a fleet table shows. */
+export const DeviceSummarySchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  groupId: z.string(),
+  state: DeviceStateSchema,
+  enrolledAt: EpochMsSchema,
+  lastContactAt: EpochMsSchema,
+  updatedAt: EpochMsSchema,
+});
+export type DeviceSummary = z.infer<typeof DeviceSummarySchema>;
+
+export const DeviceListQuerySchema = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(500).default(100),
+  /** The `next` of the previous page. */
+  cursor: z.string().max(200).optional(),
+  groupId: FleetIdSchema.optional(),
+  state: DeviceStateSchema.optional(),
+  /** Devices holding this profile. */
+  profileId: FleetIdSchema.optional(),
+  /** Name prefix, case-insensitive. */
+  q: z.string().min(1).max(200).optional(),
+  /** Devices whose last contact is before this time (epoch ms): the ones gone quiet. */
+  lastContactBefore: z.coerce.number().int().min(0).max(8.64e15).optional(),
+});
+export type DeviceListQuery = z.infer<typeof DeviceListQuerySchema>;
+
+export const DevicePageSchema = z.object({
+  /** Oldest enrolment first (then by id). */
+  devices: z.array(DeviceSummarySchema),
+  /** Pass as `cursor` for the next page; null at the end. */
+  next: z.string().nullable(),
+});
+export type DevicePage = z.infer<typeof DevicePageSchema>;
+
+export const CommandKindSchema = z.enum(['lock', 'unlock', 'kill', 'restart-vm']);
+export const CommandStateSchema = z.enum(['pending', 'delivered', 'done', 'failed', 'cancelled']);
+
+export const CommandSchema = z.object({
+  id: z.string(),
+  deviceId: z.string(),
+  kind: CommandKindSchema,
+  profileId: z.string().nullable(),
+  /** `pending` until the device reports the outcome (`done`/`failed`); `cancelled` by Center. */
+  state: CommandStateSchema,
+  /** The device's report: `{ ok, message? }`; null until it reports. */
+  result: z.unknown().nullable(),
+  createdBy: z.string().nullable(),
+  createdAt: EpochMsSchema,
+  updatedAt: EpochMsSchema,
+});
+export type Command = z.infer<typeof CommandSchema>;
+export const CommandListSchema = z.object({ commands: z.array(CommandSchema) });
+
+export const CreateCommandRequestSchema = z
+  .strictObject({
+    kind: CommandKindSchema,
+    /** The VM to restart; required for `restart-vm`, refused otherwise. */
+    profileId: FleetIdSchema.optional(),
+  })
+  .refine((b) => (b.kind === 'restart-vm') === (b.profileId !== undefined), {
+    message: 'profileId is required for restart-vm and only for it',
+    path: ['profileId'],
+  });
+export type CreateCommandRequest = z.infer<typeof CreateCommandRequestSchema>;
+
+export const DeviceEventSummarySchema = z.object({
+  id: z.string(),
+  type: z.string(),
+  data: z.unknown(),
+  occurredAt: EpochMsSchema,
+  receivedAt: EpochMsSchema,
+});
+
+/** One device in full. */
+export const DeviceDetailSchema = DeviceSummarySchema.extend({
+  inventory: z.unknown(),
+  group: z.object({ id: z.string(), name: z.string() }),
+  profiles: z.array(z.object({ id: z.string(), name: z.string() })),
+  /** The optional apps chosen per profile. */
+  apps: z.array(z.object({ profileId: z.string(), appId: z.string(), name: z.string() })),
+  /** What the device last said it runs. */
+  currentVersions: z.unknown(),
+  /** The 20 newest events, newest first. */
+  recentEvents: z.array(DeviceEventSummarySchema),
+  /** Commands not yet acknowledged, oldest first. */
+  pendingCommands: z.array(CommandSchema),
+});
+export type DeviceDetail = z.infer<typeof DeviceDetailSchema>;
+
+export const UpdateDeviceRequestSchema = z
+  .strictObject({
+    name: z.string().min(1).max(200).optional(),
+    groupId: FleetIdSchema.optional(),
+    /** The profiles (VMs) the device runs: replaces the set. */
+    profiles: z
+      .array(FleetIdSchema)
+      .max(16)
+      .refine((ids) => new Set(ids).size === ids.length, { message: 'a profile may appear once' })
+      .optional(),
+    /** The optional apps chosen, each of a profile the device holds: replaces the set. */
+    apps: z
+      .array(z.strictObject({ profileId: FleetIdSchema, appId: FleetIdSchema }))
+      .max(256)
+      .optional(),
+  })
+  .refine((b) => Object.keys(b).length > 0, { message: 'give at least one field to change' });
+export type UpdateDeviceRequest = z.infer<typeof UpdateDeviceRequestSchema>;
+
+// Enrolment tokens
+
+export const CreateEnrolmentTokenRequestSchema = z.strictObject({
+  groupId: FleetIdSchema,
+  uses: z.number().int().min(1).max(10_000).default(1),
+  expiresInHours: z.number().int().min(1).max(720).default(24),
+  note: z.string().max(500).default(''),
+});
+export type CreateEnrolmentTokenRequest = z.infer<typeof CreateEnrolmentTokenRequestSchema>;
+
+export const EnrolmentTokenSchema = z.object({
+  id: z.string(),
+  groupId: z.string(),
+  usesLeft: z.number().int(),
+  expiresAt: EpochMsSchema,
+  /** The administrator who created it; null if that account is gone. */
+  createdBy: z.string().nullable(),
+  note: z.string(),
+  createdAt: EpochMsSchema,
+});
+export type EnrolmentToken = z.infer<typeof EnrolmentTokenSchema>;
+export const EnrolmentTokenListSchema = z.object({ tokens: z.array(EnrolmentTokenSchema) });
+
+export const CreateEnrolmentTokenResponseSchema = EnrolmentTokenSchema.extend({
+  /** The secret a device enrols with, shown only here; never log it. */
+  token: z.string(),
+});
+
+/** Path parameter of the fleet routes: `:id` must be an id Center made. */
+export const FleetIdParamsSchema = z.strictObject({ id: FleetIdSchema });
+
+/** What a device reports to acknowledge a command (event type `command-result`). */
+export const CommandResultDataSchema = z.strictObject({
+  commandId: z.string().min(1).max(64),
+  ok: z.boolean(),
+  message: z.string().max(2000).optional(),
+});
+export type CommandResultData = z.infer<typeof CommandResultDataSchema>;
