@@ -19,6 +19,8 @@ const packages = {
   base: [
     ['qemu-utils', 'qemu-img'],
     ['e2fsprogs', 'mkfs.ext4'],
+    // Engine runs VMs with QEMU (KVM when it works, TCG otherwise).
+    ['qemu-system-x86', 'qemu-system-x86_64'],
   ],
   test: [
     // Reflink (shared-extent) copies are tested on a loop-mounted XFS file system.
@@ -26,6 +28,13 @@ const packages = {
     // Center's database tests start a throwaway cluster from its binaries
     // (/usr/lib/postgresql/*/bin, not on PATH).
     ['postgresql', 'initdb'],
+    // The test guest (guest/build.ts): Debian's kernel, busybox, qemu-ga and the tools to pack
+    // an initramfs. linux-image-amd64 provides no command but /boot/vmlinuz-*.
+    ['linux-image-amd64', '/boot/vmlinuz-*'],
+    ['busybox-static', 'busybox'],
+    ['qemu-guest-agent', 'qemu-ga'],
+    ['cpio', 'cpio'],
+    ['kmod', 'depmod'],
   ],
   bench: [
     ['debootstrap', 'debootstrap'],
