@@ -251,3 +251,47 @@ export async function reconcileOnce(deps: ReconcileDeps, maxRounds = 8): Promise
   }
   return done;
 }
+
+/** Runs reconcile passes one at a time: on each new desired state and on a timer. */
+export interface Reconciler {
+  /** Takes a new verified desired state and runs a pass with it (E1's agent calls this). */
+  reconcile(desired: DesiredState): Promise<void>;
+  /** Runs a pass now (or right after the running one). */
+  pass(): Promise<void>;
+  /** Passes every `intervalMs` until `signal` aborts: waiting updates and crashed VMs need them. */
+  loop(signal: AbortSignal, intervalMs?: number): Promise<void>;
+}
+
+export function createReconciler(deps: Omit<ReconcileDeps, 'desired' | 'target'>): Reconciler {
+  let desired: DesiredState | null = null;
+  const full: ReconcileDeps = {
+    ...deps,
+    desired: () => desired,
+    target: (name) => ({
+      vm: desired?.vms.find((v) => v.name === name),
+      mirrors: desired?.mirrors ?? [],
+      publishers: desired?.publishers ?? [],
+    }),
+  };
+  let chain: Promise<void> = Promise.resolve();
+  const pass = () => {
+    const run = chain.then(async () => {
+      await reconcileOnce(full);
+    });
+    chain = run.catch((err: unknown) => deps.log.error({ err }, 'reconcile pass failed'));
+    return chain;
+  };
+  return {
+    reconcile(next) {
+      desired = next;
+      return pass();
+    },
+    pass,
+    async loop(signal, intervalMs = 5000) {
+      while (!signal.aborted) {
+        await deps.clock.sleep(intervalMs, signal);
+        if (!signal.aborted && desired) await pass();
+      }
+    },
+  };
+}
