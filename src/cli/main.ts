@@ -2,7 +2,6 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { BulkheadError, ErrorCodes, isBulkheadError } from '../protocol/index.ts';
 import { imageCommands } from './image.ts';
 import { pushCommand } from './push.ts';
-import { pushCommand } from './push.ts';
 import { keysCommands } from './keys.ts';
 import { centerCommands } from './center.ts';
 import { adminCommands } from './admin.ts';
@@ -13,7 +12,6 @@ import type { Command, CommandContext } from './command.ts';
 const commands: Command[] = [
   ...keysCommands,
   ...imageCommands,
-  pushCommand,
   pushCommand,
   ...centerCommands,
   ...adminCommands,
