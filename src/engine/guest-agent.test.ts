@@ -1,0 +1,165 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { GuestAgent, GuestAgentError } from './guest-agent.ts';
+
+/*
+ * Against Debian's real qemu-ga, listening on a unix socket on the host (`-m unix-listen`):
+ * the same protocol as over virtio-serial, without booting a VM. Commands that would touch the
+ * host's power state or file systems are blocked.
+ */
+
+const QEMU_GA = '/usr/sbin/qemu-ga';
+const BLOCKED = [
+  'guest-shutdown',
+  'guest-suspend-disk',
+  'guest-suspend-ram',
+  'guest-suspend-hybrid',
+  'guest-fsfreeze-freeze',
+  'guest-fsfreeze-freeze-list',
+  'guest-fstrim',
+  'guest-set-time',
+  'guest-set-user-password',
+  'guest-set-vcpus',
+  'guest-set-memory-blocks',
+].join(',');
+
+async function startAgent(
+  t: TestContext,
+): Promise<{ dir: string; socket: string; child: ChildProcess }> {
+  try {
+    await access(QEMU_GA);
+  } catch {
+    throw new Error(
+      `${QEMU_GA} was not found: install the Debian package qemu-guest-agent (apt-get install qemu-guest-agent)`,
+    );
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'bulkhead-qga-'));
+  const socket = join(dir, 'qga.sock');
+  const child = spawn(
+    QEMU_GA,
+    ['-m', 'unix-listen', '-p', socket, '-t', dir, '-f', join(dir, 'pid'), '-b', BLOCKED],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  t.after(async () => {
+    child.kill('SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  });
+  for (let i = 0; i < 100; i++) {
+    try {
+      await access(socket);
+      return { dir, socket, child };
+    } catch {
+      await sleep(20);
+    }
+  }
+  throw new Error('qemu-ga did not create its socket');
+}
+
+test('syncs, pings, runs commands with exit codes, output and input, reads and writes files', async (t) => {
+  const { dir, socket } = await startAgent(t);
+  const agent = await GuestAgent.waitUntilResponsive(socket, 5000);
+  t.after(() => agent.close());
+  await agent.ping(2000);
+
+  const r = await agent.exec(['/bin/sh', '-c', 'echo out; echo err >&2; exit 3'], {
+    timeoutMs: 5000,
+  });
+  assert.equal(r.exitCode, 3);
+  assert.equal(r.stdout.toString(), 'out\n');
+  assert.equal(r.stderr.toString(), 'err\n');
+
+  const cat = await agent.exec(['/bin/cat'], { input: Buffer.from('piped'), timeoutMs: 5000 });
+  assert.equal(cat.stdout.toString(), 'piped');
+  // Engine's health check passes a bare timeout.
+  assert.equal((await agent.exec(['/bin/true'], 5000)).exitCode, 0);
+
+  const killed = await agent.exec(['/bin/sh', '-c', 'kill -9 $$'], 5000);
+  assert.equal(killed.signal, 9);
+  assert.equal(killed.exitCode, 137);
+
+  const big = Buffer.alloc(150 * 1024, 7);
+  big.write('head');
+  const path = join(dir, 'file.bin');
+  await agent.writeFile(path, big);
+  assert.deepEqual(await readFile(path), big);
+  await writeFile(path, 'from the host');
+  assert.equal((await agent.readFile(path)).toString(), 'from the host');
+
+  await assert.rejects(agent.readFile(join(dir, 'missing')), (err: unknown) => {
+    assert.ok(err instanceof GuestAgentError);
+    assert.equal(err.code, 'ERR_GUEST_AGENT_COMMAND');
+    return true;
+  });
+  await assert.rejects(agent.readFile(path, { maxBytes: 4 }), /larger than 4 bytes/);
+  await assert.rejects(agent.exec(['/no/such/program'], 5000), { code: 'ERR_GUEST_AGENT_COMMAND' });
+  // The agent still answers after refusals.
+  await agent.ping(2000);
+});
+
+test('a command that runs too long times out, and the connection stays usable', async (t) => {
+  const { socket } = await startAgent(t);
+  const agent = await GuestAgent.waitUntilResponsive(socket, 5000);
+  t.after(() => agent.close());
+  const started = Date.now();
+  await assert.rejects(agent.exec(['/bin/sleep', '5'], { timeoutMs: 300 }), {
+    code: 'ERR_GUEST_AGENT_TIMEOUT',
+  });
+  assert.ok(Date.now() - started < 2000);
+  assert.equal((await agent.exec(['/bin/echo', 'again'], 5000)).stdout.toString(), 'again\n');
+});
+
+test('a client after one that left requests unanswered gets only its own replies', async (t) => {
+  const { socket } = await startAgent(t);
+  const first = await GuestAgent.waitUntilResponsive(socket, 5000);
+  // Requests whose replies the first client never reads.
+  void first.command('guest-info').catch(() => {});
+  void first.command('guest-ping').catch(() => {});
+  first.close();
+  const second = await GuestAgent.waitUntilResponsive(socket, 5000);
+  t.after(() => second.close());
+  const info = (await second.command('guest-info')) as { version: string };
+  assert.match(info.version, /^\d+\.\d+/);
+});
+
+test('a lost connection rejects pending calls at once with a clear error', async (t) => {
+  const { socket, child } = await startAgent(t);
+  const agent = await GuestAgent.waitUntilResponsive(socket, 5000);
+  const pending = agent.exec(['/bin/sleep', '5'], { timeoutMs: 10_000 });
+  await sleep(200);
+  child.kill('SIGKILL');
+  const started = Date.now();
+  await assert.rejects(pending, (err: unknown) => {
+    assert.ok(err instanceof GuestAgentError);
+    assert.equal(err.code, 'ERR_GUEST_AGENT_CLOSED');
+    assert.match(err.message, /connection/);
+    return true;
+  });
+  assert.ok(Date.now() - started < 2000);
+  await assert.rejects(agent.ping(1000), { code: 'ERR_GUEST_AGENT_CLOSED' });
+});
+
+test('a socket nobody answers on: sync times out; a missing socket is unreachable', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'bulkhead-qga-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const path = join(dir, 'silent.sock');
+  const server = createServer(() => {});
+  await new Promise<void>((resolve) => server.listen(path, resolve));
+  t.after(() => server.close());
+  const agent = await GuestAgent.connect(path);
+  t.after(() => agent.close());
+  await assert.rejects(agent.ping(200), { code: 'ERR_GUEST_AGENT_TIMEOUT' });
+  await assert.rejects(GuestAgent.connect(join(dir, 'none.sock')), {
+    code: 'ERR_GUEST_AGENT_UNREACHABLE',
+  });
+  const started = Date.now();
+  await assert.rejects(GuestAgent.waitUntilResponsive(path, 600, { attemptMs: 200 }), {
+    code: 'ERR_GUEST_AGENT_TIMEOUT',
+  });
+  assert.ok(Date.now() - started < 1500);
+});
