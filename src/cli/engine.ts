@@ -4,6 +4,7 @@ import {
   formatEngineStatus,
   readEngineStatus,
 } from '../engine/index.ts';
+import { acceptUpdate } from '../engine/update/accept.ts';
 import { optionalString, requireString, type Command, type Invocation } from './command.ts';
 
 function dataDir(inv: Invocation): string {
@@ -64,4 +65,20 @@ const statusCommand: Command = {
   },
 };
 
-export const engineCommands: Command[] = [enrollCommand, statusCommand];
+const acceptCommand: Command = {
+  name: 'engine accept',
+  summary: 'Allow a staged update to switch now (all VMs, or one with --vm).',
+  usage: `Usage: bulkhead engine accept [--vm NAME] [--data DIR]
+
+  A staged update switches when its VM is off, at its deadline, or when the user accepts it.
+  The running Engine switches at its next pass (within seconds).`,
+  options: { vm: { type: 'string' }, data: { type: 'string' } },
+  async run(inv, ctx) {
+    const vm = optionalString(inv, 'vm') ?? null;
+    await acceptUpdate(dataDir(inv), vm);
+    if (!inv.json) ctx.out(`Accepted the staged update of ${vm ?? 'every VM'}`);
+    return { accepted: vm ?? 'all' };
+  },
+};
+
+export const engineCommands: Command[] = [enrollCommand, statusCommand, acceptCommand];
