@@ -40,6 +40,11 @@ export async function startCenter(deps: {
   config: CenterConfig;
   log: Logger;
   now?: () => Date;
+  /**
+   * Runs on the migrated database before Center listens (e.g. `center serve --demo` puts the
+   * demo images in); a failure stops the start.
+   */
+  prepare?: (database: CenterDatabase) => Promise<void>;
 }): Promise<RunningCenter> {
   const { config, log } = deps;
   const now = deps.now ?? (() => new Date());
@@ -63,6 +68,7 @@ export async function startCenter(deps: {
       'database ready',
     );
     const initialAdmin = await ensureFirstAdmin(database, now);
+    await deps.prepare?.(database);
     const app = await createCenterApp({ config, log, database, signingKey: key, now });
     const url = await app.listen({ host: config.listen.host, port: config.listen.port });
     log.info({ component: 'http', url, keyid: key.keyid }, 'Center listening');

@@ -6,18 +6,25 @@ import {
   type CenterConfigInput,
 } from '../center/config.ts';
 import { startCenter } from '../center/start.ts';
+import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { seedImages } from '../center/images/index.ts';
+import { DirectoryStore, manifestKey } from '../image/index.ts';
+import { demoCommand } from './demo.ts';
 import { optionalString, type Command } from './command.ts';
 
 const serve: Command = {
   name: 'center serve',
   summary: 'Run Center, the management server: HTTP API, database, chunk store.',
   usage: `Usage: bulkhead center serve [--data DIR] [--listen HOST:PORT] [--database URL]
-         [--public-url URL] [--config FILE] [--log-level LEVEL]
+         [--public-url URL] [--config FILE] [--log-level LEVEL] [--demo]
 
   Defaults: SQLite and a chunk store under ./data, listening on 127.0.0.1:8080.
   --database postgres://USER:PASS@HOST/DB shares one database between Center replicas.
   Settings may also come from BULKHEAD_* environment variables or a JSON --config file.
-  Logs go to stderr as JSON lines; stop with Ctrl-C or SIGTERM (requests in flight finish).`,
+  Logs go to stderr as JSON lines; stop with Ctrl-C or SIGTERM (requests in flight finish).
+  --demo builds the demo OS image (two versions, once, under DIR/demo) and publishes both in
+  Center, version 1 released, its publisher key trusted.`,
   options: {
     data: { type: 'string' },
     listen: { type: 'string' },
@@ -25,6 +32,7 @@ const serve: Command = {
     'public-url': { type: 'string' },
     config: { type: 'string' },
     'log-level': { type: 'string' },
+    demo: { type: 'boolean' },
   },
   async run(inv, ctx) {
     const file = optionalString(inv, 'config');
@@ -44,7 +52,37 @@ const serve: Command = {
       { level: config.logLevel, redact: ['req.headers.authorization', 'req.headers.cookie'] },
       pino.destination(2),
     );
-    const center = await startCenter({ config, log });
+    const demo = inv.values.demo === true;
+    const center = await startCenter({
+      config,
+      log,
+      ...(demo
+        ? {
+            prepare: async (database) => {
+              const root = join(config.dataDir, 'demo');
+              const source = new DirectoryStore(join(root, 'store'));
+              if (!(await source.has(manifestKey('demo-os', '2')))) {
+                if (!inv.json) ctx.out(`Building the demo images in ${root} (once) …`);
+                await demoCommand.run(
+                  { values: { dir: config.dataDir }, positionals: [], json: true },
+                  ctx,
+                );
+              }
+              await seedImages({
+                db: database.db,
+                storeDir: config.storeDir,
+                source,
+                publisherName: 'demo',
+                publicKeyPem: await readFile(join(root, 'publisher.pub'), 'utf8'),
+                name: 'demo-os',
+                versions: ['1', '2'],
+                release: '1',
+                at: Date.now(),
+              });
+            },
+          }
+        : {}),
+    });
     // Listen for the stop signals before saying we are up: whoever reads the line may stop us.
     const stopped = new Promise<void>((resolve) => {
       process.once('SIGINT', () => resolve());

@@ -3,3 +3,4 @@ export { imagesAdmin } from './plugin.ts';
 export { pushVersion, findMissing, putChunk, putIndex, type UploadContext } from './upload.ts';
 export { publishVersion, releaseVersion, findImage } from './images.ts';
 export { createPublisher, publisherTrust } from './publishers.ts';
+export { seedImages } from './demo.ts';
