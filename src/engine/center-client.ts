@@ -158,7 +158,7 @@ export interface CenterClientOptions {
   timeoutMs?: number;
   /** Base URL to talk to; the identity's when omitted. */
   centerUrl?: string;
-  /** The push channel is reopened when it carried nothing for this long (default 5 min). */
+  /** The push channel is reopened when it carried nothing for this long (default 90 s; Center sends a heartbeat every 25 s). */
   pushIdleMs?: number;
   /** For the jitter of the push channel's backoff; Math.random when omitted. */
   random?: () => number;
@@ -194,7 +194,7 @@ export class CenterClient {
     this.#events = options.events;
     this.#timeoutMs = options.timeoutMs ?? 30_000;
     this.#baseUrl = (options.centerUrl ?? options.identity.centerUrl).replace(/\/+$/, '');
-    this.#pushIdleMs = options.pushIdleMs ?? 5 * 60_000;
+    this.#pushIdleMs = options.pushIdleMs ?? 90_000;
     this.#random = options.random ?? Math.random;
   }
 

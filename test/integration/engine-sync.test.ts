@@ -1,0 +1,558 @@
+// Engine against a real Center (SQLite, listening on 127.0.0.1): enrolment, the verified
+// desired state, reports, refusals of tampered, replayed and stale documents, the sync loop
+// through an outage, push, and `bulkhead engine enroll|status` as a real process.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createPrivateKey } from 'node:crypto';
+import { readFile, stat } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { pino } from 'pino';
+import { resolveConfig } from '../../src/center/config.ts';
+import { migrateToLatest, newId, openDatabase } from '../../src/center/db/index.ts';
+import {
+  createEnrolmentToken,
+  DEVICE_SIGNATURE_DOMAINS as CENTER_DOMAINS,
+} from '../../src/center/devices/index.ts';
+import { createLocalPushBus } from '../../src/center/push.ts';
+import { createCenterApp, type CenterApp } from '../../src/center/server.ts';
+import {
+  CenterClient,
+  createSyncLoop,
+  engineFiles,
+  enroll,
+  EventQueue,
+  loadIdentity,
+  readEngineStatus,
+  type Clock,
+  type Log,
+} from '../../src/engine/index.ts';
+import { generateKeyPair } from '../../src/image/keys.ts';
+import {
+  DEVICE_SIGNATURE_DOMAINS,
+  isBulkheadError,
+  type DeviceCommand,
+} from '../../src/protocol/index.ts';
+import { tempDir } from '../support/fixtures.ts';
+
+const BIN = fileURLToPath(new URL('../../bin/bulkhead.js', import.meta.url));
+const START = Date.parse('2026-03-02T09:15:00Z');
+const HOUR = 3_600_000;
+
+const inventory = { hostname: 'pc-engine', cpu: { model: 'Test CPU', cores: 2 } };
+
+function recorder(): Log & { warnings: string[] } {
+  const warnings: string[] = [];
+  return {
+    warnings,
+    debug: () => {},
+    info: () => {},
+    warn: (_o, msg) => warnings.push(msg),
+    error: () => {},
+  };
+}
+
+function engineClock(ms = START): Clock & { ms: number } {
+  const clock = { ms, now: () => clock.ms, sleep: async () => {} };
+  return clock;
+}
+
+/** A real Center on SQLite, listening on 127.0.0.1; it can be stopped and started again. */
+async function startCenter(t: TestContext) {
+  const dir = await tempDir(t, 'bulkhead-engine-sync-');
+  const database = await openDatabase({ url: `sqlite:${join(dir, 'center.db')}` });
+  t.after(() => database.close());
+  await migrateToLatest(database.db);
+  const config = resolveConfig([{ dataDir: join(dir, 'center'), listen: '127.0.0.1:0' }]);
+  const pair = generateKeyPair();
+  const signingKey = { key: createPrivateKey(pair.privatePem), keyid: pair.keyid };
+  const clock = { ms: START };
+  const push = createLocalPushBus();
+  const groupId = newId(clock.ms);
+  await database.db
+    .insertInto('device_groups')
+    .values({ id: groupId, name: 'lab', description: '', created_at: START, updated_at: START })
+    .execute();
+  let app: CenterApp | undefined;
+  let port = 0;
+  const up = async () => {
+    app = await createCenterApp({
+      config,
+      log: pino({ level: 'silent' }),
+      database,
+      signingKey,
+      now: () => new Date(clock.ms),
+      push,
+    });
+    await app.listen({ host: '127.0.0.1', port });
+    port = (app.server.address() as AddressInfo).port;
+  };
+  const down = async () => {
+    await app?.close();
+    app = undefined;
+  };
+  await up();
+  t.after(down);
+  return {
+    dir,
+    db: database.db,
+    clock,
+    push,
+    signingKey,
+    get url() {
+      return `http://127.0.0.1:${port}`;
+    },
+    up,
+    down,
+    token: async (uses = 1) =>
+      (
+        await createEnrolmentToken(database.db, {
+          groupId,
+          uses,
+          expiresAt: new Date(clock.ms + HOUR),
+          now: new Date(clock.ms),
+        })
+      ).token,
+    async addCommand(deviceId: string, kind: DeviceCommand['kind'] = 'lock') {
+      clock.ms += 1000;
+      const id = newId(clock.ms);
+      await database.db
+        .insertInto('commands')
+        .values({
+          id,
+          device_id: deviceId,
+          kind,
+          profile_id: null,
+          state: 'pending',
+          result: null,
+          created_by: null,
+          created_at: clock.ms,
+          updated_at: clock.ms,
+        })
+        .execute();
+      return id;
+    },
+    events: (deviceId: string) =>
+      database.db
+        .selectFrom('device_events')
+        .select(['event_id', 'type', 'occurred_at', 'payload'])
+        .where('device_id', '=', deviceId)
+        .orderBy('occurred_at')
+        .orderBy('event_id')
+        .execute(),
+  };
+}
+type TestCenter = Awaited<ReturnType<typeof startCenter>>;
+
+/** An enrolled device: its data dir, queue and client (clock of its own). */
+async function device(t: TestContext, center: TestCenter, clock = engineClock()) {
+  const dataDir = join(await tempDir(t, 'bulkhead-engine-'), 'engine');
+  const identity = await enroll({
+    centerUrl: center.url,
+    token: await center.token(),
+    dataDir,
+    inventory,
+    clock,
+  });
+  const { privateKey } = await loadIdentity(dataDir);
+  const files = engineFiles(dataDir, { clock });
+  const queue = await EventQueue.open({ dir: files.queueDir, clock });
+  t.after(() => queue.close().catch(() => {}));
+  const client = (centerUrl?: string, log: Log = recorder()) =>
+    new CenterClient({
+      identity,
+      privateKey,
+      clock,
+      log,
+      events: queue,
+      timeoutMs: 5_000,
+      ...(centerUrl === undefined ? {} : { centerUrl }),
+    });
+  return { dataDir, identity, files, queue, clock, client };
+}
+
+type Tamper = 'pass' | 'flip-signature' | 'replay';
+
+/** An HTTP proxy in front of Center that can tamper with desired-state answers. */
+async function proxy(t: TestContext, target: () => string) {
+  const state = { mode: 'pass' as Tamper, replay: '' };
+  const server = createServer(async (req: IncomingMessage, res: ServerResponse) => {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries(req.headers)) {
+      if (typeof v === 'string' && k !== 'host' && k !== 'connection') headers[k] = v;
+    }
+    const upstream = await fetch(`${target()}${req.url}`, {
+      method: req.method,
+      headers,
+      body: chunks.length > 0 ? Buffer.concat(chunks) : undefined,
+    });
+    let body = await upstream.text();
+    let status = upstream.status;
+    if (req.url?.startsWith('/api/v1/device/desired-state')) {
+      if (state.mode === 'flip-signature' && status === 200) {
+        const doc = JSON.parse(body);
+        const sig = Buffer.from(doc.signature, 'base64');
+        sig[10] = (sig[10] as number) ^ 0x01;
+        doc.signature = sig.toString('base64');
+        body = JSON.stringify(doc);
+      } else if (state.mode === 'replay') {
+        status = 200;
+        body = state.replay;
+      } else if (status === 200) {
+        state.replay ||= body;
+      }
+    }
+    const out: Record<string, string> = { 'content-type': 'application/json' };
+    const etag = upstream.headers.get('etag');
+    if (etag !== null) out.etag = etag;
+    res.writeHead(status, out).end(status === 304 ? undefined : body);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return { url, state };
+}
+
+test('Engine and Center agree on the signature domains', () => {
+  assert.deepEqual(DEVICE_SIGNATURE_DOMAINS, CENTER_DOMAINS);
+});
+
+test('enrol → token → verified desired state → 304 → reports accepted; re-auth on 401', async (t) => {
+  const center = await startCenter(t);
+  const d = await device(t, center);
+  assert.equal((await stat(d.files.privateKeyPath)).mode & 0o777, 0o600);
+  assert.equal((await stat(d.dataDir)).mode & 0o777, 0o700);
+  assert.equal(d.identity.centerKey.keyid, center.signingKey.keyid);
+  const row = await center.db
+    .selectFrom('devices')
+    .select(['name', 'inventory'])
+    .where('id', '=', d.identity.deviceId)
+    .executeTakeFirstOrThrow();
+  assert.equal(row.name, 'pc-engine');
+  assert.deepEqual(JSON.parse(row.inventory), inventory);
+
+  const client = d.client();
+  const first = await client.getDesiredState();
+  assert.ok(first.changed);
+  assert.equal(first.document.state.deviceId, d.identity.deviceId);
+  assert.match(first.etag ?? '', /^"[0-9a-f]{40}"$/);
+  const second = await client.getDesiredState({
+    etag: first.etag,
+    revision: first.document.state.revision,
+  });
+  assert.deepEqual(second, { changed: false, etag: first.etag });
+
+  const [e1, e2] = await d.queue.append([{ type: 'staged' }, { type: 'healthy' }]);
+  assert.deepEqual(await client.sendReports([e1!, e2!]), { accepted: 2, duplicates: 0 });
+  assert.deepEqual(await client.sendReports([e1!]), { accepted: 0, duplicates: 1 });
+
+  // Center's clock passes the token's expiry while Engine's does not: the 401 is answered
+  // with a fresh challenge and the request goes through.
+  center.clock.ms += 16 * 60_000;
+  const after = await client.getDesiredState({ etag: first.etag });
+  assert.equal(after.changed, false);
+});
+
+test('tampered, replayed and stale desired states are refused, each with its code and an event', async (t) => {
+  const center = await startCenter(t);
+  const d = await device(t, center);
+  const p = await proxy(t, () => center.url);
+  const client = d.client(p.url);
+
+  const r1 = await client.getDesiredState();
+  assert.ok(r1.changed);
+
+  p.state.mode = 'flip-signature';
+  await assert.rejects(client.getDesiredState(), (err) =>
+    isBulkheadError(err, 'ERR_DESIRED_STATE_SIGNATURE'),
+  );
+
+  // A newer revision, then the older document replayed at the device.
+  p.state.mode = 'pass';
+  await center.addCommand(d.identity.deviceId);
+  const r2 = await client.getDesiredState({ etag: r1.etag, revision: r1.document.state.revision });
+  assert.ok(r2.changed);
+  assert.ok(r2.document.state.revision > r1.document.state.revision);
+  p.state.mode = 'replay';
+  await assert.rejects(
+    client.getDesiredState({ etag: r2.etag, revision: r2.document.state.revision }),
+    (err) => isBulkheadError(err, 'ERR_DESIRED_STATE_ROLLBACK') && !err.retryable,
+  );
+
+  // Signed and current at Center, but the device's clock is past its expiry.
+  p.state.mode = 'pass';
+  d.clock.ms = r2.document.state.expiresAt + 1;
+  await assert.rejects(client.getDesiredState(), (err) =>
+    isBulkheadError(err, 'ERR_DESIRED_STATE_EXPIRED'),
+  );
+
+  const refused = d.queue.peek(10).filter((e) => e.type === 'desired-state-refused');
+  assert.deepEqual(
+    refused.map((e) => e.data['code']),
+    ['ERR_DESIRED_STATE_SIGNATURE', 'ERR_DESIRED_STATE_ROLLBACK', 'ERR_DESIRED_STATE_EXPIRED'],
+  );
+});
+
+test('sync loop: commands once, Center down → backoff grows and events wait, back → delivered once in order', async (t) => {
+  const center = await startCenter(t);
+  const d = await device(t, center);
+  const seen: { revision: number; source: string }[] = [];
+  const handled: string[] = [];
+  const makeLoop = () =>
+    createSyncLoop({
+      client: d.client(),
+      queue: d.queue,
+      store: d.files,
+      clock: d.clock,
+      log: recorder(),
+      push: false,
+      random: () => 0.999,
+      onDesiredState: (doc, source) => {
+        seen.push({ revision: doc.state.revision, source });
+      },
+      handleCommand: async (command) => {
+        handled.push(command.id);
+        return { ok: true, message: `${command.kind} done` };
+      },
+    });
+  const loop = makeLoop();
+  const first = await loop.syncNow();
+  assert.equal(first.ok, true);
+  assert.equal(first.nextDelayMs, 60_000);
+  assert.equal(seen.length, 1);
+  assert.equal(loop.connectivity().online, true);
+  assert.equal(loop.connectivity().lastContactAt, START);
+  const stored = await d.files.desiredState.read();
+  assert.equal(stored?.document.state.deviceId, d.identity.deviceId);
+
+  // A lock: handled once, its result reported, never re-run (not even by a restarted loop).
+  const lockId = await center.addCommand(d.identity.deviceId, 'lock');
+  await loop.syncNow();
+  await loop.syncNow();
+  assert.deepEqual(handled, [lockId]);
+  const results = (await center.events(d.identity.deviceId)).filter(
+    (e) => e.type === 'command-result',
+  );
+  assert.deepEqual(
+    results.map((e) => JSON.parse(e.payload)),
+    [{ commandId: lockId, kind: 'lock', ok: true, message: 'lock done' }],
+  );
+  const restarted = makeLoop();
+  await restarted.start();
+  await restarted.stop();
+  assert.deepEqual(handled, [lockId]);
+  assert.equal(seen.at(-1)?.source, 'disk');
+
+  // Center goes away; events pile up and the waits grow.
+  await center.down();
+  const before = await center.events(d.identity.deviceId);
+  const queued = await d.queue.append(
+    Array.from({ length: 1_100 }, (_, i) => ({
+      type: i % 100 === 99 ? 'healthy' : 'download-progress',
+      data: { i },
+      at: START + i,
+    })),
+  );
+  const delays: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const outcome = await loop.syncNow();
+    assert.equal(outcome.ok, false);
+    delays.push(outcome.nextDelayMs);
+  }
+  for (let i = 1; i < delays.length; i++) {
+    assert.ok(delays[i]! > delays[i - 1]!, `backoff grows: ${delays.join(', ')}`);
+  }
+  assert.ok(delays.every((ms) => ms <= 5 * 60_000));
+  const offline = loop.connectivity();
+  assert.equal(offline.online, false);
+  assert.equal(offline.consecutiveFailures, 5);
+  assert.equal(offline.lastError?.code, 'ERR_CENTER_UNREACHABLE');
+  assert.equal(offline.lastContactAt, START);
+  assert.equal(d.queue.depth(), 1_100);
+  // A restart while Center is down starts from the stored desired state.
+  const seenBefore = seen.length;
+  const offlineStart = makeLoop();
+  await offlineStart.start();
+  await offlineStart.stop();
+  assert.equal(seen[seenBefore]?.source, 'disk');
+  // `engine status` sees the outage from the files.
+  const status = await readEngineStatus(d.dataDir);
+  assert.equal(status.connectivity.online, false);
+  assert.equal(status.queueDepth, 1_100);
+
+  // Center is back: everything is delivered, in order, once (three batches of ≤ 500).
+  await center.up();
+  const back = await loop.syncNow();
+  assert.equal(back.ok, true);
+  assert.equal(back.delivered, 1_100);
+  assert.equal(d.queue.depth(), 0);
+  assert.equal((await loop.syncNow()).delivered, 0);
+  const after = await center.events(d.identity.deviceId);
+  const added = after.filter((e) => !before.some((b) => b.event_id === e.event_id));
+  assert.equal(added.length, 1_100);
+  assert.deepEqual(
+    added.map((e) => e.event_id),
+    queued.map((e) => e.id),
+  );
+  assert.equal(loop.connectivity().consecutiveFailures, 0);
+  assert.equal((await readEngineStatus(d.dataDir)).connectivity.online, true);
+});
+
+test('push: a change at Center wakes the loop at once', async (t) => {
+  const center = await startCenter(t);
+  const d = await device(t, center);
+  const revisions: number[] = [];
+  let changed: () => void = () => {};
+  const loop = createSyncLoop({
+    client: d.client(),
+    queue: d.queue,
+    store: d.files,
+    // Real sleeps: the poll interval is an hour, so only push can bring the change quickly.
+    clock: { now: () => d.clock.now(), sleep: (ms, signal) => systemSleep(ms, signal) },
+    log: recorder(),
+    intervalMs: HOUR,
+    onDesiredState: (doc) => {
+      revisions.push(doc.state.revision);
+      changed();
+    },
+  });
+  await loop.start();
+  try {
+    await waitFor(() => revisions.length === 1 && center.push.connections() === 1, 'connected');
+    const next = new Promise<void>((resolve) => (changed = resolve));
+    await center.addCommand(d.identity.deviceId, 'unlock');
+    center.push.notify([d.identity.deviceId]);
+    await withTimeout(next, 15_000, 'the pushed change');
+    assert.equal(revisions.length, 2);
+    assert.ok(revisions[1]! > revisions[0]!);
+  } finally {
+    // Before the temp dirs go: the loop writes its files until it stops.
+    await loop.stop();
+  }
+});
+
+test('bulkhead engine enroll and status as a real process', async (t) => {
+  const center = await startCenter(t);
+  const dataDir = join(await tempDir(t, 'bulkhead-engine-cli-'), 'engine');
+  const token = await center.token();
+  const run = await cli([
+    'engine',
+    'enroll',
+    '--center',
+    center.url,
+    '--token',
+    token,
+    '--data',
+    dataDir,
+    '--json',
+  ]);
+  assert.equal(run.code, 0, run.stderr);
+  const out = JSON.parse(run.stdout);
+  assert.match(out.deviceId, /^[0-9a-f-]{36}$/);
+  assert.equal(out.centerKeyId, center.signingKey.keyid);
+  assert.equal((await stat(join(dataDir, 'device.key'))).mode & 0o777, 0o600);
+  assert.equal((await stat(dataDir)).mode & 0o777, 0o700);
+  assert.ok(!run.stdout.includes(token) && !run.stderr.includes(token), 'the token is not echoed');
+  const identity = JSON.parse(await readFile(join(dataDir, 'identity.json'), 'utf8'));
+  assert.equal(identity.deviceId, out.deviceId);
+
+  const again = await cli([
+    'engine',
+    'enroll',
+    '--center',
+    center.url,
+    '--token',
+    token,
+    '--data',
+    dataDir,
+  ]);
+  assert.equal(again.code, 1);
+  assert.match(
+    again.stderr.trim(),
+    /^bulkhead engine enroll: this device is already enrolled .* --force/,
+  );
+  assert.equal(again.stderr.trim().split('\n').length, 1);
+
+  const status = await cli(['engine', 'status', '--data', dataDir, '--json']);
+  assert.equal(status.code, 0, status.stderr);
+  const s = JSON.parse(status.stdout);
+  assert.equal(s.deviceId, out.deviceId);
+  assert.equal(s.queueDepth, 0);
+  const human = await cli(['engine', 'status', '--data', dataDir]);
+  assert.match(human.stdout, new RegExp(`Device\\s+${out.deviceId}`));
+
+  const forced = await cli([
+    'engine',
+    'enroll',
+    '--center',
+    center.url,
+    '--token',
+    await center.token(),
+    '--data',
+    dataDir,
+    '--force',
+    '--json',
+  ]);
+  assert.equal(forced.code, 0, forced.stderr);
+  assert.notEqual(JSON.parse(forced.stdout).deviceId, out.deviceId);
+});
+
+function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const env = { ...process.env };
+  delete env.BULKHEAD_DEBUG;
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: 30_000,
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+function systemSleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      { once: true },
+    );
+  });
+}
+
+async function waitFor(check: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > until) assert.fail(`timed out waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
