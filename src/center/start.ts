@@ -14,6 +14,8 @@ import {
   parseDatabaseUrl,
   type CenterDatabase,
 } from './db/index.ts';
+import { createPgPushBus, type PgPushBus } from './push-pg.ts';
+import { createLocalPushBus } from './push.ts';
 import { createCenterApp, type CenterApp } from './server.ts';
 
 export interface RunningCenter {
@@ -40,11 +42,6 @@ export async function startCenter(deps: {
   config: CenterConfig;
   log: Logger;
   now?: () => Date;
-  /**
-   * Runs on the migrated database before Center listens (e.g. `center serve --demo` puts the
-   * demo images in); a failure stops the start.
-   */
-  prepare?: (database: CenterDatabase) => Promise<void>;
 }): Promise<RunningCenter> {
   const { config, log } = deps;
   const now = deps.now ?? (() => new Date());
@@ -52,6 +49,7 @@ export async function startCenter(deps: {
   const key = await loadOrCreateSigningKey(config.dataDir, log);
 
   const database = await openDatabase({ url: config.database });
+  let pgPush: PgPushBus | undefined;
   try {
     // The database holds password and token hashes: readable by Center's user only.
     const target = parseDatabaseUrl(config.database);
@@ -68,8 +66,13 @@ export async function startCenter(deps: {
       'database ready',
     );
     const initialAdmin = await ensureFirstAdmin(database, now);
-    await deps.prepare?.(database);
-    const app = await createCenterApp({ config, log, database, signingKey: key, now });
+    // Replicas on PostgreSQL relay push notifications to each other through it.
+    pgPush =
+      database.dialect === 'postgres'
+        ? createPgPushBus({ connectionString: config.database, log })
+        : undefined;
+    const push = pgPush ?? createLocalPushBus();
+    const app = await createCenterApp({ config, log, database, signingKey: key, now, push });
     const url = await app.listen({ host: config.listen.host, port: config.listen.port });
     log.info({ component: 'http', url, keyid: key.keyid }, 'Center listening');
     return {
@@ -80,10 +83,12 @@ export async function startCenter(deps: {
       initialAdmin,
       close: async () => {
         await app.close();
+        await pgPush?.close();
         await database.close();
       },
     };
   } catch (err) {
+    await pgPush?.close();
     await database.close();
     throw err;
   }
