@@ -42,6 +42,11 @@ export async function startCenter(deps: {
   config: CenterConfig;
   log: Logger;
   now?: () => Date;
+  /**
+   * Runs on the migrated database before Center listens (e.g. `center serve --demo` puts the
+   * demo images in); a failure stops the start.
+   */
+  prepare?: (database: CenterDatabase) => Promise<void>;
 }): Promise<RunningCenter> {
   const { config, log } = deps;
   const now = deps.now ?? (() => new Date());
@@ -66,6 +71,7 @@ export async function startCenter(deps: {
       'database ready',
     );
     const initialAdmin = await ensureFirstAdmin(database, now);
+    await deps.prepare?.(database);
     // Replicas on PostgreSQL relay push notifications to each other through it.
     pgPush =
       database.dialect === 'postgres'
