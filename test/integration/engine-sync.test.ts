@@ -21,6 +21,7 @@ import { createLocalPushBus } from '../../src/center/push.ts';
 import { createCenterApp, type CenterApp } from '../../src/center/server.ts';
 import {
   CenterClient,
+  createEngine,
   createSyncLoop,
   engineFiles,
   enroll,
@@ -433,6 +434,50 @@ test('push: a change at Center wakes the loop at once', async (t) => {
   } finally {
     // Before the temp dirs go: the loop writes its files until it stops.
     await loop.stop();
+  }
+});
+
+test('createEngine: the sync loop feeds reconcile one run at a time, newest state last', async (t) => {
+  const center = await startCenter(t);
+  const dataDir = join(await tempDir(t, 'bulkhead-engine-agent-'), 'engine');
+  await enroll({ centerUrl: center.url, token: await center.token(), dataDir, inventory });
+  let running = 0;
+  let overlapped = false;
+  const reconciled: number[] = [];
+  let release: () => void = () => {};
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const engine = await createEngine({
+    dataDir,
+    // Center's time, so its documents are current; real sleeps.
+    clock: { now: () => center.clock.ms, sleep: systemSleep },
+    push: false,
+    intervalMs: HOUR,
+    reconcile: async (doc) => {
+      running += 1;
+      overlapped ||= running > 1;
+      // The first run is slow; the states that arrive meanwhile collapse into the newest.
+      if (reconciled.length === 0) await gate;
+      reconciled.push(doc.state.revision);
+      running -= 1;
+    },
+  });
+  try {
+    await engine.start();
+    await waitFor(() => running === 1, 'the first reconcile');
+    for (let i = 0; i < 3; i++) {
+      await center.addCommand(engine.client.deviceId, 'restart-vm');
+      await engine.sync.syncNow();
+    }
+    const newest = engine.sync.current()!.document.state.revision;
+    release();
+    await engine.idle();
+    assert.equal(overlapped, false);
+    assert.equal(reconciled.length, 2);
+    assert.equal(reconciled[1], newest);
+    assert.equal((await readEngineStatus(dataDir)).desired?.revision, newest);
+  } finally {
+    release();
+    await engine.stop();
   }
 });
 
