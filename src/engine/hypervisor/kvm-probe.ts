@@ -1,0 +1,112 @@
+import { spawn } from 'node:child_process';
+import { access, constants } from 'node:fs/promises';
+
+/*
+ * Whether KVM works here. /dev/kvm may exist and still hang any process that opens a VM on it
+ * (no hardware virtualisation exposed to a nested guest), so the probe runs in a child process
+ * (QEMU with `-accel kvm -machine none`) that gets a hard deadline and SIGKILL; it never runs
+ * in Engine's own process.
+ */
+
+export type Accelerator = 'kvm' | 'tcg';
+
+export interface KvmProbeResult {
+  accelerator: Accelerator;
+  /** Why, in one line (`/dev/kvm is missing`, `timed out after 3000 ms`, …). */
+  reason: string;
+  elapsedMs: number;
+}
+
+export interface KvmProbeOptions {
+  qemuBinary?: string;
+  /** Hard deadline of the probe process; default 3 s. */
+  timeoutMs?: number;
+  kvmDevice?: string;
+}
+
+/** Runs the probe once; never throws (any failure means `tcg`). */
+export async function probeKvm(options: KvmProbeOptions = {}): Promise<KvmProbeResult> {
+  const started = Date.now();
+  const timeoutMs = options.timeoutMs ?? 3000;
+  const device = options.kvmDevice ?? '/dev/kvm';
+  const done = (accelerator: Accelerator, reason: string): KvmProbeResult => ({
+    accelerator,
+    reason,
+    elapsedMs: Date.now() - started,
+  });
+  try {
+    await access(device, constants.R_OK | constants.W_OK);
+  } catch {
+    return done('tcg', `${device} is missing or not accessible`);
+  }
+  return new Promise<KvmProbeResult>((resolve) => {
+    let settled = false;
+    const finish = (result: KvmProbeResult) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      // A process stuck in the kernel may not die at once: kill its group, never wait for it.
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+      child.unref();
+      resolve(result);
+    };
+    const child = spawn(
+      options.qemuBinary ?? 'qemu-system-x86_64',
+      [
+        '-accel',
+        'kvm',
+        '-machine',
+        'none',
+        '-display',
+        'none',
+        '-nodefaults',
+        '-no-user-config',
+        '-qmp',
+        'stdio',
+      ],
+      { detached: true, stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    const timer = setTimeout(
+      () => finish(done('tcg', `KVM probe timed out after ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout.on('data', (d: Buffer) => {
+      // QEMU greets on QMP only after the accelerator initialised.
+      if (d.toString().includes('"QMP"')) finish(done('kvm', 'QEMU initialised KVM'));
+    });
+    child.stdin.on('error', () => {});
+    child.on('error', (err) => finish(done('tcg', `KVM probe could not run QEMU: ${err.message}`)));
+    child.on('exit', (code) =>
+      finish(
+        done(
+          'tcg',
+          `QEMU could not use KVM (exit ${code ?? 'signal'}): ${stderr.trim().split('\n').pop() ?? ''}`,
+        ),
+      ),
+    );
+  });
+}
+
+/**
+ * The accelerator to use: `BULKHEAD_ACCEL` (`kvm` or `tcg`) when set, else the probe's answer.
+ * @throws Error when `BULKHEAD_ACCEL` has another value.
+ */
+export async function chooseAccelerator(
+  env: NodeJS.ProcessEnv = process.env,
+  options: KvmProbeOptions = {},
+): Promise<KvmProbeResult> {
+  const forced = env['BULKHEAD_ACCEL'];
+  if (forced !== undefined && forced !== '' && forced !== 'auto') {
+    if (forced !== 'kvm' && forced !== 'tcg') {
+      throw new Error(`BULKHEAD_ACCEL must be kvm, tcg or auto, not ${JSON.stringify(forced)}`);
+    }
+    return { accelerator: forced, reason: 'set by BULKHEAD_ACCEL', elapsedMs: 0 };
+  }
+  return probeKvm(options);
+}

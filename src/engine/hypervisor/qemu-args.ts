@@ -1,0 +1,274 @@
+import { join } from 'node:path';
+import { BulkheadError, ErrorCodes } from '../../protocol/errors.ts';
+import type { Accelerator } from './kvm-probe.ts';
+import type { VmDisk, VmSpec } from './types.ts';
+
+/*
+ * The QEMU command line for a VmSpec, as a pure function so the isolation rules (DESIGN §4)
+ * are testable without starting anything.
+ *
+ * Network, per `policy.network`:
+ *   - `nat`: user-mode networking (slirp) with ordinary outbound NAT.
+ *   - `restricted`: user-mode networking with `restrict=on`, which cuts the guest off from the
+ *     host and the outside; each allowed endpoint i is reachable only through a forward, at
+ *     10.0.2.(100+i):<port> inside the guest (`guestfwd`, one relay process per connection,
+ *     relay.ts). Limits: TCP only; the guest must use those addresses (no DNS for the real
+ *     names: restrict=on also blocks slirp's DNS); at most 64 endpoints (the policy's bound).
+ *   - `none`: no network device at all (-nodefaults adds none).
+ * No shared folders ever; a clipboard channel (QEMU's vdagent, served through the VNC client)
+ * only when `policy.clipboard`; USB passthrough only of `policy.usbDevices`, on an xHCI
+ * controller that exists only then.
+ */
+
+/** Files and sockets of one VM in its run directory. */
+export interface RunFiles {
+  qmp: string;
+  guestAgent: string;
+  vnc: string;
+  console: string;
+  /** QEMU's own stdout/stderr. */
+  log: string;
+  pidfile: string;
+  /** What the driver remembers about the VM (name, accelerator, start time). */
+  meta: string;
+}
+
+export function runFiles(runDir: string): RunFiles {
+  return {
+    qmp: join(runDir, 'qmp.sock'),
+    guestAgent: join(runDir, 'qga.sock'),
+    vnc: join(runDir, 'vnc.sock'),
+    console: join(runDir, 'console.log'),
+    log: join(runDir, 'qemu.log'),
+    pidfile: join(runDir, 'qemu.pid'),
+    meta: join(runDir, 'vm.json'),
+  };
+}
+
+/** Guest IP of allowed endpoint `index` on a restricted network. */
+export function restrictedEndpointAddress(index: number): string {
+  return `10.0.2.${100 + index}`;
+}
+
+/** Longest serial QEMU keeps for a virtio-blk disk. */
+const MAX_SERIAL = 20;
+/** Longest unix socket path (sun_path holds 108 bytes with the terminating NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/**
+ * The disk's serial inside the guest: its role with `:` as `-` (`system`, `data`,
+ * `app-<name>`), which the test guest's /init matches on.
+ * @throws BulkheadError ERR_VALIDATION for another role, or one longer than 20 characters.
+ */
+export function diskSerial(role: string): string {
+  if (!/^(system|data|app:[a-z0-9][a-z0-9-]*)$/.test(role)) {
+    throw new BulkheadError(
+      ErrorCodes.VALIDATION,
+      `disk role ${JSON.stringify(role)}: must be system, data or app:<name> (a-z, 0-9, -)`,
+    );
+  }
+  const serial = role.replace(':', '-');
+  if (serial.length > MAX_SERIAL) {
+    throw new BulkheadError(
+      ErrorCodes.VALIDATION,
+      `disk role ${JSON.stringify(role)}: app names may have at most ${MAX_SERIAL - 4} characters (QEMU keeps 20 of a disk serial)`,
+    );
+  }
+  return serial;
+}
+
+/** Escapes a value for QEMU's `key=value,…` option syntax. */
+function opt(value: string): string {
+  return value.replaceAll(',', ',,');
+}
+
+/** A secret QEMU reads from a file at start; the driver writes it 0600 and removes it after. */
+export interface QemuSecret {
+  id: string;
+  path: string;
+  /** The LUKS passphrase: the key in base64, as Engine's data volumes are created with it. */
+  content: string;
+}
+
+export interface QemuCommand {
+  args: string[];
+  secrets: QemuSecret[];
+  files: RunFiles;
+}
+
+export interface QemuArgsOptions {
+  accelerator: Accelerator;
+  /** How a restricted network reaches an allowed endpoint: a command that relays stdio to it. */
+  relayCommand?: (host: string, port: number) => string;
+}
+
+/**
+ * Builds the command line (without the binary) for `spec`.
+ * @throws BulkheadError ERR_VALIDATION naming the field when the spec cannot be expressed.
+ */
+export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuCommand {
+  const files = runFiles(spec.runDir);
+  for (const path of [files.qmp, files.guestAgent, files.vnc]) {
+    if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
+      throw new BulkheadError(
+        ErrorCodes.VALIDATION,
+        `runDir ${spec.runDir} is too long for unix sockets (${path} exceeds ${MAX_SOCKET_PATH} bytes)`,
+      );
+    }
+  }
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(spec.name)) {
+    throw new BulkheadError(
+      ErrorCodes.VALIDATION,
+      `VM name ${JSON.stringify(spec.name)}: use 1-64 of A-Z, a-z, 0-9, _ . -`,
+    );
+  }
+  if (!Number.isInteger(spec.cpus) || spec.cpus < 1 || spec.cpus > 64) {
+    throw new BulkheadError(
+      ErrorCodes.VALIDATION,
+      `cpus must be an integer from 1 to 64, not ${spec.cpus}`,
+    );
+  }
+  if (!Number.isInteger(spec.memoryMib) || spec.memoryMib < 64) {
+    throw new BulkheadError(
+      ErrorCodes.VALIDATION,
+      `memoryMib must be an integer of at least 64, not ${spec.memoryMib}`,
+    );
+  }
+  const tcg = options.accelerator === 'tcg';
+  const args = [
+    '-name',
+    `guest=${opt(spec.name)}`,
+    '-machine',
+    'q35',
+    '-accel',
+    tcg ? 'tcg' : 'kvm',
+    '-cpu',
+    tcg ? 'max' : 'host',
+    '-m',
+    String(spec.memoryMib),
+    '-smp',
+    String(spec.cpus),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-vnc',
+    `unix:${opt(files.vnc)}`,
+    '-serial',
+    `file:${opt(files.console)}`,
+    '-pidfile',
+    files.pidfile,
+    '-qmp',
+    `unix:${opt(files.qmp)},server=on,wait=off`,
+    // No spawning, no privilege changes by QEMU itself (the restricted network's relays are
+    // started by slirp, hence spawn stays allowed there).
+    '-sandbox',
+    `on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny${spec.policy.network === 'restricted' ? '' : ',spawn=deny'}`,
+    // The guest agent channel.
+    '-chardev',
+    `socket,id=qga,path=${opt(files.guestAgent)},server=on,wait=off`,
+    '-device',
+    'virtio-serial-pci,id=vser0',
+    '-device',
+    'virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0',
+  ];
+  if (spec.policy.clipboard) {
+    args.push(
+      '-chardev',
+      'qemu-vdagent,id=vdagent,clipboard=on',
+      '-device',
+      'virtserialport,bus=vser0.0,chardev=vdagent,name=com.redhat.spice.0',
+    );
+  }
+  if (spec.kernel) {
+    args.push('-kernel', spec.kernel.path);
+    if (spec.kernel.initrd !== undefined) args.push('-initrd', spec.kernel.initrd);
+    if (spec.kernel.cmdline !== undefined) args.push('-append', spec.kernel.cmdline);
+  }
+
+  const secrets: QemuSecret[] = [];
+  const serials = new Set<string>();
+  spec.disks.forEach((disk, i) => {
+    const serial = diskSerial(disk.role);
+    if (serials.has(serial)) {
+      throw new BulkheadError(ErrorCodes.VALIDATION, `disks: role ${disk.role} appears twice`);
+    }
+    serials.add(serial);
+    args.push(...diskArgs(disk, i, serial, spec, secrets));
+  });
+
+  args.push(...networkArgs(spec, options));
+
+  if (spec.policy.usbDevices.length > 0) {
+    args.push('-device', 'qemu-xhci,id=usb0');
+    for (const id of spec.policy.usbDevices) {
+      const [vendor, product] = id.split(':');
+      if (!/^[0-9a-f]{4}$/.test(vendor ?? '') || !/^[0-9a-f]{4}$/.test(product ?? '')) {
+        throw new BulkheadError(
+          ErrorCodes.VALIDATION,
+          `policy.usbDevices: ${JSON.stringify(id)} is not vendor:product in hex`,
+        );
+      }
+      args.push('-device', `usb-host,bus=usb0.0,vendorid=0x${vendor},productid=0x${product}`);
+    }
+  }
+  return { args, secrets, files };
+}
+
+function diskArgs(
+  disk: VmDisk,
+  i: number,
+  serial: string,
+  spec: VmSpec,
+  secrets: QemuSecret[],
+): string[] {
+  const ro = disk.readOnly ? 'on' : 'off';
+  let format = `driver=${disk.format},node-name=disk${i},file=file${i},read-only=${ro}`;
+  if (disk.encryptionKey) {
+    if (disk.format !== 'qcow2') {
+      throw new BulkheadError(
+        ErrorCodes.VALIDATION,
+        `disk ${disk.role}: encryption needs a qcow2 volume`,
+      );
+    }
+    const id = `key${i}`;
+    secrets.push({
+      id,
+      path: join(spec.runDir, `${id}.secret`),
+      content: disk.encryptionKey.toString('base64'),
+    });
+    format += `,encrypt.format=luks,encrypt.key-secret=${id}`;
+  }
+  const out: string[] = [];
+  if (disk.encryptionKey)
+    out.push('-object', `secret,id=key${i},file=${opt(join(spec.runDir, `key${i}.secret`))}`);
+  out.push(
+    '-blockdev',
+    `driver=file,node-name=file${i},filename=${opt(disk.path)},read-only=${ro}`,
+    '-blockdev',
+    format,
+    '-device',
+    `virtio-blk-pci,drive=disk${i},serial=${serial},id=vd-${serial}` +
+      (!spec.kernel && disk.role === 'system' ? ',bootindex=0' : ''),
+  );
+  return out;
+}
+
+function networkArgs(spec: VmSpec, options: QemuArgsOptions): string[] {
+  const { policy } = spec;
+  if (policy.network === 'none') return [];
+  const device = ['-device', 'virtio-net-pci,netdev=net0'];
+  if (policy.network === 'nat') return ['-netdev', 'user,id=net0,restrict=off', ...device];
+  let netdev = 'user,id=net0,restrict=on';
+  policy.allowedEndpoints.forEach((endpoint, i) => {
+    if (!options.relayCommand) {
+      throw new BulkheadError(
+        ErrorCodes.VALIDATION,
+        'a restricted network with allowed endpoints needs a relay command',
+      );
+    }
+    const cmd = options.relayCommand(endpoint.host, endpoint.port);
+    netdev += `,guestfwd=tcp:${restrictedEndpointAddress(i)}:${endpoint.port}-cmd:${opt(cmd)}`;
+  });
+  return ['-netdev', netdev, ...device];
+}

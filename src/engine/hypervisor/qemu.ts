@@ -1,0 +1,498 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { BulkheadError, ErrorCodes, errnoCode } from '../../protocol/errors.ts';
+import { chooseAccelerator, type Accelerator, type KvmProbeResult } from './kvm-probe.ts';
+import { buildQemuArgs, runFiles, type RunFiles } from './qemu-args.ts';
+import { QmpClient, type QmpEvent } from './qmp.ts';
+import type { HypervisorDriver, VmEvent, VmRunState, VmSpec, VmStatus } from './types.ts';
+
+/*
+ * HypervisorDriver on QEMU. Each VM is one `qemu-system-x86_64` process, started detached (its
+ * own session and process group, not Engine's child in any way that matters) so that it
+ * survives Engine being killed; everything the driver needs to find it again lives in the VM's
+ * runDir: the QMP socket, the pidfile QEMU writes, and vm.json.
+ *
+ * How a VM ends decides its state: a SHUTDOWN event from the guest (it powered off) or a stop
+ * Engine asked for gives `stopped`; a process that went away without either gives `crashed`.
+ */
+
+export interface QemuDriverOptions {
+  /** Default `qemu-system-x86_64` from PATH. */
+  qemuBinary?: string;
+  /** `kvm`, `tcg`, or `auto` (probe); default: BULKHEAD_ACCEL, else `auto`. */
+  accel?: Accelerator | 'auto';
+  /** Hard deadline of the KVM probe; default 3 s. */
+  probeTimeoutMs?: number;
+  /** How long `start` waits for QMP to answer; default 15 s. */
+  startTimeoutMs?: number;
+  /** Clock for event times; default Date.now. */
+  now?: () => number;
+  /** Environment consulted for BULKHEAD_ACCEL; default process.env. */
+  env?: NodeJS.ProcessEnv;
+}
+
+interface VmEntry {
+  name: string;
+  runDir: string;
+  files: RunFiles;
+  state: VmRunState;
+  pid?: number;
+  accelerator?: Accelerator;
+  qmp?: QmpClient;
+  child?: ChildProcess;
+  stopRequested: boolean;
+  quitSent: boolean;
+  killed: boolean;
+  shutdown?: { guest: boolean; reason: string };
+  lastExit?: string;
+  exited: Promise<void>;
+  markExited: () => void;
+  hasExited: boolean;
+}
+
+const RELAY = fileURLToPath(new URL('./relay.ts', import.meta.url));
+
+function shellQuote(s: string): string {
+  return `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return errnoCode(err) === 'EPERM';
+  }
+}
+
+export class QemuDriver implements HypervisorDriver {
+  readonly kind = 'qemu' as const;
+  readonly #options: QemuDriverOptions;
+  readonly #vms = new Map<string, VmEntry>();
+  readonly #listeners = new Set<(event: VmEvent) => void>();
+  #probe: Promise<KvmProbeResult> | null = null;
+
+  constructor(options: QemuDriverOptions = {}) {
+    this.#options = options;
+  }
+
+  get #now(): () => number {
+    return this.#options.now ?? Date.now;
+  }
+
+  /**
+   * The accelerator VMs get: the option, else BULKHEAD_ACCEL, else the KVM probe's answer
+   * (probed once per driver, in a child process with a hard deadline).
+   */
+  accelerator(): Promise<KvmProbeResult> {
+    if (!this.#probe) {
+      const accel = this.#options.accel;
+      const env = { ...(this.#options.env ?? process.env) };
+      if (accel !== undefined) env['BULKHEAD_ACCEL'] = accel;
+      this.#probe = chooseAccelerator(env, {
+        qemuBinary: this.#binary,
+        timeoutMs: this.#options.probeTimeoutMs ?? 3000,
+      }).catch((err: unknown) => {
+        this.#probe = null;
+        throw new BulkheadError(ErrorCodes.CONFIG_INVALID, (err as Error).message, { cause: err });
+      });
+    }
+    return this.#probe;
+  }
+
+  get #binary(): string {
+    return this.#options.qemuBinary ?? 'qemu-system-x86_64';
+  }
+
+  async start(spec: VmSpec): Promise<VmStatus> {
+    const known = this.#vms.get(spec.name);
+    if (known && isRunning(known.state)) {
+      throw new BulkheadError(ErrorCodes.IN_USE, `VM ${spec.name} already runs`);
+    }
+    const files = runFiles(spec.runDir);
+    const stalePid = await readPid(files.pidfile);
+    if (stalePid !== undefined && (await isQemuOf(stalePid, files))) {
+      throw new BulkheadError(
+        ErrorCodes.IN_USE,
+        `VM ${spec.name} already runs (QEMU pid ${stalePid}); attach to it instead`,
+      );
+    }
+    const { accelerator } = await this.accelerator();
+    const command = buildQemuArgs(spec, {
+      accelerator,
+      relayCommand: (host, port) =>
+        [process.execPath, RELAY, host, String(port)].map(shellQuote).join(' '),
+    });
+    await mkdir(spec.runDir, { recursive: true });
+    await cleanRunDir(files, spec.runDir);
+    const entry = newEntry(spec.name, spec.runDir, files);
+    entry.state = 'starting';
+    entry.accelerator = accelerator;
+    this.#vms.set(spec.name, entry);
+
+    let spawnError: Error | undefined;
+    try {
+      for (const s of command.secrets) await writeFile(s.path, s.content, { mode: 0o600 });
+      const log = openSync(files.log, 'a', 0o600);
+      let child: ChildProcess;
+      try {
+        child = spawn(this.#binary, command.args, {
+          detached: true,
+          stdio: ['ignore', log, log],
+          cwd: spec.runDir,
+        });
+      } finally {
+        closeSync(log);
+      }
+      child.on('error', (err) => {
+        spawnError = err;
+        this.#onExit(entry, { error: err });
+      });
+      child.on('exit', (code, signal) => this.#onExit(entry, { code, signal }));
+      child.unref();
+      entry.child = child;
+      if (child.pid !== undefined) entry.pid = child.pid;
+
+      const deadline = Date.now() + (this.#options.startTimeoutMs ?? 15_000);
+      while (!entry.qmp) {
+        if (entry.hasExited) break;
+        try {
+          entry.qmp = await QmpClient.connect(files.qmp, {
+            timeoutMs: Math.max(100, Math.min(2000, deadline - Date.now())),
+          });
+        } catch (err) {
+          if (Date.now() >= deadline) throw err;
+          await sleep(50);
+        }
+      }
+      if (!entry.qmp) {
+        if (spawnError && errnoCode(spawnError) === 'ENOENT') {
+          throw new BulkheadError(ErrorCodes.TOOL_MISSING, `${this.#binary} was not found`, {
+            hint: 'install the Debian package qemu-system-x86',
+            cause: spawnError,
+          });
+        }
+        throw new BulkheadError(
+          ErrorCodes.INTERNAL,
+          `QEMU refused VM ${spec.name}: ${await logTail(files.log)}`,
+          { cause: spawnError },
+        );
+      }
+      this.#wire(entry, entry.qmp);
+      await writeFile(
+        files.meta,
+        `${JSON.stringify({ name: spec.name, accelerator, pid: entry.pid, startedAt: this.#now() })}\n`,
+      );
+      if (!entry.hasExited) entry.state = 'running';
+      return this.#statusOf(entry);
+    } catch (err) {
+      if (entry.pid !== undefined && !entry.hasExited) {
+        entry.stopRequested = true;
+        entry.killed = true;
+        try {
+          process.kill(entry.pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+        await waitFor(entry, 5000);
+      }
+      if (err instanceof BulkheadError) throw err;
+      throw new BulkheadError(
+        ErrorCodes.INTERNAL,
+        `QEMU did not come up for VM ${spec.name}: ${(err as Error).message}; ${await logTail(files.log)}`,
+        { cause: err, retryable: true },
+      );
+    } finally {
+      // QEMU read the secrets when it opened the disks, before QMP answered.
+      for (const s of command.secrets) await rm(s.path, { force: true });
+    }
+  }
+
+  async attach(name: string, runDir: string): Promise<VmStatus> {
+    const known = this.#vms.get(name);
+    if (known && isRunning(known.state)) return this.#statusOf(known);
+    const files = runFiles(runDir);
+    const pid = await readPid(files.pidfile);
+    if (pid === undefined || !(await isQemuOf(pid, files))) {
+      await cleanRunDir(files, runDir);
+      this.#vms.delete(name);
+      return { name, state: 'stopped' };
+    }
+    const entry = newEntry(name, runDir, files);
+    entry.state = 'running';
+    entry.pid = pid;
+    this.#vms.set(name, entry);
+    const meta = await readMeta(files.meta);
+    if (meta?.accelerator) entry.accelerator = meta.accelerator;
+    try {
+      const qmp = await QmpClient.connect(files.qmp, { timeoutMs: 5000 });
+      entry.qmp = qmp;
+      this.#wire(entry, qmp);
+      if (!entry.accelerator) {
+        const kvm = (await qmp.execute('query-kvm')) as { enabled: boolean };
+        entry.accelerator = kvm.enabled ? 'kvm' : 'tcg';
+      }
+    } catch {
+      // Another client holds QMP (or QEMU is wedged): watch the process instead; stop falls
+      // back to signals.
+      this.#watchPid(entry);
+    }
+    // Secrets left by an Engine killed during a start.
+    await removeSecrets(runDir);
+    return this.#statusOf(entry);
+  }
+
+  async stop(name: string, options: { timeoutMs?: number; force?: boolean } = {}) {
+    const entry = this.#vms.get(name);
+    if (!entry || !isRunning(entry.state) || entry.pid === undefined) return this.status(name);
+    const timeoutMs = options.timeoutMs ?? 30_000;
+    entry.stopRequested = true;
+    entry.state = 'shutting-down';
+    const qmp = entry.qmp && !entry.qmp.isClosed ? entry.qmp : undefined;
+    if (!options.force) {
+      if (qmp) {
+        // An ACPI power button press; a guest without ACPI handling ignores it.
+        await qmp.execute('system_powerdown', undefined, 5000).catch(() => {});
+      } else {
+        // Without QMP, SIGTERM makes QEMU quit (the guest is not asked).
+        signal(entry.pid, 'SIGTERM');
+      }
+      if (await waitFor(entry, timeoutMs)) return this.#statusOf(entry);
+    }
+    if (qmp && !qmp.isClosed) {
+      entry.quitSent = true;
+      await qmp.execute('quit', undefined, 2000).catch(() => {});
+      if (await waitFor(entry, 5000)) return this.#statusOf(entry);
+    }
+    entry.killed = true;
+    signal(entry.pid, 'SIGKILL');
+    if (!(await waitFor(entry, 10_000))) {
+      throw new BulkheadError(
+        ErrorCodes.INTERNAL,
+        `QEMU (pid ${entry.pid}) of VM ${name} did not exit after SIGKILL`,
+        { retryable: true },
+      );
+    }
+    return this.#statusOf(entry);
+  }
+
+  async status(name: string): Promise<VmStatus> {
+    const entry = this.#vms.get(name);
+    return entry ? this.#statusOf(entry) : { name, state: 'stopped' };
+  }
+
+  onEvent(listener: (event: VmEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Lets go of every VM without stopping it (Engine shutting down): closes the QMP connections
+   * so a later Engine can `attach`.
+   */
+  close(): void {
+    for (const entry of this.#vms.values()) {
+      entry.qmp?.close();
+      entry.child?.removeAllListeners('exit');
+    }
+    this.#vms.clear();
+  }
+
+  #statusOf(entry: VmEntry): VmStatus {
+    const status: VmStatus = { name: entry.name, state: entry.state };
+    if (entry.lastExit !== undefined) status.lastExit = entry.lastExit;
+    if (isRunning(entry.state)) {
+      if (entry.pid !== undefined) status.pid = entry.pid;
+      if (entry.accelerator !== undefined) status.accelerator = entry.accelerator;
+      status.guestAgentSocket = entry.files.guestAgent;
+      status.vncSocket = entry.files.vnc;
+    }
+    return status;
+  }
+
+  #emit(event: VmEvent): void {
+    for (const l of this.#listeners) {
+      try {
+        l(event);
+      } catch {
+        // a listener's fault is its own
+      }
+    }
+  }
+
+  #wire(entry: VmEntry, qmp: QmpClient): void {
+    qmp.onEvent((e: QmpEvent) => {
+      if (e.event === 'SHUTDOWN') {
+        const data = e.data ?? {};
+        entry.shutdown = { guest: data['guest'] === true, reason: String(data['reason'] ?? '') };
+        if (isRunning(entry.state)) entry.state = 'shutting-down';
+      }
+      const event: VmEvent = { name: entry.name, event: e.event, at: this.#now() };
+      if (e.data) event.detail = e.data;
+      this.#emit(event);
+    });
+    qmp.onClose(() => {
+      // The process is ours: its exit event says how it ended. Otherwise watch the pid.
+      if (!entry.child && !entry.hasExited) this.#watchPid(entry);
+    });
+  }
+
+  #watchPid(entry: VmEntry): void {
+    const pid = entry.pid;
+    if (pid === undefined) return;
+    const timer = setInterval(() => {
+      if (entry.hasExited) clearInterval(timer);
+      else if (!isAlive(pid)) {
+        clearInterval(timer);
+        this.#onExit(entry, {});
+      }
+    }, 100);
+    timer.unref();
+  }
+
+  #onExit(
+    entry: VmEntry,
+    how: { code?: number | null; signal?: NodeJS.Signals | null; error?: Error },
+  ): void {
+    if (entry.hasExited) return;
+    entry.hasExited = true;
+    entry.qmp?.close();
+    const reason = entry.shutdown?.reason;
+    let state: VmRunState = 'stopped';
+    if (entry.shutdown?.guest) entry.lastExit = 'guest-shutdown';
+    else if (entry.stopRequested) {
+      entry.lastExit = entry.killed ? 'killed' : entry.quitSent ? 'quit' : (reason ?? 'stopped');
+      if (entry.lastExit === 'host-qmp-quit') entry.lastExit = 'quit';
+    } else if (reason) entry.lastExit = reason === 'host-qmp-quit' ? 'quit' : reason;
+    else {
+      state = 'crashed';
+      entry.lastExit = how.error
+        ? `could not start: ${how.error.message}`
+        : how.signal
+          ? `killed by ${how.signal}`
+          : typeof how.code === 'number'
+            ? `exit code ${how.code}`
+            : 'exited';
+    }
+    entry.state = state;
+    const detail: Record<string, unknown> = { state, lastExit: entry.lastExit };
+    if (typeof how.code === 'number') detail['code'] = how.code;
+    if (how.signal) detail['signal'] = how.signal;
+    void cleanRunDir(entry.files, entry.runDir).finally(() => {
+      entry.markExited();
+      this.#emit({ name: entry.name, event: 'exited', at: this.#now(), detail });
+    });
+  }
+}
+
+function newEntry(name: string, runDir: string, files: RunFiles): VmEntry {
+  let markExited = () => {};
+  const exited = new Promise<void>((resolve) => (markExited = resolve));
+  return {
+    name,
+    runDir,
+    files,
+    state: 'stopped',
+    stopRequested: false,
+    quitSent: false,
+    killed: false,
+    exited,
+    markExited,
+    hasExited: false,
+  };
+}
+
+function isRunning(state: VmRunState): boolean {
+  return state === 'starting' || state === 'running' || state === 'shutting-down';
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // already gone
+  }
+}
+
+/** True once the VM's process has exited (and the driver noticed), false after `ms`. */
+async function waitFor(entry: VmEntry, ms: number): Promise<boolean> {
+  const ac = new AbortController();
+  try {
+    return await Promise.race([
+      entry.exited.then(() => true),
+      sleep(ms, false, { signal: ac.signal }).catch(() => false),
+    ]);
+  } finally {
+    ac.abort();
+  }
+}
+
+async function readPid(path: string): Promise<number | undefined> {
+  try {
+    const pid = Number((await readFile(path, 'utf8')).trim());
+    return Number.isInteger(pid) && pid > 1 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether `pid` is alive and is the QEMU of this run dir (pids get reused). */
+async function isQemuOf(pid: number, files: RunFiles): Promise<boolean> {
+  if (!isAlive(pid)) return false;
+  try {
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8');
+    return cmdline.includes(files.qmp);
+  } catch {
+    return false;
+  }
+}
+
+async function readMeta(path: string): Promise<{ accelerator?: Accelerator } | undefined> {
+  try {
+    const meta = JSON.parse(await readFile(path, 'utf8')) as { accelerator?: unknown };
+    return meta.accelerator === 'kvm' || meta.accelerator === 'tcg'
+      ? { accelerator: meta.accelerator }
+      : {};
+  } catch {
+    return undefined;
+  }
+}
+
+/** Removes what a VM that no longer runs left behind: sockets, pidfile, secrets. */
+async function cleanRunDir(files: RunFiles, runDir: string): Promise<void> {
+  for (const path of [files.qmp, files.guestAgent, files.vnc, files.pidfile]) {
+    await rm(path, { force: true });
+  }
+  await removeSecrets(runDir);
+}
+
+async function removeSecrets(runDir: string): Promise<void> {
+  let names: string[] = [];
+  try {
+    names = await readdir(runDir);
+  } catch {
+    return;
+  }
+  for (const n of names.filter((n) => n.endsWith('.secret'))) {
+    await rm(join(runDir, n), { force: true });
+  }
+}
+
+async function logTail(path: string): Promise<string> {
+  try {
+    const text = (await readFile(path, 'utf8')).trim();
+    const lines = text.split('\n').filter((l) => !l.includes('do you want to install'));
+    return lines.slice(-5).join(' | ') || 'QEMU exited without a message';
+  } catch {
+    return 'QEMU exited without a message';
+  }
+}
+
+/** The QEMU driver (see QemuDriverOptions). */
+export function createQemuDriver(options: QemuDriverOptions = {}): QemuDriver {
+  return new QemuDriver(options);
+}
