@@ -60,6 +60,18 @@ async function eachLimit<T>(items: readonly T[], limit: number, fn: (item: T) =>
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
+/** Tries a request up to three times while it fails with a retryable error. */
+async function withRetry<T>(attempt: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await attempt();
+    } catch (err) {
+      if (i >= 2 || !isBulkheadError(err) || !err.retryable) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 500 * 2 ** i));
+    }
+  }
+}
+
 export interface PushResult {
   center: string;
   name: string;
@@ -145,7 +157,7 @@ export async function pushImage(opts: {
   await eachLimit(missing, opts.parallel ?? 4, async (digest) => {
     const length = lengths.get(digest)!;
     const data = await store.read(chunkKey(digest), length + (length >> 7) + 1024);
-    await api.putRaw(`/api/v1/admin/store/chunks/${digest}`, data);
+    await withRetry(() => api.putRaw(`/api/v1/admin/store/chunks/${digest}`, data));
     sentBytes += data.length;
     doneBytes += length;
     opts.onProgress?.(doneBytes, totalBytes);
