@@ -34,6 +34,7 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.CHUNKS_MISSING]: 409,
   [ErrorCodes.VERSION_STATE]: 409,
   [ErrorCodes.IN_USE]: 409,
+  [ErrorCodes.ROLLOUT_STATE]: 409,
   [ErrorCodes.OBJECT_TOO_LARGE]: 413,
   [ErrorCodes.RATE_LIMITED]: 429,
 };

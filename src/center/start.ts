@@ -16,6 +16,7 @@ import {
 } from './db/index.ts';
 import { createPgPushBus, type PgPushBus } from './push-pg.ts';
 import { createLocalPushBus } from './push.ts';
+import { createRolloutScheduler } from './rollouts/index.ts';
 import { createCenterApp, type CenterApp } from './server.ts';
 
 export interface RunningCenter {
@@ -79,8 +80,16 @@ export async function startCenter(deps: {
         : undefined;
     const push = pgPush ?? createLocalPushBus();
     const app = await createCenterApp({ config, log, database, signingKey: key, now, push });
+    const scheduler = createRolloutScheduler({
+      db: database.db,
+      dialect: database.dialect,
+      push,
+      now,
+      log,
+    });
     const url = await app.listen({ host: config.listen.host, port: config.listen.port });
     log.info({ component: 'http', url, keyid: key.keyid }, 'Center listening');
+    scheduler.start();
     return {
       app,
       database,
@@ -88,6 +97,7 @@ export async function startCenter(deps: {
       keyid: key.keyid,
       initialAdmin,
       close: async () => {
+        await scheduler.stop();
         await app.close();
         await pgPush?.close();
         await database.close();

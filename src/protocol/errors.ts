@@ -66,6 +66,8 @@ export const ErrorCodes = {
   IDENTITY_EXISTS: 'ERR_IDENTITY_EXISTS',
   IDENTITY_MISSING: 'ERR_IDENTITY_MISSING',
   STATE_CORRUPT: 'ERR_STATE_CORRUPT',
+  // Rollouts: an action its state does not allow (pause a halted one, say).
+  ROLLOUT_STATE: 'ERR_ROLLOUT_STATE',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

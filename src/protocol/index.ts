@@ -7,3 +7,4 @@ export * from './device.ts';
 export * from './policy.ts';
 export * from './images.ts';
 export * from './fleet.ts';
+export * from './rollouts.ts';

@@ -109,12 +109,17 @@ for (const target of targets) {
         st,
         async ({ db }) => {
           assert.deepEqual(await migrateToLatest(db), {
-            applied: ['0001_initial', '0002_publishers_and_releases'],
-            latest: '0002_publishers_and_releases',
+            applied: [
+              '0001_initial',
+              '0002_publishers_and_releases',
+              '0004_fleet',
+              '0005_rollouts',
+            ],
+            latest: '0005_rollouts',
           });
           assert.deepEqual(await migrateToLatest(db), {
             applied: [],
-            latest: '0002_publishers_and_releases',
+            latest: '0005_rollouts',
           });
           const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
           assert.deepEqual(tables, EXPECTED_TABLES);
@@ -603,6 +608,7 @@ function seedRows(): SeedRows {
         phase_started_at: null,
         soak_ms: 3_600_000,
         failure_threshold: 0.05,
+        min_reports: 1,
         state: 'running',
         state_reason: null,
         created_by: admin,

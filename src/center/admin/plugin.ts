@@ -34,6 +34,7 @@ import {
 } from './credentials.ts';
 import { createLoginLimiter } from './rate-limit.ts';
 import { createUser, deleteUser, listUsers, updateUser } from './users.ts';
+import { rolloutRoutes } from '../rollouts/index.ts';
 import { fleetRoutes } from '../fleet/index.ts';
 import { imagesAdmin } from '../images/index.ts';
 
@@ -241,6 +242,7 @@ export const adminPlugin: FastifyPluginAsync<CenterContext> = async (parent, dep
 
   // The other domains' admin routes, registered inside this scope so the role hook covers them.
   // Each registers with its own line.
+  await app.register(rolloutRoutes, deps);
   await app.register(fleetRoutes, deps);
   await app.register(imagesAdmin, deps);
 };

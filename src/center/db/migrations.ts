@@ -439,11 +439,24 @@ async function fleet(db: AnyDb): Promise<void> {
     .execute();
 }
 
+/**
+ * Rollouts: how many outcomes (healthy, failed, rolled back) a phase needs before the next
+ * starts and before its failure share is judged. SQLite adds a NOT NULL column to a table with
+ * rows only with a default; inserts still name it, as everywhere.
+ */
+async function rollouts(db: AnyDb): Promise<void> {
+  await db.schema
+    .alterTable('rollouts')
+    .addColumn('min_reports', 'integer', (c) => c.notNull().defaultTo(1))
+    .execute();
+}
+
 /** Every migration, by name; the Migrator runs them in name order. */
 const migrations: Record<string, Migration> = {
   '0001_initial': { up: initial },
   '0002_publishers_and_releases': { up: publishersAndReleases },
   '0004_fleet': { up: fleet },
+  '0005_rollouts': { up: rollouts },
 };
 
 /** What `migrateToLatest` did. */

@@ -217,7 +217,10 @@ export interface DevicesTable {
   inventory: JsonText;
   /** The device's group; a group with devices cannot be deleted. */
   group_id: string;
-  /** What the device runs, as JSON: per profile name, `{ system, apps: { [app]: version } }`. */
+  /**
+   * What the device runs, as its `healthy` reports tell, as JSON (`CurrentVersionsSchema`): per
+   * profile id, `{ system: versionId, apps: { [appImageId]: versionId } }`.
+   */
   current_versions: JsonText;
   /** Management state; devices enrol `active`. */
   state: DeviceState;
@@ -294,6 +297,11 @@ export interface RolloutsTable {
   soak_ms: number;
   /** Share (0..1) of reporting devices that failed or rolled back at which the rollout halts. */
   failure_threshold: number;
+  /**
+   * Outcomes (healthy, failed, rolled back) a phase needs before the next may start, and before
+   * the failure share is judged (migration 0005).
+   */
+  min_reports: number;
   /** Lifecycle state; rollouts start `pending`. */
   state: RolloutState;
   /** Why it halted or was aborted; null otherwise. */

@@ -1,20 +1,37 @@
-import { hash, type KeyObject } from 'node:crypto';
+import { hash, hkdfSync, type KeyObject } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
+import type { Logger } from 'pino';
 import type { Database, DeviceState } from '../db/index.ts';
 import { signPayload } from '../../image/keys.ts';
-import { canonicalJson, type DesiredState, type SignedDesiredState } from '../../protocol/index.ts';
+import {
+  canonicalJson,
+  HealthCheckSchema,
+  IsolationPolicySchema,
+  type AppVolumeRef,
+  type DesiredState,
+  type DesiredVm,
+  type SignedDesiredState,
+} from '../../protocol/index.ts';
+import { resolveVersions } from '../rollouts/resolve.ts';
 import { DOMAINS } from './credentials.ts';
 
 /*
  * The desired-state hot path. Devices poll it with If-None-Match, so the 304 must be cheap:
  * it costs one statement on the devices primary key with two sub-selects on the commands
- * (device_id, state) index, and builds nothing.
+ * (device_id, state) index and one over the device's profiles' images (primary keys), and
+ * builds nothing.
  *
  * Revision. The document changes when the device row changes (`devices.updated_at`, which
  * does not move on contact) or any of its commands does (`commands.updated_at`, set on every
  * state change), so `revision` is the later of the two, and the pending-command count joins
  * the ETag for two changes within one millisecond. No new column: whoever writes a device or
- * a command already sets those times.
+ * a command already sets those times. Whatever changes a device's VMs bumps `updated_at` of
+ * the devices concerned: a rollout phase (its newly included devices), an abort, a profile or
+ * device change. An image's released version changes for every device on the image at once;
+ * rather than rely on each such write to find those devices, the revision also takes the
+ * latest `updated_at` of the images the device's profiles use (system images and the images
+ * of the apps they offer): a few primary-key probes per poll. Those images cannot be deleted
+ * while in use, so that maximum never goes back.
  *
  * Freshness. The document carries `generatedAt` and `expiresAt` so a device can refuse an old
  * one replayed at it (rollback) and notices when it stops getting new ones (freeze). To keep
@@ -61,11 +78,26 @@ export async function readDesiredStateHead(
         .whereRef('c.device_id', '=', 'd.id')
         .where('c.state', '=', 'pending')
         .as('pending'),
+      sql<number | null>`(select max(t.at) from (
+        select i.updated_at as at from device_profiles dp
+          join profiles p on p.id = dp.profile_id
+          join images i on i.id = p.system_image_id
+          where dp.device_id = d.id
+        union all
+        select i.updated_at as at from device_profiles dp
+          join profile_apps pa on pa.profile_id = dp.profile_id
+          join apps a on a.id = pa.app_id
+          join images i on i.id = a.image_id
+          where dp.device_id = d.id) t)`.as('images_at'),
     ])
     .where('d.id', '=', deviceId)
     .executeTakeFirst();
   if (row === undefined) return undefined;
-  const revision = Math.max(Number(row.updated_at), Number(row.commands_at ?? 0));
+  const revision = Math.max(
+    Number(row.updated_at),
+    Number(row.commands_at ?? 0),
+    Number(row.images_at ?? 0),
+  );
   const nowMs = now.getTime();
   const generatedAt = Math.max(
     nowMs - (nowMs % DESIRED_STATE_WINDOW_MS),
@@ -79,12 +111,188 @@ export async function readDesiredStateHead(
   return { deviceId, state: row.state, revision, pendingCommands, generatedAt, etag };
 }
 
-/** Builds and signs the document `head` describes. */
+/**
+ * Logs a warning about a VM left out of desired states once per key (profile and image), not
+ * on every poll of every device. Remembers at most `limit` keys.
+ */
+export type VmWarning = (key: string, fields: Record<string, unknown>, message: string) => void;
+
+export function warnOnce(log: Logger, limit = 10_000): VmWarning {
+  const seen = new Set<string>();
+  return (key, fields, message) => {
+    if (seen.has(key) || seen.size >= limit) return;
+    seen.add(key);
+    log.warn(fields, message);
+  };
+}
+
+/**
+ * The key of a work VM's encrypted data volume, escrowed at Center: HKDF-SHA256 of Center's
+ * signing private key (PKCS#8 DER) with info `bulkhead data-key v1:<device>:<profile>`, 32
+ * bytes, base64. Deterministic, so Center stores no key and every replica derives the same one;
+ * distinct per device and profile. It travels only inside the device-authenticated desired
+ * state, which is never logged; whoever holds Center's signing key can derive every data key.
+ */
+export function deriveDataKey(signingKey: KeyObject, deviceId: string, profileId: string): string {
+  const ikm = signingKey.export({ type: 'pkcs8', format: 'der' });
+  const info = `bulkhead data-key v1:${deviceId}:${profileId}`;
+  return Buffer.from(hkdfSync('sha256', ikm, Buffer.alloc(0), info, 32)).toString('base64');
+}
+
+const DAY_MS = 86_400_000;
+
+/**
+ * The VMs of a device: one per profile it holds, each with the system image version and the
+ * app versions (the profile's default apps and the optional ones the device chose) resolved by
+ * the rollout model. A profile whose system image resolves to no version is left out, and so
+ * is an app that resolves to none; `warn` hears of each once.
+ */
+async function buildVms(
+  db: Kysely<Database>,
+  head: DesiredStateHead,
+  signingKey: KeyObject,
+  warn: VmWarning,
+): Promise<DesiredVm[]> {
+  const device = await db
+    .selectFrom('devices')
+    .select('group_id')
+    .where('id', '=', head.deviceId)
+    .executeTakeFirst();
+  if (device === undefined) return [];
+  const profiles = await db
+    .selectFrom('device_profiles as dp')
+    .innerJoin('profiles as p', 'p.id', 'dp.profile_id')
+    .selectAll('p')
+    .where('dp.device_id', '=', head.deviceId)
+    .orderBy('p.name')
+    .execute();
+  if (profiles.length === 0) return [];
+  const profileIds = profiles.map((p) => p.id);
+  const apps = await db
+    .selectFrom('profile_apps as pa')
+    .innerJoin('apps as a', 'a.id', 'pa.app_id')
+    .select(['pa.profile_id', 'a.id', 'a.name', 'a.image_id'])
+    .where('pa.profile_id', 'in', profileIds)
+    .where((eb) =>
+      eb.or([
+        eb('pa.mode', '=', 'default'),
+        eb.exists(
+          eb
+            .selectFrom('device_apps as da')
+            .select('da.app_id')
+            .where('da.device_id', '=', head.deviceId)
+            .whereRef('da.profile_id', '=', 'pa.profile_id')
+            .whereRef('da.app_id', '=', 'pa.app_id'),
+        ),
+      ]),
+    )
+    .orderBy('a.name')
+    .execute();
+  const imageIds = [
+    ...new Set([...profiles.map((p) => p.system_image_id), ...apps.map((a) => a.image_id)]),
+  ];
+  const resolved = await resolveVersions(
+    db,
+    { id: head.deviceId, groupId: device.group_id, profileIds: new Set(profileIds) },
+    imageIds,
+  );
+  const versionIds = [...new Set(resolved.values())];
+  const versions =
+    versionIds.length === 0
+      ? []
+      : await db
+          .selectFrom('image_versions as v')
+          .innerJoin('images as i', 'i.id', 'v.image_id')
+          .select(['v.id', 'v.version', 'v.manifest_id', 'v.size', 'v.image_id', 'i.name'])
+          .where('v.id', 'in', versionIds)
+          .execute();
+  const byId = new Map(versions.map((v) => [v.id, v]));
+  const volumeOf = (imageId: string) => {
+    const v = byId.get(resolved.get(imageId) ?? '');
+    // A released version of another image is a broken row, not a version of this one.
+    if (v === undefined || v.image_id !== imageId) return undefined;
+    return {
+      image: v.name,
+      imageId,
+      version: v.version,
+      versionId: v.id,
+      manifestId: v.manifest_id,
+      size: Number(v.size),
+    };
+  };
+
+  const vms: DesiredVm[] = [];
+  for (const p of profiles) {
+    const system = volumeOf(p.system_image_id);
+    if (system === undefined) {
+      warn(
+        `${p.id}:${p.system_image_id}`,
+        { profileId: p.id, profile: p.name, imageId: p.system_image_id },
+        'profile left out of desired states: its system image has no released or rolled-out version',
+      );
+      continue;
+    }
+    const policy = IsolationPolicySchema.safeParse(parseJson(p.isolation_policy));
+    const healthCheck = HealthCheckSchema.safeParse(parseJson(p.health_check));
+    if (!policy.success || !healthCheck.success) {
+      warn(
+        `${p.id}:policy:${Number(p.updated_at)}`,
+        { profileId: p.id, profile: p.name },
+        'profile left out of desired states: its isolation policy or health check is unreadable',
+      );
+      continue;
+    }
+    const appRefs: AppVolumeRef[] = [];
+    for (const a of apps) {
+      if (a.profile_id !== p.id) continue;
+      const volume = volumeOf(a.image_id);
+      if (volume === undefined) {
+        warn(
+          `${p.id}:${a.id}:${a.image_id}`,
+          { profileId: p.id, appId: a.id, app: a.name, imageId: a.image_id },
+          'app left out of desired states: its image has no released or rolled-out version',
+        );
+        continue;
+      }
+      appRefs.push({ ...volume, appId: a.id, name: a.name });
+    }
+    const leaseDays = Number(p.lease_days);
+    vms.push({
+      name: p.name,
+      profileId: p.id,
+      system,
+      apps: appRefs,
+      policy: policy.data,
+      healthCheck: healthCheck.data,
+      resources: { cpus: Number(p.cpus), memoryMib: Number(p.memory_mib) },
+      resetPolicy: p.reset_policy,
+      lease: { days: leaseDays, expiresAt: head.generatedAt + leaseDays * DAY_MS },
+      ...(policy.data.encryptData
+        ? { dataKey: deriveDataKey(signingKey, head.deviceId, p.id) }
+        : {}),
+    });
+  }
+  return vms;
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Builds and signs the document `head` describes. The document holds the VMs' data keys: it
+ * goes only to the device it names, and is never logged.
+ */
 export async function buildDesiredState(
   db: Kysely<Database>,
   head: DesiredStateHead,
   signer: { key: KeyObject; keyid: string },
   mirrors: readonly string[],
+  options: { warn?: VmWarning } = {},
 ): Promise<SignedDesiredState> {
   const commands = await db
     .selectFrom('commands')
@@ -108,8 +316,7 @@ export async function buildDesiredState(
     device: { state: head.state },
     mirrors: [...mirrors],
     publishers: publishers.map((p) => ({ keyid: p.keyid, publicKey: p.public_key })),
-    // TODO(issue 3): VMs from the device's profiles and rollouts.
-    vms: [],
+    vms: await buildVms(db, head, signer.key, options.warn ?? (() => undefined)),
     commands: commands.map((c) => ({
       id: c.id,
       kind: c.kind,

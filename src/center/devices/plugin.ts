@@ -20,7 +20,7 @@ import {
 } from '../../protocol/index.ts';
 import type { CenterApp, CenterContext } from '../server.ts';
 import { DeviceCredentials, DOMAINS, TOKEN_TTL_MS } from './credentials.ts';
-import { buildDesiredState, matchesEtag, readDesiredStateHead } from './desired-state.ts';
+import { buildDesiredState, matchesEtag, readDesiredStateHead, warnOnce } from './desired-state.ts';
 import { enrolDevice } from './enrol.ts';
 import { RateLimiter } from './rate-limit.ts';
 import { ingestReports } from './reports.ts';
@@ -53,6 +53,8 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
   return async function deviceApiPlugin(app: CenterApp): Promise<void> {
     const { db } = deps.database;
     const credentials = new DeviceCredentials(deps.signingKey, deps.now);
+    // VMs left out of desired states are logged once each, not on every poll.
+    const warn = warnOnce(deps.log.child({ component: 'rollout' }));
     // VMs left out of desired states are logged once each, not on every poll.
     const centerKey = {
       keyid: deps.signingKey.keyid,
@@ -242,7 +244,7 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
           return reply.code(304).send();
         }
         checks?.inc({ result: '200' });
-        return buildDesiredState(db, head, deps.signingKey, storeUrls);
+        return buildDesiredState(db, head, deps.signingKey, storeUrls, { warn });
       },
     );
 

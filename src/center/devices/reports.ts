@@ -1,5 +1,6 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 import type { Database } from '../db/index.ts';
+import { recordRolloutReports } from '../rollouts/reports.ts';
 import {
   BulkheadError,
   CommandResultDataSchema,
@@ -50,6 +51,13 @@ export async function ingestReports(
       .onConflict((oc) => oc.columns(['device_id', 'event_id']).doNothing())
       .returning('event_id')
       .execute();
+    const fresh = new Set(inserted.map((r) => r.event_id));
+    await recordRolloutReports(
+      tx,
+      deviceId,
+      report.events.filter((e) => fresh.has(e.id)),
+      nowMs,
+    );
     await settleCommands(
       tx,
       deviceId,

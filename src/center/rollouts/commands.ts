@@ -1,0 +1,459 @@
+import { sql } from 'kysely';
+import {
+  BulkheadError,
+  ErrorCodes,
+  type CreateRolloutRequest,
+  type Rollout,
+  type RolloutAction,
+  type RolloutStateName,
+} from '../../protocol/index.ts';
+import { writeAudit, type Actor } from '../admin/audit.ts';
+import { constraintViolation, newId, type RolloutDeviceStatus } from '../db/index.ts';
+import { bucketOf, firstPhaseOf, phaseBound } from './bucket.ts';
+import {
+  batches,
+  bumpDevices,
+  forEachTargetDevice,
+  parseRollout,
+  type RolloutContext,
+  type RolloutRow,
+  type Tx,
+} from './model.ts';
+
+/*
+ * Rollout commands: each runs inside the caller's transaction and returns the devices whose
+ * desired state it changed, for the caller to notify once the transaction has committed (a
+ * device told earlier could fetch the old state). State changes are compare-and-set on
+ * (state, current_phase), so a scheduler on another replica and an operator acting at the same
+ * moment cannot both advance a phase.
+ */
+
+export const SYSTEM: Actor = { label: 'system' };
+
+/** What a command did. */
+export interface CommandResult {
+  rollout: RolloutRow;
+  /** Devices whose desired state changed: notify them after commit. */
+  changed: string[];
+}
+
+/** The rollout, locked for this transaction on PostgreSQL. @throws `ERR_NOT_FOUND`. */
+export async function loadRollout(ctx: RolloutContext, tx: Tx, id: string): Promise<RolloutRow> {
+  const row = await tx
+    .selectFrom('rollouts')
+    .selectAll()
+    .where('id', '=', id)
+    .$if(ctx.dialect === 'postgres', (q) => q.forUpdate())
+    .executeTakeFirst();
+  if (row === undefined) throw new BulkheadError(ErrorCodes.NOT_FOUND, `no rollout ${id}`);
+  return parseRollout(row);
+}
+
+/** The rollout as the API shows it (without counts). */
+export async function presentRollout(tx: Tx | RolloutContext['db'], r: RolloutRow) {
+  const version = await tx
+    .selectFrom('image_versions as v')
+    .innerJoin('images as i', 'i.id', 'v.image_id')
+    .select(['v.version', 'i.id as image_id', 'i.name'])
+    .where('v.id', '=', r.image_version_id)
+    .executeTakeFirstOrThrow();
+  return presentRow(r, version);
+}
+
+export function presentRow(
+  r: RolloutRow,
+  v: { version: string; image_id: string; name: string },
+): Rollout {
+  return {
+    id: r.id,
+    imageId: v.image_id,
+    image: v.name,
+    imageVersionId: r.image_version_id,
+    version: v.version,
+    groupId: r.group_id,
+    profileId: r.profile_id,
+    phases: r.phaseList,
+    currentPhase: r.current_phase,
+    phaseStartedAt: r.phase_started_at,
+    soakMinutes: r.soak_ms / 60_000,
+    failureThreshold: r.failure_threshold,
+    minReports: r.min_reports,
+    state: r.state,
+    stateReason: r.state_reason,
+    createdBy: r.created_by,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+function invalid(field: string, message: string): BulkheadError {
+  return new BulkheadError(ErrorCodes.VALIDATION, `body.${field}: ${message}`);
+}
+
+/**
+ * Creates a rollout (`pending`), and starts it when asked.
+ * @throws `ERR_VALIDATION` naming the field when the version is missing or not published, or
+ *   the group or profile does not exist.
+ */
+export async function createRollout(
+  ctx: RolloutContext,
+  tx: Tx,
+  actor: Actor & { userId?: string },
+  input: CreateRolloutRequest,
+): Promise<CommandResult> {
+  const nowMs = ctx.now().getTime();
+  const version = await tx
+    .selectFrom('image_versions')
+    .select(['id', 'state', 'version'])
+    .where('id', '=', input.imageVersionId)
+    .executeTakeFirst();
+  if (version === undefined) throw invalid('imageVersionId', 'no such image version');
+  if (version.state !== 'published') {
+    throw invalid(
+      'imageVersionId',
+      `version ${version.version} is ${version.state}; only a published version can be rolled out`,
+    );
+  }
+  if (input.groupId !== undefined) {
+    const group = await tx
+      .selectFrom('device_groups')
+      .select('id')
+      .where('id', '=', input.groupId)
+      .executeTakeFirst();
+    if (group === undefined) throw invalid('groupId', 'no such device group');
+  }
+  if (input.profileId !== undefined) {
+    const profile = await tx
+      .selectFrom('profiles')
+      .select('id')
+      .where('id', '=', input.profileId)
+      .executeTakeFirst();
+    if (profile === undefined) throw invalid('profileId', 'no such profile');
+  }
+  const row = {
+    id: newId(nowMs),
+    image_version_id: input.imageVersionId,
+    group_id: input.groupId ?? null,
+    profile_id: input.profileId ?? null,
+    phases: JSON.stringify(input.phases),
+    current_phase: 0,
+    phase_started_at: null,
+    soak_ms: input.soakMinutes * 60_000,
+    failure_threshold: input.failureThreshold,
+    min_reports: input.minReports,
+    state: 'pending' as const,
+    state_reason: null,
+    created_by: actor.userId ?? null,
+    created_at: nowMs,
+    updated_at: nowMs,
+  };
+  try {
+    await tx.insertInto('rollouts').values(row).execute();
+  } catch (err) {
+    // A group or profile deleted since the check above.
+    if (constraintViolation(err) === 'foreign-key') {
+      throw invalid('groupId', 'the group or profile no longer exists');
+    }
+    throw err;
+  }
+  let result: CommandResult = { rollout: parseRollout(row), changed: [] };
+  if (input.start) result = await startRollout(tx, result.rollout, nowMs);
+  await writeAudit(tx, {
+    actor,
+    action: 'rollout.create',
+    targetType: 'rollout',
+    targetId: row.id,
+    before: null,
+    after: await presentRollout(tx, result.rollout),
+    at: nowMs,
+  });
+  return result;
+}
+
+/**
+ * Sets the columns in `patch` if the rollout is still in the state and phase `current` has.
+ * @throws `ERR_ROLLOUT_STATE` when another writer changed it first.
+ */
+async function update(
+  tx: Tx,
+  current: RolloutRow,
+  patch: {
+    state: RolloutStateName;
+    current_phase?: number;
+    phase_started_at?: number;
+    state_reason?: string | null;
+  },
+  nowMs: number,
+): Promise<RolloutRow> {
+  const result = await tx
+    .updateTable('rollouts')
+    .set({ ...patch, updated_at: nowMs })
+    .where('id', '=', current.id)
+    .where('state', '=', current.state)
+    .where('current_phase', '=', current.current_phase)
+    .executeTakeFirst();
+  if (Number(result.numUpdatedRows) !== 1) {
+    throw new BulkheadError(
+      ErrorCodes.ROLLOUT_STATE,
+      `rollout ${current.id} changed meanwhile; read it again`,
+      { retryable: true },
+    );
+  }
+  return { ...current, ...patch, updated_at: nowMs };
+}
+
+/**
+ * Records the devices phase `toPhase` includes, and returns those it adds beyond phase
+ * `fromPhase` (-1: none before), after bumping their desired state. Devices of earlier phases
+ * that were not recorded yet (they joined the target since) are recorded with their own phase
+ * but not bumped: their desired state already had the version. O(devices in the target).
+ */
+async function include(
+  tx: Tx,
+  rollout: RolloutRow,
+  fromPhase: number,
+  toPhase: number,
+  nowMs: number,
+): Promise<string[]> {
+  const lower = fromPhase < 0 ? 0 : phaseBound(rollout.phaseList[fromPhase]!);
+  const upper = phaseBound(rollout.phaseList[toPhase]!);
+  const added: string[] = [];
+  await forEachTargetDevice(tx, rollout, async (ids) => {
+    const rows: { id: string; phase: number }[] = [];
+    for (const id of ids) {
+      const bucket = bucketOf(rollout.id, id);
+      if (bucket >= upper) continue;
+      rows.push({ id, phase: firstPhaseOf(bucket, rollout.phaseList) });
+      if (bucket >= lower) added.push(id);
+    }
+    for (const batch of batches(rows, 500)) {
+      await tx
+        .insertInto('rollout_devices')
+        .values(
+          batch.map((r) => ({
+            rollout_id: rollout.id,
+            device_id: r.id,
+            phase: r.phase,
+            status: 'pending' as RolloutDeviceStatus,
+            reason: null,
+            updated_at: nowMs,
+          })),
+        )
+        .onConflict((oc) => oc.columns(['rollout_id', 'device_id']).doNothing())
+        .execute();
+    }
+  });
+  await bumpDevices(tx, added, nowMs);
+  return added;
+}
+
+/** pending → running at phase 0, including its devices. */
+export async function startRollout(
+  tx: Tx,
+  rollout: RolloutRow,
+  nowMs: number,
+): Promise<CommandResult> {
+  const started = await update(
+    tx,
+    rollout,
+    { state: 'running', current_phase: 0, phase_started_at: nowMs, state_reason: null },
+    nowMs,
+  );
+  return { rollout: started, changed: await include(tx, started, -1, 0, nowMs) };
+}
+
+/** The next phase (its devices included), or `completed` after the last. */
+export async function advanceRollout(
+  tx: Tx,
+  rollout: RolloutRow,
+  nowMs: number,
+): Promise<CommandResult> {
+  const next = rollout.current_phase + 1;
+  if (next >= rollout.phaseList.length) {
+    return { rollout: await update(tx, rollout, { state: 'completed' }, nowMs), changed: [] };
+  }
+  const advanced = await update(
+    tx,
+    rollout,
+    { state: rollout.state, current_phase: next, phase_started_at: nowMs },
+    nowMs,
+  );
+  return {
+    rollout: advanced,
+    changed: await include(tx, advanced, rollout.current_phase, next, nowMs),
+  };
+}
+
+/** running → halted, naming why; devices keep what they have. */
+export async function haltRollout(
+  tx: Tx,
+  rollout: RolloutRow,
+  reason: string,
+  nowMs: number,
+): Promise<RolloutRow> {
+  return update(tx, rollout, { state: 'halted', state_reason: reason }, nowMs);
+}
+
+/** Which states each action starts from. */
+const ALLOWED: Record<RolloutAction, readonly RolloutStateName[]> = {
+  pause: ['running'],
+  resume: ['pending', 'paused'],
+  abort: ['pending', 'running', 'paused', 'halted'],
+  promote: ['running'],
+};
+
+/**
+ * An operator's action on a rollout, audited.
+ * @throws `ERR_ROLLOUT_STATE` (409) naming the current state when the action does not apply.
+ */
+export async function actOnRollout(
+  ctx: RolloutContext,
+  tx: Tx,
+  actor: Actor,
+  id: string,
+  action: RolloutAction,
+  reason: string | undefined,
+): Promise<CommandResult> {
+  const nowMs = ctx.now().getTime();
+  const current = await loadRollout(ctx, tx, id);
+  if (!ALLOWED[action].includes(current.state)) {
+    throw new BulkheadError(
+      ErrorCodes.ROLLOUT_STATE,
+      `cannot ${action} rollout ${id}: it is ${current.state}` +
+        (action === 'resume' && current.state === 'halted'
+          ? ' (a halted rollout can only be aborted; roll out again with a new rollout)'
+          : ''),
+    );
+  }
+  let result: CommandResult;
+  switch (action) {
+    case 'pause':
+      result = { rollout: await update(tx, current, { state: 'paused' }, nowMs), changed: [] };
+      break;
+    case 'resume':
+      result =
+        current.state === 'pending'
+          ? await startRollout(tx, current, nowMs)
+          : { rollout: await update(tx, current, { state: 'running' }, nowMs), changed: [] };
+      break;
+    case 'promote':
+      result = await advanceRollout(tx, current, nowMs);
+      break;
+    case 'abort':
+      result = await abortRollout(tx, current, reason ?? `aborted by ${actor.label}`, nowMs);
+      break;
+  }
+  await writeAudit(tx, {
+    actor,
+    action: `rollout.${action}`,
+    targetType: 'rollout',
+    targetId: id,
+    before: await presentRollout(tx, current),
+    after: await presentRollout(tx, result.rollout),
+    at: nowMs,
+  });
+  return result;
+}
+
+/** → aborted; the devices it had given its version to fall back (bumped). */
+async function abortRollout(
+  tx: Tx,
+  rollout: RolloutRow,
+  reason: string,
+  nowMs: number,
+): Promise<CommandResult> {
+  const aborted = await update(tx, rollout, { state: 'aborted', state_reason: reason }, nowMs);
+  if (rollout.state === 'pending') return { rollout: aborted, changed: [] };
+  // Every device of the target inside the phases reached: the recorded ones, and any that
+  // joined the target since and resolved through it without reporting.
+  const bound = phaseBound(rollout.phaseList[rollout.current_phase]!);
+  const changed: string[] = [];
+  await forEachTargetDevice(tx, rollout, (ids) => {
+    for (const id of ids) if (bucketOf(rollout.id, id) < bound) changed.push(id);
+  });
+  await bumpDevices(tx, changed, nowMs);
+  return { rollout: aborted, changed };
+}
+
+/** Device counts by (phase, status) of a rollout's recorded devices. */
+export type PhaseStats = Map<number, Map<RolloutDeviceStatus, number>>;
+
+export async function phaseStats(tx: Tx | RolloutContext['db'], rolloutId: string) {
+  const rows = await tx
+    .selectFrom('rollout_devices')
+    .select(['phase', 'status', sql<number>`count(*)`.as('n')])
+    .where('rollout_id', '=', rolloutId)
+    .groupBy(['phase', 'status'])
+    .execute();
+  const stats: PhaseStats = new Map();
+  for (const r of rows) {
+    const phase = Number(r.phase);
+    let m = stats.get(phase);
+    if (m === undefined) stats.set(phase, (m = new Map()));
+    m.set(r.status, Number(r.n));
+  }
+  return stats;
+}
+
+const OUTCOMES: readonly RolloutDeviceStatus[] = ['healthy', 'failed', 'rolled-back'];
+const FAILURES: readonly RolloutDeviceStatus[] = ['failed', 'rolled-back'];
+
+function sum(m: Map<RolloutDeviceStatus, number> | undefined, of?: readonly RolloutDeviceStatus[]) {
+  let n = 0;
+  for (const [status, count] of m ?? []) if (of === undefined || of.includes(status)) n += count;
+  return n;
+}
+
+/**
+ * The failure verdict: among the devices of the phases reached that reported an outcome, the
+ * share that failed or rolled back. Judged once at least `min_reports` outcomes are in; above
+ * the threshold, a reason naming the numbers.
+ */
+export function failureVerdict(rollout: RolloutRow, stats: PhaseStats): string | undefined {
+  let outcomes = 0;
+  let failures = 0;
+  for (const [phase, m] of stats) {
+    if (phase > rollout.current_phase) continue;
+    outcomes += sum(m, OUTCOMES);
+    failures += sum(m, FAILURES);
+  }
+  if (outcomes === 0 || outcomes < rollout.min_reports) return undefined;
+  const share = failures / outcomes;
+  if (share <= rollout.failure_threshold) return undefined;
+  const pct = (x: number) => `${Math.round(x * 1000) / 10}%`;
+  return (
+    `${failures} of ${outcomes} devices that reported failed or rolled back ` +
+    `(${pct(share)}, above the threshold of ${pct(rollout.failure_threshold)})`
+  );
+}
+
+/** Whether the current phase has the outcomes it needs to end (at most its device count). */
+export function hasEnoughReports(rollout: RolloutRow, stats: PhaseStats): boolean {
+  const m = stats.get(rollout.current_phase);
+  return sum(m, OUTCOMES) >= Math.min(rollout.min_reports, sum(m));
+}
+
+/**
+ * Halts the rollout if its failure share crossed the threshold; audited as `system`.
+ * @returns the halted rollout, or undefined when it goes on.
+ */
+export async function haltIfFailing(
+  tx: Tx,
+  rollout: RolloutRow,
+  nowMs: number,
+): Promise<RolloutRow | undefined> {
+  if (rollout.state !== 'running') return undefined;
+  const reason = failureVerdict(rollout, await phaseStats(tx, rollout.id));
+  if (reason === undefined) return undefined;
+  const halted = await haltRollout(tx, rollout, reason, nowMs);
+  await writeAudit(tx, {
+    actor: SYSTEM,
+    action: 'rollout.halt',
+    targetType: 'rollout',
+    targetId: rollout.id,
+    before: await presentRollout(tx, rollout),
+    after: await presentRollout(tx, halted),
+    at: nowMs,
+  });
+  return halted;
+}

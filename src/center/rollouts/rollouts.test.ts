@@ -1,0 +1,684 @@
+import assert from 'node:assert/strict';
+import { createPrivateKey, createPublicKey, hkdfSync, randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { test, type TestContext } from 'node:test';
+import { sql } from 'kysely';
+import { pino } from 'pino';
+import { tempDir } from '../../../test/support/fixtures.ts';
+import { createDatabase, startPostgres } from '../../../test/support/postgres.ts';
+import { generateKeyPair, verifyPayload } from '../../image/keys.ts';
+import { canonicalJson, SignedDesiredStateSchema } from '../../protocol/index.ts';
+import { createUser } from '../admin/users.ts';
+import { resolveConfig } from '../config.ts';
+import {
+  migrateToLatest,
+  newId,
+  openDatabase,
+  type CenterDatabase,
+  type DatabaseDialect,
+} from '../db/index.ts';
+import { DeviceCredentials, DOMAINS } from '../devices/credentials.ts';
+import { createLocalPushBus, type PushBus } from '../push.ts';
+import { createCenterApp } from '../server.ts';
+import { bucketOf, firstPhaseOf, isInPhase, phaseBound } from './bucket.ts';
+import { createRolloutScheduler, SCHEDULER_LOCK } from './scheduler.ts';
+import {
+  insertApp,
+  insertDevices,
+  insertGroup,
+  insertImage,
+  insertProfile,
+  insertVersion,
+} from './test-fixtures.ts';
+
+const START = Date.UTC(2026, 2, 2, 9, 0);
+const MINUTE = 60_000;
+const PASSWORD = 'correct horse battery';
+
+test('buckets are deterministic, cumulative and proportional', () => {
+  const rolloutId = newId(START);
+  const ids = Array.from({ length: 10_000 }, () => newId(START));
+  const phases = [1, 10, 50, 100];
+  assert.equal(bucketOf(rolloutId, ids[0]!), bucketOf(rolloutId, ids[0]!));
+  for (const id of ids) {
+    const bucket = bucketOf(rolloutId, id);
+    assert.ok(bucket >= 0 && bucket < 10_000);
+    const first = firstPhaseOf(bucket, phases);
+    phases.forEach((_, k) => assert.equal(isInPhase(bucket, phases, k), k >= first, id));
+  }
+  for (const p of [1, 10, 50]) {
+    const share = ids.filter((id) => bucketOf(rolloutId, id) < phaseBound(p)).length / ids.length;
+    assert.ok(Math.abs(share - p / 100) <= 0.02, `${p}% phase took ${share * 100}%`);
+  }
+  // Another rollout draws another sample.
+  const other = newId(START);
+  const first = ids.filter((id) => bucketOf(rolloutId, id) < 1000);
+  const again = first.filter((id) => bucketOf(other, id) < 1000);
+  assert.ok(again.length < first.length / 2);
+  // A last phase below 100 leaves the rest out.
+  assert.equal(isInPhase(9_999, [10, 90], 1), false);
+  assert.equal(firstPhaseOf(9_999, [10, 90]), -1);
+});
+
+interface Target {
+  dialect: DatabaseDialect;
+  setUp(t: TestContext): Promise<(t: TestContext) => Promise<string>>;
+}
+
+const targets: Target[] = [
+  {
+    dialect: 'sqlite',
+    setUp: () =>
+      Promise.resolve(async (t) => `sqlite:${join(await tempDir(t, 'bulkhead-roll-'), 'c.db')}`),
+  },
+  {
+    dialect: 'postgres',
+    setUp: async (t) => {
+      const server = await startPostgres(t);
+      return (subtest) => createDatabase(subtest, server);
+    },
+  },
+];
+
+/** A push bus that also records what it was told. */
+function recordingBus(): PushBus & { told: string[][] } {
+  const bus = createLocalPushBus();
+  const told: string[][] = [];
+  return {
+    ...bus,
+    told,
+    notify(ids) {
+      told.push(ids === 'all' ? ['all'] : [...ids]);
+      bus.notify(ids);
+    },
+  };
+}
+
+/** A Center over a fresh database with a catalog: images, versions, apps, profiles. */
+async function center(t: TestContext, url: string) {
+  const database: CenterDatabase = await openDatabase({ url });
+  await migrateToLatest(database.db);
+  const { db } = database;
+  const clock = { ms: START };
+  const now = () => new Date(clock.ms);
+  const dir = await tempDir(t);
+  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
+  const pair = generateKeyPair();
+  const signingKey = { key: createPrivateKey(pair.privatePem), keyid: pair.keyid };
+  let logs = '';
+  const log = pino(
+    { level: 'info' },
+    new Writable({
+      write(chunk: Buffer, _enc, done) {
+        logs += chunk.toString();
+        done();
+      },
+    }),
+  );
+  const push = recordingBus();
+  const app = await createCenterApp({ config, log, database, signingKey, now, push });
+  const scheduler = createRolloutScheduler({
+    db,
+    dialect: database.dialect,
+    push,
+    now,
+    log,
+  });
+  t.after(async () => {
+    await app.close();
+    await database.close();
+  });
+  for (const [username, role] of [
+    ['ops', 'operator'],
+    ['eve', 'viewer'],
+  ] as const) {
+    await createUser(db, { label: 'system' }, { username, role, password: PASSWORD }, clock.ms);
+  }
+  const tokens: Record<string, string> = {};
+  for (const username of ['ops', 'eve']) {
+    const res = await app.inject({
+      method: 'POST',
+      url: '/api/v1/admin/login',
+      payload: { username, password: PASSWORD },
+    });
+    assert.equal(res.statusCode, 200, res.body);
+    tokens[username] = res.json().token;
+  }
+
+  const at = clock.ms;
+  const systemImage = await insertImage(db, 'debian-work', 'system', at);
+  const v1 = await insertVersion(db, systemImage, '1.0', at, { release: true });
+  const v2 = await insertVersion(db, systemImage, '2.0', at);
+  const v3 = await insertVersion(db, systemImage, '3.0', at);
+  const draft = await insertVersion(db, systemImage, '4.0-rc', at, { state: 'draft' });
+  const officeImage = await insertImage(db, 'office', 'app', at);
+  const office1 = await insertVersion(db, officeImage, '2026.1', at, { release: true });
+  const cadImage = await insertImage(db, 'cad', 'app', at);
+  const cad1 = await insertVersion(db, cadImage, '7', at, { release: true });
+  const office = await insertApp(db, 'office', officeImage, at);
+  const cad = await insertApp(db, 'cad', cadImage, at);
+  const paint = await insertApp(db, 'paint', cadImage, at);
+  const work = await insertProfile(
+    db,
+    {
+      name: 'work',
+      systemImageId: systemImage,
+      policy: { network: 'restricted', encryptData: true },
+      healthCheck: { timeoutSeconds: 90, command: ['/usr/libexec/ok'] },
+      leaseDays: 30,
+      apps: [
+        { appId: office, mode: 'default' },
+        { appId: cad, mode: 'optional' },
+        { appId: paint, mode: 'optional' },
+      ],
+    },
+    at,
+  );
+  const personal = await insertProfile(db, { name: 'personal', systemImageId: systemImage }, at);
+  const credentials = new DeviceCredentials(signingKey, now);
+
+  async function desiredState(deviceId: string, etag?: string) {
+    const res = await app.inject({
+      method: 'GET',
+      url: '/api/v1/device/desired-state',
+      headers: {
+        authorization: `Bearer ${credentials.issueToken(deviceId).token}`,
+        ...(etag === undefined ? {} : { 'if-none-match': etag }),
+      },
+    });
+    assert.ok(res.statusCode === 200 || res.statusCode === 304, res.body);
+    return {
+      status: res.statusCode,
+      etag: res.headers.etag as string,
+      body: res.statusCode === 200 ? SignedDesiredStateSchema.parse(res.json()) : undefined,
+    };
+  }
+
+  /** The system version id the device's `work` VM should run now. */
+  async function systemVersionOf(deviceId: string) {
+    const { body } = await desiredState(deviceId);
+    return body!.state.vms.find((vm) => vm.name === 'work')?.system.versionId;
+  }
+
+  async function report(deviceId: string, type: string, data: Record<string, unknown>) {
+    const res = await app.inject({
+      method: 'POST',
+      url: '/api/v1/device/reports',
+      headers: { authorization: `Bearer ${credentials.issueToken(deviceId).token}` },
+      payload: { events: [{ id: randomUUID(), type, at: clock.ms, data }] },
+    });
+    assert.equal(res.statusCode, 200, res.body);
+  }
+
+  async function admin(
+    method: 'GET' | 'POST',
+    path: string,
+    body?: unknown,
+    as: 'ops' | 'eve' | null = 'ops',
+  ) {
+    const res = await app.inject({
+      method,
+      url: `/api/v1/admin/rollouts${path}`,
+      headers: as === null ? {} : { authorization: `Bearer ${tokens[as]}` },
+      ...(body === undefined ? {} : { payload: body as object }),
+    });
+    return { status: res.statusCode, body: res.body ? res.json() : null };
+  }
+
+  return {
+    app,
+    db,
+    database,
+    clock,
+    push,
+    scheduler,
+    signingKey,
+    logs: () => logs,
+    catalog: { systemImage, v1, v2, v3, draft, office, cad, paint, work, personal, office1, cad1 },
+    desiredState,
+    systemVersionOf,
+    report,
+    admin,
+  };
+}
+
+for (const target of targets) {
+  test(`rollouts on ${target.dialect}`, async (t) => {
+    const newUrl = await target.setUp(t);
+
+    await t.test('the desired state lists the VMs of the profiles, signed', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const { db, catalog } = c;
+      const group = await insertGroup(db, 'office', c.clock.ms);
+      const [device] = await insertDevices(
+        db,
+        group,
+        1,
+        [catalog.work, catalog.personal],
+        c.clock.ms,
+      );
+      await db
+        .insertInto('device_apps')
+        .values({ device_id: device!, profile_id: catalog.work, app_id: catalog.cad })
+        .execute();
+      // A profile whose image has no version at all is left out, with one warning.
+      const bare = await insertImage(db, 'bare', 'system', c.clock.ms);
+      const kiosk = await insertProfile(db, { name: 'kiosk', systemImageId: bare }, c.clock.ms);
+      await db
+        .insertInto('device_profiles')
+        .values({ device_id: device!, profile_id: kiosk })
+        .execute();
+      c.clock.ms += MINUTE;
+
+      const first = await c.desiredState(device!);
+      assert.equal(first.status, 200);
+      const signed = first.body!;
+      const centerPublic = createPublicKey(c.signingKey.key);
+      assert.ok(
+        verifyPayload(
+          DOMAINS.desiredState,
+          canonicalJson(signed.state),
+          signed.signature,
+          centerPublic,
+        ),
+      );
+      const { state } = signed;
+      assert.deepEqual(
+        state.vms.map((vm) => vm.name),
+        ['personal', 'work'],
+      );
+      assert.ok(state.mirrors.length >= 1 && state.mirrors[0]!.endsWith('/store/'));
+      const work = state.vms.find((vm) => vm.name === 'work')!;
+      assert.equal(work.profileId, catalog.work);
+      assert.deepEqual(
+        {
+          image: work.system.image,
+          versionId: work.system.versionId,
+          version: work.system.version,
+        },
+        { image: 'debian-work', versionId: catalog.v1, version: '1.0' },
+      );
+      assert.match(work.system.manifestId, /^[0-9a-f]{64}$/);
+      // The default app and the optional one chosen, not the one not chosen; by name.
+      assert.deepEqual(
+        work.apps.map((a) => [a.name, a.appId, a.versionId]),
+        [
+          ['cad', catalog.cad, catalog.cad1],
+          ['office', catalog.office, catalog.office1],
+        ],
+      );
+      assert.equal(work.policy.network, 'restricted');
+      assert.equal(work.policy.encryptData, true);
+      assert.deepEqual(work.healthCheck, { timeoutSeconds: 90, command: ['/usr/libexec/ok'] });
+      assert.deepEqual(work.resources, { cpus: 2, memoryMib: 2048 });
+      assert.equal(work.resetPolicy, 'on-update');
+      assert.deepEqual(work.lease, { days: 30, expiresAt: state.generatedAt + 30 * 86_400_000 });
+      const ikm = c.signingKey.key.export({ type: 'pkcs8', format: 'der' });
+      const expected = Buffer.from(
+        hkdfSync(
+          'sha256',
+          ikm,
+          Buffer.alloc(0),
+          `bulkhead data-key v1:${device}:${catalog.work}`,
+          32,
+        ),
+      ).toString('base64');
+      assert.equal(work.dataKey, expected);
+      const personal = state.vms.find((vm) => vm.name === 'personal')!;
+      assert.equal(personal.dataKey, undefined);
+      assert.deepEqual(personal.apps, []);
+      assert.equal(personal.policy.network, 'nat');
+
+      // 304 while nothing changes; the kiosk warning was logged once, and no key was logged.
+      assert.equal((await c.desiredState(device!, first.etag)).status, 304);
+      await c.desiredState(device!);
+      assert.equal(
+        c
+          .logs()
+          .split('\n')
+          .filter((l) => l.includes(kiosk)).length,
+        1,
+      );
+      assert.ok(!c.logs().includes(expected));
+
+      // Releasing another version changes the ETag and the document.
+      c.clock.ms += MINUTE;
+      await db
+        .updateTable('images')
+        .set({ release_version_id: catalog.v2, updated_at: c.clock.ms })
+        .where('id', '=', catalog.systemImage)
+        .execute();
+      const released = await c.desiredState(device!, first.etag);
+      assert.equal(released.status, 200);
+      assert.notEqual(released.etag, first.etag);
+      assert.ok(released.body!.state.revision > state.revision);
+      assert.equal(
+        released.body!.state.vms.find((vm) => vm.name === 'work')!.system.versionId,
+        catalog.v2,
+      );
+      assert.equal((await c.desiredState(device!, released.etag)).status, 304);
+    });
+
+    await t.test('a rollout goes phase by phase, then completes', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const { db, catalog } = c;
+      const group = await insertGroup(db, 'office', c.clock.ms);
+      const other = await insertGroup(db, 'lab', c.clock.ms);
+      const devices = await insertDevices(db, group, 30, [catalog.work], c.clock.ms);
+      const outsider = (await insertDevices(db, other, 1, [catalog.work], c.clock.ms))[0]!;
+      c.clock.ms += MINUTE;
+
+      // Validation: a draft version, an unknown group, no target, bad phases, unknown field.
+      const bad = [
+        [{ imageVersionId: catalog.draft, groupId: group }, /body\.imageVersionId: .*draft/],
+        [{ imageVersionId: catalog.v2, groupId: newId(START) }, /body\.groupId/],
+        [{ imageVersionId: catalog.v2 }, /groupId or profileId/],
+        [{ imageVersionId: catalog.v2, groupId: group, phases: [10, 5] }, /increasing/],
+        [{ imageVersionId: catalog.v2, groupId: group, phases: [0, 100] }, /phases/],
+        [{ imageVersionId: catalog.v2, groupId: group, soakMinuts: 5 }, /soakMinuts/],
+      ] as const;
+      for (const [body, message] of bad) {
+        const res = await c.admin('POST', '', body);
+        assert.equal(res.status, 400, JSON.stringify(body));
+        assert.equal(res.body.error.code, 'ERR_VALIDATION');
+        assert.match(res.body.error.message, message);
+      }
+      // Roles: a viewer reads but cannot create; no token is 401.
+      assert.equal(
+        (await c.admin('POST', '', { imageVersionId: catalog.v2, groupId: group }, 'eve')).status,
+        403,
+      );
+      assert.equal(
+        (await c.admin('POST', '', { imageVersionId: catalog.v2, groupId: group }, null)).status,
+        401,
+      );
+
+      const revisions = new Map<string, number>();
+      const etags = new Map<string, string>();
+      const versions = new Map<string, string | undefined>();
+      const workSystem = (body: {
+        state: { vms: { name: string; system: { versionId: string } }[] };
+      }) => body.state.vms.find((vm) => vm.name === 'work')?.system.versionId;
+      /** Each device's revision, ETag and version now, before the next phase change. */
+      async function snapshot() {
+        for (const id of devices) {
+          const { etag, body } = await c.desiredState(id);
+          etags.set(id, etag);
+          revisions.set(id, body!.state.revision);
+          versions.set(id, workSystem(body!));
+        }
+      }
+      await snapshot();
+      const created = await c.admin('POST', '', {
+        imageVersionId: catalog.v2,
+        groupId: group,
+        phases: [5, 20, 50, 100],
+        soakMinutes: 60,
+        failureThreshold: 0.5,
+        minReports: 1,
+        start: true,
+      });
+      assert.equal(created.status, 201, JSON.stringify(created.body));
+      const rollout = created.body;
+      assert.equal(rollout.state, 'running');
+      assert.equal(rollout.totals.targeted, 30);
+
+      const bucket = new Map(devices.map((id) => [id, bucketOf(rollout.id, id)]));
+      const phases = [5, 20, 50, 100];
+      let included = new Set<string>();
+      /**
+       * Every device's desired state matches phase `k`; only the devices it added got a new
+       * document (and a push), the others still get 304 for the ETag they had.
+       */
+      async function expectPhase(k: number) {
+        const now = new Set(devices.filter((id) => bucket.get(id)! < phaseBound(phases[k]!)));
+        const added = [...now].filter((id) => !included.has(id));
+        const told = c.push.told.flat();
+        for (const id of devices) {
+          const cached = await c.desiredState(id, etags.get(id));
+          const isAdded = added.includes(id);
+          assert.equal(cached.status, isAdded ? 200 : 304, `phase ${k}, added: ${isAdded}`);
+          assert.equal(told.includes(id), isAdded);
+          if (isAdded) {
+            assert.ok(cached.body!.state.revision > revisions.get(id)!);
+            etags.set(id, cached.etag);
+            versions.set(id, workSystem(cached.body!));
+          }
+          assert.equal(versions.get(id), now.has(id) ? catalog.v2 : catalog.v1);
+        }
+        c.push.told.length = 0;
+        // The devices added report, and are healthy on v2.
+        for (const id of added) {
+          await c.report(id, 'staged', { versionId: catalog.v2 });
+          await c.report(id, 'healthy', {
+            profileId: catalog.work,
+            image: 'debian-work',
+            versionId: catalog.v2,
+          });
+        }
+        included = now;
+        return added;
+      }
+
+      await expectPhase(0);
+      assert.equal(await c.systemVersionOf(outsider), catalog.v1);
+      // Soak not over: nothing moves.
+      c.clock.ms += 30 * MINUTE;
+      assert.deepEqual((await c.scheduler.tick()).advanced, []);
+      c.clock.ms += 30 * MINUTE;
+      await snapshot();
+      assert.deepEqual((await c.scheduler.tick()).advanced, [rollout.id]);
+      await expectPhase(1);
+      c.clock.ms += 60 * MINUTE;
+      await snapshot();
+      assert.deepEqual((await c.scheduler.tick()).advanced, [rollout.id]);
+      const added = await expectPhase(2);
+
+      // A healthy report records what the device runs without changing its desired state.
+      const sample = added[0]!;
+      const row = await db
+        .selectFrom('devices')
+        .selectAll()
+        .where('id', '=', sample)
+        .executeTakeFirstOrThrow();
+      assert.deepEqual(JSON.parse(row.current_versions), {
+        [catalog.work]: { system: catalog.v2, apps: {} },
+      });
+      assert.equal((await c.desiredState(sample, etags.get(sample))).status, 304);
+
+      // Promote: the next phase now, soak or not.
+      await snapshot();
+      const promoted = await c.admin('POST', `/${rollout.id}/promote`);
+      assert.equal(promoted.status, 200, JSON.stringify(promoted.body));
+      assert.equal(promoted.body.currentPhase, 3);
+      await expectPhase(3);
+      const detail = await c.admin('GET', `/${rollout.id}`, undefined, 'eve');
+      assert.equal(detail.status, 200);
+      assert.equal(detail.body.totals.targeted, 30);
+      assert.equal(detail.body.totals.included, 30);
+      assert.equal(detail.body.totals.healthy, 30);
+      assert.deepEqual(
+        detail.body.phaseCounts.map(
+          (p: { targeted: number; healthy: number }) => p.targeted === p.healthy,
+        ),
+        [true, true, true, true],
+      );
+      // After the last phase's soak: completed, and it keeps applying.
+      c.clock.ms += 60 * MINUTE;
+      assert.deepEqual((await c.scheduler.tick()).completed, [rollout.id]);
+      assert.equal(await c.systemVersionOf(devices[0]!), catalog.v2);
+      const listed = await c.admin('GET', '?state=completed', undefined, 'eve');
+      assert.deepEqual(
+        listed.body.rollouts.map((r: { id: string }) => r.id),
+        [rollout.id],
+      );
+      const actions = await db
+        .selectFrom('audit_log')
+        .select(['action', 'actor'])
+        .where('target_id', '=', rollout.id)
+        .orderBy('id')
+        .execute();
+      // Sorted: the promote and the advance before it share a millisecond.
+      assert.deepEqual(
+        actions.map((a) => `${a.actor} ${a.action}`).sort(),
+        [
+          'user:ops rollout.create',
+          'system rollout.advance',
+          'system rollout.advance',
+          'user:ops rollout.promote',
+          'system rollout.complete',
+        ].sort(),
+      );
+    });
+
+    await t.test('failures halt a rollout, at ingestion or at the next tick', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const { db, catalog } = c;
+      const group = await insertGroup(db, 'office', c.clock.ms);
+      const devices = await insertDevices(db, group, 40, [catalog.work], c.clock.ms);
+      c.clock.ms += MINUTE;
+      const created = await c.admin('POST', '', {
+        imageVersionId: catalog.v3,
+        profileId: catalog.work,
+        phases: [50, 100],
+        soakMinutes: 10,
+        failureThreshold: 0.25,
+        minReports: 4,
+        start: true,
+      });
+      assert.equal(created.status, 201, JSON.stringify(created.body));
+      const id = created.body.id;
+      const inFirst = devices.filter((d) => bucketOf(id, d) < 5000);
+      const later = devices.filter((d) => bucketOf(id, d) >= 5000);
+      assert.ok(inFirst.length >= 6 && later.length >= 1, 'a usable split');
+      for (const d of inFirst.slice(0, 3)) {
+        await c.report(d, 'healthy', { profileId: catalog.work, versionId: catalog.v3 });
+      }
+      // Three outcomes, fewer than minReports: no verdict yet, and no advance either.
+      c.clock.ms += 10 * MINUTE;
+      const tick = await c.scheduler.tick();
+      assert.deepEqual([tick.halted, tick.advanced], [[], []]);
+      // A late report from a device that was offline: 1 of 4 is not above 25 %, 2 of 5 is.
+      await c.report(inFirst[3]!, 'failed', {
+        versionId: catalog.v3,
+        reason: 'chunk digest mismatch',
+      });
+      assert.equal((await c.admin('GET', `/${id}`)).body.state, 'running');
+      await c.report(inFirst[4]!, 'rolled-back', {
+        profileId: catalog.work,
+        versionId: catalog.v3,
+        reason: 'qemu-ga did not answer',
+      });
+      const halted = await c.admin('GET', `/${id}`);
+      assert.equal(halted.body.state, 'halted');
+      assert.match(halted.body.stateReason, /2 of 5 devices .*40%.*25%/);
+      assert.equal(halted.body.totals.failed, 1);
+      assert.equal(halted.body.totals.rolledBack, 1);
+      const reason = await db
+        .selectFrom('rollout_devices')
+        .select('reason')
+        .where('device_id', '=', inFirst[4]!)
+        .executeTakeFirstOrThrow();
+      assert.equal(reason.reason, 'qemu-ga did not answer');
+      // Halted: devices in keep the version, no new ones are added, even past the soak.
+      c.clock.ms += 60 * MINUTE;
+      assert.deepEqual((await c.scheduler.tick()).advanced, []);
+      assert.equal(await c.systemVersionOf(inFirst[0]!), catalog.v3);
+      assert.equal(await c.systemVersionOf(later[0]!), catalog.v1);
+      for (const action of ['promote', 'resume', 'pause']) {
+        const res = await c.admin('POST', `/${id}/${action}`);
+        assert.equal(res.status, 409, `${action}: ${JSON.stringify(res.body)}`);
+        assert.equal(res.body.error.code, 'ERR_ROLLOUT_STATE');
+        assert.match(res.body.error.message, /halted/);
+      }
+      // Abort: the devices fall back to the released version, and are told.
+      c.push.told.length = 0;
+      const aborted = await c.admin('POST', `/${id}/abort`, { reason: 'bad build' });
+      assert.equal(aborted.status, 200);
+      assert.deepEqual([aborted.body.state, aborted.body.stateReason], ['aborted', 'bad build']);
+      assert.equal(await c.systemVersionOf(inFirst[0]!), catalog.v1);
+      assert.deepEqual(new Set(c.push.told.flat()), new Set(inFirst));
+      assert.match((await c.admin('POST', `/${id}/abort`)).body.error.message, /aborted/);
+
+      // Pending, paused, resumed: the scheduler halts what ingestion could not (it was paused).
+      const second = await c.admin('POST', '', {
+        imageVersionId: catalog.v2,
+        groupId: group,
+        phases: [50, 100],
+        failureThreshold: 0.1,
+      });
+      const sid = second.body.id;
+      assert.equal(second.body.state, 'pending');
+      assert.equal(await c.systemVersionOf(devices[0]!), catalog.v1);
+      assert.match((await c.admin('POST', `/${sid}/pause`)).body.error.message, /pending/);
+      assert.equal((await c.admin('POST', `/${sid}/pause`, undefined, 'eve')).status, 403);
+      assert.equal((await c.admin('POST', `/${sid}/resume`)).body.state, 'running');
+      const member = devices.find((d) => bucketOf(sid, d) < 5000)!;
+      assert.equal(await c.systemVersionOf(member), catalog.v2);
+      assert.equal((await c.admin('POST', `/${sid}/pause`)).body.state, 'paused');
+      await c.report(member, 'rolled-back', {
+        profileId: catalog.work,
+        versionId: catalog.v2,
+        reason: 'boot loop',
+      });
+      assert.equal((await c.admin('GET', `/${sid}`)).body.state, 'paused');
+      assert.equal((await c.admin('POST', `/${sid}/resume`)).body.state, 'running');
+      assert.deepEqual((await c.scheduler.tick()).halted, [sid]);
+      const final = await c.admin('GET', `/${sid}`);
+      assert.equal(final.body.state, 'halted');
+      assert.match(final.body.stateReason, /1 of 1 devices/);
+      assert.equal((await c.admin('POST', `/${newId(START)}/pause`)).status, 404);
+      assert.equal((await c.admin('POST', `/${sid}/explode`)).status, 400);
+      const halts = await db
+        .selectFrom('audit_log')
+        .select('actor')
+        .where('action', '=', 'rollout.halt')
+        .execute();
+      assert.deepEqual(
+        halts.map((h) => h.actor),
+        ['system', 'system'],
+      );
+    });
+
+    if (target.dialect === 'postgres') {
+      await t.test('one scheduler at a time: the advisory lock', async (t) => {
+        const c = await center(t, await newUrl(t));
+        const { db, catalog } = c;
+        const group = await insertGroup(db, 'office', c.clock.ms);
+        const devices = await insertDevices(db, group, 20, [catalog.work], c.clock.ms);
+        const created = await c.admin('POST', '', {
+          imageVersionId: catalog.v2,
+          groupId: group,
+          phases: [1, 10, 50, 100],
+          soakMinutes: 1,
+          start: true,
+        });
+        const id = created.body.id;
+        // The first phase's devices, if any, report: the phase may end after its soak.
+        for (const d of devices.filter((d) => bucketOf(id, d) < 100)) {
+          await c.report(d, 'healthy', { profileId: catalog.work, versionId: catalog.v2 });
+        }
+        c.clock.ms += MINUTE;
+        // Another replica holds the lock: this one skips its tick.
+        await db.transaction().execute(async (tx) => {
+          await sql`select pg_advisory_xact_lock(${SCHEDULER_LOCK})`.execute(tx);
+          const skipped = await c.scheduler.tick();
+          assert.equal(skipped.ran, false);
+        });
+        assert.equal((await c.admin('GET', `/${id}`)).body.currentPhase, 0);
+        // Two schedulers at once: one phase advance, not two.
+        const twin = createRolloutScheduler({
+          db,
+          dialect: 'postgres',
+          push: c.push,
+          now: () => new Date(c.clock.ms),
+          log: pino({ level: 'silent' }),
+        });
+        const results = await Promise.all([c.scheduler.tick(), twin.tick()]);
+        assert.equal(results.flatMap((r) => r.advanced).length, 1);
+        assert.equal((await c.admin('GET', `/${id}`)).body.currentPhase, 1);
+      });
+    }
+  });
+}

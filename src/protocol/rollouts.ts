@@ -1,0 +1,209 @@
+import { z } from 'zod';
+
+/*
+ * Wire schemas of rollouts (DESIGN §3): the admin API under `/api/v1/admin/rollouts`, the
+ * device events Center counts for them, and what Center records of the versions a device runs.
+ */
+
+export const ROLLOUT_STATE_NAMES = [
+  'pending',
+  'running',
+  'paused',
+  'halted',
+  'completed',
+  'aborted',
+] as const;
+/**
+ * `pending`: created, not started; `running`: phases advance; `paused`: an operator stopped it
+ * (devices already in keep the version, none are added); `halted`: Center stopped it because
+ * the failure threshold was crossed (same effect as paused); `completed`: every phase done;
+ * `aborted`: stopped for good, its devices fall back to the image's released version.
+ */
+export const RolloutStateSchema = z.enum(ROLLOUT_STATE_NAMES);
+export type RolloutStateName = z.infer<typeof RolloutStateSchema>;
+
+/** The most phases a rollout may have. */
+export const MAX_ROLLOUT_PHASES = 20;
+
+/**
+ * Phases: cumulative percentages of the target, strictly increasing, each in (0, 100], with at
+ * most two decimals (a device's bucket is one of 10,000). The last may be below 100: the
+ * rollout then completes with that share of the target.
+ */
+export const RolloutPhasesSchema = z
+  .array(
+    z
+      .number()
+      .gt(0)
+      .max(100)
+      .refine((p) => Math.abs(p * 100 - Math.round(p * 100)) < 1e-9, {
+        message: 'at most two decimals',
+      }),
+  )
+  .min(1)
+  .max(MAX_ROLLOUT_PHASES)
+  .refine((phases) => phases.every((p, i) => i === 0 || p > (phases[i - 1] as number)), {
+    message: 'phases must be strictly increasing percentages, e.g. [1, 10, 50, 100]',
+  });
+
+const IdSchema = z.string().min(1).max(64);
+
+export const CreateRolloutRequestSchema = z
+  .strictObject({
+    /** The version to roll out; it must be published. */
+    imageVersionId: IdSchema,
+    /** Target: the devices of this group … */
+    groupId: IdSchema.optional(),
+    /** … and/or the devices holding this profile (both given: devices matching both). */
+    profileId: IdSchema.optional(),
+    phases: RolloutPhasesSchema.default([1, 10, 50, 100]),
+    /** How long each phase runs at least before the next starts. */
+    soakMinutes: z
+      .number()
+      .int()
+      .min(0)
+      .max(30 * 24 * 60)
+      .default(60),
+    /**
+     * Share (0..1) of failed plus rolled-back devices among those that reported an outcome
+     * for this rollout above which it halts; 0 halts on the first failure, 1 never halts.
+     */
+    failureThreshold: z.number().min(0).max(1).default(0.1),
+    /**
+     * Outcomes (healthy, failed, rolled-back) a phase needs before the next may start (at most
+     * the phase's device count), and before the failure share is judged.
+     */
+    minReports: z.number().int().min(1).max(1_000_000).default(1),
+    /** Start at once; otherwise it stays `pending` until resumed. */
+    start: z.boolean().default(false),
+  })
+  .refine((b) => b.groupId !== undefined || b.profileId !== undefined, {
+    message: 'give groupId or profileId (or both): the devices the rollout targets',
+  });
+export type CreateRolloutRequest = z.infer<typeof CreateRolloutRequestSchema>;
+
+/** Device counts of one phase, or of the whole rollout. */
+export const RolloutCountsSchema = z.object({
+  /** Target devices (active or locked) whose bucket falls in this phase (whole: all of them). */
+  targeted: z.number().int(),
+  /** Devices recorded as included (by a phase start or by their first report). */
+  included: z.number().int(),
+  /** Included devices that have reported nothing yet. */
+  pending: z.number().int(),
+  /** Devices downloading, staged or switched. */
+  inProgress: z.number().int(),
+  healthy: z.number().int(),
+  failed: z.number().int(),
+  rolledBack: z.number().int(),
+});
+export type RolloutCounts = z.infer<typeof RolloutCountsSchema>;
+
+export const RolloutPhaseSchema = RolloutCountsSchema.extend({
+  index: z.number().int(),
+  percent: z.number(),
+  /** Whether the rollout has reached this phase. */
+  reached: z.boolean(),
+});
+export type RolloutPhase = z.infer<typeof RolloutPhaseSchema>;
+
+export const RolloutSchema = z.object({
+  id: z.string(),
+  imageId: z.string(),
+  image: z.string(),
+  imageVersionId: z.string(),
+  version: z.string(),
+  groupId: z.string().nullable(),
+  profileId: z.string().nullable(),
+  phases: z.array(z.number()),
+  currentPhase: z.number().int(),
+  phaseStartedAt: z.number().int().nullable(),
+  soakMinutes: z.number(),
+  failureThreshold: z.number(),
+  minReports: z.number().int(),
+  state: RolloutStateSchema,
+  /** Why it halted or was aborted. */
+  stateReason: z.string().nullable(),
+  createdBy: z.string().nullable(),
+  createdAt: z.number().int(),
+  updatedAt: z.number().int(),
+});
+export type Rollout = z.infer<typeof RolloutSchema>;
+
+/** One rollout with its device counts, per phase and in total. */
+export const RolloutDetailSchema = RolloutSchema.extend({
+  totals: RolloutCountsSchema,
+  phaseCounts: z.array(RolloutPhaseSchema),
+});
+export type RolloutDetail = z.infer<typeof RolloutDetailSchema>;
+
+export const RolloutListQuerySchema = z.strictObject({
+  state: RolloutStateSchema.optional(),
+  imageVersionId: IdSchema.optional(),
+  limit: z.coerce.number().int().min(1).max(500).default(100),
+  /** The `next` of the previous page. */
+  cursor: z.string().max(200).optional(),
+});
+export type RolloutListQuery = z.infer<typeof RolloutListQuerySchema>;
+
+export const RolloutListSchema = z.object({
+  rollouts: z.array(RolloutSchema),
+  /** Pass as `cursor` for the next (older) page; null at the end. */
+  next: z.string().nullable(),
+});
+
+export const ROLLOUT_ACTIONS = ['pause', 'resume', 'abort', 'promote'] as const;
+/**
+ * `pause`: running → paused; `resume`: paused → running, or pending → running (starts it);
+ * `abort`: pending, running, paused or halted → aborted; `promote`: running, the next phase
+ * now, soak or no soak (past the last phase: completed).
+ */
+export const RolloutActionSchema = z.enum(ROLLOUT_ACTIONS);
+export type RolloutAction = z.infer<typeof RolloutActionSchema>;
+
+/** The body of an action is optional; `reason` is recorded with an abort. */
+export const RolloutActionRequestSchema = z
+  .strictObject({ reason: z.string().min(1).max(500).optional() })
+  .nullish();
+
+/*
+ * Device events a rollout counts (`POST /api/v1/device/reports`, `data` of each event). Fields
+ * beyond these are kept with the event but ignored here; an event of these types without the
+ * fields is stored and not counted.
+ */
+
+/** `healthy`: the VM of `profileId` came up healthy on `versionId` (of image `image`). */
+export const HealthyEventDataSchema = z.object({
+  profileId: z.string().min(1).max(64),
+  image: z.string().max(128).optional(),
+  versionId: z.string().min(1).max(64),
+});
+
+/** `rolled-back`: `versionId` failed its health check and the VM went back to the previous one. */
+export const RolledBackEventDataSchema = z.object({
+  profileId: z.string().min(1).max(64).optional(),
+  versionId: z.string().min(1).max(64),
+  reason: z.string().max(2000).optional(),
+});
+
+/** `failed`: downloading or verifying `versionId` failed. */
+export const FailedEventDataSchema = z.object({
+  versionId: z.string().min(1).max(64),
+  reason: z.string().max(2000).optional(),
+});
+
+/** `download-progress`, `staged`, `switched`: on the way to `versionId`. */
+export const ProgressEventDataSchema = z.object({ versionId: z.string().min(1).max(64) });
+
+/**
+ * What a device runs, as Center learned it from its `healthy` reports (`devices.
+ * current_versions`): per profile id, the system image version id and, per app image id, the
+ * app volume version id. Recording it does not change the device's desired state.
+ */
+export const CurrentVersionsSchema = z.record(
+  z.string(),
+  z.object({
+    system: z.string().optional(),
+    apps: z.record(z.string(), z.string()).default({}),
+  }),
+);
+export type CurrentVersions = z.infer<typeof CurrentVersionsSchema>;
