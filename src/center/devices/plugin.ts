@@ -55,7 +55,6 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
     const credentials = new DeviceCredentials(deps.signingKey, deps.now);
     // VMs left out of desired states are logged once each, not on every poll.
     const warn = warnOnce(deps.log.child({ component: 'rollout' }));
-    // VMs left out of desired states are logged once each, not on every poll.
     const centerKey = {
       keyid: deps.signingKey.keyid,
       publicKey: createPublicKey(deps.signingKey.key)
