@@ -43,13 +43,17 @@ export async function checkHealth(options: CheckHealthOptions): Promise<HealthRe
       const left = deadline - clock.now();
       if (left <= 0 || options.signal?.aborted) break;
       let candidate: GuestAgentLink | null = null;
+      const tried = clock.now();
       try {
         candidate = await options.connect();
-        await candidate.ping(Math.min(left, 5000));
+        await candidate.ping(Math.min(left, 3000));
         link = candidate;
       } catch {
         await candidate?.close();
-        await clock.sleep(Math.min(retryMs, Math.max(0, deadline - clock.now())), options.signal);
+        // A ping that timed out already waited; only a quick refusal needs a pause.
+        const pause = retryMs - (clock.now() - tried);
+        if (pause > 0)
+          await clock.sleep(Math.min(pause, Math.max(0, deadline - clock.now())), options.signal);
       }
     }
     if (!link) {

@@ -115,20 +115,41 @@ export async function ensureDataVolume(
   const secret = `${path}.${randomBytes(8).toString('hex')}.key`;
   try {
     await writeFile(raw, '');
-    await truncate(raw, options.sizeBytes ?? 1024 ** 3);
+    const size = options.sizeBytes ?? 1024 ** 3;
+    await truncate(raw, size);
     await mkfs(raw, options.label ?? 'data');
-    const args = ['convert', '-q', '-O', 'qcow2'];
     if (options.key) {
       await writeFile(secret, options.key.toString('base64'), { mode: 0o600 });
-      args.push(
-        '--object',
-        `secret,id=datakey,file=${secret}`,
-        // The key is 256 random bits; a long key-derivation time buys nothing and slows boots.
+      const object = ['--object', `secret,id=datakey,file=${qemuOpt(secret)}`];
+      // Create the encrypted volume empty, then copy in only the file system's non-zero
+      // clusters: converting straight into an encrypted target would encrypt every zero.
+      // The key is 256 random bits, so a long key-derivation time buys nothing (and slows boots).
+      await qemuImg([
+        'create',
+        '-q',
+        '-f',
+        'qcow2',
+        ...object,
         '-o',
-        'encrypt.format=luks,encrypt.key-secret=datakey,encrypt.iter-time=50',
-      );
+        'encrypt.format=luks,encrypt.key-secret=datakey,encrypt.iter-time=10',
+        tmp,
+        String(size),
+      ]);
+      await qemuImg([
+        'convert',
+        '-q',
+        '-n',
+        '--target-is-zero',
+        ...object,
+        '-f',
+        'raw',
+        raw,
+        '--target-image-opts',
+        `driver=qcow2,file.filename=${qemuOpt(tmp)},encrypt.key-secret=datakey`,
+      ]);
+    } else {
+      await qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, tmp]);
     }
-    await qemuImg([...args, raw, tmp]);
     await rename(tmp, path);
     return true;
   } finally {
@@ -136,6 +157,11 @@ export async function ensureDataVolume(
     await rm(raw, { force: true });
     await rm(tmp, { force: true });
   }
+}
+
+/** Escapes a value inside QEMU's `key=value,…` option syntax. */
+function qemuOpt(value: string): string {
+  return value.replaceAll(',', ',,');
 }
 
 async function mkfs(path: string, label: string): Promise<void> {
