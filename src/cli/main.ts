@@ -6,6 +6,9 @@ import { keysCommands } from './keys.ts';
 import { centerCommands } from './center.ts';
 import { adminCommands } from './admin.ts';
 import { engineCommands } from './engine.ts';
+import { remoteCommands } from './remote.ts';
+import { fleetCommands } from './fleet.ts';
+import { rolloutCommands } from './rollout.ts';
 import { demoCommand } from './demo.ts';
 import type { Command, CommandContext } from './command.ts';
 
@@ -15,6 +18,9 @@ const commands: Command[] = [
   pushCommand,
   ...centerCommands,
   ...adminCommands,
+  ...remoteCommands,
+  ...fleetCommands,
+  ...rolloutCommands,
   ...engineCommands,
   demoCommand,
 ];

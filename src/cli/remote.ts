@@ -1,0 +1,283 @@
+import { createInterface } from 'node:readline';
+import {
+  ApiTokenListSchema,
+  AuditPageSchema,
+  CreateApiTokenResponseSchema,
+  BulkheadError,
+  ErrorCodes,
+  LoginResponseSchema,
+  MeResponseSchema,
+} from '../protocol/index.ts';
+import { ApiClient } from './api-client.ts';
+import {
+  integerOption,
+  optionalString,
+  requireString,
+  type Command,
+  type CommandContext,
+} from './command.ts';
+import {
+  CONNECTION_USAGE,
+  connect,
+  connectionOptions,
+  credentialsPath,
+  forgetSession,
+  readSession,
+  saveSession,
+} from './session.ts';
+
+/*
+ * The administrator's commands that talk to Center over its admin API: logging in and out,
+ * who am I, and the audit trail. The fleet and rollout commands build on the same pieces.
+ */
+
+/** Prints rows as aligned columns; `columns` maps a header to how a row shows under it. */
+export function printTable<T>(
+  ctx: CommandContext,
+  rows: readonly T[],
+  columns: Record<string, (row: T) => string | number | null | undefined>,
+): void {
+  const headers = Object.keys(columns);
+  const cells = rows.map((r) => headers.map((h) => String(columns[h]!(r) ?? '-')));
+  const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
+  const line = (parts: string[]) =>
+    parts
+      .map((p, i) => (i === parts.length - 1 ? p : p.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
+  ctx.out(line(headers.map((h) => h.toUpperCase())));
+  for (const c of cells) ctx.out(line(c));
+}
+
+/** A time as ISO text without milliseconds, or `-`. */
+export function when(ms: number | null | undefined): string {
+  return ms === null || ms === undefined ? '-' : new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
+}
+
+async function readPassword(ctx: CommandContext, fromStdin: boolean): Promise<string> {
+  if (fromStdin || !process.stdin.isTTY) {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of process.stdin) {
+      size += (chunk as Buffer).length;
+      if (size > 4096) throw new BulkheadError(ErrorCodes.USAGE, 'the password is too long');
+      chunks.push(chunk as Buffer);
+    }
+    const text = Buffer.concat(chunks)
+      .toString('utf8')
+      .replace(/\r?\n$/, '');
+    if (text === '') throw new BulkheadError(ErrorCodes.USAGE, 'no password on standard input');
+    return text;
+  }
+  // At a terminal: prompt on stderr and do not echo what is typed.
+  ctx.err('Password: ');
+  const rl = createInterface({ input: process.stdin, terminal: true });
+  const out = rl as unknown as { _writeToOutput?: (s: string) => void };
+  out._writeToOutput = () => undefined;
+  try {
+    return await new Promise<string>((resolve) => rl.question('', resolve));
+  } finally {
+    rl.close();
+  }
+}
+
+const login: Command = {
+  name: 'login',
+  summary: "Log in to Center's admin API and save the session for the other commands.",
+  usage: `Usage: bulkhead login --center URL --username NAME [--password-stdin]
+
+  Asks for the password (or reads it from standard input with --password-stdin), opens a
+  12-hour session and saves it, readable by you only, in ${credentialsPath()}
+  (BULKHEAD_CREDENTIALS overrides the path). Scripts should use an API token instead.`,
+  options: {
+    center: { type: 'string' },
+    username: { type: 'string' },
+    'password-stdin': { type: 'boolean' },
+  },
+  async run(inv, ctx) {
+    const center = optionalString(inv, 'center') ?? process.env['BULKHEAD_CENTER'];
+    if (!center) throw new BulkheadError(ErrorCodes.USAGE, '--center URL is required');
+    const username = requireString(inv, 'username');
+    const password = await readPassword(ctx, inv.values['password-stdin'] === true);
+    const api = new ApiClient({ baseUrl: center });
+    const session = await api.post('/api/v1/admin/login', {
+      body: { username, password },
+      schema: LoginResponseSchema,
+    });
+    const saved = {
+      center: api.baseUrl,
+      token: session.token,
+      username: session.username,
+      role: session.role,
+      expiresAt: session.expiresAt,
+    };
+    await saveSession(saved);
+    const result = {
+      center: saved.center,
+      username: saved.username,
+      role: saved.role,
+      expiresAt: saved.expiresAt,
+      credentials: credentialsPath(),
+    };
+    if (!inv.json) {
+      ctx.out(
+        `Logged in to ${saved.center} as ${saved.username} (${saved.role}) until ${when(saved.expiresAt)}.`,
+      );
+    }
+    return result;
+  },
+};
+
+const logout: Command = {
+  name: 'logout',
+  summary: 'End the saved session at Center and forget it.',
+  usage: 'Usage: bulkhead logout',
+  options: {},
+  async run(inv, ctx) {
+    const saved = await readSession();
+    if (!saved) {
+      if (!inv.json) ctx.out('Not logged in.');
+      return { loggedOut: false };
+    }
+    // Revoke at Center when it answers; forget locally in any case.
+    let revoked = true;
+    try {
+      await new ApiClient({ baseUrl: saved.center, token: saved.token }).post(
+        '/api/v1/admin/logout',
+      );
+    } catch {
+      revoked = false;
+    }
+    await forgetSession();
+    if (!inv.json) {
+      ctx.out(
+        revoked
+          ? `Logged out of ${saved.center}.`
+          : `Forgot the session; ${saved.center} could not be told (it expires by itself).`,
+      );
+    }
+    return { loggedOut: true, revokedAtCenter: revoked };
+  },
+};
+
+const whoami: Command = {
+  name: 'whoami',
+  summary: 'Show who the admin commands act as.',
+  usage: `Usage: bulkhead whoami\n\n${CONNECTION_USAGE}`,
+  options: { ...connectionOptions },
+  async run(inv, ctx) {
+    const api = await connect(inv);
+    const me = await api.get('/api/v1/admin/me', { schema: MeResponseSchema });
+    if (!inv.json) ctx.out(`${me.username} (${me.role}, by ${me.via}) at ${api.baseUrl}`);
+    return { ...me, center: api.baseUrl };
+  },
+};
+
+const audit: Command = {
+  name: 'audit',
+  summary: 'Show the audit trail: who did what, newest first.',
+  usage: `Usage: bulkhead audit [--limit N] [--all]
+
+  --limit N   entries per page (default 50); --all follows the pages to the end.
+
+${CONNECTION_USAGE}`,
+  options: { ...connectionOptions, limit: { type: 'string' }, all: { type: 'boolean' } },
+  async run(inv, ctx) {
+    const api = await connect(inv);
+    const limit = integerOption(inv, 'limit', 1, 500) ?? 50;
+    const entries = [];
+    let cursor: string | undefined;
+    do {
+      const page = await api.get('/api/v1/admin/audit', {
+        query: { limit, cursor },
+        schema: AuditPageSchema,
+      });
+      entries.push(...page.entries);
+      cursor = page.next ?? undefined;
+    } while (inv.values['all'] === true && cursor !== undefined);
+    if (!inv.json) {
+      printTable(ctx, entries, {
+        at: (e) => when(e.at),
+        actor: (e) => e.actor,
+        action: (e) => e.action,
+        target: (e) => `${e.targetType}${e.targetId ? `:${e.targetId}` : ''}`,
+      });
+    }
+    return { entries, next: cursor ?? null };
+  },
+};
+
+const apiTokensCreate: Command = {
+  name: 'api-tokens create',
+  summary: 'Create an API token for scripts; it acts as you and is shown only once.',
+  usage: `Usage: bulkhead api-tokens create --name NAME [--expires-in-days N]
+
+${CONNECTION_USAGE}`,
+  options: {
+    ...connectionOptions,
+    name: { type: 'string' },
+    'expires-in-days': { type: 'string' },
+  },
+  async run(inv, ctx) {
+    const api = await connect(inv);
+    const days = integerOption(inv, 'expires-in-days', 1, 3650);
+    const created = await api.post('/api/v1/admin/tokens', {
+      body: { name: requireString(inv, 'name'), ...(days ? { expiresInDays: days } : {}) },
+      schema: CreateApiTokenResponseSchema,
+    });
+    if (!inv.json) {
+      ctx.out(created.token);
+      ctx.err(
+        `API token ${created.name} (${created.id}), expires ${when(created.expiresAt)}; ` +
+          'it is not shown again: keep it in a secret store.',
+      );
+    }
+    return created;
+  },
+};
+
+const apiTokensList: Command = {
+  name: 'api-tokens list',
+  summary: 'List API tokens (never their secrets).',
+  usage: `Usage: bulkhead api-tokens list\n\n${CONNECTION_USAGE}`,
+  options: { ...connectionOptions },
+  async run(inv, ctx) {
+    const api = await connect(inv);
+    const { tokens } = await api.get('/api/v1/admin/tokens', { schema: ApiTokenListSchema });
+    if (!inv.json) {
+      printTable(ctx, tokens, {
+        id: (t) => t.id,
+        name: (t) => t.name,
+        user: (t) => t.username,
+        expires: (t) => when(t.expiresAt),
+        'last used': (t) => when(t.lastUsedAt),
+      });
+    }
+    return { tokens };
+  },
+};
+
+const apiTokensRevoke: Command = {
+  name: 'api-tokens revoke',
+  summary: 'Revoke an API token by id.',
+  usage: `Usage: bulkhead api-tokens revoke ID\n\n${CONNECTION_USAGE}`,
+  options: { ...connectionOptions },
+  async run(inv, ctx) {
+    const id = inv.positionals[0];
+    if (!id) throw new BulkheadError(ErrorCodes.USAGE, 'give the id of the token to revoke');
+    const api = await connect(inv);
+    await api.delete(`/api/v1/admin/tokens/${encodeURIComponent(id)}`);
+    if (!inv.json) ctx.out(`Revoked ${id}.`);
+    return { revoked: id };
+  },
+};
+
+export const remoteCommands: Command[] = [
+  login,
+  logout,
+  whoami,
+  audit,
+  apiTokensCreate,
+  apiTokensList,
+  apiTokensRevoke,
+];
