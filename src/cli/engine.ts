@@ -5,6 +5,7 @@ import {
   readEngineStatus,
 } from '../engine/index.ts';
 import { acceptUpdate } from '../engine/update/accept.ts';
+import { engineRunCommand } from './engine-run.ts';
 import { optionalString, requireString, type Command, type Invocation } from './command.ts';
 
 function dataDir(inv: Invocation): string {
@@ -81,4 +82,9 @@ const acceptCommand: Command = {
   },
 };
 
-export const engineCommands: Command[] = [enrollCommand, statusCommand, acceptCommand];
+export const engineCommands: Command[] = [
+  enrollCommand,
+  statusCommand,
+  acceptCommand,
+  engineRunCommand,
+];
