@@ -24,12 +24,13 @@ export const engineRunCommand: Command = {
   summary: "Run Engine: keep this PC's VMs at the desired state, update and roll back.",
   usage: `Usage: bulkhead engine run [--data DIR] [--hypervisor qemu|sim]
          [--kernel PATH [--initrd PATH] [--cmdline TEXT]] [--bandwidth BYTES_PER_SEC]
-         [--switch-deadline SECONDS] [--log-level LEVEL]
+         [--switch-deadline SECONDS] [--poll SECONDS] [--log-level LEVEL]
 
   Syncs with Center (offline-first), downloads new versions, switches VMs when they are off,
   when the user accepts (\`bulkhead engine accept\`) or at the switch deadline (default: at
   once), checks their health through the guest agent and rolls back by itself.
   --kernel/--initrd/--cmdline boot VMs' kernels directly (appliance images, the test guest).
+  --poll sets how often Center is asked for news when no push arrives (default 60 s).
   --hypervisor sim is for fleet simulation only. Stops on SIGTERM or SIGINT; VMs keep running.`,
   options: {
     data: { type: 'string' },
@@ -39,6 +40,7 @@ export const engineRunCommand: Command = {
     cmdline: { type: 'string' },
     bandwidth: { type: 'string' },
     'switch-deadline': { type: 'string' },
+    poll: { type: 'string' },
     'log-level': { type: 'string' },
   },
   async run(inv) {
@@ -56,6 +58,7 @@ export const engineRunCommand: Command = {
     }
     const bandwidth = integerOption(inv, 'bandwidth', 1024, 2 ** 40);
     const deadline = integerOption(inv, 'switch-deadline', 0, 365 * 86_400);
+    const poll = integerOption(inv, 'poll', 1, 86_400);
     const log = pino(
       { level: optionalString(inv, 'log-level') ?? 'info', base: { component: 'engine' } },
       pino.destination(2),
@@ -83,6 +86,7 @@ export const engineRunCommand: Command = {
       ...(bandwidth ? { bandwidthBytesPerSec: bandwidth } : {}),
       ...(deadline !== undefined ? { switchDeadlineMs: deadline * 1000 } : {}),
       ...(crashAt ? { crashAt } : {}),
+      ...(poll ? { syncIntervalMs: poll * 1000 } : {}),
     });
     log.info({ dataDir, hypervisor: kind }, 'engine running');
     await new Promise<void>((resolve) => {

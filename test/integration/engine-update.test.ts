@@ -1,0 +1,347 @@
+// The update transaction on real QEMU (TCG) with the test guest: install, patch, a broken
+// patch that rolls back by itself, and kill -9 of the Engine process in every state of the
+// transaction. One VM is shared by the whole file (a TCG boot costs seconds); the tests run
+// in order, each leaving the VM healthy for the next.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { GuestAgent } from '../../src/engine/guest-agent.ts';
+import { createQemuDriver } from '../../src/engine/hypervisor/index.ts';
+import type { HypervisorDriver } from '../../src/engine/hypervisor/types.ts';
+import type { UpdateState } from '../../src/engine/update/machine.ts';
+import { volumeLayout } from '../../src/engine/volumes/overlays.ts';
+import { DirectoryStore, importImage, type ImportResult } from '../../src/image/index.ts';
+import type { DesiredState, DesiredVm, VolumeRef } from '../../src/protocol/index.ts';
+import { makeKeys } from '../support/fixtures.ts';
+import { requireQemu, testGuest } from '../support/guest.ts';
+import { startStaticServer, type StaticServer } from '../support/static-server.ts';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const nodeBin = join(root, 'node_modules/.bin/node');
+const childScript = join(root, 'test/integration/engine-update.child.ts');
+
+interface Ctx {
+  dir: string;
+  dataDir: string;
+  desiredPath: string;
+  eventsPath: string;
+  server: StaticServer;
+  publicPem: string;
+  keyid: string;
+  versions: Record<string, ImportResult>;
+  guest: Awaited<ReturnType<typeof testGuest>>['guest'];
+  driver: HypervisorDriver;
+}
+let ctx: Ctx;
+let child: ChildProcess | undefined;
+
+before(async () => {
+  await requireQemu();
+  const { guest, volumes } = await testGuest();
+  const dir = await mkdtemp(join(tmpdir(), 'bulkhead-engine-update-'));
+  const keys = await makeKeys(dir);
+  const store = new DirectoryStore(join(dir, 'store'));
+  const versions: Record<string, ImportResult> = {};
+  const common = { store, name: 'os', key: keys.key, tempDir: join(dir, 'tmp') };
+  versions['1'] = await importImage({
+    ...common,
+    file: volumes.system.v1,
+    version: '1',
+    parent: null,
+  });
+  versions['2'] = await importImage({
+    ...common,
+    file: volumes.system.v2,
+    version: '2',
+    parent: '1',
+  });
+  // The broken version under several names: a bad version is never retried, and the crash
+  // cases need a fresh one each.
+  for (const v of ['3a', '3b', '3c']) {
+    versions[v] = await importImage({
+      ...common,
+      file: volumes.system['v3-broken'],
+      version: v,
+      parent: '2',
+    });
+  }
+  const server = await startStaticServer(join(dir, 'store'));
+  ctx = {
+    dir,
+    dataDir: join(dir, 'engine'),
+    desiredPath: join(dir, 'desired.json'),
+    eventsPath: join(dir, 'events.jsonl'),
+    server,
+    publicPem: await readFile(keys.publicPath, 'utf8'),
+    keyid: keys.key.keyid,
+    versions,
+    guest,
+    driver: createQemuDriver({}),
+  };
+  await writeFile(ctx.eventsPath, '');
+});
+
+after(async () => {
+  await stopChild();
+  if (ctx) {
+    await ctx.driver.attach('work', volumeLayout(ctx.dataDir, 'work').runDir);
+    await ctx.driver.stop('work', { timeoutMs: 5000 });
+    await ctx.server.close();
+    await rm(ctx.dir, { recursive: true, force: true });
+  }
+});
+
+function ref(version: string): VolumeRef {
+  const r = ctx.versions[version]!;
+  return {
+    image: 'os',
+    imageId: 'img-os',
+    version,
+    versionId: `ver-${version}`,
+    manifestId: r.manifest,
+    size: r.size,
+  };
+}
+
+function desired(version: string): DesiredState {
+  const vm: DesiredVm = {
+    name: 'work',
+    profileId: 'profile-work',
+    system: ref(version),
+    apps: [],
+    policy: {
+      network: 'none',
+      allowedEndpoints: [],
+      clipboard: false,
+      usbDevices: [],
+      encryptData: true,
+    },
+    healthCheck: { timeoutSeconds: 60, command: ['/usr/libexec/health-check'] },
+    resources: { cpus: 1, memoryMib: 256 },
+    resetPolicy: 'on-update',
+    lease: { days: 30, expiresAt: Date.now() + 30 * 86_400_000 },
+    dataKey: Buffer.alloc(32, 7).toString('base64'),
+  };
+  return {
+    deviceId: '01890000-0000-7000-8000-000000000001',
+    revision: 1,
+    generatedAt: Date.now(),
+    expiresAt: Date.now() + 86_400_000,
+    device: { state: 'active' },
+    mirrors: [ctx.server.url],
+    publishers: [{ keyid: ctx.keyid, publicKey: ctx.publicPem }],
+    vms: [vm],
+    commands: [],
+  };
+}
+
+async function setDesired(version: string): Promise<void> {
+  await writeFile(ctx.desiredPath, JSON.stringify(desired(version)));
+}
+
+function startChild(crashAt?: UpdateState): ChildProcess {
+  const c = spawn(nodeBin, [childScript], {
+    env: {
+      ...process.env,
+      ENGINE_DATA: ctx.dataDir,
+      ENGINE_DESIRED: ctx.desiredPath,
+      ENGINE_EVENTS: ctx.eventsPath,
+      GUEST_KERNEL: ctx.guest.kernel,
+      GUEST_INITRD: ctx.guest.initrd,
+      GUEST_CMDLINE: ctx.guest.cmdline,
+      ...(crashAt ? { BULKHEAD_TEST_CRASH_AT: crashAt } : { BULKHEAD_TEST_CRASH_AT: '' }),
+    },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  c.stderr!.on('data', (d: Buffer) => process.stderr.write(`[engine] ${d.toString()}`));
+  child = c;
+  return c;
+}
+
+async function stopChild(): Promise<void> {
+  const c = child;
+  child = undefined;
+  if (!c || c.exitCode !== null || c.signalCode !== null) return;
+  const exited = new Promise((r) => c.once('exit', r));
+  c.kill('SIGKILL');
+  await exited;
+}
+
+function exitOf(c: ChildProcess): Promise<{ code: number | null; signal: string | null }> {
+  if (c.exitCode !== null || c.signalCode !== null)
+    return Promise.resolve({ code: c.exitCode, signal: c.signalCode });
+  return new Promise((r) => c.once('exit', (code, signal) => r({ code, signal })));
+}
+
+interface EngineStateFile {
+  vms: {
+    name: string;
+    currentVersionId: string | null;
+    previousVersionId: string | null;
+    transaction: { state: string };
+    badVersions: string[];
+  }[];
+}
+
+async function vmRecord() {
+  try {
+    const s = JSON.parse(
+      await readFile(join(ctx.dataDir, 'engine-state.json'), 'utf8'),
+    ) as EngineStateFile;
+    return s.vms.find((v) => v.name === 'work');
+  } catch {
+    return undefined;
+  }
+}
+
+async function events(): Promise<{ type: string; data: Record<string, unknown> }[]> {
+  const text = await readFile(ctx.eventsPath, 'utf8');
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as { type: string; data: Record<string, unknown> });
+}
+
+async function hasTransaction(): Promise<boolean> {
+  try {
+    await stat(join(ctx.dataDir, 'updates', 'work.json'));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function until<T>(
+  what: string,
+  fn: () => Promise<T | undefined | false>,
+  timeoutMs = 120_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** Waits until the VM settled (no transaction) on one of `versions`; returns the one. */
+async function settledOn(versions: string[]): Promise<string> {
+  return until(`the VM to settle on ${versions.join(' or ')}`, async () => {
+    const r = await vmRecord();
+    if (!r || (await hasTransaction()) || r.transaction.state !== 'idle') return undefined;
+    const v = r.currentVersionId?.replace(/^ver-/, '');
+    return v && versions.includes(v) ? v : undefined;
+  });
+}
+
+/** Runs argv in the guest; stdout as text. */
+async function guestRun(argv: string[]): Promise<{ exitCode: number; stdout: string }> {
+  await ctx.driver.attach('work', volumeLayout(ctx.dataDir, 'work').runDir);
+  const status = await ctx.driver.status('work');
+  assert.equal(status.state, 'running', 'the VM runs');
+  const agent = await GuestAgent.waitUntilResponsive(status.guestAgentSocket!, 60_000);
+  try {
+    const r = await agent.exec(argv, 30_000);
+    return { exitCode: r.exitCode, stdout: r.stdout.toString() };
+  } finally {
+    agent.close();
+  }
+}
+
+async function assertGuest(version: string): Promise<void> {
+  const health = await guestRun(['/usr/libexec/health-check']);
+  assert.equal(health.exitCode, 0, 'the running version passes its health check');
+  const os = await guestRun(['/bin/cat', '/etc/os-release']);
+  const expected = version.startsWith('3') ? '3' : version;
+  assert.match(
+    os.stdout,
+    new RegExp(`VERSION_ID=${expected}\\n`),
+    `the guest runs version ${version}`,
+  );
+  const data = await guestRun(['/bin/cat', '/data/marker']);
+  assert.equal(data.stdout, 'kept across updates\n', '/data is intact');
+}
+
+test('install v1, patch to v2 (only new chunks), a broken v3 rolls back by itself; /data kept', async () => {
+  await setDesired('1');
+  startChild();
+  assert.equal(await settledOn(['1']), '1');
+  const w = await guestRun(['/bin/sh', '-c', 'echo kept across updates > /data/marker && sync']);
+  assert.equal(w.exitCode, 0);
+  await assertGuest('1');
+
+  await setDesired('2');
+  assert.equal(await settledOn(['2']), '2');
+  await assertGuest('2');
+  const staged = (await events()).find((e) => e.type === 'staged' && e.data.versionId === 'ver-2');
+  assert.ok(staged, 'a staged event for v2');
+  const downloaded = staged.data.downloadedBytes as number;
+  const newBytes = ctx.versions['2']!.newBytes;
+  assert.ok(
+    downloaded > 0 && downloaded < newBytes + 256 * 1024,
+    `v2 downloaded ${downloaded} bytes for ${newBytes} new`,
+  );
+  assert.ok(downloaded < ctx.versions['2']!.size / 8, 'far less than the image');
+
+  await setDesired('3a');
+  await until('the rolled-back event of 3a', async () =>
+    (await events()).find((e) => e.type === 'rolled-back' && e.data.versionId === 'ver-3a'),
+  );
+  assert.equal(await settledOn(['2']), '2');
+  const rolled = (await events()).find(
+    (e) => e.type === 'rolled-back' && e.data.versionId === 'ver-3a',
+  )!;
+  assert.equal(rolled.data.reason, 'health check command exited 1');
+  assert.ok((await vmRecord())!.badVersions.includes('ver-3a'), '3a is marked bad');
+  await assertGuest('2');
+  // A bad version is not tried again: the VM stays on v2 through further passes.
+  await new Promise((r) => setTimeout(r, 2000));
+  assert.equal((await vmRecord())!.currentVersionId, 'ver-2');
+  assert.equal(
+    (await events()).filter((e) => e.type === 'switched' && e.data.versionId === 'ver-3a').length,
+    1,
+  );
+  await stopChild();
+});
+
+// kill -9 of Engine right after it persisted each state; the restarted Engine must leave the VM
+// on a healthy version (the target or the one before) with /data intact.
+const crashCases: { state: UpdateState; target: string; ends: string[] }[] = [
+  { state: 'downloading', target: '1', ends: ['1', '2'] },
+  { state: 'staged', target: '2', ends: ['2', '1'] },
+  { state: 'switching', target: '1', ends: ['1', '2'] },
+  { state: 'booting', target: '2', ends: ['2', '1'] },
+  { state: 'health-check', target: '1', ends: ['1', '2'] },
+  { state: 'committed', target: '2', ends: ['2'] },
+  { state: 'rolling-back', target: '3b', ends: ['2'] },
+  { state: 'rolled-back', target: '3c', ends: ['2'] },
+];
+
+for (const c of crashCases) {
+  test(`kill -9 in ${c.state} (to ${c.target}): the VM ends healthy on ${c.ends.join(' or ')}`, async () => {
+    await setDesired(c.target);
+    const crashing = startChild(c.state);
+    const exit = await Promise.race([
+      exitOf(crashing),
+      new Promise<never>((_, reject) =>
+        setTimeout(() => reject(new Error(`Engine never reached ${c.state}`)), 150_000),
+      ),
+    ]);
+    assert.equal(exit.signal, 'SIGKILL', `Engine killed itself in ${c.state}`);
+    const tx = JSON.parse(
+      await readFile(join(ctx.dataDir, 'updates', 'work.json'), 'utf8').catch(() => 'null'),
+    ) as {
+      state: string;
+    } | null;
+    assert.equal(tx?.state, c.state, 'the state was persisted before the kill');
+    startChild();
+    const version = await settledOn(c.ends);
+    await assertGuest(version);
+    await stopChild();
+  });
+}
