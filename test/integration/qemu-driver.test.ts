@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFile, readdir } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { GuestAgent } from '../../src/engine/guest-agent.ts';
@@ -55,6 +56,14 @@ function collect(driver: QemuDriver): VmEvent[] {
   const events: VmEvent[] = [];
   driver.onEvent((e) => events.push(e));
   return events;
+}
+
+/** A TCP server on 127.0.0.1 that greets each connection with `hello from <name>`. */
+async function tcpServer(t: TestContext, name: string): Promise<number> {
+  const server = createServer((socket) => socket.end(`hello from ${name}\n`));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => server.close());
+  return (server.address() as AddressInfo).port;
 }
 
 async function until(check: () => boolean | Promise<boolean>, ms: number, what: string) {
@@ -211,6 +220,13 @@ test('VMs on QEMU', { concurrency: true }, async (t) => {
           readOnly: false,
         },
       ]);
+      // Its network is restricted to one endpoint on the host; another one is not allowed.
+      const allowed = await tcpServer(t, 'allowed');
+      const other = await tcpServer(t, 'other');
+      spec.policy = IsolationPolicySchema.parse({
+        network: 'restricted',
+        allowedEndpoints: [{ host: '127.0.0.1', port: allowed }],
+      });
       // An "Engine" process starts the VM, then dies by SIGKILL.
       const driverUrl = new URL('../../src/engine/hypervisor/index.ts', import.meta.url).href;
       const child = spawn(
@@ -261,6 +277,18 @@ test('VMs on QEMU', { concurrency: true }, async (t) => {
       const check = await agent.exec(['/usr/libexec/health-check'], 30_000);
       assert.equal(check.exitCode, 1);
       assert.match(check.stderr.toString(), /did not start/);
+
+      // The allowed endpoint answers at its forward; the host's other port does not.
+      const net = await run(
+        agent,
+        'B=/bin/busybox; $B ip link set eth0 up && $B ip addr add 10.0.2.15/24 dev eth0 && ' +
+          // nc gives up on the reply once its stdin ends: keep it open a moment.
+          `$B sleep 2 | $B nc 10.0.2.100 ${allowed}; ` +
+          `$B nc 10.0.2.2 ${other} </dev/null || echo blocked`,
+      );
+      assert.match(net.out, /^hello from allowed$/m, net.err);
+      assert.doesNotMatch(net.out, /hello from other/);
+      assert.match(net.out, /blocked/);
       agent.close();
 
       // The attached driver sees the guest's own power-off through QMP.

@@ -12,8 +12,10 @@ import type { VmDisk, VmSpec } from './types.ts';
  *   - `restricted`: user-mode networking with `restrict=on`, which cuts the guest off from the
  *     host and the outside; each allowed endpoint i is reachable only through a forward, at
  *     10.0.2.(100+i):<port> inside the guest (`guestfwd`, one relay process per connection,
- *     relay.ts). Limits: TCP only; the guest must use those addresses (no DNS for the real
- *     names: restrict=on also blocks slirp's DNS); at most 64 endpoints (the policy's bound).
+ *     relay.ts, which connects to the endpoint from the host). Limits: TCP only; the guest
+ *     must use those addresses (no DNS for the real names: restrict=on also blocks slirp's
+ *     DNS); at most 64 endpoints (the policy's bound); no QEMU seccomp sandbox (the relays
+ *     would inherit it).
  *   - `none`: no network device at all (-nodefaults adds none).
  * No shared folders ever; a clipboard channel (QEMU's vdagent, served through the VNC client)
  * only when `policy.clipboard`; USB passthrough only of `policy.usbDevices`, on an xHCI
@@ -160,10 +162,11 @@ export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuComma
     files.pidfile,
     '-qmp',
     `unix:${opt(files.qmp)},server=on,wait=off`,
-    // No spawning, no privilege changes by QEMU itself (the restricted network's relays are
-    // started by slirp, hence spawn stays allowed there).
-    '-sandbox',
-    `on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny${spec.policy.network === 'restricted' ? '' : ',spawn=deny'}`,
+    ...(spec.policy.network === 'restricted'
+      ? []
+      : // QEMU may not spawn programs, change privileges or scheduling. Not with a restricted
+        // network: its relays are programs slirp spawns, and they would inherit the filter.
+        ['-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny']),
     // The guest agent channel.
     '-chardev',
     `socket,id=qga,path=${opt(files.guestAgent)},server=on,wait=off`,

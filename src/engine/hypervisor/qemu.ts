@@ -60,6 +60,11 @@ function shellQuote(s: string): string {
   return `'${s.replaceAll("'", `'\\''`)}'`;
 }
 
+/** Quotes for the command parser of QEMU's user network (GLib's g_shell_parse_argv). */
+function doubleQuote(s: string): string {
+  return `"${s.replace(/["\\$`]/g, '\\$&')}"`;
+}
+
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -124,8 +129,12 @@ export class QemuDriver implements HypervisorDriver {
     const { accelerator } = await this.accelerator();
     const command = buildQemuArgs(spec, {
       accelerator,
+      // Through sh so the relay's stderr is not the guest's connection (slirp hands the same
+      // socket as stdin, stdout and stderr, and Node does not relay over it then).
       relayCommand: (host, port) =>
-        [process.execPath, RELAY, host, String(port)].map(shellQuote).join(' '),
+        `/bin/sh -c ${doubleQuote(
+          `exec ${[process.execPath, RELAY, host, String(port)].map(shellQuote).join(' ')} 2>/dev/null`,
+        )}`,
     });
     await mkdir(spec.runDir, { recursive: true });
     await cleanRunDir(files, spec.runDir);
@@ -382,10 +391,8 @@ export class QemuDriver implements HypervisorDriver {
     const detail: Record<string, unknown> = { state, lastExit: entry.lastExit };
     if (typeof how.code === 'number') detail['code'] = how.code;
     if (how.signal) detail['signal'] = how.signal;
-    void cleanRunDir(entry.files, entry.runDir).finally(() => {
-      entry.markExited();
-      this.#emit({ name: entry.name, event: 'exited', at: this.#now(), detail });
-    });
+    this.#emit({ name: entry.name, event: 'exited', at: this.#now(), detail });
+    void cleanRunDir(entry.files, entry.runDir).finally(() => entry.markExited());
   }
 }
 

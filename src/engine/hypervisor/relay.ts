@@ -13,6 +13,8 @@ if (host === undefined || !Number.isInteger(port) || port < 1 || port > 65535) {
 }
 const socket = connect({ host, port });
 socket.on('error', () => process.exit(1));
-socket.on('close', () => process.exit(0));
 process.stdin.pipe(socket);
-socket.pipe(process.stdout);
+socket.on('data', (data: Buffer) => process.stdout.write(data));
+// stdout is the guest's connection, a socket, written asynchronously: exit only once what the
+// endpoint sent has been handed over.
+socket.on('close', () => process.stdout.write('', () => process.exit(0)));
