@@ -67,6 +67,7 @@ export function createPgPushBus(options: { connectionString: string; log?: Logge
   });
   sender.on('error', (err) => log?.warn({ err }, 'push notify connection failed'));
   let listener: pg.Client | undefined;
+  let listenedBefore = false;
   let closed = false;
   let retryMs = 250;
   let retryTimer: NodeJS.Timeout | undefined;
@@ -113,6 +114,10 @@ export function createPgPushBus(options: { connectionString: string; log?: Logge
     }
     listener = client;
     retryMs = 250;
+    // Notifications sent while no connection listened are lost: after a reconnect, everything
+    // this process remembers about devices' states may be stale.
+    if (listenedBefore) local.notify('all');
+    listenedBefore = true;
     markReady();
   };
 
@@ -144,6 +149,7 @@ export function createPgPushBus(options: { connectionString: string; log?: Logge
       }
     },
     subscribe: (deviceId, fn) => local.subscribe(deviceId, fn),
+    watch: (fn) => local.watch(fn),
     connections: () => local.connections(),
     ready,
     async close() {

@@ -20,6 +20,11 @@ export interface PushBus {
   notify(deviceIds: readonly string[] | 'all'): void;
   /** Calls `listener` on each notification for `deviceId` until the returned function runs. */
   subscribe(deviceId: string, listener: PushListener): () => void;
+  /**
+   * Calls `listener` with every notification, for whoever caches per-device state (the
+   * desired-state ETags); until the returned function runs.
+   */
+  watch(listener: (deviceIds: readonly string[] | 'all') => void): () => void;
   /** How many push connections are open (for metrics). */
   connections(): number;
 }
@@ -27,6 +32,7 @@ export interface PushBus {
 /** The bus of a single Center process. */
 export function createLocalPushBus(): PushBus {
   const listeners = new Map<string, Set<PushListener>>();
+  const watchers = new Set<(deviceIds: readonly string[] | 'all') => void>();
   let open = 0;
   const call = (set: Set<PushListener> | undefined) => {
     for (const listener of set ?? []) {
@@ -39,6 +45,8 @@ export function createLocalPushBus(): PushBus {
   };
   return {
     notify(deviceIds) {
+      // Watchers first: a device woken by its listener must not be answered from a stale cache.
+      for (const watcher of watchers) watcher(deviceIds);
       if (deviceIds === 'all') {
         for (const set of listeners.values()) call(set);
         return;
@@ -58,6 +66,10 @@ export function createLocalPushBus(): PushBus {
         set.delete(listener);
         if (set.size === 0 && listeners.get(deviceId) === set) listeners.delete(deviceId);
       };
+    },
+    watch(listener) {
+      watchers.add(listener);
+      return () => watchers.delete(listener);
     },
     connections: () => open,
   };

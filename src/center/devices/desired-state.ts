@@ -43,6 +43,11 @@ import { DOMAINS } from './credentials.ts';
  */
 
 export const DESIRED_STATE_WINDOW_MS = 60 * 60_000;
+
+/** Start of the window `nowMs` falls in; a document's `generatedAt` is never before it. */
+export function desiredStateWindow(nowMs: number): number {
+  return nowMs - (nowMs % DESIRED_STATE_WINDOW_MS);
+}
 export const DESIRED_STATE_VALIDITY_MS = 24 * 60 * 60_000;
 
 /** What the hot path reads about a device. */
@@ -99,10 +104,7 @@ export async function readDesiredStateHead(
     Number(row.images_at ?? 0),
   );
   const nowMs = now.getTime();
-  const generatedAt = Math.max(
-    nowMs - (nowMs % DESIRED_STATE_WINDOW_MS),
-    Math.min(revision, nowMs),
-  );
+  const generatedAt = Math.max(desiredStateWindow(nowMs), Math.min(revision, nowMs));
   const pendingCommands = Number(row.pending ?? 0);
   const etag = `"${hash(
     'sha256',

@@ -21,6 +21,7 @@ import {
   newId,
   openDatabase,
 } from '../db/index.ts';
+import { createLocalPushBus } from '../push.ts';
 import { createCenterApp } from '../server.ts';
 import { createEnrolmentToken, DEVICE_SIGNATURE_DOMAINS as DOMAINS } from './index.ts';
 import { Writable } from 'node:stream';
@@ -79,12 +80,14 @@ for (const target of targets) {
     async function setup(st: TestContext, log = pino({ level: 'silent' })) {
       const clock = { ms: START };
       const now = () => new Date(clock.ms);
+      const push = createLocalPushBus();
       const app = await createCenterApp({
         config,
         log,
         database,
         signingKey,
         now,
+        push,
       });
       st.after(() => app.close());
       const groupId = newId(clock.ms);
@@ -146,7 +149,7 @@ for (const target of targets) {
         return res.json().token;
       }
 
-      return { app, clock, groupId, token, enrol, device, challenge, exchange, login };
+      return { app, clock, push, groupId, token, enrol, device, challenge, exchange, login };
     }
 
     function assertError(
@@ -472,6 +475,11 @@ for (const target of targets) {
             updated_at: s.clock.ms,
           })
           .execute();
+        // The 304 path answers from memory: until the change is announced on the push bus (as
+        // every writer of Center does after committing), the device is still told "unchanged".
+        const cached = await s.app.inject({ url, headers: { ...a.auth, 'if-none-match': etag } });
+        assert.equal(cached.statusCode, 304, 'answered without reading the database');
+        s.push.notify([a.deviceId]);
         const changed = await s.app.inject({ url, headers: { ...a.auth, 'if-none-match': etag } });
         assert.equal(changed.statusCode, 200);
         assert.notEqual(changed.headers.etag, etag);

@@ -20,7 +20,14 @@ import {
 } from '../../protocol/index.ts';
 import type { CenterApp, CenterContext } from '../server.ts';
 import { DeviceCredentials, DOMAINS, TOKEN_TTL_MS } from './credentials.ts';
-import { buildDesiredState, matchesEtag, readDesiredStateHead, warnOnce } from './desired-state.ts';
+import { EtagCache } from './etag-cache.ts';
+import {
+  buildDesiredState,
+  desiredStateWindow,
+  matchesEtag,
+  readDesiredStateHead,
+  warnOnce,
+} from './desired-state.ts';
 import { enrolDevice } from './enrol.ts';
 import { RateLimiter } from './rate-limit.ts';
 import { ingestReports } from './reports.ts';
@@ -53,6 +60,9 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
   return async function deviceApiPlugin(app: CenterApp): Promise<void> {
     const { db } = deps.database;
     const credentials = new DeviceCredentials(deps.signingKey, deps.now);
+    const etags = new EtagCache();
+    const unwatch = deps.push.watch((ids) => etags.invalidate(ids));
+    app.addHook('onClose', async () => unwatch());
     // VMs left out of desired states are logged once each, not on every poll.
     const warn = warnOnce(deps.log.child({ component: 'rollout' }));
     const centerKey = {
@@ -228,7 +238,21 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
             'a device may only read its own desired state',
           );
         }
-        const head = await readDesiredStateHead(db, deviceId, deps.now(), deps.signingKey.keyid);
+        // The hot path: an ETag this process answered the device with, not since invalidated
+        // by a notification, answers a matching poll without touching the database.
+        const now = deps.now();
+        const window = desiredStateWindow(now.getTime());
+        const ifNoneMatch = req.headers['if-none-match'];
+        const cached = etags.get(deviceId, window, now.getTime());
+        if (cached !== undefined && matchesEtag(ifNoneMatch, cached)) {
+          checks?.inc({ result: '304' });
+          return reply
+            .header('etag', cached)
+            .header('cache-control', 'private, no-cache')
+            .code(304)
+            .send();
+        }
+        const head = await readDesiredStateHead(db, deviceId, now, deps.signingKey.keyid);
         if (head === undefined) {
           throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device is not enrolled');
         }
@@ -238,7 +262,10 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
         // Polls do not move last_contact_at: that would turn every 304 into a write. Contact
         // is noted when the device gets a token (every 15 minutes) and when it reports.
         reply.header('etag', head.etag).header('cache-control', 'private, no-cache');
-        if (matchesEtag(req.headers['if-none-match'], head.etag)) {
+        // Only a device in good standing is answered from the cache: a cut-off or locked
+        // device's state changes are rarer than its polls are cheap.
+        if (head.state === 'active') etags.set(deviceId, head.etag, window, now.getTime());
+        if (matchesEtag(ifNoneMatch, head.etag)) {
           checks?.inc({ result: '304' });
           return reply.code(304).send();
         }

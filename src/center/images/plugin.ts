@@ -1,4 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { sql } from 'kysely';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { rebuildCatalog } from '../../image/catalog.ts';
@@ -80,6 +81,22 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (parent, dep
   const prefix = '/api/v1/admin';
   const tags = ['images'];
 
+  /**
+   * Every desired state lists the trusted publisher keys, but its revision follows the device
+   * and its images, not the keys: so a change of keys moves every device's revision (one
+   * statement; keys change rarely) and tells them all.
+   */
+  async function publishersChanged(): Promise<void> {
+    const at = nowMs();
+    await db
+      .updateTable('devices')
+      .set({
+        updated_at: sql<number>`case when updated_at >= ${at} then updated_at + 1 else ${at} end`,
+      })
+      .execute();
+    deps.push.notify('all');
+  }
+
   // Uploads are raw bytes; the parser exists in this plugin's scope only.
   app.addContentTypeParser(
     'application/octet-stream',
@@ -111,8 +128,11 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (parent, dep
         response: { 201: PublisherSchema },
       },
     },
-    async (req, reply) =>
-      reply.code(201).send(await createPublisher(db, callerOf(req), req.body, nowMs())),
+    async (req, reply) => {
+      const created = await createPublisher(db, callerOf(req), req.body, nowMs());
+      await publishersChanged();
+      return reply.code(201).send(created);
+    },
   );
 
   app.delete(
@@ -126,7 +146,11 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (parent, dep
         response: { 200: PublisherSchema },
       },
     },
-    async (req) => revokePublisher(db, callerOf(req), req.params.keyid, nowMs()),
+    async (req) => {
+      const revoked = await revokePublisher(db, callerOf(req), req.params.keyid, nowMs());
+      await publishersChanged();
+      return revoked;
+    },
   );
 
   app.get(
@@ -220,15 +244,19 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (parent, dep
         response: { 200: ImageVersionInfoSchema },
       },
     },
-    async (req) =>
-      publishVersion(
+    async (req) => {
+      const published = await publishVersion(
         db,
         callerOf(req),
         req.params.id,
         req.params.version,
         { release: req.body?.release ?? false },
         nowMs(),
-      ),
+      );
+      // The first published version, or one published with `release`, is what devices get.
+      if (published.released) deps.push.notify('all');
+      return published;
+    },
   );
 
   app.post(
@@ -258,7 +286,17 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (parent, dep
         response: { 200: ImageInfoSchema },
       },
     },
-    async (req) => releaseVersion(db, callerOf(req), req.params.id, req.body.versionId, nowMs()),
+    async (req) => {
+      const image = await releaseVersion(
+        db,
+        callerOf(req),
+        req.params.id,
+        req.body.versionId,
+        nowMs(),
+      );
+      deps.push.notify('all');
+      return image;
+    },
   );
 
   app.post(

@@ -349,6 +349,8 @@ for (const target of targets) {
         .set({ release_version_id: catalog.v2, updated_at: c.clock.ms })
         .where('id', '=', catalog.systemImage)
         .execute();
+      // As the release route does after committing: the ETags devices hold may all be stale.
+      c.push.notify('all');
       const released = await c.desiredState(device!, first.etag);
       assert.equal(released.status, 200);
       assert.notEqual(released.etag, first.etag);
