@@ -107,6 +107,11 @@ const cases: { name: string; input: PlanInput; expect: string[] }[] = [
     expect: ['startVm:work'],
   },
   {
+    name: 'a VM shutting down is started only once it is down',
+    input: input(desired([desiredVm('1')]), [vm({ current: rel('1'), run: 'shutting-down' })]),
+    expect: [],
+  },
+  {
     name: 'a new version: update',
     input: input(desired([desiredVm('2')]), [vm({ current: rel('1'), run: 'running' })]),
     expect: ['beginUpdate:work'],

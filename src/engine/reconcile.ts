@@ -109,7 +109,9 @@ export function plan(input: PlanInput): Step[] {
         continue;
       }
     }
-    if (current && leaseValid && !isUp(f?.run ?? 'stopped')) {
+    // A VM on its way down is started once it is down, not while QEMU still runs it.
+    const isDown = (f?.run ?? 'stopped') === 'stopped' || f?.run === 'crashed';
+    if (current && leaseValid && isDown) {
       steps.push({ action: 'startVm', vm: vm.name });
     }
   }

@@ -1,0 +1,354 @@
+// Center and Engine as real processes, the VM on real QEMU (TCG) with the test guest: enrol,
+// publish v1 and see it run healthy, patch to v2 (only new chunks, /data kept), a broken v3
+// that rolls back by itself with Center told why, and Engine restarting while Center is down
+// with its reports arriving once Center is back, none twice. The steps share one VM and run
+// in order.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { GuestAgent } from '../../src/engine/guest-agent.ts';
+import { createQemuDriver } from '../../src/engine/hypervisor/index.ts';
+import { volumeLayout } from '../../src/engine/volumes/overlays.ts';
+import { DirectoryStore, importImage, type ImportResult } from '../../src/image/index.ts';
+import { makeKeys, type Keys } from '../support/fixtures.ts';
+import { requireQemu, testGuest } from '../support/guest.ts';
+
+const BIN = fileURLToPath(new URL('../../bin/bulkhead.js', import.meta.url));
+const nodeBin = fileURLToPath(new URL('../../node_modules/.bin/node', import.meta.url));
+
+interface World {
+  dir: string;
+  port: number;
+  url: string;
+  token: string;
+  keys: Keys;
+  storeDir: string;
+  versions: Record<string, ImportResult>;
+  engineData: string;
+  guest: Awaited<ReturnType<typeof testGuest>>['guest'];
+  deviceId: string;
+  imageId: string;
+  versionIds: Record<string, string>;
+}
+const w = {} as World;
+let center: ChildProcess | undefined;
+let engine: ChildProcess | undefined;
+const driver = createQemuDriver({});
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(nodeBin, [BIN, ...args, '--json'], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    c.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+    c.on('exit', (code) =>
+      code === 0
+        ? resolve(JSON.parse(out || 'null'))
+        : reject(new Error(`bulkhead ${args.slice(0, 2).join(' ')} exited ${code}: ${err}`)),
+    );
+  });
+}
+
+async function startCenter(): Promise<{
+  initialAdmin: { username: string; password: string } | null;
+}> {
+  const c = spawn(
+    nodeBin,
+    [
+      BIN,
+      'center',
+      'serve',
+      '--data',
+      join(w.dir, 'center'),
+      '--listen',
+      `127.0.0.1:${w.port}`,
+      '--public-url',
+      w.url,
+      '--json',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  center = c;
+  let out = '';
+  let err = '';
+  c.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  return new Promise((resolve, reject) => {
+    c.stdout!.on('data', (b: Buffer) => {
+      out += b.toString();
+      if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]!));
+    });
+    c.on('exit', (code) => reject(new Error(`center serve exited ${code}: ${err}`)));
+  });
+}
+
+async function stopCenter(): Promise<void> {
+  const c = center;
+  center = undefined;
+  if (!c || c.exitCode !== null) return;
+  const done = new Promise((r) => c.once('exit', r));
+  c.kill('SIGTERM');
+  await done;
+}
+
+function startEngine(): void {
+  const c = spawn(
+    nodeBin,
+    [
+      BIN,
+      'engine',
+      'run',
+      '--data',
+      w.engineData,
+      '--kernel',
+      w.guest.kernel,
+      '--initrd',
+      w.guest.initrd,
+      '--cmdline',
+      w.guest.cmdline,
+      '--poll',
+      '2',
+      '--log-level',
+      'warn',
+    ],
+    { env: { ...process.env, BULKHEAD_ACCEL: 'tcg' }, stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  c.stderr!.on('data', (b: Buffer) => process.stderr.write(`[engine] ${b.toString()}`));
+  engine = c;
+}
+
+async function killEngine(): Promise<void> {
+  const c = engine;
+  engine = undefined;
+  if (!c || c.exitCode !== null || c.signalCode !== null) return;
+  const done = new Promise((r) => c.once('exit', r));
+  c.kill('SIGKILL');
+  await done;
+}
+
+async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const res = await fetch(`${w.url}/api/v1/admin${path}`, {
+    method,
+    headers: {
+      authorization: `Bearer ${w.token}`,
+      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+    },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${text}`);
+  return (text ? JSON.parse(text) : null) as T;
+}
+
+interface DeviceDetail {
+  currentVersions: Record<string, { system?: string }>;
+  recentEvents: { id: string; type: string; data: Record<string, unknown> }[];
+}
+
+const device = () => api<DeviceDetail>('GET', `/devices/${w.deviceId}`);
+
+async function until<T>(
+  what: string,
+  fn: () => Promise<T | undefined | false>,
+  ms = 180_000,
+): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+async function push(version: string): Promise<void> {
+  await runCli(
+    ['image', 'push', '--center', w.url, '--store', w.storeDir, 'os', version, '--release'],
+    { BULKHEAD_TOKEN: w.token },
+  );
+  const list = await api<{ versions: { id: string; version: string }[] }>(
+    'GET',
+    `/images/${w.imageId || (await imageId())}/versions`,
+  );
+  for (const v of list.versions) w.versionIds[v.version] = v.id;
+}
+
+async function imageId(): Promise<string> {
+  const { images } = await api<{ images: { id: string; name: string }[] }>('GET', '/images');
+  w.imageId = images.find((i) => i.name === 'os')!.id;
+  return w.imageId;
+}
+
+async function guestRun(argv: string[]): Promise<{ exitCode: number; stdout: string }> {
+  await driver.attach('work', volumeLayout(w.engineData, 'work').runDir);
+  const status = await driver.status('work');
+  assert.equal(status.state, 'running', 'the VM runs');
+  const agent = await GuestAgent.waitUntilResponsive(status.guestAgentSocket!, 60_000);
+  try {
+    const r = await agent.exec(argv, 30_000);
+    return { exitCode: r.exitCode, stdout: r.stdout.toString() };
+  } finally {
+    agent.close();
+  }
+}
+
+before(async () => {
+  await requireQemu();
+  const { guest, volumes } = await testGuest();
+  w.guest = guest;
+  w.dir = await mkdtemp(join(tmpdir(), 'bulkhead-e2e-'));
+  w.port = await freePort();
+  w.url = `http://127.0.0.1:${w.port}`;
+  w.engineData = join(w.dir, 'engine');
+  w.versionIds = {};
+  w.imageId = '';
+  w.keys = await makeKeys(w.dir);
+  w.storeDir = join(w.dir, 'store');
+  const store = new DirectoryStore(w.storeDir);
+  const common = { store, name: 'os', key: w.keys.key, tempDir: join(w.dir, 'tmp') };
+  w.versions = {
+    '1': await importImage({ ...common, file: volumes.system.v1, version: '1', parent: null }),
+  };
+  w.versions['2'] = await importImage({
+    ...common,
+    file: volumes.system.v2,
+    version: '2',
+    parent: '1',
+  });
+  w.versions['3'] = await importImage({
+    ...common,
+    file: volumes.system['v3-broken'],
+    version: '3',
+    parent: '2',
+  });
+
+  const started = await startCenter();
+  const admin = started.initialAdmin!;
+  const res = await fetch(`${w.url}/api/v1/admin/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ username: admin.username, password: admin.password }),
+  });
+  w.token = ((await res.json()) as { token: string }).token;
+  await api('POST', '/publishers', {
+    name: 'test-publisher',
+    publicKey: await readFile(w.keys.publicPath, 'utf8'),
+  });
+});
+
+after(async () => {
+  await killEngine();
+  await driver.attach('work', volumeLayout(w.engineData, 'work').runDir).catch(() => {});
+  await driver.stop('work', { timeoutMs: 5000 }).catch(() => {});
+  await stopCenter();
+  if (w.dir) await rm(w.dir, { recursive: true, force: true });
+});
+
+test('1. enrol; publish v1; the VM boots v1 and is healthy; Center shows the device on v1', async () => {
+  await push('1');
+  const group = await api<{ id: string }>('POST', '/groups', { name: 'lab' });
+  const profile = await api<{ id: string }>('POST', '/profiles', {
+    name: 'work',
+    systemImageId: w.imageId,
+    isolation: { network: 'none', encryptData: true },
+    healthCheck: { timeoutSeconds: 60, command: ['/usr/libexec/health-check'] },
+    cpus: 1,
+    memoryMib: 256,
+  });
+  const token = await api<{ token: string }>('POST', '/enrolment-tokens', { groupId: group.id });
+  const enrolled = (await runCli([
+    'engine',
+    'enroll',
+    '--center',
+    w.url,
+    '--token',
+    token.token,
+    '--data',
+    w.engineData,
+  ])) as { deviceId: string };
+  w.deviceId = enrolled.deviceId;
+  await api('PATCH', `/devices/${w.deviceId}`, { profiles: [profile.id] });
+  startEngine();
+  await until('Center to show the device on v1', async () =>
+    Object.values((await device()).currentVersions).some((v) => v.system === w.versionIds['1']),
+  );
+  assert.equal((await guestRun(['/usr/libexec/health-check'])).exitCode, 0);
+  assert.match((await guestRun(['/bin/cat', '/etc/os-release'])).stdout, /VERSION_ID=1\n/);
+});
+
+test('2. a file in /data survives the patch to v2, which downloads only new chunks', async () => {
+  const wrote = await guestRun(['/bin/sh', '-c', 'echo precious > /data/file && sync']);
+  assert.equal(wrote.exitCode, 0);
+  await push('2');
+  await until('Center to show the device on v2', async () =>
+    Object.values((await device()).currentVersions).some((v) => v.system === w.versionIds['2']),
+  );
+  assert.match((await guestRun(['/bin/cat', '/etc/os-release'])).stdout, /VERSION_ID=2\n/);
+  assert.equal((await guestRun(['/bin/cat', '/data/file'])).stdout, 'precious\n');
+  const staged = (await device()).recentEvents.find(
+    (e) => e.type === 'staged' && e.data.versionId === w.versionIds['2'],
+  );
+  assert.ok(staged, 'Center has the staged event of v2');
+  const downloaded = staged.data.downloadedBytes as number;
+  const fresh = w.versions['2']!.newBytes;
+  assert.ok(
+    downloaded > 0 && downloaded < fresh + 256 * 1024,
+    `downloaded ${downloaded} bytes; the chunks new in v2 are ${fresh} bytes`,
+  );
+});
+
+test('3. a broken v3 rolls back to v2 by itself; Center has the reason and the device on v2', async () => {
+  await push('3');
+  const rolled = await until('the rolled-back report at Center', async () =>
+    (await device()).recentEvents.find(
+      (e) => e.type === 'rolled-back' && e.data.versionId === w.versionIds['3'],
+    ),
+  );
+  assert.equal(rolled.data.reason, 'health check command exited 1');
+  const d = await device();
+  assert.ok(Object.values(d.currentVersions).some((v) => v.system === w.versionIds['2']));
+  assert.match((await guestRun(['/bin/cat', '/etc/os-release'])).stdout, /VERSION_ID=2\n/);
+  assert.equal((await guestRun(['/bin/cat', '/data/file'])).stdout, 'precious\n');
+});
+
+test('5. Center down: Engine restarts, the VM keeps running v2; reports arrive later, none twice', async () => {
+  await stopCenter();
+  await killEngine();
+  startEngine();
+  // The VM was never stopped, and Engine (restarted, offline) leaves it running on v2.
+  await new Promise((r) => setTimeout(r, 5000));
+  assert.match((await guestRun(['/bin/cat', '/etc/os-release'])).stdout, /VERSION_ID=2\n/);
+  // Something worth reporting happens while Center is away: the VM is shut down in the guest
+  // and Engine starts it again on its current version.
+  await guestRun(['/sbin/shutdown']).catch(() => {});
+  await until('the VM to run again', async () => {
+    await driver.attach('work', volumeLayout(w.engineData, 'work').runDir);
+    const s = await driver.status('work');
+    if (s.state !== 'running') return false;
+    return (await guestRun(['/bin/cat', '/etc/os-release'])).stdout.includes('VERSION_ID=2');
+  });
+  await startCenter();
+  await until('the offline vm-state report at Center', async () =>
+    (await device()).recentEvents.some((e) => e.type === 'vm-state' && e.data.state === 'running'),
+  );
+  const ids = (await device()).recentEvents.map((e) => e.id);
+  assert.equal(new Set(ids).size, ids.length, 'no event reached Center twice');
+});
