@@ -856,6 +856,7 @@ for (const target of targets) {
       assert.match(text, /bulkhead_center_devices\{state="killed"\} 0\n/);
       assert.match(text, /bulkhead_center_desired_state_checks_total\{result="200"\} 1\n/);
       assert.match(text, /bulkhead_center_desired_state_checks_total\{result="304"\} 1\n/);
+      assert.match(text, /bulkhead_center_rollouts\{state="halted"\} 0\n/);
     });
   });
 }
