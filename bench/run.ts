@@ -4,6 +4,7 @@
 // stderr; the JSON is also written to bench/out/results-<date>.json.
 //
 //   node bench/run.ts [--pairs=v2,v2b] [--skip=bulkhead,casync,zsync,rsync,zstd,bound,chunkers]
+//   node bench/run.ts engine     (Engine's memory, download bytes and rollback time: engine.ts)
 import { availableParallelism, cpus, release, totalmem } from 'node:os';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -450,7 +451,10 @@ async function main(): Promise<void> {
   process.stdout.write(json + '\n');
 }
 
-if (import.meta.main) {
+if (import.meta.main && process.argv[2] === 'engine') {
+  // `npm run bench -- engine`: Engine on QEMU (bench/engine.ts runs itself on import).
+  await import('./engine.ts');
+} else if (import.meta.main) {
   main().catch((err: unknown) => {
     log(`failed: ${errorMessage(err)}`);
     process.exitCode = 1;
