@@ -30,6 +30,7 @@ interface Ctx {
   desiredPath: string;
   eventsPath: string;
   server: StaticServer;
+  tampering: StaticServer;
   publicPem: string;
   keyid: string;
   versions: Record<string, ImportResult>;
@@ -69,13 +70,26 @@ before(async () => {
       parent: '2',
     });
   }
+  // Content no golden holds (the app volume's), for the tampered-mirror case.
+  versions['x'] = await importImage({
+    ...common,
+    file: volumes.appEditor,
+    version: 'x',
+    parent: null,
+  });
   const server = await startStaticServer(join(dir, 'store'));
+  const tampering = await startStaticServer(join(dir, 'store'));
+  tampering.fault = (path) =>
+    path.startsWith('/chunks/')
+      ? { kind: 'replace', body: Buffer.from('tampered') }
+      : { kind: 'none' };
   ctx = {
     dir,
     dataDir: join(dir, 'engine'),
     desiredPath: join(dir, 'desired.json'),
     eventsPath: join(dir, 'events.jsonl'),
     server,
+    tampering,
     publicPem: await readFile(keys.publicPath, 'utf8'),
     keyid: keys.key.keyid,
     versions,
@@ -91,6 +105,7 @@ after(async () => {
     await ctx.driver.attach('work', volumeLayout(ctx.dataDir, 'work').runDir);
     await ctx.driver.stop('work', { timeoutMs: 5000 });
     await ctx.server.close();
+    await ctx.tampering.close();
     await rm(ctx.dir, { recursive: true, force: true });
   }
 });
@@ -107,11 +122,14 @@ function ref(version: string): VolumeRef {
   };
 }
 
-function desired(version: string): DesiredState {
+function desired(
+  version: string,
+  over: { system?: Partial<VolumeRef>; mirrors?: string[] } = {},
+): DesiredState {
   const vm: DesiredVm = {
     name: 'work',
     profileId: 'profile-work',
-    system: ref(version),
+    system: { ...ref(version), ...over.system },
     apps: [],
     policy: {
       network: 'none',
@@ -132,15 +150,18 @@ function desired(version: string): DesiredState {
     generatedAt: Date.now(),
     expiresAt: Date.now() + 86_400_000,
     device: { state: 'active' },
-    mirrors: [ctx.server.url],
+    mirrors: over.mirrors ?? [ctx.server.url],
     publishers: [{ keyid: ctx.keyid, publicKey: ctx.publicPem }],
     vms: [vm],
     commands: [],
   };
 }
 
-async function setDesired(version: string): Promise<void> {
-  await writeFile(ctx.desiredPath, JSON.stringify(desired(version)));
+async function setDesired(
+  version: string,
+  over: Parameters<typeof desired>[1] = {},
+): Promise<void> {
+  await writeFile(ctx.desiredPath, JSON.stringify(desired(version, over)));
 }
 
 function startChild(crashAt?: UpdateState): ChildProcess {
@@ -306,6 +327,40 @@ test('install v1, patch to v2 (only new chunks), a broken v3 rolls back by itsel
     (await events()).filter((e) => e.type === 'switched' && e.data.versionId === 'ver-3a').length,
     1,
   );
+  await stopChild();
+});
+
+test('bad input: a manifest other than the one named, or tampered chunks, fail with nothing switched', async () => {
+  startChild();
+  await settledOn(['2']);
+  const cases = [
+    {
+      versionId: 'ver-forged',
+      over: { system: { versionId: 'ver-forged', manifestId: ctx.versions['1']!.manifest } },
+      version: '2',
+      reason: /expected/,
+    },
+    {
+      versionId: 'ver-x',
+      over: { mirrors: [ctx.tampering.url] },
+      version: 'x',
+      reason: /does not match its digest/,
+    },
+  ];
+  for (const c of cases) {
+    await setDesired(c.version, c.over);
+    const failed = await until(`the failed event of ${c.versionId}`, async () =>
+      (await events()).find((e) => e.type === 'failed' && e.data.versionId === c.versionId),
+    );
+    assert.match(String(failed.data.reason), c.reason);
+    assert.equal(
+      (await events()).some((e) => e.type === 'switched' && e.data.versionId === c.versionId),
+      false,
+      'nothing switched',
+    );
+    assert.equal(await settledOn(['2']), '2');
+  }
+  await assertGuest('2');
   await stopChild();
 });
 
