@@ -82,7 +82,7 @@ test('no clipboard, USB or shared folders unless the policy says so', () => {
   assert.ok(values(args, '-chardev').includes('qemu-vdagent,id=vdagent,clipboard=on'));
 });
 
-test('disks: serials from roles, read-only apps, LUKS data through a secret file', () => {
+test('disks: serials from roles, read-only apps, LUKS data with its key through a pipe', () => {
   const { args, secrets } = buildQemuArgs(spec(), { accelerator: 'kvm' });
   assert.deepEqual(values(args, '-accel'), ['kvm']);
   assert.deepEqual(values(args, '-cpu'), ['host']);
@@ -102,7 +102,7 @@ test('disks: serials from roles, read-only apps, LUKS data through a secret file
       'driver=qcow2,node-name=disk2,file=file2,read-only=off,encrypt.format=luks,encrypt.key-secret=key2',
     ),
   );
-  assert.deepEqual(values(args, '-object'), ['secret,id=key2,file=/run/bulkhead/work/key2.secret']);
+  assert.deepEqual(values(args, '-object'), ['secret,id=key2,file=/run/bulkhead/work/key2.fifo']);
   assert.equal(secrets.length, 1);
   assert.equal(secrets[0]!.content, Buffer.alloc(32, 1).toString('base64'));
   // The key itself is never on the command line.

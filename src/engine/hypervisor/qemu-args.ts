@@ -84,9 +84,13 @@ function opt(value: string): string {
   return value.replaceAll(',', ',,');
 }
 
-/** A secret QEMU reads from a file at start; the driver writes it 0600 and removes it after. */
+/**
+ * A secret QEMU reads at start from a named pipe in the run directory (see `secretFifo`): the
+ * key passes through the kernel, never the disk, the command line or the environment.
+ */
 export interface QemuSecret {
   id: string;
+  /** The FIFO QEMU reads it from. */
   path: string;
   /** The LUKS passphrase: the key in base64, as Engine's data volumes are created with it. */
   content: string;
@@ -237,14 +241,16 @@ function diskArgs(
     const id = `key${i}`;
     secrets.push({
       id,
-      path: join(spec.runDir, `${id}.secret`),
+      path: join(spec.runDir, `${id}.fifo`),
       content: disk.encryptionKey.toString('base64'),
     });
     format += `,encrypt.format=luks,encrypt.key-secret=${id}`;
   }
   const out: string[] = [];
-  if (disk.encryptionKey)
-    out.push('-object', `secret,id=key${i},file=${opt(join(spec.runDir, `key${i}.secret`))}`);
+  const secret = secrets.find((s) => s.id === `key${i}`);
+  if (disk.encryptionKey && secret) {
+    out.push('-object', `secret,id=key${i},file=${opt(secret.path)}`);
+  }
   out.push(
     '-blockdev',
     `driver=file,node-name=file${i},filename=${opt(disk.path)},read-only=${ro}`,

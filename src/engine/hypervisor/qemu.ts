@@ -8,6 +8,7 @@ import { BulkheadError, ErrorCodes, errnoCode } from '../../protocol/errors.ts';
 import { chooseAccelerator, type Accelerator, type KvmProbeResult } from './kvm-probe.ts';
 import { buildQemuArgs, runFiles, type RunFiles } from './qemu-args.ts';
 import { QmpClient, type QmpEvent } from './qmp.ts';
+import { secretFifo, type SecretFifo } from '../secret-fifo.ts';
 import type { HypervisorDriver, VmEvent, VmRunState, VmSpec, VmStatus } from './types.ts';
 
 /*
@@ -144,8 +145,11 @@ export class QemuDriver implements HypervisorDriver {
     this.#vms.set(spec.name, entry);
 
     let spawnError: Error | undefined;
+    const fifos: SecretFifo[] = [];
     try {
-      for (const s of command.secrets) await writeFile(s.path, s.content, { mode: 0o600 });
+      // Keys reach QEMU through FIFOs: it reads each while opening the disks, before QMP
+      // answers; `close` below removes them (and releases any QEMU never read).
+      for (const s of command.secrets) fifos.push(await secretFifo(s.path, s.content));
       const log = openSync(files.log, 'a', 0o600);
       let child: ChildProcess;
       try {
@@ -216,8 +220,7 @@ export class QemuDriver implements HypervisorDriver {
         { cause: err, retryable: true },
       );
     } finally {
-      // QEMU read the secrets when it opened the disks, before QMP answered.
-      for (const s of command.secrets) await rm(s.path, { force: true });
+      for (const fifo of fifos) await fifo.close();
     }
   }
 

@@ -1,10 +1,10 @@
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { mkdir, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { BulkheadError, ErrorCodes, isValidName } from '../../protocol/index.ts';
 import type { VmDisk } from '../hypervisor/types.ts';
+import { secretFifo, secretFifoPath } from '../secret-fifo.ts';
 
 const exec = promisify(execFile);
 
@@ -47,9 +47,16 @@ export function volumeLayout(dataDir: string, vm: string): VolumeLayout {
   };
 }
 
-async function qemuImg(args: string[]): Promise<string> {
+/**
+ * Runs qemu-img. With `secret`, the string `SECRET_FILE` in the arguments is replaced by a FIFO
+ * that hands qemu-img the secret: a key never touches the disk, a command line or the
+ * environment.
+ */
+async function qemuImg(args: string[], secret?: { dir: string; content: string }): Promise<string> {
+  const fifo = secret ? await secretFifo(secretFifoPath(secret.dir), secret.content) : undefined;
   try {
-    const { stdout } = await exec('qemu-img', args, { maxBuffer: 16 * 1024 * 1024 });
+    const argv = fifo ? args.map((a) => a.replace(SECRET_FILE, qemuOpt(fifo.path))) : args;
+    const { stdout } = await exec('qemu-img', argv, { maxBuffer: 16 * 1024 * 1024 });
     return stdout;
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { stderr?: string };
@@ -63,8 +70,24 @@ async function qemuImg(args: string[]): Promise<string> {
       `qemu-img ${args[0]} failed: ${(e.stderr ?? e.message).trim()}`,
       { cause: err },
     );
+  } finally {
+    await fifo?.close();
   }
 }
+
+/** Runs `fn`, again (up to three times) when QEMU could not time its key derivation. */
+async function retryOnCpuTiming<T>(fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (attempt >= 3 || !/accurate CPU usage/.test((err as Error).message)) throw err;
+    }
+  }
+}
+
+/** Stands for the secret's FIFO in qemu-img's arguments. */
+const SECRET_FILE = '@SECRET_FILE@';
 
 /**
  * Replaces the overlay at `path` with a fresh, empty one on `golden`. The VM using it must be
@@ -101,7 +124,7 @@ export interface DataVolumeOptions {
  * file, LUKS-encrypted with QEMU's native encryption when a key is given. An existing volume
  * is never touched. QEMU wants a UTF-8 LUKS passphrase, so the passphrase is the key in base64
  * (as the desired state carries it); the hypervisor must pass the same text. It reaches
- * qemu-img through a 0600 secret file removed right after, and is never logged.
+ * qemu-img through a FIFO, never through a file, and is never logged.
  * Returns true when it created the volume.
  */
 export async function ensureDataVolume(
@@ -112,48 +135,56 @@ export async function ensureDataVolume(
   await mkdir(join(path, '..'), { recursive: true });
   const raw = `${path}.fs.tmp`;
   const tmp = `${path}.new`;
-  const secret = `${path}.${randomBytes(8).toString('hex')}.key`;
   try {
     await writeFile(raw, '');
     const size = options.sizeBytes ?? 1024 ** 3;
     await truncate(raw, size);
     await mkfs(raw, options.label ?? 'data');
     if (options.key) {
-      await writeFile(secret, options.key.toString('base64'), { mode: 0o600 });
-      const object = ['--object', `secret,id=datakey,file=${qemuOpt(secret)}`];
+      const passphrase = { dir: join(path, '..'), content: options.key.toString('base64') };
+      const object = ['--object', `secret,id=datakey,file=${SECRET_FILE}`];
       // Create the encrypted volume empty, then copy in only the file system's non-zero
       // clusters: converting straight into an encrypted target would encrypt every zero.
       // The key is 256 random bits, so a long key-derivation time buys nothing (and slows boots).
-      await qemuImg([
-        'create',
-        '-q',
-        '-f',
-        'qcow2',
-        ...object,
-        '-o',
-        'encrypt.format=luks,encrypt.key-secret=datakey,encrypt.iter-time=10',
-        tmp,
-        String(size),
-      ]);
-      await qemuImg([
-        'convert',
-        '-q',
-        '-n',
-        '--target-is-zero',
-        ...object,
-        '-f',
-        'raw',
-        raw,
-        '--target-image-opts',
-        `driver=qcow2,file.filename=${qemuOpt(tmp)},encrypt.key-secret=datakey`,
-      ]);
+      // QEMU times its key derivation by CPU time and, on a busy machine, sometimes fails with
+      // "Unable to get accurate CPU usage"; that is worth another try.
+      await retryOnCpuTiming(() =>
+        qemuImg(
+          [
+            'create',
+            '-q',
+            '-f',
+            'qcow2',
+            ...object,
+            '-o',
+            'encrypt.format=luks,encrypt.key-secret=datakey,encrypt.iter-time=10',
+            tmp,
+            String(size),
+          ],
+          passphrase,
+        ),
+      );
+      await qemuImg(
+        [
+          'convert',
+          '-q',
+          '-n',
+          '--target-is-zero',
+          ...object,
+          '-f',
+          'raw',
+          raw,
+          '--target-image-opts',
+          `driver=qcow2,file.filename=${qemuOpt(tmp)},encrypt.key-secret=datakey`,
+        ],
+        passphrase,
+      );
     } else {
       await qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, tmp]);
     }
     await rename(tmp, path);
     return true;
   } finally {
-    await rm(secret, { force: true });
     await rm(raw, { force: true });
     await rm(tmp, { force: true });
   }
