@@ -134,6 +134,8 @@ async function startCenter(t: TestContext) {
           updated_at: clock.ms,
         })
         .execute();
+      // As Center's command route does after committing.
+      push.notify([deviceId]);
       return id;
     },
     events: (deviceId: string) =>
