@@ -26,7 +26,7 @@ import { round } from './util.ts';
 const benchDir = dirname(fileURLToPath(import.meta.url));
 const repoRoot = resolve(benchDir, '..');
 const nodeBin = join(repoRoot, 'node_modules', '.bin', 'node');
-const childScript = join(repoRoot, 'test', 'integration', 'engine-update.child.ts');
+const childScript = join(repoRoot, 'test', 'qemu', 'engine-update.child.ts');
 const log = (m: string) => console.error(`[bench engine] ${m}`);
 
 interface Env {

@@ -79,6 +79,8 @@ export class QemuDriver implements HypervisorDriver {
   readonly kind = 'qemu' as const;
   readonly #options: QemuDriverOptions;
   readonly #vms = new Map<string, VmEntry>();
+  /** VMs whose start is in progress. */
+  readonly #starting = new Set<string>();
   readonly #listeners = new Set<(event: VmEvent) => void>();
   #probe: Promise<KvmProbeResult> | null = null;
 
@@ -116,9 +118,20 @@ export class QemuDriver implements HypervisorDriver {
 
   async start(spec: VmSpec): Promise<VmStatus> {
     const known = this.#vms.get(spec.name);
-    if (known && isRunning(known.state)) {
+    if ((known && isRunning(known.state)) || this.#starting.has(spec.name)) {
       throw new BulkheadError(ErrorCodes.IN_USE, `VM ${spec.name} already runs`);
     }
+    // Claimed before the first await: two starts of one VM at once would both clean the run
+    // directory and spawn two QEMUs on the same disks.
+    this.#starting.add(spec.name);
+    try {
+      return await this.#start(spec);
+    } finally {
+      this.#starting.delete(spec.name);
+    }
+  }
+
+  async #start(spec: VmSpec): Promise<VmStatus> {
     const files = runFiles(spec.runDir);
     const stalePid = await readPid(files.pidfile);
     if (stalePid !== undefined && (await isQemuOf(stalePid, files))) {

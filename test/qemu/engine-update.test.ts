@@ -22,7 +22,7 @@ import { startStaticServer, type StaticServer } from '../support/static-server.t
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const nodeBin = join(root, 'node_modules/.bin/node');
-const childScript = join(root, 'test/integration/engine-update.child.ts');
+const childScript = join(root, 'test/qemu/engine-update.child.ts');
 
 interface Ctx {
   dir: string;
