@@ -48,7 +48,7 @@ test('a connection dropped mid-pull: the pull fails cleanly and the next one res
   const out = join(s.dir, 'out.raw');
   let served = 0;
   s.server.fault = (path) =>
-    isChunk(path) && ++served > 40 ? { kind: 'drop', afterBytes: 100 } : { kind: 'none' };
+    isChunk(path) && ++served > 300 ? { kind: 'drop', afterBytes: 100 } : { kind: 'none' };
   const first = pullImage({
     store: new HttpStore(s.server.url),
     name: 'os',
@@ -90,8 +90,8 @@ test('a connection dropped mid-pull: the pull fails cleanly and the next one res
     out: join(s.dir, 'full.raw'),
   });
   assert.ok(
-    second.downloadedBytes < full.downloadedBytes * 0.95,
-    `resumed pull fetched ${second.downloadedBytes} of ${full.downloadedBytes}`,
+    second.downloadedBytes < full.downloadedBytes * 0.85,
+    `resumed pull fetched ${second.downloadedBytes} of ${full.downloadedBytes} (${full.chunksDownloaded} chunks)`,
   );
   // Together the two runs fetched about one image's worth, not one and a bit more than the drop.
   assert.ok(
