@@ -10,6 +10,7 @@ import {
   type AppVolumeRef,
   type DesiredState,
   type DesiredVm,
+  type PublicKeyRef,
   type SignedDesiredState,
 } from '../../protocol/index.ts';
 import { resolveVersions } from '../rollouts/resolve.ts';
@@ -54,6 +55,8 @@ export const DESIRED_STATE_VALIDITY_MS = 24 * 60 * 60_000;
 export interface DesiredStateHead {
   deviceId: string;
   state: DeviceState;
+  /** The device's group (rollouts target groups). */
+  groupId: string;
   revision: number;
   pendingCommands: number;
   generatedAt: number;
@@ -71,6 +74,7 @@ export async function readDesiredStateHead(
     .selectFrom('devices as d')
     .select((eb) => [
       'd.state',
+      'd.group_id',
       'd.updated_at',
       eb
         .selectFrom('commands as c')
@@ -110,7 +114,15 @@ export async function readDesiredStateHead(
     'sha256',
     canonicalJson({ deviceId, revision, pendingCommands, generatedAt, keyid }),
   ).slice(0, 40)}"`;
-  return { deviceId, state: row.state, revision, pendingCommands, generatedAt, etag };
+  return {
+    deviceId,
+    state: row.state,
+    groupId: row.group_id,
+    revision,
+    pendingCommands,
+    generatedAt,
+    etag,
+  };
 }
 
 /**
@@ -155,12 +167,6 @@ async function buildVms(
   signingKey: KeyObject,
   warn: VmWarning,
 ): Promise<DesiredVm[]> {
-  const device = await db
-    .selectFrom('devices')
-    .select('group_id')
-    .where('id', '=', head.deviceId)
-    .executeTakeFirst();
-  if (device === undefined) return [];
   const profiles = await db
     .selectFrom('device_profiles as dp')
     .innerJoin('profiles as p', 'p.id', 'dp.profile_id')
@@ -195,7 +201,7 @@ async function buildVms(
   ];
   const resolved = await resolveVersions(
     db,
-    { id: head.deviceId, groupId: device.group_id, profileIds: new Set(profileIds) },
+    { id: head.deviceId, groupId: head.groupId, profileIds: new Set(profileIds) },
     imageIds,
   );
   const versionIds = [...new Set(resolved.values())];
@@ -285,6 +291,17 @@ function parseJson(text: string): unknown {
   }
 }
 
+/** The publisher keys Center trusts now (not revoked), as desired states list them. */
+export async function readPublishers(db: Kysely<Database>): Promise<PublicKeyRef[]> {
+  const rows = await db
+    .selectFrom('publisher_keys')
+    .select(['keyid', 'public_key'])
+    .where('revoked_at', 'is', null)
+    .orderBy('keyid')
+    .execute();
+  return rows.map((p) => ({ keyid: p.keyid, publicKey: p.public_key }));
+}
+
 /**
  * Builds and signs the document `head` describes. The document holds the VMs' data keys: it
  * goes only to the device it names, and is never logged.
@@ -294,22 +311,21 @@ export async function buildDesiredState(
   head: DesiredStateHead,
   signer: { key: KeyObject; keyid: string },
   mirrors: readonly string[],
-  options: { warn?: VmWarning } = {},
+  options: { warn?: VmWarning; publishers?: () => Promise<PublicKeyRef[]> } = {},
 ): Promise<SignedDesiredState> {
-  const commands = await db
-    .selectFrom('commands')
-    .select(['id', 'kind', 'profile_id', 'created_at'])
-    .where('device_id', '=', head.deviceId)
-    .where('state', '=', 'pending')
-    .orderBy('created_at')
-    .orderBy('id')
-    .execute();
-  const publishers = await db
-    .selectFrom('publisher_keys')
-    .select(['keyid', 'public_key'])
-    .where('revoked_at', 'is', null)
-    .orderBy('keyid')
-    .execute();
+  // Independent reads: on PostgreSQL they go out on separate pooled connections at once.
+  const [commands, publishers, vms] = await Promise.all([
+    db
+      .selectFrom('commands')
+      .select(['id', 'kind', 'profile_id', 'created_at'])
+      .where('device_id', '=', head.deviceId)
+      .where('state', '=', 'pending')
+      .orderBy('created_at')
+      .orderBy('id')
+      .execute(),
+    options.publishers?.() ?? readPublishers(db),
+    buildVms(db, head, signer.key, options.warn ?? (() => undefined)),
+  ]);
   const state: DesiredState = {
     deviceId: head.deviceId,
     revision: head.revision,
@@ -317,8 +333,8 @@ export async function buildDesiredState(
     expiresAt: head.generatedAt + DESIRED_STATE_VALIDITY_MS,
     device: { state: head.state },
     mirrors: [...mirrors],
-    publishers: publishers.map((p) => ({ keyid: p.keyid, publicKey: p.public_key })),
-    vms: await buildVms(db, head, signer.key, options.warn ?? (() => undefined)),
+    publishers,
+    vms,
     commands: commands.map((c) => ({
       id: c.id,
       kind: c.kind,

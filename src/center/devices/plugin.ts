@@ -17,6 +17,7 @@ import {
   SignedDesiredStateSchema,
   TokenRequestSchema,
   TokenResponseSchema,
+  type PublicKeyRef,
 } from '../../protocol/index.ts';
 import type { CenterApp, CenterContext } from '../server.ts';
 import { DeviceCredentials, DOMAINS, TOKEN_TTL_MS } from './credentials.ts';
@@ -25,6 +26,7 @@ import {
   buildDesiredState,
   desiredStateWindow,
   matchesEtag,
+  readPublishers,
   readDesiredStateHead,
   warnOnce,
 } from './desired-state.ts';
@@ -61,7 +63,20 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
     const { db } = deps.database;
     const credentials = new DeviceCredentials(deps.signingKey, deps.now);
     const etags = new EtagCache();
-    const unwatch = deps.push.watch((ids) => etags.invalidate(ids));
+    // Trusted publisher keys, the same in every document: read once, read again after a
+    // change (a key change notifies every device, 'all').
+    let publishers: Promise<PublicKeyRef[]> | undefined;
+    const currentPublishers = () => {
+      publishers ??= readPublishers(db).catch((err: unknown) => {
+        publishers = undefined;
+        throw err;
+      });
+      return publishers;
+    };
+    const unwatch = deps.push.watch((ids) => {
+      etags.invalidate(ids);
+      if (ids === 'all') publishers = undefined;
+    });
     app.addHook('onClose', async () => unwatch());
     // VMs left out of desired states are logged once each, not on every poll.
     const warn = warnOnce(deps.log.child({ component: 'rollout' }));
@@ -270,7 +285,10 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
           return reply.code(304).send();
         }
         checks?.inc({ result: '200' });
-        return buildDesiredState(db, head, deps.signingKey, storeUrls, { warn });
+        return buildDesiredState(db, head, deps.signingKey, storeUrls, {
+          warn,
+          publishers: currentPublishers,
+        });
       },
     );
 
