@@ -56,7 +56,10 @@ export interface SyncLoopDeps {
   onDesiredState(document: SignedDesiredState, source: 'center' | 'disk'): Promise<void> | void;
   /** Carries out commands; without one, each command is answered as not supported. */
   handleCommand?: CommandHandler;
-  /** Poll interval while online (default 60 s). */
+  /**
+   * Poll interval while online. Without it, the interval the desired state names
+   * (`pollIntervalSeconds`, set by Center), else 60 s.
+   */
   intervalMs?: number;
   /** First backoff ceiling (default 1 s); doubles per consecutive failure. */
   backoffBaseMs?: number;
@@ -148,6 +151,9 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
   }
 
   async function deliver(document: SignedDesiredState, source: 'center' | 'disk') {
+    // Center tunes the poll interval for its fleet, unless this device was given its own.
+    const tuned = document.state.pollIntervalSeconds;
+    if (deps.intervalMs === undefined && tuned !== undefined) intervalMs = tuned * 1000;
     await runCommands(document);
     try {
       await deps.onDesiredState(document, source);

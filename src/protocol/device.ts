@@ -170,6 +170,11 @@ export const DesiredStateSchema = z.object({
   expiresAt: EpochMsSchema,
   /** The device's state at Center (`locked`: VMs may not start; `killed`: crypto-erase). */
   device: z.object({ state: z.enum(['active', 'locked', 'killed', 'retired']) }),
+  /**
+   * How often the device should ask for news when no push arrives; Center's administrators
+   * tune it to their fleet's size (a device's own `--poll` takes precedence).
+   */
+  pollIntervalSeconds: z.number().int().min(10).max(86_400).optional(),
   /** Base URLs of chunk stores to fetch from, Center's own first, then its mirrors. */
   mirrors: z.array(z.string()),
   /** Publisher keys Center trusts (not revoked); manifests must be signed by one of them. */

@@ -67,7 +67,9 @@ async function startCenter(t: TestContext) {
   const database = await openDatabase({ url: `sqlite:${join(dir, 'center.db')}` });
   t.after(() => database.close());
   await migrateToLatest(database.db);
-  const config = resolveConfig([{ dataDir: join(dir, 'center'), listen: '127.0.0.1:0' }]);
+  const config = resolveConfig([
+    { dataDir: join(dir, 'center'), listen: '127.0.0.1:0', devicePollSeconds: 45 },
+  ]);
   const pair = generateKeyPair();
   const signingKey = { key: createPrivateKey(pair.privatePem), keyid: pair.keyid };
   const clock = { ms: START };
@@ -326,7 +328,7 @@ test('sync loop: commands once, Center down → backoff grows and events wait, b
   const loop = makeLoop();
   const first = await loop.syncNow();
   assert.equal(first.ok, true);
-  assert.equal(first.nextDelayMs, 60_000);
+  assert.equal(first.nextDelayMs, 45_000, "the interval Center's desired state names");
   assert.equal(seen.length, 1);
   assert.equal(loop.connectivity().online, true);
   assert.equal(loop.connectivity().lastContactAt, START);
@@ -392,6 +394,7 @@ test('sync loop: commands once, Center down → backoff grows and events wait, b
   await center.up();
   const back = await loop.syncNow();
   assert.equal(back.ok, true);
+  assert.equal(back.nextDelayMs, 45_000, "online again, the loop polls at Center's interval");
   assert.equal(back.delivered, 1_100);
   assert.equal(d.queue.depth(), 0);
   assert.equal((await loop.syncNow()).delivered, 0);

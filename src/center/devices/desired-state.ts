@@ -311,7 +311,11 @@ export async function buildDesiredState(
   head: DesiredStateHead,
   signer: { key: KeyObject; keyid: string },
   mirrors: readonly string[],
-  options: { warn?: VmWarning; publishers?: () => Promise<PublicKeyRef[]> } = {},
+  options: {
+    warn?: VmWarning;
+    publishers?: () => Promise<PublicKeyRef[]>;
+    pollIntervalSeconds?: number;
+  } = {},
 ): Promise<SignedDesiredState> {
   // Independent reads: on PostgreSQL they go out on separate pooled connections at once.
   const [commands, publishers, vms] = await Promise.all([
@@ -332,6 +336,9 @@ export async function buildDesiredState(
     generatedAt: head.generatedAt,
     expiresAt: head.generatedAt + DESIRED_STATE_VALIDITY_MS,
     device: { state: head.state },
+    ...(options.pollIntervalSeconds === undefined
+      ? {}
+      : { pollIntervalSeconds: options.pollIntervalSeconds }),
     mirrors: [...mirrors],
     publishers,
     vms,
