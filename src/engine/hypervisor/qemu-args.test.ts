@@ -4,18 +4,21 @@ import { IsolationPolicySchema } from '../../protocol/index.ts';
 import { buildQemuArgs, diskSerial } from './qemu-args.ts';
 import type { VmSpec } from './types.ts';
 
+/** The VM's run directory; these tests only build arguments, nothing is created there. */
+const RUN_DIR = 'vm-run/work';
+
 function spec(policy: Partial<VmSpec['policy']> = {}, extra: Partial<VmSpec> = {}): VmSpec {
   return {
     name: 'work',
     cpus: 2,
     memoryMib: 512,
-    runDir: '/run/bulkhead/work',
+    runDir: RUN_DIR,
     disks: [
-      { role: 'system', path: '/v/system.qcow2', format: 'qcow2', readOnly: false },
-      { role: 'app:editor', path: '/v/app,1.qcow2', format: 'qcow2', readOnly: true },
+      { role: 'system', path: 'volumes/system.qcow2', format: 'qcow2', readOnly: false },
+      { role: 'app:editor', path: 'volumes/app,1.qcow2', format: 'qcow2', readOnly: true },
       {
         role: 'data',
-        path: '/v/data.qcow2',
+        path: 'volumes/data.qcow2',
         format: 'qcow2',
         readOnly: false,
         encryptionKey: Buffer.alloc(32, 1),
@@ -94,7 +97,7 @@ test('disks: serials from roles, read-only apps, LUKS data with its key through 
   const blockdevs = values(args, '-blockdev');
   // Commas in paths are escaped for QEMU's option syntax.
   assert.ok(
-    blockdevs.includes('driver=file,node-name=file1,filename=/v/app,,1.qcow2,read-only=on'),
+    blockdevs.includes('driver=file,node-name=file1,filename=volumes/app,,1.qcow2,read-only=on'),
   );
   assert.ok(blockdevs.includes('driver=qcow2,node-name=disk1,file=file1,read-only=on'));
   assert.ok(
@@ -102,7 +105,7 @@ test('disks: serials from roles, read-only apps, LUKS data with its key through 
       'driver=qcow2,node-name=disk2,file=file2,read-only=off,encrypt.format=luks,encrypt.key-secret=key2',
     ),
   );
-  assert.deepEqual(values(args, '-object'), ['secret,id=key2,file=/run/bulkhead/work/key2.fifo']);
+  assert.deepEqual(values(args, '-object'), [`secret,id=key2,file=${RUN_DIR}/key2.fifo`]);
   assert.equal(secrets.length, 1);
   assert.equal(secrets[0]!.content, Buffer.alloc(32, 1).toString('base64'));
   // The key itself is never on the command line.

@@ -43,11 +43,11 @@ test('overlays: a fresh overlay forgets what the guest wrote; the golden is neve
 });
 
 test('overlays: role names stay inside the VM folder', () => {
-  const layout = volumeLayout('/d', 'work');
-  assert.equal(layout.overlay('app:office'), '/d/vms/work/app-office.qcow2');
+  const layout = volumeLayout('engine', 'work');
+  assert.equal(layout.overlay('app:office'), 'engine/vms/work/app-office.qcow2');
   assert.throws(() => layout.overlay('app:../x'), /not valid/);
   assert.throws(() => layout.overlay('other'), /not valid/);
-  assert.throws(() => volumeLayout('/d', '../etc'), /not valid/);
+  assert.throws(() => volumeLayout('engine', '../etc'), /not valid/);
   const disks = vmDisks(layout, [{ name: 'office' }]);
   assert.deepEqual(
     disks.map((d) => [d.role, d.readOnly]),
