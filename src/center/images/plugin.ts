@@ -313,45 +313,32 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (parent, dep
     async (req) => findMissing(store, req.body),
   );
 
-  // Chunks are content-addressed and not referenced until a manifest names them, so a chunk
-  // upload leaves no audit entry; the manifest upload that publishes them does.
-  app.put(
-    `${prefix}/store/chunks/:digest`,
-    {
-      config: { adminRole: 'operator' },
-      bodyLimit: MAX_COMPRESSED_CHUNK_BYTES,
-      schema: {
-        tags,
-        description:
-          'Uploads one chunk as the store keeps it (zstd-compressed); the SHA-256 of its content must be the digest.',
-        params: DigestParamsSchema,
-        response: { 200: StoredObjectSchema, 201: StoredObjectSchema },
+  // A chunk or a chunk index, as the store keeps it (zstd-compressed), named by the SHA-256 of
+  // its content. Both are content-addressed and unreferenced until a manifest names them, so
+  // their uploads leave no audit entry; the manifest upload that publishes them does.
+  const objects = [
+    { path: 'chunks', what: 'chunk', bodyLimit: MAX_COMPRESSED_CHUNK_BYTES, put: putChunk },
+    { path: 'indexes', what: 'chunk index', bodyLimit: MAX_INDEX_BYTES, put: putIndex },
+  ];
+  for (const object of objects) {
+    app.put(
+      `${prefix}/store/${object.path}/:digest`,
+      {
+        config: { adminRole: 'operator' },
+        bodyLimit: object.bodyLimit,
+        schema: {
+          tags,
+          description: `Uploads one ${object.what} as the store keeps it (zstd-compressed); the SHA-256 of its content must be the digest.`,
+          params: DigestParamsSchema,
+          response: { 200: StoredObjectSchema, 201: StoredObjectSchema },
+        },
       },
-    },
-    async (req, reply) => {
-      const r = await putChunk(store, req.params.digest, rawBody(req.body));
-      return reply.code(r.created ? 201 : 200).send(r);
-    },
-  );
-
-  app.put(
-    `${prefix}/store/indexes/:digest`,
-    {
-      config: { adminRole: 'operator' },
-      bodyLimit: MAX_INDEX_BYTES,
-      schema: {
-        tags,
-        description:
-          'Uploads one chunk index as the store keeps it (zstd-compressed); the SHA-256 of its content must be the digest.',
-        params: DigestParamsSchema,
-        response: { 200: StoredObjectSchema, 201: StoredObjectSchema },
+      async (req, reply) => {
+        const r = await object.put(store, req.params.digest, rawBody(req.body));
+        return reply.code(r.created ? 201 : 200).send(r);
       },
-    },
-    async (req, reply) => {
-      const r = await putIndex(store, req.params.digest, rawBody(req.body));
-      return reply.code(r.created ? 201 : 200).send(r);
-    },
-  );
+    );
+  }
 
   app.put(
     `${prefix}/store/images/:name/:version`,
