@@ -281,7 +281,7 @@ function request()
   local events = {}
   for i = 1, 10 do
     counter = counter + 1
-    events[i] = string.format('{"id":"b-%s-%d","type":"vm-state","at":%d,"data":{"state":"running"}}',
+    events[i] = string.format('{"id":"b-%s-%d","type":"vm-state","at":%d,"data":{"vm":"work","profileId":null,"state":"running"}}',
       prefix, counter, 1700000000000 + counter)
   end
   return wrk.format("POST", "/api/v1/device/reports", headers, '{"events":[' .. table.concat(events, ",") .. ']}')

@@ -9,6 +9,8 @@ import {
   errnoCode,
   isBulkheadError,
   type DeviceEvent,
+  type DeviceEventType,
+  type NewEvent,
 } from '../protocol/index.ts';
 import { systemClock, type Clock } from './clock.ts';
 import { silentLog, type Log } from './log.ts';
@@ -37,7 +39,7 @@ import { AtomicJsonFile, fsyncDir } from './store/atomic.ts';
  */
 
 /** Event kinds never dropped to make room. */
-export const PROTECTED_EVENT_TYPES: ReadonlySet<string> = new Set([
+export const PROTECTED_EVENT_TYPES: ReadonlySet<DeviceEventType> = new Set<DeviceEventType>([
   'healthy',
   'rolled-back',
   'command-result',
@@ -63,14 +65,7 @@ export interface EventQueueOptions {
   compactBytes?: number;
 }
 
-export interface NewEvent {
-  type: string;
-  data?: Record<string, unknown>;
-  /** A fixed id, to make the event idempotent at Center (a command's result, say). */
-  id?: string;
-  /** When it happened; now when omitted. */
-  at?: number;
-}
+export type { NewEvent } from '../protocol/index.ts';
 
 interface Entry {
   event: DeviceEvent;
@@ -230,7 +225,7 @@ export class EventQueue {
       id: e.id ?? this.#newId(at),
       type: e.type,
       at,
-      data: e.data ?? {},
+      data: e.data,
     });
     if (!parsed.success) {
       const issue = parsed.error.issues[0];

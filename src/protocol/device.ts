@@ -5,6 +5,7 @@ import {
   ResetPolicySchema,
   VmResourcesSchema,
 } from './policy.ts';
+import { CommandKindSchema, DeviceEventSchema } from './events.ts';
 
 /*
  * Wire schemas of Center's device API (`/api/v1/device/…`), shared by Center and Engine.
@@ -110,7 +111,7 @@ export type TokenResponse = z.infer<typeof TokenResponseSchema>;
 
 export const DeviceCommandSchema = z.object({
   id: z.string(),
-  kind: z.enum(['lock', 'unlock', 'kill', 'restart-vm']),
+  kind: CommandKindSchema,
   /** The VM (profile id) a `restart-vm` applies to; null for device-wide commands. */
   profileId: z.string().nullable(),
   issuedAt: EpochMsSchema,
@@ -197,33 +198,8 @@ export type SignedDesiredState = z.infer<typeof SignedDesiredStateSchema>;
 
 /** Most events in one report batch. */
 export const MAX_REPORT_EVENTS = 500;
-/** Most bytes of one event's `data` as JSON. */
-export const MAX_EVENT_DATA_BYTES = 8 * 1024;
-
-export const DeviceEventSchema = z.strictObject({
-  /** Chosen by the device (a UUID, say); a replay with the same id is counted once. */
-  id: z
-    .string()
-    .min(1)
-    .max(128)
-    .regex(/^[A-Za-z0-9._:-]+$/, 'letters, digits and . _ : - only'),
-  /** `download-progress`, `staged`, `switched`, `healthy`, `rolled-back`, `vm-state`, … */
-  type: z
-    .string()
-    .min(1)
-    .max(64)
-    .regex(/^[a-z][a-z0-9-]*$/, 'lower-case letters, digits and - only'),
-  at: EpochMsSchema,
-  data: z
-    .record(z.string().max(128), z.unknown())
-    .refine((d) => Buffer.byteLength(JSON.stringify(d)) <= MAX_EVENT_DATA_BYTES, {
-      message: `at most ${MAX_EVENT_DATA_BYTES} bytes as JSON`,
-    })
-    .default({}),
-});
-export type DeviceEvent = z.infer<typeof DeviceEventSchema>;
-
 export const ReportRequestSchema = z.strictObject({
+  /** Each event's type picks its payload's schema (src/protocol/events.ts). */
   events: z.array(DeviceEventSchema).min(1).max(MAX_REPORT_EVENTS),
 });
 export type ReportRequest = z.infer<typeof ReportRequestSchema>;

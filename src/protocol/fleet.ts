@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { CommandKindSchema } from './events.ts';
 import {
   HealthCheckSchema,
   IsolationPolicySchema,
@@ -202,7 +203,6 @@ export const DevicePageSchema = z.object({
 });
 export type DevicePage = z.infer<typeof DevicePageSchema>;
 
-export const CommandKindSchema = z.enum(['lock', 'unlock', 'kill', 'restart-vm']);
 export const CommandStateSchema = z.enum(['pending', 'delivered', 'done', 'failed', 'cancelled']);
 
 export const CommandSchema = z.object({
@@ -306,11 +306,3 @@ export const CreateEnrolmentTokenResponseSchema = EnrolmentTokenSchema.extend({
 
 /** Path parameter of the fleet routes: `:id` must be an id Center made. */
 export const FleetIdParamsSchema = z.strictObject({ id: FleetIdSchema });
-
-/** What a device reports to acknowledge a command (event type `command-result`). */
-export const CommandResultDataSchema = z.strictObject({
-  commandId: z.string().min(1).max(64),
-  ok: z.boolean(),
-  message: z.string().max(2000).optional(),
-});
-export type CommandResultData = z.infer<typeof CommandResultDataSchema>;

@@ -4,6 +4,7 @@ export * from './manifest.ts';
 export * from './admin.ts';
 export { canonicalJson } from './canonical.ts';
 export * from './device.ts';
+export * from './events.ts';
 export * from './policy.ts';
 export * from './images.ts';
 export * from './fleet.ts';

@@ -165,35 +165,6 @@ export const RolloutActionRequestSchema = z
   .strictObject({ reason: z.string().min(1).max(500).optional() })
   .nullish();
 
-/*
- * Device events a rollout counts (`POST /api/v1/device/reports`, `data` of each event). Fields
- * beyond these are kept with the event but ignored here; an event of these types without the
- * fields is stored and not counted.
- */
-
-/** `healthy`: the VM of `profileId` came up healthy on `versionId` (of image `image`). */
-export const HealthyEventDataSchema = z.object({
-  profileId: z.string().min(1).max(64),
-  image: z.string().max(128).optional(),
-  versionId: z.string().min(1).max(64),
-});
-
-/** `rolled-back`: `versionId` failed its health check and the VM went back to the previous one. */
-export const RolledBackEventDataSchema = z.object({
-  profileId: z.string().min(1).max(64).optional(),
-  versionId: z.string().min(1).max(64),
-  reason: z.string().max(2000).optional(),
-});
-
-/** `failed`: downloading or verifying `versionId` failed. */
-export const FailedEventDataSchema = z.object({
-  versionId: z.string().min(1).max(64),
-  reason: z.string().max(2000).optional(),
-});
-
-/** `download-progress`, `staged`, `switched`: on the way to `versionId`. */
-export const ProgressEventDataSchema = z.object({ versionId: z.string().min(1).max(64) });
-
 /**
  * What a device runs, as Center learned it from its `healthy` reports (`devices.
  * current_versions`): per profile id, the system image version id and, per app image id, the

@@ -37,6 +37,7 @@ import {
   isBulkheadError,
   type DeviceCommand,
 } from '../../src/protocol/index.ts';
+import { sampleEvent } from '../support/events.ts';
 import { tempDir } from '../support/fixtures.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/bulkhead.js', import.meta.url));
@@ -252,7 +253,10 @@ test('enrol → token → verified desired state → 304 → reports accepted; r
   });
   assert.deepEqual(second, { changed: false, etag: first.etag });
 
-  const [e1, e2] = await d.queue.append([{ type: 'staged' }, { type: 'healthy' }]);
+  const [e1, e2] = await d.queue.append([
+    sampleEvent('staged', 'v1'),
+    sampleEvent('healthy', 'v1'),
+  ]);
   assert.deepEqual(await client.sendReports([e1!, e2!]), { accepted: 2, duplicates: 0 });
   assert.deepEqual(await client.sendReports([e1!]), { accepted: 0, duplicates: 1 });
 
@@ -357,11 +361,9 @@ test('sync loop: commands once, Center down → backoff grows and events wait, b
   await center.down();
   const before = await center.events(d.identity.deviceId);
   const queued = await d.queue.append(
-    Array.from({ length: 1_100 }, (_, i) => ({
-      type: i % 100 === 99 ? 'healthy' : 'download-progress',
-      data: { i },
-      at: START + i,
-    })),
+    Array.from({ length: 1_100 }, (_, i) =>
+      sampleEvent(i % 100 === 99 ? 'healthy' : 'download-progress', `v${i}`, { at: START + i }),
+    ),
   );
   const delays: number[] = [];
   for (let i = 0; i < 5; i++) {

@@ -8,6 +8,7 @@ import {
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { pino } from 'pino';
+import { updateEvent } from '../../../test/support/events.ts';
 import { tempDir } from '../../../test/support/fixtures.ts';
 import { startPostgres } from '../../../test/support/postgres.ts';
 import { generateKeyPair } from '../../image/keys.ts';
@@ -398,7 +399,9 @@ for (const target of targets) {
       const report = await s.app.inject({
         method: 'POST',
         url: '/api/v1/device/reports',
-        payload: { events: [{ id: 'e1', type: 'staged', at: START, data: {} }] },
+        payload: {
+          events: [{ id: 'e1', at: START, ...updateEvent('staged', { versionId: 'v' }) }],
+        },
       });
       assertError(report, 401, 'ERR_UNAUTHENTICATED');
 
@@ -523,7 +526,9 @@ for (const target of targets) {
           method: 'POST',
           url: '/api/v1/device/reports',
           headers: b.auth,
-          payload: { events: [{ id: 'late', type: 'healthy', at: START }] },
+          payload: {
+            events: [{ id: 'late', at: START, ...updateEvent('healthy', { versionId: 'v' }) }],
+          },
         });
         assertError(report, 401, 'ERR_UNAUTHENTICATED');
       },
@@ -534,10 +539,15 @@ for (const target of targets) {
       const a = await s.device();
       const b = await s.device();
       const events = [
-        { id: 'evt-1', type: 'download-progress', at: START - 5000, data: { bytes: 1024 } },
-        { id: 'evt-2', type: 'staged', at: START - 4000, data: { version: '2' } },
-        { id: 'evt-3', type: 'healthy', at: START - 3000 },
+        { id: 'evt-1', at: START - 5000, ...updateEvent('download-progress', { versionId: 'v1' }) },
+        { id: 'evt-2', at: START - 4000, ...updateEvent('staged', { versionId: 'v2' }) },
+        { id: 'evt-3', at: START - 3000, ...updateEvent('healthy', { versionId: 'v3' }) },
       ];
+      const rolledBack = {
+        id: 'evt-4',
+        at: START,
+        ...updateEvent('rolled-back', { versionId: 'v4', reason: 'x' }),
+      };
       const post = (auth: Record<string, string>, payload: object) =>
         s.app.inject({ method: 'POST', url: '/api/v1/device/reports', headers: auth, payload });
       s.clock.ms += 5000;
@@ -547,7 +557,7 @@ for (const target of targets) {
       const replay = await post(a.auth, { events: [...events, events[0]] });
       assert.deepEqual(replay.json(), { accepted: 0, duplicates: 4 });
       const more = await post(a.auth, {
-        events: [events[2], { id: 'evt-4', type: 'rolled-back', at: START, data: { reason: 'x' } }],
+        events: [events[2], rolledBack],
       });
       assert.deepEqual(more.json(), { accepted: 1, duplicates: 1 });
       // Event ids are the device's own: B may use the same ones.
@@ -561,12 +571,7 @@ for (const target of targets) {
         .execute();
       assert.deepEqual(
         stored.map((e) => [e.event_id, e.type, e.occurred_at, JSON.parse(e.payload)]),
-        [
-          ['evt-1', 'download-progress', START - 5000, { bytes: 1024 }],
-          ['evt-2', 'staged', START - 4000, { version: '2' }],
-          ['evt-3', 'healthy', START - 3000, {}],
-          ['evt-4', 'rolled-back', START, { reason: 'x' }],
-        ],
+        [...events, rolledBack].map((e) => [e.id, e.type, e.at, e.data]),
       );
       const device = await db
         .selectFrom('devices')
@@ -613,13 +618,31 @@ for (const target of targets) {
 
       const post = (payload: object) =>
         s.app.inject({ method: 'POST', url: '/api/v1/device/reports', headers: a.auth, payload });
-      const event = (i: number) => ({ id: `e${i}`, type: 'vm-state', at: START, data: {} });
+      const event = (i: number) => ({
+        id: `e${i}`,
+        type: 'vm-state',
+        at: START,
+        data: { vm: 'work', profileId: null, state: 'running' },
+      });
       const tooMany = await post({ events: Array.from({ length: 501 }, (_, i) => event(i)) });
       assert.match(assertError(tooMany, 400, 'ERR_VALIDATION'), /events/);
       const bigData = await post({
-        events: [{ ...event(1), data: { blob: 'x'.repeat(9000) } }],
+        events: [{ ...event(1), data: { ...event(1).data, reason: 'x'.repeat(9000) } }],
       });
-      assert.match(assertError(bigData, 400, 'ERR_VALIDATION'), /events\.0\.data/);
+      assert.match(assertError(bigData, 400, 'ERR_VALIDATION'), /events\.0\.data\.reason/);
+      const unknownField = await post({
+        events: [{ ...event(1), data: { ...event(1).data, blob: 'x' } }],
+      });
+      assert.match(assertError(unknownField, 400, 'ERR_VALIDATION'), /blob/);
+      const unknownType = await post({ events: [{ ...event(1), type: 'telemetry' }] });
+      assert.match(assertError(unknownType, 400, 'ERR_VALIDATION'), /events\.0\.type/);
+      const missing = await post({
+        events: [{ id: 'h', at: START, type: 'healthy', data: { versionId: 'v' } }],
+      });
+      assert.match(
+        assertError(missing, 400, 'ERR_VALIDATION'),
+        /events\.0\.data\.(profileId|volumes|image)/,
+      );
       const extra = await post({ events: [{ ...event(1), severity: 'high' }] });
       assert.match(assertError(extra, 400, 'ERR_VALIDATION'), /severity/);
       const badId = await post({ events: [{ ...event(1), id: '../x y' }] });

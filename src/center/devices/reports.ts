@@ -3,7 +3,6 @@ import type { Database } from '../db/index.ts';
 import { recordRolloutReports } from '../rollouts/reports.ts';
 import {
   BulkheadError,
-  CommandResultDataSchema,
   ErrorCodes,
   type DeviceEvent,
   type ReportRequest,
@@ -72,8 +71,7 @@ export async function ingestReports(
 /**
  * Settles the commands that fresh `command-result` events acknowledge: `done` when `ok`, else
  * `failed`, with the device's report as the result. Only the device's own commands that are
- * still open change, so a replay, a stray id or another device's command id does nothing; an
- * event whose data is not `{ commandId, ok, message? }` is kept as an event and settles nothing.
+ * still open change, so a replay, a stray id or another device's command id does nothing.
  * `updated_at` moves strictly forward, which changes the device's desired-state ETag.
  */
 async function settleCommands(
@@ -85,14 +83,12 @@ async function settleCommands(
 ): Promise<void> {
   for (const event of events) {
     if (event.type !== 'command-result' || !fresh.has(event.id)) continue;
-    const parsed = CommandResultDataSchema.safeParse(event.data);
-    if (!parsed.success) continue;
-    const { commandId, ok, message } = parsed.data;
+    const { commandId, ok, message } = event.data;
     await tx
       .updateTable('commands')
       .set({
         state: ok ? 'done' : 'failed',
-        result: JSON.stringify({ ok, ...(message === undefined ? {} : { message }) }),
+        result: JSON.stringify({ ok, message }),
         updated_at: sql<number>`case when updated_at >= ${nowMs} then updated_at + 1 else ${nowMs} end`,
       })
       .where('id', '=', commandId)

@@ -642,18 +642,21 @@ for (const target of targets) {
           [lock.body.id],
         );
 
-        // Another device cannot settle this command; a malformed result settles nothing.
-        await report(other.bearer.token, [
+        // Another device cannot settle this command; a malformed result is refused whole.
+        const foreign = await report(other.bearer.token, [
           {
             id: 'e1',
             type: 'command-result',
             at: START,
-            data: { commandId: lock.body.id, ok: true },
+            data: { commandId: lock.body.id, kind: 'lock', ok: true, message: 'locked' },
           },
         ]);
-        await report(pc.bearer.token, [
+        assert.equal(foreign.statusCode, 200, foreign.body);
+        const malformed = await report(pc.bearer.token, [
           { id: 'e2', type: 'command-result', at: START, data: { commandId: lock.body.id } },
         ]);
+        assert.equal(malformed.statusCode, 400, malformed.body);
+        assert.match(malformed.json().error.message, /events\.0\.data\.(kind|ok)/);
         assert.equal(
           (await c.viewer('GET', `/devices/${pc.deviceId}/commands`)).body.commands[0].state,
           'pending',
@@ -663,7 +666,7 @@ for (const target of targets) {
             id: 'e3',
             type: 'command-result',
             at: START,
-            data: { commandId: lock.body.id, ok: true, message: 'locked' },
+            data: { commandId: lock.body.id, kind: 'lock', ok: true, message: 'locked' },
           },
         ]);
         assert.equal(acked.statusCode, 200, acked.body);
@@ -725,7 +728,7 @@ for (const target of targets) {
             id: 'e4',
             type: 'command-result',
             at: START,
-            data: { commandId: kill.body.id, ok: true },
+            data: { commandId: kill.body.id, kind: 'kill', ok: true, message: 'every VM stopped' },
           },
         ]);
         const cut = await desired(relogin.token);

@@ -2,12 +2,11 @@ import {
   BulkheadError,
   CurrentVersionsSchema,
   ErrorCodes,
-  FailedEventDataSchema,
-  HealthyEventDataSchema,
-  ProgressEventDataSchema,
-  RolledBackEventDataSchema,
+  isUpdateEvent,
   type CurrentVersions,
   type DeviceEvent,
+  type ReleaseVolume,
+  type UpdateEventType,
 } from '../../protocol/index.ts';
 import type { RolloutDeviceStatus } from '../db/index.ts';
 import { bucketOf, firstPhaseOf } from './bucket.ts';
@@ -15,11 +14,15 @@ import { haltIfFailing } from './commands.ts';
 import { APPLYING_STATES, parseRollout, targets, type RolloutRow, type Tx } from './model.ts';
 
 /*
- * What device reports mean for rollouts. Each event about a version moves the device's row in
- * the rollouts of that version that include it:
+ * What device reports mean for rollouts. Each update event names every volume version of the
+ * release it is about, and which of them its transaction brings (`isNew`); it moves the device's
+ * row in each applying rollout, of any of the versions it brings, that includes the device:
  *
  *   download-progress → downloading, staged → staged, switched → switched (in progress),
  *   healthy → healthy, failed (download or verification) → failed, rolled-back → rolled-back.
+ *
+ * Only the versions a transaction brings are credited: an app update that rolls back says
+ * nothing about the system version the VM kept, whose own rollout may long be complete.
  *
  * Outcomes (healthy, failed, rolled-back) replace anything; progress never replaces an outcome,
  * so a late or replayed `staged` cannot hide a failure. Events are applied in the device's
@@ -31,7 +34,7 @@ import { APPLYING_STATES, parseRollout, targets, type RolloutRow, type Tx } from
  * transaction, so a rollout halts at ingestion and not only at the scheduler's next tick.
  */
 
-const STATUS_OF: Record<string, RolloutDeviceStatus> = {
+const STATUS_OF: Record<UpdateEventType, RolloutDeviceStatus> = {
   'download-progress': 'downloading',
   staged: 'staged',
   switched: 'switched',
@@ -44,40 +47,28 @@ const OUTCOMES = new Set<RolloutDeviceStatus>(['healthy', 'failed', 'rolled-back
 
 interface Parsed {
   status: RolloutDeviceStatus;
-  versionId: string;
+  /** The versions the transaction brings: the rollouts credited. */
+  brought: string[];
   reason: string | null;
-  profileId?: string;
+  profileId: string;
+  volumes: ReleaseVolume[];
   at: number;
 }
 
 function parse(event: DeviceEvent): Parsed | undefined {
-  const status = STATUS_OF[event.type];
-  if (status === undefined) return undefined;
-  const at = event.at;
-  switch (event.type) {
-    case 'healthy': {
-      const d = HealthyEventDataSchema.safeParse(event.data);
-      return d.success
-        ? { status, versionId: d.data.versionId, reason: null, profileId: d.data.profileId, at }
-        : undefined;
-    }
-    case 'rolled-back': {
-      const d = RolledBackEventDataSchema.safeParse(event.data);
-      return d.success
-        ? { status, versionId: d.data.versionId, reason: d.data.reason ?? 'rolled back', at }
-        : undefined;
-    }
-    case 'failed': {
-      const d = FailedEventDataSchema.safeParse(event.data);
-      return d.success
-        ? { status, versionId: d.data.versionId, reason: d.data.reason ?? 'failed', at }
-        : undefined;
-    }
-    default: {
-      const d = ProgressEventDataSchema.safeParse(event.data);
-      return d.success ? { status, versionId: d.data.versionId, reason: null, at } : undefined;
-    }
-  }
+  if (!isUpdateEvent(event)) return undefined;
+  const { data } = event;
+  return {
+    status: STATUS_OF[event.type],
+    brought: data.volumes.filter((v) => v.isNew).map((v) => v.versionId),
+    reason:
+      event.type === 'rolled-back' || event.type === 'failed'
+        ? event.data.reason || event.type
+        : null,
+    profileId: data.profileId,
+    volumes: data.volumes,
+    at: event.at,
+  };
 }
 
 /**
@@ -117,20 +108,16 @@ export async function recordRolloutReports(
     profileIds: new Set(profiles.map((p) => p.profile_id)),
   };
 
-  const versionIds = [...new Set(parsed.map((p) => p.versionId))];
-  const versions = await tx
-    .selectFrom('image_versions as v')
-    .innerJoin('images as i', 'i.id', 'v.image_id')
-    .select(['v.id', 'v.image_id', 'i.kind'])
-    .where('v.id', 'in', versionIds)
-    .execute();
-  const versionById = new Map(versions.map((v) => [v.id, v]));
-  const rolloutRows = await tx
-    .selectFrom('rollouts')
-    .selectAll()
-    .where('image_version_id', 'in', versionIds)
-    .where('state', 'in', APPLYING_STATES)
-    .execute();
+  const versionIds = [...new Set(parsed.flatMap((p) => p.brought))];
+  const rolloutRows =
+    versionIds.length === 0
+      ? []
+      : await tx
+          .selectFrom('rollouts')
+          .selectAll()
+          .where('image_version_id', 'in', versionIds)
+          .where('state', 'in', APPLYING_STATES)
+          .execute();
   // The rollouts of each version that include this device, with its first phase in each.
   const rolloutsOf = new Map<string, { rollout: RolloutRow; phase: number }[]>();
   for (const row of rolloutRows) {
@@ -146,17 +133,22 @@ export async function recordRolloutReports(
   let current: CurrentVersions | undefined;
   const touched = new Map<string, RolloutRow>();
   for (const event of parsed) {
-    const version = versionById.get(event.versionId);
-    if (version === undefined) continue;
-    for (const { rollout, phase } of rolloutsOf.get(event.versionId) ?? []) {
-      await setStatus(tx, rollout.id, deviceId, phase, event, nowMs);
-      touched.set(rollout.id, rollout);
+    for (const versionId of event.brought) {
+      for (const { rollout, phase } of rolloutsOf.get(versionId) ?? []) {
+        await setStatus(tx, rollout.id, deviceId, phase, event, nowMs);
+        touched.set(rollout.id, rollout);
+      }
     }
-    if (event.status === 'healthy' && event.profileId !== undefined) {
+    if (event.status === 'healthy') {
+      // The VM runs exactly this release now: its system and its apps, none other.
       current ??= readCurrent(device.current_versions);
-      const entry = (current[event.profileId] ??= { apps: {} });
-      if (version.kind === 'system') entry.system = version.id;
-      else entry.apps[version.image_id] = version.id;
+      const apps: Record<string, string> = {};
+      let system: string | undefined;
+      for (const v of event.volumes) {
+        if (v.role === 'system') system = v.versionId;
+        else apps[v.imageId] = v.versionId;
+      }
+      current[event.profileId] = { ...(system === undefined ? {} : { system }), apps };
     }
   }
   if (current !== undefined) {

@@ -5,10 +5,15 @@ import { Writable } from 'node:stream';
 import { test, type TestContext } from 'node:test';
 import { sql } from 'kysely';
 import { pino } from 'pino';
+import { updateEvent, type UpdateFields } from '../../../test/support/events.ts';
 import { tempDir } from '../../../test/support/fixtures.ts';
 import { createDatabase, startPostgres } from '../../../test/support/postgres.ts';
 import { generateKeyPair, verifyPayload } from '../../image/keys.ts';
-import { canonicalJson, SignedDesiredStateSchema } from '../../protocol/index.ts';
+import {
+  canonicalJson,
+  SignedDesiredStateSchema,
+  type UpdateEventType,
+} from '../../protocol/index.ts';
 import { createUser } from '../admin/users.ts';
 import { resolveConfig } from '../config.ts';
 import {
@@ -201,12 +206,13 @@ async function center(t: TestContext, url: string) {
     return body!.state.vms.find((vm) => vm.name === 'work')?.system.versionId;
   }
 
-  async function report(deviceId: string, type: string, data: Record<string, unknown>) {
+  async function report(deviceId: string, type: UpdateEventType, fields: UpdateFields) {
+    const event = { id: randomUUID(), at: clock.ms, ...updateEvent(type, fields) };
     const res = await app.inject({
       method: 'POST',
       url: '/api/v1/device/reports',
       headers: { authorization: `Bearer ${credentials.issueToken(deviceId).token}` },
-      payload: { events: [{ id: randomUUID(), type, at: clock.ms, data }] },
+      payload: { events: [event] },
     });
     assert.equal(res.statusCode, 200, res.body);
   }
@@ -453,11 +459,7 @@ for (const target of targets) {
         // The devices added report, and are healthy on v2.
         for (const id of added) {
           await c.report(id, 'staged', { versionId: catalog.v2 });
-          await c.report(id, 'healthy', {
-            profileId: catalog.work,
-            image: 'debian-work',
-            versionId: catalog.v2,
-          });
+          await c.report(id, 'healthy', { profileId: catalog.work, versionId: catalog.v2 });
         }
         included = now;
         return added;

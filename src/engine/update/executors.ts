@@ -5,6 +5,7 @@ import {
   isBulkheadError,
   type DesiredVm,
   type PublicKeyRef,
+  type ReleaseVolume,
   type VolumeRef,
 } from '../../protocol/index.ts';
 import type { Clock } from '../clock.ts';
@@ -76,6 +77,30 @@ function eventId(tx: Transaction, kind: string): string {
 
 function volumesOf(release: Release): VolumeRef[] {
   return [release.system, ...release.apps];
+}
+
+/**
+ * What every update event says about its transaction: the profile, and every volume version of
+ * the target release with the ones the transaction brings marked, so that Center credits the
+ * rollout of each (a system image or an app layer) and no other.
+ */
+export function aboutRelease(tx: Pick<Transaction, 'profileId' | 'from' | 'to'>) {
+  const before = new Set(tx.from ? volumesOf(tx.from).map((v) => v.versionId) : []);
+  const volumes: ReleaseVolume[] = volumesOf(tx.to).map((v, i) => ({
+    role: i === 0 ? 'system' : 'app',
+    image: v.image,
+    imageId: v.imageId,
+    version: v.version,
+    versionId: v.versionId,
+    isNew: !before.has(v.versionId),
+  }));
+  return {
+    profileId: tx.profileId,
+    image: tx.to.system.image,
+    version: tx.to.system.version,
+    versionId: tx.to.system.versionId,
+    volumes,
+  };
 }
 
 export function dataKeyOf(vm: DesiredVm | undefined): Buffer | undefined {
@@ -181,12 +206,6 @@ function isSuperseded(deps: UpdateDeps, tx: Transaction): boolean {
 }
 
 export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
-  const base = (tx: Transaction, release: Release) => ({
-    profileId: tx.profileId,
-    image: release.system.image,
-    versionId: release.system.versionId,
-    version: release.system.version,
-  });
   return {
     async downloading(tx) {
       if (isSuperseded(deps, tx)) return 'cancel';
@@ -211,7 +230,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
               void deps
                 .report({
                   type: 'download-progress',
-                  data: { ...base(tx, tx.to), doneBytes: p.doneBytes, totalBytes: p.totalBytes },
+                  data: { ...aboutRelease(tx), doneBytes: p.doneBytes, totalBytes: p.totalBytes },
                 })
                 .catch(() => {});
             },
@@ -233,7 +252,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
       await deps.report({
         id: eventId(tx, 'staged'),
         type: 'staged',
-        data: { ...base(tx, tx.to), downloadedBytes: downloaded, reusedBytes: reused },
+        data: { ...aboutRelease(tx), downloadedBytes: downloaded, reusedBytes: reused },
       });
       return 'downloaded';
     },
@@ -262,7 +281,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
       await deps.report({
         id: eventId(tx, 'switched'),
         type: 'switched',
-        data: { ...base(tx, tx.to), fromVersionId: tx.from?.system.versionId ?? null },
+        data: { ...aboutRelease(tx), fromVersionId: tx.from?.system.versionId ?? null },
       });
       return 'switched';
     },
@@ -309,7 +328,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
         lastError: null,
         lastFailure: null,
       }));
-      await deps.report({ id: eventId(tx, 'healthy'), type: 'healthy', data: base(tx, tx.to) });
+      await deps.report({ id: eventId(tx, 'healthy'), type: 'healthy', data: aboutRelease(tx) });
       return 'done';
     },
 
@@ -335,7 +354,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
         id: eventId(tx, 'rolled-back'),
         type: 'rolled-back',
         data: {
-          ...base(tx, tx.to),
+          ...aboutRelease(tx),
           reason,
           runningVersionId: tx.from?.system.versionId ?? null,
         },
@@ -356,7 +375,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
       await deps.report({
         id: eventId(tx, 'failed'),
         type: 'failed',
-        data: { ...base(tx, tx.to), reason },
+        data: { ...aboutRelease(tx), reason },
       });
       return 'done';
     },
