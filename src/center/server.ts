@@ -14,7 +14,7 @@ import {
 import type { KeyObject } from 'node:crypto';
 import { sql } from 'kysely';
 import type { Logger } from 'pino';
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { z } from 'zod';
 import type { CenterConfig } from './config.ts';
 import type { CenterDatabase } from './db/index.ts';
@@ -121,6 +121,14 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
     help: 'HTTP requests answered, by route and status class.',
     labelNames: ['method', 'route', 'status'],
     registers: [metrics],
+  });
+  new Gauge({
+    name: 'bulkhead_center_push_connections',
+    help: 'Push channels devices hold open to this replica.',
+    registers: [metrics],
+    collect() {
+      this.set(deps.push.connections());
+    },
   });
   const latency = new Histogram({
     name: 'bulkhead_center_http_request_seconds',

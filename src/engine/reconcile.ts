@@ -273,6 +273,7 @@ export function createReconciler(deps: Omit<ReconcileDeps, 'desired' | 'target'>
       vm: desired?.vms.find((v) => v.name === name),
       mirrors: desired?.mirrors ?? [],
       publishers: desired?.publishers ?? [],
+      deviceActive: desired?.device.state === 'active',
     }),
   };
   let chain: Promise<void> = Promise.resolve();

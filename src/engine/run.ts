@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { createEngine, type Engine } from './agent.ts';
 import { systemClock, type Clock } from './clock.ts';
+import { createCommandHandler } from './commands.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from './hypervisor/types.ts';
 import { silentLog, type Log } from './log.ts';
 import { createReconciler, type Reconciler } from './reconcile.ts';
@@ -12,7 +13,8 @@ import { volumeLayout } from './volumes/overlays.ts';
 import { engineFiles } from './state.ts';
 
 /*
- * `bulkhead engine run`: the sync loop (agent.ts) feeding the reconciler, which owns the VMs.
+ * `bulkhead engine run`: the sync loop (agent.ts) feeding the reconciler, which owns the VMs,
+ * and carrying out Center's commands (commands.ts).
  * The hypervisor driver and the guest-agent connection are passed in, so the same wiring runs
  * the QEMU driver on a PC and anything else in a test.
  */
@@ -59,12 +61,14 @@ export async function startEngineRun(options: EngineRunOptions): Promise<Running
   const holder: { engine?: Engine } = {};
   const records = new VmRecords(engineFiles(options.dataDir, { clock, log }).engineState, clock);
   const crashAt = options.crashAt;
+  const transactions = new TransactionFiles(options.dataDir, clock, log);
+  const stopTimeoutMs = options.stopTimeoutMs ?? 30_000;
   const reconciler = createReconciler({
     dataDir: options.dataDir,
     goldens: new GoldenStore({ dir: join(options.dataDir, 'goldens') }),
     hypervisor: options.hypervisor,
     records,
-    transactions: new TransactionFiles(options.dataDir, clock, log),
+    transactions,
     report: (event) => holder.engine!.queue.append(event),
     connectAgent: options.connectAgent,
     clock,
@@ -75,7 +79,7 @@ export async function startEngineRun(options: EngineRunOptions): Promise<Running
     ...(options.switchDeadlineMs !== undefined
       ? { switchDeadlineMs: options.switchDeadlineMs }
       : {}),
-    ...(options.stopTimeoutMs !== undefined ? { stopTimeoutMs: options.stopTimeoutMs } : {}),
+    stopTimeoutMs,
     ...(crashAt
       ? {
           afterPersist: (state: UpdateState) => {
@@ -93,6 +97,15 @@ export async function startEngineRun(options: EngineRunOptions): Promise<Running
     clock,
     log,
     reconcile: (doc) => reconciler.reconcile(doc.state),
+    handleCommand: createCommandHandler({
+      hypervisor: options.hypervisor,
+      transactions,
+      records,
+      reconciler,
+      clock,
+      log,
+      stopTimeoutMs,
+    }),
     ...(options.syncIntervalMs ? { intervalMs: options.syncIntervalMs } : {}),
   });
   holder.engine = running;

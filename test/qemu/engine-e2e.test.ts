@@ -1,7 +1,8 @@
 // Center and Engine as real processes, the VM on real QEMU (TCG) with the test guest: enrol,
 // publish v1 and see it run healthy, patch to v2 (only new chunks, /data kept), a broken v3
-// that rolls back by itself with Center told why, and Engine restarting while Center is down
-// with its reports arriving once Center is back, none twice. The steps share one VM and run
+// that rolls back by itself with Center told why, lock, unlock and restart-vm sent with the CLI
+// and carried out over the push channel, Engine restarting while Center is down with its
+// reports arriving once Center is back, none twice, and a kill. The steps share one VM and run
 // in order.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -109,7 +110,8 @@ async function stopCenter(): Promise<void> {
   await done;
 }
 
-function startEngine(): void {
+/** Starts Engine; it asks Center for news every `pollSeconds` when no push arrives. */
+function startEngine(pollSeconds = 2): void {
   const c = spawn(
     nodeBin,
     [
@@ -125,7 +127,7 @@ function startEngine(): void {
       '--cmdline',
       w.guest.cmdline,
       '--poll',
-      '2',
+      String(pollSeconds),
       '--log-level',
       'warn',
     ],
@@ -156,6 +158,39 @@ async function api<T>(method: string, path: string, body?: unknown): Promise<T> 
   const text = await res.text();
   if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${text}`);
   return (text ? JSON.parse(text) : null) as T;
+}
+
+interface CommandView {
+  id: string;
+  kind: string;
+  state: string;
+  result: { ok: boolean; message: string } | null;
+}
+
+/** The command `id` as Center shows it, once the device has settled it. */
+async function settled(id: string): Promise<CommandView> {
+  return until(`command ${id} to be settled at Center`, async () => {
+    const { commands } = await api<{ commands: CommandView[] }>(
+      'GET',
+      `/devices/${w.deviceId}/commands`,
+    );
+    const c = commands.find((x) => x.id === id);
+    return c && c.state !== 'pending' && c.state !== 'delivered' ? c : undefined;
+  });
+}
+
+/** Runs the CLI against Center as the administrator. */
+const cli = (args: string[]) =>
+  runCli([...args, '--center', w.url], { BULKHEAD_TOKEN: w.token }) as Promise<CommandView>;
+
+async function metric(name: string): Promise<number> {
+  const text = await (await fetch(`${w.url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line === undefined ? Number.NaN : Number(line.split(' ')[1]);
+}
+
+async function vmStatus() {
+  return driver.attach('work', volumeLayout(w.engineData, 'work').runDir);
 }
 
 interface DeviceDetail {
@@ -329,6 +364,43 @@ test('3. a broken v3 rolls back to v2 by itself; Center has the reason and the d
   assert.equal((await guestRun(['/bin/cat', '/data/file'])).stdout, 'precious\n');
 });
 
+test('4. lock, unlock and restart-vm from the CLI reach Engine over the push channel and act', async () => {
+  // Engine now asks Center for news once an hour: what reaches it here came over the push
+  // channel (and each contact delivers the command's result in the same exchange).
+  await killEngine();
+  startEngine(3600);
+  await until('Engine to hold its push channel', async () =>
+    (await metric('bulkhead_center_push_connections')) >= 1 ? true : undefined,
+  );
+  assert.equal((await vmStatus()).state, 'running');
+
+  const lock = await cli(['devices', 'lock', w.deviceId]);
+  assert.equal(lock.state, 'pending');
+  const locked = await settled(lock.id);
+  assert.equal(locked.state, 'done', JSON.stringify(locked.result));
+  assert.match(locked.result!.message, /every VM is stopped.*locked/);
+  assert.equal((await vmStatus()).state, 'stopped', 'done means the VM is stopped');
+  // Engine's reconciler passes every 5 s; after two of them the locked VM is still off.
+  await new Promise((r) => setTimeout(r, 12_000));
+  assert.equal((await vmStatus()).state, 'stopped', 'a locked VM does not start again');
+
+  const unlock = await cli(['devices', 'unlock', w.deviceId]);
+  assert.equal((await settled(unlock.id)).state, 'done');
+  await until('the VM to run again after the unlock', async () => {
+    if ((await vmStatus()).state !== 'running') return undefined;
+    return (await guestRun(['/bin/cat', '/etc/os-release'])).stdout.includes('VERSION_ID=2');
+  });
+
+  const before = (await vmStatus()).pid;
+  const restart = await cli(['devices', 'restart-vm', w.deviceId, '--vm', 'work']);
+  const restarted = await settled(restart.id);
+  assert.equal(restarted.state, 'done', JSON.stringify(restarted.result));
+  const after = await vmStatus();
+  assert.equal(after.state, 'running');
+  assert.notEqual(after.pid, before, 'a new QEMU process runs the VM');
+  assert.equal((await guestRun(['/bin/cat', '/data/file'])).stdout, 'precious\n');
+});
+
 test('5. Center down: Engine restarts, the VM keeps running v2; reports arrive later, none twice', async () => {
   await stopCenter();
   await killEngine();
@@ -351,4 +423,17 @@ test('5. Center down: Engine restarts, the VM keeps running v2; reports arrive l
   );
   const ids = (await device()).recentEvents.map((e) => e.id);
   assert.equal(new Set(ids).size, ids.length, 'no event reached Center twice');
+});
+
+test('6. kill from the CLI stops every VM; Center has it done, then cuts the PC off', async () => {
+  await until('Engine to hold its push channel', async () =>
+    (await metric('bulkhead_center_push_connections')) >= 1 ? true : undefined,
+  );
+  const kill = await cli(['devices', 'kill', w.deviceId, '--yes']);
+  const killed = await settled(kill.id);
+  assert.equal(killed.state, 'done', JSON.stringify(killed.result));
+  assert.match(killed.result!.message, /every VM is stopped.*killed/);
+  assert.equal((await vmStatus()).state, 'stopped');
+  const detail = await api<{ state: string }>('GET', `/devices/${w.deviceId}`);
+  assert.equal(detail.state, 'killed');
 });

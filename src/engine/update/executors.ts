@@ -45,6 +45,8 @@ export interface UpdateDeps {
     vm: DesiredVm | undefined;
     mirrors: readonly string[];
     publishers: readonly PublicKeyRef[];
+    /** False while the device is locked, killed or retired: no update switches then. */
+    deviceActive: boolean;
   };
   /** Opens the guest agent of a running VM. */
   connectAgent: (status: VmStatus) => Promise<GuestAgentLink>;
@@ -259,6 +261,8 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
 
     async staged(tx) {
       if (isSuperseded(deps, tx)) return 'cancel';
+      // A locked device's VMs stay off: the switch waits for the unlock.
+      if (!deps.target(tx.vm).deviceActive) return 'wait';
       const status = await deps.hypervisor.status(tx.vm);
       const isOff = status.state === 'stopped' || status.state === 'crashed';
       const accepted =
