@@ -20,7 +20,7 @@ import {
 import type { ChunkEntry } from './chunk-index.ts';
 import { forEachLimit, sha256File } from './digest-file.ts';
 import { writeError } from './fs-errors.ts';
-import type { PublicKeyInfo } from './keys.ts';
+import type { PublicKeyInfo } from '../signing/index.ts';
 import { chooseFrames } from './pack-plan.ts';
 import { WorkerPool } from './pool.ts';
 import {
