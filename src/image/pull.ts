@@ -217,7 +217,10 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
   }
 }
 
-/** Each round does at least one of: set up the file, read the pack index, use the pack, finish. */
+/**
+ * A pull needs four rounds at most: set up the partial file; zeros, seed copies and the pack
+ * index; pack frames and single chunks; what the pack did not deliver. More means a planner bug.
+ */
 const MAX_ROUNDS = 8;
 
 /** Plans and executes until the plan is empty. */
