@@ -23,7 +23,7 @@ import { dirname, join, resolve } from 'node:path';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { sql } from 'kysely';
-import { generateKeyPair, loadPrivateKey } from '../src/image/index.ts';
+import { generateKeyPair, loadPrivateKey } from '../src/signing/index.ts';
 import { resolveConfig } from '../src/center/config.ts';
 import { migrateToLatest, newId, openDatabase, type DevicesTable } from '../src/center/db/index.ts';
 import type { Insertable } from 'kysely';

@@ -99,7 +99,7 @@ async function setup(): Promise<Env & { guest: Awaited<ReturnType<typeof buildGu
   const guest = await buildGuest();
   const volumes = await buildTestVolumes();
   const dir = await mkdtemp(join(tmpdir(), 'bulkhead-bench-engine-'));
-  const { generateKeyPair, loadPrivateKey } = await import('../src/image/index.ts');
+  const { generateKeyPair, loadPrivateKey } = await import('../src/signing/index.ts');
   const pair = generateKeyPair();
   await writeFile(join(dir, 'p.key'), pair.privatePem, { mode: 0o600 });
   const key = await loadPrivateKey(join(dir, 'p.key'));

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { BulkheadError, ErrorCodes, errnoCode } from '../protocol/index.ts';
 import type { KeyObject } from 'node:crypto';
-import { generateKeyPair, loadPrivateKey } from '../image/index.ts';
+import { generateKeyPair, loadPrivateKey } from '../signing/index.ts';
 import { generatePassword, hashPassword } from './auth/passwords.ts';
 import type { CenterConfig } from './config.ts';
 import {

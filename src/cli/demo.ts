@@ -4,14 +4,8 @@ import { mkdir, rm, unlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { BulkheadError, ErrorCodes, errnoCode } from '../protocol/index.ts';
-import {
-  DirectoryStore,
-  generateKeyPair,
-  importImage,
-  loadPrivateKey,
-  loadPublicKey,
-  pullImage,
-} from '../image/index.ts';
+import { generateKeyPair, loadPrivateKey, loadPublicKey } from '../signing/index.ts';
+import { DirectoryStore, importImage, pullImage } from '../image/index.ts';
 import { optionalString, type Command } from './command.ts';
 import { formatBytes } from './progress.ts';
 

@@ -1,5 +1,6 @@
 import { resolve } from 'node:path';
 import { BulkheadError, ErrorCodes } from '../protocol/index.ts';
+import { loadPrivateKey, loadPublicKey, type PublicKeyInfo } from '../signing/index.ts';
 import {
   DEFAULT_CHUNKER,
   DEFAULT_FASTCDC,
@@ -9,12 +10,9 @@ import {
   importImage,
   inspectImage,
   listImages,
-  loadPrivateKey,
-  loadPublicKey,
   openStore,
   pullImage,
   verifyImage,
-  type PublicKeyInfo,
 } from '../image/index.ts';
 import {
   integerOption,

@@ -1,7 +1,7 @@
 import { chmod, mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BulkheadError, ErrorCodes, errnoCode } from '../protocol/index.ts';
-import { generateKeyPair } from '../image/index.ts';
+import { generateKeyPair } from '../signing/index.ts';
 import { requireString, type Command } from './command.ts';
 
 const generate: Command = {

@@ -1,13 +1,8 @@
 import assert from 'node:assert/strict';
 import { createPrivateKey, createPublicKey } from 'node:crypto';
 import { test } from 'node:test';
-import { generateKeyPair, signPayload } from '../image/keys.ts';
-import {
-  canonicalJson,
-  DEVICE_SIGNATURE_DOMAINS,
-  isBulkheadError,
-  type DesiredState,
-} from '../protocol/index.ts';
+import { generateKeyPair, signPayload, canonicalJson } from '../signing/index.ts';
+import { DEVICE_SIGNATURE_DOMAINS, isBulkheadError, type DesiredState } from '../protocol/index.ts';
 import { verifyDesiredState } from './center-client.ts';
 import { normalizeCenterUrl } from './identity.ts';
 

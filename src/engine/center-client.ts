@@ -1,8 +1,7 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { signPayload, verifyPayload } from '../image/keys.ts';
+import { signPayload, verifyPayload, canonicalJson } from '../signing/index.ts';
 import {
   BulkheadError,
-  canonicalJson,
   ChallengeResponseSchema,
   DEVICE_SIGNATURE_DOMAINS,
   ErrorCodes,

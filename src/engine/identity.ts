@@ -7,7 +7,7 @@ import {
 import { chmod, mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { cpus, hostname, totalmem, type } from 'node:os';
 import { join } from 'node:path';
-import { keyIdOf } from '../image/keys.ts';
+import { keyIdOf } from '../signing/index.ts';
 import {
   BulkheadError,
   EnrolResponseSchema,

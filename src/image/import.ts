@@ -275,19 +275,7 @@ async function storeChunks(
   const totalBytes = missing.reduce((n, e) => n + e.length, 0);
   let doneBytes = 0;
   let storedBytes = 0;
-  const batches: ChunkEntry[][] = [];
-  let batch: ChunkEntry[] = [];
-  let bytes = 0;
-  for (const e of missing) {
-    batch.push(e);
-    bytes += e.length;
-    if (bytes >= BATCH_BYTES) {
-      batches.push(batch);
-      batch = [];
-      bytes = 0;
-    }
-  }
-  if (batch.length) batches.push(batch);
+  const batches = cutRuns(missing, BATCH_BYTES);
   await forEachLimit(batches, pool.size * 2, async (b) => {
     const spans = new Float64Array(b.flatMap((e) => [e.offset, e.length]));
     const r = await pool.run({ op: 'compress', path, spans, level, joined: false });
@@ -348,19 +336,7 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
   const workers = p.pool.size;
   const count = Math.max(1, Math.ceil(Math.round(rawTotal / p.frameBytes) / workers) * workers);
   const target = Math.ceil(rawTotal / count);
-  const frames: ChunkEntry[][] = [];
-  let frame: ChunkEntry[] = [];
-  let bytes = 0;
-  for (const e of wanted) {
-    frame.push(e);
-    bytes += e.length;
-    if (bytes >= target) {
-      frames.push(frame);
-      frame = [];
-      bytes = 0;
-    }
-  }
-  if (frame.length) frames.push(frame);
+  const frames = cutRuns(wanted, target);
 
   await mkdir(p.tempDir, { recursive: true });
   const tmp = join(p.tempDir, `pack-${randomBytes(6).toString('hex')}`);
@@ -433,4 +409,22 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
     await fh.close().catch(() => {});
     await rm(tmp, { force: true });
   }
+}
+
+/** Cuts `entries` in order into runs of at least `bytes` bytes each; the last may be shorter. */
+function cutRuns(entries: readonly ChunkEntry[], bytes: number): ChunkEntry[][] {
+  const runs: ChunkEntry[][] = [];
+  let run: ChunkEntry[] = [];
+  let runBytes = 0;
+  for (const e of entries) {
+    run.push(e);
+    runBytes += e.length;
+    if (runBytes >= bytes) {
+      runs.push(run);
+      run = [];
+      runBytes = 0;
+    }
+  }
+  if (run.length) runs.push(run);
+  return runs;
 }

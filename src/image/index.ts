@@ -15,13 +15,6 @@ export {
   type DiffReport,
 } from './inspect.ts';
 export {
-  generateKeyPair,
-  loadPrivateKey,
-  loadPublicKey,
-  keyIdOf,
-  type PublicKeyInfo,
-} from './keys.ts';
-export {
   DEFAULT_CHUNKER,
   DEFAULT_FASTCDC,
   describeChunker,

@@ -10,7 +10,7 @@ import {
 import { readCatalog, scanCatalog, type CatalogEntry } from './catalog.ts';
 import type { ChunkEntry } from './chunk-index.ts';
 import { forEachLimit, sha256File } from './digest-file.ts';
-import type { PublicKeyInfo } from './keys.ts';
+import type { PublicKeyInfo } from '../signing/index.ts';
 import { manifestId, parseManifest } from './manifest.ts';
 import { chooseFrames } from './pack-plan.ts';
 import { readChunk, readIndex, readManifest, readManifestBytes, readPackIndex } from './read.ts';

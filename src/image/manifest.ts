@@ -1,14 +1,13 @@
 import { hash, type KeyObject } from 'node:crypto';
+import { canonicalJson, signPayload, verifyPayload, type PublicKeyInfo } from '../signing/index.ts';
 import {
   BulkheadError,
   ErrorCodes,
   MAX_MANIFEST_BYTES,
   SignedManifestSchema,
-  canonicalJson,
   type ManifestBody,
   type SignedManifest,
 } from '../protocol/index.ts';
-import { signPayload, verifyPayload, type PublicKeyInfo } from './keys.ts';
 
 const DOMAIN = 'image-manifest';
 

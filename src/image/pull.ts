@@ -1,27 +1,34 @@
 import { createHash } from 'node:crypto';
-import { constants } from 'node:fs';
-import {
-  appendFile,
-  copyFile,
-  open,
-  readFile,
-  rename,
-  rm,
-  stat,
-  type FileHandle,
-} from 'node:fs/promises';
+import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import {
   BulkheadError,
   ErrorCodes,
-  errnoCode,
   isBulkheadError,
   type ManifestBody,
 } from '../protocol/index.ts';
-import type { ChunkEntry } from './chunk-index.ts';
+import type { PublicKeyInfo } from '../signing/index.ts';
 import { forEachLimit, sha256File } from './digest-file.ts';
 import { writeError } from './fs-errors.ts';
-import type { PublicKeyInfo } from './keys.ts';
-import { chooseFrames } from './pack-plan.ts';
+import { consistentFrames } from './pack-plan.ts';
+import {
+  JOURNAL_SUFFIX,
+  cloneFile,
+  createPartial,
+  loadJournal,
+  openPartial,
+  writeAt,
+  writeJournalHeader,
+  writeZeros,
+} from './partial-file.ts';
+import {
+  planPull,
+  reuseOf,
+  type Placement,
+  type PullAction,
+  type PullFacts,
+  type PullStep,
+  type SeedScan,
+} from './pull-plan.ts';
 import { WorkerPool } from './pool.ts';
 import {
   corruptChunk,
@@ -30,7 +37,6 @@ import {
   readIndex,
   readManifest,
   readPackIndex,
-  zstdBound,
 } from './read.ts';
 import { scanImage } from './scan.ts';
 import { detectFormat } from './source.ts';
@@ -86,24 +92,13 @@ export interface PullResult {
   seconds: number;
 }
 
-/** Where a chunk can be read locally. */
-interface LocalCopy {
-  path: string;
-  offset: number;
-}
-
-interface Journal {
-  manifest: string;
-  base: string | null;
-}
-
-const JOURNAL_SUFFIX = '.journal';
-
 /**
  * Rebuilds an image version from seeds plus the chunks they lack, verifying everything:
  * the manifest's signature, every chunk's digest before use, the whole image's digest before
  * the file appears at `out`. An interrupted pull leaves `<out>.partial` and a journal of the
  * chunks verified into it, and the next pull of the same version picks up from there.
+ *
+ * The work is planned (pull-plan.ts) and applied by one executor per step until the plan is empty.
  */
 export async function pullImage(opts: PullOptions): Promise<PullResult> {
   const started = performance.now();
@@ -134,172 +129,38 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
   const pool = opts.pool ?? new WorkerPool();
   const partial = `${out}.partial`;
   const journalPath = partial + JOURNAL_SUFFIX;
+  const ctx: PullContext = {
+    opts,
+    body,
+    manifestId: manifest.id,
+    partial,
+    journalPath,
+    withRetry,
+    facts: {
+      target: entries,
+      seeds: [],
+      journal: null,
+      partial: null,
+      placed: new Set(),
+      hasParent: body.parent !== null,
+      pack: null,
+    },
+    lengthOf: new Map(
+      entries.flatMap((e) => (e.digest === null ? [] : [[e.digest, e.length] as const])),
+    ),
+    files: null,
+    resumed: false,
+    chunksDownloaded: 0,
+    packFrames: 0,
+    download: null,
+  };
   try {
-    // Where every chunk we could use already lives on this machine.
-    const local = new Map<string, LocalCopy>();
-    const seedScans: { path: string; entries: ChunkEntry[] }[] = [];
-    const seedBytes = await seedSizes(opts.seeds ?? []);
-    let seedDone = 0;
-    for (const seed of opts.seeds ?? []) {
-      const size = seedBytes.get(seed)!;
-      const seedEntries = await scanImage(seed, size, body.chunker, pool, (p) => {
-        if (p.phase === 'digest')
-          opts.onProgress?.({
-            phase: 'seed',
-            doneBytes: seedDone + p.doneBytes,
-            totalBytes: sum(seedBytes.values()),
-          });
-      });
-      seedDone += size;
-      seedScans.push({ path: seed, entries: seedEntries });
-      for (const e of seedEntries)
-        if (e.digest !== null && !local.has(e.digest))
-          local.set(e.digest, { path: seed, offset: e.offset });
-    }
+    ctx.facts.seeds = await scanSeeds(opts.seeds ?? [], body, pool, opts.onProgress);
+    ctx.facts.journal = await loadJournal(journalPath, partial, manifest.id, body.size);
+    await applyPlan(ctx);
+    await closeFiles(ctx, true);
 
-    // The seed that already holds the most of the target at the right offsets is the base:
-    // reflinked where the file system allows, so unchanged ranges are never copied.
-    const base = chooseBase(entries, seedScans);
-    const resumed = await loadJournal(journalPath, partial, manifest.id, body.size);
-    // Only a pull of the same version onto the same base may continue from a partial file.
-    const canResume = resumed !== null && (resumed.base === null || resumed.base === base?.path);
-    let reflinked: boolean;
-    if (canResume) {
-      reflinked = resumed.base !== null;
-    } else {
-      await rm(partial, { force: true });
-      await rm(journalPath, { force: true });
-      reflinked = base !== null && (await cloneFile(base.path, partial));
-      await createPartial(partial, body.size, !reflinked);
-      await writeJournalHeader(journalPath, {
-        manifest: manifest.id,
-        base: reflinked ? base!.path : null,
-      });
-    }
-    // Target entries whose bytes are already right in the partial file: in a sparse fresh
-    // file every hole; in a clone what the base holds at the same offsets; after an
-    // interruption, every chunk the journal lists.
-    const inPlace = new Set<number>(reflinked ? base!.inPlace : []);
-    entries.forEach((e, i) => {
-      if (e.digest === null ? !reflinked : canResume && resumed.done.has(e.digest)) inPlace.add(i);
-    });
-
-    const fh = await open(partial, 'r+').catch((err: unknown) => {
-      throw writeError(err, partial);
-    });
-    const journal = await open(journalPath, 'a').catch(async (err: unknown) => {
-      await fh.close();
-      throw writeError(err, journalPath);
-    });
-    let chunksDownloaded = 0;
-    let packFrames = 0;
-    let reusedBytes = 0;
-    try {
-      // Group target entries by digest: a chunk is fetched once and written wherever it occurs.
-      const positions = new Map<string, ChunkEntry[]>();
-      entries.forEach((e, i) => {
-        if (e.digest === null || inPlace.has(i)) return;
-        const list = positions.get(e.digest);
-        if (list) list.push(e);
-        else positions.set(e.digest, [e]);
-      });
-      entries.forEach((e, i) => {
-        if (e.digest !== null && inPlace.has(i)) reusedBytes += e.length;
-      });
-      // A clone holds the base's bytes where the target has holes: zero those ranges.
-      for (const [i, e] of entries.entries()) {
-        if (e.digest === null && !inPlace.has(i)) await writeZeros(fh, e.offset, e.length, partial);
-      }
-      // Downloaded chunks are journaled once written, so a retry need not fetch them again;
-      // seed copies are cheap to redo and are not. (The final digest check covers both.)
-      const place = async (digest: string, data: Buffer, isDownload = true) => {
-        for (const e of positions.get(digest) ?? []) await writeAt(fh, data, e.offset, partial);
-        if (isDownload)
-          await journal.write(`${digest}\n`).catch((err: unknown) => {
-            throw writeError(err, journalPath);
-          });
-      };
-
-      // 1. Copy what seeds hold.
-      const fromSeeds = [...positions.keys()].filter((d) => local.has(d));
-      const seedFiles = new Map<string, FileHandle>();
-      try {
-        for (const s of seedScans) seedFiles.set(s.path, await open(s.path, 'r'));
-        let copied = 0;
-        const total = sum(fromSeeds.map((d) => positions.get(d)![0]!.length));
-        await forEachLimit(fromSeeds, 8, async (digest) => {
-          const at = local.get(digest)!;
-          const list = positions.get(digest)!;
-          const length = list[0]!.length;
-          const data = Buffer.allocUnsafe(length);
-          await seedFiles.get(at.path)!.read(data, 0, length, at.offset);
-          // The final image digest covers seed bytes; checking here too names the culprit.
-          if (createHash('sha256').update(data).digest('hex') !== digest) {
-            throw new BulkheadError(
-              ErrorCodes.INPUT_UNREADABLE,
-              `seed ${at.path} changed while it was in use (at byte ${at.offset})`,
-              {
-                hint: 'use a seed that nothing is writing to',
-              },
-            );
-          }
-          await place(digest, data, false);
-          reusedBytes += length * list.length;
-          copied += length;
-          opts.onProgress?.({ phase: 'assemble', doneBytes: copied, totalBytes: total });
-        });
-      } finally {
-        for (const h of seedFiles.values()) await h.close();
-      }
-
-      // 2. Download the rest: frames of a pack where that is cheaper, single chunks otherwise.
-      const missing = new Set([...positions.keys()].filter((d) => !local.has(d)));
-      const lengthOf = new Map([...missing].map((d) => [d, positions.get(d)![0]!.length]));
-      const totalMissing = sum(lengthOf.values());
-      let fetched = 0;
-      const report = (bytes: number) => {
-        fetched += bytes;
-        opts.onProgress?.({ phase: 'download', doneBytes: fetched, totalBytes: totalMissing });
-      };
-      if (body.parent && missing.size > 0) {
-        const got = await fetchFromPack(
-          store,
-          body,
-          missing,
-          new Map(
-            entries.flatMap((e) => (e.digest === null ? [] : [[e.digest, e.length] as const])),
-          ),
-          place,
-          withRetry,
-          opts.onWarning,
-          opts.parallel ?? 4,
-          report,
-        );
-        packFrames = got.frames;
-        chunksDownloaded += got.chunks;
-      }
-      await forEachLimit([...missing], opts.parallel ?? 8, async (digest) => {
-        const length = lengthOf.get(digest)!;
-        const data = await withRetry(`chunk ${digest.slice(0, 12)}`, () =>
-          readChunk(store, digest, length),
-        );
-        await place(digest, data);
-        missing.delete(digest);
-        chunksDownloaded++;
-        report(length);
-      });
-
-      try {
-        await fh.sync();
-      } catch (err) {
-        throw writeError(err, partial);
-      }
-    } finally {
-      await fh.close();
-      await journal.close();
-    }
-
-    // 3. The assembled image must be exactly the signed one before it may be used.
+    // The assembled image must be exactly the signed one before it may be used.
     opts.onProgress?.({ phase: 'verify', doneBytes: 0, totalBytes: body.size });
     const sha256 = await sha256File(partial, body.size, (n) =>
       opts.onProgress?.({ phase: 'verify', doneBytes: n, totalBytes: body.size }),
@@ -321,6 +182,7 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
       throw writeError(err, out);
     }
     await rm(journalPath, { force: true });
+    const reused = reuseOf(ctx.facts);
     return {
       manifest: manifest.id,
       name,
@@ -328,17 +190,16 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
       size: body.size,
       sha256,
       downloadedBytes: store.bytesRead - startBytes,
-      reusedBytes,
-      chunksDownloaded,
-      chunksReused: entries.filter(
-        (e, i) => e.digest !== null && (inPlace.has(i) || local.has(e.digest)),
-      ).length,
-      packFrames,
-      reflinked,
-      resumed: canResume,
+      reusedBytes: reused.bytes,
+      chunksDownloaded: ctx.chunksDownloaded,
+      chunksReused: reused.chunks,
+      packFrames: ctx.packFrames,
+      reflinked: (ctx.facts.partial?.clonedFrom ?? null) !== null,
+      resumed: ctx.resumed,
       seconds: (performance.now() - started) / 1000,
     };
   } catch (err) {
+    await closeFiles(ctx, false);
     // Keep the partial image only where a retry can use it: after a fault of the store or the
     // network. Anything else (a full disk, a bad seed) starts over next time.
     const keep =
@@ -356,200 +217,259 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
   }
 }
 
-async function fetchFromPack(
-  store: ChunkStore,
-  body: ManifestBody,
-  missing: Set<string>,
+/**
+ * A pull needs four rounds at most: set up the partial file; zeros, seed copies and the pack
+ * index; pack frames and single chunks; what the pack did not deliver. More means a planner bug.
+ */
+const MAX_ROUNDS = 8;
+
+/** Plans and executes until the plan is empty. */
+async function applyPlan(ctx: PullContext): Promise<void> {
+  const executors = createPullExecutors(ctx);
+  for (let round = 1; ; round++) {
+    const steps = planPull(ctx.facts);
+    if (steps.length === 0) return;
+    if (round > MAX_ROUNDS) throw new Error(`pull plan still has ${steps.length} steps`);
+    // Download progress runs over all the first round with downloads plans to fetch; a later
+    // round only fetches what a pack frame of it failed to deliver.
+    ctx.download ??= startDownloadProgress(steps);
+    for (const step of steps) {
+      await (executors[step.action] as (s: PullStep) => Promise<void>)(step);
+    }
+  }
+}
+
+function startDownloadProgress(steps: readonly PullStep[]): PullContext['download'] {
+  let total = 0;
+  for (const step of steps) {
+    if (step.action === 'fetchFrames' || step.action === 'fetchChunks') {
+      for (const c of step.chunks) total += c.length;
+    }
+  }
+  return total > 0 ? { done: 0, total } : null;
+}
+
+/** What the executors of one pull share. */
+interface PullContext {
+  opts: PullOptions;
+  body: ManifestBody;
+  manifestId: string;
+  partial: string;
+  journalPath: string;
+  withRetry: <T>(what: string, fn: () => Promise<T>) => Promise<T>;
+  /** What the planner sees; the executors record in it what they did. */
+  facts: PullFacts & { placed: Set<number> };
   /** Length of every data chunk of the target, from its signed index. */
-  lengthOf: ReadonlyMap<string, number>,
-  place: (digest: string, data: Buffer) => Promise<void>,
-  withRetry: <T>(what: string, fn: () => Promise<T>) => Promise<T>,
-  onWarning: ((m: string) => void) | undefined,
-  parallel: number,
-  report: (bytes: number) => void,
-): Promise<{ frames: number; chunks: number }> {
-  const from = body.parent!.version;
-  const index = await withRetry('pack index', () =>
-    readPackIndex(store, body.name, body.version, from),
-  );
-  if (!index) return { frames: 0, chunks: 0 };
-  // The pack index is not signed: believe a frame only when its claims agree with the signed
-  // chunk index, which also bounds what we download and inflate for it.
-  const consistent = index.frames.filter((f) => {
-    let raw = 0;
-    for (const d of f.chunks) {
-      const length = lengthOf.get(d);
-      if (length === undefined) return false;
-      raw += length;
+  lengthOf: ReadonlyMap<string, number>;
+  /** The partial file and its journal, open once the partial file is set up. */
+  files: { image: FileHandle; journal: FileHandle } | null;
+  resumed: boolean;
+  chunksDownloaded: number;
+  packFrames: number;
+  download: { done: number; total: number } | null;
+}
+
+type StepOf<A extends PullAction> = Extract<PullStep, { action: A }>;
+/** One executor per action; a missing one is a compile error. */
+type PullExecutors = { readonly [A in PullAction]: (step: StepOf<A>) => Promise<void> };
+
+function createPullExecutors(ctx: PullContext): PullExecutors {
+  const { opts, facts, partial, journalPath } = ctx;
+  const filesOf = () => {
+    if (!ctx.files) throw new Error('the partial file is not open');
+    return ctx.files;
+  };
+  const write = async (c: Placement, data: Buffer) => {
+    const { image } = filesOf();
+    for (const i of c.at) await writeAt(image, data, facts.target[i]!.offset, partial);
+    for (const i of c.at) facts.placed.add(i);
+  };
+  // Downloaded chunks are journaled once written, so a retry need not fetch them again; seed
+  // copies are cheap to redo and are not. (The final digest check covers both.)
+  const writeDownloaded = async (c: Placement, data: Buffer) => {
+    await write(c, data);
+    await filesOf()
+      .journal.write(`${c.digest}\n`)
+      .catch((err: unknown) => {
+        throw writeError(err, journalPath);
+      });
+    ctx.chunksDownloaded++;
+    if (ctx.download) {
+      ctx.download.done += c.length;
+      opts.onProgress?.({
+        phase: 'download',
+        doneBytes: ctx.download.done,
+        totalBytes: ctx.download.total,
+      });
     }
-    return raw === f.rawBytes && f.bytes <= zstdBound(f.rawBytes);
-  });
-  if (consistent.length < index.frames.length) {
-    onWarning?.(
-      `pack index of ${body.name}@${body.version} from ${from} does not match the image; using only its consistent frames`,
-    );
+  };
+
+  return {
+    async resumePartial(step) {
+      facts.partial = { clonedFrom: step.clonedFrom, done: step.done };
+      ctx.resumed = true;
+      ctx.files = await openPartial(partial, journalPath);
+    },
+    async startPartial(step) {
+      await rm(partial, { force: true });
+      await rm(journalPath, { force: true });
+      const reflinked = step.base !== null && (await cloneFile(step.base, partial));
+      await createPartial(partial, ctx.body.size, !reflinked);
+      const clonedFrom = reflinked ? step.base : null;
+      await writeJournalHeader(journalPath, { manifest: ctx.manifestId, base: clonedFrom });
+      facts.partial = { clonedFrom, done: new Set() };
+      ctx.files = await openPartial(partial, journalPath);
+    },
+    async zeroHoles(step) {
+      const { image } = filesOf();
+      for (const i of step.at) {
+        const e = facts.target[i]!;
+        await writeZeros(image, e.offset, e.length, partial);
+        facts.placed.add(i);
+      }
+    },
+    async copyFromSeeds(step) {
+      const seedFiles = new Map<string, FileHandle>();
+      try {
+        for (const s of facts.seeds) seedFiles.set(s.path, await open(s.path, 'r'));
+        let copied = 0;
+        let total = 0;
+        for (const c of step.chunks) total += c.length;
+        await forEachLimit(step.chunks, 8, async (c) => {
+          const data = Buffer.allocUnsafe(c.length);
+          await seedFiles.get(c.seed)!.read(data, 0, c.length, c.offset);
+          // The final image digest covers seed bytes; checking here too names the culprit.
+          if (createHash('sha256').update(data).digest('hex') !== c.digest) {
+            throw new BulkheadError(
+              ErrorCodes.INPUT_UNREADABLE,
+              `seed ${c.seed} changed while it was in use (at byte ${c.offset})`,
+              {
+                hint: 'use a seed that nothing is writing to',
+              },
+            );
+          }
+          await write(c, data);
+          copied += c.length;
+          opts.onProgress?.({ phase: 'assemble', doneBytes: copied, totalBytes: total });
+        });
+      } finally {
+        for (const h of seedFiles.values()) await h.close();
+      }
+    },
+    async readPackIndex() {
+      const from = ctx.body.parent!.version;
+      const index = await ctx.withRetry('pack index', () =>
+        readPackIndex(opts.store, ctx.body.name, ctx.body.version, from),
+      );
+      const frames = index ? consistentFrames(index.frames, ctx.lengthOf) : [];
+      if (index && frames.length < index.frames.length) {
+        opts.onWarning?.(
+          `pack index of ${ctx.body.name}@${ctx.body.version} from ${from} does not match the image; using only its consistent frames`,
+        );
+      }
+      facts.pack = frames;
+    },
+    async fetchFrames(step) {
+      const key = packKey(ctx.body.name, ctx.body.version, ctx.body.parent!.version);
+      const wanted = new Map(step.chunks.map((c) => [c.digest, c]));
+      await forEachLimit(step.frames, opts.parallel ?? 4, async (f) => {
+        let data: Buffer;
+        try {
+          data = await ctx.withRetry(`pack frame at ${f.offset}`, () =>
+            opts.store.readRange(key, f.offset, f.bytes),
+          );
+        } catch (err) {
+          // A pack is an optimisation: when it cannot be read, its chunks come one by one.
+          if (!isBulkheadError(err)) throw err;
+          opts.onWarning?.(
+            `cannot read the frame at byte ${f.offset} of ${key} (${err.message}); fetching its chunks one by one`,
+          );
+          return;
+        }
+        ctx.packFrames++;
+        let raw: Buffer;
+        try {
+          raw = decompress(
+            data,
+            f.rawBytes,
+            () => new BulkheadError(ErrorCodes.PACK_CORRUPT, 'frame does not decompress'),
+          );
+        } catch {
+          opts.onWarning?.(
+            `pack frame at byte ${f.offset} of ${key} is damaged; fetching its chunks one by one`,
+          );
+          return;
+        }
+        let pos = 0;
+        for (const digest of f.chunks) {
+          const length = ctx.lengthOf.get(digest)!;
+          const slice = raw.subarray(pos, pos + length);
+          pos += length;
+          // Wanted once: a chunk that two frames hold is written from the first to arrive.
+          const c = wanted.get(digest);
+          if (!c) continue;
+          if (createHash('sha256').update(slice).digest('hex') !== digest) {
+            opts.onWarning?.(corruptChunk(digest, `pack ${key}`).message);
+            continue;
+          }
+          wanted.delete(digest);
+          await writeDownloaded(c, Buffer.from(slice));
+        }
+      });
+      // Used: what it did not deliver comes from the store chunk by chunk.
+      facts.pack = [];
+    },
+    async fetchChunks(step) {
+      await forEachLimit(step.chunks, opts.parallel ?? 8, async (c) => {
+        const data = await ctx.withRetry(`chunk ${c.digest.slice(0, 12)}`, () =>
+          readChunk(opts.store, c.digest, c.length),
+        );
+        await writeDownloaded(c, data);
+      });
+    },
+  };
+}
+
+/** Closes the partial file and its journal; after a complete plan, the image is synced first. */
+async function closeFiles(ctx: PullContext, isComplete: boolean): Promise<void> {
+  const files = ctx.files;
+  if (!files) return;
+  ctx.files = null;
+  try {
+    if (isComplete) {
+      try {
+        await files.image.sync();
+      } catch (err) {
+        throw writeError(err, ctx.partial);
+      }
+    }
+  } finally {
+    await files.image.close();
+    await files.journal.close();
   }
-  const chosen = chooseFrames(consistent, missing, lengthOf);
-  let frames = 0;
-  let chunks = 0;
-  const key = packKey(body.name, body.version, from);
-  await forEachLimit(chosen, parallel, async (f) => {
-    let data: Buffer;
-    try {
-      data = await withRetry(`pack frame at ${f.offset}`, () =>
-        store.readRange(key, f.offset, f.bytes),
-      );
-    } catch (err) {
-      // A pack is an optimisation: when it cannot be read, its chunks come one by one.
-      if (!isBulkheadError(err)) throw err;
-      onWarning?.(
-        `cannot read the frame at byte ${f.offset} of ${key} (${err.message}); fetching its chunks one by one`,
-      );
-      return;
-    }
-    frames++;
-    let raw: Buffer;
-    try {
-      raw = decompress(
-        data,
-        f.rawBytes,
-        () => new BulkheadError(ErrorCodes.PACK_CORRUPT, 'frame does not decompress'),
-      );
-    } catch {
-      onWarning?.(
-        `pack frame at byte ${f.offset} of ${key} is damaged; fetching its chunks one by one`,
-      );
-      return;
-    }
-    let pos = 0;
-    for (const digest of f.chunks) {
-      const length = lengthOf.get(digest)!;
-      const slice = raw.subarray(pos, pos + length);
-      pos += length;
-      if (!missing.has(digest)) continue;
-      if (createHash('sha256').update(slice).digest('hex') !== digest) {
-        onWarning?.(corruptChunk(digest, `pack ${key}`).message);
-        continue;
-      }
-      await place(digest, Buffer.from(slice));
-      missing.delete(digest);
-      chunks++;
-      report(length);
-    }
-  });
-  return { frames, chunks };
 }
 
-interface Base {
-  path: string;
-  /** Target entry indexes whose bytes the seed holds at the same offset. */
-  inPlace: number[];
-  bytes: number;
-}
-
-function chooseBase(
-  target: ChunkEntry[],
-  seeds: { path: string; entries: ChunkEntry[] }[],
-): Base | null {
-  let best: Base | null = null;
-  for (const s of seeds) {
-    const at = new Map(s.entries.map((e) => [e.offset, e]));
-    const inPlace: number[] = [];
-    let bytes = 0;
-    target.forEach((e, i) => {
-      const o = at.get(e.offset);
-      // Holes count too: in a fresh file they are free, in a clone they must already be zero.
-      if (o && o.length === e.length && o.digest === e.digest) {
-        inPlace.push(i);
-        bytes += e.length;
-      }
+/** Cuts every seed with the target's chunker, so its chunks can stand in for the target's. */
+async function scanSeeds(
+  seeds: readonly string[],
+  body: ManifestBody,
+  pool: WorkerPool,
+  onProgress: PullOptions['onProgress'],
+): Promise<SeedScan[]> {
+  const seedBytes = await seedSizes(seeds);
+  const totalBytes = sum(seedBytes.values());
+  const scans: SeedScan[] = [];
+  let seedDone = 0;
+  for (const seed of seeds) {
+    const size = seedBytes.get(seed)!;
+    const entries = await scanImage(seed, size, body.chunker, pool, (p) => {
+      if (p.phase === 'digest')
+        onProgress?.({ phase: 'seed', doneBytes: seedDone + p.doneBytes, totalBytes });
     });
-    if (!best || bytes > best.bytes) best = { path: s.path, inPlace, bytes };
+    seedDone += size;
+    scans.push({ path: seed, entries });
   }
-  return best && best.bytes > 0 ? best : null;
-}
-
-/** Reflink copy (shared extents, instant); false where the file system cannot. */
-async function cloneFile(from: string, to: string): Promise<boolean> {
-  try {
-    await copyFile(from, to, constants.COPYFILE_FICLONE_FORCE);
-    return true;
-  } catch (err) {
-    await rm(to, { force: true });
-    const code = errnoCode(err);
-    if (code === 'ENOSPC' || code === 'EDQUOT') throw writeError(err, to);
-    return false;
-  }
-}
-
-/** Sizes the partial file; a fresh one is sparse, so the image's holes are never written. */
-async function createPartial(path: string, size: number, isFresh: boolean): Promise<void> {
-  try {
-    const fh = await open(path, isFresh ? 'w' : 'r+', 0o644);
-    try {
-      await fh.truncate(size);
-    } finally {
-      await fh.close();
-    }
-  } catch (err) {
-    throw writeError(err, path);
-  }
-}
-
-async function writeJournalHeader(path: string, journal: Journal): Promise<void> {
-  try {
-    await appendFile(path, `${JSON.stringify(journal)}\n`, { flag: 'w' });
-  } catch (err) {
-    throw writeError(err, path);
-  }
-}
-
-async function loadJournal(
-  journalPath: string,
-  partial: string,
-  manifestId: string,
-  size: number,
-): Promise<{ base: string | null; done: Set<string> } | null> {
-  try {
-    const text = await readFile(journalPath, 'utf8');
-    if ((await stat(partial)).size !== size) return null;
-    const [head, ...lines] = text.split('\n');
-    const journal = JSON.parse(head ?? '') as Journal;
-    if (journal.manifest !== manifestId) return null;
-    return { base: journal.base, done: new Set(lines.filter((l) => /^[0-9a-f]{64}$/.test(l))) };
-  } catch {
-    return null;
-  }
-}
-
-async function writeAt(fh: FileHandle, data: Buffer, offset: number, path: string): Promise<void> {
-  try {
-    let done = 0;
-    while (done < data.length) {
-      const { bytesWritten } = await fh.write(data, done, data.length - done, offset + done);
-      done += bytesWritten;
-    }
-  } catch (err) {
-    throw writeError(err, path);
-  }
-}
-
-const ZEROS = Buffer.alloc(1 << 20);
-
-async function writeZeros(
-  fh: FileHandle,
-  offset: number,
-  length: number,
-  path: string,
-): Promise<void> {
-  for (let done = 0; done < length; done += ZEROS.length) {
-    await writeAt(
-      fh,
-      ZEROS.subarray(0, Math.min(ZEROS.length, length - done)),
-      offset + done,
-      path,
-    );
-  }
+  return scans;
 }
 
 async function retry<T>(

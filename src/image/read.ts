@@ -11,7 +11,7 @@ import {
   type PackIndex,
 } from '../protocol/index.ts';
 import { decodeChunkIndex, type ChunkEntry } from './chunk-index.ts';
-import type { PublicKeyInfo } from './keys.ts';
+import type { PublicKeyInfo } from '../signing/index.ts';
 import { verifyManifest } from './manifest.ts';
 import { chunkKey, indexKey, manifestKey, packIndexKey, type ChunkStore } from './store/index.ts';
 

@@ -217,7 +217,7 @@ export const DeviceErrorSchema = z.object({
 });
 
 /**
- * Domains of the signatures of the device API (see `signPayload` in src/image/keys.ts), so that
+ * Domains of the signatures of the device API (see `signPayload` in src/signing), so that
  * a signature made for one purpose never verifies as another.
  */
 export const DEVICE_SIGNATURE_DOMAINS = {

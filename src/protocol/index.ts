@@ -2,7 +2,6 @@ export * from './errors.ts';
 export * from './names.ts';
 export * from './manifest.ts';
 export * from './admin.ts';
-export { canonicalJson } from './canonical.ts';
 export * from './device.ts';
 export * from './events.ts';
 export * from './policy.ts';

@@ -31,7 +31,7 @@ import {
   type Clock,
   type Log,
 } from '../../src/engine/index.ts';
-import { generateKeyPair } from '../../src/image/keys.ts';
+import { generateKeyPair } from '../../src/signing/index.ts';
 import {
   DEVICE_SIGNATURE_DOMAINS,
   isBulkheadError,

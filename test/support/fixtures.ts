@@ -6,13 +6,12 @@ import { dirname, join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import {
-  DirectoryStore,
   generateKeyPair,
-  importImage,
   loadPrivateKey,
   loadPublicKey,
   type PublicKeyInfo,
-} from '../../src/image/index.ts';
+} from '../../src/signing/index.ts';
+import { DirectoryStore, importImage } from '../../src/image/index.ts';
 
 export const exec = promisify(execFile);
 

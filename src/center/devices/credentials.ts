@@ -1,6 +1,6 @@
 import { createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
-import { signPayload, verifyPayload } from '../../image/keys.ts';
-import { BulkheadError, canonicalJson, ErrorCodes } from '../../protocol/index.ts';
+import { signPayload, verifyPayload, canonicalJson } from '../../signing/index.ts';
+import { BulkheadError, ErrorCodes } from '../../protocol/index.ts';
 
 /*
  * Device credentials, stateless so that any Center replica can check them without the

@@ -2,9 +2,8 @@ import { hash, hkdfSync, type KeyObject } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import type { Database, DeviceState } from '../db/index.ts';
-import { signPayload } from '../../image/keys.ts';
+import { signPayload, canonicalJson } from '../../signing/index.ts';
 import {
-  canonicalJson,
   HealthCheckSchema,
   IsolationPolicySchema,
   type AppVolumeRef,

@@ -11,9 +11,13 @@ import { pino } from 'pino';
 import { updateEvent } from '../../../test/support/events.ts';
 import { tempDir } from '../../../test/support/fixtures.ts';
 import { startPostgres } from '../../../test/support/postgres.ts';
-import { generateKeyPair } from '../../image/keys.ts';
-import { keyIdOf, signPayload, verifyPayload } from '../../image/keys.ts';
-import { canonicalJson } from '../../protocol/index.ts';
+import {
+  generateKeyPair,
+  keyIdOf,
+  signPayload,
+  verifyPayload,
+  canonicalJson,
+} from '../../signing/index.ts';
 import { resolveConfig } from '../config.ts';
 import {
   type CenterDatabase,

@@ -2,7 +2,7 @@ import type { FastifyRequest } from 'fastify';
 import { createPublicKey } from 'node:crypto';
 import { Counter } from 'prom-client';
 import { z } from 'zod';
-import { verifyPayload } from '../../image/keys.ts';
+import { verifyPayload } from '../../signing/index.ts';
 import {
   BulkheadError,
   ChallengeRequestSchema,

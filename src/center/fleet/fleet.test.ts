@@ -6,7 +6,7 @@ import { test, type TestContext } from 'node:test';
 import { pino } from 'pino';
 import { tempDir } from '../../../test/support/fixtures.ts';
 import { createDatabase, startPostgres } from '../../../test/support/postgres.ts';
-import { signPayload } from '../../image/keys.ts';
+import { signPayload } from '../../signing/index.ts';
 import { DEVICE_SIGNATURE_DOMAINS } from '../../protocol/index.ts';
 import { hashSecret } from '../admin/credentials.ts';
 import { resolveConfig } from '../config.ts';

@@ -1,8 +1,8 @@
 import type { Kysely } from 'kysely';
+import { keyIdOf } from '../../signing/index.ts';
 import {
   DirectoryStore,
   chunkKey,
-  keyIdOf,
   indexKey,
   manifestKey,
   packIndexKey,

@@ -7,13 +7,13 @@ import { zstdCompressSync } from 'node:zlib';
 import { pino } from 'pino';
 import { bytesFrom, makeKeys, tempDir, type Keys } from '../../../test/support/fixtures.ts';
 import { createDatabase, startPostgres } from '../../../test/support/postgres.ts';
+import { keyIdOf } from '../../signing/index.ts';
 import {
   DirectoryStore,
   chunkKey,
   encodeManifest,
   importImage,
   indexKey,
-  keyIdOf,
   manifestKey,
   parseManifest,
   readIndex,

@@ -1,6 +1,6 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import type { Kysely } from 'kysely';
-import { keyIdOf, type PublicKeyInfo } from '../../image/index.ts';
+import { keyIdOf, type PublicKeyInfo } from '../../signing/index.ts';
 import {
   BulkheadError,
   ErrorCodes,

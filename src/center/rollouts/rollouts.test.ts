@@ -8,12 +8,8 @@ import { pino } from 'pino';
 import { updateEvent, type UpdateFields } from '../../../test/support/events.ts';
 import { tempDir } from '../../../test/support/fixtures.ts';
 import { createDatabase, startPostgres } from '../../../test/support/postgres.ts';
-import { generateKeyPair, verifyPayload } from '../../image/keys.ts';
-import {
-  canonicalJson,
-  SignedDesiredStateSchema,
-  type UpdateEventType,
-} from '../../protocol/index.ts';
+import { generateKeyPair, verifyPayload, canonicalJson } from '../../signing/index.ts';
+import { SignedDesiredStateSchema, type UpdateEventType } from '../../protocol/index.ts';
 import { createUser } from '../admin/users.ts';
 import { resolveConfig } from '../config.ts';
 import {

@@ -1,12 +1,11 @@
 import { createPublicKey } from 'node:crypto';
 import { chmod, mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { keyIdOf, type PublicKeyInfo } from '../../signing/index.ts';
 import {
   HttpStore,
-  keyIdOf,
   pullImage,
   type ChunkStore,
-  type PublicKeyInfo,
   type PullProgress,
   type WorkerPool,
 } from '../../image/index.ts';

@@ -45,42 +45,35 @@ async function readKeyFile(path: string, what: string): Promise<string> {
   }
 }
 
-export async function loadPrivateKey(path: string): Promise<{ key: KeyObject; keyid: string }> {
-  const pem = await readKeyFile(path, 'private key');
-  let key: KeyObject;
-  try {
-    key = createPrivateKey(pem);
-  } catch (err) {
-    throw new BulkheadError(ErrorCodes.KEY_INVALID, `${path} is not a private key in PEM form`, {
-      cause: err,
-    });
-  }
-  if (key.asymmetricKeyType !== 'ed25519') {
-    throw new BulkheadError(
-      ErrorCodes.KEY_INVALID,
-      `${path} is a ${key.asymmetricKeyType} key; Bulkhead signs with Ed25519`,
-    );
-  }
-  return { key, keyid: keyIdOf(createPublicKey(key)) };
+export function loadPrivateKey(path: string): Promise<{ key: KeyObject; keyid: string }> {
+  return loadKey(path, 'private', 'Bulkhead signs with Ed25519');
 }
 
-export async function loadPublicKey(path: string): Promise<PublicKeyInfo> {
-  const pem = await readKeyFile(path, 'public key');
+export function loadPublicKey(path: string): Promise<PublicKeyInfo> {
+  return loadKey(path, 'public', 'Bulkhead trusts Ed25519 keys');
+}
+
+async function loadKey(
+  path: string,
+  kind: 'private' | 'public',
+  onlyEd25519: string,
+): Promise<{ key: KeyObject; keyid: string }> {
+  const pem = await readKeyFile(path, `${kind} key`);
   let key: KeyObject;
   try {
-    key = createPublicKey(pem);
+    key = kind === 'private' ? createPrivateKey(pem) : createPublicKey(pem);
   } catch (err) {
-    throw new BulkheadError(ErrorCodes.KEY_INVALID, `${path} is not a public key in PEM form`, {
+    throw new BulkheadError(ErrorCodes.KEY_INVALID, `${path} is not a ${kind} key in PEM form`, {
       cause: err,
     });
   }
   if (key.asymmetricKeyType !== 'ed25519') {
     throw new BulkheadError(
       ErrorCodes.KEY_INVALID,
-      `${path} is a ${key.asymmetricKeyType} key; Bulkhead trusts Ed25519 keys`,
+      `${path} is a ${key.asymmetricKeyType} key; ${onlyEd25519}`,
     );
   }
-  return { key, keyid: keyIdOf(key) };
+  return { key, keyid: keyIdOf(kind === 'private' ? createPublicKey(key) : key) };
 }
 
 /** Domain-separated signing: a signature for one kind of document never verifies as another. */
