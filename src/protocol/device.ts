@@ -155,7 +155,10 @@ export const DesiredVmSchema = z.object({
   lease: z.object({ days: z.number().int().min(1), expiresAt: EpochMsSchema }),
   /**
    * Key of the VM's encrypted data volume (base64, 32 bytes), escrowed at Center; present only
-   * when the policy encrypts data. Engine keeps it only in memory and in QEMU's secret object.
+   * when the policy encrypts data. It travels in the signed document unwrapped, and
+   * Engine keeps that document as it came, key included, in `desired-state.json` (mode 0600)
+   * in its data directory, so VMs start offline; from there it reaches qemu-img and QEMU only
+   * through named pipes. Not yet wrapped to the device's key or sealed by the TPM (DESIGN §4).
    */
   dataKey: z.string().optional(),
 });
@@ -173,7 +176,7 @@ export const DesiredStateSchema = z.object({
   device: z.object({ state: z.enum(['active', 'locked', 'killed', 'retired']) }),
   /**
    * How often the device should ask for news when no push arrives; Center's administrators
-   * tune it to their fleet's size (a device's own `--poll` takes precedence).
+   * tune it to their fleet's size (a device's own `pollIntervalSeconds` takes precedence).
    */
   pollIntervalSeconds: z.number().int().min(10).max(86_400).optional(),
   /** Base URLs of chunk stores to fetch from, Center's own first, then its mirrors. */

@@ -37,9 +37,12 @@ import { DOMAINS } from './credentials.ts';
  * one replayed at it (rollback) and notices when it stops getting new ones (freeze). To keep
  * the document, and so its ETag, stable while nothing changes, `generatedAt` is the start of
  * the current hour (or the revision, if later) and the document is valid for a day after it.
- * Ed25519 signatures are deterministic, so the bytes are a pure function of (device, revision,
- * pending count, generatedAt, signing key): the ETag is a hash of exactly those, a strong
- * validator computed without building the document.
+ * The ETag is a hash of (device, revision, pending-command count, generatedAt, signing key id),
+ * computed without building the document. Ed25519 signatures are deterministic, so while
+ * Center's configuration stays the same those determine the bytes and the ETag is a strong
+ * validator. Two inputs of the document are not in it: the mirror list and the poll interval
+ * come from Center's configuration, so a change to either reaches a device that holds a current
+ * ETag only with the next change of its revision or at the next hourly window.
  */
 
 export const DESIRED_STATE_WINDOW_MS = 60 * 60_000;

@@ -17,7 +17,8 @@ export interface VmDisk {
   readOnly: boolean;
   /**
    * For a LUKS-encrypted qcow2 data volume: the key, passed to QEMU as a secret object through
-   * a file descriptor or a 0600 file that is removed once QEMU has read it. Never logged.
+   * a named pipe in the VM's run directory (secret-fifo.ts), removed once QEMU has read it, so
+   * it is never on disk, on a command line or in an environment. Never logged.
    */
   encryptionKey?: Buffer;
 }
