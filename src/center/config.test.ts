@@ -10,7 +10,7 @@ test('defaults: SQLite and a chunk store under ./data, loopback 8080', () => {
   assert.equal(c.storeDir, '/srv/center/data/store');
   assert.deepEqual(c.listen, { host: '127.0.0.1', port: 8080 });
   assert.equal(c.publicUrl, 'http://127.0.0.1:8080');
-  assert.equal(c.devicePollSeconds, 60);
+  assert.equal(c.pollIntervalSeconds, 60);
   assert.ok(Object.isFrozen(c) && Object.isFrozen(c.listen));
 });
 
@@ -19,13 +19,13 @@ test('later sources win: file, then environment, then flags', () => {
     BULKHEAD_LISTEN: '0.0.0.0:9000',
     BULKHEAD_MIRRORS: 'https://a.example/s, https://b.example/s',
     BULKHEAD_LOG_LEVEL: 'warn',
-    BULKHEAD_DEVICE_POLL_SECONDS: '300',
+    BULKHEAD_POLL_INTERVAL_SECONDS: '300',
   });
   const c = resolveConfig([{ listen: '[::1]:1', dataDir: '/x' }, env, { dataDir: '/y' }]);
   assert.deepEqual(c.listen, { host: '0.0.0.0', port: 9000 });
   assert.deepEqual(c.mirrors, ['https://a.example/s', 'https://b.example/s']);
   assert.equal(c.logLevel, 'warn');
-  assert.equal(c.devicePollSeconds, 300);
+  assert.equal(c.pollIntervalSeconds, 300);
   assert.equal(c.dataDir, '/y');
 });
 
@@ -37,7 +37,7 @@ test('a bad value fails start-up naming its key', async (t) => {
     ['mirrors.0', { mirrors: ['not a url'] }],
     ['logLevel', { logLevel: 'loud' }],
     ['bodyLimit', { bodyLimit: 10 }],
-    ['devicePollSeconds', { devicePollSeconds: 1 }],
+    ['pollIntervalSeconds', { pollIntervalSeconds: 1 }],
     ['(root)', { databse: 'sqlite:x' }],
   ];
   for (const [key, input] of cases) {

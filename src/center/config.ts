@@ -36,7 +36,7 @@ export const CenterConfigSchema = z.strictObject({
    * How often devices poll for their desired state when no push arrives, in seconds (sent to
    * them in the document). A million devices every 300 s is 3,333 requests/s.
    */
-  devicePollSeconds: z.number().int().min(10).max(86_400).default(60),
+  pollIntervalSeconds: z.number().int().min(10).max(86_400).default(60),
   /** Log level of the structured (pino) log. */
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** Largest request body accepted, in bytes (chunk uploads are the large ones). */
@@ -57,7 +57,7 @@ export interface CenterConfig {
   readonly database: string;
   readonly publicUrl: string;
   readonly mirrors: readonly string[];
-  readonly devicePollSeconds: number;
+  readonly pollIntervalSeconds: number;
   readonly logLevel: z.infer<typeof CenterConfigSchema>['logLevel'];
   readonly bodyLimit: number;
   /** The chunk store Center owns and serves. */
@@ -71,7 +71,7 @@ const ENV: Record<string, keyof CenterConfigInput> = {
   BULKHEAD_DATABASE: 'database',
   BULKHEAD_PUBLIC_URL: 'publicUrl',
   BULKHEAD_MIRRORS: 'mirrors',
-  BULKHEAD_DEVICE_POLL_SECONDS: 'devicePollSeconds',
+  BULKHEAD_POLL_INTERVAL_SECONDS: 'pollIntervalSeconds',
   BULKHEAD_LOG_LEVEL: 'logLevel',
   BULKHEAD_BODY_LIMIT: 'bodyLimit',
 };
@@ -106,7 +106,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv): CenterConfigInput {
         .split(',')
         .map((m) => m.trim())
         .filter(Boolean);
-    else if (key === 'bodyLimit' || key === 'devicePollSeconds') out[key] = Number(value);
+    else if (key === 'bodyLimit' || key === 'pollIntervalSeconds') out[key] = Number(value);
     else out[key] = value;
   }
   return out as CenterConfigInput;
@@ -144,7 +144,7 @@ export function resolveConfig(sources: CenterConfigInput[], cwd = process.cwd())
     database,
     publicUrl: publicUrl.replace(/\/+$/, ''),
     mirrors: Object.freeze([...c.mirrors]),
-    devicePollSeconds: c.devicePollSeconds,
+    pollIntervalSeconds: c.pollIntervalSeconds,
     logLevel: c.logLevel,
     bodyLimit: c.bodyLimit,
     storeDir: join(dataDir, 'store'),

@@ -28,7 +28,7 @@ export interface EngineDeps {
   /** Carries out lock, unlock, kill and restart-vm commands. */
   handleCommand?: CommandHandler;
   /** Poll interval (default 60 s). */
-  intervalMs?: number;
+  pollIntervalMs?: number;
   /** Hold the push channel (default true). */
   push?: boolean;
 }
@@ -87,7 +87,7 @@ export async function createEngine(deps: EngineDeps): Promise<Engine> {
     log,
     onDesiredState: schedule,
     handleCommand: deps.handleCommand,
-    intervalMs: deps.intervalMs,
+    pollIntervalMs: deps.pollIntervalMs,
     push: deps.push,
   });
 

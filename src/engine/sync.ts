@@ -60,7 +60,7 @@ export interface SyncLoopDeps {
    * Poll interval while online. Without it, the interval the desired state names
    * (`pollIntervalSeconds`, set by Center), else 60 s.
    */
-  intervalMs?: number;
+  pollIntervalMs?: number;
   /** First backoff ceiling (default 1 s); doubles per consecutive failure. */
   backoffBaseMs?: number;
   /** Backoff ceiling (default 5 min). */
@@ -90,7 +90,7 @@ export interface SyncLoop {
   /** Ends the current wait, so the next contact happens at once. */
   wake(): void;
   /** Center may tune the poll interval. */
-  setIntervalMs(ms: number): void;
+  setPollIntervalMs(ms: number): void;
   connectivity(): Connectivity;
   /** The last verified desired state. */
   current(): StoredDesiredState | undefined;
@@ -104,7 +104,7 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
   const random = deps.random ?? Math.random;
   const base = deps.backoffBaseMs ?? 1_000;
   const cap = deps.backoffCapMs ?? 5 * 60_000;
-  let intervalMs = deps.intervalMs ?? 60_000;
+  let pollIntervalMs = deps.pollIntervalMs ?? 60_000;
   let connectivity = initialConnectivity();
   let handled: string[] = [];
   let current: StoredDesiredState | undefined;
@@ -153,7 +153,7 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
   async function deliver(document: SignedDesiredState, source: 'center' | 'disk') {
     // Center tunes the poll interval for its fleet, unless this device was given its own.
     const tuned = document.state.pollIntervalSeconds;
-    if (deps.intervalMs === undefined && tuned !== undefined) intervalMs = tuned * 1000;
+    if (deps.pollIntervalMs === undefined && tuned !== undefined) pollIntervalMs = tuned * 1000;
     await runCommands(document);
     try {
       await deps.onDesiredState(document, source);
@@ -247,10 +247,10 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
       lastContactAt: now,
       lastError: refusal === undefined ? null : { ...refusal, at: now },
       consecutiveFailures: 0,
-      nextAttemptAt: now + intervalMs,
+      nextAttemptAt: now + pollIntervalMs,
     };
     await persist();
-    return { ok: true, nextDelayMs: intervalMs, delivered };
+    return { ok: true, nextDelayMs: pollIntervalMs, delivered };
   }
 
   function syncNow(): Promise<SyncOutcome> {
@@ -267,7 +267,7 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
       } catch (err) {
         // A local fault (disk full writing the state, say): log it, try again later.
         log.error({ component: 'sync', err }, 'sync step failed');
-        outcome = { ok: false, nextDelayMs: intervalMs, delivered: 0 };
+        outcome = { ok: false, nextDelayMs: pollIntervalMs, delivered: 0 };
       }
       if (stopped) break;
       if (wakeRequested) {
@@ -308,8 +308,8 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
       wakeRequested = true;
       sleeping?.abort();
     },
-    setIntervalMs(ms) {
-      intervalMs = Math.max(1_000, ms);
+    setPollIntervalMs(ms) {
+      pollIntervalMs = Math.max(1_000, ms);
     },
     connectivity: () => connectivity,
     current: () => current,

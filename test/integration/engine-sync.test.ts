@@ -69,7 +69,7 @@ async function startCenter(t: TestContext) {
   t.after(() => database.close());
   await migrateToLatest(database.db);
   const config = resolveConfig([
-    { dataDir: join(dir, 'center'), listen: '127.0.0.1:0', devicePollSeconds: 45 },
+    { dataDir: join(dir, 'center'), listen: '127.0.0.1:0', pollIntervalSeconds: 45 },
   ]);
   const pair = generateKeyPair();
   const signingKey = { key: createPrivateKey(pair.privatePem), keyid: pair.keyid };
@@ -423,7 +423,7 @@ test('push: a change at Center wakes the loop at once', async (t) => {
     // Real sleeps: the poll interval is an hour, so only push can bring the change quickly.
     clock: { now: () => d.clock.now(), sleep: (ms, signal) => systemSleep(ms, signal) },
     log: recorder(),
-    intervalMs: HOUR,
+    pollIntervalMs: HOUR,
     onDesiredState: (doc) => {
       revisions.push(doc.state.revision);
       changed();
@@ -458,7 +458,7 @@ test('createEngine: the sync loop feeds reconcile one run at a time, newest stat
     // Center's time, so its documents are current; real sleeps.
     clock: { now: () => center.clock.ms, sleep: systemSleep },
     push: false,
-    intervalMs: HOUR,
+    pollIntervalMs: HOUR,
     reconcile: async (doc) => {
       running += 1;
       overlapped ||= running > 1;

@@ -126,7 +126,7 @@ function startEngine(pollSeconds = 2): void {
       w.guest.initrd,
       '--cmdline',
       w.guest.cmdline,
-      '--poll',
+      '--poll-interval',
       String(pollSeconds),
       '--log-level',
       'warn',

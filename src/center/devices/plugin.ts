@@ -288,7 +288,7 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
         return buildDesiredState(db, head, deps.signingKey, storeUrls, {
           warn,
           publishers: currentPublishers,
-          pollIntervalSeconds: deps.config.devicePollSeconds,
+          pollIntervalSeconds: deps.config.pollIntervalSeconds,
         });
       },
     );
