@@ -19,7 +19,7 @@ import {
 import { systemClock, type Clock } from './clock.ts';
 import { callCenter, parseAnswer, type Fetch } from './http.ts';
 import { engineFiles, type Identity } from './state.ts';
-import { fsyncDir } from './store/atomic.ts';
+import { fsyncDir } from '../durable/index.ts';
 
 export interface EnrollOptions {
   /** Center's base URL (`https://center.example.org`). */

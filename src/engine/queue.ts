@@ -14,7 +14,7 @@ import {
 } from '../protocol/index.ts';
 import { systemClock, type Clock } from './clock.ts';
 import { silentLog, type Log } from './log.ts';
-import { AtomicJsonFile, fsyncDir } from './store/atomic.ts';
+import { AtomicJsonFile, fsyncDir } from '../durable/index.ts';
 
 /*
  * The durable event queue: what Engine has to tell Center, kept until Center took it.

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { DeviceIdSchema, PublicKeyRefSchema, SignedDesiredStateSchema } from '../protocol/index.ts';
 import type { Clock } from './clock.ts';
 import type { Log } from './log.ts';
-import { AtomicJsonFile } from './store/atomic.ts';
+import { AtomicJsonFile } from '../durable/index.ts';
 
 /*
  * Engine's files under its data directory (default /var/lib/bulkhead/engine, mode 0700):
@@ -15,7 +15,7 @@ import { AtomicJsonFile } from './store/atomic.ts';
  *   engine-state.json   the VMs as they are on this PC                      (update/reconcile)
  *   queue/              events waiting to be reported                        (queue)
  *
- * Each JSON file is written atomically (store/atomic.ts), so `engine status` can read them at
+ * Each JSON file is written atomically (src/durable), so `engine status` can read them at
  * any moment while `engine run` writes them.
  */
 

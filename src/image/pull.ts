@@ -6,6 +6,7 @@ import {
   isBulkheadError,
   type ManifestBody,
 } from '../protocol/index.ts';
+import { exists } from '../durable/index.ts';
 import type { PublicKeyInfo } from '../signing/index.ts';
 import { forEachLimit, sha256File } from './digest-file.ts';
 import { writeError } from './fs-errors.ts';
@@ -488,15 +489,6 @@ async function retry<T>(
         setTimeout(r, Math.min(2000, 100 * 2 ** attempt) * (0.5 + Math.random())),
       );
     }
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 

@@ -1,19 +1,8 @@
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import {
-  copyFile,
-  mkdir,
-  open,
-  readdir,
-  rename,
-  rm,
-  stat,
-  unlink,
-  writeFile,
-} from 'node:fs/promises';
+import { mkdir, open, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
+import { replaceFile, replaceFileByCopy } from '../../durable/index.ts';
 import { BulkheadError, ErrorCodes, errnoCode, isValidName } from '../../protocol/index.ts';
 import { writeError } from '../fs-errors.ts';
 import type { StoreKey } from './layout.ts';
@@ -113,36 +102,20 @@ export class DirectoryStore implements WritableChunkStore {
       }
       return;
     }
-    const tmp = await this.tempFor(path);
+    await this.ensureDir(dirname(path));
     try {
-      const fh = await open(tmp, 'wx', 0o644);
-      try {
-        await fh.writeFile(data);
-        if (options.durable) await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      await rename(tmp, path);
-      if (options.durable) await syncDir(dirname(path));
+      await replaceFile(path, data, { mode: 0o644, durable: options.durable ?? false });
     } catch (err) {
-      await unlink(tmp).catch(() => {});
       throw writeError(err, path);
     }
   }
 
   async writeFromFile(key: StoreKey, source: string, options: WriteOptions = {}): Promise<void> {
     const path = this.path(key);
-    const tmp = await this.tempFor(path);
+    await this.ensureDir(dirname(path));
     try {
-      await copyFile(source, tmp, constants.COPYFILE_FICLONE);
-      if (options.durable) {
-        const fh = await open(tmp, 'r');
-        await fh.sync().finally(() => fh.close());
-      }
-      await rename(tmp, path);
-      if (options.durable) await syncDir(dirname(path));
+      await replaceFileByCopy(path, source, { durable: options.durable ?? false });
     } catch (err) {
-      await unlink(tmp).catch(() => {});
       throw writeError(err, path);
     }
   }
@@ -155,12 +128,6 @@ export class DirectoryStore implements WritableChunkStore {
       throw writeError(err, dir);
     }
     this.madeDirs.add(dir);
-  }
-
-  private async tempFor(path: string): Promise<string> {
-    const dir = dirname(path);
-    await this.ensureDir(dir);
-    return join(dir, `.tmp-${randomBytes(6).toString('hex')}`);
   }
 
   async sync(): Promise<void> {
@@ -209,15 +176,6 @@ export class DirectoryStore implements WritableChunkStore {
   }
 
   async close(): Promise<void> {}
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 function notFoundOr(err: unknown, key: string, location: string): BulkheadError {

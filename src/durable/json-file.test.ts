@@ -3,24 +3,16 @@ import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { z } from 'zod';
-import { tempDir } from '../../../test/support/fixtures.ts';
-import { isBulkheadError } from '../../protocol/index.ts';
-import type { Clock } from '../clock.ts';
-import type { Log } from '../log.ts';
-import { AtomicJsonFile } from './atomic.ts';
+import { tempDir } from '../../test/support/fixtures.ts';
+import { isBulkheadError } from '../protocol/index.ts';
+import { AtomicJsonFile } from './json-file.ts';
 
 const Schema = z.strictObject({ revision: z.number().int(), name: z.string() });
-const clock: Clock = { now: () => Date.parse('2026-03-02T09:15:00Z'), sleep: async () => {} };
+const clock = { now: () => Date.parse('2026-03-02T09:15:00Z') };
 
-function recorder(): Log & { warnings: string[] } {
+function recorder() {
   const warnings: string[] = [];
-  return {
-    warnings,
-    debug: () => {},
-    info: () => {},
-    warn: (_obj, msg) => warnings.push(msg),
-    error: () => {},
-  };
+  return { warnings, warn: (_obj: object, msg: string) => void warnings.push(msg) };
 }
 
 async function setup(t: Parameters<typeof tempDir>[0]) {

@@ -1,19 +1,16 @@
-import { randomBytes } from 'node:crypto';
-import { link, open, readFile, rename, rm } from 'node:fs/promises';
+import { readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import type { z } from 'zod';
-import { BulkheadError, ErrorCodes, errnoCode } from '../../protocol/index.ts';
-import { systemClock, type Clock } from '../clock.ts';
-import { silentLog, type Log } from '../log.ts';
+import { BulkheadError, ErrorCodes, errnoCode } from '../protocol/index.ts';
+import { fsyncDir, replaceFile } from './files.ts';
 
 /*
- * Durable JSON files: a write either lands whole or not at all, whatever moment power fails.
+ * Durable JSON files with a schema: a write either lands whole or not at all, whatever moment
+ * power fails.
  *
- * write: the new content goes to a temporary file in the same directory (so the rename below
- * stays on one filesystem), which is fsynced before it is renamed over the target, and the
- * directory is fsynced after, so the rename itself survives a crash. Before the rename the
- * current file gets a second name, `<file>.bak`, by a hard link: files are never changed in
- * place, so `.bak` keeps the previous content and there is no moment without the file.
+ * write: `replaceFile` (files.ts: temporary file, fsync, rename, directory fsync). Before the
+ * rename the current file gets a second name, `<file>.bak`, by a hard link: files are never
+ * changed in place, so `.bak` keeps the previous content and there is no moment without the file.
  *
  * read: a file that does not parse or fails its schema (a disk fault, an editor, a bug) is
  * kept for inspection as `<file>.corrupt-<time>` and the previous good copy, `.bak`, is put
@@ -30,8 +27,10 @@ export interface AtomicJsonFileOptions<T> {
   hint: string;
   /** File mode of new files (default 0600: Engine's files are its own business). */
   mode?: number;
-  clock?: Clock;
-  log?: Log;
+  /** Names the corrupt copies kept aside (default: the system clock). */
+  clock?: { now(): number };
+  /** Told when a corrupt file is set aside (pino's call shape; default: silent). */
+  log?: { warn(obj: object, msg: string): void };
 }
 
 export interface ReadOptions {
@@ -51,8 +50,8 @@ export class AtomicJsonFile<T> {
   readonly #what: string;
   readonly #hint: string;
   readonly #mode: number;
-  readonly #clock: Clock;
-  readonly #log: Log;
+  readonly #clock: { now(): number };
+  readonly #log: { warn(obj: object, msg: string): void };
 
   constructor(options: AtomicJsonFileOptions<T>) {
     this.path = options.path;
@@ -60,8 +59,8 @@ export class AtomicJsonFile<T> {
     this.#what = options.what;
     this.#hint = options.hint;
     this.#mode = options.mode ?? 0o600;
-    this.#clock = options.clock ?? systemClock;
-    this.#log = options.log ?? silentLog;
+    this.#clock = options.clock ?? Date;
+    this.#log = options.log ?? { warn: () => {} };
   }
 
   get backupPath(): string {
@@ -111,33 +110,10 @@ export class AtomicJsonFile<T> {
   /** Replaces the file's content durably (see the file comment for the order of steps). */
   async write(value: T): Promise<void> {
     const checked = this.#schema.parse(value);
-    const dir = dirname(this.path);
-    const suffix = `${process.pid}-${randomBytes(4).toString('hex')}`;
-    const tmp = `${this.path}.tmp-${suffix}`;
-    const handle = await open(tmp, 'wx', this.#mode);
-    try {
-      await handle.writeFile(`${JSON.stringify(checked, null, 2)}\n`);
-      await handle.sync();
-    } catch (err) {
-      await handle.close();
-      await rm(tmp, { force: true });
-      throw err;
-    }
-    await handle.close();
-    try {
-      const bakTmp = `${this.backupPath}.tmp-${suffix}`;
-      try {
-        await link(this.path, bakTmp);
-        await rename(bakTmp, this.backupPath);
-      } catch (err) {
-        if (errnoCode(err) !== 'ENOENT') throw err;
-      }
-      await rename(tmp, this.path);
-    } catch (err) {
-      await rm(tmp, { force: true });
-      throw err;
-    }
-    await fsyncDir(dir);
+    await replaceFile(this.path, `${JSON.stringify(checked, null, 2)}\n`, {
+      mode: this.#mode,
+      keepPreviousAs: this.backupPath,
+    });
   }
 
   /** Removes the file and its backup. */
@@ -168,15 +144,5 @@ async function readText(path: string): Promise<string | undefined> {
   } catch (err) {
     if (errnoCode(err) === 'ENOENT') return undefined;
     throw err;
-  }
-}
-
-/** Makes a rename or create in `dir` durable. */
-export async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
