@@ -1,22 +1,35 @@
-import { pino } from 'pino';
-import { DEFAULT_ENGINE_DATA_DIR } from '../engine/index.ts';
-import { GuestAgent } from '../engine/guest-agent.ts';
-import { createQemuDriver, createSimDriver } from '../engine/hypervisor/index.ts';
-import type { HypervisorDriver, VmStatus } from '../engine/hypervisor/types.ts';
-import { crashAtFromEnv, startEngineRun } from '../engine/run.ts';
-import type { GuestAgentLink } from '../engine/update/health.ts';
-import { BulkheadError, ErrorCodes } from '../protocol/index.ts';
-import { integerOption, optionalString, type Command } from './command.ts';
+import {
+  DEFAULT_ENGINE_DATA_DIR,
+  engineConfigFromEnv,
+  engineConfigValue,
+  readEngineConfigFile,
+  resolveEngineConfig,
+  startEngineRun,
+  type EngineConfigInput,
+} from '../engine/index.ts';
+import { optionalString, type Command, type Invocation } from './command.ts';
 
-/** The simulated hypervisor's guest agent: answers while the VM runs, every command exits 0. */
-function simAgent(driver: HypervisorDriver, name: string): GuestAgentLink {
-  return {
-    ping: async () => {
-      if ((await driver.status(name)).state !== 'running') throw new Error('not running');
-    },
-    exec: async () => ({ exitCode: 0 }),
-    close: () => {},
-  };
+/** Each flag and the configuration key it sets. */
+const FLAGS = {
+  data: 'dataDir',
+  hypervisor: 'hypervisor',
+  kernel: 'kernel',
+  initrd: 'initrd',
+  cmdline: 'cmdline',
+  bandwidth: 'bandwidthBytesPerSec',
+  'switch-deadline': 'switchDeadlineSeconds',
+  'stop-timeout': 'stopTimeoutSeconds',
+  'poll-interval': 'pollIntervalSeconds',
+  'log-level': 'logLevel',
+} as const satisfies Record<string, keyof EngineConfigInput>;
+
+function configFromFlags(inv: Invocation): EngineConfigInput {
+  const out: Record<string, unknown> = {};
+  for (const [flag, key] of Object.entries(FLAGS)) {
+    const value = optionalString(inv, flag);
+    if (value !== undefined) out[key] = engineConfigValue(key, value);
+  }
+  return out as EngineConfigInput;
 }
 
 export const engineRunCommand: Command = {
@@ -24,76 +37,37 @@ export const engineRunCommand: Command = {
   summary: "Run Engine: keep this PC's VMs at the desired state, update and roll back.",
   usage: `Usage: bulkhead engine run [--data DIR] [--hypervisor qemu|sim]
          [--kernel PATH [--initrd PATH] [--cmdline TEXT]] [--bandwidth BYTES_PER_SEC]
-         [--switch-deadline SECONDS] [--poll SECONDS] [--log-level LEVEL]
+         [--switch-deadline SECONDS] [--stop-timeout SECONDS] [--poll-interval SECONDS]
+         [--config FILE] [--log-level LEVEL]
 
   Syncs with Center (offline-first), downloads new versions, switches VMs when they are off,
   when the user accepts (\`bulkhead engine accept\`) or at the switch deadline (default: at
   once), checks their health through the guest agent and rolls back by itself.
+  DIR defaults to $BULKHEAD_ENGINE_DATA or ${DEFAULT_ENGINE_DATA_DIR}.
   --kernel/--initrd/--cmdline boot VMs' kernels directly (appliance images, the test guest).
-  --poll sets how often Center is asked for news when no push arrives (default 60 s).
+  --stop-timeout is how long a VM has to shut down before it is stopped hard (default 30 s).
+  --poll-interval sets how often Center is asked for news when no push arrives (default: what
+  Center says, else 60 s).
+  Settings may also come from BULKHEAD_* environment variables or a JSON --config file.
   --hypervisor sim is for fleet simulation only. Stops on SIGTERM or SIGINT; VMs keep running.`,
   options: {
-    data: { type: 'string' },
-    hypervisor: { type: 'string' },
-    kernel: { type: 'string' },
-    initrd: { type: 'string' },
-    cmdline: { type: 'string' },
-    bandwidth: { type: 'string' },
-    'switch-deadline': { type: 'string' },
-    poll: { type: 'string' },
-    'log-level': { type: 'string' },
+    ...Object.fromEntries(Object.keys(FLAGS).map((flag) => [flag, { type: 'string' as const }])),
+    config: { type: 'string' },
   },
   async run(inv) {
-    const dataDir =
-      optionalString(inv, 'data') ?? process.env.BULKHEAD_ENGINE_DATA ?? DEFAULT_ENGINE_DATA_DIR;
-    const kind = optionalString(inv, 'hypervisor') ?? 'qemu';
-    if (kind !== 'qemu' && kind !== 'sim') {
-      throw new BulkheadError(ErrorCodes.USAGE, `--hypervisor must be qemu or sim, not "${kind}"`);
-    }
-    const kernelPath = optionalString(inv, 'kernel');
-    const initrd = optionalString(inv, 'initrd');
-    const cmdline = optionalString(inv, 'cmdline');
-    if (!kernelPath && (initrd || cmdline)) {
-      throw new BulkheadError(ErrorCodes.USAGE, '--initrd and --cmdline need --kernel');
-    }
-    const bandwidth = integerOption(inv, 'bandwidth', 1024, 2 ** 40);
-    const deadline = integerOption(inv, 'switch-deadline', 0, 365 * 86_400);
-    const poll = integerOption(inv, 'poll', 1, 86_400);
-    const log = pino(
-      { level: optionalString(inv, 'log-level') ?? 'info', base: { component: 'engine' } },
-      pino.destination(2),
-    );
-    const hypervisor = kind === 'sim' ? createSimDriver() : createQemuDriver();
-    const connectAgent = (status: VmStatus): Promise<GuestAgentLink> =>
-      kind === 'sim'
-        ? Promise.resolve(simAgent(hypervisor, status.name))
-        : GuestAgent.connect(status.guestAgentSocket ?? '', { timeoutMs: 2000 });
-    const crashAt = crashAtFromEnv();
-    const running = await startEngineRun({
-      dataDir,
-      hypervisor,
-      connectAgent,
-      log,
-      ...(kernelPath
-        ? {
-            kernel: {
-              path: kernelPath,
-              ...(initrd ? { initrd } : {}),
-              ...(cmdline ? { cmdline } : {}),
-            },
-          }
-        : {}),
-      ...(bandwidth ? { bandwidthBytesPerSec: bandwidth } : {}),
-      ...(deadline !== undefined ? { switchDeadlineMs: deadline * 1000 } : {}),
-      ...(crashAt ? { crashAt } : {}),
-      ...(poll ? { syncIntervalMs: poll * 1000 } : {}),
-    });
-    log.info({ dataDir, hypervisor: kind }, 'engine running');
+    const file = optionalString(inv, 'config');
+    const config = resolveEngineConfig([
+      file ? await readEngineConfigFile(file) : {},
+      engineConfigFromEnv(process.env),
+      configFromFlags(inv),
+    ]);
+    const running = await startEngineRun(config);
+    running.log.info({ dataDir: config.dataDir, hypervisor: config.hypervisor }, 'engine running');
     await new Promise<void>((resolve) => {
       process.once('SIGTERM', () => resolve());
       process.once('SIGINT', () => resolve());
     });
-    log.info({}, 'engine stopping; VMs keep running');
+    running.log.info({}, 'engine stopping; VMs keep running');
     await running.stop();
     return { stopped: true };
   },

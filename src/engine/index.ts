@@ -1,6 +1,6 @@
-// Engine, the agent on each PC (DESIGN §1, §3): identity, contact with Center, the event
-// queue, the sync loop and the state files. The hypervisor, volumes and update transaction
-// have their own folders.
+// Engine, the agent on each PC (DESIGN §1, §3): its configuration and composition root,
+// identity, contact with Center, the event queue, the sync loop and the state files. The
+// hypervisor, volumes and update transaction have their own folders.
 export { createEngine, type Engine, type EngineDeps } from './agent.ts';
 export {
   CenterClient,
@@ -11,9 +11,26 @@ export {
   type PushSubscription,
 } from './center-client.ts';
 export { systemClock, type Clock } from './clock.ts';
+export {
+  EngineConfigSchema,
+  engineConfigFromEnv,
+  engineConfigValue,
+  readEngineConfigFile,
+  resolveEngineConfig,
+  type EngineConfig,
+  type EngineConfigInput,
+} from './config.ts';
 export { enroll, gatherInventory, loadIdentity, normalizeCenterUrl } from './identity.ts';
 export type { EnrollOptions } from './identity.ts';
 export { silentLog, type Log } from './log.ts';
+export {
+  createEngineReconciler,
+  startEngineRun,
+  type EngineParts,
+  type EngineReconciler,
+  type EngineReconcilerParts,
+  type RunningEngine,
+} from './run.ts';
 export { EventQueue, PROTECTED_EVENT_TYPES, readQueueDepth, type NewEvent } from './queue.ts';
 export * from './state.ts';
 export { formatEngineStatus, readEngineStatus, type EngineStatus } from './status.ts';
@@ -25,4 +42,3 @@ export {
   type SyncLoopDeps,
   type SyncOutcome,
 } from './sync.ts';
-export { AtomicJsonFile } from './store/atomic.ts';

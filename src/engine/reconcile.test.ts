@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { DesiredState, DesiredVm } from '../protocol/index.ts';
 import { plan, type PlanInput, type Step, type VmFacts } from './reconcile.ts';
-import { beginTransaction, releaseKey, type Release } from './update/machine.ts';
+import { beginTransaction } from './update/machine.ts';
+import { releaseKey, type Release } from './volumes/index.ts';
 
 const NOW = 1_000_000;
 const ref = (v: string) => ({

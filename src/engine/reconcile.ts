@@ -1,16 +1,10 @@
-import { stat } from 'node:fs/promises';
+import { exists } from '../durable/index.ts';
 import type { DesiredState, DesiredVm } from '../protocol/index.ts';
 import type { VmRunState } from './hypervisor/types.ts';
-import {
-  persistTransaction,
-  prepareVolumes,
-  runUpdate,
-  vmSpec,
-  type UpdateDeps,
-} from './update/executors.ts';
-import { beginTransaction, releaseKey, type Release, type Transaction } from './update/machine.ts';
+import { persistTransaction, runUpdate, vmSpec, type UpdateDeps } from './update/executors.ts';
+import { beginTransaction, type Transaction } from './update/machine.ts';
 import type { VmRecord } from './update/records.ts';
-import { volumeLayout } from './volumes/overlays.ts';
+import { prepareRelease, releaseKey, volumeLayout, type Release } from './volumes/index.ts';
 
 /*
  * Engine's reconciler (DESIGN §3): a pure planner compares what the PC runs (current) with the
@@ -178,12 +172,14 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
       const layout = volumeLayout(deps.dataDir, vm.name);
       const isMissing = !(await exists(layout.overlay('system')));
       // on-boot: the system overlay is discarded at every boot, not only at updates.
-      if (vm.resetPolicy === 'on-boot' || isMissing) await prepareVolumes(deps, vm, record.current);
+      if (vm.resetPolicy === 'on-boot' || isMissing) {
+        await prepareRelease(deps, vm, record.current, deps.target(vm.name));
+      }
       const status = await deps.hypervisor.start(vmSpec(vm, record.current, layout, deps.kernel));
       await vmState(step.vm, status.state, { versionId: record.current.system.versionId });
     },
     async stopVm(step) {
-      await deps.hypervisor.stop(step.vm, { timeoutMs: deps.stopTimeoutMs ?? 30_000 });
+      await deps.hypervisor.stop(step.vm, { timeoutMs: deps.stopTimeoutMs });
       await vmState(step.vm, 'stopped', { reason: step.reason });
     },
     async collectGoldens(step) {
@@ -191,15 +187,6 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
       if (removed.length) deps.log.info({ removed }, 'old golden images removed');
     },
   };
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Gathers the facts the planner needs from disk and the hypervisor. */
@@ -261,7 +248,7 @@ export interface Reconciler {
   /** Runs a pass now (or right after the running one). */
   pass(): Promise<void>;
   /** Passes every `intervalMs` until `signal` aborts: waiting updates and crashed VMs need them. */
-  loop(signal: AbortSignal, intervalMs?: number): Promise<void>;
+  loop(signal: AbortSignal, intervalMs: number): Promise<void>;
 }
 
 export function createReconciler(deps: Omit<ReconcileDeps, 'desired' | 'target'>): Reconciler {
@@ -290,7 +277,7 @@ export function createReconciler(deps: Omit<ReconcileDeps, 'desired' | 'target'>
       return pass();
     },
     pass,
-    async loop(signal, intervalMs = 5000) {
+    async loop(signal, intervalMs) {
       while (!signal.aborted) {
         await deps.clock.sleep(intervalMs, signal);
         if (!signal.aborted && desired) await pass();

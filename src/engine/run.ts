@@ -1,119 +1,178 @@
 import { join } from 'node:path';
+import { pino } from 'pino';
 import { createEngine, type Engine } from './agent.ts';
 import { systemClock, type Clock } from './clock.ts';
 import { createCommandHandler } from './commands.ts';
+import type { EngineConfig } from './config.ts';
+import { GuestAgent } from './guest-agent.ts';
+import type { Fetch } from './http.ts';
+import { createQemuDriver, createSimDriver } from './hypervisor/index.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from './hypervisor/types.ts';
-import { silentLog, type Log } from './log.ts';
+import type { Log } from './log.ts';
+import type { NewEvent } from './queue.ts';
 import { createReconciler, type Reconciler } from './reconcile.ts';
-import type { GuestAgentLink } from './update/health.ts';
-import { UPDATE_STATES, type UpdateState } from './update/machine.ts';
-import { TransactionFiles, VmRecords } from './update/records.ts';
-import { GoldenStore } from './volumes/goldens.ts';
-import { volumeLayout } from './volumes/overlays.ts';
 import { engineFiles } from './state.ts';
+import type { GuestAgentLink } from './update/health.ts';
+import type { UpdateState } from './update/machine.ts';
+import { TransactionFiles, VmRecords } from './update/records.ts';
+import { GoldenStore, volumeLayout } from './volumes/index.ts';
 
 /*
- * `bulkhead engine run`: the sync loop (agent.ts) feeding the reconciler, which owns the VMs,
- * and carrying out Center's commands (commands.ts).
- * The hypervisor driver and the guest-agent connection are passed in, so the same wiring runs
- * the QEMU driver on a PC and anything else in a test.
+ * Engine's composition root: everything `bulkhead engine run` runs is built here from one
+ * validated configuration (config.ts): the hypervisor driver and its guest-agent connection,
+ * the reconciler that owns the VMs, the sync loop (agent.ts) feeding it, and the handler that
+ * carries out Center's commands (commands.ts). The CLI only turns
+ * argv into configuration. Tests pass in what they replace (a driver, a clock, a log) and the
+ * hooks production never sets.
  */
 
-export interface EngineRunOptions {
-  dataDir: string;
-  hypervisor: HypervisorDriver;
-  connectAgent: (status: VmStatus) => Promise<GuestAgentLink>;
-  clock?: Clock;
+/** What a caller may put in place of what the configuration would build. */
+export interface EngineParts {
+  /** Default: pino at the configured level, to stderr. */
   log?: Log;
-  kernel?: VmSpec['kernel'];
-  bandwidthBytesPerSec?: number;
-  switchDeadlineMs?: number;
-  stopTimeoutMs?: number;
-  /** Poll interval of the sync loop. */
-  syncIntervalMs?: number;
-  /** Interval of reconcile passes between desired states (default 5 s). */
-  reconcileIntervalMs?: number;
-  /** Test hook: stop the process with SIGKILL right after this update state is persisted. */
-  crashAt?: UpdateState;
+  clock?: Clock;
+  /** Default: the configured hypervisor's driver. */
+  hypervisor?: HypervisorDriver;
+  /** Default: the guest agent the configured hypervisor provides. */
+  connectAgent?: (status: VmStatus) => Promise<GuestAgentLink>;
+  /** Test hook: called after each persisted update step (the crash tests kill the process there). */
+  afterPersist?: (state: UpdateState) => void;
+}
+
+export interface EngineReconcilerParts extends EngineParts {
+  /** Where the reconciler's events go (Engine's queue, or a test's file). */
+  report: (event: NewEvent) => Promise<unknown>;
+  signal?: AbortSignal;
+}
+
+export interface EngineReconciler {
+  reconciler: Reconciler;
+  hypervisor: HypervisorDriver;
+  /** The VMs Engine owns on this PC, as engine-state.json records them. */
+  records: VmRecords;
+  /** Their update transactions. */
+  transactions: TransactionFiles;
+  clock: Clock;
+  log: Log;
 }
 
 export interface RunningEngine {
   engine: Engine;
   reconciler: Reconciler;
+  log: Log;
+  /** Stops syncing and reconciling; the VMs keep running. */
   stop(): Promise<void>;
 }
 
-/** Reads `BULKHEAD_TEST_CRASH_AT` (the crash-safety tests set it); unset in production. */
-export function crashAtFromEnv(env: NodeJS.ProcessEnv = process.env): UpdateState | undefined {
-  const value = env.BULKHEAD_TEST_CRASH_AT;
-  if (!value) return undefined;
-  if (!(UPDATE_STATES as readonly string[]).includes(value)) {
-    throw new Error(`BULKHEAD_TEST_CRASH_AT must be one of ${UPDATE_STATES.join(', ')}`);
-  }
-  return value as UpdateState;
+/** The simulated hypervisor's guest agent: answers while the VM runs, every command exits 0. */
+function simAgent(driver: HypervisorDriver, name: string): GuestAgentLink {
+  return {
+    ping: async () => {
+      if ((await driver.status(name)).state !== 'running') throw new Error('not running');
+    },
+    exec: async () => ({ exitCode: 0 }),
+    close: () => {},
+  };
 }
 
-export async function startEngineRun(options: EngineRunOptions): Promise<RunningEngine> {
-  const clock = options.clock ?? systemClock;
-  const log = options.log ?? silentLog;
+function kernelOf(config: EngineConfig): VmSpec['kernel'] | undefined {
+  if (config.kernel === undefined) return undefined;
+  return {
+    path: config.kernel,
+    ...(config.initrd !== undefined ? { initrd: config.initrd } : {}),
+    ...(config.cmdline !== undefined ? { cmdline: config.cmdline } : {}),
+  };
+}
+
+/**
+ * The reconciler over this PC's VMs, with the VMs an earlier Engine process started attached
+ * again (VMs outlive Engine), ready for its first desired state.
+ */
+export async function createEngineReconciler(
+  config: EngineConfig,
+  parts: EngineReconcilerParts,
+): Promise<EngineReconciler> {
+  const clock = parts.clock ?? systemClock;
+  const log =
+    parts.log ??
+    pino({ level: config.logLevel, base: { component: 'engine' } }, pino.destination(2));
+  const hypervisor =
+    parts.hypervisor ?? (config.hypervisor === 'sim' ? createSimDriver() : createQemuDriver());
+  const connectAgent =
+    parts.connectAgent ??
+    ((status: VmStatus): Promise<GuestAgentLink> =>
+      config.hypervisor === 'sim'
+        ? Promise.resolve(simAgent(hypervisor, status.name))
+        : GuestAgent.connect(status.guestAgentSocket ?? '', { timeoutMs: 2000 }));
+  const { dataDir } = config;
+  const records = new VmRecords(engineFiles(dataDir, { clock, log }).engineState, clock);
+  const transactions = new TransactionFiles(dataDir, clock, log);
+  const kernel = kernelOf(config);
+  const reconciler = createReconciler({
+    dataDir,
+    goldens: new GoldenStore({ dir: join(dataDir, 'goldens') }),
+    hypervisor,
+    records,
+    transactions,
+    report: parts.report,
+    connectAgent,
+    clock,
+    log,
+    switchDeadlineMs: config.switchDeadlineSeconds * 1000,
+    stopTimeoutMs: config.stopTimeoutSeconds * 1000,
+    ...(kernel ? { kernel } : {}),
+    ...(config.bandwidthBytesPerSec !== undefined
+      ? { bandwidthBytesPerSec: config.bandwidthBytesPerSec }
+      : {}),
+    ...(parts.signal ? { signal: parts.signal } : {}),
+    ...(parts.afterPersist ? { afterPersist: parts.afterPersist } : {}),
+  });
+  for (const r of await records.all()) {
+    await hypervisor.attach(r.name, volumeLayout(dataDir, r.name).runDir);
+  }
+  return { reconciler, hypervisor, records, transactions, clock, log };
+}
+
+/** Starts Engine: the sync loop with Center feeding the reconciler, until `stop()`. */
+export async function startEngineRun(
+  config: EngineConfig,
+  parts: EngineParts & { fetch?: Fetch } = {},
+): Promise<RunningEngine> {
   const controller = new AbortController();
   // The queue belongs to the engine, which needs the reconciler first: reports go through this.
   const holder: { engine?: Engine } = {};
-  const records = new VmRecords(engineFiles(options.dataDir, { clock, log }).engineState, clock);
-  const crashAt = options.crashAt;
-  const transactions = new TransactionFiles(options.dataDir, clock, log);
-  const stopTimeoutMs = options.stopTimeoutMs ?? 30_000;
-  const reconciler = createReconciler({
-    dataDir: options.dataDir,
-    goldens: new GoldenStore({ dir: join(options.dataDir, 'goldens') }),
-    hypervisor: options.hypervisor,
-    records,
-    transactions,
-    report: (event) => holder.engine!.queue.append(event),
-    connectAgent: options.connectAgent,
-    clock,
-    log,
-    signal: controller.signal,
-    ...(options.kernel ? { kernel: options.kernel } : {}),
-    ...(options.bandwidthBytesPerSec ? { bandwidthBytesPerSec: options.bandwidthBytesPerSec } : {}),
-    ...(options.switchDeadlineMs !== undefined
-      ? { switchDeadlineMs: options.switchDeadlineMs }
-      : {}),
-    stopTimeoutMs,
-    ...(crashAt
-      ? {
-          afterPersist: (state: UpdateState) => {
-            if (state === crashAt) process.kill(process.pid, 'SIGKILL');
-          },
-        }
-      : {}),
-  });
-  // VMs outlive Engine: find the ones an earlier Engine process started before planning.
-  for (const r of await records.all()) {
-    await options.hypervisor.attach(r.name, volumeLayout(options.dataDir, r.name).runDir);
-  }
+  const { reconciler, hypervisor, records, transactions, clock, log } =
+    await createEngineReconciler(config, {
+      ...parts,
+      report: (event) => holder.engine!.queue.append(event),
+      signal: controller.signal,
+    });
   const running = await createEngine({
-    dataDir: options.dataDir,
+    dataDir: config.dataDir,
     clock,
     log,
     reconcile: (doc) => reconciler.reconcile(doc.state),
     handleCommand: createCommandHandler({
-      hypervisor: options.hypervisor,
+      hypervisor,
       transactions,
       records,
       reconciler,
       clock,
       log,
-      stopTimeoutMs,
+      stopTimeoutMs: config.stopTimeoutSeconds * 1000,
     }),
-    ...(options.syncIntervalMs ? { intervalMs: options.syncIntervalMs } : {}),
+    ...(parts.fetch ? { fetch: parts.fetch } : {}),
+    ...(config.pollIntervalSeconds !== undefined
+      ? { pollIntervalMs: config.pollIntervalSeconds * 1000 }
+      : {}),
   });
   holder.engine = running;
   await running.start();
-  const loop = reconciler.loop(controller.signal, options.reconcileIntervalMs);
+  const loop = reconciler.loop(controller.signal, config.reconcileIntervalSeconds * 1000);
   return {
     engine: running,
     reconciler,
+    log,
     async stop() {
       controller.abort();
       await running.stop();

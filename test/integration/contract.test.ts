@@ -13,8 +13,12 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createSimDriver, type SimDriver } from '../../src/engine/hypervisor/sim.ts';
 import type { VmSpec, VmStatus } from '../../src/engine/hypervisor/types.ts';
-import { enroll } from '../../src/engine/index.ts';
-import { startEngineRun, type RunningEngine } from '../../src/engine/run.ts';
+import {
+  enroll,
+  resolveEngineConfig,
+  startEngineRun,
+  type RunningEngine,
+} from '../../src/engine/index.ts';
 import type { GuestAgentLink } from '../../src/engine/update/health.ts';
 import { DirectoryStore, importImage } from '../../src/image/index.ts';
 import { bytesFrom, ext4Image, makeKeys, tempDir, tool } from '../support/fixtures.ts';
@@ -256,14 +260,17 @@ test('Center and Engine keep one contract: rollouts, commands, an outage', async
       return start(spec);
     };
     const pc = { name: `pc-${i}`, deviceId: identity.deviceId, driver, specs };
-    const running = await startEngineRun({
-      dataDir,
-      hypervisor: driver,
-      connectAgent: agentOf(pc),
-      syncIntervalMs: 1000,
-      reconcileIntervalMs: 500,
-      stopTimeoutMs: 1000,
-    });
+    const config = resolveEngineConfig([
+      {
+        dataDir,
+        hypervisor: 'sim',
+        pollIntervalSeconds: 1,
+        reconcileIntervalSeconds: 1,
+        stopTimeoutSeconds: 1,
+        logLevel: 'silent',
+      },
+    ]);
+    const running = await startEngineRun(config, { hypervisor: driver, connectAgent: agentOf(pc) });
     stops.push(() => running.stop());
     pcs.push({ ...pc, running });
   }

@@ -1,23 +1,20 @@
 // An Engine reconciler as its own process, without Center, for the crash-safety tests: the
 // desired state comes from a JSON file the test rewrites, events go to a JSON-lines file.
-// The test kills it (BULKHEAD_TEST_CRASH_AT makes it kill itself in a chosen update state)
-// and starts it again on the same data directory.
+// It is built by Engine's own composition root (createEngineReconciler) from an Engine
+// configuration, as `engine run` builds it; only the crash hook is this entry's own. The test
+// kills it (ENGINE_CRASH_AT makes it kill itself in a chosen update state) and starts it again
+// on the same data directory.
 //
 // env: ENGINE_DATA, ENGINE_DESIRED, ENGINE_EVENTS, GUEST_KERNEL, GUEST_INITRD, GUEST_CMDLINE,
-//      BULKHEAD_TEST_CRASH_AT (optional), ENGINE_TRACE (optional: each persisted state and when)
+//      ENGINE_CRASH_AT (optional), ENGINE_TRACE (optional: each persisted state and when)
 import { appendFileSync } from 'node:fs';
 import { appendFile, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { systemClock } from '../../src/engine/clock.ts';
-import { GuestAgent } from '../../src/engine/guest-agent.ts';
-import { createQemuDriver } from '../../src/engine/hypervisor/index.ts';
-import { createReconciler } from '../../src/engine/reconcile.ts';
-import { crashAtFromEnv } from '../../src/engine/run.ts';
-import { engineFiles } from '../../src/engine/state.ts';
-import { TransactionFiles, VmRecords } from '../../src/engine/update/records.ts';
-import type { UpdateState } from '../../src/engine/update/machine.ts';
-import { GoldenStore } from '../../src/engine/volumes/goldens.ts';
-import { volumeLayout } from '../../src/engine/volumes/overlays.ts';
+import {
+  createEngineReconciler,
+  resolveEngineConfig,
+  systemClock,
+} from '../../src/engine/index.ts';
+import { UPDATE_STATES, type UpdateState } from '../../src/engine/update/machine.ts';
 import type { DesiredState } from '../../src/protocol/index.ts';
 
 const env = (name: string): string => {
@@ -25,7 +22,16 @@ const env = (name: string): string => {
   if (!v) throw new Error(`${name} is not set`);
   return v;
 };
-const dataDir = env('ENGINE_DATA');
+
+function crashAtFromEnv(): UpdateState | undefined {
+  const value = process.env.ENGINE_CRASH_AT;
+  if (!value) return undefined;
+  if (!(UPDATE_STATES as readonly string[]).includes(value)) {
+    throw new Error(`ENGINE_CRASH_AT must be one of ${UPDATE_STATES.join(', ')}`);
+  }
+  return value as UpdateState;
+}
+
 const eventsPath = env('ENGINE_EVENTS');
 const clock = systemClock;
 const log = {
@@ -35,25 +41,23 @@ const log = {
   error: (o: object, m: string) =>
     process.stderr.write(`error ${m} ${String((o as { err?: unknown }).err)}\n`),
 };
-const hypervisor = createQemuDriver({});
-const records = new VmRecords(engineFiles(dataDir, { clock, log }).engineState, clock);
-for (const r of await records.all())
-  await hypervisor.attach(r.name, volumeLayout(dataDir, r.name).runDir);
+const config = resolveEngineConfig([
+  {
+    dataDir: env('ENGINE_DATA'),
+    hypervisor: 'qemu',
+    kernel: env('GUEST_KERNEL'),
+    initrd: env('GUEST_INITRD'),
+    cmdline: env('GUEST_CMDLINE'),
+    stopTimeoutSeconds: 10,
+  },
+]);
 
 const crashAt = crashAtFromEnv();
 const tracePath = process.env.ENGINE_TRACE;
-const reconciler = createReconciler({
-  dataDir,
-  goldens: new GoldenStore({ dir: join(dataDir, 'goldens') }),
-  hypervisor,
-  records,
-  transactions: new TransactionFiles(dataDir, clock, log),
-  report: (event) => appendFile(eventsPath, `${JSON.stringify({ at: clock.now(), ...event })}\n`),
-  connectAgent: (status) => GuestAgent.connect(status.guestAgentSocket!, { timeoutMs: 2000 }),
+const { reconciler } = await createEngineReconciler(config, {
   clock,
   log,
-  kernel: { path: env('GUEST_KERNEL'), initrd: env('GUEST_INITRD'), cmdline: env('GUEST_CMDLINE') },
-  stopTimeoutMs: 10_000,
+  report: (event) => appendFile(eventsPath, `${JSON.stringify({ at: clock.now(), ...event })}\n`),
   afterPersist: (state: UpdateState) => {
     if (tracePath) appendFileSync(tracePath, `${JSON.stringify({ state, at: clock.now() })}\n`);
     if (state === crashAt) process.kill(process.pid, 'SIGKILL');

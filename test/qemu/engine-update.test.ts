@@ -174,7 +174,7 @@ function startChild(crashAt?: UpdateState): ChildProcess {
       GUEST_KERNEL: ctx.guest.kernel,
       GUEST_INITRD: ctx.guest.initrd,
       GUEST_CMDLINE: ctx.guest.cmdline,
-      ...(crashAt ? { BULKHEAD_TEST_CRASH_AT: crashAt } : { BULKHEAD_TEST_CRASH_AT: '' }),
+      ...(crashAt ? { ENGINE_CRASH_AT: crashAt } : { ENGINE_CRASH_AT: '' }),
     },
     stdio: ['ignore', 'ignore', 'pipe'],
   });

@@ -1,30 +1,31 @@
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { exists } from '../../durable/index.ts';
 import {
   BulkheadError,
   isBulkheadError,
   type DesiredVm,
   type PublicKeyRef,
   type ReleaseVolume,
-  type VolumeRef,
 } from '../../protocol/index.ts';
 import type { Clock } from '../clock.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from '../hypervisor/types.ts';
 import type { Log } from '../log.ts';
 import type { NewEvent } from '../queue.ts';
-import type { GoldenStore } from '../volumes/goldens.ts';
 import {
-  ensureDataVolume,
-  freshOverlay,
+  dataKeyOf,
+  prepareRelease,
+  releaseKey,
+  releaseVolumes,
   volumeLayout,
   vmDisks,
+  type Release,
+  type VolumeDeps,
   type VolumeLayout,
-} from '../volumes/overlays.ts';
+} from '../volumes/index.ts';
 import { checkHealth, type GuestAgentLink, type HealthResult } from './health.ts';
 import {
-  releaseKey,
   runTransaction,
-  type Release,
   type Transaction,
   type UpdateExecutors,
   type UpdateState,
@@ -32,9 +33,7 @@ import {
 import type { TransactionFiles, VmRecord, VmRecords } from './records.ts';
 
 /** What the update executors act on; everything is passed in (tests build exactly this). */
-export interface UpdateDeps {
-  dataDir: string;
-  goldens: GoldenStore;
+export interface UpdateDeps extends VolumeDeps {
   hypervisor: HypervisorDriver;
   records: VmRecords;
   transactions: TransactionFiles;
@@ -55,12 +54,10 @@ export interface UpdateDeps {
   /** Direct kernel boot for appliance-style images and the test guest. */
   kernel?: VmSpec['kernel'];
   bandwidthBytesPerSec?: number;
-  /** How long a staged update waits for the VM to be off or the user to accept (default 0). */
-  switchDeadlineMs?: number;
-  /** Graceful shutdown time before a hard stop (default 30 s). */
-  stopTimeoutMs?: number;
-  /** Data volume size for new VMs (default 1 GiB). */
-  dataVolumeBytes?: number;
+  /** How long a staged update waits for the VM to be off or the user to accept. */
+  switchDeadlineMs: number;
+  /** Graceful shutdown time before a hard stop (EngineConfig's `stopTimeoutSeconds`). */
+  stopTimeoutMs: number;
   signal?: AbortSignal;
   /** Test hook: called after each persisted step (the crash tests stop the process there). */
   afterPersist?: (state: UpdateState) => void;
@@ -77,18 +74,14 @@ function eventId(tx: Transaction, kind: string): string {
   return `upd.${tx.vm}.${tx.startedAt}.${kind}`.replace(/[^A-Za-z0-9._:-]/g, '_');
 }
 
-function volumesOf(release: Release): VolumeRef[] {
-  return [release.system, ...release.apps];
-}
-
 /**
  * What every update event says about its transaction: the profile, and every volume version of
  * the target release with the ones the transaction brings marked, so that Center credits the
  * rollout of each (a system image or an app layer) and no other.
  */
 export function aboutRelease(tx: Pick<Transaction, 'profileId' | 'from' | 'to'>) {
-  const before = new Set(tx.from ? volumesOf(tx.from).map((v) => v.versionId) : []);
-  const volumes: ReleaseVolume[] = volumesOf(tx.to).map((v, i) => ({
+  const before = new Set(tx.from ? releaseVolumes(tx.from).map((v) => v.versionId) : []);
+  const volumes: ReleaseVolume[] = releaseVolumes(tx.to).map((v, i) => ({
     role: i === 0 ? 'system' : 'app',
     image: v.image,
     imageId: v.imageId,
@@ -103,10 +96,6 @@ export function aboutRelease(tx: Pick<Transaction, 'profileId' | 'from' | 'to'>)
     versionId: tx.to.system.versionId,
     volumes,
   };
-}
-
-export function dataKeyOf(vm: DesiredVm | undefined): Buffer | undefined {
-  return vm?.dataKey ? Buffer.from(vm.dataKey, 'base64') : undefined;
 }
 
 /** The spec a VM boots with `release`. */
@@ -128,45 +117,8 @@ export function vmSpec(
   };
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-/**
- * Puts `release` in place for a stopped VM: a fresh overlay on each golden (fetched first if
- * it is missing, e.g. a previous version that was collected), and the data volume if the VM
- * has none yet. The data volume is never touched otherwise.
- */
-export async function prepareVolumes(
-  deps: UpdateDeps,
-  vm: DesiredVm,
-  release: Release,
-): Promise<VolumeLayout> {
-  const layout = volumeLayout(deps.dataDir, vm.name);
-  const { mirrors, publishers } = deps.target(vm.name);
-  for (const [role, ref] of [
-    ['system', release.system] as const,
-    ...release.apps.map((a) => [`app:${a.name}`, a] as const),
-  ]) {
-    const golden = await deps.goldens.ensure(ref, { mirrors, publishers });
-    await freshOverlay(golden.golden.path, layout.overlay(role));
-  }
-  const key = dataKeyOf(vm);
-  await ensureDataVolume(layout.data, {
-    ...(key ? { key } : {}),
-    ...(deps.dataVolumeBytes ? { sizeBytes: deps.dataVolumeBytes } : {}),
-  });
-  await mkdir(layout.runDir, { recursive: true });
-  return layout;
 }
 
 /** Stops, re-prepares and boots `release`, then checks its health from that fresh boot. */
@@ -175,8 +127,8 @@ async function bootHealthy(
   vm: DesiredVm,
   release: Release,
 ): Promise<HealthResult> {
-  await deps.hypervisor.stop(vm.name, { timeoutMs: deps.stopTimeoutMs ?? 30_000 });
-  const layout = await prepareVolumes(deps, vm, release);
+  await deps.hypervisor.stop(vm.name, { timeoutMs: deps.stopTimeoutMs });
+  const layout = await prepareRelease(deps, vm, release, deps.target(vm.name));
   const startedAt = deps.clock.now();
   const status = await deps.hypervisor.start(vmSpec(vm, release, layout, deps.kernel));
   return checkHealth({
@@ -216,7 +168,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
       let reused = 0;
       let lastReport = 0;
       try {
-        for (const ref of volumesOf(tx.to)) {
+        for (const ref of releaseVolumes(tx.to)) {
           const r = await deps.goldens.ensure(ref, {
             mirrors,
             publishers,
@@ -268,7 +220,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
       const accepted =
         (await exists(acceptMarker(deps.dataDir, tx.vm))) ||
         (await exists(acceptMarker(deps.dataDir, null)));
-      const deadlinePassed = deps.clock.now() >= tx.since + (deps.switchDeadlineMs ?? 0);
+      const deadlinePassed = deps.clock.now() >= tx.since + deps.switchDeadlineMs;
       return isOff || accepted || deadlinePassed ? 'window-open' : 'wait';
     },
 
@@ -276,8 +228,8 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
       // Redone after a crash: stopping a stopped VM and making fresh overlays are idempotent.
       try {
         const vm = desiredVm(deps, tx);
-        await deps.hypervisor.stop(tx.vm, { timeoutMs: deps.stopTimeoutMs ?? 30_000 });
-        await prepareVolumes(deps, vm, tx.to);
+        await deps.hypervisor.stop(tx.vm, { timeoutMs: deps.stopTimeoutMs });
+        await prepareRelease(deps, vm, tx.to, deps.target(vm.name));
       } catch (err) {
         return { event: 'switch-failed', reason: `switch failed: ${message(err)}` };
       }
@@ -338,7 +290,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
 
     async 'rolling-back'(tx) {
       if (!tx.from) {
-        await deps.hypervisor.stop(tx.vm, { timeoutMs: deps.stopTimeoutMs ?? 30_000 });
+        await deps.hypervisor.stop(tx.vm, { timeoutMs: deps.stopTimeoutMs });
         return { event: 'nothing-to-roll-back', reason: tx.reason ?? 'no previous version' };
       }
       try {

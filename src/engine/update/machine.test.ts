@@ -1,12 +1,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { Release } from './machine.ts';
 import {
   ACTIVE_STATES,
   TRANSITIONS,
   UPDATE_STATES,
   beginTransaction,
-  releaseKey,
   runTransaction,
   type ActiveState,
   type Outcome,
@@ -14,6 +12,7 @@ import {
   type UpdateExecutors,
   type UpdateState,
 } from './machine.ts';
+import { releaseKey, type Release } from '../volumes/index.ts';
 
 const ref = (v: string) => ({
   image: 'os',

@@ -1,10 +1,6 @@
 import { z } from 'zod';
-import {
-  AppVolumeRefSchema,
-  BulkheadError,
-  ErrorCodes,
-  VolumeRefSchema,
-} from '../../protocol/index.ts';
+import { BulkheadError, ErrorCodes } from '../../protocol/index.ts';
+import { ReleaseSchema, type Release } from '../volumes/index.ts';
 
 /*
  * The update transaction of one VM (DESIGN §3) as a table: `(state, event) → next state`.
@@ -94,21 +90,6 @@ export const TRANSITIONS: {
   'rolled-back': { done: 'idle' },
   failed: { done: 'idle' },
 };
-
-/** The volumes a VM boots: one system volume and its app layers. */
-export const ReleaseSchema = z.strictObject({
-  system: VolumeRefSchema,
-  apps: z.array(AppVolumeRefSchema),
-});
-export type Release = z.infer<typeof ReleaseSchema>;
-
-/** A release's identity: the versions of all its volumes (a bad one is never tried again). */
-export function releaseKey(release: Release): string {
-  return [
-    release.system.versionId,
-    ...release.apps.map((a) => `${a.name}=${a.versionId}`).sort(),
-  ].join('+');
-}
 
 export const TransactionSchema = z.strictObject({
   vm: z.string(),

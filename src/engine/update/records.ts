@@ -3,8 +3,9 @@ import { join } from 'node:path';
 import type { Clock } from '../clock.ts';
 import type { Log } from '../log.ts';
 import type { EngineState, EngineVm } from '../state.ts';
-import { AtomicJsonFile } from '../store/atomic.ts';
-import { ReleaseSchema, TransactionSchema, type Release, type Transaction } from './machine.ts';
+import { AtomicJsonFile } from '../../durable/index.ts';
+import { ReleaseSchema, type Release } from '../volumes/index.ts';
+import { TransactionSchema, type Transaction } from './machine.ts';
 import { isValidName } from '../../protocol/index.ts';
 
 /**

@@ -1,6 +1,7 @@
 import { createPublicKey } from 'node:crypto';
-import { chmod, mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { exists, removeFile, replaceJsonFile } from '../../durable/index.ts';
 import { keyIdOf, type PublicKeyInfo } from '../../signing/index.ts';
 import {
   HttpStore,
@@ -18,7 +19,6 @@ import {
   type PublicKeyRef,
   type VolumeRef,
 } from '../../protocol/index.ts';
-import { readJson, removeDurably, writeJsonAtomic } from '../update/atomic-file.ts';
 import { ThrottledStore, TokenBucket } from './throttle.ts';
 
 /*
@@ -115,7 +115,7 @@ export class GoldenStore {
 
   /** The golden for `ref` when it is here, complete and of the same manifest; else null. */
   async get(ref: VolumeRef): Promise<Golden | null> {
-    const meta = (await readJson(this.metaPath(ref)).catch(() => null)) as GoldenMeta | null;
+    const meta = await readMeta(this.metaPath(ref));
     if (!meta || meta.manifestId !== ref.manifestId) return null;
     return { ...meta, path: this.path(ref) };
   }
@@ -127,9 +127,7 @@ export class GoldenStore {
       if (!isValidName(image)) continue;
       for (const file of await readdirOrEmpty(join(this.dir, image))) {
         if (!file.endsWith('.json')) continue;
-        const meta = (await readJson(join(this.dir, image, file)).catch(
-          () => null,
-        )) as GoldenMeta | null;
+        const meta = await readMeta(join(this.dir, image, file));
         if (meta && meta.image === image && `${meta.versionId}.json` === file)
           out.push({ ...meta, path: join(this.dir, image, `${meta.versionId}.raw`) });
       }
@@ -241,7 +239,7 @@ export class GoldenStore {
       sha256: sha256 ?? (await sha256File(path, size)),
       size,
     };
-    await writeJsonAtomic(this.metaPath(ref), meta, 0o644);
+    await replaceJsonFile(this.metaPath(ref), meta, { mode: 0o644 });
     return { ...meta, path };
   }
 
@@ -259,7 +257,7 @@ export class GoldenStore {
         if (versionId === undefined || kept.has(`${image}/${versionId}`)) continue;
         // The meta goes first: a golden without it is no longer offered as complete.
         const path = join(this.dir, image, file);
-        await removeDurably(path);
+        await removeFile(path);
         removed.push(path);
       }
     }
@@ -271,19 +269,19 @@ function isTransient(err: BulkheadError): boolean {
   return err.code === ErrorCodes.STORE_UNAVAILABLE || err.code === ErrorCodes.IMAGE_NOT_FOUND;
 }
 
+/** A golden's meta file, or null when it is missing or unreadable (the golden is then not offered). */
+async function readMeta(path: string): Promise<GoldenMeta | null> {
+  try {
+    return JSON.parse(await readFile(path, 'utf8')) as GoldenMeta;
+  } catch {
+    return null;
+  }
+}
+
 async function readdirOrEmpty(dir: string): Promise<string[]> {
   try {
     return (await readdir(dir)).sort();
   } catch {
     return [];
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
   }
 }

@@ -1,7 +1,8 @@
 import { execFile } from 'node:child_process';
-import { mkdir, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { exists } from '../../durable/index.ts';
 import { BulkheadError, ErrorCodes, isValidName } from '../../protocol/index.ts';
 import type { VmDisk } from '../hypervisor/types.ts';
 import { secretFifo, secretFifoPath } from '../secret-fifo.ts';
@@ -237,13 +238,4 @@ export function vmDisks(
       ...(dataKey ? { encryptionKey: dataKey } : {}),
     },
   ];
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -1,0 +1,80 @@
+import { mkdir } from 'node:fs/promises';
+import { z } from 'zod';
+import {
+  AppVolumeRefSchema,
+  VolumeRefSchema,
+  type DesiredVm,
+  type PublicKeyRef,
+  type VolumeRef,
+} from '../../protocol/index.ts';
+import type { GoldenStore } from './goldens.ts';
+import { ensureDataVolume, freshOverlay, volumeLayout, type VolumeLayout } from './overlays.ts';
+
+/** The volumes a VM boots: one system volume and its app layers. */
+export const ReleaseSchema = z.strictObject({
+  system: VolumeRefSchema,
+  apps: z.array(AppVolumeRefSchema),
+});
+export type Release = z.infer<typeof ReleaseSchema>;
+
+/** A release's identity: the versions of all its volumes (a bad one is never tried again). */
+export function releaseKey(release: Release): string {
+  return [
+    release.system.versionId,
+    ...release.apps.map((a) => `${a.name}=${a.versionId}`).sort(),
+  ].join('+');
+}
+
+/** Every volume version of a release, system first. */
+export function releaseVolumes(release: Release): VolumeRef[] {
+  return [release.system, ...release.apps];
+}
+
+/** The data volume's LUKS key a desired VM carries (base64 on the wire); none: not encrypted. */
+export function dataKeyOf(vm: DesiredVm | undefined): Buffer | undefined {
+  return vm?.dataKey ? Buffer.from(vm.dataKey, 'base64') : undefined;
+}
+
+/** Where a VM's volumes live and how new ones are made. */
+export interface VolumeDeps {
+  dataDir: string;
+  goldens: GoldenStore;
+  /** Data volume size for new VMs (default 1 GiB). */
+  dataVolumeBytes?: number;
+}
+
+/** Where goldens missing on this PC come from, as the desired state names them. */
+export interface GoldenSources {
+  mirrors: readonly string[];
+  publishers: readonly PublicKeyRef[];
+}
+
+/**
+ * Puts `release` in place for a stopped VM: a fresh overlay on each golden (fetched first if
+ * it is missing, e.g. a previous version that was collected), and the data volume if the VM
+ * has none yet. The data volume is never touched otherwise. Idempotent, so a step redone after
+ * a crash gives the same disks.
+ */
+export async function prepareRelease(
+  deps: VolumeDeps,
+  vm: DesiredVm,
+  release: Release,
+  sources: GoldenSources,
+): Promise<VolumeLayout> {
+  const layout = volumeLayout(deps.dataDir, vm.name);
+  const { mirrors, publishers } = sources;
+  for (const [role, ref] of [
+    ['system', release.system] as const,
+    ...release.apps.map((a) => [`app:${a.name}`, a] as const),
+  ]) {
+    const golden = await deps.goldens.ensure(ref, { mirrors, publishers });
+    await freshOverlay(golden.golden.path, layout.overlay(role));
+  }
+  const key = dataKeyOf(vm);
+  await ensureDataVolume(layout.data, {
+    ...(key ? { key } : {}),
+    ...(deps.dataVolumeBytes ? { sizeBytes: deps.dataVolumeBytes } : {}),
+  });
+  await mkdir(layout.runDir, { recursive: true });
+  return layout;
+}
