@@ -1,7 +1,10 @@
-import { readFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
-import { BulkheadError, ErrorCodes } from '../protocol/index.ts';
+import {
+  configFromVariables,
+  readConfigFile as readConfigFileOf,
+  validateConfig,
+} from '../config/index.ts';
 
 const hostPort = z
   .string()
@@ -76,40 +79,22 @@ const ENV: Record<string, keyof CenterConfigInput> = {
   BULKHEAD_BODY_LIMIT: 'bodyLimit',
 };
 
-function configError(message: string, hint?: string): BulkheadError {
-  return new BulkheadError(ErrorCodes.CONFIG_INVALID, message, hint ? { hint } : {});
-}
-
 /** Reads the `--config` file: a JSON object of the schema's keys. */
-export async function readConfigFile(path: string): Promise<CenterConfigInput> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    throw configError(`cannot read the configuration file ${path}: ${(err as Error).message}`);
-  }
-  try {
-    return JSON.parse(text) as CenterConfigInput;
-  } catch {
-    throw configError(`the configuration file ${path} is not valid JSON`);
-  }
+export function readConfigFile(path: string): Promise<CenterConfigInput> {
+  return readConfigFileOf<CenterConfigInput>(path);
 }
 
 /** Configuration keys given by `BULKHEAD_*` environment variables. */
 export function configFromEnv(env: NodeJS.ProcessEnv): CenterConfigInput {
-  const out: Record<string, unknown> = {};
-  for (const [name, key] of Object.entries(ENV)) {
-    const value = env[name];
-    if (value === undefined || value === '') continue;
-    if (key === 'mirrors')
-      out[key] = value
+  return configFromVariables(env, ENV, (key, value) => {
+    if (key === 'mirrors') {
+      return value
         .split(',')
         .map((m) => m.trim())
         .filter(Boolean);
-    else if (key === 'bodyLimit' || key === 'pollIntervalSeconds') out[key] = Number(value);
-    else out[key] = value;
-  }
-  return out as CenterConfigInput;
+    }
+    return key === 'bodyLimit' || key === 'pollIntervalSeconds' ? Number(value) : value;
+  }) as CenterConfigInput;
 }
 
 /**
@@ -117,21 +102,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv): CenterConfigInput {
  * Throws ERR_CONFIG_INVALID naming the key and what is wrong with it.
  */
 export function resolveConfig(sources: CenterConfigInput[], cwd = process.cwd()): CenterConfig {
-  const merged: Record<string, unknown> = {};
-  for (const s of sources) {
-    for (const [k, v] of Object.entries(s)) if (v !== undefined) merged[k] = v;
-  }
-  const parsed = CenterConfigSchema.safeParse(merged);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    const key = issue.path.join('.') || '(root)';
-    const known = Object.keys(CenterConfigSchema.shape).join(', ');
-    throw configError(
-      `configuration key "${key}": ${issue.message}`,
-      issue.code === 'unrecognized_keys' ? `known keys: ${known}` : undefined,
-    );
-  }
-  const c = parsed.data;
+  const c = validateConfig(CenterConfigSchema, sources);
   const dataDir = isAbsolute(c.dataDir) ? c.dataDir : resolve(cwd, c.dataDir);
   const sep = c.listen.lastIndexOf(':');
   const host = c.listen.slice(0, sep).replace(/^\[|\]$/g, '');

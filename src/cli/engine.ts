@@ -3,8 +3,8 @@ import {
   enroll,
   formatEngineStatus,
   readEngineStatus,
+  acceptUpdate,
 } from '../engine/index.ts';
-import { acceptUpdate } from '../engine/update/accept.ts';
 import { engineRunCommand } from './engine-run.ts';
 import { optionalString, requireString, type Command, type Invocation } from './command.ts';
 

@@ -5,9 +5,14 @@ import { test } from 'node:test';
 import { tempDir } from '../../test/support/fixtures.ts';
 import { exists, removeFile, replaceFile, replaceFileByCopy, replaceJsonFile } from './index.ts';
 
-test('replaceFile creates and replaces a file with its mode, leaving no temporary file', async (t) => {
+/** A temporary directory and a path in it named `name`. */
+async function place(t: Parameters<typeof tempDir>[0], name: string) {
   const dir = await tempDir(t, 'bulkhead-durable-');
-  const path = join(dir, 'a.bin');
+  return { dir, path: join(dir, name) };
+}
+
+test('replaceFile creates and replaces a file with its mode, leaving no temporary file', async (t) => {
+  const { dir, path } = await place(t, 'a.bin');
   await replaceFile(path, 'one');
   assert.equal(await readFile(path, 'utf8'), 'one');
   assert.equal((await stat(path)).mode & 0o777, 0o600);
@@ -18,8 +23,7 @@ test('replaceFile creates and replaces a file with its mode, leaving no temporar
 });
 
 test('keepPreviousAs keeps the replaced content under a second name', async (t) => {
-  const dir = await tempDir(t, 'bulkhead-durable-');
-  const path = join(dir, 'state.json');
+  const { dir, path } = await place(t, 'state.json');
   const bak = join(dir, 'state.json.bak');
   await replaceJsonFile(path, { n: 1 }, { keepPreviousAs: bak });
   assert.equal(await exists(bak), false, 'nothing to keep the first time');
@@ -32,8 +36,7 @@ test('keepPreviousAs keeps the replaced content under a second name', async (t) 
 });
 
 test('a failed replacement leaves the old file and no temporary file', async (t) => {
-  const dir = await tempDir(t, 'bulkhead-durable-');
-  const path = join(dir, 'target');
+  const { dir, path } = await place(t, 'target');
   await replaceFile(path, 'old');
   // A directory in the way of the rename: the new content cannot land.
   const blocked = join(dir, 'blocked');
@@ -45,10 +48,9 @@ test('a failed replacement leaves the old file and no temporary file', async (t)
 });
 
 test('replaceFileByCopy copies a file into place; removeFile removes it, absent or not', async (t) => {
-  const dir = await tempDir(t, 'bulkhead-durable-');
+  const { dir, path } = await place(t, 'copy');
   const source = join(dir, 'source');
   await writeFile(source, 'copied bytes');
-  const path = join(dir, 'copy');
   await replaceFileByCopy(path, source);
   assert.equal(await readFile(path, 'utf8'), 'copied bytes');
   assert.equal(await exists(path), true);

@@ -1,7 +1,11 @@
-import { readFile } from 'node:fs/promises';
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
-import { BulkheadError, ErrorCodes } from '../protocol/index.ts';
+import {
+  configFromVariables,
+  numberOrText,
+  readConfigFile,
+  validateConfig,
+} from '../config/index.ts';
 import { DEFAULT_ENGINE_DATA_DIR } from './state.ts';
 
 const seconds = (max: number) => z.number().int().min(0).max(max);
@@ -88,23 +92,9 @@ const NUMERIC_KEYS: ReadonlySet<keyof EngineConfigInput> = new Set([
   'reconcileIntervalSeconds',
 ]);
 
-function configError(message: string, hint?: string): BulkheadError {
-  return new BulkheadError(ErrorCodes.CONFIG_INVALID, message, hint ? { hint } : {});
-}
-
 /** Reads the `--config` file: a JSON object of the schema's keys. */
-export async function readEngineConfigFile(path: string): Promise<EngineConfigInput> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    throw configError(`cannot read the configuration file ${path}: ${(err as Error).message}`);
-  }
-  try {
-    return JSON.parse(text) as EngineConfigInput;
-  } catch {
-    throw configError(`the configuration file ${path} is not valid JSON`);
-  }
+export function readEngineConfigFile(path: string): Promise<EngineConfigInput> {
+  return readConfigFile<EngineConfigInput>(path);
 }
 
 /**
@@ -112,20 +102,12 @@ export async function readEngineConfigFile(path: string): Promise<EngineConfigIn
  * numeric keys (what is not a number stays text, and validation names the key).
  */
 export function engineConfigValue(key: keyof EngineConfigInput, text: string): unknown {
-  if (!NUMERIC_KEYS.has(key)) return text;
-  const n = Number(text);
-  return text.trim() === '' || Number.isNaN(n) ? text : n;
+  return NUMERIC_KEYS.has(key) ? numberOrText(text) : text;
 }
 
 /** Configuration keys given by `BULKHEAD_*` environment variables. */
 export function engineConfigFromEnv(env: NodeJS.ProcessEnv): EngineConfigInput {
-  const out: Record<string, unknown> = {};
-  for (const [name, key] of Object.entries(ENV)) {
-    const value = env[name];
-    if (value === undefined || value === '') continue;
-    out[key] = engineConfigValue(key, value);
-  }
-  return out as EngineConfigInput;
+  return configFromVariables(env, ENV, engineConfigValue) as EngineConfigInput;
 }
 
 /**
@@ -136,21 +118,7 @@ export function resolveEngineConfig(
   sources: EngineConfigInput[],
   cwd = process.cwd(),
 ): EngineConfig {
-  const merged: Record<string, unknown> = {};
-  for (const s of sources) {
-    for (const [k, v] of Object.entries(s)) if (v !== undefined) merged[k] = v;
-  }
-  const parsed = EngineConfigSchema.safeParse(merged);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    const key = issue.path.join('.') || '(root)';
-    const known = Object.keys(EngineConfigSchema.shape).join(', ');
-    throw configError(
-      `configuration key "${key}": ${issue.message}`,
-      issue.code === 'unrecognized_keys' ? `known keys: ${known}` : undefined,
-    );
-  }
-  const c = parsed.data;
+  const c = validateConfig(EngineConfigSchema, sources);
   return Object.freeze({
     ...c,
     dataDir: isAbsolute(c.dataDir) ? c.dataDir : resolve(cwd, c.dataDir),

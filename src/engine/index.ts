@@ -34,6 +34,15 @@ export {
 export { EventQueue, PROTECTED_EVENT_TYPES, readQueueDepth, type NewEvent } from './queue.ts';
 export * from './state.ts';
 export { formatEngineStatus, readEngineStatus, type EngineStatus } from './status.ts';
+export { acceptUpdate } from './update/accept.ts';
+export { UPDATE_STATES, type UpdateState } from './update/machine.ts';
+export {
+  GoldenStore,
+  ensureDataVolume,
+  volumeLayout,
+  type Release,
+  type VolumeLayout,
+} from './volumes/index.ts';
 export {
   createSyncLoop,
   type CommandHandler,

@@ -13,8 +13,9 @@ import {
   createEngineReconciler,
   resolveEngineConfig,
   systemClock,
+  UPDATE_STATES,
+  type UpdateState,
 } from '../../src/engine/index.ts';
-import { UPDATE_STATES, type UpdateState } from '../../src/engine/update/machine.ts';
 import type { DesiredState } from '../../src/protocol/index.ts';
 
 const env = (name: string): string => {
