@@ -4,17 +4,11 @@ import type { DesiredState, DesiredVm } from '../protocol/index.ts';
 import { plan, type PlanInput, type Step, type VmFacts } from './reconcile.ts';
 import { beginTransaction } from './update/machine.ts';
 import { releaseKey, type Release } from './volumes/index.ts';
+import { systemRelease, volumeRef } from '../../test/support/releases.ts';
 
 const NOW = 1_000_000;
-const ref = (v: string) => ({
-  image: 'os',
-  imageId: 'img',
-  version: v,
-  versionId: `ver-${v}`,
-  manifestId: v.repeat(64).slice(0, 64),
-  size: 1,
-});
-const rel = (v: string): Release => ({ system: ref(v), apps: [] });
+const ref = volumeRef;
+const rel = systemRelease;
 
 function desiredVm(v: string, over: Partial<DesiredVm> = {}): DesiredVm {
   return {

@@ -12,18 +12,13 @@ import {
   type UpdateExecutors,
   type UpdateState,
 } from './machine.ts';
-import { releaseKey, type Release } from '../volumes/index.ts';
+import { releaseKey } from '../volumes/index.ts';
+import { systemRelease, volumeRef } from '../../../test/support/releases.ts';
 
-const ref = (v: string) => ({
-  image: 'os',
-  imageId: 'img',
-  version: v,
-  versionId: `ver-${v}`,
-  manifestId: v.repeat(64).slice(0, 64),
-  size: 1,
-});
-const v1: Release = { system: ref('1'), apps: [] };
-const v2: Release = { system: ref('2'), apps: [] };
+/** The states an update persists on its way to its health check. */
+const UP_TO_HEALTH_CHECK = ['staged', 'switching', 'booting', 'health-check'] as const;
+const v1 = systemRelease('1');
+const v2 = systemRelease('2');
 
 /** Executors answering from a script per state (the last answer repeats). */
 function scripted(script: Partial<Record<ActiveState, Outcome[]>>) {
@@ -103,7 +98,7 @@ const cases: {
   {
     name: 'a healthy update commits',
     script: happy,
-    persisted: ['staged', 'switching', 'booting', 'health-check', 'committed', null],
+    persisted: [...UP_TO_HEALTH_CHECK, 'committed', null],
     reason: null,
   },
   {
@@ -112,15 +107,7 @@ const cases: {
       ...happy,
       'health-check': [{ event: 'unhealthy', reason: 'health check command exited 1' }],
     },
-    persisted: [
-      'staged',
-      'switching',
-      'booting',
-      'health-check',
-      'rolling-back',
-      'rolled-back',
-      null,
-    ],
+    persisted: [...UP_TO_HEALTH_CHECK, 'rolling-back', 'rolled-back', null],
     reason: 'health check command exited 1',
   },
   {
@@ -143,10 +130,7 @@ const cases: {
       'rolling-back': [{ event: 'rollback-failed', reason: 'previous version unhealthy too' }],
     },
     persisted: [
-      'staged',
-      'switching',
-      'booting',
-      'health-check',
+      ...UP_TO_HEALTH_CHECK,
       'rolling-back',
       'rolling-back',
       'rolling-back',
@@ -216,11 +200,11 @@ test('update table: an event the table does not allow is an error, not a silent 
 });
 
 test('release keys name every volume version, apps in a stable order', () => {
-  const a = { ...ref('9'), appId: 'a', name: 'office' };
-  const b = { ...ref('8'), appId: 'b', name: 'cad' };
+  const a = { ...volumeRef('9'), appId: 'a', name: 'office' };
+  const b = { ...volumeRef('8'), appId: 'b', name: 'cad' };
   assert.equal(
-    releaseKey({ system: ref('1'), apps: [a, b] }),
-    releaseKey({ system: ref('1'), apps: [b, a] }),
+    releaseKey({ system: volumeRef('1'), apps: [a, b] }),
+    releaseKey({ system: volumeRef('1'), apps: [b, a] }),
   );
   assert.notEqual(releaseKey(v1), releaseKey(v2));
 });

@@ -57,20 +57,7 @@ async function qemuImg(args: string[], secret?: { dir: string; content: string }
   const fifo = secret ? await secretFifo(secretFifoPath(secret.dir), secret.content) : undefined;
   try {
     const argv = fifo ? args.map((a) => a.replace(SECRET_FILE, qemuOpt(fifo.path))) : args;
-    const { stdout } = await exec('qemu-img', argv, { maxBuffer: 16 * 1024 * 1024 });
-    return stdout;
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException & { stderr?: string };
-    if (e.code === 'ENOENT') {
-      throw new BulkheadError(ErrorCodes.TOOL_MISSING, 'qemu-img was not found', {
-        hint: 'install the Debian package qemu-utils',
-      });
-    }
-    throw new BulkheadError(
-      ErrorCodes.INTERNAL,
-      `qemu-img ${args[0]} failed: ${(e.stderr ?? e.message).trim()}`,
-      { cause: err },
-    );
+    return await runTool('qemu-img', argv, { what: `qemu-img ${args[0]}`, debian: 'qemu-utils' });
   } finally {
     await fifo?.close();
   }
@@ -197,21 +184,32 @@ function qemuOpt(value: string): string {
 }
 
 async function mkfs(path: string, label: string): Promise<void> {
+  await runTool('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', label, path], {
+    what: 'mkfs.ext4',
+    debian: 'e2fsprogs',
+  });
+}
+
+/** Runs a tool and answers its stdout; a missing tool names the Debian package that has it. */
+async function runTool(
+  command: string,
+  args: string[],
+  about: { what: string; debian: string },
+): Promise<string> {
   try {
-    await exec('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', label, path]);
+    const { stdout } = await exec(command, args, { maxBuffer: 16 * 1024 * 1024 });
+    return stdout;
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { stderr?: string };
     if (e.code === 'ENOENT') {
-      throw new BulkheadError(ErrorCodes.TOOL_MISSING, 'mkfs.ext4 was not found', {
-        hint: 'install the Debian package e2fsprogs',
+      throw new BulkheadError(ErrorCodes.TOOL_MISSING, `${command} was not found`, {
+        hint: `install the Debian package ${about.debian}`,
       });
     }
     throw new BulkheadError(
       ErrorCodes.INTERNAL,
-      `mkfs.ext4 failed: ${(e.stderr ?? e.message).trim()}`,
-      {
-        cause: err,
-      },
+      `${about.what} failed: ${(e.stderr ?? e.message).trim()}`,
+      { cause: err },
     );
   }
 }
