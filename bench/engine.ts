@@ -251,7 +251,7 @@ async function measureEngine(env: Env & { guest: Awaited<ReturnType<typeof build
       GUEST_KERNEL: env.guest.kernel,
       GUEST_INITRD: env.guest.initrd,
       GUEST_CMDLINE: env.guest.cmdline,
-      BULKHEAD_TEST_CRASH_AT: '',
+      ENGINE_CRASH_AT: '',
     },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
