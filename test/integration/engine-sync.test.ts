@@ -28,6 +28,8 @@ import {
   EventQueue,
   loadIdentity,
   readEngineStatus,
+  resolveEngineConfig,
+  startEngineRun,
   type Clock,
   type Log,
 } from '../../src/engine/index.ts';
@@ -486,6 +488,27 @@ test('createEngine: the sync loop feeds reconcile one run at a time, newest stat
     release();
     await engine.stop();
   }
+});
+
+test('engine run: built from one configuration, it syncs, follows the poll interval Center sends, and stops', async (t) => {
+  const center = await startCenter(t);
+  const dataDir = join(await tempDir(t, 'bulkhead-engine-run-'), 'engine');
+  await enroll({ centerUrl: center.url, token: await center.token(), dataDir, inventory });
+  // Center's time stands at START; Engine's moves on from there in real time.
+  const t0 = Date.now();
+  const clock: Clock = { now: () => START + (Date.now() - t0), sleep: systemSleep };
+  const config = resolveEngineConfig([{ dataDir, hypervisor: 'sim' }]);
+  const running = await startEngineRun(config, { clock, log: recorder() });
+  try {
+    await waitFor(() => running.engine.sync.current() !== undefined, 'a desired state');
+    assert.equal(running.engine.sync.connectivity().online, true);
+    assert.equal(running.engine.sync.current()?.document.state.pollIntervalSeconds, 45);
+    const { lastContactAt, nextAttemptAt } = running.engine.sync.connectivity();
+    assert.equal(nextAttemptAt! - lastContactAt!, 45_000, 'the next poll is 45 s after contact');
+  } finally {
+    await withTimeout(running.stop(), 10_000, 'engine run to stop');
+  }
+  assert.equal((await readEngineStatus(dataDir)).desired?.deviceState, 'active');
 });
 
 test('bulkhead engine enroll and status as a real process', async (t) => {
