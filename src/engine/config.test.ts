@@ -19,6 +19,7 @@ test('defaults: QEMU on the default data directory, 30 s to stop a VM, Center se
   assert.equal(c.stopTimeoutSeconds, 30);
   assert.equal(c.switchDeadlineSeconds, 0);
   assert.equal(c.reconcileIntervalSeconds, 5);
+  assert.equal(c.dataVolumeBytes, 1024 ** 3);
   assert.equal(c.logLevel, 'info');
   assert.equal(c.pollIntervalSeconds, undefined, 'absent: the interval Center sends is used');
   assert.equal(c.kernel, undefined);

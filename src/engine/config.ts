@@ -39,6 +39,16 @@ export const EngineConfigSchema = z
      * switches anyway, in seconds (0: at once).
      */
     switchDeadlineSeconds: seconds(365 * 86_400).default(0),
+    /**
+     * Virtual size of a new VM's data volume in bytes (qcow2 takes only what is written). An
+     * existing data volume is never resized.
+     */
+    dataVolumeBytes: z
+      .number()
+      .int()
+      .min(64 * 1024 ** 2)
+      .max(2 ** 50)
+      .default(1024 ** 3),
     /** How long a VM has to shut down when asked before it is stopped hard, in seconds. */
     stopTimeoutSeconds: seconds(3600).min(1).default(30),
     /**
@@ -77,6 +87,7 @@ const ENV: Record<string, keyof EngineConfigInput> = {
   BULKHEAD_INITRD: 'initrd',
   BULKHEAD_CMDLINE: 'cmdline',
   BULKHEAD_BANDWIDTH: 'bandwidthBytesPerSec',
+  BULKHEAD_DATA_VOLUME_BYTES: 'dataVolumeBytes',
   BULKHEAD_SWITCH_DEADLINE_SECONDS: 'switchDeadlineSeconds',
   BULKHEAD_STOP_TIMEOUT_SECONDS: 'stopTimeoutSeconds',
   BULKHEAD_POLL_INTERVAL_SECONDS: 'pollIntervalSeconds',
@@ -86,6 +97,7 @@ const ENV: Record<string, keyof EngineConfigInput> = {
 
 const NUMERIC_KEYS: ReadonlySet<keyof EngineConfigInput> = new Set([
   'bandwidthBytesPerSec',
+  'dataVolumeBytes',
   'switchDeadlineSeconds',
   'stopTimeoutSeconds',
   'pollIntervalSeconds',

@@ -118,6 +118,7 @@ export async function createEngineReconciler(
     connectAgent,
     clock,
     log,
+    dataVolumeBytes: config.dataVolumeBytes,
     switchDeadlineMs: config.switchDeadlineSeconds * 1000,
     stopTimeoutMs: config.stopTimeoutSeconds * 1000,
     ...(kernel ? { kernel } : {}),

@@ -39,8 +39,8 @@ export function dataKeyOf(vm: DesiredVm | undefined): Buffer | undefined {
 export interface VolumeDeps {
   dataDir: string;
   goldens: GoldenStore;
-  /** Data volume size for new VMs (default 1 GiB). */
-  dataVolumeBytes?: number;
+  /** Virtual size of a new VM's data volume. */
+  dataVolumeBytes: number;
 }
 
 /** Where goldens missing on this PC come from, as the desired state names them. */
@@ -73,7 +73,7 @@ export async function prepareRelease(
   const key = dataKeyOf(vm);
   await ensureDataVolume(layout.data, {
     ...(key ? { key } : {}),
-    ...(deps.dataVolumeBytes ? { sizeBytes: deps.dataVolumeBytes } : {}),
+    sizeBytes: deps.dataVolumeBytes,
   });
   await mkdir(layout.runDir, { recursive: true });
   return layout;
