@@ -25,7 +25,7 @@ export interface AtomicJsonFileOptions<T> {
   what: string;
   /** What to do when neither the file nor its backup is usable. */
   hint: string;
-  /** File mode of new files (default 0600: Engine's files are its own business). */
+  /** File mode of new files (default 0600: readable by their owner only). */
   mode?: number;
   /** Names the corrupt copies kept aside (default: the system clock). */
   clock?: { now(): number };
