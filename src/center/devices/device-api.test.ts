@@ -673,7 +673,7 @@ for (const target of targets) {
           expiresAt: new Date(s.clock.ms + MINUTE),
           now,
         });
-        assert.match(made.token, /^[A-Za-z0-9_-]{43}$/);
+        assert.match(made.token, /^bhe_[A-Za-z0-9_-]{43}$/);
         const row = await db
           .selectFrom('enrolment_tokens')
           .selectAll()

@@ -23,8 +23,8 @@ export interface CreateEnrolmentTokenInput {
 
 /**
  * Creates an enrolment token for a group. Returns the token itself, once: only its SHA-256 is
- * stored, so a copy of the database cannot enrol devices. The token is 256 random bits,
- * base64url, so a hash without salt or stretching is enough (nothing to guess).
+ * stored, so a copy of the database cannot enrol devices. The token is `bhe_` and 256 random
+ * bits, base64url, so a hash without salt or stretching is enough (nothing to guess).
  *
  * @throws RangeError for a non-positive use count or an expiry not after `now`; the database's
  *   foreign-key error for an unknown group.
@@ -39,7 +39,9 @@ export async function createEnrolmentToken(
   const nowMs = input.now.getTime();
   const expiresAt = input.expiresAt.getTime();
   if (!(expiresAt > nowMs)) throw new RangeError('an enrolment token must expire in the future');
-  const token = randomBytes(32).toString('base64url');
+  // The prefix names what the secret is (for secret scanners and people) and keeps it from
+  // starting with `-`, which a command line would read as an option.
+  const token = `bhe_${randomBytes(32).toString('base64url')}`;
   const id = newId(nowMs);
   await db
     .insertInto('enrolment_tokens')

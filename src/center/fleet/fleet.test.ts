@@ -429,7 +429,7 @@ for (const target of targets) {
         { groupId: group.body.id, uses: 3, expiresInHours: 2, note: 'lab' },
         201,
       );
-      assert.match(created.body.token, /^[A-Za-z0-9_-]{43}$/);
+      assert.match(created.body.token, /^bhe_[A-Za-z0-9_-]{43}$/);
       assert.equal(created.body.usesLeft, 3);
       assert.equal(created.body.expiresAt, START + 2 * 3600_000);
       const list = await c.viewer('GET', '/enrolment-tokens', undefined, 200);
