@@ -1,14 +1,6 @@
 import { createInterface } from 'node:readline';
-import {
-  ApiTokenListSchema,
-  AuditPageSchema,
-  CreateApiTokenResponseSchema,
-  BulkheadError,
-  ErrorCodes,
-  LoginResponseSchema,
-  MeResponseSchema,
-} from '../protocol/index.ts';
-import { ApiClient } from './api-client.ts';
+import { BulkheadError, endpoints, ErrorCodes } from '../protocol/index.ts';
+import { adminClient } from './api-client.ts';
 import {
   integerOption,
   optionalString,
@@ -99,11 +91,8 @@ const login: Command = {
     if (!center) throw new BulkheadError(ErrorCodes.USAGE, '--center URL is required');
     const username = requireString(inv, 'username');
     const password = await readPassword(ctx, inv.values['password-stdin'] === true);
-    const api = new ApiClient({ baseUrl: center });
-    const session = await api.post('/api/v1/admin/login', {
-      body: { username, password },
-      schema: LoginResponseSchema,
-    });
+    const api = adminClient(center);
+    const session = await api.call(endpoints.login, { body: { username, password } });
     const saved = {
       center: api.baseUrl,
       token: session.token,
@@ -142,9 +131,7 @@ const logout: Command = {
     // Revoke at Center when it answers; forget locally in any case.
     let revoked = true;
     try {
-      await new ApiClient({ baseUrl: saved.center, token: saved.token }).post(
-        '/api/v1/admin/logout',
-      );
+      await adminClient(saved.center, saved.token).call(endpoints.logout);
     } catch {
       revoked = false;
     }
@@ -167,7 +154,7 @@ const whoami: Command = {
   options: { ...connectionOptions },
   async run(inv, ctx) {
     const api = await connect(inv);
-    const me = await api.get('/api/v1/admin/me', { schema: MeResponseSchema });
+    const me = await api.call(endpoints.me);
     if (!inv.json) ctx.out(`${me.username} (${me.role}, by ${me.via}) at ${api.baseUrl}`);
     return { ...me, center: api.baseUrl };
   },
@@ -188,10 +175,7 @@ ${CONNECTION_USAGE}`,
     const entries = [];
     let cursor: string | undefined;
     do {
-      const page = await api.get('/api/v1/admin/audit', {
-        query: { limit, cursor },
-        schema: AuditPageSchema,
-      });
+      const page = await api.call(endpoints.listAudit, { query: { limit, cursor } });
       entries.push(...page.entries);
       cursor = page.next ?? undefined;
     } while (inv.values['all'] === true && cursor !== undefined);
@@ -221,9 +205,8 @@ ${CONNECTION_USAGE}`,
   async run(inv, ctx) {
     const api = await connect(inv);
     const days = integerOption(inv, 'expires-in-days', 1, 3650);
-    const created = await api.post('/api/v1/admin/tokens', {
+    const created = await api.call(endpoints.createApiToken, {
       body: { name: requireString(inv, 'name'), ...(days ? { expiresInDays: days } : {}) },
-      schema: CreateApiTokenResponseSchema,
     });
     if (!inv.json) {
       ctx.out(created.token);
@@ -243,7 +226,7 @@ const apiTokensList: Command = {
   options: { ...connectionOptions },
   async run(inv, ctx) {
     const api = await connect(inv);
-    const { tokens } = await api.get('/api/v1/admin/tokens', { schema: ApiTokenListSchema });
+    const { tokens } = await api.call(endpoints.listApiTokens);
     if (!inv.json) {
       printTable(ctx, tokens, {
         id: (t) => t.id,
@@ -266,7 +249,7 @@ const apiTokensRevoke: Command = {
     const id = inv.positionals[0];
     if (!id) throw new BulkheadError(ErrorCodes.USAGE, 'give the id of the token to revoke');
     const api = await connect(inv);
-    await api.delete(`/api/v1/admin/tokens/${encodeURIComponent(id)}`);
+    await api.call(endpoints.revokeApiToken, { params: { id } });
     if (!inv.json) ctx.out(`Revoked ${id}.`);
     return { revoked: id };
   },

@@ -1,4 +1,4 @@
-import { BulkheadError, ErrorCodes } from './errors.ts';
+import { BulkheadError, ErrorCodes, type ErrorCode } from './errors.ts';
 import {
   BYTES,
   decodeAnswer,
@@ -29,6 +29,8 @@ export interface ApiClientOptions {
   fetch?: Fetch;
   /** What to tell the user when Center cannot be reached. */
   unreachableHint?: string;
+  /** What to tell the user when Center answers with one of these codes. */
+  hints?: Partial<Record<ErrorCode, string>>;
 }
 
 export interface CallOptions {
@@ -147,7 +149,10 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
     }
     // A success the API does not promise is a protocol error (decodeAnswer throws it).
     if (res.status < 400) decodeAnswer(endpoint, res.status, json);
-    throw decodeErrorAnswer({ status: res.status, headers: res.headers, json, what });
+    throw decodeErrorAnswer(
+      { status: res.status, headers: res.headers, json, what },
+      options.hints,
+    );
   }
 
   return {

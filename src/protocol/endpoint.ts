@@ -166,7 +166,10 @@ export interface ErrorAnswer {
  * `details` carry `status`, Center's details, and `retryAfterMs` when Center gave a retry hint
  * (its body, else its `Retry-After` header, else a minute on a 429).
  */
-export function decodeErrorAnswer(answer: ErrorAnswer): BulkheadError {
+export function decodeErrorAnswer(
+  answer: ErrorAnswer,
+  hints: Partial<Record<ErrorCode, string>> = {},
+): BulkheadError {
   const { status, what } = answer;
   const parsed = ErrorBodySchema.safeParse(answer.json);
   const body = parsed.success ? parsed.data.error : undefined;
@@ -210,7 +213,8 @@ export function decodeErrorAnswer(answer: ErrorAnswer): BulkheadError {
       details,
     });
   }
-  return new BulkheadError(body.code as ErrorCode, body.message, { retryable, details });
+  const code = body.code as ErrorCode;
+  return new BulkheadError(code, body.message, { retryable, details, hint: hints[code] });
 }
 
 /** Parses a success answer with the endpoint's schema for its status. */
