@@ -17,13 +17,8 @@ export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 /** A body sent as raw bytes (`application/octet-stream`) instead of JSON. */
 export const BYTES = 'bytes';
 
-export interface Endpoint {
-  method: HttpMethod;
-  /** Fastify's syntax: `/api/v1/admin/groups/:id`. */
-  path: string;
-  auth: EndpointAuth;
-  /** OpenAPI tags. */
-  tags: readonly string[];
+/** What an endpoint may declare besides its route, who calls it and its answers. */
+export interface EndpointOptions {
   /** What the endpoint does, for the OpenAPI document. */
   description?: string;
   params?: z.ZodType;
@@ -31,8 +26,6 @@ export interface Endpoint {
   body?: z.ZodType | typeof BYTES;
   /** Largest body accepted, in bytes; Center's default when omitted. */
   bodyLimit?: number;
-  /** The answers that are not errors, by status. */
-  response: Readonly<Record<number, z.ZodType>>;
   /**
    * Domain errors the endpoint may answer besides those every endpoint may (validation,
    * authentication, role); each answers with `ErrorBodySchema` and its status (`errorStatus`).
@@ -40,20 +33,70 @@ export interface Endpoint {
   errors?: readonly ErrorCode[];
 }
 
-/** Declares a table of endpoints, keeping each one's exact types. */
-export function defineEndpoints<const T extends Record<string, Endpoint>>(table: T): T {
+export interface Endpoint extends EndpointOptions {
+  method: HttpMethod;
+  /** Fastify's syntax: `/api/v1/admin/groups/:id`. */
+  path: string;
+  auth: EndpointAuth;
+  /** OpenAPI tags (those of its table). */
+  tags?: readonly string[];
+  /** The answers that are not errors, by status. */
+  response: Readonly<Record<number, z.ZodType>>;
+}
+
+/**
+ * One endpoint: `route` is the method and the path (`'PATCH /api/v1/admin/groups/:id'`),
+ * `auth` who may call it, `status` and `schema` its success answer; `options.also` holds
+ * further success answers (an upload that may answer 200 or 201, say).
+ */
+export function endpoint<
+  const A extends EndpointAuth,
+  const S extends number,
+  const R extends z.ZodType,
+  const O extends EndpointOptions & { also?: Endpoint['response'] } = Record<never, never>,
+>(
+  route: `${HttpMethod} /${string}`,
+  auth: A,
+  status: S,
+  schema: R,
+  options?: O,
+): {
+  method: HttpMethod;
+  path: string;
+  auth: A;
+  response: { [K in S]: R } & (O extends { also: infer X } ? X : unknown);
+} & Omit<O, 'also'> {
+  const { also, ...rest } = options ?? ({} as O);
+  const space = route.indexOf(' ');
+  return {
+    ...(rest as Omit<O, 'also'>),
+    method: route.slice(0, space) as HttpMethod,
+    path: route.slice(space + 1),
+    auth,
+    response: { ...also, [status]: schema } as { [K in S]: R } & (O extends { also: infer X }
+      ? X
+      : unknown),
+  };
+}
+
+/** Declares a table of endpoints under its OpenAPI tags, keeping each one's exact types. */
+export function defineEndpoints<const T extends Record<string, Endpoint>>(
+  tags: readonly string[],
+  table: T,
+): T {
+  for (const e of Object.values(table)) e.tags ??= tags;
   return table;
 }
 
+type Part<E, K extends string> = E extends { [P in K]: infer S } ? S : undefined;
 type Output<S> = S extends z.ZodType ? z.output<S> : undefined;
 type Input<S> = S extends z.ZodType ? z.input<S> : undefined;
 
 /** Path parameters, query and body as a handler sees them (after validation and defaults). */
-export type ParamsOf<E extends Endpoint> = Output<E['params']>;
-export type QueryOf<E extends Endpoint> = Output<E['query']>;
-export type BodyOf<E extends Endpoint> = E['body'] extends typeof BYTES
-  ? Uint8Array
-  : Output<E['body']>;
+export type ParamsOf<E extends Endpoint> = Output<Part<E, 'params'>>;
+export type QueryOf<E extends Endpoint> = Output<Part<E, 'query'>>;
+export type BodyOf<E extends Endpoint> =
+  Part<E, 'body'> extends typeof BYTES ? Uint8Array : Output<Part<E, 'body'>>;
 
 /** A status an endpoint answers with when it succeeds. */
 export type StatusOf<E extends Endpoint> = keyof E['response'] & number;
@@ -63,16 +106,18 @@ export type ResponseOf<E extends Endpoint, S extends StatusOf<E> = StatusOf<E>> 
 }[S];
 
 /** What a client sends: only the parts the endpoint has, in their wire (input) types. */
-export type RequestOf<E extends Endpoint> = (E['params'] extends z.ZodType
-  ? { params: Input<E['params']> }
+export type RequestOf<E extends Endpoint> = (Part<E, 'params'> extends z.ZodType
+  ? { params: Input<Part<E, 'params'>> }
   : { params?: undefined }) &
-  (E['query'] extends z.ZodType ? { query?: Input<E['query']> } : { query?: undefined }) &
-  (E['body'] extends typeof BYTES
+  (Part<E, 'query'> extends z.ZodType
+    ? { query?: Input<Part<E, 'query'>> }
+    : { query?: undefined }) &
+  (Part<E, 'body'> extends typeof BYTES
     ? { body: Uint8Array }
-    : E['body'] extends z.ZodType
-      ? undefined extends Input<E['body']>
-        ? { body?: Input<E['body']> }
-        : { body: Input<E['body']> }
+    : Part<E, 'body'> extends z.ZodType
+      ? undefined extends Input<Part<E, 'body'>>
+        ? { body?: Input<Part<E, 'body'>> }
+        : { body: Input<Part<E, 'body'>> }
       : { body?: undefined });
 
 /**

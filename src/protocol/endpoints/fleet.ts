@@ -1,31 +1,7 @@
 import { z } from 'zod';
-import { defineEndpoints } from '../endpoint.ts';
+import { defineEndpoints, endpoint } from '../endpoint.ts';
 import { ErrorCodes } from '../errors.ts';
-import {
-  AppListSchema,
-  AppSchema,
-  CommandListSchema,
-  CommandSchema,
-  CreateAppRequestSchema,
-  CreateCommandRequestSchema,
-  CreateDeviceGroupRequestSchema,
-  CreateEnrolmentTokenRequestSchema,
-  CreateEnrolmentTokenResponseSchema,
-  CreateProfileRequestSchema,
-  DeviceDetailSchema,
-  DeviceGroupListSchema,
-  DeviceGroupSchema,
-  DeviceListQuerySchema,
-  DevicePageSchema,
-  EnrolmentTokenListSchema,
-  FleetIdParamsSchema,
-  ProfileListSchema,
-  ProfileSchema,
-  UpdateAppRequestSchema,
-  UpdateDeviceGroupRequestSchema,
-  UpdateDeviceRequestSchema,
-  UpdateProfileRequestSchema,
-} from '../fleet.ts';
+import * as fleet from '../fleet.ts';
 
 /*
  * Roles: a viewer reads everything here; an operator runs the fleet day to day (edits and
@@ -34,267 +10,158 @@ import {
  */
 
 const A = '/api/v1/admin';
-const tags = ['fleet'];
-const params = FleetIdParamsSchema;
-const noContent = { 204: z.null() };
+const params = fleet.FleetIdParamsSchema;
 const { NOT_FOUND, NAME_TAKEN, IN_USE, DEVICE_STATE } = ErrorCodes;
 
 /** The fleet: device groups, the app catalog, VM profiles, devices and enrolment tokens. */
-export const fleetEndpoints = defineEndpoints({
-  listGroups: {
-    method: 'GET',
-    path: `${A}/groups`,
-    auth: 'viewer',
-    tags,
+export const fleetEndpoints = defineEndpoints(['fleet'], {
+  listGroups: endpoint(`GET ${A}/groups`, 'viewer', 200, fleet.DeviceGroupListSchema, {
     description: 'Device groups with their device counts (viewer).',
-    response: { 200: DeviceGroupListSchema },
-  },
-  createGroup: {
-    method: 'POST',
-    path: `${A}/groups`,
-    auth: 'admin',
-    tags,
-    description: 'Creates a device group (admin).',
-    body: CreateDeviceGroupRequestSchema,
-    response: { 201: DeviceGroupSchema },
+  }),
+  createGroup: endpoint(`POST ${A}/groups`, 'admin', 201, fleet.DeviceGroupSchema, {
+    body: fleet.CreateDeviceGroupRequestSchema,
     errors: [NAME_TAKEN],
-  },
-  getGroup: {
-    method: 'GET',
-    path: `${A}/groups/:id`,
-    auth: 'viewer',
-    tags,
+    description: 'Creates a device group (admin).',
+  }),
+  getGroup: endpoint(`GET ${A}/groups/:id`, 'viewer', 200, fleet.DeviceGroupSchema, {
+    params,
+    errors: [NOT_FOUND],
     description: 'One group (viewer).',
+  }),
+  updateGroup: endpoint(`PATCH ${A}/groups/:id`, 'admin', 200, fleet.DeviceGroupSchema, {
     params,
-    response: { 200: DeviceGroupSchema },
-    errors: [NOT_FOUND],
-  },
-  updateGroup: {
-    method: 'PATCH',
-    path: `${A}/groups/:id`,
-    auth: 'admin',
-    tags,
+    body: fleet.UpdateDeviceGroupRequestSchema,
+    errors: [NOT_FOUND, NAME_TAKEN],
     description: 'Renames or redescribes a group (admin).',
+  }),
+  deleteGroup: endpoint(`DELETE ${A}/groups/:id`, 'admin', 204, z.null(), {
     params,
-    body: UpdateDeviceGroupRequestSchema,
-    response: { 200: DeviceGroupSchema },
-    errors: [NOT_FOUND, NAME_TAKEN],
-  },
-  deleteGroup: {
-    method: 'DELETE',
-    path: `${A}/groups/:id`,
-    auth: 'admin',
-    tags,
-    description: 'Deletes a group and its enrolment tokens (admin); 409 while devices are in it.',
-    params,
-    response: noContent,
     errors: [NOT_FOUND, IN_USE],
-  },
+    description: 'Deletes a group and its enrolment tokens (admin); 409 while devices are in it.',
+  }),
 
-  listApps: {
-    method: 'GET',
-    path: `${A}/apps`,
-    auth: 'viewer',
-    tags,
+  listApps: endpoint(`GET ${A}/apps`, 'viewer', 200, fleet.AppListSchema, {
     description: 'The app catalog (viewer).',
-    response: { 200: AppListSchema },
-  },
-  createApp: {
-    method: 'POST',
-    path: `${A}/apps`,
-    auth: 'admin',
-    tags,
-    description: 'Adds an app to the catalog (admin); its image must be an app image.',
-    body: CreateAppRequestSchema,
-    response: { 201: AppSchema },
+  }),
+  createApp: endpoint(`POST ${A}/apps`, 'admin', 201, fleet.AppSchema, {
+    body: fleet.CreateAppRequestSchema,
     errors: [NOT_FOUND, NAME_TAKEN],
-  },
-  getApp: {
-    method: 'GET',
-    path: `${A}/apps/:id`,
-    auth: 'viewer',
-    tags,
-    description: 'One app (viewer).',
+    description: 'Adds an app to the catalog (admin); its image must be an app image.',
+  }),
+  getApp: endpoint(`GET ${A}/apps/:id`, 'viewer', 200, fleet.AppSchema, {
     params,
-    response: { 200: AppSchema },
     errors: [NOT_FOUND],
-  },
-  updateApp: {
-    method: 'PATCH',
-    path: `${A}/apps/:id`,
-    auth: 'admin',
-    tags,
+    description: 'One app (viewer).',
+  }),
+  updateApp: endpoint(`PATCH ${A}/apps/:id`, 'admin', 200, fleet.AppSchema, {
+    params,
+    body: fleet.UpdateAppRequestSchema,
+    errors: [NOT_FOUND, NAME_TAKEN],
     description:
       'Changes an app (admin); a new image reaches every device whose profile offers it.',
+  }),
+  deleteApp: endpoint(`DELETE ${A}/apps/:id`, 'admin', 204, z.null(), {
     params,
-    body: UpdateAppRequestSchema,
-    response: { 200: AppSchema },
-    errors: [NOT_FOUND, NAME_TAKEN],
-  },
-  deleteApp: {
-    method: 'DELETE',
-    path: `${A}/apps/:id`,
-    auth: 'admin',
-    tags,
-    description: 'Removes an app from the catalog (admin); 409 while a profile offers it.',
-    params,
-    response: noContent,
     errors: [NOT_FOUND, IN_USE],
-  },
+    description: 'Removes an app from the catalog (admin); 409 while a profile offers it.',
+  }),
 
-  listProfiles: {
-    method: 'GET',
-    path: `${A}/profiles`,
-    auth: 'viewer',
-    tags,
+  listProfiles: endpoint(`GET ${A}/profiles`, 'viewer', 200, fleet.ProfileListSchema, {
     description: 'VM profiles with their apps and device counts (viewer).',
-    response: { 200: ProfileListSchema },
-  },
-  createProfile: {
-    method: 'POST',
-    path: `${A}/profiles`,
-    auth: 'admin',
-    tags,
+  }),
+  createProfile: endpoint(`POST ${A}/profiles`, 'admin', 201, fleet.ProfileSchema, {
+    body: fleet.CreateProfileRequestSchema,
+    errors: [NOT_FOUND, NAME_TAKEN],
     description:
       'Creates a VM profile (admin): system image (kind system), apps, isolation policy, ' +
       'health check, lease, resources, reset policy.',
-    body: CreateProfileRequestSchema,
-    response: { 201: ProfileSchema },
-    errors: [NOT_FOUND, NAME_TAKEN],
-  },
-  getProfile: {
-    method: 'GET',
-    path: `${A}/profiles/:id`,
-    auth: 'viewer',
-    tags,
-    description: 'One profile (viewer).',
+  }),
+  getProfile: endpoint(`GET ${A}/profiles/:id`, 'viewer', 200, fleet.ProfileSchema, {
     params,
-    response: { 200: ProfileSchema },
     errors: [NOT_FOUND],
-  },
-  updateProfile: {
-    method: 'PATCH',
-    path: `${A}/profiles/:id`,
-    auth: 'admin',
-    tags,
+    description: 'One profile (viewer).',
+  }),
+  updateProfile: endpoint(`PATCH ${A}/profiles/:id`, 'admin', 200, fleet.ProfileSchema, {
+    params,
+    body: fleet.UpdateProfileRequestSchema,
+    errors: [NOT_FOUND, NAME_TAKEN],
     description:
       'Changes a profile (admin); every device holding it gets a new desired state and is ' +
       'told over its push channel. `apps` replaces the list.',
+  }),
+  deleteProfile: endpoint(`DELETE ${A}/profiles/:id`, 'admin', 204, z.null(), {
     params,
-    body: UpdateProfileRequestSchema,
-    response: { 200: ProfileSchema },
-    errors: [NOT_FOUND, NAME_TAKEN],
-  },
-  deleteProfile: {
-    method: 'DELETE',
-    path: `${A}/profiles/:id`,
-    auth: 'admin',
-    tags,
-    description: 'Deletes a profile (admin); 409 while devices hold it.',
-    params,
-    response: noContent,
     errors: [NOT_FOUND, IN_USE],
-  },
+    description: 'Deletes a profile (admin); 409 while devices hold it.',
+  }),
 
-  listDevices: {
-    method: 'GET',
-    path: `${A}/devices`,
-    auth: 'viewer',
-    tags,
+  listDevices: endpoint(`GET ${A}/devices`, 'viewer', 200, fleet.DevicePageSchema, {
+    query: fleet.DeviceListQuerySchema,
     description:
       'Devices, oldest enrolment first (viewer); filter by group, state, profile, name ' +
       'prefix `q` or `lastContactBefore`; pass `next` back as `cursor` for the next page.',
-    query: DeviceListQuerySchema,
-    response: { 200: DevicePageSchema },
-  },
-  getDevice: {
-    method: 'GET',
-    path: `${A}/devices/:id`,
-    auth: 'viewer',
-    tags,
+  }),
+  getDevice: endpoint(`GET ${A}/devices/:id`, 'viewer', 200, fleet.DeviceDetailSchema, {
+    params,
+    errors: [NOT_FOUND],
     description:
       'One device (viewer): inventory, group, profiles, apps, versions, recent events, ' +
       'pending commands.',
+  }),
+  updateDevice: endpoint(`PATCH ${A}/devices/:id`, 'operator', 200, fleet.DeviceDetailSchema, {
     params,
-    response: { 200: DeviceDetailSchema },
-    errors: [NOT_FOUND],
-  },
-  updateDevice: {
-    method: 'PATCH',
-    path: `${A}/devices/:id`,
-    auth: 'operator',
-    tags,
+    body: fleet.UpdateDeviceRequestSchema,
+    errors: [NOT_FOUND, NAME_TAKEN, DEVICE_STATE],
     description:
       'Renames a device, moves it to another group, replaces its profiles or its chosen ' +
       'optional apps (operator); the device is told over its push channel.',
+  }),
+  retireDevice: endpoint(`DELETE ${A}/devices/:id`, 'operator', 204, z.null(), {
     params,
-    body: UpdateDeviceRequestSchema,
-    response: { 200: DeviceDetailSchema },
-    errors: [NOT_FOUND, NAME_TAKEN, DEVICE_STATE],
-  },
-  retireDevice: {
-    method: 'DELETE',
-    path: `${A}/devices/:id`,
-    auth: 'operator',
-    tags,
+    errors: [NOT_FOUND, DEVICE_STATE],
     description:
       'Retires a device (operator): it is refused from then on; the row and its history stay.',
+  }),
+  issueCommand: endpoint(`POST ${A}/devices/:id/commands`, 'operator', 201, fleet.CommandSchema, {
     params,
-    response: noContent,
+    body: fleet.CreateCommandRequestSchema,
     errors: [NOT_FOUND, DEVICE_STATE],
-  },
-  issueCommand: {
-    method: 'POST',
-    path: `${A}/devices/:id/commands`,
-    auth: 'operator',
-    tags,
     description:
       'Issues a command (operator): lock, unlock, kill (crypto-erase; the device is cut ' +
       'off once it acknowledges), restart-vm (with profileId). The device is told at once ' +
       'over its push channel; the command stays pending until the device reports its ' +
       'outcome (done or failed).',
+  }),
+  listCommands: endpoint(`GET ${A}/devices/:id/commands`, 'viewer', 200, fleet.CommandListSchema, {
     params,
-    body: CreateCommandRequestSchema,
-    response: { 201: CommandSchema },
-    errors: [NOT_FOUND, DEVICE_STATE],
-  },
-  listCommands: {
-    method: 'GET',
-    path: `${A}/devices/:id/commands`,
-    auth: 'viewer',
-    tags,
+    errors: [NOT_FOUND],
     description: "A device's commands, newest first (viewer).",
-    params,
-    response: { 200: CommandListSchema },
-    errors: [NOT_FOUND],
-  },
+  }),
 
-  createEnrolmentToken: {
-    method: 'POST',
-    path: `${A}/enrolment-tokens`,
-    auth: 'operator',
-    tags,
-    description: 'Creates an enrolment token for a group (operator); the token is shown only here.',
-    body: CreateEnrolmentTokenRequestSchema,
-    response: { 201: CreateEnrolmentTokenResponseSchema },
-    errors: [NOT_FOUND],
-  },
-  listEnrolmentTokens: {
-    method: 'GET',
-    path: `${A}/enrolment-tokens`,
-    auth: 'viewer',
-    tags,
-    description: 'Enrolment tokens, newest first, never their secrets (viewer).',
-    response: { 200: EnrolmentTokenListSchema },
-  },
-  revokeEnrolmentToken: {
-    method: 'DELETE',
-    path: `${A}/enrolment-tokens/:id`,
-    auth: 'operator',
-    tags,
-    description: 'Revokes an enrolment token (operator).',
+  createEnrolmentToken: endpoint(
+    `POST ${A}/enrolment-tokens`,
+    'operator',
+    201,
+    fleet.CreateEnrolmentTokenResponseSchema,
+    {
+      body: fleet.CreateEnrolmentTokenRequestSchema,
+      errors: [NOT_FOUND],
+      description:
+        'Creates an enrolment token for a group (operator); the token is shown only here.',
+    },
+  ),
+  listEnrolmentTokens: endpoint(
+    `GET ${A}/enrolment-tokens`,
+    'viewer',
+    200,
+    fleet.EnrolmentTokenListSchema,
+    {
+      description: 'Enrolment tokens, newest first, never their secrets (viewer).',
+    },
+  ),
+  revokeEnrolmentToken: endpoint(`DELETE ${A}/enrolment-tokens/:id`, 'operator', 204, z.null(), {
     params,
-    response: noContent,
     errors: [NOT_FOUND],
-  },
+    description: 'Revokes an enrolment token (operator).',
+  }),
 });

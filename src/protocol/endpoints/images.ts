@@ -1,37 +1,10 @@
 import { z } from 'zod';
-import { BYTES, defineEndpoints } from '../endpoint.ts';
+import { BYTES, defineEndpoints, endpoint } from '../endpoint.ts';
 import { ErrorCodes } from '../errors.ts';
-import {
-  CreateImageRequestSchema,
-  CreatePublisherRequestSchema,
-  DigestParamsSchema,
-  ImageDetailSchema,
-  ImageInfoSchema,
-  ImageListQuerySchema,
-  ImageListSchema,
-  ImageParamsSchema,
-  ImageVersionInfoSchema,
-  ImageVersionListSchema,
-  ImageVersionParamsSchema,
-  KeyIdParamsSchema,
-  MAX_COMPRESSED_CHUNK_BYTES,
-  MAX_INDEX_BYTES,
-  MissingRequestSchema,
-  MissingResponseSchema,
-  PublishVersionRequestSchema,
-  PublisherListSchema,
-  PublisherSchema,
-  PushVersionParamsSchema,
-  PushVersionQuerySchema,
-  PushVersionResponseSchema,
-  ReleaseRequestSchema,
-  StoredObjectSchema,
-  UpdateImageRequestSchema,
-} from '../images.ts';
+import * as images from '../images.ts';
 import { MAX_MANIFEST_BYTES } from '../manifest.ts';
 
 const A = '/api/v1/admin';
-const tags = ['images'];
 const { NOT_FOUND, IN_USE, VERSION_STATE } = ErrorCodes;
 /** Errors of an upload whose bytes are not what their digest or signature says. */
 const uploadErrors = [
@@ -42,193 +15,144 @@ const uploadErrors = [
 ];
 
 /**
+ * The upload of a chunk or a chunk index, as the store keeps it (zstd-compressed), named by the
+ * SHA-256 of its content: 201 when stored, 200 when the store already had it.
+ */
+function storeUpload(folder: 'chunks' | 'indexes', what: string, bodyLimit: number) {
+  const answer = images.StoredObjectSchema;
+  return endpoint(`PUT ${A}/store/${folder}/:digest`, 'operator', 200, answer, {
+    also: { 201: answer },
+    params: images.DigestParamsSchema,
+    body: BYTES,
+    bodyLimit,
+    errors: uploadErrors,
+    description: `Uploads one ${what} as the store keeps it (zstd-compressed); the SHA-256 of its content must be the digest.`,
+  });
+}
+
+/**
  * Images and their publishing: trusted publisher keys (admin), images and versions (viewer
  * reads, operator changes), and the upload of chunks, indexes and signed manifests into
  * Center's store (operator).
  */
-export const imageEndpoints = defineEndpoints({
-  listPublishers: {
-    method: 'GET',
-    path: `${A}/publishers`,
-    auth: 'viewer',
-    tags,
+export const imageEndpoints = defineEndpoints(['images'], {
+  listPublishers: endpoint(`GET ${A}/publishers`, 'viewer', 200, images.PublisherListSchema, {
     description: 'Publisher keys, trusted and revoked.',
-    response: { 200: PublisherListSchema },
-  },
-  createPublisher: {
-    method: 'POST',
-    path: `${A}/publishers`,
-    auth: 'admin',
-    tags,
-    description: 'Trusts an Ed25519 publisher key: manifests it signs may be uploaded.',
-    body: CreatePublisherRequestSchema,
-    response: { 201: PublisherSchema },
+  }),
+  createPublisher: endpoint(`POST ${A}/publishers`, 'admin', 201, images.PublisherSchema, {
+    body: images.CreatePublisherRequestSchema,
     errors: [ErrorCodes.KEY_INVALID, ErrorCodes.KEY_EXISTS],
-  },
-  revokePublisher: {
-    method: 'DELETE',
-    path: `${A}/publishers/:keyid`,
-    auth: 'admin',
-    tags,
+    description: 'Trusts an Ed25519 publisher key: manifests it signs may be uploaded.',
+  }),
+  revokePublisher: endpoint(`DELETE ${A}/publishers/:keyid`, 'admin', 200, images.PublisherSchema, {
+    params: images.KeyIdParamsSchema,
+    errors: [NOT_FOUND],
     description: 'Revokes a publisher key: it verifies no new upload. Versions it signed stay.',
-    params: KeyIdParamsSchema,
-    response: { 200: PublisherSchema },
-    errors: [NOT_FOUND],
-  },
-  listImages: {
-    method: 'GET',
-    path: `${A}/images`,
-    auth: 'viewer',
-    tags,
+  }),
+  listImages: endpoint(`GET ${A}/images`, 'viewer', 200, images.ImageListSchema, {
+    query: images.ImageListQuerySchema,
     description: 'Images, optionally of one kind.',
-    query: ImageListQuerySchema,
-    response: { 200: ImageListSchema },
-  },
-  createImage: {
-    method: 'POST',
-    path: `${A}/images`,
-    auth: 'operator',
-    tags,
-    description: 'Creates an image with no versions yet.',
-    body: CreateImageRequestSchema,
-    response: { 201: ImageInfoSchema },
+  }),
+  createImage: endpoint(`POST ${A}/images`, 'operator', 201, images.ImageInfoSchema, {
+    body: images.CreateImageRequestSchema,
     errors: [ErrorCodes.IMAGE_EXISTS],
-  },
-  getImage: {
-    method: 'GET',
-    path: `${A}/images/:id`,
-    auth: 'viewer',
-    tags,
-    description: 'An image (by id or name) with its versions.',
-    params: ImageParamsSchema,
-    response: { 200: ImageDetailSchema },
+    description: 'Creates an image with no versions yet.',
+  }),
+  getImage: endpoint(`GET ${A}/images/:id`, 'viewer', 200, images.ImageDetailSchema, {
+    params: images.ImageParamsSchema,
     errors: [NOT_FOUND],
-  },
-  updateImage: {
-    method: 'PATCH',
-    path: `${A}/images/:id`,
-    auth: 'operator',
-    tags,
-    description: "Changes an image's description, or its kind while nothing uses it.",
-    params: ImageParamsSchema,
-    body: UpdateImageRequestSchema,
-    response: { 200: ImageInfoSchema },
+    description: 'An image (by id or name) with its versions.',
+  }),
+  updateImage: endpoint(`PATCH ${A}/images/:id`, 'operator', 200, images.ImageInfoSchema, {
+    params: images.ImageParamsSchema,
+    body: images.UpdateImageRequestSchema,
     errors: [NOT_FOUND, IN_USE],
-  },
-  deleteImage: {
-    method: 'DELETE',
-    path: `${A}/images/:id`,
-    auth: 'operator',
-    tags,
+    description: "Changes an image's description, or its kind while nothing uses it.",
+  }),
+  deleteImage: endpoint(`DELETE ${A}/images/:id`, 'operator', 204, z.null(), {
+    params: images.ImageParamsSchema,
+    errors: [NOT_FOUND, IN_USE],
     description:
       'Deletes an image and its versions when no profile, app or rollout refers to them (409 otherwise).',
-    params: ImageParamsSchema,
-    response: { 204: z.null() },
-    errors: [NOT_FOUND, IN_USE],
-  },
-  listVersions: {
-    method: 'GET',
-    path: `${A}/images/:id/versions`,
-    auth: 'viewer',
-    tags,
-    description: "An image's versions.",
-    params: ImageParamsSchema,
-    response: { 200: ImageVersionListSchema },
-    errors: [NOT_FOUND],
-  },
-  publishVersion: {
-    method: 'POST',
-    path: `${A}/images/:id/versions/:version/publish`,
-    auth: 'operator',
-    tags,
-    description:
-      'Publishes a draft. It becomes the released version with `release: true`, or when the image has none yet.',
-    params: ImageVersionParamsSchema,
-    body: PublishVersionRequestSchema,
-    response: { 200: ImageVersionInfoSchema },
-    errors: [NOT_FOUND, VERSION_STATE],
-  },
-  retireVersion: {
-    method: 'POST',
-    path: `${A}/images/:id/versions/:version/retire`,
-    auth: 'operator',
-    tags,
-    description: 'Retires a version: no new installs. Not the released one.',
-    params: ImageVersionParamsSchema,
-    response: { 200: ImageVersionInfoSchema },
-    errors: [NOT_FOUND, VERSION_STATE, IN_USE],
-  },
-  releaseVersion: {
-    method: 'POST',
-    path: `${A}/images/:id/release`,
-    auth: 'operator',
-    tags,
-    description:
-      'Sets the version every device on the image gets when no rollout applies; only a published one.',
-    params: ImageParamsSchema,
-    body: ReleaseRequestSchema,
-    response: { 200: ImageInfoSchema },
-    errors: [NOT_FOUND, VERSION_STATE],
-  },
-  findMissing: {
-    method: 'POST',
-    path: `${A}/store/missing`,
-    auth: 'operator',
-    tags,
+  }),
+  listVersions: endpoint(
+    `GET ${A}/images/:id/versions`,
+    'viewer',
+    200,
+    images.ImageVersionListSchema,
+    {
+      params: images.ImageParamsSchema,
+      errors: [NOT_FOUND],
+      description: "An image's versions.",
+    },
+  ),
+  publishVersion: endpoint(
+    `POST ${A}/images/:id/versions/:version/publish`,
+    'operator',
+    200,
+    images.ImageVersionInfoSchema,
+    {
+      params: images.ImageVersionParamsSchema,
+      body: images.PublishVersionRequestSchema,
+      errors: [NOT_FOUND, VERSION_STATE],
+      description:
+        'Publishes a draft. It becomes the released version with `release: true`, or when the image has none yet.',
+    },
+  ),
+  retireVersion: endpoint(
+    `POST ${A}/images/:id/versions/:version/retire`,
+    'operator',
+    200,
+    images.ImageVersionInfoSchema,
+    {
+      params: images.ImageVersionParamsSchema,
+      errors: [NOT_FOUND, VERSION_STATE, IN_USE],
+      description: 'Retires a version: no new installs. Not the released one.',
+    },
+  ),
+  releaseVersion: endpoint(
+    `POST ${A}/images/:id/release`,
+    'operator',
+    200,
+    images.ImageInfoSchema,
+    {
+      params: images.ImageParamsSchema,
+      body: images.ReleaseRequestSchema,
+      errors: [NOT_FOUND, VERSION_STATE],
+      description:
+        'Sets the version every device on the image gets when no rollout applies; only a published one.',
+    },
+  ),
+  findMissing: endpoint(`POST ${A}/store/missing`, 'operator', 200, images.MissingResponseSchema, {
+    body: images.MissingRequestSchema,
     description: 'Which of the given chunks (and chunk indexes) the store lacks.',
-    body: MissingRequestSchema,
-    response: { 200: MissingResponseSchema },
-  },
-  // A chunk or a chunk index, as the store keeps it (zstd-compressed), named by the SHA-256 of
-  // its content. Both are content-addressed and unreferenced until a manifest names them.
-  putChunk: {
-    method: 'PUT',
-    path: `${A}/store/chunks/:digest`,
-    auth: 'operator',
-    tags,
-    description:
-      'Uploads one chunk as the store keeps it (zstd-compressed); the SHA-256 of its content must be the digest.',
-    params: DigestParamsSchema,
-    body: BYTES,
-    bodyLimit: MAX_COMPRESSED_CHUNK_BYTES,
-    response: { 200: StoredObjectSchema, 201: StoredObjectSchema },
-    errors: uploadErrors,
-  },
-  putIndex: {
-    method: 'PUT',
-    path: `${A}/store/indexes/:digest`,
-    auth: 'operator',
-    tags,
-    description:
-      'Uploads one chunk index as the store keeps it (zstd-compressed); the SHA-256 of its content must be the digest.',
-    params: DigestParamsSchema,
-    body: BYTES,
-    bodyLimit: MAX_INDEX_BYTES,
-    response: { 200: StoredObjectSchema, 201: StoredObjectSchema },
-    errors: uploadErrors,
-  },
-  pushVersion: {
-    method: 'PUT',
-    path: `${A}/store/images/:name/:version`,
-    auth: 'operator',
-    tags,
-    description:
-      'Uploads the signed manifest of a version whose index and chunks are in the store; records it as a draft. The same manifest again is a no-op (200).',
-    params: PushVersionParamsSchema,
-    query: PushVersionQuerySchema,
-    body: BYTES,
-    bodyLimit: MAX_MANIFEST_BYTES,
-    response: { 200: PushVersionResponseSchema, 201: PushVersionResponseSchema },
-    errors: [
-      ErrorCodes.MANIFEST_MALFORMED,
-      ErrorCodes.MANIFEST_UNSIGNED,
-      ErrorCodes.MANIFEST_SIGNATURE,
-      ErrorCodes.MANIFEST_MISMATCH,
-      ErrorCodes.UNTRUSTED_KEY,
-      ErrorCodes.CHUNKS_MISSING,
-      ErrorCodes.IMAGE_EXISTS,
-      ErrorCodes.VERSION_STATE,
-      ErrorCodes.OBJECT_TOO_LARGE,
-    ],
-  },
+  }),
+  putChunk: storeUpload('chunks', 'chunk', images.MAX_COMPRESSED_CHUNK_BYTES),
+  putIndex: storeUpload('indexes', 'chunk index', images.MAX_INDEX_BYTES),
+  pushVersion: endpoint(
+    `PUT ${A}/store/images/:name/:version`,
+    'operator',
+    200,
+    images.PushVersionResponseSchema,
+    {
+      also: { 201: images.PushVersionResponseSchema },
+      params: images.PushVersionParamsSchema,
+      query: images.PushVersionQuerySchema,
+      body: BYTES,
+      bodyLimit: MAX_MANIFEST_BYTES,
+      errors: [
+        ErrorCodes.MANIFEST_MALFORMED,
+        ErrorCodes.MANIFEST_UNSIGNED,
+        ErrorCodes.MANIFEST_SIGNATURE,
+        ErrorCodes.MANIFEST_MISMATCH,
+        ErrorCodes.UNTRUSTED_KEY,
+        ErrorCodes.CHUNKS_MISSING,
+        ErrorCodes.IMAGE_EXISTS,
+        ErrorCodes.VERSION_STATE,
+        ErrorCodes.OBJECT_TOO_LARGE,
+      ],
+      description:
+        'Uploads the signed manifest of a version whose index and chunks are in the store; records it as a draft. The same manifest again is a no-op (200).',
+    },
+  ),
 });

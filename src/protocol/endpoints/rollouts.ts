@@ -1,66 +1,38 @@
-import { defineEndpoints } from '../endpoint.ts';
+import { defineEndpoints, endpoint } from '../endpoint.ts';
 import { ErrorCodes } from '../errors.ts';
 import { IdParamsSchema } from '../admin.ts';
-import {
-  CreateRolloutRequestSchema,
-  RolloutActionParamsSchema,
-  RolloutActionRequestSchema,
-  RolloutDetailSchema,
-  RolloutListQuerySchema,
-  RolloutListSchema,
-} from '../rollouts.ts';
+import * as rollouts from '../rollouts.ts';
 
 const R = '/api/v1/admin/rollouts';
-const tags = ['rollouts'];
 
 /** Phased rollouts: viewers read, operators create and act. */
-export const rolloutEndpoints = defineEndpoints({
-  createRollout: {
-    method: 'POST',
-    path: R,
-    auth: 'operator',
-    tags,
+export const rolloutEndpoints = defineEndpoints(['rollouts'], {
+  createRollout: endpoint(`POST ${R}`, 'operator', 201, rollouts.RolloutDetailSchema, {
+    body: rollouts.CreateRolloutRequestSchema,
+    errors: [ErrorCodes.NOT_FOUND, ErrorCodes.VERSION_STATE, ErrorCodes.ROLLOUT_STATE],
     description:
       'Creates a phased rollout of a published image version to a group and/or profile; ' +
       '`start: true` starts its first phase at once (operator).',
-    body: CreateRolloutRequestSchema,
-    response: { 201: RolloutDetailSchema },
-    errors: [ErrorCodes.NOT_FOUND, ErrorCodes.VERSION_STATE, ErrorCodes.ROLLOUT_STATE],
-  },
-  listRollouts: {
-    method: 'GET',
-    path: R,
-    auth: 'viewer',
-    tags,
+  }),
+  listRollouts: endpoint(`GET ${R}`, 'viewer', 200, rollouts.RolloutListSchema, {
+    query: rollouts.RolloutListQuerySchema,
     description:
       'Rollouts, newest first, optionally by state or version; pass `next` back as `cursor`.',
-    query: RolloutListQuerySchema,
-    response: { 200: RolloutListSchema },
-  },
-  getRollout: {
-    method: 'GET',
-    path: `${R}/:id`,
-    auth: 'viewer',
-    tags,
+  }),
+  getRollout: endpoint(`GET ${R}/:id`, 'viewer', 200, rollouts.RolloutDetailSchema, {
+    params: IdParamsSchema,
+    errors: [ErrorCodes.NOT_FOUND],
     description:
       'One rollout with device counts per phase: targeted, included, pending, in progress, ' +
       'healthy, failed, rolled back.',
-    params: IdParamsSchema,
-    response: { 200: RolloutDetailSchema },
-    errors: [ErrorCodes.NOT_FOUND],
-  },
-  actOnRollout: {
-    method: 'POST',
-    path: `${R}/:id/:action`,
-    auth: 'operator',
-    tags,
+  }),
+  actOnRollout: endpoint(`POST ${R}/:id/:action`, 'operator', 200, rollouts.RolloutDetailSchema, {
+    params: rollouts.RolloutActionParamsSchema,
+    body: rollouts.RolloutActionRequestSchema,
+    errors: [ErrorCodes.NOT_FOUND, ErrorCodes.ROLLOUT_STATE],
     description:
       '`pause` (running), `resume` (paused, or pending: starts it), `abort` (its devices ' +
       'fall back to the released version), `promote` (the next phase now, without waiting ' +
       'for the soak). 409 names the state when the action does not apply (operator).',
-    params: RolloutActionParamsSchema,
-    body: RolloutActionRequestSchema,
-    response: { 200: RolloutDetailSchema },
-    errors: [ErrorCodes.NOT_FOUND, ErrorCodes.ROLLOUT_STATE],
-  },
+  }),
 });
