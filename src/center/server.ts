@@ -1,24 +1,16 @@
 import swagger from '@fastify/swagger';
-import Fastify, {
-  type FastifyBaseLogger,
-  type FastifyInstance,
-  type RawServerDefault,
-} from 'fastify';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import Fastify, { type FastifyBaseLogger } from 'fastify';
 import {
   jsonSchemaTransform,
   serializerCompiler,
   validatorCompiler,
   type ZodTypeProvider,
 } from 'fastify-type-provider-zod';
-import type { KeyObject } from 'node:crypto';
 import { sql } from 'kysely';
-import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { z } from 'zod';
 import type { EndpointAuth } from '../protocol/index.ts';
-import type { CenterConfig } from './config.ts';
-import type { CenterDatabase } from './db/index.ts';
+import type { CenterApp, CenterContext, CenterDeps } from './context.ts';
 import { adminRoutes } from './admin/index.ts';
 import { registerAuthentication, securitySchemeOf } from './auth/index.ts';
 import { DeviceCredentials } from './devices/credentials.ts';
@@ -27,40 +19,10 @@ import { fleetRoutes } from './fleet/index.ts';
 import { imagesAdmin } from './images/index.ts';
 import { rolloutRoutes } from './rollouts/index.ts';
 import { centerErrorHandler } from './http-errors.ts';
-import { createLocalPushBus, type PushBus } from './push.ts';
+import { createLocalPushBus } from './push.ts';
 import { registerStoreRoute } from './store-route.ts';
 
-/** Center's Fastify instance, with zod schemas as its type provider. */
-export type CenterApp = FastifyInstance<
-  RawServerDefault,
-  IncomingMessage,
-  ServerResponse,
-  FastifyBaseLogger,
-  ZodTypeProvider
->;
-
-export interface CenterDeps {
-  config: CenterConfig;
-  /** pino logger (component `http` is derived from it). */
-  log: Logger;
-  /** The migrated database; `/healthz` checks that it answers. */
-  database: CenterDatabase;
-  /** Center's Ed25519 signing key (desired states and device tokens are signed with it). */
-  signingKey: { key: KeyObject; keyid: string };
-  /** The clock; every time Center records or compares comes from it. */
-  now: () => Date;
-  /** Tells online devices their desired state changed; a process-local bus when omitted. */
-  push?: PushBus;
-}
-
-/** What Center's plugins get: the dependencies, with every optional one filled in. */
-export type CenterContext = CenterDeps & {
-  push: PushBus;
-  /** Issues and checks device challenges and tokens (one per app: it caches verified tokens). */
-  deviceCredentials: DeviceCredentials;
-  /** The app's Prometheus registry (`/metrics`), for plugins that add metrics of their own. */
-  metrics?: Registry;
-};
+export type { CenterApp, CenterContext, CenterDeps } from './context.ts';
 
 /** Declares in the OpenAPI document which bearer token each route needs. */
 function withSecurity<T extends { schema: object }>(

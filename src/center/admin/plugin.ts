@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { adminEndpoints as e } from '../../protocol/index.ts';
 import { route } from '../http/route.ts';
-import type { CenterContext } from '../server.ts';
+import type { CenterContext } from '../context.ts';
 import { listAudit } from './audit.ts';
 import { createApiToken, listApiTokens, login, logout, revokeApiToken } from './credentials.ts';
 import { createLoginLimiter } from './rate-limit.ts';

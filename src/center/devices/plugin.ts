@@ -8,7 +8,7 @@ import {
   type PublicKeyRef,
 } from '../../protocol/index.ts';
 import { route } from '../http/route.ts';
-import type { CenterApp, CenterContext } from '../server.ts';
+import type { CenterApp, CenterContext } from '../context.ts';
 import { DOMAINS, TOKEN_TTL_MS } from './credentials.ts';
 import { EtagCache } from './etag-cache.ts';
 import {

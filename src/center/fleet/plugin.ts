@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { fleetEndpoints as e } from '../../protocol/index.ts';
 import { route } from '../http/route.ts';
-import type { CenterContext } from '../server.ts';
+import type { CenterContext } from '../context.ts';
 import { createApp, deleteApp, getApp, listApps, updateApp } from './apps.ts';
 import { issueCommand, listCommands } from './commands.ts';
 import type { FleetDeps } from './common.ts';

@@ -4,7 +4,7 @@ import { rebuildCatalog } from '../../image/catalog.ts';
 import { DirectoryStore, manifestKey } from '../../image/index.ts';
 import { imageEndpoints as e } from '../../protocol/index.ts';
 import { answer, route } from '../http/route.ts';
-import type { CenterContext } from '../server.ts';
+import type { CenterContext } from '../context.ts';
 import {
   createImage,
   deleteImage,

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { rolloutEndpoints as e } from '../../protocol/index.ts';
 import { route } from '../http/route.ts';
-import type { CenterContext } from '../server.ts';
+import type { CenterContext } from '../context.ts';
 import { actOnRollout, createRollout, type CommandResult } from './commands.ts';
 import type { RolloutContext } from './model.ts';
 import { getRollout, listRollouts } from './queries.ts';
