@@ -12,7 +12,7 @@ import {
   stringList,
   type Command,
 } from './command.ts';
-import { printTable, when } from './remote.ts';
+import { listCommand, printTable, when } from './remote.ts';
 import { CONNECTION_USAGE, connect, connectionOptions } from './session.ts';
 
 /*
@@ -209,25 +209,18 @@ ${CONNECTION_USAGE}`,
   };
 }
 
-const groupsList: Command = {
+const groupsList = listCommand({
   name: 'groups list',
   summary: 'List device groups.',
-  usage: `Usage: bulkhead groups list\n\n${CONNECTION_USAGE}`,
-  options: { ...connectionOptions },
-  async run(inv, ctx) {
-    const api = await connect(inv);
-    const { groups } = await api.call(endpoints.listGroups);
-    if (!inv.json) {
-      printTable(ctx, groups, {
-        id: (g) => g.id,
-        name: (g) => g.name,
-        devices: (g) => g.devices,
-        description: (g) => g.description,
-      });
-    }
-    return { groups };
+  endpoint: endpoints.listGroups,
+  rows: 'groups',
+  columns: {
+    id: (g) => g.id,
+    name: (g) => g.name,
+    devices: (g) => g.devices,
+    description: (g) => g.description,
   },
-};
+});
 
 const groupsCreate: Command = {
   name: 'groups create',
@@ -245,48 +238,34 @@ const groupsCreate: Command = {
   },
 };
 
-const profilesList: Command = {
+const profilesList = listCommand({
   name: 'profiles list',
   summary: 'List VM profiles (work, personal, …) with their policies.',
-  usage: `Usage: bulkhead profiles list\n\n${CONNECTION_USAGE}`,
-  options: { ...connectionOptions },
-  async run(inv, ctx) {
-    const api = await connect(inv);
-    const { profiles } = await api.call(endpoints.listProfiles);
-    if (!inv.json) {
-      printTable(ctx, profiles, {
-        id: (p) => p.id,
-        name: (p) => p.name,
-        network: (p) => p.isolation.network,
-        encrypted: (p) => (p.isolation.encryptData ? 'yes' : 'no'),
-        lease: (p) => `${p.leaseDays} d`,
-        vm: (p) => `${p.cpus} cpu ${p.memoryMib} MiB`,
-        devices: (p) => p.devices,
-      });
-    }
-    return { profiles };
+  endpoint: endpoints.listProfiles,
+  rows: 'profiles',
+  columns: {
+    id: (p) => p.id,
+    name: (p) => p.name,
+    network: (p) => p.isolation.network,
+    encrypted: (p) => (p.isolation.encryptData ? 'yes' : 'no'),
+    lease: (p) => `${p.leaseDays} d`,
+    vm: (p) => `${p.cpus} cpu ${p.memoryMib} MiB`,
+    devices: (p) => p.devices,
   },
-};
+});
 
-const appsList: Command = {
+const appsList = listCommand({
   name: 'apps list',
   summary: 'List the app catalog (app volumes profiles may offer).',
-  usage: `Usage: bulkhead apps list\n\n${CONNECTION_USAGE}`,
-  options: { ...connectionOptions },
-  async run(inv, ctx) {
-    const api = await connect(inv);
-    const { apps } = await api.call(endpoints.listApps);
-    if (!inv.json) {
-      printTable(ctx, apps, {
-        id: (a) => a.id,
-        name: (a) => a.name,
-        title: (a) => a.displayName,
-        image: (a) => a.imageId,
-      });
-    }
-    return { apps };
+  endpoint: endpoints.listApps,
+  rows: 'apps',
+  columns: {
+    id: (a) => a.id,
+    name: (a) => a.name,
+    title: (a) => a.displayName,
+    image: (a) => a.imageId,
   },
-};
+});
 
 const tokensCreate: Command = {
   name: 'tokens create',
@@ -329,26 +308,19 @@ ${CONNECTION_USAGE}`,
   },
 };
 
-const tokensList: Command = {
+const tokensList = listCommand({
   name: 'tokens list',
   summary: 'List enrolment tokens (never their secrets).',
-  usage: `Usage: bulkhead tokens list\n\n${CONNECTION_USAGE}`,
-  options: { ...connectionOptions },
-  async run(inv, ctx) {
-    const api = await connect(inv);
-    const { tokens } = await api.call(endpoints.listEnrolmentTokens);
-    if (!inv.json) {
-      printTable(ctx, tokens, {
-        id: (t) => t.id,
-        group: (t) => t.groupId,
-        'uses left': (t) => t.usesLeft,
-        expires: (t) => when(t.expiresAt),
-        note: (t) => t.note,
-      });
-    }
-    return { tokens };
+  endpoint: endpoints.listEnrolmentTokens,
+  rows: 'tokens',
+  columns: {
+    id: (t) => t.id,
+    group: (t) => t.groupId,
+    'uses left': (t) => t.usesLeft,
+    expires: (t) => when(t.expiresAt),
+    note: (t) => t.note,
   },
-};
+});
 
 const tokensRevoke: Command = {
   name: 'tokens revoke',

@@ -1,5 +1,11 @@
 import { createInterface } from 'node:readline';
-import { BulkheadError, endpoints, ErrorCodes } from '../protocol/index.ts';
+import {
+  BulkheadError,
+  endpoints,
+  ErrorCodes,
+  type Endpoint,
+  type ResponseOf,
+} from '../protocol/index.ts';
 import { adminClient } from './api-client.ts';
 import {
   integerOption,
@@ -24,11 +30,10 @@ import {
  */
 
 /** Prints rows as aligned columns; `columns` maps a header to how a row shows under it. */
-export function printTable<T>(
-  ctx: CommandContext,
-  rows: readonly T[],
-  columns: Record<string, (row: T) => string | number | null | undefined>,
-): void {
+/** Table columns by heading: what each shows of a row. */
+export type Columns<T> = Record<string, (row: T) => string | number | null | undefined>;
+
+export function printTable<T>(ctx: CommandContext, rows: readonly T[], columns: Columns<T>): void {
   const headers = Object.keys(columns);
   const cells = rows.map((r) => headers.map((h) => String(columns[h]!(r) ?? '-')));
   const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
@@ -39,6 +44,34 @@ export function printTable<T>(
       .trimEnd();
   ctx.out(line(headers.map((h) => h.toUpperCase())));
   for (const c of cells) ctx.out(line(c));
+}
+
+/**
+ * A command that lists what one endpoint of the admin API answers, as a table of `columns`
+ * (with --json: the answer as it came).
+ */
+export function listCommand<E extends Endpoint, K extends string>(spec: {
+  name: string;
+  summary: string;
+  endpoint: E;
+  /** The answer's field that holds the rows. */
+  rows: K;
+  columns: Columns<ResponseOf<E> extends Record<K, readonly (infer R)[]> ? R : never>;
+}): Command {
+  return {
+    name: spec.name,
+    summary: spec.summary,
+    usage: `Usage: bulkhead ${spec.name}\n\n${CONNECTION_USAGE}`,
+    options: { ...connectionOptions },
+    async run(inv, ctx) {
+      const api = await connect(inv);
+      const answer = await (api.call as (e: Endpoint) => Promise<Record<K, never[]>>)(
+        spec.endpoint,
+      );
+      if (!inv.json) printTable(ctx, answer[spec.rows], spec.columns);
+      return { [spec.rows]: answer[spec.rows] };
+    },
+  };
 }
 
 /** A time as ISO text without milliseconds, or `-`. */
@@ -219,26 +252,19 @@ ${CONNECTION_USAGE}`,
   },
 };
 
-const apiTokensList: Command = {
+const apiTokensList = listCommand({
   name: 'api-tokens list',
   summary: 'List API tokens (never their secrets).',
-  usage: `Usage: bulkhead api-tokens list\n\n${CONNECTION_USAGE}`,
-  options: { ...connectionOptions },
-  async run(inv, ctx) {
-    const api = await connect(inv);
-    const { tokens } = await api.call(endpoints.listApiTokens);
-    if (!inv.json) {
-      printTable(ctx, tokens, {
-        id: (t) => t.id,
-        name: (t) => t.name,
-        user: (t) => t.username,
-        expires: (t) => when(t.expiresAt),
-        'last used': (t) => when(t.lastUsedAt),
-      });
-    }
-    return { tokens };
+  endpoint: endpoints.listApiTokens,
+  rows: 'tokens',
+  columns: {
+    id: (t) => t.id,
+    name: (t) => t.name,
+    user: (t) => t.username,
+    expires: (t) => when(t.expiresAt),
+    'last used': (t) => when(t.lastUsedAt),
   },
-};
+});
 
 const apiTokensRevoke: Command = {
   name: 'api-tokens revoke',
