@@ -47,8 +47,8 @@ export const deviceEndpoints = defineEndpoints(['device'], {
   }),
   reports: endpoint(`POST ${D}/reports`, 'device', 200, device.ReportResponseSchema, {
     body: device.ReportRequestSchema,
+    // 500 events of at most 8 KiB of data each, with room for their envelopes.
     bodyLimit: 5 * 1024 * 1024,
     description: 'A batch of device events; replays are counted once.',
-    // 500 events of at most 8 KiB of data each, with room for their envelopes.,
   }),
 });
