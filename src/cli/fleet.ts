@@ -209,17 +209,11 @@ ${CONNECTION_USAGE}`,
   };
 }
 
-const groupsList = listCommand({
-  name: 'groups list',
-  summary: 'List device groups.',
-  endpoint: endpoints.listGroups,
-  rows: 'groups',
-  columns: {
-    id: (g) => g.id,
-    name: (g) => g.name,
-    devices: (g) => g.devices,
-    description: (g) => g.description,
-  },
+const groupsList = listCommand('groups list', endpoints.listGroups, 'List device groups.', {
+  id: (g) => g.id,
+  name: (g) => g.name,
+  devices: (g) => g.devices,
+  description: (g) => g.description,
 });
 
 const groupsCreate: Command = {
@@ -238,12 +232,11 @@ const groupsCreate: Command = {
   },
 };
 
-const profilesList = listCommand({
-  name: 'profiles list',
-  summary: 'List VM profiles (work, personal, …) with their policies.',
-  endpoint: endpoints.listProfiles,
-  rows: 'profiles',
-  columns: {
+const profilesList = listCommand(
+  'profiles list',
+  endpoints.listProfiles,
+  'List VM profiles (work, personal, …) with their policies.',
+  {
     id: (p) => p.id,
     name: (p) => p.name,
     network: (p) => p.isolation.network,
@@ -252,20 +245,19 @@ const profilesList = listCommand({
     vm: (p) => `${p.cpus} cpu ${p.memoryMib} MiB`,
     devices: (p) => p.devices,
   },
-});
+);
 
-const appsList = listCommand({
-  name: 'apps list',
-  summary: 'List the app catalog (app volumes profiles may offer).',
-  endpoint: endpoints.listApps,
-  rows: 'apps',
-  columns: {
+const appsList = listCommand(
+  'apps list',
+  endpoints.listApps,
+  'List the app catalog (app volumes profiles may offer).',
+  {
     id: (a) => a.id,
     name: (a) => a.name,
     title: (a) => a.displayName,
     image: (a) => a.imageId,
   },
-});
+);
 
 const tokensCreate: Command = {
   name: 'tokens create',
@@ -308,19 +300,18 @@ ${CONNECTION_USAGE}`,
   },
 };
 
-const tokensList = listCommand({
-  name: 'tokens list',
-  summary: 'List enrolment tokens (never their secrets).',
-  endpoint: endpoints.listEnrolmentTokens,
-  rows: 'tokens',
-  columns: {
+const tokensList = listCommand(
+  'tokens list',
+  endpoints.listEnrolmentTokens,
+  'List enrolment tokens (never their secrets).',
+  {
     id: (t) => t.id,
     group: (t) => t.groupId,
     'uses left': (t) => t.usesLeft,
     expires: (t) => when(t.expiresAt),
     note: (t) => t.note,
   },
-});
+);
 
 const tokensRevoke: Command = {
   name: 'tokens revoke',

@@ -46,30 +46,30 @@ export function printTable<T>(ctx: CommandContext, rows: readonly T[], columns: 
   for (const c of cells) ctx.out(line(c));
 }
 
+/** The rows of a list answer: its one array field. */
+type RowOf<T> = { [K in keyof T]: T[K] extends readonly (infer R)[] ? R : never }[keyof T];
+
 /**
- * A command that lists what one endpoint of the admin API answers, as a table of `columns`
- * (with --json: the answer as it came).
+ * A command `name` that lists what one endpoint of the admin API answers (an object with one
+ * array field), as a table of `columns`; with --json, the answer as it came.
  */
-export function listCommand<E extends Endpoint, K extends string>(spec: {
-  name: string;
-  summary: string;
-  endpoint: E;
-  /** The answer's field that holds the rows. */
-  rows: K;
-  columns: Columns<ResponseOf<E> extends Record<K, readonly (infer R)[]> ? R : never>;
-}): Command {
+export function listCommand<E extends Endpoint>(
+  name: string,
+  endpoint: E,
+  summary: string,
+  columns: Columns<RowOf<ResponseOf<E>>>,
+): Command {
   return {
-    name: spec.name,
-    summary: spec.summary,
-    usage: `Usage: bulkhead ${spec.name}\n\n${CONNECTION_USAGE}`,
+    name,
+    summary,
+    usage: `Usage: bulkhead ${name}\n\n${CONNECTION_USAGE}`,
     options: { ...connectionOptions },
     async run(inv, ctx) {
       const api = await connect(inv);
-      const answer = await (api.call as (e: Endpoint) => Promise<Record<K, never[]>>)(
-        spec.endpoint,
-      );
-      if (!inv.json) printTable(ctx, answer[spec.rows], spec.columns);
-      return { [spec.rows]: answer[spec.rows] };
+      const answer = await (api.call as (e: Endpoint) => Promise<object>)(endpoint);
+      const rows = Object.values(answer).find((v) => Array.isArray(v)) as RowOf<ResponseOf<E>>[];
+      if (!inv.json) printTable(ctx, rows, columns);
+      return answer;
     },
   };
 }
@@ -252,19 +252,18 @@ ${CONNECTION_USAGE}`,
   },
 };
 
-const apiTokensList = listCommand({
-  name: 'api-tokens list',
-  summary: 'List API tokens (never their secrets).',
-  endpoint: endpoints.listApiTokens,
-  rows: 'tokens',
-  columns: {
+const apiTokensList = listCommand(
+  'api-tokens list',
+  endpoints.listApiTokens,
+  'List API tokens (never their secrets).',
+  {
     id: (t) => t.id,
     name: (t) => t.name,
     user: (t) => t.username,
     expires: (t) => when(t.expiresAt),
     'last used': (t) => when(t.lastUsedAt),
   },
-});
+);
 
 const apiTokensRevoke: Command = {
   name: 'api-tokens revoke',
