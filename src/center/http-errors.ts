@@ -1,48 +1,12 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
-import { ErrorCodes, isBulkheadError, type ErrorCode } from '../protocol/index.ts';
+import { ErrorCodes, errorStatus, isBulkheadError, type ErrorBody } from '../protocol/index.ts';
 
-/**
- * HTTP status per domain error code, for every API of Center (one table, so a code means the
- * same status on every route); codes not listed are the server's fault (500).
- */
-const STATUS: Partial<Record<ErrorCode, number>> = {
-  [ErrorCodes.VALIDATION]: 400,
-  [ErrorCodes.USAGE]: 400,
-  [ErrorCodes.KEY_INVALID]: 400,
-  [ErrorCodes.ENROLMENT_TOKEN_REFUSED]: 401,
-  [ErrorCodes.DEVICE_CHALLENGE_INVALID]: 401,
-  [ErrorCodes.UNAUTHENTICATED]: 401,
-  [ErrorCodes.FORBIDDEN]: 403,
-  [ErrorCodes.NOT_FOUND]: 404,
-  [ErrorCodes.ADMIN_USER_EXISTS]: 409,
-  [ErrorCodes.LAST_ADMIN]: 409,
-  [ErrorCodes.DEVICE_EXISTS]: 409,
-  [ErrorCodes.NAME_TAKEN]: 409,
-  [ErrorCodes.DEVICE_STATE]: 409,
-  [ErrorCodes.INVALID_NAME]: 400,
-  [ErrorCodes.INVALID_DIGEST]: 400,
-  [ErrorCodes.CHUNK_DIGEST_MISMATCH]: 400,
-  [ErrorCodes.INDEX_CORRUPT]: 400,
-  [ErrorCodes.MANIFEST_MALFORMED]: 400,
-  [ErrorCodes.MANIFEST_UNSIGNED]: 400,
-  [ErrorCodes.MANIFEST_SIGNATURE]: 400,
-  [ErrorCodes.MANIFEST_MISMATCH]: 400,
-  [ErrorCodes.UNTRUSTED_KEY]: 403,
-  [ErrorCodes.KEY_EXISTS]: 409,
-  [ErrorCodes.IMAGE_EXISTS]: 409,
-  [ErrorCodes.CHUNKS_MISSING]: 409,
-  [ErrorCodes.VERSION_STATE]: 409,
-  [ErrorCodes.IN_USE]: 409,
-  [ErrorCodes.ROLLOUT_STATE]: 409,
-  [ErrorCodes.OBJECT_TOO_LARGE]: 413,
-  [ErrorCodes.RATE_LIMITED]: 429,
-};
+/** How long a client should wait after a 429 when the error says nothing more precise. */
+const DEFAULT_RETRY_AFTER_MS = 60_000;
 
-/** The status a domain error code answers with. */
-export function statusOf(code: ErrorCode): number {
-  return STATUS[code] ?? 500;
-}
+/** The status a domain error code answers with (one table for every API, in src/protocol). */
+export const statusOf = errorStatus;
 
 interface ValidationIssue {
   instancePath: string;
@@ -78,26 +42,40 @@ export function centerErrorHandler(
 ): FastifyReply {
   if (hasZodFastifySchemaValidationErrors(err)) {
     const message = describeValidation(err.validationContext ?? 'request', err.validation);
-    return send(reply, 400, ErrorCodes.VALIDATION, message);
+    return send(reply, 400, { code: ErrorCodes.VALIDATION, message });
   }
   if (isBulkheadError(err)) {
     const status = statusOf(err.code);
-    if (status >= 500) req.log.error({ err }, 'request failed');
-    const retryAfter = (err.details as { retryAfterSeconds?: number } | undefined)
-      ?.retryAfterSeconds;
-    if (retryAfter !== undefined) void reply.header('retry-after', String(retryAfter));
-    else if (status === 429) void reply.header('retry-after', '60');
-    return send(reply, status, err.code, status >= 500 ? 'internal error' : err.message);
+    if (status >= 500) {
+      req.log.error({ err }, 'request failed');
+      return send(reply, status, { code: err.code, message: 'internal error' });
+    }
+    const { retryAfterMs, ...details } = detailsOf(err.details);
+    const retry = retryAfterMs ?? (status === 429 ? DEFAULT_RETRY_AFTER_MS : undefined);
+    // The header in whole seconds, as HTTP says; the body in milliseconds, as the client reads.
+    if (retry !== undefined) void reply.header('retry-after', String(Math.ceil(retry / 1000)));
+    return send(reply, status, {
+      code: err.code,
+      message: err.message,
+      ...(Object.keys(details).length > 0 ? { details } : {}),
+      ...(retry === undefined ? {} : { retryAfterMs: retry }),
+    });
   }
   const status = err.statusCode;
   if (status !== undefined && status >= 400 && status < 500) {
     const code = status === 413 ? ErrorCodes.OBJECT_TOO_LARGE : ErrorCodes.VALIDATION;
-    return send(reply, status, code, err.message);
+    return send(reply, status, { code, message: err.message });
   }
   req.log.error({ err }, 'request failed');
-  return send(reply, 500, ErrorCodes.INTERNAL, 'internal error');
+  return send(reply, 500, { code: ErrorCodes.INTERNAL, message: 'internal error' });
 }
 
-function send(reply: FastifyReply, status: number, code: string, message: string) {
-  return reply.code(status).send({ error: { code, message } });
+/** An error's details as the body carries them: a plain object, or nothing. */
+function detailsOf(details: unknown): { retryAfterMs?: number } & Record<string, unknown> {
+  if (typeof details !== 'object' || details === null || Array.isArray(details)) return {};
+  return details as Record<string, unknown>;
+}
+
+function send(reply: FastifyReply, status: number, error: ErrorBody['error']) {
+  return reply.code(status).send({ error } satisfies ErrorBody);
 }

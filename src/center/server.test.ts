@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { pino } from 'pino';
 import { HttpStore, pullImage } from '../image/index.ts';
+import { endpoints, ErrorBodySchema } from '../protocol/index.ts';
 import { publishPair, sha256Of, tempDir } from '../../test/support/fixtures.ts';
 import { resolveConfig } from './config.ts';
 import { migrateToLatest, openDatabase } from './db/index.ts';
@@ -66,6 +67,33 @@ test('the OpenAPI document is generated from the route schemas', async (t) => {
   assert.deepEqual(doc.paths['/api/v1/device/desired-state'].get.security, [{ device: [] }]);
   assert.equal(doc.paths['/api/v1/device/enrol'].post.security, undefined);
   assert.equal(doc.paths['/healthz'].get.security, undefined);
+});
+
+test('every declared endpoint is served, guarded by its declared auth', async (t) => {
+  const { app } = await center(t);
+  const doc = (await app.inject({ url: '/api/openapi.json' })).json();
+  for (const [name, e] of Object.entries(endpoints)) {
+    assert.ok(app.hasRoute({ method: e.method, url: e.path }), `${name}: ${e.method} ${e.path}`);
+    const documented = doc.paths[e.path.replace(/:(\w+)/g, '{$1}')]?.[e.method.toLowerCase()];
+    assert.ok(documented, `${name} is in the OpenAPI document`);
+    if (e.auth === 'public') continue;
+    // No token: refused before the body is read, with the one error body.
+    const url = e.path.replace(/:(\w+)/g, 'x');
+    const res = await app.inject({ method: e.method, url });
+    assert.equal(res.statusCode, 401, `${name} without a token`);
+    assert.equal(ErrorBodySchema.parse(res.json()).error.code, 'ERR_UNAUTHENTICATED');
+  }
+});
+
+test('a rate-limited answer carries Retry-After in seconds and retryAfterMs in its body', async (t) => {
+  const { app } = await center(t);
+  const enrol = () => app.inject({ method: 'POST', url: endpoints.enrol.path, payload: {} });
+  for (let i = 0; i < 20; i++) assert.equal((await enrol()).statusCode, 400);
+  const limited = await enrol();
+  assert.equal(limited.statusCode, 429);
+  assert.equal(limited.headers['retry-after'], '60');
+  const { error } = ErrorBodySchema.parse(limited.json());
+  assert.deepEqual([error.code, error.retryAfterMs], ['ERR_RATE_LIMITED', 60_000]);
 });
 
 test('the chunk store is served read-only, with ranges, and nothing outside its layout', async (t) => {

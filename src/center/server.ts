@@ -1,76 +1,36 @@
 import swagger from '@fastify/swagger';
-import Fastify, {
-  type FastifyBaseLogger,
-  type FastifyInstance,
-  type RawServerDefault,
-} from 'fastify';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import Fastify, { type FastifyBaseLogger } from 'fastify';
 import {
   jsonSchemaTransform,
   serializerCompiler,
   validatorCompiler,
   type ZodTypeProvider,
 } from 'fastify-type-provider-zod';
-import type { KeyObject } from 'node:crypto';
 import { sql } from 'kysely';
-import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { z } from 'zod';
-import type { CenterConfig } from './config.ts';
-import type { CenterDatabase } from './db/index.ts';
-import { adminPlugin } from './admin/index.ts';
+import type { EndpointAuth } from '../protocol/index.ts';
+import type { CenterApp, CenterContext, CenterDeps } from './context.ts';
+import { adminRoutes } from './admin/index.ts';
+import { registerAuthentication, securitySchemeOf } from './auth/index.ts';
+import { DeviceCredentials } from './devices/credentials.ts';
 import { deviceApi } from './devices/index.ts';
+import { fleetRoutes } from './fleet/index.ts';
+import { imagesAdmin } from './images/index.ts';
+import { rolloutRoutes } from './rollouts/index.ts';
 import { centerErrorHandler } from './http-errors.ts';
-import { createLocalPushBus, type PushBus } from './push.ts';
+import { createLocalPushBus } from './push.ts';
 import { registerStoreRoute } from './store-route.ts';
 
-/** Center's Fastify instance, with zod schemas as its type provider. */
-export type CenterApp = FastifyInstance<
-  RawServerDefault,
-  IncomingMessage,
-  ServerResponse,
-  FastifyBaseLogger,
-  ZodTypeProvider
->;
-
-export interface CenterDeps {
-  config: CenterConfig;
-  /** pino logger (component `http` is derived from it). */
-  log: Logger;
-  /** The migrated database; `/healthz` checks that it answers. */
-  database: CenterDatabase;
-  /** Center's Ed25519 signing key (desired states and device tokens are signed with it). */
-  signingKey: { key: KeyObject; keyid: string };
-  /** The clock; every time Center records or compares comes from it. */
-  now: () => Date;
-  /** Tells online devices their desired state changed; a process-local bus when omitted. */
-  push?: PushBus;
-}
-
-/** What Center's plugins get: the dependencies, with every optional one filled in. */
-export type CenterContext = CenterDeps & {
-  push: PushBus;
-  /** The app's Prometheus registry (`/metrics`), for plugins that add metrics of their own. */
-  metrics?: Registry;
-};
-
-/** Device routes a device calls before it has a token. */
-const PUBLIC_DEVICE_ROUTES = new Set([
-  '/api/v1/device/enrol',
-  '/api/v1/device/auth/challenge',
-  '/api/v1/device/auth/token',
-]);
+export type { CenterApp, CenterContext, CenterDeps } from './context.ts';
 
 /** Declares in the OpenAPI document which bearer token each route needs. */
-function withSecurity<T extends { schema: object; url: string }>(
+function withSecurity<T extends { schema: object }>(
   transformed: T,
   route: { config?: unknown },
 ): T {
-  const { url } = transformed;
-  const role = (route.config as { adminRole?: string } | undefined)?.adminRole;
-  let scheme: 'admin' | 'device' | undefined;
-  if (url.startsWith('/api/v1/admin/') && role !== 'public') scheme = 'admin';
-  if (url.startsWith('/api/v1/device/') && !PUBLIC_DEVICE_ROUTES.has(url)) scheme = 'device';
+  const auth = (route.config as { auth?: EndpointAuth } | undefined)?.auth;
+  const scheme = securitySchemeOf(auth);
   if (scheme === undefined) return transformed;
   return { ...transformed, schema: { ...transformed.schema, security: [{ [scheme]: [] }] } };
 }
@@ -80,7 +40,11 @@ function withSecurity<T extends { schema: object; url: string }>(
  * the read-only chunk store. Later plugins add the device and admin APIs.
  */
 export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
-  const deps: CenterContext = { ...given, push: given.push ?? createLocalPushBus() };
+  const deps: CenterContext = {
+    ...given,
+    push: given.push ?? createLocalPushBus(),
+    deviceCredentials: new DeviceCredentials(given.signingKey, given.now),
+  };
   const app = Fastify({
     loggerInstance: deps.log.child({ component: 'http' }) as FastifyBaseLogger,
     bodyLimit: deps.config.bodyLimit,
@@ -174,8 +138,17 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
   app.get('/api/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   registerStoreRoute(app, deps.config.storeDir);
-  // Each domain registers its plugin here, in its own line.
+  // Authentication first: its hooks reach every route the domains below register.
+  registerAuthentication(app, {
+    db: deps.database.db,
+    now: deps.now,
+    deviceCredentials: deps.deviceCredentials,
+  });
+  // Each domain registers its routes here, in its own line.
   await app.register(deviceApi(deps));
-  await app.register(adminPlugin, deps);
+  await app.register(adminRoutes, deps);
+  await app.register(fleetRoutes, deps);
+  await app.register(imagesAdmin, deps);
+  await app.register(rolloutRoutes, deps);
   return app;
 }

@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { CenterApp } from './server.ts';
+import type { CenterApp } from './context.ts';
 import { NAME_PATTERN } from '../protocol/index.ts';
 
 const name = NAME_PATTERN.source.slice(1, -1);

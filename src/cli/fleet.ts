@@ -1,17 +1,10 @@
 import {
-  AppListSchema,
   BulkheadError,
-  CommandSchema,
-  CreateEnrolmentTokenResponseSchema,
-  DeviceDetailSchema,
-  DeviceGroupListSchema,
-  DeviceGroupSchema,
-  DevicePageSchema,
-  EnrolmentTokenListSchema,
+  endpoints,
   ErrorCodes,
-  ProfileListSchema,
+  type ApiClient,
+  type DeviceStateName,
 } from '../protocol/index.ts';
-import type { ApiClient } from './api-client.ts';
 import {
   integerOption,
   optionalString,
@@ -19,15 +12,13 @@ import {
   stringList,
   type Command,
 } from './command.ts';
-import { printTable, when } from './remote.ts';
+import { listCommand, printTable, when } from './remote.ts';
 import { CONNECTION_USAGE, connect, connectionOptions } from './session.ts';
 
 /*
  * The fleet over the admin API: devices, groups, profiles, apps and enrolment tokens.
  * Groups and profiles may be named by name or id; devices by id.
  */
-
-const A = '/api/v1/admin';
 
 function positional(inv: { positionals: string[] }, what: string): string {
   const v = inv.positionals[0];
@@ -37,7 +28,7 @@ function positional(inv: { positionals: string[] }, what: string): string {
 
 /** The id of the group named `ref` (a name or an id). */
 async function groupId(api: ApiClient, ref: string): Promise<string> {
-  const { groups } = await api.get(`${A}/groups`, { schema: DeviceGroupListSchema });
+  const { groups } = await api.call(endpoints.listGroups);
   const g = groups.find((x) => x.id === ref || x.name === ref);
   if (!g) {
     throw new BulkheadError(ErrorCodes.NOT_FOUND, `no device group "${ref}"`, {
@@ -49,7 +40,7 @@ async function groupId(api: ApiClient, ref: string): Promise<string> {
 
 /** The id of the profile named `ref` (a name or an id). */
 async function profileId(api: ApiClient, ref: string): Promise<string> {
-  const { profiles } = await api.get(`${A}/profiles`, { schema: ProfileListSchema });
+  const { profiles } = await api.call(endpoints.listProfiles);
   const p = profiles.find((x) => x.id === ref || x.name === ref);
   if (!p) {
     throw new BulkheadError(ErrorCodes.NOT_FOUND, `no profile "${ref}"`, {
@@ -87,17 +78,15 @@ ${CONNECTION_USAGE}`,
       limit: integerOption(inv, 'limit', 1, 500) ?? 100,
       groupId: group ? await groupId(api, group) : undefined,
       profileId: profile ? await profileId(api, profile) : undefined,
-      state: optionalString(inv, 'state'),
+      // Center checks the state and names the field when it is not one.
+      state: optionalString(inv, 'state') as DeviceStateName | undefined,
       q: optionalString(inv, 'name'),
       lastContactBefore: silent ? Date.now() - silent * 86_400_000 : undefined,
     };
     const devices = [];
     let cursor: string | undefined;
     do {
-      const page = await api.get(`${A}/devices`, {
-        query: { ...query, cursor },
-        schema: DevicePageSchema,
-      });
+      const page = await api.call(endpoints.listDevices, { query: { ...query, cursor } });
       devices.push(...page.devices);
       cursor = page.next ?? undefined;
     } while (inv.values['all'] === true && cursor !== undefined);
@@ -122,9 +111,7 @@ const devicesShow: Command = {
   async run(inv, ctx) {
     const api = await connect(inv);
     const id = positional(inv, 'device id');
-    const d = await api.get(`${A}/devices/${encodeURIComponent(id)}`, {
-      schema: DeviceDetailSchema,
-    });
+    const d = await api.call(endpoints.getDevice, { params: { id } });
     if (!inv.json) {
       ctx.out(`${d.name} (${d.id})`);
       ctx.out(`  state          ${d.state}`);
@@ -177,10 +164,7 @@ ${CONNECTION_USAGE}`,
     if (Object.keys(body).length === 0) {
       throw new BulkheadError(ErrorCodes.USAGE, 'give --group, --profile or --name');
     }
-    const d = await api.patch(`${A}/devices/${encodeURIComponent(id)}`, {
-      body,
-      schema: DeviceDetailSchema,
-    });
+    const d = await api.call(endpoints.updateDevice, { params: { id }, body });
     if (!inv.json) {
       ctx.out(
         `${d.name}: group ${d.group.name}, profiles ${d.profiles.map((p) => p.name).join(', ') || '-'}`,
@@ -218,35 +202,19 @@ ${CONNECTION_USAGE}`,
         kind === 'restart-vm'
           ? { kind, profileId: await profileId(api, requireString(inv, 'vm')) }
           : { kind };
-      const command = await api.post(`${A}/devices/${encodeURIComponent(id)}/commands`, {
-        body,
-        schema: CommandSchema,
-      });
+      const command = await api.call(endpoints.issueCommand, { params: { id }, body });
       if (!inv.json) ctx.out(`Queued ${kind} for ${id} (command ${command.id}, ${command.state}).`);
       return command;
     },
   };
 }
 
-const groupsList: Command = {
-  name: 'groups list',
-  summary: 'List device groups.',
-  usage: `Usage: bulkhead groups list\n\n${CONNECTION_USAGE}`,
-  options: { ...connectionOptions },
-  async run(inv, ctx) {
-    const api = await connect(inv);
-    const { groups } = await api.get(`${A}/groups`, { schema: DeviceGroupListSchema });
-    if (!inv.json) {
-      printTable(ctx, groups, {
-        id: (g) => g.id,
-        name: (g) => g.name,
-        devices: (g) => g.devices,
-        description: (g) => g.description,
-      });
-    }
-    return { groups };
-  },
-};
+const groupsList = listCommand('groups list', endpoints.listGroups, 'List device groups.', {
+  id: (g) => g.id,
+  name: (g) => g.name,
+  devices: (g) => g.devices,
+  description: (g) => g.description,
+});
 
 const groupsCreate: Command = {
   name: 'groups create',
@@ -256,57 +224,40 @@ const groupsCreate: Command = {
   async run(inv, ctx) {
     const api = await connect(inv);
     const description = optionalString(inv, 'description');
-    const group = await api.post(`${A}/groups`, {
+    const group = await api.call(endpoints.createGroup, {
       body: { name: requireString(inv, 'name'), ...(description ? { description } : {}) },
-      schema: DeviceGroupSchema,
     });
     if (!inv.json) ctx.out(`Created group ${group.name} (${group.id}).`);
     return group;
   },
 };
 
-const profilesList: Command = {
-  name: 'profiles list',
-  summary: 'List VM profiles (work, personal, …) with their policies.',
-  usage: `Usage: bulkhead profiles list\n\n${CONNECTION_USAGE}`,
-  options: { ...connectionOptions },
-  async run(inv, ctx) {
-    const api = await connect(inv);
-    const { profiles } = await api.get(`${A}/profiles`, { schema: ProfileListSchema });
-    if (!inv.json) {
-      printTable(ctx, profiles, {
-        id: (p) => p.id,
-        name: (p) => p.name,
-        network: (p) => p.isolation.network,
-        encrypted: (p) => (p.isolation.encryptData ? 'yes' : 'no'),
-        lease: (p) => `${p.leaseDays} d`,
-        vm: (p) => `${p.cpus} cpu ${p.memoryMib} MiB`,
-        devices: (p) => p.devices,
-      });
-    }
-    return { profiles };
+const profilesList = listCommand(
+  'profiles list',
+  endpoints.listProfiles,
+  'List VM profiles (work, personal, …) with their policies.',
+  {
+    id: (p) => p.id,
+    name: (p) => p.name,
+    network: (p) => p.isolation.network,
+    encrypted: (p) => (p.isolation.encryptData ? 'yes' : 'no'),
+    lease: (p) => `${p.leaseDays} d`,
+    vm: (p) => `${p.cpus} cpu ${p.memoryMib} MiB`,
+    devices: (p) => p.devices,
   },
-};
+);
 
-const appsList: Command = {
-  name: 'apps list',
-  summary: 'List the app catalog (app volumes profiles may offer).',
-  usage: `Usage: bulkhead apps list\n\n${CONNECTION_USAGE}`,
-  options: { ...connectionOptions },
-  async run(inv, ctx) {
-    const api = await connect(inv);
-    const { apps } = await api.get(`${A}/apps`, { schema: AppListSchema });
-    if (!inv.json) {
-      printTable(ctx, apps, {
-        id: (a) => a.id,
-        name: (a) => a.name,
-        title: (a) => a.displayName,
-        image: (a) => a.imageId,
-      });
-    }
-    return { apps };
+const appsList = listCommand(
+  'apps list',
+  endpoints.listApps,
+  'List the app catalog (app volumes profiles may offer).',
+  {
+    id: (a) => a.id,
+    name: (a) => a.name,
+    title: (a) => a.displayName,
+    image: (a) => a.imageId,
   },
-};
+);
 
 const tokensCreate: Command = {
   name: 'tokens create',
@@ -330,14 +281,13 @@ ${CONNECTION_USAGE}`,
     const uses = integerOption(inv, 'uses', 1, 10_000);
     const hours = integerOption(inv, 'expires-in-hours', 1, 720);
     const note = optionalString(inv, 'note');
-    const created = await api.post(`${A}/enrolment-tokens`, {
+    const created = await api.call(endpoints.createEnrolmentToken, {
       body: {
         groupId: await groupId(api, requireString(inv, 'group')),
         ...(uses ? { uses } : {}),
         ...(hours ? { expiresInHours: hours } : {}),
         ...(note ? { note } : {}),
       },
-      schema: CreateEnrolmentTokenResponseSchema,
     });
     if (!inv.json) {
       ctx.out(created.token);
@@ -350,28 +300,18 @@ ${CONNECTION_USAGE}`,
   },
 };
 
-const tokensList: Command = {
-  name: 'tokens list',
-  summary: 'List enrolment tokens (never their secrets).',
-  usage: `Usage: bulkhead tokens list\n\n${CONNECTION_USAGE}`,
-  options: { ...connectionOptions },
-  async run(inv, ctx) {
-    const api = await connect(inv);
-    const { tokens } = await api.get(`${A}/enrolment-tokens`, {
-      schema: EnrolmentTokenListSchema,
-    });
-    if (!inv.json) {
-      printTable(ctx, tokens, {
-        id: (t) => t.id,
-        group: (t) => t.groupId,
-        'uses left': (t) => t.usesLeft,
-        expires: (t) => when(t.expiresAt),
-        note: (t) => t.note,
-      });
-    }
-    return { tokens };
+const tokensList = listCommand(
+  'tokens list',
+  endpoints.listEnrolmentTokens,
+  'List enrolment tokens (never their secrets).',
+  {
+    id: (t) => t.id,
+    group: (t) => t.groupId,
+    'uses left': (t) => t.usesLeft,
+    expires: (t) => when(t.expiresAt),
+    note: (t) => t.note,
   },
-};
+);
 
 const tokensRevoke: Command = {
   name: 'tokens revoke',
@@ -381,7 +321,7 @@ const tokensRevoke: Command = {
   async run(inv, ctx) {
     const api = await connect(inv);
     const id = positional(inv, 'token id');
-    await api.delete(`${A}/enrolment-tokens/${encodeURIComponent(id)}`);
+    await api.call(endpoints.revokeEnrolmentToken, { params: { id } });
     if (!inv.json) ctx.out(`Revoked enrolment token ${id}.`);
     return { revoked: id };
   },

@@ -8,17 +8,15 @@ import {
 } from '../image/index.ts';
 import {
   BulkheadError,
+  endpoints,
   ErrorCodes,
   ImageKindSchema,
-  ImageVersionInfoSchema,
   MAX_INDEX_BYTES,
   MAX_MANIFEST_BYTES,
-  MissingResponseSchema,
-  PushVersionResponseSchema,
   isBulkheadError,
   type ImageKindName,
 } from '../protocol/index.ts';
-import { ApiClient } from './api-client.ts';
+import { adminClient, type ApiClient } from './api-client.ts';
 import {
   integerOption,
   optionalString,
@@ -40,7 +38,7 @@ export function apiClientOf(inv: Invocation): ApiClient {
       '--token TOKEN (or the BULKHEAD_TOKEN environment variable) is required',
     );
   }
-  return new ApiClient({ baseUrl: requireString(inv, 'center'), token });
+  return adminClient(requireString(inv, 'center'), token);
 }
 
 /** Runs `fn` over `items`, at most `limit` at a time; stops at the first failure. */
@@ -140,12 +138,11 @@ export async function pushImage(opts: {
   const missing: string[] = [];
   let indexMissing = false;
   for (let i = 0; i < Math.max(1, digests.length); i += MISSING_BATCH) {
-    const r = await api.post('/api/v1/admin/store/missing', {
+    const r = await api.call(endpoints.findMissing, {
       body: {
         chunks: digests.slice(i, i + MISSING_BATCH),
         indexes: i === 0 ? [body.index.digest] : [],
       },
-      schema: MissingResponseSchema,
     });
     missing.push(...r.missing);
     if (r.missingIndexes.length > 0) indexMissing = true;
@@ -157,20 +154,20 @@ export async function pushImage(opts: {
   await eachLimit(missing, opts.parallel ?? 4, async (digest) => {
     const length = lengths.get(digest)!;
     const data = await store.read(chunkKey(digest), length + (length >> 7) + 1024);
-    await withRetry(() => api.putRaw(`/api/v1/admin/store/chunks/${digest}`, data));
+    await withRetry(() => api.call(endpoints.putChunk, { params: { digest }, body: data }));
     sentBytes += data.length;
     doneBytes += length;
     opts.onProgress?.(doneBytes, totalBytes);
   });
   if (indexMissing) {
     const data = await store.read(indexKey(body.index.digest), MAX_INDEX_BYTES);
-    await api.putRaw(`/api/v1/admin/store/indexes/${body.index.digest}`, data);
+    await api.call(endpoints.putIndex, { params: { digest: body.index.digest }, body: data });
   }
-  const pushed = await api.putRaw(
-    `/api/v1/admin/store/images/${encodeURIComponent(name)}/${encodeURIComponent(version)}`,
-    bytes,
-    { query: { kind: opts.kind }, schema: PushVersionResponseSchema },
-  );
+  const pushed = await api.call(endpoints.pushVersion, {
+    params: { name, version },
+    query: { kind: opts.kind },
+    body: bytes,
+  });
   const sent = new Set(missing);
   const skipped = digests.filter((d) => !sent.has(d));
   return {
@@ -248,10 +245,10 @@ export const pushCommand: Command = {
     const release = inv.values.release === true;
     let published = false;
     if (release || inv.values.publish === true) {
-      const v = await api.post(
-        `/api/v1/admin/images/${result.imageId}/versions/${encodeURIComponent(version)}/publish`,
-        { body: { release }, schema: ImageVersionInfoSchema },
-      );
+      const v = await api.call(endpoints.publishVersion, {
+        params: { id: result.imageId, version },
+        body: { release },
+      });
       result.state = v.state;
       published = true;
       if (!inv.json) {

@@ -1,14 +1,12 @@
 import { createInterface } from 'node:readline';
 import {
-  ApiTokenListSchema,
-  AuditPageSchema,
-  CreateApiTokenResponseSchema,
   BulkheadError,
+  endpoints,
   ErrorCodes,
-  LoginResponseSchema,
-  MeResponseSchema,
+  type Endpoint,
+  type ResponseOf,
 } from '../protocol/index.ts';
-import { ApiClient } from './api-client.ts';
+import { adminClient } from './api-client.ts';
 import {
   integerOption,
   optionalString,
@@ -32,11 +30,10 @@ import {
  */
 
 /** Prints rows as aligned columns; `columns` maps a header to how a row shows under it. */
-export function printTable<T>(
-  ctx: CommandContext,
-  rows: readonly T[],
-  columns: Record<string, (row: T) => string | number | null | undefined>,
-): void {
+/** Table columns by heading: what each shows of a row. */
+export type Columns<T> = Record<string, (row: T) => string | number | null | undefined>;
+
+export function printTable<T>(ctx: CommandContext, rows: readonly T[], columns: Columns<T>): void {
   const headers = Object.keys(columns);
   const cells = rows.map((r) => headers.map((h) => String(columns[h]!(r) ?? '-')));
   const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
@@ -47,6 +44,34 @@ export function printTable<T>(
       .trimEnd();
   ctx.out(line(headers.map((h) => h.toUpperCase())));
   for (const c of cells) ctx.out(line(c));
+}
+
+/** The rows of a list answer: its one array field. */
+type RowOf<T> = { [K in keyof T]: T[K] extends readonly (infer R)[] ? R : never }[keyof T];
+
+/**
+ * A command `name` that lists what one endpoint of the admin API answers (an object with one
+ * array field), as a table of `columns`; with --json, the answer as it came.
+ */
+export function listCommand<E extends Endpoint>(
+  name: string,
+  endpoint: E,
+  summary: string,
+  columns: Columns<RowOf<ResponseOf<E>>>,
+): Command {
+  return {
+    name,
+    summary,
+    usage: `Usage: bulkhead ${name}\n\n${CONNECTION_USAGE}`,
+    options: { ...connectionOptions },
+    async run(inv, ctx) {
+      const api = await connect(inv);
+      const answer = await (api.call as (e: Endpoint) => Promise<object>)(endpoint);
+      const rows = Object.values(answer).find((v) => Array.isArray(v)) as RowOf<ResponseOf<E>>[];
+      if (!inv.json) printTable(ctx, rows, columns);
+      return answer;
+    },
+  };
 }
 
 /** A time as ISO text without milliseconds, or `-`. */
@@ -99,11 +124,8 @@ const login: Command = {
     if (!center) throw new BulkheadError(ErrorCodes.USAGE, '--center URL is required');
     const username = requireString(inv, 'username');
     const password = await readPassword(ctx, inv.values['password-stdin'] === true);
-    const api = new ApiClient({ baseUrl: center });
-    const session = await api.post('/api/v1/admin/login', {
-      body: { username, password },
-      schema: LoginResponseSchema,
-    });
+    const api = adminClient(center);
+    const session = await api.call(endpoints.login, { body: { username, password } });
     const saved = {
       center: api.baseUrl,
       token: session.token,
@@ -142,9 +164,7 @@ const logout: Command = {
     // Revoke at Center when it answers; forget locally in any case.
     let revoked = true;
     try {
-      await new ApiClient({ baseUrl: saved.center, token: saved.token }).post(
-        '/api/v1/admin/logout',
-      );
+      await adminClient(saved.center, saved.token).call(endpoints.logout);
     } catch {
       revoked = false;
     }
@@ -167,7 +187,7 @@ const whoami: Command = {
   options: { ...connectionOptions },
   async run(inv, ctx) {
     const api = await connect(inv);
-    const me = await api.get('/api/v1/admin/me', { schema: MeResponseSchema });
+    const me = await api.call(endpoints.me);
     if (!inv.json) ctx.out(`${me.username} (${me.role}, by ${me.via}) at ${api.baseUrl}`);
     return { ...me, center: api.baseUrl };
   },
@@ -188,10 +208,7 @@ ${CONNECTION_USAGE}`,
     const entries = [];
     let cursor: string | undefined;
     do {
-      const page = await api.get('/api/v1/admin/audit', {
-        query: { limit, cursor },
-        schema: AuditPageSchema,
-      });
+      const page = await api.call(endpoints.listAudit, { query: { limit, cursor } });
       entries.push(...page.entries);
       cursor = page.next ?? undefined;
     } while (inv.values['all'] === true && cursor !== undefined);
@@ -221,9 +238,8 @@ ${CONNECTION_USAGE}`,
   async run(inv, ctx) {
     const api = await connect(inv);
     const days = integerOption(inv, 'expires-in-days', 1, 3650);
-    const created = await api.post('/api/v1/admin/tokens', {
+    const created = await api.call(endpoints.createApiToken, {
       body: { name: requireString(inv, 'name'), ...(days ? { expiresInDays: days } : {}) },
-      schema: CreateApiTokenResponseSchema,
     });
     if (!inv.json) {
       ctx.out(created.token);
@@ -236,26 +252,18 @@ ${CONNECTION_USAGE}`,
   },
 };
 
-const apiTokensList: Command = {
-  name: 'api-tokens list',
-  summary: 'List API tokens (never their secrets).',
-  usage: `Usage: bulkhead api-tokens list\n\n${CONNECTION_USAGE}`,
-  options: { ...connectionOptions },
-  async run(inv, ctx) {
-    const api = await connect(inv);
-    const { tokens } = await api.get('/api/v1/admin/tokens', { schema: ApiTokenListSchema });
-    if (!inv.json) {
-      printTable(ctx, tokens, {
-        id: (t) => t.id,
-        name: (t) => t.name,
-        user: (t) => t.username,
-        expires: (t) => when(t.expiresAt),
-        'last used': (t) => when(t.lastUsedAt),
-      });
-    }
-    return { tokens };
+const apiTokensList = listCommand(
+  'api-tokens list',
+  endpoints.listApiTokens,
+  'List API tokens (never their secrets).',
+  {
+    id: (t) => t.id,
+    name: (t) => t.name,
+    user: (t) => t.username,
+    expires: (t) => when(t.expiresAt),
+    'last used': (t) => when(t.lastUsedAt),
   },
-};
+);
 
 const apiTokensRevoke: Command = {
   name: 'api-tokens revoke',
@@ -266,7 +274,7 @@ const apiTokensRevoke: Command = {
     const id = inv.positionals[0];
     if (!id) throw new BulkheadError(ErrorCodes.USAGE, 'give the id of the token to revoke');
     const api = await connect(inv);
-    await api.delete(`/api/v1/admin/tokens/${encodeURIComponent(id)}`);
+    await api.call(endpoints.revokeApiToken, { params: { id } });
     if (!inv.json) ctx.out(`Revoked ${id}.`);
     return { revoked: id };
   },

@@ -1,16 +1,11 @@
 import {
   BulkheadError,
-  DeviceGroupListSchema,
+  endpoints,
   ErrorCodes,
-  ImageDetailSchema,
-  ImageListSchema,
-  ProfileListSchema,
-  RolloutDetailSchema,
-  RolloutListSchema,
-  RolloutSchema,
+  type ApiClient,
   type RolloutDetail,
+  type RolloutStateName,
 } from '../protocol/index.ts';
-import type { ApiClient } from './api-client.ts';
 import { integerOption, optionalString, requireString, type Command } from './command.ts';
 import type { CommandContext } from './command.ts';
 import { printTable, when } from './remote.ts';
@@ -22,19 +17,15 @@ import { CONNECTION_USAGE, connect, connectionOptions } from './session.ts';
  * cross its threshold.
  */
 
-const R = '/api/v1/admin/rollouts';
-
 async function versionId(api: ApiClient, image: string, version: string): Promise<string> {
-  const { images } = await api.get('/api/v1/admin/images', { schema: ImageListSchema });
+  const { images } = await api.call(endpoints.listImages);
   const found = images.find((i) => i.name === image || i.id === image);
   if (!found) {
     throw new BulkheadError(ErrorCodes.NOT_FOUND, `no image "${image}" at Center`, {
       hint: 'push it first with `bulkhead image push`',
     });
   }
-  const detail = await api.get(`/api/v1/admin/images/${encodeURIComponent(found.id)}`, {
-    schema: ImageDetailSchema,
-  });
+  const detail = await api.call(endpoints.getImage, { params: { id: found.id } });
   const v = detail.versions.find((x) => x.version === version || x.id === version);
   if (!v) {
     throw new BulkheadError(ErrorCodes.NOT_FOUND, `image ${found.name} has no version ${version}`);
@@ -45,8 +36,8 @@ async function versionId(api: ApiClient, image: string, version: string): Promis
 async function idByName(api: ApiClient, kind: 'groups' | 'profiles', ref: string): Promise<string> {
   const list =
     kind === 'groups'
-      ? (await api.get('/api/v1/admin/groups', { schema: DeviceGroupListSchema })).groups
-      : (await api.get('/api/v1/admin/profiles', { schema: ProfileListSchema })).profiles;
+      ? (await api.call(endpoints.listGroups)).groups
+      : (await api.call(endpoints.listProfiles)).profiles;
   const hit = list.find((x) => x.id === ref || x.name === ref);
   if (!hit) throw new BulkheadError(ErrorCodes.NOT_FOUND, `no ${kind.slice(0, -1)} "${ref}"`);
   return hit.id;
@@ -132,7 +123,7 @@ ${CONNECTION_USAGE}`,
       ...(minReports !== undefined ? { minReports } : {}),
       start: inv.values['start'] === true,
     };
-    const r = await api.post(R, { body, schema: RolloutSchema });
+    const r = await api.call(endpoints.createRollout, { body });
     if (!inv.json) ctx.out(`Rollout ${r.id} of ${r.image} ${r.version}: ${r.state}.`);
     return r;
   },
@@ -147,13 +138,13 @@ const status: Command = {
     const api = await connect(inv);
     const id = inv.positionals[0];
     if (id) {
-      const r = await api.get(`${R}/${encodeURIComponent(id)}`, { schema: RolloutDetailSchema });
+      const r = await api.call(endpoints.getRollout, { params: { id } });
       if (!inv.json) printRollout(ctx, r);
       return r;
     }
-    const list = await api.get(R, {
-      query: { state: optionalString(inv, 'state') },
-      schema: RolloutListSchema,
+    const list = await api.call(endpoints.listRollouts, {
+      // Center checks the state and names the field when it is not one.
+      query: { state: optionalString(inv, 'state') as RolloutStateName | undefined },
     });
     if (!inv.json) {
       printTable(ctx, list.rollouts, {
@@ -179,9 +170,9 @@ function action(name: 'pause' | 'resume' | 'abort' | 'promote', summary: string)
       if (!id) throw new BulkheadError(ErrorCodes.USAGE, 'give the rollout id');
       const api = await connect(inv);
       const reason = optionalString(inv, 'reason');
-      const r = await api.post(`${R}/${encodeURIComponent(id)}/${name}`, {
+      const r = await api.call(endpoints.actOnRollout, {
+        params: { id, action: name },
         body: reason ? { reason } : {},
-        schema: RolloutSchema,
       });
       if (!inv.json)
         ctx.out(`Rollout ${r.id}: ${r.state}, phase ${r.currentPhase + 1}/${r.phases.length}.`);

@@ -3,7 +3,7 @@ import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { BulkheadError, ErrorCodes, errnoCode } from '../protocol/index.ts';
-import { ApiClient } from './api-client.ts';
+import { adminClient, type ApiClient } from './api-client.ts';
 import { optionalString, type Invocation } from './command.ts';
 
 /*
@@ -92,7 +92,7 @@ export async function connect(inv: Invocation, env = process.env): Promise<ApiCl
     if (!center) {
       throw new BulkheadError(ErrorCodes.USAGE, 'a token needs --center URL (or BULKHEAD_CENTER)');
     }
-    return new ApiClient({ baseUrl: center, token });
+    return adminClient(center, token);
   }
   const saved = await readSession(credentialsPath(env));
   if (!saved) {
@@ -112,5 +112,5 @@ export async function connect(inv: Invocation, env = process.env): Promise<ApiCl
       hint: `run \`bulkhead login --center ${saved.center} --username ${saved.username}\``,
     });
   }
-  return new ApiClient({ baseUrl: saved.center, token: saved.token });
+  return adminClient(saved.center, saved.token);
 }

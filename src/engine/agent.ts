@@ -1,7 +1,7 @@
 import type { SignedDesiredState } from '../protocol/index.ts';
 import { CenterClient } from './center-client.ts';
 import { systemClock, type Clock } from './clock.ts';
-import type { Fetch } from './http.ts';
+import type { Fetch } from '../protocol/index.ts';
 import { loadIdentity } from './identity.ts';
 import { silentLog, type Log } from './log.ts';
 import { EventQueue } from './queue.ts';

@@ -2,21 +2,23 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { signPayload, verifyPayload, canonicalJson } from '../signing/index.ts';
 import {
   BulkheadError,
-  ChallengeResponseSchema,
+  createApiClient,
   DEVICE_SIGNATURE_DOMAINS,
+  deviceEndpoints,
   ErrorCodes,
   isBulkheadError,
   MAX_REPORT_EVENTS,
-  ReportResponseSchema,
+  pathOf,
   SignedDesiredStateSchema,
-  TokenResponseSchema,
+  type ApiClient,
+  type CallOptions,
   type DeviceEvent,
   type ErrorCode,
+  type Fetch,
   type ReportResponse,
   type SignedDesiredState,
 } from '../protocol/index.ts';
 import { systemClock, type Clock } from './clock.ts';
-import { callCenter, parseAnswer, type CenterRequest, type Fetch } from './http.ts';
 import { silentLog, type Log } from './log.ts';
 import type { NewEvent } from './queue.ts';
 import type { Identity } from './state.ts';
@@ -174,6 +176,7 @@ export class CenterClient {
   readonly #events: CenterClientOptions['events'];
   readonly #timeoutMs: number;
   readonly #baseUrl: string;
+  readonly #api: ApiClient;
   readonly #pushIdleMs: number;
   readonly #random: () => number;
   #token: { token: string; expiresAt: number } | undefined;
@@ -192,7 +195,13 @@ export class CenterClient {
     this.#log = options.log ?? silentLog;
     this.#events = options.events;
     this.#timeoutMs = options.timeoutMs ?? 30_000;
-    this.#baseUrl = (options.centerUrl ?? options.identity.centerUrl).replace(/\/+$/, '');
+    this.#api = createApiClient({
+      baseUrl: options.centerUrl ?? options.identity.centerUrl,
+      fetch: this.#fetch,
+      timeoutMs: this.#timeoutMs,
+      unreachableHint: 'check the network and that Center is running; Engine keeps trying',
+    });
+    this.#baseUrl = this.#api.baseUrl;
     this.#pushIdleMs = options.pushIdleMs ?? 90_000;
     this.#random = options.random ?? Math.random;
   }
@@ -209,11 +218,13 @@ export class CenterClient {
   async getDesiredState(
     current: { etag?: string | null; revision?: number } = {},
   ): Promise<DesiredStateAnswer> {
-    const res = await this.#authed({
-      url: `${this.#baseUrl}/api/v1/device/desired-state`,
-      headers: current.etag ? { 'if-none-match': current.etag } : {},
-      accept: [304],
-    });
+    const res = await this.#authed((auth) =>
+      this.#api.exchange(
+        deviceEndpoints.desiredState,
+        {},
+        { headers: { ...auth, ...(current.etag ? { 'if-none-match': current.etag } : {}) } },
+      ),
+    );
     const etag = res.headers.get('etag');
     if (res.status === 304) return { changed: false, etag: etag ?? current.etag ?? null };
     let document: SignedDesiredState;
@@ -242,12 +253,9 @@ export class CenterClient {
         `a report carries 1 to ${MAX_REPORT_EVENTS} events, not ${events.length}`,
       );
     }
-    const res = await this.#authed({
-      url: `${this.#baseUrl}/api/v1/device/reports`,
-      method: 'POST',
-      body: { events },
-    });
-    return parseAnswer(ReportResponseSchema, res, 'reports');
+    return this.#authed((auth) =>
+      this.#api.call(deviceEndpoints.reports, { body: { events: [...events] } }, { headers: auth }),
+    );
   }
 
   /**
@@ -317,7 +325,7 @@ export class CenterClient {
       idle = setTimeout(abort, ms);
     };
     try {
-      const res = await this.#fetch(`${this.#baseUrl}/api/v1/device/push`, {
+      const res = await this.#fetch(`${this.#baseUrl}${pathOf(deviceEndpoints.push, {})}`, {
         headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream' },
         signal: connection.signal,
       });
@@ -374,16 +382,11 @@ export class CenterClient {
   }
 
   /** A request with the device's bearer token; on a 401, one retry with a fresh token. */
-  async #authed(req: Omit<CenterRequest, 'fetch' | 'timeoutMs'>) {
+  async #authed<T>(send: (auth: NonNullable<CallOptions['headers']>) => Promise<T>): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       const token = await this.#bearer();
       try {
-        return await callCenter({
-          ...req,
-          fetch: this.#fetch,
-          timeoutMs: this.#timeoutMs,
-          headers: { ...req.headers, authorization: `Bearer ${token}` },
-        });
+        return await send({ authorization: `Bearer ${token}` });
       } catch (err) {
         const status = (err as BulkheadError).details as { status?: number } | undefined;
         if (attempt === 0 && isBulkheadError(err) && status?.status === 401) {
@@ -409,26 +412,11 @@ export class CenterClient {
 
   async #authenticate(): Promise<string> {
     const deviceId = this.#identity.deviceId;
-    const base = { fetch: this.#fetch, timeoutMs: this.#timeoutMs, method: 'POST' as const };
-    const challenge = parseAnswer(
-      ChallengeResponseSchema,
-      await callCenter({
-        ...base,
-        url: `${this.#baseUrl}/api/v1/device/auth/challenge`,
-        body: { deviceId },
-      }),
-      'challenge',
-    ).challenge;
+    const { challenge } = await this.#api.call(deviceEndpoints.challenge, { body: { deviceId } });
     const signature = signPayload(DEVICE_SIGNATURE_DOMAINS.deviceAuth, challenge, this.#privateKey);
-    const answer = parseAnswer(
-      TokenResponseSchema,
-      await callCenter({
-        ...base,
-        url: `${this.#baseUrl}/api/v1/device/auth/token`,
-        body: { deviceId, challenge, signature },
-      }),
-      'token',
-    );
+    const answer = await this.#api.call(deviceEndpoints.token, {
+      body: { deviceId, challenge, signature },
+    });
     this.#token = { token: answer.token, expiresAt: answer.expiresAt };
     this.#log.debug({ component: 'sync', expiresAt: answer.expiresAt }, 'device token renewed');
     return answer.token;

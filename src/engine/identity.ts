@@ -10,14 +10,15 @@ import { join } from 'node:path';
 import { keyIdOf } from '../signing/index.ts';
 import {
   BulkheadError,
-  EnrolResponseSchema,
+  createApiClient,
+  deviceEndpoints,
   ErrorCodes,
   errnoCode,
   InventorySchema,
+  type Fetch,
   type Inventory,
 } from '../protocol/index.ts';
 import { systemClock, type Clock } from './clock.ts';
-import { callCenter, parseAnswer, type Fetch } from './http.ts';
 import { engineFiles, type Identity } from './state.ts';
 import { fsyncDir } from '../durable/index.ts';
 
@@ -70,7 +71,7 @@ export function normalizeCenterUrl(raw: string): string {
  *
  * @throws BulkheadError `ERR_IDENTITY_EXISTS` when the device is enrolled and `force` is not
  *   set; Center's refusal (`ERR_ENROLMENT_TOKEN_REFUSED`, `ERR_DEVICE_EXISTS`, …); the
- *   network errors of `callCenter`.
+ *   network errors of the API client (`createApiClient`).
  */
 export async function enroll(options: EnrollOptions): Promise<Identity> {
   const centerUrl = normalizeCenterUrl(options.centerUrl);
@@ -101,19 +102,19 @@ export async function enroll(options: EnrollOptions): Promise<Identity> {
   const publicPem = createPublicKey(privateKey).export({ type: 'spki', format: 'pem' }).toString();
   const inventory = InventorySchema.parse(options.inventory ?? (await gatherInventory()));
 
-  const res = await callCenter({
+  const center = createApiClient({
+    baseUrl: centerUrl,
     fetch: options.fetch ?? fetch,
-    url: `${centerUrl}/api/v1/device/enrol`,
-    method: 'POST',
+    timeoutMs: options.timeoutMs ?? 30_000,
+  });
+  const answer = await center.call(deviceEndpoints.enrol, {
     body: {
       token: options.token,
       publicKey: publicPem,
       inventory,
       ...(options.name === undefined ? {} : { name: options.name }),
     },
-    timeoutMs: options.timeoutMs ?? 30_000,
   });
-  const answer = parseAnswer(EnrolResponseSchema, res, 'enrol');
   let centerKeyId: string;
   try {
     centerKeyId = keyIdOf(createPublicKey(answer.centerKey.publicKey));

@@ -5,7 +5,7 @@ import { systemClock, type Clock } from './clock.ts';
 import { createCommandHandler } from './commands.ts';
 import type { EngineConfig } from './config.ts';
 import { GuestAgent } from './guest-agent.ts';
-import type { Fetch } from './http.ts';
+import type { Fetch } from '../protocol/index.ts';
 import { createQemuDriver, createSimDriver } from './hypervisor/index.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from './hypervisor/types.ts';
 import type { Log } from './log.ts';

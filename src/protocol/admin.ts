@@ -135,7 +135,3 @@ export const AuditPageSchema = z.object({
   /** Pass as `cursor` for the next (older) page; null at the end. */
   next: z.string().nullable(),
 });
-
-export const ErrorBodySchema = z.object({
-  error: z.object({ code: z.string(), message: z.string() }),
-});

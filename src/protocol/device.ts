@@ -215,9 +215,11 @@ export const ReportResponseSchema = z.object({
 });
 export type ReportResponse = z.infer<typeof ReportResponseSchema>;
 
-export const DeviceErrorSchema = z.object({
-  error: z.object({ code: z.string(), message: z.string() }),
-});
+/**
+ * The query of `GET /api/v1/device/desired-state`. The device comes from its token; a deviceId
+ * naming another device is refused outright rather than quietly answered with the caller's own.
+ */
+export const DesiredStateQuerySchema = z.strictObject({ deviceId: DeviceIdSchema.optional() });
 
 /**
  * Domains of the signatures of the device API (see `signPayload` in src/signing), so that

@@ -167,6 +167,7 @@ export type UpdateProfileRequest = z.infer<typeof UpdateProfileRequestSchema>;
 
 export const DEVICE_STATE_NAMES = ['active', 'locked', 'killed', 'retired'] as const;
 export const DeviceStateSchema = z.enum(DEVICE_STATE_NAMES);
+export type DeviceStateName = z.infer<typeof DeviceStateSchema>;
 
 /** A device in a list: what a fleet table shows. */
 export const DeviceSummarySchema = z.object({

@@ -21,6 +21,8 @@ export const ImageVersionStateSchema = z.enum(IMAGE_VERSION_STATE_NAMES);
  * at most 8 × 4 KiB by default, fastcdc at most 64 KiB), with room for other parameters.
  */
 export const MAX_CHUNK_BYTES = 1024 * 1024;
+/** Largest compressed body a chunk of MAX_CHUNK_BYTES may arrive as (zstd's worst case). */
+export const MAX_COMPRESSED_CHUNK_BYTES = MAX_CHUNK_BYTES + (MAX_CHUNK_BYTES >> 7) + 1024;
 
 /** Largest uncompressed chunk index accepted (about 1.8 million chunks, a 28 GiB image). */
 export const MAX_INDEX_BYTES = 64 * 1024 * 1024;

@@ -8,3 +8,6 @@ export * from './policy.ts';
 export * from './images.ts';
 export * from './fleet.ts';
 export * from './rollouts.ts';
+export * from './endpoint.ts';
+export * from './endpoints/index.ts';
+export * from './client.ts';

@@ -160,6 +160,12 @@ export const ROLLOUT_ACTIONS = ['pause', 'resume', 'abort', 'promote'] as const;
 export const RolloutActionSchema = z.enum(ROLLOUT_ACTIONS);
 export type RolloutAction = z.infer<typeof RolloutActionSchema>;
 
+/** `:id/:action` of a rollout action route. */
+export const RolloutActionParamsSchema = z.strictObject({
+  id: z.string().min(1).max(64),
+  action: RolloutActionSchema,
+});
+
 /** The body of an action is optional; `reason` is recorded with an abort. */
 export const RolloutActionRequestSchema = z
   .strictObject({ reason: z.string().min(1).max(500).optional() })

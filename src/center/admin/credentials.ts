@@ -99,7 +99,7 @@ let dummyHash: Promise<string> | undefined;
 
 /**
  * Checks a username and password and opens a session.
- * @throws BulkheadError `ERR_RATE_LIMITED` (details.retryAfterSeconds) after too many failures
+ * @throws BulkheadError `ERR_RATE_LIMITED` (details.retryAfterMs) after too many failures
  *   for this username from this address, or for this username from anywhere; `ERR_UNAUTHENTICATED` for a wrong name or password
  *   (the same message for both).
  */
@@ -123,7 +123,7 @@ export async function login(
     throw new BulkheadError(
       ErrorCodes.RATE_LIMITED,
       `too many failed logins; try again in ${wait} s`,
-      { retryable: true, details: { retryAfterSeconds: wait } },
+      { retryable: true, details: { retryAfterMs: wait * 1000 } },
     );
   }
   const user = await deps.db

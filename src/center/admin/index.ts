@@ -1,5 +1,5 @@
 // Center's admin API: sessions and API tokens, roles, users, the audit trail.
-export { adminPlugin, callerOf } from './plugin.ts';
+export { adminRoutes } from './plugin.ts';
 export type { Caller } from './credentials.ts';
 export { createUser, updateUser } from './users.ts';
 export { writeAudit, type Actor } from './audit.ts';

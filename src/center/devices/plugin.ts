@@ -1,26 +1,15 @@
-import type { FastifyRequest } from 'fastify';
 import { createPublicKey } from 'node:crypto';
 import { Counter } from 'prom-client';
-import { z } from 'zod';
 import { verifyPayload } from '../../signing/index.ts';
 import {
   BulkheadError,
-  ChallengeRequestSchema,
-  ChallengeResponseSchema,
-  DeviceErrorSchema,
-  DeviceIdSchema,
-  EnrolRequestSchema,
-  EnrolResponseSchema,
+  deviceEndpoints as e,
   ErrorCodes,
-  ReportRequestSchema,
-  ReportResponseSchema,
-  SignedDesiredStateSchema,
-  TokenRequestSchema,
-  TokenResponseSchema,
   type PublicKeyRef,
 } from '../../protocol/index.ts';
-import type { CenterApp, CenterContext } from '../server.ts';
-import { DeviceCredentials, DOMAINS, TOKEN_TTL_MS } from './credentials.ts';
+import { route } from '../http/route.ts';
+import type { CenterApp, CenterContext } from '../context.ts';
+import { DOMAINS, TOKEN_TTL_MS } from './credentials.ts';
 import { EtagCache } from './etag-cache.ts';
 import {
   buildDesiredState,
@@ -39,13 +28,6 @@ export interface DeviceApiOptions {
   enrolPerMinute?: number;
 }
 
-const errors = {
-  400: DeviceErrorSchema,
-  401: DeviceErrorSchema,
-  403: DeviceErrorSchema,
-  429: DeviceErrorSchema,
-};
-
 /** States in which a device gets nothing more from Center (but see `isCutOff`). */
 const CUT_OFF = new Set(['killed', 'retired']);
 
@@ -61,7 +43,7 @@ const PUSH_HEARTBEAT_MS = 25_000;
 export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
   return async function deviceApiPlugin(app: CenterApp): Promise<void> {
     const { db } = deps.database;
-    const credentials = new DeviceCredentials(deps.signingKey, deps.now);
+    const credentials = deps.deviceCredentials;
     const etags = new EtagCache();
     // Trusted publisher keys, the same in every document: read once, read again after a
     // change (a key change notifies every device, 'all').
@@ -96,9 +78,6 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       windowMs: 60_000,
       now: deps.now,
     });
-    // Which device the bearer token of a request named; set by `authenticate`.
-    const devices = new WeakMap<FastifyRequest, string>();
-    const deviceOf = (req: FastifyRequest) => devices.get(req) as string;
     const metricName = 'bulkhead_center_desired_state_checks_total';
     const checks =
       deps.metrics === undefined
@@ -129,22 +108,15 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       return kill === undefined;
     }
 
-    async function authenticate(req: FastifyRequest): Promise<void> {
-      const header = req.headers.authorization;
-      const match = header === undefined ? null : /^Bearer ([A-Za-z0-9_.-]{1,1024})$/.exec(header);
-      if (match === null) {
-        throw new BulkheadError(
-          ErrorCodes.UNAUTHENTICATED,
-          'this route needs a device token: Authorization: Bearer <token>',
-        );
-      }
-      devices.set(req, credentials.deviceOfToken(match[1] as string));
-    }
-
-    app.post(
-      '/api/v1/device/enrol',
+    route(
+      app,
+      e.enrol,
+      async (req) => {
+        const result = await enrolDevice(db, req.body, deps.now());
+        req.log.info({ deviceId: result.deviceId }, 'device enrolled');
+        return { ...result, centerKey };
+      },
       {
-        bodyLimit: 64 * 1024,
         onRequest: async (req) => {
           if (!enrolLimiter.isAllowed(req.ip)) {
             throw new BulkheadError(
@@ -154,144 +126,92 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
             );
           }
         },
-        schema: {
-          description: 'Enrol a device with an enrolment token and its Ed25519 public key.',
-          body: EnrolRequestSchema,
-          response: { 200: EnrolResponseSchema, ...errors, 409: DeviceErrorSchema },
-        },
-      },
-      async (req) => {
-        const result = await enrolDevice(db, req.body, deps.now());
-        req.log.info({ deviceId: result.deviceId }, 'device enrolled');
-        return { ...result, centerKey };
       },
     );
 
-    app.post(
-      '/api/v1/device/auth/challenge',
-      {
-        bodyLimit: 4 * 1024,
-        schema: {
-          description: 'A short-lived challenge for the device to sign with its key.',
-          body: ChallengeRequestSchema,
-          response: { 200: ChallengeResponseSchema, 400: DeviceErrorSchema },
-        },
-      },
-      async (req) => credentials.issueChallenge(req.body.deviceId),
-    );
+    route(app, e.challenge, async (req) => credentials.issueChallenge(req.body.deviceId));
 
-    app.post(
-      '/api/v1/device/auth/token',
-      {
-        bodyLimit: 4 * 1024,
-        schema: {
-          description: 'Exchange a signed challenge for a short-lived bearer token.',
-          body: TokenRequestSchema,
-          response: { 200: TokenResponseSchema, ...errors },
+    route(app, e.token, async (req) => {
+      const { deviceId, challenge, signature } = req.body;
+      credentials.checkChallenge(challenge, deviceId);
+      const device = await db
+        .selectFrom('devices')
+        .select(['public_key', 'state'])
+        .where('id', '=', deviceId)
+        .executeTakeFirst();
+      // The same answer for an unknown device and a wrong signature: ids are not probed.
+      const refused = new BulkheadError(
+        ErrorCodes.UNAUTHENTICATED,
+        'the signature does not verify with the key this device enrolled with',
+      );
+      if (device === undefined) throw refused;
+      const key = createPublicKey({
+        key: {
+          kty: 'OKP',
+          crv: 'Ed25519',
+          x: Buffer.from(device.public_key, 'base64').toString('base64url'),
         },
-      },
-      async (req) => {
-        const { deviceId, challenge, signature } = req.body;
-        credentials.checkChallenge(challenge, deviceId);
-        const device = await db
-          .selectFrom('devices')
-          .select(['public_key', 'state'])
-          .where('id', '=', deviceId)
-          .executeTakeFirst();
-        // The same answer for an unknown device and a wrong signature: ids are not probed.
-        const refused = new BulkheadError(
-          ErrorCodes.UNAUTHENTICATED,
-          'the signature does not verify with the key this device enrolled with',
+        format: 'jwk',
+      });
+      if (Buffer.from(signature, 'base64').length !== 64) throw refused;
+      if (!verifyPayload(DOMAINS.deviceAuth, challenge, signature, key)) throw refused;
+      if (await isCutOff(deviceId, device.state)) {
+        throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${device.state}`);
+      }
+      const now = deps.now();
+      await db
+        .updateTable('devices')
+        .set({ last_contact_at: now.getTime() })
+        .where('id', '=', deviceId)
+        .execute();
+      return credentials.issueToken(deviceId);
+    });
+
+    route(app, e.desiredState, async (req, deviceId, reply) => {
+      if (req.query.deviceId !== undefined && req.query.deviceId !== deviceId) {
+        throw new BulkheadError(
+          ErrorCodes.FORBIDDEN,
+          'a device may only read its own desired state',
         );
-        if (device === undefined) throw refused;
-        const key = createPublicKey({
-          key: {
-            kty: 'OKP',
-            crv: 'Ed25519',
-            x: Buffer.from(device.public_key, 'base64').toString('base64url'),
-          },
-          format: 'jwk',
-        });
-        if (Buffer.from(signature, 'base64').length !== 64) throw refused;
-        if (!verifyPayload(DOMAINS.deviceAuth, challenge, signature, key)) throw refused;
-        if (await isCutOff(deviceId, device.state)) {
-          throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${device.state}`);
-        }
-        const now = deps.now();
-        await db
-          .updateTable('devices')
-          .set({ last_contact_at: now.getTime() })
-          .where('id', '=', deviceId)
-          .execute();
-        return credentials.issueToken(deviceId);
-      },
-    );
-
-    app.get(
-      '/api/v1/device/desired-state',
-      {
-        onRequest: authenticate,
-        schema: {
-          description:
-            'The signed desired state of the calling device; 304 when If-None-Match names ' +
-            'its current ETag.',
-          // The device comes from its token; a deviceId naming another device is refused
-          // outright rather than quietly answered with the caller's own state.
-          querystring: z.strictObject({ deviceId: DeviceIdSchema.optional() }),
-          response: {
-            200: SignedDesiredStateSchema,
-            304: z.undefined().describe('Not modified'),
-            ...errors,
-          },
-        },
-      },
-      async (req, reply) => {
-        const deviceId = deviceOf(req);
-        if (req.query.deviceId !== undefined && req.query.deviceId !== deviceId) {
-          throw new BulkheadError(
-            ErrorCodes.FORBIDDEN,
-            'a device may only read its own desired state',
-          );
-        }
-        // The hot path: an ETag this process answered the device with, not since invalidated
-        // by a notification, answers a matching poll without touching the database.
-        const now = deps.now();
-        const window = desiredStateWindow(now.getTime());
-        const ifNoneMatch = req.headers['if-none-match'];
-        const cached = etags.get(deviceId, window, now.getTime());
-        if (cached !== undefined && matchesEtag(ifNoneMatch, cached)) {
-          checks?.inc({ result: '304' });
-          return reply
-            .header('etag', cached)
-            .header('cache-control', 'private, no-cache')
-            .code(304)
-            .send();
-        }
-        const head = await readDesiredStateHead(db, deviceId, now, deps.signingKey.keyid);
-        if (head === undefined) {
-          throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device is not enrolled');
-        }
-        if (await isCutOff(deviceId, head.state)) {
-          throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${head.state}`);
-        }
-        // Polls do not move last_contact_at: that would turn every 304 into a write. Contact
-        // is noted when the device gets a token (every 15 minutes) and when it reports.
-        reply.header('etag', head.etag).header('cache-control', 'private, no-cache');
-        // Only a device in good standing is answered from the cache: a cut-off or locked
-        // device's state changes are rarer than its polls are cheap.
-        if (head.state === 'active') etags.set(deviceId, head.etag, window, now.getTime());
-        if (matchesEtag(ifNoneMatch, head.etag)) {
-          checks?.inc({ result: '304' });
-          return reply.code(304).send();
-        }
-        checks?.inc({ result: '200' });
-        return buildDesiredState(db, head, deps.signingKey, storeUrls, {
-          warn,
-          publishers: currentPublishers,
-          pollIntervalSeconds: deps.config.pollIntervalSeconds,
-        });
-      },
-    );
+      }
+      // The hot path: an ETag this process answered the device with, not since invalidated
+      // by a notification, answers a matching poll without touching the database.
+      const now = deps.now();
+      const window = desiredStateWindow(now.getTime());
+      const ifNoneMatch = req.headers['if-none-match'];
+      const cached = etags.get(deviceId, window, now.getTime());
+      if (cached !== undefined && matchesEtag(ifNoneMatch, cached)) {
+        checks?.inc({ result: '304' });
+        return reply
+          .header('etag', cached)
+          .header('cache-control', 'private, no-cache')
+          .code(304)
+          .send();
+      }
+      const head = await readDesiredStateHead(db, deviceId, now, deps.signingKey.keyid);
+      if (head === undefined) {
+        throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device is not enrolled');
+      }
+      if (await isCutOff(deviceId, head.state)) {
+        throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${head.state}`);
+      }
+      // Polls do not move last_contact_at: that would turn every 304 into a write. Contact
+      // is noted when the device gets a token (every 15 minutes) and when it reports.
+      reply.header('etag', head.etag).header('cache-control', 'private, no-cache');
+      // Only a device in good standing is answered from the cache: a cut-off or locked
+      // device's state changes are rarer than its polls are cheap.
+      if (head.state === 'active') etags.set(deviceId, head.etag, window, now.getTime());
+      if (matchesEtag(ifNoneMatch, head.etag)) {
+        checks?.inc({ result: '304' });
+        return reply.code(304).send();
+      }
+      checks?.inc({ result: '200' });
+      return buildDesiredState(db, head, deps.signingKey, storeUrls, {
+        warn,
+        publishers: currentPublishers,
+        pollIntervalSeconds: deps.config.pollIntervalSeconds,
+      });
+    });
 
     // Open push streams by device, and how to end each (Center's shutdown ends them all).
     const pushConnections = new Map<string, number>();
@@ -300,88 +220,61 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       for (const end of [...openStreams]) end();
     });
 
-    app.get(
-      '/api/v1/device/push',
-      {
-        onRequest: authenticate,
-        schema: {
-          description:
-            'The push channel (Server-Sent Events): `event: hello` on connect, then ' +
-            '`event: desired-state-changed` whenever the desired state changes (fetch it ' +
-            'then), and a comment every 25 s. At most two per device; a stream ends when the ' +
-            'token that opened it would expire, so reconnect with a fresh token.',
-          response: { 200: z.string().describe('text/event-stream'), ...errors },
-        },
-      },
-      async (req, reply) => {
-        const deviceId = deviceOf(req);
-        const device = await db
-          .selectFrom('devices')
-          .select('state')
-          .where('id', '=', deviceId)
-          .executeTakeFirst();
-        if (device === undefined) {
-          throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device is not enrolled');
-        }
-        if (await isCutOff(deviceId, device.state)) {
-          throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${device.state}`);
-        }
-        const open = pushConnections.get(deviceId) ?? 0;
-        if (open >= PUSH_CONNECTIONS_PER_DEVICE) {
-          throw new BulkheadError(
-            ErrorCodes.RATE_LIMITED,
-            `this device already holds ${open} push connections; close one first`,
-            { retryable: true },
-          );
-        }
-        pushConnections.set(deviceId, open + 1);
-        reply.hijack();
-        const res = reply.raw;
-        res.writeHead(200, {
-          'content-type': 'text/event-stream; charset=utf-8',
-          'cache-control': 'no-cache, no-transform',
-          connection: 'keep-alive',
-          // Tells nginx-like proxies not to buffer the stream.
-          'x-accel-buffering': 'no',
-        });
-        res.write('retry: 5000\nevent: hello\ndata: {}\n\n');
-        let ended = false;
-        const unsubscribe = deps.push.subscribe(deviceId, () => {
-          res.write('event: desired-state-changed\ndata: {}\n\n');
-        });
-        const heartbeat = setInterval(() => res.write(': heartbeat\n\n'), PUSH_HEARTBEAT_MS);
-        const lifetime = setTimeout(() => end(), TOKEN_TTL_MS);
-        const end = () => {
-          if (ended) return;
-          ended = true;
-          clearInterval(heartbeat);
-          clearTimeout(lifetime);
-          unsubscribe();
-          openStreams.delete(end);
-          const left = (pushConnections.get(deviceId) ?? 1) - 1;
-          if (left > 0) pushConnections.set(deviceId, left);
-          else pushConnections.delete(deviceId);
-          res.end();
-        };
-        openStreams.add(end);
-        res.on('close', end);
-        res.on('error', end);
-      },
-    );
+    route(app, e.push, async (_req, deviceId, reply) => {
+      const device = await db
+        .selectFrom('devices')
+        .select('state')
+        .where('id', '=', deviceId)
+        .executeTakeFirst();
+      if (device === undefined) {
+        throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device is not enrolled');
+      }
+      if (await isCutOff(deviceId, device.state)) {
+        throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${device.state}`);
+      }
+      const open = pushConnections.get(deviceId) ?? 0;
+      if (open >= PUSH_CONNECTIONS_PER_DEVICE) {
+        throw new BulkheadError(
+          ErrorCodes.RATE_LIMITED,
+          `this device already holds ${open} push connections; close one first`,
+          { retryable: true },
+        );
+      }
+      pushConnections.set(deviceId, open + 1);
+      reply.hijack();
+      const res = reply.raw;
+      res.writeHead(200, {
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-cache, no-transform',
+        connection: 'keep-alive',
+        // Tells nginx-like proxies not to buffer the stream.
+        'x-accel-buffering': 'no',
+      });
+      res.write('retry: 5000\nevent: hello\ndata: {}\n\n');
+      let ended = false;
+      const unsubscribe = deps.push.subscribe(deviceId, () => {
+        res.write('event: desired-state-changed\ndata: {}\n\n');
+      });
+      const heartbeat = setInterval(() => res.write(': heartbeat\n\n'), PUSH_HEARTBEAT_MS);
+      const lifetime = setTimeout(() => end(), TOKEN_TTL_MS);
+      const end = () => {
+        if (ended) return;
+        ended = true;
+        clearInterval(heartbeat);
+        clearTimeout(lifetime);
+        unsubscribe();
+        openStreams.delete(end);
+        const left = (pushConnections.get(deviceId) ?? 1) - 1;
+        if (left > 0) pushConnections.set(deviceId, left);
+        else pushConnections.delete(deviceId);
+        res.end();
+      };
+      openStreams.add(end);
+      res.on('close', end);
+      res.on('error', end);
+      return reply;
+    });
 
-    app.post(
-      '/api/v1/device/reports',
-      {
-        onRequest: authenticate,
-        // 500 events of at most 8 KiB of data each, with room for their envelopes.
-        bodyLimit: 5 * 1024 * 1024,
-        schema: {
-          description: 'A batch of device events; replays are counted once.',
-          body: ReportRequestSchema,
-          response: { 200: ReportResponseSchema, ...errors },
-        },
-      },
-      async (req) => ingestReports(db, deviceOf(req), req.body, deps.now()),
-    );
+    route(app, e.reports, (req, deviceId) => ingestReports(db, deviceId, req.body, deps.now()));
   };
 }

@@ -39,9 +39,6 @@ export interface UploadContext {
   store: DirectoryStore;
 }
 
-/** Largest compressed body a chunk of MAX_CHUNK_BYTES may arrive as (zstd's worst case). */
-export const MAX_COMPRESSED_CHUNK_BYTES = MAX_CHUNK_BYTES + (MAX_CHUNK_BYTES >> 7) + 1024;
-
 /** Runs `fn` over `items`, at most `limit` at a time. */
 async function eachLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>) {
   let next = 0;

@@ -1,0 +1,59 @@
+import { z } from 'zod';
+import * as admin from '../admin.ts';
+import { defineEndpoints, endpoint } from '../endpoint.ts';
+import { ErrorCodes } from '../errors.ts';
+
+const A = '/api/v1/admin';
+
+/** The admin API's own domain: sessions, API tokens, administrators and the audit trail. */
+export const adminEndpoints = defineEndpoints(['admin'], {
+  login: endpoint(`POST ${A}/login`, 'public', 200, admin.LoginResponseSchema, {
+    body: admin.LoginRequestSchema,
+    errors: [ErrorCodes.UNAUTHENTICATED, ErrorCodes.RATE_LIMITED],
+    description:
+      'Opens a 12-hour session. Five failures per username and address in 15 minutes lock ' +
+      'that pair out (429 with Retry-After), fifty lock the username out from everywhere; ' +
+      'the counts are per Center replica.',
+  }),
+  logout: endpoint(`POST ${A}/logout`, 'viewer', 204, z.null(), {
+    description: 'Revokes the bearer token presented.',
+  }),
+  me: endpoint(`GET ${A}/me`, 'viewer', 200, admin.MeResponseSchema, {
+    description: 'Who the bearer token acts as.',
+  }),
+  createApiToken: endpoint(`POST ${A}/tokens`, 'admin', 201, admin.CreateApiTokenResponseSchema, {
+    body: admin.CreateApiTokenRequestSchema,
+    description: 'Creates an API token acting as the caller; the token is shown only here.',
+  }),
+  listApiTokens: endpoint(`GET ${A}/tokens`, 'admin', 200, admin.ApiTokenListSchema, {
+    description: 'API tokens (never their secrets), newest first.',
+  }),
+  revokeApiToken: endpoint(`DELETE ${A}/tokens/:id`, 'admin', 204, z.null(), {
+    params: admin.IdParamsSchema,
+    errors: [ErrorCodes.NOT_FOUND],
+    description: 'Revokes an API token.',
+  }),
+  listUsers: endpoint(`GET ${A}/users`, 'viewer', 200, admin.AdminUserListSchema, {
+    description: 'Administrators and their roles.',
+  }),
+  createUser: endpoint(`POST ${A}/users`, 'admin', 201, admin.CreateAdminUserResponseSchema, {
+    body: admin.CreateAdminUserRequestSchema,
+    errors: [ErrorCodes.ADMIN_USER_EXISTS],
+    description: 'Creates an administrator; without a password, a generated one is returned once.',
+  }),
+  updateUser: endpoint(`PATCH ${A}/users/:id`, 'admin', 200, admin.AdminUserSchema, {
+    params: admin.IdParamsSchema,
+    body: admin.UpdateAdminUserRequestSchema,
+    errors: [ErrorCodes.NOT_FOUND, ErrorCodes.LAST_ADMIN],
+    description: "Changes an administrator's role or password.",
+  }),
+  deleteUser: endpoint(`DELETE ${A}/users/:id`, 'admin', 204, z.null(), {
+    params: admin.IdParamsSchema,
+    errors: [ErrorCodes.NOT_FOUND, ErrorCodes.LAST_ADMIN],
+    description: 'Deletes an administrator and revokes their tokens.',
+  }),
+  listAudit: endpoint(`GET ${A}/audit`, 'viewer', 200, admin.AuditPageSchema, {
+    query: admin.AuditQuerySchema,
+    description: 'The audit trail, newest first; pass `next` back as `cursor` for older entries.',
+  }),
+});
