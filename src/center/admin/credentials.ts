@@ -10,7 +10,8 @@ import {
 } from '../../protocol/index.ts';
 import { hashPassword, verifyPassword } from '../auth/passwords.ts';
 import { newId, type Database } from '../db/index.ts';
-import { writeAudit, type Actor } from './audit.ts';
+import { runCommand } from '../changes/index.ts';
+import type { Actor } from './audit.ts';
 import type { LoginLimiter } from './rate-limit.ts';
 
 /*
@@ -145,7 +146,8 @@ export async function login(
   const token = newSecret();
   const id = newId(at);
   const expiresAt = at + SESSION_MS;
-  await deps.db.transaction().execute(async (trx) => {
+  const actor = { label: `user:${user.username}` };
+  await runCommand({ db: deps.db, nowMs: at }, actor, SESSION('create', id), async (trx) => {
     await trx
       .insertInto('api_tokens')
       .values({
@@ -163,32 +165,22 @@ export async function login(
       .set({ last_login_at: at })
       .where('id', '=', user.id)
       .execute();
-    await writeAudit(trx, {
-      actor: { label: `user:${user.username}` },
-      action: 'session.create',
-      targetType: 'session',
-      targetId: id,
-      before: null,
-      after: { id, userId: user.id, expiresAt, ip: input.ip },
-      at,
-    });
+    const after = { id, userId: user.id, expiresAt, ip: input.ip };
+    return { result: undefined, before: null, after };
   });
   return { token, expiresAt, username: user.username, role: user.role };
 }
 
 /** Revokes the credential the caller presented (its session, or the API token itself). */
 export async function logout(db: Kysely<Database>, caller: Caller, at: number): Promise<void> {
-  await db.transaction().execute(async (trx) => {
+  const spec = SESSION('delete', caller.credentialId, caller.via);
+  await runCommand({ db, nowMs: at }, caller, spec, async (trx) => {
     await trx.deleteFrom('api_tokens').where('id', '=', caller.credentialId).execute();
-    await writeAudit(trx, {
-      actor: caller,
-      action: caller.via === 'session' ? 'session.delete' : 'token.delete',
-      targetType: caller.via,
-      targetId: caller.credentialId,
+    return {
+      result: undefined,
       before: { id: caller.credentialId, userId: caller.userId },
       after: null,
-      at,
-    });
+    };
   });
 }
 
@@ -209,7 +201,7 @@ export async function createApiToken(
   const id = newId(at);
   const expiresAt =
     input.expiresInDays === undefined ? null : at + input.expiresInDays * 86_400_000;
-  await db.transaction().execute(async (trx) => {
+  await runCommand({ db, nowMs: at }, caller, SESSION('create', id, 'token'), async (trx) => {
     await trx
       .insertInto('api_tokens')
       .values({
@@ -222,15 +214,8 @@ export async function createApiToken(
         created_at: at,
       })
       .execute();
-    await writeAudit(trx, {
-      actor: caller,
-      action: 'token.create',
-      targetType: 'token',
-      targetId: id,
-      before: null,
-      after: { id, userId: caller.userId, name: input.name, expiresAt },
-      at,
-    });
+    const after = { id, userId: caller.userId, name: input.name, expiresAt };
+    return { result: undefined, before: null, after };
   });
   return { id, name: input.name, token, expiresAt };
 }
@@ -276,7 +261,7 @@ export async function revokeApiToken(
   id: string,
   at: number,
 ): Promise<void> {
-  await db.transaction().execute(async (trx) => {
+  await runCommand({ db, nowMs: at }, actor, SESSION('delete', id, 'token'), async (trx) => {
     const current = await trx
       .selectFrom('api_tokens as t')
       .innerJoin('admin_users as u', 'u.id', 't.user_id')
@@ -286,14 +271,13 @@ export async function revokeApiToken(
       .executeTakeFirst();
     if (!current) throw new BulkheadError(ErrorCodes.NOT_FOUND, `no API token "${id}"`);
     await trx.deleteFrom('api_tokens').where('id', '=', id).execute();
-    await writeAudit(trx, {
-      actor,
-      action: 'token.delete',
-      targetType: 'token',
-      targetId: id,
-      before: presentToken(current),
-      after: null,
-      at,
-    });
+    return { result: undefined, before: presentToken(current), after: null };
   });
 }
+
+/** The audit trail's name for a change of a session or an API token. */
+const SESSION = (verb: string, id: string, target: 'session' | 'token' = 'session') => ({
+  action: `${target}.${verb}`,
+  target,
+  id,
+});

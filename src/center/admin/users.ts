@@ -8,7 +8,8 @@ import {
 } from '../../protocol/index.ts';
 import { generatePassword, hashPassword } from '../auth/passwords.ts';
 import { constraintViolation, newId, type Database, type Row } from '../db/index.ts';
-import { writeAudit, type Actor } from './audit.ts';
+import { runCommand } from '../changes/index.ts';
+import type { Actor } from './audit.ts';
 
 /** A user as the API shows it: never the password hash. */
 export function presentUser(row: Row<'admin_users'>): AdminUser {
@@ -47,18 +48,11 @@ export async function createUser(
     created_at: at,
     updated_at: at,
   };
+  const user = presentUser(row);
   try {
-    await db.transaction().execute(async (trx) => {
+    await runCommand({ db, nowMs: at }, actor, USER('create'), async (trx) => {
       await trx.insertInto('admin_users').values(row).execute();
-      await writeAudit(trx, {
-        actor,
-        action: 'user.create',
-        targetType: 'user',
-        targetId: row.id,
-        before: null,
-        after: presentUser(row),
-        at,
-      });
+      return { result: undefined, before: null, after: user, id: row.id };
     });
   } catch (err) {
     if (constraintViolation(err) === 'unique') {
@@ -70,9 +64,7 @@ export async function createUser(
     }
     throw err;
   }
-  return input.password === undefined
-    ? { user: presentUser(row), password }
-    : { user: presentUser(row) };
+  return input.password === undefined ? { user, password } : { user };
 }
 
 /**
@@ -89,7 +81,7 @@ export async function updateUser(
 ): Promise<AdminUser> {
   const passwordHash =
     input.password === undefined ? undefined : await hashPassword(input.password);
-  return db.transaction().execute(async (trx) => {
+  return runCommand({ db, nowMs: at }, actor, USER('update'), async (trx) => {
     const current = await findUser(trx, where);
     if (input.role !== undefined && input.role !== 'admin' && current.role === 'admin') {
       await assertAnotherAdmin(trx, current.id);
@@ -112,17 +104,13 @@ export async function updateUser(
         .where('name', 'like', 'session:%')
         .execute();
     }
-    // The trail says that the password changed, never what it is or its hash.
-    await writeAudit(trx, {
-      actor,
-      action: 'user.update',
-      targetType: 'user',
-      targetId: current.id,
+    return {
+      result: presentUser(target),
       before: presentUser(current),
+      // The trail says that the password changed, never what it is or its hash.
       after: { ...presentUser(target), ...(passwordHash ? { passwordChanged: true } : {}) },
-      at,
-    });
-    return presentUser(target);
+      id: current.id,
+    };
   });
 }
 
@@ -136,22 +124,16 @@ export async function deleteUser(
   id: string,
   at: number,
 ): Promise<void> {
-  await db.transaction().execute(async (trx) => {
+  await runCommand({ db, nowMs: at }, actor, USER('delete', id), async (trx) => {
     const current = await findUser(trx, { id });
     if (current.role === 'admin') await assertAnotherAdmin(trx, current.id);
     await trx.deleteFrom('api_tokens').where('user_id', '=', id).execute();
     await trx.deleteFrom('admin_users').where('id', '=', id).execute();
-    await writeAudit(trx, {
-      actor,
-      action: 'user.delete',
-      targetType: 'user',
-      targetId: id,
-      before: presentUser(current),
-      after: null,
-      at,
-    });
+    return { result: undefined, before: presentUser(current), after: null };
   });
 }
+
+const USER = (verb: string, id?: string) => ({ action: `user.${verb}`, target: 'user', id });
 
 async function findUser(
   trx: Transaction<Database>,

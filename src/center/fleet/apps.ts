@@ -1,16 +1,9 @@
 import type { Kysely, Transaction } from 'kysely';
 import type { App, CreateAppRequest, UpdateAppRequest } from '../../protocol/index.ts';
-import { writeAudit, type Actor } from '../admin/audit.ts';
+import type { Actor } from '../admin/audit.ts';
+import { markChanged, runCommand } from '../changes/index.ts';
 import { newId, type Database, type ImageKind, type Row } from '../db/index.ts';
-import {
-  badReference,
-  bumpDevicesHolding,
-  notFound,
-  refuseInUse,
-  rethrowNameTaken,
-  tellDevices,
-  type FleetDeps,
-} from './common.ts';
+import { badReference, notFound, refuseInUse, rethrowNameTaken, type FleetDeps } from './common.ts';
 
 function presentApp(row: Row<'apps'>): App {
   return {
@@ -77,39 +70,21 @@ export async function createApp(
     created_at: at,
     updated_at: at,
   };
+  const app = presentApp(row);
   try {
-    await db.transaction().execute(async (trx) => {
+    return await runCommand({ db, nowMs: at }, actor, APP('create'), async (trx) => {
       await assertImageKind(trx, input.imageId, 'app', 'body.imageId');
       await trx.insertInto('apps').values(row).execute();
-      await writeAudit(trx, {
-        actor,
-        action: 'app.create',
-        targetType: 'app',
-        targetId: row.id,
-        before: null,
-        after: presentApp(row),
-        at,
-      });
+      return { result: app, before: null, after: app, id: row.id };
     });
   } catch (err) {
     rethrowNameTaken(err, 'app', input.name);
   }
-  return presentApp(row);
-}
-
-/** The profiles offering an app. */
-async function profilesOffering(trx: Transaction<Database>, appId: string): Promise<string[]> {
-  const rows = await trx
-    .selectFrom('profile_apps')
-    .select('profile_id')
-    .where('app_id', '=', appId)
-    .execute();
-  return rows.map((r) => r.profile_id);
 }
 
 /**
  * Changes an app. A new image changes the desired state of every device holding a profile
- * that offers the app, so those are bumped and told.
+ * that offers the app, so those are marked changed and told.
  */
 export async function updateApp(
   deps: FleetDeps,
@@ -117,8 +92,7 @@ export async function updateApp(
   id: string,
   input: UpdateAppRequest,
 ): Promise<App> {
-  const at = deps.nowMs;
-  const { app, devices } = await deps.db.transaction().execute(async (trx) => {
+  return runCommand(deps, actor, APP('update', id), async (trx, at) => {
     const before = await findApp(trx, id);
     if (input.imageId !== undefined) {
       await assertImageKind(trx, input.imageId, 'app', 'body.imageId');
@@ -140,23 +114,21 @@ export async function updateApp(
       })
       .where('id', '=', id)
       .execute();
-    const devices =
-      after.image_id === before.image_id
-        ? []
-        : await bumpDevicesHolding(trx, at, await profilesOffering(trx, id));
-    await writeAudit(trx, {
-      actor,
-      action: 'app.update',
-      targetType: 'app',
-      targetId: id,
-      before: presentApp(before),
-      after: presentApp(after),
-      at,
-    });
-    return { app: presentApp(after), devices };
+    if (after.image_id !== before.image_id) {
+      await markChanged(trx, { profiles: await profilesOffering(trx, id) }, at);
+    }
+    return { result: presentApp(after), before: presentApp(before), after: presentApp(after) };
   });
-  tellDevices(deps.push, devices);
-  return app;
+}
+
+/** The profiles offering an app. */
+async function profilesOffering(trx: Transaction<Database>, appId: string): Promise<string[]> {
+  const rows = await trx
+    .selectFrom('profile_apps')
+    .select('profile_id')
+    .where('app_id', '=', appId)
+    .execute();
+  return rows.map((r) => r.profile_id);
 }
 
 /** @throws BulkheadError `ERR_NOT_FOUND`; `ERR_IN_USE` while a profile offers the app. */
@@ -166,20 +138,14 @@ export async function deleteApp(
   id: string,
   at: number,
 ): Promise<void> {
-  await db.transaction().execute(async (trx) => {
+  await runCommand({ db, nowMs: at }, actor, APP('delete', id), async (trx) => {
     const before = await findApp(trx, id);
     await refuseInUse(
       () => trx.deleteFrom('apps').where('id', '=', id).execute(),
       `app "${before.name}" is offered by a profile; remove it from the profile first`,
     );
-    await writeAudit(trx, {
-      actor,
-      action: 'app.delete',
-      targetType: 'app',
-      targetId: id,
-      before: presentApp(before),
-      after: null,
-      at,
-    });
+    return { result: undefined, before: presentApp(before), after: null };
   });
 }
+
+const APP = (verb: string, id?: string) => ({ action: `app.${verb}`, target: 'app', id });

@@ -5,17 +5,10 @@ import {
   type Command,
   type CreateCommandRequest,
 } from '../../protocol/index.ts';
-import { writeAudit } from '../admin/audit.ts';
 import type { Caller } from '../admin/credentials.ts';
+import { markChanged, runCommand } from '../changes/index.ts';
 import { newId, type Database, type DeviceState, type Row } from '../db/index.ts';
-import {
-  badReference,
-  bumpDevices,
-  notFound,
-  parseJson,
-  tellDevices,
-  type FleetDeps,
-} from './common.ts';
+import { badReference, notFound, parseJson, type FleetDeps } from './common.ts';
 
 /*
  * Commands to one device. A command is `pending` from the moment it is issued until the device
@@ -53,8 +46,8 @@ const STATE_AFTER: Partial<Record<Command['kind'], DeviceState>> = {
 };
 
 /**
- * Issues a command to a device, changes its state where the command does, bumps it and tells
- * it over the push channel.
+ * Issues a command to a device, changes its state where the command does, marks its desired
+ * state changed and tells it over the push channel.
  *
  * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_DEVICE_STATE` for a killed or retired device;
  *   `ERR_VALIDATION` (body.profileId) for a restart of a VM the device does not run.
@@ -65,8 +58,8 @@ export async function issueCommand(
   deviceId: string,
   input: CreateCommandRequest,
 ): Promise<Command> {
-  const at = deps.nowMs;
-  const command = await deps.db.transaction().execute(async (trx) => {
+  const spec = { action: `device.${input.kind}`, target: 'device', id: deviceId };
+  return runCommand(deps, caller, spec, async (trx, at) => {
     const device = await trx
       .selectFrom('devices')
       .select(['id', 'state'])
@@ -101,7 +94,7 @@ export async function issueCommand(
     if (state !== undefined && state !== device.state) {
       await trx.updateTable('devices').set({ state }).where('id', '=', deviceId).execute();
     }
-    await bumpDevices(trx, at, [deviceId]);
+    await markChanged(trx, { devices: [deviceId] }, at);
     const row: Row<'commands'> = {
       id: newId(at),
       device_id: deviceId,
@@ -114,19 +107,12 @@ export async function issueCommand(
       updated_at: at,
     };
     await trx.insertInto('commands').values(row).execute();
-    await writeAudit(trx, {
-      actor: caller,
-      action: `device.${input.kind}`,
-      targetType: 'device',
-      targetId: deviceId,
+    return {
+      result: presentCommand(row),
       before: { state: device.state },
       after: { state: state ?? device.state, commandId: row.id, profileId: row.profile_id },
-      at,
-    });
-    return presentCommand(row);
+    };
   });
-  tellDevices(deps.push, [deviceId]);
-  return command;
 }
 
 /** A device's commands, newest first (the latest 200). @throws `ERR_NOT_FOUND`. */

@@ -8,17 +8,11 @@ import {
   type DeviceSummary,
   type UpdateDeviceRequest,
 } from '../../protocol/index.ts';
-import { writeAudit, type Actor } from '../admin/audit.ts';
+import type { Actor } from '../admin/audit.ts';
+import { markChanged, runCommand } from '../changes/index.ts';
 import type { Database, Row } from '../db/index.ts';
 import { presentCommand } from './commands.ts';
-import {
-  badReference,
-  bumpDevices,
-  notFound,
-  parseJson,
-  tellDevices,
-  type FleetDeps,
-} from './common.ts';
+import { badReference, notFound, parseJson, type FleetDeps } from './common.ts';
 
 type SummaryRow = Pick<
   Row<'devices'>,
@@ -223,7 +217,7 @@ async function assignment(trx: Transaction<Database>, id: string) {
 
 /**
  * Renames a device, moves it to another group, replaces its profiles and/or its chosen apps,
- * in one transaction; then bumps and tells it. Profiles it keeps keep their app choices unless
+ * in one transaction; then marks its desired state changed and tells it. Profiles it keeps keep their app choices unless
  * `apps` replaces them.
  *
  * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_VALIDATION` naming the field for a missing group
@@ -235,8 +229,7 @@ export async function updateDevice(
   id: string,
   input: UpdateDeviceRequest,
 ): Promise<DeviceDetail> {
-  const at = deps.nowMs;
-  await deps.db.transaction().execute(async (trx) => {
+  await runCommand(deps, actor, DEVICE('update', id), async (trx, at) => {
     const before = await assignment(trx, id);
     if (input.groupId !== undefined) {
       const group = await trx
@@ -321,19 +314,10 @@ export async function updateDevice(
           .execute();
       }
     }
-    await bumpDevices(trx, at, [id]);
+    await markChanged(trx, { devices: [id] }, at);
     const after = await assignment(trx, id);
-    await writeAudit(trx, {
-      actor,
-      action: 'device.update',
-      targetType: 'device',
-      targetId: id,
-      before: before.audit,
-      after: after.audit,
-      at,
-    });
+    return { result: undefined, before: before.audit, after: after.audit };
   });
-  tellDevices(deps.push, [id]);
   return getDevice(deps.db, id);
 }
 
@@ -343,10 +327,9 @@ export async function updateDevice(
  * @throws BulkheadError `ERR_NOT_FOUND`.
  */
 export async function retireDevice(deps: FleetDeps, actor: Actor, id: string): Promise<void> {
-  const at = deps.nowMs;
-  const changed = await deps.db.transaction().execute(async (trx) => {
+  await runCommand(deps, actor, DEVICE('retire', id), async (trx, at) => {
     const before = await findDevice(trx, id);
-    if (before.state === 'retired') return false;
+    if (before.state === 'retired') return { result: undefined, unchanged: true };
     await trx.updateTable('devices').set({ state: 'retired' }).where('id', '=', id).execute();
     await trx
       .updateTable('commands')
@@ -354,17 +337,10 @@ export async function retireDevice(deps: FleetDeps, actor: Actor, id: string): P
       .where('device_id', '=', id)
       .where('state', 'in', ['pending', 'delivered'])
       .execute();
-    await bumpDevices(trx, at, [id]);
-    await writeAudit(trx, {
-      actor,
-      action: 'device.retire',
-      targetType: 'device',
-      targetId: id,
-      before: presentSummary(before),
-      after: { ...presentSummary(before), state: 'retired' },
-      at,
-    });
-    return true;
+    await markChanged(trx, { devices: [id] }, at);
+    const after = { ...presentSummary(before), state: 'retired' };
+    return { result: undefined, before: presentSummary(before), after };
   });
-  if (changed) tellDevices(deps.push, [id]);
 }
+
+const DEVICE = (verb: string, id: string) => ({ action: `device.${verb}`, target: 'device', id });

@@ -6,7 +6,8 @@ import {
   type DeviceGroup,
   type UpdateDeviceGroupRequest,
 } from '../../protocol/index.ts';
-import { writeAudit, type Actor } from '../admin/audit.ts';
+import type { Actor } from '../admin/audit.ts';
+import { runCommand } from '../changes/index.ts';
 import { newId, type Database, type Row } from '../db/index.ts';
 import { notFound, refuseInUse, rethrowNameTaken } from './common.ts';
 
@@ -60,23 +61,15 @@ export async function createGroup(
     created_at: at,
     updated_at: at,
   };
+  const group = presentGroup(row, 0);
   try {
-    await db.transaction().execute(async (trx) => {
+    return await runCommand({ db, nowMs: at }, actor, GROUP('create'), async (trx) => {
       await trx.insertInto('device_groups').values(row).execute();
-      await writeAudit(trx, {
-        actor,
-        action: 'group.create',
-        targetType: 'group',
-        targetId: row.id,
-        before: null,
-        after: presentGroup(row, 0),
-        at,
-      });
+      return { result: group, before: null, after: group, id: row.id };
     });
   } catch (err) {
     rethrowNameTaken(err, 'device group', input.name);
   }
-  return presentGroup(row, 0);
 }
 
 /** Renames or redescribes a group; no device's desired state depends on either. */
@@ -88,7 +81,7 @@ export async function updateGroup(
   at: number,
 ): Promise<DeviceGroup> {
   try {
-    return await db.transaction().execute(async (trx) => {
+    return await runCommand({ db, nowMs: at }, actor, GROUP('update', id), async (trx) => {
       const before = await getGroup(trx, id);
       await trx
         .updateTable('device_groups')
@@ -100,16 +93,7 @@ export async function updateGroup(
         .where('id', '=', id)
         .execute();
       const after = await getGroup(trx, id);
-      await writeAudit(trx, {
-        actor,
-        action: 'group.update',
-        targetType: 'group',
-        targetId: id,
-        before,
-        after,
-        at,
-      });
-      return after;
+      return { result: after, before, after };
     });
   } catch (err) {
     rethrowNameTaken(err, 'device group', input.name);
@@ -127,7 +111,7 @@ export async function deleteGroup(
   id: string,
   at: number,
 ): Promise<void> {
-  await db.transaction().execute(async (trx) => {
+  await runCommand({ db, nowMs: at }, actor, GROUP('delete', id), async (trx) => {
     const before = await getGroup(trx, id);
     if (before.devices > 0) {
       throw new BulkheadError(
@@ -140,14 +124,8 @@ export async function deleteGroup(
       () => trx.deleteFrom('device_groups').where('id', '=', id).execute(),
       `device group "${before.name}" is the target of a rollout`,
     );
-    await writeAudit(trx, {
-      actor,
-      action: 'group.delete',
-      targetType: 'group',
-      targetId: id,
-      before,
-      after: null,
-      at,
-    });
+    return { result: undefined, before, after: null };
   });
 }
+
+const GROUP = (verb: string, id?: string) => ({ action: `group.${verb}`, target: 'group', id });

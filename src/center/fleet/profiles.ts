@@ -7,18 +7,11 @@ import {
   type ProfileApp,
   type UpdateProfileRequest,
 } from '../../protocol/index.ts';
-import { writeAudit, type Actor } from '../admin/audit.ts';
+import type { Actor } from '../admin/audit.ts';
+import { markChanged, runCommand } from '../changes/index.ts';
 import { newId, type Database, type Row } from '../db/index.ts';
 import { assertImageKind } from './apps.ts';
-import {
-  badReference,
-  bumpDevicesHolding,
-  notFound,
-  refuseInUse,
-  rethrowNameTaken,
-  tellDevices,
-  type FleetDeps,
-} from './common.ts';
+import { badReference, notFound, refuseInUse, rethrowNameTaken, type FleetDeps } from './common.ts';
 
 function presentProfile(
   row: Row<'profiles'>,
@@ -130,7 +123,7 @@ export async function createProfile(
   };
   const profile = presentProfile(row, input.apps, 0);
   try {
-    await db.transaction().execute(async (trx) => {
+    return await runCommand({ db, nowMs: at }, actor, PROFILE('create'), async (trx) => {
       await assertImageKind(trx, input.systemImageId, 'system', 'body.systemImageId');
       await assertApps(trx, input.apps);
       await trx.insertInto('profiles').values(row).execute();
@@ -140,25 +133,16 @@ export async function createProfile(
           .values(input.apps.map((a) => ({ profile_id: row.id, app_id: a.appId, mode: a.mode })))
           .execute();
       }
-      await writeAudit(trx, {
-        actor,
-        action: 'profile.create',
-        targetType: 'profile',
-        targetId: row.id,
-        before: null,
-        after: profile,
-        at,
-      });
+      return { result: profile, before: null, after: profile, id: row.id };
     });
   } catch (err) {
     rethrowNameTaken(err, 'profile', input.name);
   }
-  return profile;
 }
 
 /**
  * Changes a profile; every device holding it gets a new desired state, so all of them are
- * bumped and told. A new app list replaces the old: an app taken out also drops the devices'
+ * marked changed and told. A new app list replaces the old: an app taken out also drops the devices'
  * choice of it (the foreign key cascades).
  */
 export async function updateProfile(
@@ -167,9 +151,8 @@ export async function updateProfile(
   id: string,
   input: UpdateProfileRequest,
 ): Promise<Profile> {
-  const at = deps.nowMs;
   try {
-    const { profile, devices } = await deps.db.transaction().execute(async (trx) => {
+    return await runCommand(deps, actor, PROFILE('update', id), async (trx, at) => {
       const current = await findProfile(trx, id);
       const before = await getProfile(trx, id);
       if (input.systemImageId !== undefined) {
@@ -198,21 +181,10 @@ export async function updateProfile(
         .where('id', '=', id)
         .execute();
       if (input.apps !== undefined) await replaceApps(trx, id, input.apps);
-      const devices = await bumpDevicesHolding(trx, at, [id]);
+      await markChanged(trx, { profiles: [id] }, at);
       const after = await getProfile(trx, id);
-      await writeAudit(trx, {
-        actor,
-        action: 'profile.update',
-        targetType: 'profile',
-        targetId: id,
-        before,
-        after,
-        at,
-      });
-      return { profile: after, devices };
+      return { result: after, before, after };
     });
-    tellDevices(deps.push, devices);
-    return profile;
   } catch (err) {
     rethrowNameTaken(err, 'profile', input.name);
   }
@@ -255,20 +227,18 @@ export async function deleteProfile(
   id: string,
   at: number,
 ): Promise<void> {
-  await db.transaction().execute(async (trx) => {
+  await runCommand({ db, nowMs: at }, actor, PROFILE('delete', id), async (trx) => {
     const before = await getProfile(trx, id);
     await refuseInUse(
       () => trx.deleteFrom('profiles').where('id', '=', id).execute(),
       `profile "${before.name}" is held by ${before.devices} device(s) or targeted by a rollout`,
     );
-    await writeAudit(trx, {
-      actor,
-      action: 'profile.delete',
-      targetType: 'profile',
-      targetId: id,
-      before,
-      after: null,
-      at,
-    });
+    return { result: undefined, before, after: null };
   });
 }
+
+const PROFILE = (verb: string, id?: string) => ({
+  action: `profile.${verb}`,
+  target: 'profile',
+  id,
+});

@@ -1,8 +1,8 @@
 import type { Kysely } from 'kysely';
 import type { CreateEnrolmentTokenRequest, EnrolmentToken } from '../../protocol/index.ts';
-import { writeAudit } from '../admin/audit.ts';
-import type { Caller } from '../admin/credentials.ts';
 import type { Actor } from '../admin/audit.ts';
+import type { Caller } from '../admin/credentials.ts';
+import { runCommand } from '../changes/index.ts';
 import type { Database, Row } from '../db/index.ts';
 import { createEnrolmentToken } from '../devices/index.ts';
 import { badReference, notFound } from './common.ts';
@@ -30,7 +30,7 @@ export async function issueEnrolmentToken(
   input: CreateEnrolmentTokenRequest,
   at: number,
 ): Promise<EnrolmentToken & { token: string }> {
-  return db.transaction().execute(async (trx) => {
+  return runCommand({ db, nowMs: at }, caller, TOKEN('create'), async (trx) => {
     const group = await trx
       .selectFrom('device_groups')
       .select('id')
@@ -50,16 +50,8 @@ export async function issueEnrolmentToken(
       .selectAll()
       .where('id', '=', created.id)
       .executeTakeFirstOrThrow();
-    await writeAudit(trx, {
-      actor: caller,
-      action: 'enrolment-token.create',
-      targetType: 'enrolment-token',
-      targetId: row.id,
-      before: null,
-      after: presentToken(row),
-      at,
-    });
-    return { ...presentToken(row), token: created.token };
+    const after = presentToken(row);
+    return { result: { ...after, token: created.token }, before: null, after, id: row.id };
   });
 }
 
@@ -82,7 +74,7 @@ export async function revokeEnrolmentToken(
   id: string,
   at: number,
 ): Promise<void> {
-  await db.transaction().execute(async (trx) => {
+  await runCommand({ db, nowMs: at }, actor, TOKEN('revoke', id), async (trx) => {
     const row = await trx
       .selectFrom('enrolment_tokens')
       .selectAll()
@@ -90,14 +82,12 @@ export async function revokeEnrolmentToken(
       .executeTakeFirst();
     if (!row) throw notFound('enrolment token', id);
     await trx.deleteFrom('enrolment_tokens').where('id', '=', id).execute();
-    await writeAudit(trx, {
-      actor,
-      action: 'enrolment-token.revoke',
-      targetType: 'enrolment-token',
-      targetId: id,
-      before: presentToken(row),
-      after: null,
-      at,
-    });
+    return { result: undefined, before: presentToken(row), after: null };
   });
 }
+
+const TOKEN = (verb: string, id?: string) => ({
+  action: `enrolment-token.${verb}`,
+  target: 'enrolment-token',
+  id,
+});

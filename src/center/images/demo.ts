@@ -57,12 +57,8 @@ export async function seedImages(opts: {
     .where('keyid', '=', keyid)
     .executeTakeFirst();
   if (!known) {
-    await createPublisher(
-      db,
-      DEMO_ACTOR,
-      { name: opts.publisherName, publicKey: opts.publicKeyPem },
-      at,
-    );
+    const publisher = { name: opts.publisherName, publicKey: opts.publicKeyPem };
+    await createPublisher({ db, nowMs: at }, DEMO_ACTOR, publisher);
   }
   for (const version of opts.versions) {
     const bytes = await source.read(manifestKey(name, version), MAX_MANIFEST_BYTES);
@@ -82,7 +78,7 @@ export async function seedImages(opts: {
     );
     // Only drafts: an administrator may have retired a demo version since.
     if (pushed.version.state === 'draft') {
-      await publishVersion(db, DEMO_ACTOR, name, version, { release: false }, at);
+      await publishVersion({ db, nowMs: at }, DEMO_ACTOR, name, version, { release: false });
     }
   }
   const image = await findImage(db, name);
@@ -93,6 +89,6 @@ export async function seedImages(opts: {
     .where('version', '=', opts.release)
     .executeTakeFirst();
   if (image.release_version_id === null && released) {
-    await releaseVersion(db, DEMO_ACTOR, name, released.id, at);
+    await releaseVersion({ db, nowMs: at }, DEMO_ACTOR, name, released.id);
   }
 }

@@ -11,7 +11,14 @@ import {
   type UpdateImageRequest,
 } from '../../protocol/index.ts';
 import { z } from 'zod';
-import { writeAudit, type Actor } from '../admin/audit.ts';
+import type { Actor } from '../admin/audit.ts';
+import {
+  applyCommand,
+  markChanged,
+  runCommand,
+  transact,
+  type CommandDeps,
+} from '../changes/index.ts';
 import { constraintViolation, newId, type Database, type Row } from '../db/index.ts';
 
 type Db = Kysely<Database> | Transaction<Database>;
@@ -128,7 +135,7 @@ export async function createImage(
   at: number,
 ): Promise<ImageInfo> {
   try {
-    return await db.transaction().execute((trx) => insertImage(trx, actor, input, at));
+    return await transact({ db }, (trx) => insertImage(trx, actor, input, at));
   } catch (err) {
     if (constraintViolation(err) === 'unique') {
       throw new BulkheadError(
@@ -157,18 +164,11 @@ export async function insertImage(
     created_at: at,
     updated_at: at,
   };
-  await trx.insertInto('images').values(row).execute();
   const info = presentImage(row, null);
-  await writeAudit(trx, {
-    actor,
-    action: 'image.create',
-    targetType: 'image',
-    targetId: row.id,
-    before: null,
-    after: info,
-    at,
+  return applyCommand(trx, actor, IMAGE('create'), at, async () => {
+    await trx.insertInto('images').values(row).execute();
+    return { result: info, before: null, after: info, id: row.id };
   });
-  return info;
 }
 
 /** What uses an image: the profiles running it and the apps offering it. */
@@ -193,7 +193,7 @@ export async function updateImage(
   input: UpdateImageRequest,
   at: number,
 ): Promise<ImageInfo> {
-  return db.transaction().execute(async (trx) => {
+  return runCommand({ db, nowMs: at }, actor, IMAGE('update'), async (trx) => {
     const image = await findImage(trx, idOrName);
     if (input.kind !== undefined && input.kind !== image.kind) {
       const users = await usersOf(trx, image.id);
@@ -217,16 +217,7 @@ export async function updateImage(
       .execute();
     const release = await releaseOf(trx, image);
     const info = presentImage(after, release);
-    await writeAudit(trx, {
-      actor,
-      action: 'image.update',
-      targetType: 'image',
-      targetId: image.id,
-      before: presentImage(image, release),
-      after: info,
-      at,
-    });
-    return info;
+    return { result: info, before: presentImage(image, release), after: info, id: image.id };
   });
 }
 
@@ -242,7 +233,7 @@ export async function deleteImage(
   idOrName: string,
   at: number,
 ): Promise<{ name: string; versions: string[] }> {
-  return db.transaction().execute(async (trx) => {
+  return runCommand({ db, nowMs: at }, actor, IMAGE('delete'), async (trx) => {
     const image = await findImage(trx, idOrName);
     const users = await usersOf(trx, image.id);
     const rollouts = await trx
@@ -259,6 +250,7 @@ export async function deleteImage(
       );
     }
     const versions = await listVersions(trx, image);
+    const before = { ...(await imageInfo(trx, image)), versions };
     await trx
       .updateTable('images')
       .set({ release_version_id: null })
@@ -266,16 +258,8 @@ export async function deleteImage(
       .execute();
     await trx.deleteFrom('image_versions').where('image_id', '=', image.id).execute();
     await trx.deleteFrom('images').where('id', '=', image.id).execute();
-    await writeAudit(trx, {
-      actor,
-      action: 'image.delete',
-      targetType: 'image',
-      targetId: image.id,
-      before: { ...(await imageInfo(trx, image)), versions },
-      after: null,
-      at,
-    });
-    return { name: image.name, versions: versions.map((v) => v.version) };
+    const result = { name: image.name, versions: versions.map((v) => v.version) };
+    return { result, before, after: null, id: image.id };
   });
 }
 
@@ -295,6 +279,10 @@ async function findVersion(
   return row;
 }
 
+/**
+ * Makes `versionId` the image's released version: what every device holding a profile that
+ * runs the image (as its system image or an app's) gets when no rollout gives it another.
+ */
 async function setRelease(
   trx: Transaction<Database>,
   image: Row<'images'>,
@@ -306,6 +294,25 @@ async function setRelease(
     .set({ release_version_id: versionId, updated_at: at })
     .where('id', '=', image.id)
     .execute();
+  const profiles = await trx
+    .selectFrom('profiles')
+    .select('id')
+    .where((eb) =>
+      eb.or([
+        eb('system_image_id', '=', image.id),
+        eb(
+          'id',
+          'in',
+          eb
+            .selectFrom('profile_apps as pa')
+            .innerJoin('apps as a', 'a.id', 'pa.app_id')
+            .select('pa.profile_id')
+            .where('a.image_id', '=', image.id),
+        ),
+      ]),
+    )
+    .execute();
+  await markChanged(trx, { profiles: profiles.map((p) => p.id) }, at);
 }
 
 /**
@@ -315,14 +322,13 @@ async function setRelease(
  * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_VERSION_STATE` for a retired version.
  */
 export async function publishVersion(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor,
   idOrName: string,
   version: string,
   options: { release: boolean },
-  at: number,
 ): Promise<ImageVersionInfo> {
-  return db.transaction().execute(async (trx) => {
+  return runCommand(deps, actor, VERSION('publish'), async (trx, at) => {
     const image = await findImage(trx, idOrName);
     const row = await findVersion(trx, image, version);
     if (row.state === 'retired') {
@@ -339,7 +345,7 @@ export async function publishVersion(
     const release = options.release || image.release_version_id === null;
     const releaseAfter = release ? row.id : image.release_version_id;
     if (row.state === 'published' && releaseAfter === image.release_version_id) {
-      return presentVersion(row, image.release_version_id);
+      return { result: presentVersion(row, image.release_version_id), unchanged: true };
     }
     if (row.state !== 'published') {
       await trx
@@ -350,16 +356,8 @@ export async function publishVersion(
     }
     if (release) await setRelease(trx, image, row.id, at);
     const info = presentVersion(after, releaseAfter);
-    await writeAudit(trx, {
-      actor,
-      action: 'image.version.publish',
-      targetType: 'image_version',
-      targetId: row.id,
-      before: presentVersion(row, image.release_version_id),
-      after: info,
-      at,
-    });
-    return info;
+    const before = presentVersion(row, image.release_version_id);
+    return { result: info, before, after: info, id: row.id };
   });
 }
 
@@ -375,10 +373,12 @@ export async function retireVersion(
   version: string,
   at: number,
 ): Promise<ImageVersionInfo> {
-  return db.transaction().execute(async (trx) => {
+  return runCommand({ db, nowMs: at }, actor, VERSION('retire'), async (trx) => {
     const image = await findImage(trx, idOrName);
     const row = await findVersion(trx, image, version);
-    if (row.state === 'retired') return presentVersion(row, image.release_version_id);
+    if (row.state === 'retired') {
+      return { result: presentVersion(row, image.release_version_id), unchanged: true };
+    }
     if (row.id === image.release_version_id) {
       throw new BulkheadError(
         ErrorCodes.VERSION_STATE,
@@ -392,16 +392,8 @@ export async function retireVersion(
       .where('id', '=', row.id)
       .execute();
     const info = presentVersion(after, image.release_version_id);
-    await writeAudit(trx, {
-      actor,
-      action: 'image.version.retire',
-      targetType: 'image_version',
-      targetId: row.id,
-      before: presentVersion(row, image.release_version_id),
-      after: info,
-      at,
-    });
-    return info;
+    const before = presentVersion(row, image.release_version_id);
+    return { result: info, before, after: info, id: row.id };
   });
 }
 
@@ -411,13 +403,12 @@ export async function retireVersion(
  *   `ERR_VERSION_STATE` unless the version is published.
  */
 export async function releaseVersion(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor,
   idOrName: string,
   versionId: string,
-  at: number,
 ): Promise<ImageInfo> {
-  return db.transaction().execute(async (trx) => {
+  return runCommand(deps, actor, IMAGE('release'), async (trx, at) => {
     const image = await findImage(trx, idOrName);
     const row = await trx
       .selectFrom('image_versions')
@@ -438,7 +429,7 @@ export async function releaseVersion(
       );
     }
     const before = await imageInfo(trx, image);
-    if (image.release_version_id === row.id) return before;
+    if (image.release_version_id === row.id) return { result: before, unchanged: true };
     await setRelease(trx, image, row.id, at);
     const info = presentImage(
       { ...image, release_version_id: row.id, updated_at: at },
@@ -447,15 +438,9 @@ export async function releaseVersion(
         version: row.version,
       },
     );
-    await writeAudit(trx, {
-      actor,
-      action: 'image.release',
-      targetType: 'image',
-      targetId: image.id,
-      before,
-      after: info,
-      at,
-    });
-    return info;
+    return { result: info, before, after: info, id: image.id };
   });
 }
+
+const IMAGE = (verb: string) => ({ action: `image.${verb}`, target: 'image' });
+const VERSION = (verb: string) => ({ action: `image.version.${verb}`, target: 'image_version' });

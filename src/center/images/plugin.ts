@@ -1,5 +1,4 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { sql } from 'kysely';
 import { rebuildCatalog } from '../../image/catalog.ts';
 import { DirectoryStore, manifestKey } from '../../image/index.ts';
 import { imageEndpoints as e } from '../../protocol/index.ts';
@@ -35,21 +34,7 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (app, deps) 
   const store = new DirectoryStore(deps.config.storeDir);
   const nowMs = () => deps.now().getTime();
 
-  /**
-   * Every desired state lists the trusted publisher keys, but its revision follows the device
-   * and its images, not the keys: so a change of keys moves every device's revision (one
-   * statement; keys change rarely) and tells them all.
-   */
-  async function publishersChanged(): Promise<void> {
-    const at = nowMs();
-    await db
-      .updateTable('devices')
-      .set({
-        updated_at: sql<number>`case when updated_at >= ${at} then updated_at + 1 else ${at} end`,
-      })
-      .execute();
-    deps.push.notify('all');
-  }
+  const command = () => ({ db, push: deps.push, nowMs: nowMs() });
 
   // Uploads are raw bytes; the parser exists in this plugin's scope only.
   app.addContentTypeParser(
@@ -59,16 +44,10 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (app, deps) 
   );
 
   route(app, e.listPublishers, async () => ({ publishers: await listPublishers(db) }));
-  route(app, e.createPublisher, async (req, caller) => {
-    const created = await createPublisher(db, caller, req.body, nowMs());
-    await publishersChanged();
-    return created;
-  });
-  route(app, e.revokePublisher, async (req, caller) => {
-    const revoked = await revokePublisher(db, caller, req.params.keyid, nowMs());
-    await publishersChanged();
-    return revoked;
-  });
+  route(app, e.createPublisher, (req, caller) => createPublisher(command(), caller, req.body));
+  route(app, e.revokePublisher, (req, caller) =>
+    revokePublisher(command(), caller, req.params.keyid),
+  );
 
   route(app, e.listImages, async (req) => ({ images: await listImages(db, req.query.kind) }));
   route(app, e.createImage, (req, caller) => createImage(db, caller, req.body, nowMs()));
@@ -86,22 +65,17 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (app, deps) 
   route(app, e.listVersions, async (req) => ({
     versions: await listVersions(db, await findImage(db, req.params.id)),
   }));
-  route(app, e.publishVersion, async (req, caller) => {
+  route(app, e.publishVersion, (req, caller) => {
     const { id, version } = req.params;
     const release = req.body?.release ?? false;
-    const published = await publishVersion(db, caller, id, version, { release }, nowMs());
-    // The first published version, or one published with `release`, is what devices get.
-    if (published.released) deps.push.notify('all');
-    return published;
+    return publishVersion(command(), caller, id, version, { release });
   });
   route(app, e.retireVersion, (req, caller) =>
     retireVersion(db, caller, req.params.id, req.params.version, nowMs()),
   );
-  route(app, e.releaseVersion, async (req, caller) => {
-    const image = await releaseVersion(db, caller, req.params.id, req.body.versionId, nowMs());
-    deps.push.notify('all');
-    return image;
-  });
+  route(app, e.releaseVersion, (req, caller) =>
+    releaseVersion(command(), caller, req.params.id, req.body.versionId),
+  );
 
   route(app, e.findMissing, (req) => findMissing(store, req.body));
   // Chunks and indexes are content-addressed and unreferenced until a manifest names them, so

@@ -7,7 +7,8 @@ import {
   type CreatePublisherRequest,
   type Publisher,
 } from '../../protocol/index.ts';
-import { writeAudit, type Actor } from '../admin/audit.ts';
+import type { Actor } from '../admin/audit.ts';
+import { markChanged, runCommand, type CommandDeps } from '../changes/index.ts';
 import { constraintViolation, type Database, type Row } from '../db/index.ts';
 
 /** A publisher key as the API shows it. */
@@ -56,11 +57,11 @@ export function parsePublisherKey(pem: string, field = 'body.publicKey'): KeyObj
  *   when the key (revoked or not) or the name is already there.
  */
 export async function createPublisher(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor & { userId?: string | null },
   input: CreatePublisherRequest,
-  at: number,
 ): Promise<Publisher> {
+  const { db, nowMs: at } = deps;
   const key = parsePublisherKey(input.publicKey);
   const row: Row<'publisher_keys'> = {
     keyid: keyIdOf(key),
@@ -71,18 +72,12 @@ export async function createPublisher(
     created_at: at,
     revoked_at: null,
   };
+  const publisher = presentPublisher(row);
   try {
-    await db.transaction().execute(async (trx) => {
+    return await runCommand(deps, actor, PUBLISHER('create', row.keyid), async (trx) => {
       await trx.insertInto('publisher_keys').values(row).execute();
-      await writeAudit(trx, {
-        actor,
-        action: 'publisher.create',
-        targetType: 'publisher',
-        targetId: row.keyid,
-        before: null,
-        after: presentPublisher(row),
-        at,
-      });
+      await markChanged(trx, 'all', at);
+      return { result: publisher, before: null, after: publisher };
     });
   } catch (err) {
     if (constraintViolation(err) === 'unique') {
@@ -99,7 +94,6 @@ export async function createPublisher(
     }
     throw err;
   }
-  return presentPublisher(row);
 }
 
 /**
@@ -108,37 +102,40 @@ export async function createPublisher(
  * @throws BulkheadError `ERR_NOT_FOUND` for an unknown key id.
  */
 export async function revokePublisher(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor,
   keyid: string,
-  at: number,
 ): Promise<Publisher> {
-  return db.transaction().execute(async (trx) => {
+  return runCommand(deps, actor, PUBLISHER('revoke', keyid), async (trx, at) => {
     const row = await trx
       .selectFrom('publisher_keys')
       .selectAll()
       .where('keyid', '=', keyid)
       .executeTakeFirst();
     if (!row) throw new BulkheadError(ErrorCodes.NOT_FOUND, `no publisher key ${keyid}`);
-    if (row.revoked_at !== null) return presentPublisher(row);
+    if (row.revoked_at !== null) return { result: presentPublisher(row), unchanged: true };
     const after = { ...row, revoked_at: at };
     await trx
       .updateTable('publisher_keys')
       .set({ revoked_at: at })
       .where('keyid', '=', keyid)
       .execute();
-    await writeAudit(trx, {
-      actor,
-      action: 'publisher.revoke',
-      targetType: 'publisher',
-      targetId: keyid,
-      before: presentPublisher(row),
-      after: presentPublisher(after),
-      at,
-    });
-    return presentPublisher(after);
+    await markChanged(trx, 'all', at);
+    const result = presentPublisher(after);
+    return { result, before: presentPublisher(row), after: result };
   });
 }
+
+/*
+ * Every desired state lists the trusted publisher keys, but its revision follows the device and
+ * its images, not the keys: so a change of keys marks every device changed (one statement; keys
+ * change rarely).
+ */
+const PUBLISHER = (verb: string, keyid: string) => ({
+  action: `publisher.${verb}`,
+  target: 'publisher',
+  id: keyid,
+});
 
 /** The keys uploads may be signed with (not revoked), and the ids of the revoked ones. */
 export async function publisherTrust(

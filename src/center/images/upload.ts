@@ -26,7 +26,8 @@ import {
   type MissingResponse,
   type PushVersionResponse,
 } from '../../protocol/index.ts';
-import { writeAudit, type Actor } from '../admin/audit.ts';
+import type { Actor } from '../admin/audit.ts';
+import { runCommand } from '../changes/index.ts';
 import { constraintViolation, newId, type Database, type Row } from '../db/index.ts';
 import { imageInfo, insertImage, presentVersion } from './images.ts';
 import { publisherTrust } from './publishers.ts';
@@ -249,7 +250,8 @@ export async function pushVersion(
 
   let result: PushVersionResponse;
   try {
-    result = await db.transaction().execute(async (trx) => {
+    const spec = { action: 'image.version.upload', target: 'image_version' };
+    result = await runCommand({ db, nowMs: at }, actor, spec, async (trx) => {
       let image = await trx
         .selectFrom('images')
         .selectAll()
@@ -300,16 +302,8 @@ export async function pushVersion(
         );
       }
       const info = presentVersion(row, image.release_version_id);
-      await writeAudit(trx, {
-        actor,
-        action: 'image.version.upload',
-        targetType: 'image_version',
-        targetId: row.id,
-        before: null,
-        after: { image: name, ...info },
-        at,
-      });
-      return { image: await imageInfo(trx, image), version: info, created: true };
+      const result = { image: await imageInfo(trx, image), version: info, created: true };
+      return { result, before: null, after: { image: name, ...info }, id: row.id };
     });
   } catch (err) {
     if (constraintViolation(err) !== 'unique') throw err;
