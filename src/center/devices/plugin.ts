@@ -275,6 +275,8 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       return reply;
     });
 
-    route(app, e.reports, (req, deviceId) => ingestReports(db, deviceId, req.body, deps.now()));
+    route(app, e.reports, (req, deviceId) =>
+      ingestReports({ db, push: deps.push }, deviceId, req.body, deps.now()),
+    );
   };
 }

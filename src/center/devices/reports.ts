@@ -1,4 +1,5 @@
-import { sql, type Kysely, type Transaction } from 'kysely';
+import { sql, type Transaction } from 'kysely';
+import { markChanged, transact, type ChangeDeps } from '../changes/index.ts';
 import type { Database } from '../db/index.ts';
 import { recordRolloutReports } from '../rollouts/reports.ts';
 import {
@@ -18,13 +19,13 @@ import {
  * @throws BulkheadError `ERR_UNAUTHENTICATED` when the device no longer exists.
  */
 export async function ingestReports(
-  db: Kysely<Database>,
+  deps: ChangeDeps,
   deviceId: string,
   report: ReportRequest,
   now: Date,
 ): Promise<ReportResponse> {
   const nowMs = now.getTime();
-  return db.transaction().execute(async (tx) => {
+  return transact(deps, async (tx) => {
     // First, so that a device deleted while its token lives is refused rather than tripping
     // the events' foreign key.
     const contact = await tx
@@ -72,7 +73,8 @@ export async function ingestReports(
  * Settles the commands that fresh `command-result` events acknowledge: `done` when `ok`, else
  * `failed`, with the device's report as the result. Only the device's own commands that are
  * still open change, so a replay, a stray id or another device's command id does nothing.
- * `updated_at` moves strictly forward, which changes the device's desired-state ETag.
+ * A settled command leaves the desired state's list, so the device is marked changed (and told
+ * after commit, which also forgets the ETag Center last answered it with).
  */
 async function settleCommands(
   tx: Transaction<Database>,
@@ -81,10 +83,11 @@ async function settleCommands(
   fresh: ReadonlySet<string>,
   nowMs: number,
 ): Promise<void> {
+  let settled = 0;
   for (const event of events) {
     if (event.type !== 'command-result' || !fresh.has(event.id)) continue;
     const { commandId, ok, message } = event.data;
-    await tx
+    const result = await tx
       .updateTable('commands')
       .set({
         state: ok ? 'done' : 'failed',
@@ -94,6 +97,8 @@ async function settleCommands(
       .where('id', '=', commandId)
       .where('device_id', '=', deviceId)
       .where('state', 'in', ['pending', 'delivered'])
-      .execute();
+      .executeTakeFirst();
+    settled += Number(result.numUpdatedRows);
   }
+  if (settled > 0) await markChanged(tx, { devices: [deviceId] }, nowMs);
 }

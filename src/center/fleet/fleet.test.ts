@@ -741,6 +741,56 @@ for (const target of targets) {
       },
     );
 
+    await t.test('a settled command is gone from the very next poll of the device', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+      const pc = await c.enrol(group.body.id);
+      const headers = (etag?: string) => ({
+        ...device(pc.bearer.token),
+        ...(etag ? { 'if-none-match': etag } : {}),
+      });
+      const desired = (etag?: string) =>
+        c.app.inject({
+          method: 'GET',
+          url: '/api/v1/device/desired-state',
+          headers: headers(etag),
+        });
+      // An unlock leaves the device active, whose ETag Center answers from memory.
+      const unlock = await c.operator(
+        'POST',
+        `/devices/${pc.deviceId}/commands`,
+        { kind: 'unlock' },
+        201,
+      );
+      const listed = await desired();
+      assert.deepEqual(
+        listed.json().state.commands.map((x: { id: string }) => x.id),
+        [unlock.body.id],
+      );
+      const etag = listed.headers.etag as string;
+      assert.equal((await desired(etag)).statusCode, 304);
+      const acked = await c.app.inject({
+        method: 'POST',
+        url: '/api/v1/device/reports',
+        headers: headers(),
+        payload: {
+          events: [
+            {
+              id: 'e1',
+              type: 'command-result',
+              at: START,
+              data: { commandId: unlock.body.id, ok: true },
+            },
+          ],
+        },
+      });
+      assert.equal(acked.statusCode, 200, acked.body);
+      const next = await desired(etag);
+      assert.equal(next.statusCode, 200, 'the settled command changed the ETag');
+      assert.deepEqual(next.json().state.commands, []);
+      assert.ok(next.json().state.revision > listed.json().state.revision);
+    });
+
     await t.test('paging: no duplicates or gaps while devices enrol', async (t) => {
       const c = await center(t, await newUrl(t));
       const group = await c.admin('POST', '/groups', { name: 'G' }, 201);

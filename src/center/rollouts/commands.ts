@@ -7,12 +7,12 @@ import {
   type RolloutAction,
   type RolloutStateName,
 } from '../../protocol/index.ts';
-import { writeAudit, type Actor } from '../admin/audit.ts';
+import type { Actor } from '../admin/audit.ts';
+import { applyCommand, markChanged, runCommand } from '../changes/index.ts';
 import { constraintViolation, newId, type RolloutDeviceStatus } from '../db/index.ts';
 import { bucketOf, firstPhaseOf, phaseBound } from './bucket.ts';
 import {
   batches,
-  bumpDevices,
   forEachTargetDevice,
   parseRollout,
   type RolloutContext,
@@ -21,20 +21,25 @@ import {
 } from './model.ts';
 
 /*
- * Rollout commands: each runs inside the caller's transaction and returns the devices whose
- * desired state it changed, for the caller to notify once the transaction has committed (a
- * device told earlier could fetch the old state). State changes are compare-and-set on
- * (state, current_phase), so a scheduler on another replica and an operator acting at the same
- * moment cannot both advance a phase.
+ * Rollout commands. An operator's (create, pause, resume, promote, abort) is one audited
+ * command; the steps below it (start, advance, halt) run inside a transaction opened by
+ * `transact` and mark the devices whose desired state they change, which are told once it
+ * commits. State changes are compare-and-set on (state, current_phase), so a scheduler on
+ * another replica and an operator acting at the same moment cannot both advance a phase.
  */
 
 export const SYSTEM: Actor = { label: 'system' };
 
-/** What a command did. */
-export interface CommandResult {
-  rollout: RolloutRow;
-  /** Devices whose desired state changed: notify them after commit. */
-  changed: string[];
+/** The audit trail's name for a change of rollout `id`. */
+export const ROLLOUT = (verb: string, id?: string) => ({
+  action: `rollout.${verb}`,
+  target: 'rollout',
+  id,
+});
+
+/** What `runCommand` needs, from the rollout context. */
+function commandDeps(ctx: RolloutContext) {
+  return { db: ctx.db, push: ctx.push, nowMs: ctx.now().getTime() };
 }
 
 /** The rollout, locked for this transaction on PostgreSQL. @throws `ERR_NOT_FOUND`. */
@@ -97,11 +102,27 @@ function invalid(field: string, message: string): BulkheadError {
  */
 export async function createRollout(
   ctx: RolloutContext,
+  actor: Actor & { userId?: string },
+  input: CreateRolloutRequest,
+): Promise<RolloutRow> {
+  return runCommand(commandDeps(ctx), actor, ROLLOUT('create'), async (tx, nowMs) => {
+    const created = await insertRollout(tx, actor, input, nowMs);
+    const rollout = input.start ? await startRollout(tx, created, nowMs) : created;
+    return {
+      result: rollout,
+      before: null,
+      after: await presentRollout(tx, rollout),
+      id: rollout.id,
+    };
+  });
+}
+
+async function insertRollout(
   tx: Tx,
   actor: Actor & { userId?: string },
   input: CreateRolloutRequest,
-): Promise<CommandResult> {
-  const nowMs = ctx.now().getTime();
+  nowMs: number,
+): Promise<RolloutRow> {
   const version = await tx
     .selectFrom('image_versions')
     .select(['id', 'state', 'version'])
@@ -156,18 +177,7 @@ export async function createRollout(
     }
     throw err;
   }
-  let result: CommandResult = { rollout: parseRollout(row), changed: [] };
-  if (input.start) result = await startRollout(tx, result.rollout, nowMs);
-  await writeAudit(tx, {
-    actor,
-    action: 'rollout.create',
-    targetType: 'rollout',
-    targetId: row.id,
-    before: null,
-    after: await presentRollout(tx, result.rollout),
-    at: nowMs,
-  });
-  return result;
+  return parseRollout(row);
 }
 
 /**
@@ -203,10 +213,10 @@ async function update(
 }
 
 /**
- * Records the devices phase `toPhase` includes, and returns those it adds beyond phase
- * `fromPhase` (-1: none before), after bumping their desired state. Devices of earlier phases
- * that were not recorded yet (they joined the target since) are recorded with their own phase
- * but not bumped: their desired state already had the version. O(devices in the target).
+ * Records the devices phase `toPhase` includes, and marks changed those it adds beyond phase
+ * `fromPhase` (-1: none before). Devices of earlier phases that were not recorded yet (they
+ * joined the target since) are recorded with their own phase but not marked: their desired
+ * state already had the version. O(devices in the target).
  */
 async function include(
   tx: Tx,
@@ -214,7 +224,7 @@ async function include(
   fromPhase: number,
   toPhase: number,
   nowMs: number,
-): Promise<string[]> {
+): Promise<void> {
   const lower = fromPhase < 0 ? 0 : phaseBound(rollout.phaseList[fromPhase]!);
   const upper = phaseBound(rollout.phaseList[toPhase]!);
   const added: string[] = [];
@@ -243,55 +253,56 @@ async function include(
         .execute();
     }
   });
-  await bumpDevices(tx, added, nowMs);
-  return added;
+  await markChanged(tx, { devices: added }, nowMs);
 }
 
 /** pending → running at phase 0, including its devices. */
-export async function startRollout(
-  tx: Tx,
-  rollout: RolloutRow,
-  nowMs: number,
-): Promise<CommandResult> {
+export async function startRollout(tx: Tx, rollout: RolloutRow, nowMs: number) {
   const started = await update(
     tx,
     rollout,
     { state: 'running', current_phase: 0, phase_started_at: nowMs, state_reason: null },
     nowMs,
   );
-  return { rollout: started, changed: await include(tx, started, -1, 0, nowMs) };
+  await include(tx, started, -1, 0, nowMs);
+  return started;
+}
+
+/** Whether advancing the rollout completes it rather than starting a phase. */
+export function isLastPhase(rollout: RolloutRow): boolean {
+  return rollout.current_phase + 1 >= rollout.phaseList.length;
 }
 
 /** The next phase (its devices included), or `completed` after the last. */
-export async function advanceRollout(
-  tx: Tx,
-  rollout: RolloutRow,
-  nowMs: number,
-): Promise<CommandResult> {
+export async function advanceRollout(tx: Tx, rollout: RolloutRow, nowMs: number) {
+  if (isLastPhase(rollout)) return update(tx, rollout, { state: 'completed' }, nowMs);
   const next = rollout.current_phase + 1;
-  if (next >= rollout.phaseList.length) {
-    return { rollout: await update(tx, rollout, { state: 'completed' }, nowMs), changed: [] };
-  }
   const advanced = await update(
     tx,
     rollout,
     { state: rollout.state, current_phase: next, phase_started_at: nowMs },
     nowMs,
   );
-  return {
-    rollout: advanced,
-    changed: await include(tx, advanced, rollout.current_phase, next, nowMs),
-  };
+  await include(tx, advanced, rollout.current_phase, next, nowMs);
+  return advanced;
 }
 
-/** running → halted, naming why; devices keep what they have. */
+/** running → halted, naming why, audited as `system`; devices keep what they have. */
 export async function haltRollout(
   tx: Tx,
   rollout: RolloutRow,
   reason: string,
   nowMs: number,
 ): Promise<RolloutRow> {
-  return update(tx, rollout, { state: 'halted', state_reason: reason }, nowMs);
+  return applyCommand(tx, SYSTEM, ROLLOUT('halt', rollout.id), nowMs, async () => {
+    const halted = await update(tx, rollout, { state: 'halted', state_reason: reason }, nowMs);
+    return { result: halted, ...(await presentChange(tx, rollout, halted)) };
+  });
+}
+
+/** A rollout's before and after, as the audit trail keeps them. */
+export async function presentChange(tx: Tx, before: RolloutRow, after: RolloutRow) {
+  return { before: await presentRollout(tx, before), after: await presentRollout(tx, after) };
 }
 
 /** Which states each action starts from. */
@@ -308,14 +319,27 @@ const ALLOWED: Record<RolloutAction, readonly RolloutStateName[]> = {
  */
 export async function actOnRollout(
   ctx: RolloutContext,
-  tx: Tx,
   actor: Actor,
   id: string,
   action: RolloutAction,
   reason: string | undefined,
-): Promise<CommandResult> {
-  const nowMs = ctx.now().getTime();
-  const current = await loadRollout(ctx, tx, id);
+): Promise<RolloutRow> {
+  return runCommand(commandDeps(ctx), actor, ROLLOUT(action, id), async (tx, nowMs) => {
+    const current = await loadRollout(ctx, tx, id);
+    const after = await act(tx, current, actor, action, reason, nowMs);
+    return { result: after, ...(await presentChange(tx, current, after)) };
+  });
+}
+
+async function act(
+  tx: Tx,
+  current: RolloutRow,
+  actor: Actor,
+  action: RolloutAction,
+  reason: string | undefined,
+  nowMs: number,
+): Promise<RolloutRow> {
+  const id = current.id;
   if (!ALLOWED[action].includes(current.state)) {
     throw new BulkheadError(
       ErrorCodes.ROLLOUT_STATE,
@@ -325,45 +349,29 @@ export async function actOnRollout(
           : ''),
     );
   }
-  let result: CommandResult;
   switch (action) {
     case 'pause':
-      result = { rollout: await update(tx, current, { state: 'paused' }, nowMs), changed: [] };
-      break;
+      return update(tx, current, { state: 'paused' }, nowMs);
     case 'resume':
-      result =
-        current.state === 'pending'
-          ? await startRollout(tx, current, nowMs)
-          : { rollout: await update(tx, current, { state: 'running' }, nowMs), changed: [] };
-      break;
+      return current.state === 'pending'
+        ? startRollout(tx, current, nowMs)
+        : update(tx, current, { state: 'running' }, nowMs);
     case 'promote':
-      result = await advanceRollout(tx, current, nowMs);
-      break;
+      return advanceRollout(tx, current, nowMs);
     case 'abort':
-      result = await abortRollout(tx, current, reason ?? `aborted by ${actor.label}`, nowMs);
-      break;
+      return abortRollout(tx, current, reason ?? `aborted by ${actor.label}`, nowMs);
   }
-  await writeAudit(tx, {
-    actor,
-    action: `rollout.${action}`,
-    targetType: 'rollout',
-    targetId: id,
-    before: await presentRollout(tx, current),
-    after: await presentRollout(tx, result.rollout),
-    at: nowMs,
-  });
-  return result;
 }
 
-/** → aborted; the devices it had given its version to fall back (bumped). */
+/** → aborted; the devices it had given its version to fall back (marked changed). */
 async function abortRollout(
   tx: Tx,
   rollout: RolloutRow,
   reason: string,
   nowMs: number,
-): Promise<CommandResult> {
+): Promise<RolloutRow> {
   const aborted = await update(tx, rollout, { state: 'aborted', state_reason: reason }, nowMs);
-  if (rollout.state === 'pending') return { rollout: aborted, changed: [] };
+  if (rollout.state === 'pending') return aborted;
   // Every device of the target inside the phases reached: the recorded ones, and any that
   // joined the target since and resolved through it without reporting.
   const bound = phaseBound(rollout.phaseList[rollout.current_phase]!);
@@ -371,8 +379,8 @@ async function abortRollout(
   await forEachTargetDevice(tx, rollout, (ids) => {
     for (const id of ids) if (bucketOf(rollout.id, id) < bound) changed.push(id);
   });
-  await bumpDevices(tx, changed, nowMs);
-  return { rollout: aborted, changed };
+  await markChanged(tx, { devices: changed }, nowMs);
+  return aborted;
 }
 
 /** Device counts by (phase, status) of a rollout's recorded devices. */
@@ -445,15 +453,5 @@ export async function haltIfFailing(
   if (rollout.state !== 'running') return undefined;
   const reason = failureVerdict(rollout, await phaseStats(tx, rollout.id));
   if (reason === undefined) return undefined;
-  const halted = await haltRollout(tx, rollout, reason, nowMs);
-  await writeAudit(tx, {
-    actor: SYSTEM,
-    action: 'rollout.halt',
-    targetType: 'rollout',
-    targetId: rollout.id,
-    before: await presentRollout(tx, rollout),
-    after: await presentRollout(tx, halted),
-    at: nowMs,
-  });
-  return halted;
+  return haltRollout(tx, rollout, reason, nowMs);
 }

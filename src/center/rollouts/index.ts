@@ -10,4 +10,4 @@ export {
 export { resolveVersions } from './resolve.ts';
 export { recordRolloutReports } from './reports.ts';
 export { bucketOf, isInPhase, firstPhaseOf, BUCKETS } from './bucket.ts';
-export { bumpDevices, type RolloutContext } from './model.ts';
+export type { RolloutContext } from './model.ts';

@@ -106,28 +106,6 @@ export function* batches<T>(items: readonly T[], size = ID_BATCH): Generator<T[]
   for (let i = 0; i < items.length; i += size) yield items.slice(i, i + size);
 }
 
-/**
- * Marks the devices' desired state as changed: `updated_at` becomes max(now, old + 1), so the
- * revision, and so the ETag, moves even for two changes within one millisecond. Notify them
- * (`push.notify`) after the transaction commits.
- */
-export async function bumpDevices(tx: Tx, deviceIds: readonly string[], nowMs: number) {
-  for (const ids of batches(deviceIds)) {
-    await tx
-      .updateTable('devices')
-      .set((eb) => ({
-        updated_at: eb
-          .case()
-          .when('updated_at', '>=', nowMs)
-          .then(eb('updated_at', '+', 1))
-          .else(nowMs)
-          .end(),
-      }))
-      .where('id', 'in', ids)
-      .execute();
-  }
-}
-
 /** Rows of target devices read per page when a phase starts. */
 const TARGET_PAGE = 5000;
 

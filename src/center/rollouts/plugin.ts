@@ -2,7 +2,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import { rolloutEndpoints as e } from '../../protocol/index.ts';
 import { route } from '../http/route.ts';
 import type { CenterContext } from '../context.ts';
-import { actOnRollout, createRollout, type CommandResult } from './commands.ts';
+import { actOnRollout, createRollout } from './commands.ts';
 import type { RolloutContext } from './model.ts';
 import { getRollout, listRollouts } from './queries.ts';
 
@@ -20,26 +20,13 @@ export const rolloutRoutes: FastifyPluginAsync<CenterContext> = async (app, deps
   };
 
   route(app, e.createRollout, async (req, caller) => {
-    const result = await ctx.db
-      .transaction()
-      .execute((tx) => createRollout(ctx, tx, { ...caller, userId: caller.userId }, req.body));
-    notify(result);
-    return getRollout(ctx.db, result.rollout.id);
+    const rollout = await createRollout(ctx, caller, req.body);
+    return getRollout(ctx.db, rollout.id);
   });
   route(app, e.listRollouts, (req) => listRollouts(ctx.db, req.query));
   route(app, e.getRollout, (req) => getRollout(ctx.db, req.params.id));
   route(app, e.actOnRollout, async (req, caller) => {
-    const result = await ctx.db
-      .transaction()
-      .execute((tx) =>
-        actOnRollout(ctx, tx, caller, req.params.id, req.params.action, req.body?.reason),
-      );
-    notify(result);
+    await actOnRollout(ctx, caller, req.params.id, req.params.action, req.body?.reason);
     return getRollout(ctx.db, req.params.id);
   });
-
-  /** After commit: tells the devices whose desired state the command changed. */
-  function notify(result: CommandResult) {
-    if (result.changed.length > 0) ctx.push.notify(result.changed);
-  }
 };

@@ -1,13 +1,15 @@
 import { sql } from 'kysely';
 import { BulkheadError, ErrorCodes } from '../../protocol/index.ts';
-import { writeAudit } from '../admin/audit.ts';
+import { applyCommand, transact } from '../changes/index.ts';
 import {
   advanceRollout,
   failureVerdict,
   hasEnoughReports,
   haltRollout,
+  isLastPhase,
   phaseStats,
-  presentRollout,
+  presentChange,
+  ROLLOUT,
   SYSTEM,
 } from './commands.ts';
 import { parseRollout, type RolloutContext, type Tx } from './model.ts';
@@ -16,7 +18,8 @@ import { parseRollout, type RolloutContext, type Tx } from './model.ts';
  * The rollout scheduler. Each tick looks at every running rollout: when the failure share of
  * the devices in the phases reached crosses the threshold, it halts it, naming the numbers;
  * otherwise, when the phase has soaked long enough and has the outcomes it needs, it starts the
- * next phase (bumping and notifying the devices it adds) or, after the last, completes it.
+ * next phase (the devices it adds are marked changed, and told after commit) or, after the
+ * last, completes it. Each of these is audited as `system`.
  *
  * One scheduler at a time across replicas: on PostgreSQL a tick is one transaction that first
  * takes `pg_try_advisory_xact_lock(SCHEDULER_LOCK)`; a replica that does not get it skips the
@@ -59,8 +62,7 @@ export function createRolloutScheduler(
 
   async function tick(): Promise<TickResult> {
     const result: TickResult = { ran: false, advanced: [], completed: [], halted: [] };
-    const changed: string[] = [];
-    await ctx.db.transaction().execute(async (tx) => {
+    await transact(ctx, async (tx) => {
       if (ctx.dialect === 'postgres') {
         const lock = await sql<{
           locked: boolean;
@@ -76,14 +78,13 @@ export function createRolloutScheduler(
         .execute();
       for (const row of rows) {
         try {
-          await step(tx, parseRollout(row), nowMs, result, changed);
+          await step(tx, parseRollout(row), nowMs, result);
         } catch (err) {
           // Changed by an operator meanwhile: judged again at the next tick.
           if (!(err instanceof BulkheadError && err.code === ErrorCodes.ROLLOUT_STATE)) throw err;
         }
       }
     });
-    if (changed.length > 0) ctx.push.notify(changed);
     for (const id of result.halted)
       log.warn({ rolloutId: id }, 'rollout halted: failure threshold crossed');
     for (const id of result.advanced) log.info({ rolloutId: id }, 'rollout phase started');
@@ -96,41 +97,23 @@ export function createRolloutScheduler(
     rollout: ReturnType<typeof parseRollout>,
     nowMs: number,
     result: TickResult,
-    changed: string[],
   ): Promise<void> {
     const stats = await phaseStats(tx, rollout.id);
     const reason = failureVerdict(rollout, stats);
     if (reason !== undefined) {
-      const halted = await haltRollout(tx, rollout, reason, nowMs);
-      await audit(tx, 'rollout.halt', rollout, halted, nowMs);
+      await haltRollout(tx, rollout, reason, nowMs);
       result.halted.push(rollout.id);
       return;
     }
     const soaked = nowMs - (rollout.phase_started_at ?? nowMs) >= rollout.soak_ms;
     if (!soaked || !hasEnoughReports(rollout, stats)) return;
-    const next = await advanceRollout(tx, rollout, nowMs);
-    const done = next.rollout.state === 'completed';
-    await audit(tx, done ? 'rollout.complete' : 'rollout.advance', rollout, next.rollout, nowMs);
-    (done ? result.completed : result.advanced).push(rollout.id);
-    changed.push(...next.changed);
-  }
-
-  async function audit(
-    tx: Tx,
-    action: string,
-    before: ReturnType<typeof parseRollout>,
-    after: ReturnType<typeof parseRollout>,
-    at: number,
-  ) {
-    await writeAudit(tx, {
-      actor: SYSTEM,
-      action,
-      targetType: 'rollout',
-      targetId: before.id,
-      before: await presentRollout(tx, before),
-      after: await presentRollout(tx, after),
-      at,
+    const done = isLastPhase(rollout);
+    const spec = ROLLOUT(done ? 'complete' : 'advance', rollout.id);
+    await applyCommand(tx, SYSTEM, spec, nowMs, async () => {
+      const next = await advanceRollout(tx, rollout, nowMs);
+      return { result: next, ...(await presentChange(tx, rollout, next)) };
     });
+    (done ? result.completed : result.advanced).push(rollout.id);
   }
 
   const guarded = () => {
