@@ -1,106 +1,35 @@
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
-import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { test, type TestContext } from 'node:test';
-import { pino } from 'pino';
-import { tempDir } from '../../../test/support/fixtures.ts';
-import { createDatabase, startPostgres } from '../../../test/support/postgres.ts';
-import { resolveConfig } from '../config.ts';
-import { migrateToLatest, openDatabase, type DatabaseDialect } from '../db/index.ts';
-import { createCenterApp } from '../server.ts';
+import { CENTER_TARGETS, startTestCenter } from '../../../test/support/center.ts';
 import { createUser } from './users.ts';
 
 const ADMIN_PASSWORD = 'correct horse battery';
 
-interface Target {
-  dialect: DatabaseDialect;
-  /** Gets the server ready once; returns a maker of URLs to empty databases. */
-  setUp(t: TestContext): Promise<(t: TestContext) => Promise<string>>;
-}
-
-const targets: Target[] = [
-  {
-    dialect: 'sqlite',
-    setUp: () =>
-      Promise.resolve(async (t) => `sqlite:${join(await tempDir(t, 'bulkhead-admin-'), 'c.db')}`),
-  },
-  {
-    dialect: 'postgres',
-    setUp: async (t) => {
-      const server = await startPostgres(t);
-      return (subtest) => createDatabase(subtest, server);
-    },
-  },
-];
-
 /** A Center with one admin `root`, a settable clock, and its logs kept as text. */
 async function center(t: TestContext, url: string) {
-  const dir = await tempDir(t);
-  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
-  const database = await openDatabase({ url });
-  await migrateToLatest(database.db);
-  let clock = Date.UTC(2026, 10, 23, 12);
-  const now = () => new Date(clock);
+  const c = await startTestCenter(t, url, { start: Date.UTC(2026, 10, 23, 12), logLevel: 'debug' });
   await createUser(
-    database.db,
+    c.db,
     { label: 'system' },
     { username: 'root', role: 'admin', password: ADMIN_PASSWORD },
-    clock,
+    c.clock.ms,
   );
-  clock += 1000;
-  let logs = '';
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      logs += chunk.toString();
-      done();
-    },
-  });
-  const { privateKey } = generateKeyPairSync('ed25519');
-  const app = await createCenterApp({
-    config,
-    log: pino({ level: 'debug' }, sink),
-    database,
-    signingKey: { key: privateKey, keyid: 'test' },
-    now,
-  });
-  t.after(async () => {
-    await app.close();
-    await database.close();
-  });
-
-  const call = async (
-    method: 'GET' | 'POST' | 'PATCH' | 'DELETE',
-    path: string,
-    options: { token?: string; body?: unknown; ip?: string } = {},
-  ) => {
-    const res = await app.inject({
-      method,
-      url: `/api/v1/admin${path}`,
-      remoteAddress: options.ip ?? '10.0.0.1',
-      headers: options.token ? { authorization: `Bearer ${options.token}` } : {},
-      ...(options.body === undefined ? {} : { payload: options.body as object }),
-    });
-    return { status: res.statusCode, headers: res.headers, body: res.body ? res.json() : null };
-  };
+  c.clock.ms += 1000;
   const loginAs = async (username: string, password: string) => {
-    const res = await call('POST', '/login', { body: { username, password } });
+    const res = await c.call('POST', '/login', { body: { username, password } });
     assert.equal(res.status, 200, JSON.stringify(res.body));
     return res.body.token as string;
   };
   return {
-    app,
-    database,
-    call,
+    ...c,
     loginAs,
-    logs: () => logs,
     advance: (ms: number) => {
-      clock += ms;
+      c.clock.ms += ms;
     },
   };
 }
 
-for (const target of targets) {
+for (const target of CENTER_TARGETS) {
   test(`admin API on ${target.dialect}`, async (t) => {
     const newUrl = await target.setUp(t);
 

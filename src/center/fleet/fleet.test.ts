@@ -1,150 +1,38 @@
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { get, type IncomingMessage } from 'node:http';
-import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { pino } from 'pino';
-import { tempDir } from '../../../test/support/fixtures.ts';
-import { createDatabase, startPostgres } from '../../../test/support/postgres.ts';
+import {
+  CENTER_TARGETS,
+  insertImage,
+  insertSession,
+  startTestCenter,
+  type Method,
+  type Res,
+} from '../../../test/support/center.ts';
 import { signPayload } from '../../signing/index.ts';
 import { DEVICE_SIGNATURE_DOMAINS } from '../../protocol/index.ts';
-import { hashSecret } from '../admin/credentials.ts';
-import { resolveConfig } from '../config.ts';
-import {
-  migrateToLatest,
-  newId,
-  openDatabase,
-  type CenterDatabase,
-  type DatabaseDialect,
-} from '../db/index.ts';
-import { createCenterApp, type CenterApp } from '../server.ts';
+import { newId } from '../db/index.ts';
 
 const START = Date.UTC(2026, 4, 4, 8);
-
-interface Target {
-  dialect: DatabaseDialect;
-  /** Gets the server ready once; returns a maker of URLs to empty databases. */
-  setUp(t: TestContext): Promise<(t: TestContext) => Promise<string>>;
-}
-
-const targets: Target[] = [
-  {
-    dialect: 'sqlite',
-    setUp: () =>
-      Promise.resolve(async (t) => `sqlite:${join(await tempDir(t, 'bulkhead-fleet-'), 'c.db')}`),
-  },
-  {
-    dialect: 'postgres',
-    setUp: async (t) => {
-      const server = await startPostgres(t);
-      return (subtest) => createDatabase(subtest, server);
-    },
-  },
-];
-
-type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE';
-interface Res {
-  status: number;
-  // Test code reads whatever the route answered.
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  body: any;
-}
 
 /**
  * A Center with users `root` (admin), `ops` (operator) and `eve` (viewer), a system image and
  * an app image, and a settable clock.
  */
 async function center(t: TestContext, url: string) {
-  const dir = await tempDir(t);
-  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
-  const database: CenterDatabase = await openDatabase({ url });
-  await migrateToLatest(database.db);
-  const { db } = database;
-  const clock = { ms: START };
-  const now = () => new Date(clock.ms);
-  // Users with sessions made directly: password hashing would cost most of the test's time.
-  const session = async (username: string, role: 'admin' | 'operator' | 'viewer') => {
-    const userId = newId(clock.ms);
-    const token = `bh_${randomBytes(32).toString('base64url')}`;
-    await db
-      .insertInto('admin_users')
-      .values({
-        id: userId,
-        username,
-        password_hash: 'unused',
-        role,
-        last_login_at: null,
-        created_at: clock.ms,
-        updated_at: clock.ms,
-      })
-      .execute();
-    await db
-      .insertInto('api_tokens')
-      .values({
-        id: newId(clock.ms),
-        user_id: userId,
-        name: 'session:test',
-        token_hash: hashSecret(token),
-        expires_at: null,
-        last_used_at: null,
-        created_at: clock.ms,
-      })
-      .execute();
-    return token;
-  };
+  const c = await startTestCenter(t, url, { start: START });
+  const { db, clock, call } = c;
   const tokens = {
-    admin: await session('root', 'admin'),
-    operator: await session('ops', 'operator'),
-    viewer: await session('eve', 'viewer'),
-  };
-  const { privateKey } = generateKeyPairSync('ed25519');
-  const app: CenterApp = await createCenterApp({
-    config,
-    log: pino({ level: 'silent' }),
-    database,
-    signingKey: { key: privateKey, keyid: 'test' },
-    now,
-  });
-  t.after(async () => {
-    await app.close();
-    await database.close();
-  });
-
-  const image = async (name: string, kind: 'system' | 'app') => {
-    const id = newId(clock.ms);
-    await db
-      .insertInto('images')
-      .values({
-        id,
-        name,
-        kind,
-        description: '',
-        release_version_id: null,
-        created_at: clock.ms,
-        updated_at: clock.ms,
-      })
-      .execute();
-    return id;
+    admin: await insertSession(db, 'root', 'admin', clock.ms),
+    operator: await insertSession(db, 'ops', 'operator', clock.ms),
+    viewer: await insertSession(db, 'eve', 'viewer', clock.ms),
   };
   const images = {
-    system: await image('debian', 'system'),
-    system2: await image('debian-next', 'system'),
-    app: await image('office-vol', 'app'),
-    app2: await image('cad-vol', 'app'),
-  };
-
-  const call = async (
-    method: Method,
-    path: string,
-    options: { token?: string | undefined; body?: unknown } = {},
-  ): Promise<Res> => {
-    const res = await app.inject({
-      method,
-      url: path.startsWith('/api/') ? path : `/api/v1/admin${path}`,
-      headers: options.token ? { authorization: `Bearer ${options.token}` } : {},
-      ...(options.body === undefined ? {} : { payload: options.body as object }),
-    });
-    return { status: res.statusCode, body: res.body ? res.json() : null };
+    system: await insertImage(db, 'debian', 'system', clock.ms),
+    system2: await insertImage(db, 'debian-next', 'system', clock.ms),
+    app: await insertImage(db, 'office-vol', 'app', clock.ms),
+    app2: await insertImage(db, 'cad-vol', 'app', clock.ms),
   };
   const as =
     (token: string) =>
@@ -185,7 +73,7 @@ async function center(t: TestContext, url: string) {
   }
 
   return {
-    app,
+    app: c.app,
     db,
     clock,
     images,
@@ -203,7 +91,7 @@ function device(token: string | undefined) {
   return { authorization: `Bearer ${token}` };
 }
 
-for (const target of targets) {
+for (const target of CENTER_TARGETS) {
   test(`fleet admin API on ${target.dialect}`, async (t) => {
     const newUrl = await target.setUp(t);
 

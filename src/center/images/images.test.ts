@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
-import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createHash, generateKeyPairSync } from 'node:crypto';
 import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { zstdCompressSync } from 'node:zlib';
-import { pino } from 'pino';
+import { CENTER_TARGETS, insertSession, startTestCenter } from '../../../test/support/center.ts';
 import { bytesFrom, makeKeys, tempDir, type Keys } from '../../../test/support/fixtures.ts';
-import { createDatabase, startPostgres } from '../../../test/support/postgres.ts';
 import { keyIdOf } from '../../signing/index.ts';
 import {
   DirectoryStore,
@@ -20,30 +19,7 @@ import {
   signManifest,
 } from '../../image/index.ts';
 import type { ManifestBody } from '../../protocol/index.ts';
-import { resolveConfig } from '../config.ts';
-import { migrateToLatest, newId, openDatabase, type DatabaseDialect } from '../db/index.ts';
-import { createCenterApp } from '../server.ts';
-import { hashSecret } from '../admin/credentials.ts';
-
-interface Target {
-  dialect: DatabaseDialect;
-  setUp(t: TestContext): Promise<(t: TestContext) => Promise<string>>;
-}
-
-const targets: Target[] = [
-  {
-    dialect: 'sqlite',
-    setUp: () =>
-      Promise.resolve(async (t) => `sqlite:${join(await tempDir(t, 'bulkhead-images-'), 'c.db')}`),
-  },
-  {
-    dialect: 'postgres',
-    setUp: async (t) => {
-      const server = await startPostgres(t);
-      return (subtest) => createDatabase(subtest, server);
-    },
-  },
-];
+import { newId } from '../db/index.ts';
 
 /** A local store holding os@1 and os@2 (a few chunks changed), signed by `keys`. */
 async function localStore(t: TestContext) {
@@ -64,86 +40,13 @@ async function localStore(t: TestContext) {
 type Local = Awaited<ReturnType<typeof localStore>>;
 
 async function center(t: TestContext, url: string) {
-  const dir = await tempDir(t);
-  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
-  const database = await openDatabase({ url });
-  await migrateToLatest(database.db);
-  const clock = Date.UTC(2026, 10, 23, 12);
-  // Users and their tokens straight into the database: logging in costs a scrypt each.
-  const tokens = { admin: '', operator: '', viewer: '' };
-  for (const [username, role] of [
-    ['root', 'admin'],
-    ['otto', 'operator'],
-    ['vera', 'viewer'],
-  ] as const) {
-    const userId = newId(clock);
-    const token = `bh_${randomBytes(32).toString('base64url')}`;
-    tokens[role] = token;
-    await database.db
-      .insertInto('admin_users')
-      .values({
-        id: userId,
-        username,
-        password_hash: 'scrypt$unused',
-        role,
-        last_login_at: null,
-        created_at: clock,
-        updated_at: clock,
-      })
-      .execute();
-    await database.db
-      .insertInto('api_tokens')
-      .values({
-        id: newId(clock),
-        user_id: userId,
-        name: `session:${username}`,
-        token_hash: hashSecret(token),
-        expires_at: null,
-        last_used_at: null,
-        created_at: clock,
-      })
-      .execute();
-  }
-  const { privateKey } = generateKeyPairSync('ed25519');
-  const app = await createCenterApp({
-    config,
-    log: pino({ level: 'silent' }),
-    database,
-    signingKey: { key: privateKey, keyid: 'test' },
-    now: () => new Date(clock),
-  });
-  t.after(async () => {
-    await app.close();
-    await database.close();
-  });
-  const call = async (
-    method: 'GET' | 'POST' | 'PATCH' | 'DELETE' | 'PUT',
-    path: string,
-    options: { token?: string; body?: unknown; raw?: Buffer } = {},
-  ) => {
-    const headers: Record<string, string> = {};
-    if (options.token) headers.authorization = `Bearer ${options.token}`;
-    if (options.raw) headers['content-type'] = 'application/octet-stream';
-    const res = await app.inject({
-      method,
-      url: `/api/v1/admin${path}`,
-      headers,
-      ...(options.raw
-        ? { payload: options.raw }
-        : options.body === undefined
-          ? {}
-          : { payload: options.body as object }),
-    });
-    return { status: res.statusCode, body: res.body ? res.json() : null };
+  const c = await startTestCenter(t, url, { start: Date.UTC(2026, 10, 23, 12) });
+  const tokens = {
+    admin: await insertSession(c.db, 'root', 'admin', c.clock.ms),
+    operator: await insertSession(c.db, 'otto', 'operator', c.clock.ms),
+    viewer: await insertSession(c.db, 'vera', 'viewer', c.clock.ms),
   };
-  return {
-    app,
-    database,
-    dir,
-    storeDir: config.storeDir,
-    call,
-    tokens,
-  };
+  return { ...c, storeDir: c.config.storeDir, tokens };
 }
 
 type Center = Awaited<ReturnType<typeof center>>;
@@ -184,7 +87,7 @@ function resigned(bytes: Buffer, keys: Keys, change: (b: ManifestBody) => void =
   return encodeManifest(signManifest(body, keys.key));
 }
 
-for (const target of targets) {
+for (const target of CENTER_TARGETS) {
   test(`image admin API on ${target.dialect}`, async (t) => {
     const newUrl = await target.setUp(t);
     const local = await localStore(t);

@@ -1,41 +1,30 @@
 import assert from 'node:assert/strict';
-import { createPrivateKey, createPublicKey, hkdfSync, randomUUID } from 'node:crypto';
-import { join } from 'node:path';
-import { Writable } from 'node:stream';
+import { createPublicKey, hkdfSync, randomUUID } from 'node:crypto';
 import { test, type TestContext } from 'node:test';
 import { sql } from 'kysely';
 import { pino } from 'pino';
 import { updateEvent, type UpdateFields } from '../../../test/support/events.ts';
-import { tempDir } from '../../../test/support/fixtures.ts';
-import { createDatabase, startPostgres } from '../../../test/support/postgres.ts';
-import { generateKeyPair, verifyPayload, canonicalJson } from '../../signing/index.ts';
-import { SignedDesiredStateSchema, type UpdateEventType } from '../../protocol/index.ts';
-import { createUser } from '../admin/users.ts';
-import { resolveConfig } from '../config.ts';
 import {
-  migrateToLatest,
-  newId,
-  openDatabase,
-  type CenterDatabase,
-  type DatabaseDialect,
-} from '../db/index.ts';
-import { DeviceCredentials, DOMAINS } from '../devices/credentials.ts';
-import { createLocalPushBus, type PushBus } from '../push.ts';
-import { createCenterApp } from '../server.ts';
-import { bucketOf, firstPhaseOf, isInPhase, phaseBound } from './bucket.ts';
-import { createRolloutScheduler, SCHEDULER_LOCK } from './scheduler.ts';
-import {
+  CENTER_TARGETS,
   insertApp,
   insertDevices,
   insertGroup,
   insertImage,
   insertProfile,
+  insertSession,
   insertVersion,
-} from './test-fixtures.ts';
+  startTestCenter,
+} from '../../../test/support/center.ts';
+import { SignedDesiredStateSchema, type UpdateEventType } from '../../protocol/index.ts';
+import { canonicalJson, verifyPayload } from '../../signing/index.ts';
+import { newId } from '../db/index.ts';
+import { DeviceCredentials, DOMAINS } from '../devices/credentials.ts';
+import { createLocalPushBus, type PushBus } from '../push.ts';
+import { bucketOf, firstPhaseOf, isInPhase, phaseBound } from './bucket.ts';
+import { createRolloutScheduler, SCHEDULER_LOCK } from './scheduler.ts';
 
 const START = Date.UTC(2026, 2, 2, 9, 0);
 const MINUTE = 60_000;
-const PASSWORD = 'correct horse battery';
 
 test('buckets are deterministic, cumulative and proportional', () => {
   const rolloutId = newId(START);
@@ -62,26 +51,6 @@ test('buckets are deterministic, cumulative and proportional', () => {
   assert.equal(firstPhaseOf(9_999, [10, 90]), -1);
 });
 
-interface Target {
-  dialect: DatabaseDialect;
-  setUp(t: TestContext): Promise<(t: TestContext) => Promise<string>>;
-}
-
-const targets: Target[] = [
-  {
-    dialect: 'sqlite',
-    setUp: () =>
-      Promise.resolve(async (t) => `sqlite:${join(await tempDir(t, 'bulkhead-roll-'), 'c.db')}`),
-  },
-  {
-    dialect: 'postgres',
-    setUp: async (t) => {
-      const server = await startPostgres(t);
-      return (subtest) => createDatabase(subtest, server);
-    },
-  },
-];
-
 /** A push bus that also records what it was told. */
 function recordingBus(): PushBus & { told: string[][] } {
   const bus = createLocalPushBus();
@@ -98,27 +67,9 @@ function recordingBus(): PushBus & { told: string[][] } {
 
 /** A Center over a fresh database with a catalog: images, versions, apps, profiles. */
 async function center(t: TestContext, url: string) {
-  const database: CenterDatabase = await openDatabase({ url });
-  await migrateToLatest(database.db);
-  const { db } = database;
-  const clock = { ms: START };
-  const now = () => new Date(clock.ms);
-  const dir = await tempDir(t);
-  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
-  const pair = generateKeyPair();
-  const signingKey = { key: createPrivateKey(pair.privatePem), keyid: pair.keyid };
-  let logs = '';
-  const log = pino(
-    { level: 'info' },
-    new Writable({
-      write(chunk: Buffer, _enc, done) {
-        logs += chunk.toString();
-        done();
-      },
-    }),
-  );
   const push = recordingBus();
-  const app = await createCenterApp({ config, log, database, signingKey, now, push });
+  const c = await startTestCenter(t, url, { start: START, logLevel: 'info', push });
+  const { app, db, database, clock, now, log, signingKey } = c;
   const scheduler = createRolloutScheduler({
     db,
     dialect: database.dialect,
@@ -126,26 +77,10 @@ async function center(t: TestContext, url: string) {
     now,
     log,
   });
-  t.after(async () => {
-    await app.close();
-    await database.close();
-  });
-  for (const [username, role] of [
-    ['ops', 'operator'],
-    ['eve', 'viewer'],
-  ] as const) {
-    await createUser(db, { label: 'system' }, { username, role, password: PASSWORD }, clock.ms);
-  }
-  const tokens: Record<string, string> = {};
-  for (const username of ['ops', 'eve']) {
-    const res = await app.inject({
-      method: 'POST',
-      url: '/api/v1/admin/login',
-      payload: { username, password: PASSWORD },
-    });
-    assert.equal(res.statusCode, 200, res.body);
-    tokens[username] = res.json().token;
-  }
+  const tokens = {
+    ops: await insertSession(db, 'ops', 'operator', clock.ms),
+    eve: await insertSession(db, 'eve', 'viewer', clock.ms),
+  };
 
   const at = clock.ms;
   const systemImage = await insertImage(db, 'debian-work', 'system', at);
@@ -236,7 +171,7 @@ async function center(t: TestContext, url: string) {
     push,
     scheduler,
     signingKey,
-    logs: () => logs,
+    logs: c.logs,
     catalog: { systemImage, v1, v2, v3, draft, office, cad, paint, work, personal, office1, cad1 },
     desiredState,
     systemVersionOf,
@@ -245,7 +180,7 @@ async function center(t: TestContext, url: string) {
   };
 }
 
-for (const target of targets) {
+for (const target of CENTER_TARGETS) {
   test(`rollouts on ${target.dialect}`, async (t) => {
     const newUrl = await target.setUp(t);
 

@@ -1,0 +1,341 @@
+import { createPrivateKey, randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import type { TestContext } from 'node:test';
+import type { Kysely } from 'kysely';
+import { pino, type Level } from 'pino';
+import { generateKeyPair } from '../../src/signing/index.ts';
+import { hashSecret } from '../../src/center/admin/credentials.ts';
+import { resolveConfig } from '../../src/center/config.ts';
+import {
+  migrateToLatest,
+  newId,
+  openDatabase,
+  type CenterDatabase,
+  type Database,
+  type DatabaseDialect,
+  type ImageKind,
+} from '../../src/center/db/index.ts';
+import type { PushBus } from '../../src/center/push.ts';
+import { createCenterApp, type CenterApp } from '../../src/center/server.ts';
+import { tempDir } from './fixtures.ts';
+import { createDatabase, startPostgres } from './postgres.ts';
+
+/*
+ * What Center's unit tests share: the databases they run on, a Center app over a fresh one with
+ * a settable clock, admin sessions and catalog rows inserted directly (without the admin API and
+ * its password hashing), and the admin API called through `inject`.
+ */
+
+/** A database Center's tests run on. */
+export interface CenterTarget {
+  dialect: DatabaseDialect;
+  /** Gets the server ready once; returns a maker of URLs to empty databases. */
+  setUp(t: TestContext): Promise<(t: TestContext) => Promise<string>>;
+}
+
+/** SQLite and PostgreSQL: each Center test runs on both. */
+export const CENTER_TARGETS: readonly CenterTarget[] = [
+  {
+    dialect: 'sqlite',
+    setUp: () =>
+      Promise.resolve(async (t) => `sqlite:${join(await tempDir(t, 'bulkhead-center-'), 'c.db')}`),
+  },
+  {
+    dialect: 'postgres',
+    setUp: async (t) => {
+      const server = await startPostgres(t);
+      return (subtest) => createDatabase(subtest, server);
+    },
+  },
+];
+
+export type AdminRole = 'admin' | 'operator' | 'viewer';
+
+/**
+ * A Center app over a migrated database at `url`, its clock at `start` until the test moves
+ * `clock.ms`, its logs kept as text at `logLevel` (silent by default); closed when `t` ends.
+ */
+export async function startTestCenter(
+  t: TestContext,
+  url: string,
+  options: { start: number; logLevel?: Level | 'silent'; push?: PushBus },
+) {
+  const dir = await tempDir(t);
+  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
+  const database: CenterDatabase = await openDatabase({ url });
+  await migrateToLatest(database.db);
+  const clock = { ms: options.start };
+  const now = () => new Date(clock.ms);
+  let logs = '';
+  const log = pino(
+    { level: options.logLevel ?? 'silent' },
+    new Writable({
+      write(chunk: Buffer, _enc, done) {
+        logs += chunk.toString();
+        done();
+      },
+    }),
+  );
+  const pair = generateKeyPair();
+  const signingKey = { key: createPrivateKey(pair.privatePem), keyid: pair.keyid };
+  const app: CenterApp = await createCenterApp({
+    config,
+    log,
+    database,
+    signingKey,
+    now,
+    ...(options.push === undefined ? {} : { push: options.push }),
+  });
+  t.after(async () => {
+    await app.close();
+    await database.close();
+  });
+  return {
+    app,
+    database,
+    db: database.db,
+    config,
+    dir,
+    clock,
+    now,
+    log,
+    signingKey,
+    logs: () => logs,
+    call: adminCaller(app),
+  };
+}
+
+/** What a route answered: its status, headers and parsed JSON body. */
+export interface Res {
+  status: number;
+  headers: Record<string, unknown>;
+  // Test code reads whatever the route answered.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  body: any;
+}
+
+export type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE' | 'PUT';
+
+/**
+ * Calls the admin API (`path` under /api/v1/admin, unless it starts with /api/): a JSON `body`,
+ * or `raw` bytes as application/octet-stream.
+ */
+export function adminCaller(app: CenterApp) {
+  return async (
+    method: Method,
+    path: string,
+    options: { token?: string | undefined; body?: unknown; raw?: Buffer; ip?: string } = {},
+  ): Promise<Res> => {
+    const headers: Record<string, string> = {};
+    if (options.token) headers['authorization'] = `Bearer ${options.token}`;
+    if (options.raw) headers['content-type'] = 'application/octet-stream';
+    const payload = options.raw ?? (options.body as object | undefined);
+    const res = await app.inject({
+      method,
+      url: path.startsWith('/api/') ? path : `/api/v1/admin${path}`,
+      remoteAddress: options.ip ?? '10.0.0.1',
+      headers,
+      ...(payload === undefined ? {} : { payload }),
+    });
+    return { status: res.statusCode, headers: res.headers, body: res.body ? res.json() : null };
+  };
+}
+
+/**
+ * An administrator and a session token of theirs, straight into the database: logging in
+ * costs a scrypt each, most of a test's time.
+ */
+export async function insertSession(
+  db: Kysely<Database>,
+  username: string,
+  role: AdminRole,
+  at: number,
+): Promise<string> {
+  const userId = newId(at);
+  const token = `bh_${randomBytes(32).toString('base64url')}`;
+  await db
+    .insertInto('admin_users')
+    .values({
+      id: userId,
+      username,
+      password_hash: 'scrypt$unused',
+      role,
+      last_login_at: null,
+      created_at: at,
+      updated_at: at,
+    })
+    .execute();
+  await db
+    .insertInto('api_tokens')
+    .values({
+      id: newId(at),
+      user_id: userId,
+      name: `session:${username}`,
+      token_hash: hashSecret(token),
+      expires_at: null,
+      last_used_at: null,
+      created_at: at,
+    })
+    .execute();
+  return token;
+}
+
+const hex = (bytes: number) => randomBytes(bytes).toString('hex');
+
+export async function insertGroup(db: Kysely<Database>, name: string, at: number) {
+  const id = newId(at);
+  await db
+    .insertInto('device_groups')
+    .values({ id, name, description: '', created_at: at, updated_at: at })
+    .execute();
+  return id;
+}
+
+export async function insertImage(db: Kysely<Database>, name: string, kind: ImageKind, at: number) {
+  const id = newId(at);
+  await db
+    .insertInto('images')
+    .values({
+      id,
+      name,
+      kind,
+      description: '',
+      release_version_id: null,
+      created_at: at,
+      updated_at: at,
+    })
+    .execute();
+  return id;
+}
+
+/** A version of the image, published unless `state` says otherwise; released if asked. */
+export async function insertVersion(
+  db: Kysely<Database>,
+  imageId: string,
+  version: string,
+  at: number,
+  options: { state?: 'draft' | 'published' | 'retired'; release?: boolean } = {},
+) {
+  const id = newId(at);
+  const state = options.state ?? 'published';
+  await db
+    .insertInto('image_versions')
+    .values({
+      id,
+      image_id: imageId,
+      version,
+      manifest_id: hex(32),
+      signatures: '[]',
+      size: 1 << 30,
+      sha256: hex(32),
+      parent_version: null,
+      state,
+      created_at: at,
+      published_at: state === 'draft' ? null : at,
+      retired_at: state === 'retired' ? at : null,
+    })
+    .execute();
+  if (options.release) {
+    await db
+      .updateTable('images')
+      .set({ release_version_id: id, updated_at: at })
+      .where('id', '=', imageId)
+      .execute();
+  }
+  return id;
+}
+
+export async function insertApp(db: Kysely<Database>, name: string, imageId: string, at: number) {
+  const id = newId(at);
+  await db
+    .insertInto('apps')
+    .values({
+      id,
+      name,
+      display_name: name,
+      description: '',
+      image_id: imageId,
+      created_at: at,
+      updated_at: at,
+    })
+    .execute();
+  return id;
+}
+
+export async function insertProfile(
+  db: Kysely<Database>,
+  input: {
+    name: string;
+    systemImageId: string;
+    policy?: object;
+    healthCheck?: object;
+    leaseDays?: number;
+    apps?: { appId: string; mode: 'default' | 'optional' }[];
+  },
+  at: number,
+) {
+  const id = newId(at);
+  await db
+    .insertInto('profiles')
+    .values({
+      id,
+      name: input.name,
+      description: '',
+      system_image_id: input.systemImageId,
+      isolation_policy: JSON.stringify(input.policy ?? {}),
+      health_check: JSON.stringify(input.healthCheck ?? {}),
+      lease_days: input.leaseDays ?? 14,
+      cpus: 2,
+      memory_mib: 2048,
+      reset_policy: 'on-update',
+      created_at: at,
+      updated_at: at,
+    })
+    .execute();
+  for (const app of input.apps ?? []) {
+    await db
+      .insertInto('profile_apps')
+      .values({ profile_id: id, app_id: app.appId, mode: app.mode })
+      .execute();
+  }
+  return id;
+}
+
+/** `count` active devices in the group, each holding `profileIds`. */
+export async function insertDevices(
+  db: Kysely<Database>,
+  groupId: string,
+  count: number,
+  profileIds: readonly string[],
+  at: number,
+): Promise<string[]> {
+  const ids = Array.from({ length: count }, () => newId(at));
+  for (let i = 0; i < ids.length; i += 200) {
+    const batch = ids.slice(i, i + 200);
+    await db
+      .insertInto('devices')
+      .values(
+        batch.map((id) => ({
+          id,
+          name: `pc-${id.slice(-6)}`,
+          public_key: randomBytes(32).toString('base64'),
+          inventory: '{}',
+          group_id: groupId,
+          current_versions: '{}',
+          state: 'active' as const,
+          enrolled_at: at,
+          last_contact_at: at,
+          updated_at: at,
+        })),
+      )
+      .execute();
+    if (profileIds.length > 0) {
+      await db
+        .insertInto('device_profiles')
+        .values(batch.flatMap((id) => profileIds.map((p) => ({ device_id: id, profile_id: p }))))
+        .execute();
+    }
+  }
+  return ids;
+}
