@@ -7,7 +7,7 @@ import {
   type UpdateAdminUserRequest,
 } from '../../protocol/index.ts';
 import { generatePassword, hashPassword } from '../auth/passwords.ts';
-import { constraintViolation, newId, type Database, type Row } from '../db/index.ts';
+import { newId, refuseViolation, type Database, type Row } from '../db/index.ts';
 import { runCommand } from '../changes/index.ts';
 import type { Actor } from './audit.ts';
 
@@ -49,21 +49,16 @@ export async function createUser(
     updated_at: at,
   };
   const user = presentUser(row);
-  try {
-    await runCommand({ db, nowMs: at }, actor, USER('create'), async (trx) => {
-      await trx.insertInto('admin_users').values(row).execute();
-      return { result: undefined, before: null, after: user, id: row.id };
-    });
-  } catch (err) {
-    if (constraintViolation(err) === 'unique') {
-      throw new BulkheadError(
-        ErrorCodes.ADMIN_USER_EXISTS,
-        `an administrator named "${input.username}" already exists`,
-        { cause: err },
-      );
-    }
-    throw err;
-  }
+  const taken = `an administrator named "${input.username}" already exists`;
+  await refuseViolation(
+    'unique',
+    () =>
+      runCommand({ db, nowMs: at }, actor, USER('create'), async (trx) => {
+        await trx.insertInto('admin_users').values(row).execute();
+        return { result: undefined, before: null, after: user, id: row.id };
+      }),
+    (cause) => new BulkheadError(ErrorCodes.ADMIN_USER_EXISTS, taken, { cause }),
+  );
   return input.password === undefined ? { user, password } : { user };
 }
 

@@ -36,3 +36,20 @@ export function constraintViolation(err: unknown): ConstraintKind | undefined {
   }
   return undefined;
 }
+
+/**
+ * Runs `work`; when it violates a constraint of `kind`, throws what `refusal` makes of the
+ * violation (a domain error naming what is wrong) instead. Any other failure is rethrown.
+ */
+export async function refuseViolation<T>(
+  kind: ConstraintKind,
+  work: () => Promise<T>,
+  refusal: (cause: unknown) => Error | Promise<Error>,
+): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    if (constraintViolation(err) === kind) throw await refusal(err);
+    throw err;
+  }
+}

@@ -3,7 +3,7 @@ import type { App, CreateAppRequest, UpdateAppRequest } from '../../protocol/ind
 import type { Actor } from '../admin/audit.ts';
 import { markChanged, runCommand } from '../changes/index.ts';
 import { newId, type Database, type ImageKind, type Row } from '../db/index.ts';
-import { badReference, notFound, refuseInUse, rethrowNameTaken, type FleetDeps } from './common.ts';
+import { badReference, notFound, refuseInUse, refuseNameTaken, type FleetDeps } from './common.ts';
 
 function presentApp(row: Row<'apps'>): App {
   return {
@@ -71,15 +71,13 @@ export async function createApp(
     updated_at: at,
   };
   const app = presentApp(row);
-  try {
-    return await runCommand({ db, nowMs: at }, actor, APP('create'), async (trx) => {
+  return refuseNameTaken('app', input.name, () =>
+    runCommand({ db, nowMs: at }, actor, APP('create'), async (trx) => {
       await assertImageKind(trx, input.imageId, 'app', 'body.imageId');
       await trx.insertInto('apps').values(row).execute();
       return { result: app, before: null, after: app, id: row.id };
-    });
-  } catch (err) {
-    rethrowNameTaken(err, 'app', input.name);
-  }
+    }),
+  );
 }
 
 /**

@@ -1,4 +1,4 @@
-import type { Kysely } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
 import {
   BulkheadError,
   ErrorCodes,
@@ -82,15 +82,8 @@ export async function issueCommand(
       if (!held) throw badReference('body.profileId', 'the device does not hold this profile');
     }
     const state = STATE_AFTER[input.kind];
-    if (input.kind === 'kill') {
-      // Nothing else matters to a device about to erase its keys.
-      await trx
-        .updateTable('commands')
-        .set({ state: 'cancelled', updated_at: at })
-        .where('device_id', '=', deviceId)
-        .where('state', 'in', ['pending', 'delivered'])
-        .execute();
-    }
+    // Nothing else matters to a device about to erase its keys.
+    if (input.kind === 'kill') await cancelOpenCommands(trx, deviceId, at);
     if (state !== undefined && state !== device.state) {
       await trx.updateTable('devices').set({ state }).where('id', '=', deviceId).execute();
     }
@@ -113,6 +106,20 @@ export async function issueCommand(
       after: { state: state ?? device.state, commandId: row.id, profileId: row.profile_id },
     };
   });
+}
+
+/** Cancels the device's commands it has not acknowledged. */
+export async function cancelOpenCommands(
+  trx: Transaction<Database>,
+  deviceId: string,
+  at: number,
+): Promise<void> {
+  await trx
+    .updateTable('commands')
+    .set({ state: 'cancelled', updated_at: at })
+    .where('device_id', '=', deviceId)
+    .where('state', 'in', ['pending', 'delivered'])
+    .execute();
 }
 
 /** A device's commands, newest first (the latest 200). @throws `ERR_NOT_FOUND`. */

@@ -1,6 +1,6 @@
-import { BulkheadError, ErrorCodes } from '../../protocol/index.ts';
+import { BulkheadError, ErrorCodes, type ErrorCode } from '../../protocol/index.ts';
 import type { CommandDeps } from '../changes/index.ts';
-import { constraintViolation } from '../db/index.ts';
+import { refuseViolation } from '../db/index.ts';
 import type { PushBus } from '../push.ts';
 
 /** What the fleet commands that change devices' desired state need: a push bus, always. */
@@ -17,26 +17,25 @@ export function badReference(field: string, message: string): BulkheadError {
   return new BulkheadError(ErrorCodes.VALIDATION, `${field}: ${message}`);
 }
 
-/** Turns a unique-name violation into `ERR_NAME_TAKEN`; rethrows anything else. */
-export function rethrowNameTaken(err: unknown, what: string, name: string | undefined): never {
-  if (constraintViolation(err) === 'unique') {
-    throw new BulkheadError(ErrorCodes.NAME_TAKEN, `a ${what} named "${name}" already exists`, {
-      cause: err,
-    });
-  }
-  throw err;
+/** Runs `work`; a unique-name violation becomes `ERR_NAME_TAKEN`. */
+export function refuseNameTaken<T>(
+  what: string,
+  name: string | undefined,
+  work: () => Promise<T>,
+): Promise<T> {
+  const message = `a ${what} named "${name}" already exists`;
+  return refuseViolation('unique', work, (cause) => refusal(ErrorCodes.NAME_TAKEN, message, cause));
 }
 
 /** Runs `work`; a foreign-key refusal (a row still referenced) becomes `ERR_IN_USE`. */
-export async function refuseInUse<T>(work: () => Promise<T>, message: string): Promise<T> {
-  try {
-    return await work();
-  } catch (err) {
-    if (constraintViolation(err) === 'foreign-key') {
-      throw new BulkheadError(ErrorCodes.IN_USE, message, { cause: err });
-    }
-    throw err;
-  }
+export function refuseInUse<T>(work: () => Promise<T>, message: string): Promise<T> {
+  return refuseViolation('foreign-key', work, (cause) =>
+    refusal(ErrorCodes.IN_USE, message, cause),
+  );
+}
+
+function refusal(code: ErrorCode, message: string, cause: unknown): BulkheadError {
+  return new BulkheadError(code, message, { cause });
 }
 
 export function parseJson(text: string | null): unknown {

@@ -10,8 +10,8 @@ import {
 } from '../../protocol/index.ts';
 import type { Actor } from '../admin/audit.ts';
 import { markChanged, runCommand } from '../changes/index.ts';
-import type { Database, Row } from '../db/index.ts';
-import { presentCommand } from './commands.ts';
+import { hasRow, type Database, type Row } from '../db/index.ts';
+import { cancelOpenCommands, presentCommand } from './commands.ts';
 import { badReference, notFound, parseJson, type FleetDeps } from './common.ts';
 
 type SummaryRow = Pick<
@@ -231,13 +231,8 @@ export async function updateDevice(
 ): Promise<DeviceDetail> {
   await runCommand(deps, actor, DEVICE('update', id), async (trx, at) => {
     const before = await assignment(trx, id);
-    if (input.groupId !== undefined) {
-      const group = await trx
-        .selectFrom('device_groups')
-        .select('id')
-        .where('id', '=', input.groupId)
-        .executeTakeFirst();
-      if (!group) throw badReference('body.groupId', `no device group ${input.groupId}`);
+    if (input.groupId !== undefined && !(await hasRow(trx, 'device_groups', input.groupId))) {
+      throw badReference('body.groupId', `no device group ${input.groupId}`);
     }
     if (input.name !== undefined || input.groupId !== undefined) {
       await trx
@@ -331,12 +326,7 @@ export async function retireDevice(deps: FleetDeps, actor: Actor, id: string): P
     const before = await findDevice(trx, id);
     if (before.state === 'retired') return { result: undefined, unchanged: true };
     await trx.updateTable('devices').set({ state: 'retired' }).where('id', '=', id).execute();
-    await trx
-      .updateTable('commands')
-      .set({ state: 'cancelled', updated_at: at })
-      .where('device_id', '=', id)
-      .where('state', 'in', ['pending', 'delivered'])
-      .execute();
+    await cancelOpenCommands(trx, id, at);
     await markChanged(trx, { devices: [id] }, at);
     const after = { ...presentSummary(before), state: 'retired' };
     return { result: undefined, before: presentSummary(before), after };

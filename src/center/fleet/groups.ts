@@ -9,7 +9,7 @@ import {
 import type { Actor } from '../admin/audit.ts';
 import { runCommand } from '../changes/index.ts';
 import { newId, type Database, type Row } from '../db/index.ts';
-import { notFound, refuseInUse, rethrowNameTaken } from './common.ts';
+import { notFound, refuseInUse, refuseNameTaken } from './common.ts';
 
 function presentGroup(row: Row<'device_groups'>, devices: number): DeviceGroup {
   return {
@@ -62,14 +62,12 @@ export async function createGroup(
     updated_at: at,
   };
   const group = presentGroup(row, 0);
-  try {
-    return await runCommand({ db, nowMs: at }, actor, GROUP('create'), async (trx) => {
+  return refuseNameTaken('device group', input.name, () =>
+    runCommand({ db, nowMs: at }, actor, GROUP('create'), async (trx) => {
       await trx.insertInto('device_groups').values(row).execute();
       return { result: group, before: null, after: group, id: row.id };
-    });
-  } catch (err) {
-    rethrowNameTaken(err, 'device group', input.name);
-  }
+    }),
+  );
 }
 
 /** Renames or redescribes a group; no device's desired state depends on either. */
@@ -80,8 +78,8 @@ export async function updateGroup(
   input: UpdateDeviceGroupRequest,
   at: number,
 ): Promise<DeviceGroup> {
-  try {
-    return await runCommand({ db, nowMs: at }, actor, GROUP('update', id), async (trx) => {
+  return refuseNameTaken('device group', input.name, () =>
+    runCommand({ db, nowMs: at }, actor, GROUP('update', id), async (trx) => {
       const before = await getGroup(trx, id);
       await trx
         .updateTable('device_groups')
@@ -94,10 +92,8 @@ export async function updateGroup(
         .execute();
       const after = await getGroup(trx, id);
       return { result: after, before, after };
-    });
-  } catch (err) {
-    rethrowNameTaken(err, 'device group', input.name);
-  }
+    }),
+  );
 }
 
 /**

@@ -11,7 +11,7 @@ import type { Actor } from '../admin/audit.ts';
 import { markChanged, runCommand } from '../changes/index.ts';
 import { newId, type Database, type Row } from '../db/index.ts';
 import { assertImageKind } from './apps.ts';
-import { badReference, notFound, refuseInUse, rethrowNameTaken, type FleetDeps } from './common.ts';
+import { badReference, notFound, refuseInUse, refuseNameTaken, type FleetDeps } from './common.ts';
 
 function presentProfile(
   row: Row<'profiles'>,
@@ -122,8 +122,8 @@ export async function createProfile(
     updated_at: at,
   };
   const profile = presentProfile(row, input.apps, 0);
-  try {
-    return await runCommand({ db, nowMs: at }, actor, PROFILE('create'), async (trx) => {
+  return refuseNameTaken('profile', input.name, () =>
+    runCommand({ db, nowMs: at }, actor, PROFILE('create'), async (trx) => {
       await assertImageKind(trx, input.systemImageId, 'system', 'body.systemImageId');
       await assertApps(trx, input.apps);
       await trx.insertInto('profiles').values(row).execute();
@@ -134,10 +134,8 @@ export async function createProfile(
           .execute();
       }
       return { result: profile, before: null, after: profile, id: row.id };
-    });
-  } catch (err) {
-    rethrowNameTaken(err, 'profile', input.name);
-  }
+    }),
+  );
 }
 
 /**
@@ -151,8 +149,8 @@ export async function updateProfile(
   id: string,
   input: UpdateProfileRequest,
 ): Promise<Profile> {
-  try {
-    return await runCommand(deps, actor, PROFILE('update', id), async (trx, at) => {
+  return refuseNameTaken('profile', input.name, () =>
+    runCommand(deps, actor, PROFILE('update', id), async (trx, at) => {
       const current = await findProfile(trx, id);
       const before = await getProfile(trx, id);
       if (input.systemImageId !== undefined) {
@@ -184,10 +182,8 @@ export async function updateProfile(
       await markChanged(trx, { profiles: [id] }, at);
       const after = await getProfile(trx, id);
       return { result: after, before, after };
-    });
-  } catch (err) {
-    rethrowNameTaken(err, 'profile', input.name);
-  }
+    }),
+  );
 }
 
 async function replaceApps(

@@ -3,7 +3,7 @@ import type { CreateEnrolmentTokenRequest, EnrolmentToken } from '../../protocol
 import type { Actor } from '../admin/audit.ts';
 import type { Caller } from '../admin/credentials.ts';
 import { runCommand } from '../changes/index.ts';
-import type { Database, Row } from '../db/index.ts';
+import { hasRow, type Database, type Row } from '../db/index.ts';
 import { createEnrolmentToken } from '../devices/index.ts';
 import { badReference, notFound } from './common.ts';
 
@@ -31,12 +31,9 @@ export async function issueEnrolmentToken(
   at: number,
 ): Promise<EnrolmentToken & { token: string }> {
   return runCommand({ db, nowMs: at }, caller, TOKEN('create'), async (trx) => {
-    const group = await trx
-      .selectFrom('device_groups')
-      .select('id')
-      .where('id', '=', input.groupId)
-      .executeTakeFirst();
-    if (!group) throw badReference('body.groupId', `no device group ${input.groupId}`);
+    if (!(await hasRow(trx, 'device_groups', input.groupId))) {
+      throw badReference('body.groupId', `no device group ${input.groupId}`);
+    }
     const created = await createEnrolmentToken(trx, {
       groupId: input.groupId,
       uses: input.uses,

@@ -19,7 +19,7 @@ import {
   transact,
   type CommandDeps,
 } from '../changes/index.ts';
-import { constraintViolation, newId, type Database, type Row } from '../db/index.ts';
+import { newId, refuseViolation, type Database, type Row } from '../db/index.ts';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -134,18 +134,12 @@ export async function createImage(
   input: CreateImageRequest,
   at: number,
 ): Promise<ImageInfo> {
-  try {
-    return await transact({ db }, (trx) => insertImage(trx, actor, input, at));
-  } catch (err) {
-    if (constraintViolation(err) === 'unique') {
-      throw new BulkheadError(
-        ErrorCodes.IMAGE_EXISTS,
-        `an image named "${input.name}" already exists`,
-        { cause: err },
-      );
-    }
-    throw err;
-  }
+  const taken = `an image named "${input.name}" already exists`;
+  return refuseViolation(
+    'unique',
+    () => transact({ db }, (trx) => insertImage(trx, actor, input, at)),
+    (cause) => new BulkheadError(ErrorCodes.IMAGE_EXISTS, taken, { cause }),
+  );
 }
 
 /** Inserts an image row and its audit entry, in the caller's transaction. */

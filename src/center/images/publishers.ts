@@ -9,7 +9,7 @@ import {
 } from '../../protocol/index.ts';
 import type { Actor } from '../admin/audit.ts';
 import { markChanged, runCommand, type CommandDeps } from '../changes/index.ts';
-import { constraintViolation, type Database, type Row } from '../db/index.ts';
+import { refuseViolation, type Database, type Row } from '../db/index.ts';
 
 /** A publisher key as the API shows it. */
 export function presentPublisher(row: Row<'publisher_keys'>): Publisher {
@@ -73,27 +73,24 @@ export async function createPublisher(
     revoked_at: null,
   };
   const publisher = presentPublisher(row);
-  try {
-    return await runCommand(deps, actor, PUBLISHER('create', row.keyid), async (trx) => {
+  const create = () =>
+    runCommand(deps, actor, PUBLISHER('create', row.keyid), async (trx) => {
       await trx.insertInto('publisher_keys').values(row).execute();
       await markChanged(trx, 'all', at);
       return { result: publisher, before: null, after: publisher };
     });
-  } catch (err) {
-    if (constraintViolation(err) === 'unique') {
-      const existing = await db
-        .selectFrom('publisher_keys')
-        .select(['keyid', 'name', 'revoked_at'])
-        .where((eb) => eb.or([eb('keyid', '=', row.keyid), eb('name', '=', row.name)]))
-        .executeTakeFirst();
-      const message =
-        existing?.keyid === row.keyid
-          ? `this key is already registered as "${existing.name}"${existing.revoked_at === null ? '' : ' and was revoked; revocation is permanent, use a new key'}`
-          : `a publisher named "${input.name}" already exists`;
-      throw new BulkheadError(ErrorCodes.KEY_EXISTS, message, { cause: err });
-    }
-    throw err;
-  }
+  return refuseViolation('unique', create, async (cause) => {
+    const existing = await db
+      .selectFrom('publisher_keys')
+      .select(['keyid', 'name', 'revoked_at'])
+      .where((eb) => eb.or([eb('keyid', '=', row.keyid), eb('name', '=', row.name)]))
+      .executeTakeFirst();
+    const message =
+      existing?.keyid === row.keyid
+        ? `this key is already registered as "${existing.name}"${existing.revoked_at === null ? '' : ' and was revoked; revocation is permanent, use a new key'}`
+        : `a publisher named "${input.name}" already exists`;
+    return new BulkheadError(ErrorCodes.KEY_EXISTS, message, { cause });
+  });
 }
 
 /**

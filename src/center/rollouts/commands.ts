@@ -9,7 +9,7 @@ import {
 } from '../../protocol/index.ts';
 import type { Actor } from '../admin/audit.ts';
 import { applyCommand, markChanged, runCommand } from '../changes/index.ts';
-import { constraintViolation, newId, type RolloutDeviceStatus } from '../db/index.ts';
+import { hasRow, newId, refuseViolation, type RolloutDeviceStatus } from '../db/index.ts';
 import { bucketOf, firstPhaseOf, phaseBound } from './bucket.ts';
 import {
   batches,
@@ -135,21 +135,11 @@ async function insertRollout(
       `version ${version.version} is ${version.state}; only a published version can be rolled out`,
     );
   }
-  if (input.groupId !== undefined) {
-    const group = await tx
-      .selectFrom('device_groups')
-      .select('id')
-      .where('id', '=', input.groupId)
-      .executeTakeFirst();
-    if (group === undefined) throw invalid('groupId', 'no such device group');
+  if (input.groupId !== undefined && !(await hasRow(tx, 'device_groups', input.groupId))) {
+    throw invalid('groupId', 'no such device group');
   }
-  if (input.profileId !== undefined) {
-    const profile = await tx
-      .selectFrom('profiles')
-      .select('id')
-      .where('id', '=', input.profileId)
-      .executeTakeFirst();
-    if (profile === undefined) throw invalid('profileId', 'no such profile');
+  if (input.profileId !== undefined && !(await hasRow(tx, 'profiles', input.profileId))) {
+    throw invalid('profileId', 'no such profile');
   }
   const row = {
     id: newId(nowMs),
@@ -168,15 +158,12 @@ async function insertRollout(
     created_at: nowMs,
     updated_at: nowMs,
   };
-  try {
-    await tx.insertInto('rollouts').values(row).execute();
-  } catch (err) {
+  await refuseViolation(
+    'foreign-key',
+    () => tx.insertInto('rollouts').values(row).execute(),
     // A group or profile deleted since the check above.
-    if (constraintViolation(err) === 'foreign-key') {
-      throw invalid('groupId', 'the group or profile no longer exists');
-    }
-    throw err;
-  }
+    () => invalid('groupId', 'the group or profile no longer exists'),
+  );
   return parseRollout(row);
 }
 
