@@ -42,6 +42,16 @@ async function center(t: TestContext, url: string) {
       return res;
     };
 
+  /** The apps `office` (on the app image) and `cad` (on the other), through the admin API. */
+  async function catalogApps() {
+    const app = (name: string, displayName: string, imageId: string) =>
+      as(tokens.admin)('POST', '/apps', { name, displayName, imageId }, 201);
+    return {
+      office: await app('office', 'Office', images.app),
+      cad: await app('cad', 'CAD', images.app2),
+    };
+  }
+
   /** Enrols a device through the device API with a token from the admin API. */
   async function enrol(groupId: string, name = 'pc') {
     const created = await as(tokens.operator)('POST', '/enrolment-tokens', { groupId }, 201);
@@ -84,6 +94,7 @@ async function center(t: TestContext, url: string) {
     viewer: as(tokens.viewer),
     enrol,
     deviceLogin,
+    catalogApps,
   };
 }
 
@@ -113,18 +124,7 @@ for (const target of CENTER_TARGETS) {
         ['Sales EU'],
       );
 
-      const office = await c.admin(
-        'POST',
-        '/apps',
-        { name: 'office', displayName: 'Office', imageId: c.images.app },
-        201,
-      );
-      const cad = await c.admin(
-        'POST',
-        '/apps',
-        { name: 'cad', displayName: 'CAD', imageId: c.images.app2 },
-        201,
-      );
+      const { office, cad } = await c.catalogApps();
       // An app needs an app image; a system image or a missing one is a 400 naming the field.
       const wrongKind = await c.admin('POST', '/apps', {
         name: 'x',
@@ -348,18 +348,7 @@ for (const target of CENTER_TARGETS) {
         const c = await center(t, await newUrl(t));
         const g1 = await c.admin('POST', '/groups', { name: 'One' }, 201);
         const g2 = await c.admin('POST', '/groups', { name: 'Two' }, 201);
-        const office = await c.admin(
-          'POST',
-          '/apps',
-          { name: 'office', displayName: 'Office', imageId: c.images.app },
-          201,
-        );
-        const cad = await c.admin(
-          'POST',
-          '/apps',
-          { name: 'cad', displayName: 'CAD', imageId: c.images.app2 },
-          201,
-        );
+        const { office, cad } = await c.catalogApps();
         const work = await c.admin(
           'POST',
           '/profiles',

@@ -4,7 +4,12 @@ import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { zstdCompressSync } from 'node:zlib';
-import { CENTER_TARGETS, insertSession, startTestCenter } from '../../../test/support/center.ts';
+import {
+  CENTER_TARGETS,
+  insertProfile,
+  insertSession,
+  startTestCenter,
+} from '../../../test/support/center.ts';
 import { bytesFrom, makeKeys, tempDir, type Keys } from '../../../test/support/fixtures.ts';
 import { keyIdOf } from '../../signing/index.ts';
 import {
@@ -19,7 +24,6 @@ import {
   signManifest,
 } from '../../image/index.ts';
 import type { ManifestBody } from '../../protocol/index.ts';
-import { newId } from '../db/index.ts';
 
 /** A local store holding os@1 and os@2 (a few chunks changed), signed by `keys`. */
 async function localStore(t: TestContext) {
@@ -534,24 +538,8 @@ for (const target of CENTER_TARGETS) {
         });
         assert.equal(empty.status, 400);
 
-        const at = Date.now();
-        await c.database.db
-          .insertInto('profiles')
-          .values({
-            id: newId(at),
-            name: 'work',
-            description: '',
-            system_image_id: base.body.id,
-            isolation_policy: '{}',
-            health_check: '{"timeoutSeconds":60}',
-            lease_days: 30,
-            cpus: 2,
-            memory_mib: 2048,
-            reset_policy: 'on-update',
-            created_at: at,
-            updated_at: at,
-          })
-          .execute();
+        const profile = { name: 'work', systemImageId: base.body.id, leaseDays: 30 };
+        await insertProfile(c.db, { ...profile, healthCheck: { timeoutSeconds: 60 } }, Date.now());
         const inUse = await c.call('DELETE', `/images/${base.body.id}`, {
           token: c.tokens.operator,
         });
