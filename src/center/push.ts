@@ -1,8 +1,9 @@
 /*
  * The push bus: how Center tells online devices, over their push channel, that their desired
  * state changed (a lock, a kill, a rollout reaching them), so they fetch it within a second
- * instead of at their next poll. Whoever changes what a device should run calls `notify` after
- * the change is committed; the device API's push route subscribes per connected device.
+ * instead of at their next poll. Whoever changes what a device should run marks it in the
+ * transaction (`markChanged`), and `transact` calls `notify` after the change is committed
+ * (src/center/changes); the device API's push route subscribes per connected device.
  *
  * This in-process bus serves one Center process. Replicas on PostgreSQL relay notifications
  * between processes (LISTEN/NOTIFY) by wrapping it; the interface stays the same.

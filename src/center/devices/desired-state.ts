@@ -25,13 +25,15 @@ import { DOMAINS } from './credentials.ts';
  * does not move on contact) or any of its commands does (`commands.updated_at`, set on every
  * state change), so `revision` is the later of the two, and the pending-command count joins
  * the ETag for two changes within one millisecond. No new column: whoever writes a device or
- * a command already sets those times. Whatever changes a device's VMs bumps `updated_at` of
- * the devices concerned: a rollout phase (its newly included devices), an abort, a profile or
- * device change. An image's released version changes for every device on the image at once;
- * rather than rely on each such write to find those devices, the revision also takes the
+ * a command already sets those times. Whatever changes what a device should run marks it
+ * changed (`markChanged`, src/center/changes), which moves `updated_at` of the devices
+ * concerned: a rollout phase (its newly included devices), an abort, a profile, app or device
+ * change, a command issued or settled, a new released version (every device holding a profile
+ * on the image), a change of publisher keys (every device). The revision also takes the
  * latest `updated_at` of the images the device's profiles use (system images and the images
- * of the apps they offer): a few primary-key probes per poll. Those images cannot be deleted
- * while in use, so that maximum never goes back.
+ * of the apps they offer), so that an image row written without marking its devices still
+ * moves it: a few primary-key probes per poll. Those images cannot be deleted while in use,
+ * so that maximum never goes back.
  *
  * Freshness. The document carries `generatedAt` and `expiresAt` so a device can refuse an old
  * one replayed at it (rollback) and notices when it stops getting new ones (freeze). To keep
