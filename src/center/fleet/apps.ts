@@ -1,7 +1,7 @@
 import type { Kysely, Transaction } from 'kysely';
 import type { App, CreateAppRequest, UpdateAppRequest } from '../../protocol/index.ts';
 import type { Actor } from '../admin/audit.ts';
-import { markChanged, runCommand } from '../changes/index.ts';
+import { markChanged, runCommand, type CommandDeps } from '../changes/index.ts';
 import { newId, type Database, type ImageKind, type Row } from '../db/index.ts';
 import { badReference, notFound, refuseInUse, refuseNameTaken, type FleetDeps } from './common.ts';
 
@@ -56,11 +56,11 @@ export async function getApp(db: Kysely<Database>, id: string): Promise<App> {
 
 /** @throws BulkheadError `ERR_VALIDATION` for an image that is not an app image; `ERR_NAME_TAKEN`. */
 export async function createApp(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor,
   input: CreateAppRequest,
-  at: number,
 ): Promise<App> {
+  const at = deps.nowMs;
   const row: Row<'apps'> = {
     id: newId(at),
     name: input.name,
@@ -72,7 +72,7 @@ export async function createApp(
   };
   const app = presentApp(row);
   return refuseNameTaken('app', input.name, () =>
-    runCommand({ db, nowMs: at }, actor, APP('create'), async (trx) => {
+    runCommand(deps, actor, APP('create'), async (trx) => {
       await assertImageKind(trx, input.imageId, 'app', 'body.imageId');
       await trx.insertInto('apps').values(row).execute();
       return { result: app, before: null, after: app, id: row.id };
@@ -130,13 +130,8 @@ async function profilesOffering(trx: Transaction<Database>, appId: string): Prom
 }
 
 /** @throws BulkheadError `ERR_NOT_FOUND`; `ERR_IN_USE` while a profile offers the app. */
-export async function deleteApp(
-  db: Kysely<Database>,
-  actor: Actor,
-  id: string,
-  at: number,
-): Promise<void> {
-  await runCommand({ db, nowMs: at }, actor, APP('delete', id), async (trx) => {
+export async function deleteApp(deps: CommandDeps, actor: Actor, id: string): Promise<void> {
+  await runCommand(deps, actor, APP('delete', id), async (trx) => {
     const before = await findApp(trx, id);
     await refuseInUse(
       () => trx.deleteFrom('apps').where('id', '=', id).execute(),

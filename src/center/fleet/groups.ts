@@ -7,7 +7,7 @@ import {
   type UpdateDeviceGroupRequest,
 } from '../../protocol/index.ts';
 import type { Actor } from '../admin/audit.ts';
-import { runCommand } from '../changes/index.ts';
+import { runCommand, type CommandDeps } from '../changes/index.ts';
 import { newId, type Database, type Row } from '../db/index.ts';
 import { notFound, refuseInUse, refuseNameTaken } from './common.ts';
 
@@ -49,11 +49,11 @@ export async function getGroup(db: Kysely<Database>, id: string): Promise<Device
 
 /** @throws BulkheadError `ERR_NAME_TAKEN`. */
 export async function createGroup(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor,
   input: CreateDeviceGroupRequest,
-  at: number,
 ): Promise<DeviceGroup> {
+  const at = deps.nowMs;
   const row: Row<'device_groups'> = {
     id: newId(at),
     name: input.name,
@@ -63,7 +63,7 @@ export async function createGroup(
   };
   const group = presentGroup(row, 0);
   return refuseNameTaken('device group', input.name, () =>
-    runCommand({ db, nowMs: at }, actor, GROUP('create'), async (trx) => {
+    runCommand(deps, actor, GROUP('create'), async (trx) => {
       await trx.insertInto('device_groups').values(row).execute();
       return { result: group, before: null, after: group, id: row.id };
     }),
@@ -72,14 +72,13 @@ export async function createGroup(
 
 /** Renames or redescribes a group; no device's desired state depends on either. */
 export async function updateGroup(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor,
   id: string,
   input: UpdateDeviceGroupRequest,
-  at: number,
 ): Promise<DeviceGroup> {
   return refuseNameTaken('device group', input.name, () =>
-    runCommand({ db, nowMs: at }, actor, GROUP('update', id), async (trx) => {
+    runCommand(deps, actor, GROUP('update', id), async (trx, at) => {
       const before = await getGroup(trx, id);
       await trx
         .updateTable('device_groups')
@@ -101,13 +100,8 @@ export async function updateGroup(
  * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_IN_USE` while devices are in it or a rollout
  *   targets it.
  */
-export async function deleteGroup(
-  db: Kysely<Database>,
-  actor: Actor,
-  id: string,
-  at: number,
-): Promise<void> {
-  await runCommand({ db, nowMs: at }, actor, GROUP('delete', id), async (trx) => {
+export async function deleteGroup(deps: CommandDeps, actor: Actor, id: string): Promise<void> {
+  await runCommand(deps, actor, GROUP('delete', id), async (trx) => {
     const before = await getGroup(trx, id);
     if (before.devices > 0) {
       throw new BulkheadError(

@@ -28,26 +28,24 @@ export const fleetRoutes: FastifyPluginAsync<CenterContext> = async (app, deps) 
   if (deps.metrics !== undefined) registerFleetMetrics(deps.metrics, db);
 
   route(app, e.listGroups, async () => ({ groups: await listGroups(db) }));
-  route(app, e.createGroup, (req, caller) => createGroup(db, caller, req.body, nowMs()));
+  route(app, e.createGroup, (req, caller) => createGroup(fleet(), caller, req.body));
   route(app, e.getGroup, (req) => getGroup(db, req.params.id));
-  route(app, e.updateGroup, (req, caller) =>
-    updateGroup(db, caller, req.params.id, req.body, nowMs()),
-  );
-  route(app, e.deleteGroup, (req, caller) => deleteGroup(db, caller, req.params.id, nowMs()));
+  route(app, e.updateGroup, (req, caller) => updateGroup(fleet(), caller, req.params.id, req.body));
+  route(app, e.deleteGroup, (req, caller) => deleteGroup(fleet(), caller, req.params.id));
 
   route(app, e.listApps, async () => ({ apps: await listApps(db) }));
-  route(app, e.createApp, (req, caller) => createApp(db, caller, req.body, nowMs()));
+  route(app, e.createApp, (req, caller) => createApp(fleet(), caller, req.body));
   route(app, e.getApp, (req) => getApp(db, req.params.id));
   route(app, e.updateApp, (req, caller) => updateApp(fleet(), caller, req.params.id, req.body));
-  route(app, e.deleteApp, (req, caller) => deleteApp(db, caller, req.params.id, nowMs()));
+  route(app, e.deleteApp, (req, caller) => deleteApp(fleet(), caller, req.params.id));
 
   route(app, e.listProfiles, async () => ({ profiles: await listProfiles(db) }));
-  route(app, e.createProfile, (req, caller) => createProfile(db, caller, req.body, nowMs()));
+  route(app, e.createProfile, (req, caller) => createProfile(fleet(), caller, req.body));
   route(app, e.getProfile, (req) => getProfile(db, req.params.id));
   route(app, e.updateProfile, (req, caller) =>
     updateProfile(fleet(), caller, req.params.id, req.body),
   );
-  route(app, e.deleteProfile, (req, caller) => deleteProfile(db, caller, req.params.id, nowMs()));
+  route(app, e.deleteProfile, (req, caller) => deleteProfile(fleet(), caller, req.params.id));
 
   route(app, e.listDevices, (req) => listDevices(db, req.query));
   route(app, e.getDevice, (req) => getDevice(db, req.params.id));
@@ -61,10 +59,10 @@ export const fleetRoutes: FastifyPluginAsync<CenterContext> = async (app, deps) 
   route(app, e.listCommands, async (req) => ({ commands: await listCommands(db, req.params.id) }));
 
   route(app, e.createEnrolmentToken, (req, caller) =>
-    issueEnrolmentToken(db, caller, req.body, nowMs()),
+    issueEnrolmentToken(fleet(), caller, req.body),
   );
   route(app, e.listEnrolmentTokens, async () => ({ tokens: await listEnrolmentTokens(db) }));
   route(app, e.revokeEnrolmentToken, (req, caller) =>
-    revokeEnrolmentToken(db, caller, req.params.id, nowMs()),
+    revokeEnrolmentToken(fleet(), caller, req.params.id),
   );
 };

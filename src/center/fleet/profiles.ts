@@ -8,7 +8,7 @@ import {
   type UpdateProfileRequest,
 } from '../../protocol/index.ts';
 import type { Actor } from '../admin/audit.ts';
-import { markChanged, runCommand } from '../changes/index.ts';
+import { markChanged, runCommand, type CommandDeps } from '../changes/index.ts';
 import { newId, type Database, type Row } from '../db/index.ts';
 import { assertImageKind } from './apps.ts';
 import { badReference, notFound, refuseInUse, refuseNameTaken, type FleetDeps } from './common.ts';
@@ -102,11 +102,11 @@ async function assertApps(trx: Transaction<Database>, apps: readonly ProfileApp[
  *   a missing app; `ERR_NAME_TAKEN`.
  */
 export async function createProfile(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor,
   input: CreateProfileRequest,
-  at: number,
 ): Promise<Profile> {
+  const at = deps.nowMs;
   const row: Row<'profiles'> = {
     id: newId(at),
     name: input.name,
@@ -123,7 +123,7 @@ export async function createProfile(
   };
   const profile = presentProfile(row, input.apps, 0);
   return refuseNameTaken('profile', input.name, () =>
-    runCommand({ db, nowMs: at }, actor, PROFILE('create'), async (trx) => {
+    runCommand(deps, actor, PROFILE('create'), async (trx) => {
       await assertImageKind(trx, input.systemImageId, 'system', 'body.systemImageId');
       await assertApps(trx, input.apps);
       await trx.insertInto('profiles').values(row).execute();
@@ -217,13 +217,8 @@ async function replaceApps(
 }
 
 /** @throws BulkheadError `ERR_NOT_FOUND`; `ERR_IN_USE` while devices hold it or a rollout targets it. */
-export async function deleteProfile(
-  db: Kysely<Database>,
-  actor: Actor,
-  id: string,
-  at: number,
-): Promise<void> {
-  await runCommand({ db, nowMs: at }, actor, PROFILE('delete', id), async (trx) => {
+export async function deleteProfile(deps: CommandDeps, actor: Actor, id: string): Promise<void> {
+  await runCommand(deps, actor, PROFILE('delete', id), async (trx) => {
     const before = await getProfile(trx, id);
     await refuseInUse(
       () => trx.deleteFrom('profiles').where('id', '=', id).execute(),

@@ -2,7 +2,7 @@ import type { Kysely } from 'kysely';
 import type { CreateEnrolmentTokenRequest, EnrolmentToken } from '../../protocol/index.ts';
 import type { Actor } from '../admin/audit.ts';
 import type { Caller } from '../admin/credentials.ts';
-import { runCommand } from '../changes/index.ts';
+import { runCommand, type CommandDeps } from '../changes/index.ts';
 import { hasRow, type Database, type Row } from '../db/index.ts';
 import { createEnrolmentToken } from '../devices/index.ts';
 import { badReference, notFound } from './common.ts';
@@ -25,12 +25,11 @@ function presentToken(row: Row<'enrolment_tokens'>): EnrolmentToken {
  * @throws BulkheadError `ERR_VALIDATION` (body.groupId) for a missing group.
  */
 export async function issueEnrolmentToken(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   caller: Caller,
   input: CreateEnrolmentTokenRequest,
-  at: number,
 ): Promise<EnrolmentToken & { token: string }> {
-  return runCommand({ db, nowMs: at }, caller, TOKEN('create'), async (trx) => {
+  return runCommand(deps, caller, TOKEN('create'), async (trx, at) => {
     if (!(await hasRow(trx, 'device_groups', input.groupId))) {
       throw badReference('body.groupId', `no device group ${input.groupId}`);
     }
@@ -66,12 +65,11 @@ export async function listEnrolmentTokens(db: Kysely<Database>): Promise<Enrolme
 
 /** Revokes (deletes) a token: devices can no longer enrol with it. @throws `ERR_NOT_FOUND`. */
 export async function revokeEnrolmentToken(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor,
   id: string,
-  at: number,
 ): Promise<void> {
-  await runCommand({ db, nowMs: at }, actor, TOKEN('revoke', id), async (trx) => {
+  await runCommand(deps, actor, TOKEN('revoke', id), async (trx) => {
     const row = await trx
       .selectFrom('enrolment_tokens')
       .selectAll()

@@ -129,15 +129,14 @@ export async function imageDetail(db: Db, idOrName: string): Promise<ImageDetail
  * @throws BulkheadError `ERR_IMAGE_EXISTS` when the name is taken.
  */
 export async function createImage(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor,
   input: CreateImageRequest,
-  at: number,
 ): Promise<ImageInfo> {
   const taken = `an image named "${input.name}" already exists`;
   return refuseViolation(
     'unique',
-    () => transact({ db }, (trx) => insertImage(trx, actor, input, at)),
+    () => transact(deps, (trx) => insertImage(trx, actor, input, deps.nowMs)),
     (cause) => new BulkheadError(ErrorCodes.IMAGE_EXISTS, taken, { cause }),
   );
 }
@@ -181,13 +180,12 @@ async function usersOf(db: Db, imageId: string): Promise<string[]> {
  * @throws BulkheadError `ERR_NOT_FOUND`, `ERR_IN_USE`.
  */
 export async function updateImage(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor,
   idOrName: string,
   input: UpdateImageRequest,
-  at: number,
 ): Promise<ImageInfo> {
-  return runCommand({ db, nowMs: at }, actor, IMAGE('update'), async (trx) => {
+  return runCommand(deps, actor, IMAGE('update'), async (trx, at) => {
     const image = await findImage(trx, idOrName);
     if (input.kind !== undefined && input.kind !== image.kind) {
       const users = await usersOf(trx, image.id);
@@ -222,12 +220,11 @@ export async function updateImage(
  * @throws BulkheadError `ERR_NOT_FOUND`, `ERR_IN_USE`.
  */
 export async function deleteImage(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor,
   idOrName: string,
-  at: number,
 ): Promise<{ name: string; versions: string[] }> {
-  return runCommand({ db, nowMs: at }, actor, IMAGE('delete'), async (trx) => {
+  return runCommand(deps, actor, IMAGE('delete'), async (trx) => {
     const image = await findImage(trx, idOrName);
     const users = await usersOf(trx, image.id);
     const rollouts = await trx
@@ -361,13 +358,12 @@ export async function publishVersion(
  * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_VERSION_STATE` for the released version.
  */
 export async function retireVersion(
-  db: Kysely<Database>,
+  deps: CommandDeps,
   actor: Actor,
   idOrName: string,
   version: string,
-  at: number,
 ): Promise<ImageVersionInfo> {
-  return runCommand({ db, nowMs: at }, actor, VERSION('retire'), async (trx) => {
+  return runCommand(deps, actor, VERSION('retire'), async (trx, at) => {
     const image = await findImage(trx, idOrName);
     const row = await findVersion(trx, image, version);
     if (row.state === 'retired') {

@@ -50,13 +50,13 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (app, deps) 
   );
 
   route(app, e.listImages, async (req) => ({ images: await listImages(db, req.query.kind) }));
-  route(app, e.createImage, (req, caller) => createImage(db, caller, req.body, nowMs()));
+  route(app, e.createImage, (req, caller) => createImage(command(), caller, req.body));
   route(app, e.getImage, (req) => imageDetail(db, req.params.id));
   route(app, e.updateImage, (req, caller) =>
-    updateImage(db, caller, req.params.id, req.body, nowMs()),
+    updateImage(command(), caller, req.params.id, req.body),
   );
   route(app, e.deleteImage, async (req, caller) => {
-    const deleted = await deleteImage(db, caller, req.params.id, nowMs());
+    const deleted = await deleteImage(command(), caller, req.params.id);
     // After the commit: a manifest left behind by a crash here is harmless, one removed
     // before it would leave a version without its manifest.
     for (const v of deleted.versions) await store.remove(manifestKey(deleted.name, v));
@@ -71,7 +71,7 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (app, deps) 
     return publishVersion(command(), caller, id, version, { release });
   });
   route(app, e.retireVersion, (req, caller) =>
-    retireVersion(db, caller, req.params.id, req.params.version, nowMs()),
+    retireVersion(command(), caller, req.params.id, req.params.version),
   );
   route(app, e.releaseVersion, (req, caller) =>
     releaseVersion(command(), caller, req.params.id, req.body.versionId),
