@@ -254,17 +254,22 @@ export async function deleteImage(
   });
 }
 
+/** The version row of the image named `version`, if there is one. */
+export function versionRow(db: Db, imageId: string, version: string) {
+  return db
+    .selectFrom('image_versions')
+    .selectAll()
+    .where('image_id', '=', imageId)
+    .where('version', '=', version)
+    .executeTakeFirst();
+}
+
 async function findVersion(
   trx: Transaction<Database>,
   image: Row<'images'>,
   version: string,
 ): Promise<Row<'image_versions'>> {
-  const row = await trx
-    .selectFrom('image_versions')
-    .selectAll()
-    .where('image_id', '=', image.id)
-    .where('version', '=', version)
-    .executeTakeFirst();
+  const row = await versionRow(trx, image.id, version);
   if (!row)
     throw new BulkheadError(ErrorCodes.NOT_FOUND, `image ${image.name} has no version ${version}`);
   return row;
@@ -304,6 +309,17 @@ async function setRelease(
     )
     .execute();
   await markChanged(trx, { profiles: profiles.map((p) => p.id) }, at);
+}
+
+/** A version's change from `row` to `after`, as a command returns it and the trail keeps it. */
+function versionChange(
+  row: Row<'image_versions'>,
+  after: Row<'image_versions'>,
+  releaseBefore: string | null,
+  releaseAfter: string | null,
+) {
+  const info = presentVersion(after, releaseAfter);
+  return { result: info, before: presentVersion(row, releaseBefore), after: info, id: row.id };
 }
 
 /**
@@ -346,9 +362,7 @@ export async function publishVersion(
         .execute();
     }
     if (release) await setRelease(trx, image, row.id, at);
-    const info = presentVersion(after, releaseAfter);
-    const before = presentVersion(row, image.release_version_id);
-    return { result: info, before, after: info, id: row.id };
+    return versionChange(row, after, image.release_version_id, releaseAfter);
   });
 }
 
@@ -381,9 +395,7 @@ export async function retireVersion(
       .set({ state: 'retired', retired_at: at })
       .where('id', '=', row.id)
       .execute();
-    const info = presentVersion(after, image.release_version_id);
-    const before = presentVersion(row, image.release_version_id);
-    return { result: info, before, after: info, id: row.id };
+    return versionChange(row, after, image.release_version_id, image.release_version_id);
   });
 }
 

@@ -29,7 +29,7 @@ import {
 import type { Actor } from '../admin/audit.ts';
 import { runCommand } from '../changes/index.ts';
 import { constraintViolation, newId, type Database, type Row } from '../db/index.ts';
-import { imageInfo, insertImage, presentVersion } from './images.ts';
+import { imageInfo, insertImage, presentVersion, versionRow } from './images.ts';
 import { publisherTrust } from './publishers.ts';
 
 const unzstd = promisify(zstdDecompress);
@@ -338,11 +338,6 @@ async function findExisting(
     .where('name', '=', name)
     .executeTakeFirst();
   if (!image) return null;
-  const row = await db
-    .selectFrom('image_versions')
-    .selectAll()
-    .where('image_id', '=', image.id)
-    .where('version', '=', version)
-    .executeTakeFirst();
+  const row = await versionRow(db, image.id, version);
   return row ? { image, version: row } : null;
 }
