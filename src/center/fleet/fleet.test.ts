@@ -656,7 +656,7 @@ for (const target of CENTER_TARGETS) {
               id: 'e1',
               type: 'command-result',
               at: START,
-              data: { commandId: unlock.body.id, ok: true },
+              data: { commandId: unlock.body.id, kind: 'unlock', ok: true, message: 'unlocked' },
             },
           ],
         },
