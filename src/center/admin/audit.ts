@@ -10,8 +10,9 @@ export interface Actor {
 }
 
 /**
- * Appends one row to the audit trail. Call it with the transaction that makes the change, so
- * the trail and the change commit together or not at all.
+ * Appends one row to the audit trail, in the transaction that makes the change, so the trail
+ * and the change commit together or not at all. Commands reach it through `runCommand`
+ * (src/center/changes), never directly.
  */
 export async function writeAudit(
   trx: Transaction<Database>,

@@ -2,4 +2,4 @@
 export { adminRoutes } from './plugin.ts';
 export type { Caller } from './credentials.ts';
 export { createUser, updateUser } from './users.ts';
-export { writeAudit, type Actor } from './audit.ts';
+export type { Actor } from './audit.ts';
