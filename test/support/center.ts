@@ -2,7 +2,7 @@ import { createPrivateKey, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { TestContext } from 'node:test';
-import type { Kysely } from 'kysely';
+import type { Insertable, Kysely } from 'kysely';
 import { pino, type Level } from 'pino';
 import { generateKeyPair } from '../../src/signing/index.ts';
 import { hashSecret } from '../../src/center/admin/credentials.ts';
@@ -183,30 +183,29 @@ export async function insertSession(
 
 const hex = (bytes: number) => randomBytes(bytes).toString('hex');
 
-export async function insertGroup(db: Kysely<Database>, name: string, at: number) {
+/**
+ * Inserts a catalog row with a new id and its creation and update times at `at`; returns the
+ * id.
+ */
+async function insertRow<T extends 'device_groups' | 'images' | 'apps'>(
+  db: Kysely<Database>,
+  table: T,
+  at: number,
+  values: Omit<Insertable<Database[T]>, 'id' | 'created_at' | 'updated_at'>,
+): Promise<string> {
   const id = newId(at);
-  await db
-    .insertInto('device_groups')
-    .values({ id, name, description: '', created_at: at, updated_at: at })
-    .execute();
+  // Each of these tables has id, created_at and updated_at; Kysely cannot see it through T.
+  const row = { ...values, id, created_at: at, updated_at: at } as never;
+  await db.insertInto(table).values(row).execute();
   return id;
 }
 
-export async function insertImage(db: Kysely<Database>, name: string, kind: ImageKind, at: number) {
-  const id = newId(at);
-  await db
-    .insertInto('images')
-    .values({
-      id,
-      name,
-      kind,
-      description: '',
-      release_version_id: null,
-      created_at: at,
-      updated_at: at,
-    })
-    .execute();
-  return id;
+export function insertGroup(db: Kysely<Database>, name: string, at: number) {
+  return insertRow(db, 'device_groups', at, { name, description: '' });
+}
+
+export function insertImage(db: Kysely<Database>, name: string, kind: ImageKind, at: number) {
+  return insertRow(db, 'images', at, { name, kind, description: '', release_version_id: null });
 }
 
 /** A version of the image, published unless `state` says otherwise; released if asked. */
@@ -246,21 +245,9 @@ export async function insertVersion(
   return id;
 }
 
-export async function insertApp(db: Kysely<Database>, name: string, imageId: string, at: number) {
-  const id = newId(at);
-  await db
-    .insertInto('apps')
-    .values({
-      id,
-      name,
-      display_name: name,
-      description: '',
-      image_id: imageId,
-      created_at: at,
-      updated_at: at,
-    })
-    .execute();
-  return id;
+export function insertApp(db: Kysely<Database>, name: string, imageId: string, at: number) {
+  const app = { name, display_name: name, description: '', image_id: imageId };
+  return insertRow(db, 'apps', at, app);
 }
 
 export async function insertProfile(
