@@ -451,13 +451,20 @@ async function rollouts(db: AnyDb): Promise<void> {
     .execute();
 }
 
-/** Every migration, by name; the Migrator runs them in name order. */
+/**
+ * Every migration, by name; the Migrator runs them in name order. Names are recorded in every
+ * database, so none is ever renamed: 0003 was never shipped, and the gap stays. New ones take
+ * the next number with no gap (a test checks).
+ */
 const migrations: Record<string, Migration> = {
   '0001_initial': { up: initial },
   '0002_publishers_and_releases': { up: publishersAndReleases },
   '0004_fleet': { up: fleet },
   '0005_rollouts': { up: rollouts },
 };
+
+/** The names of every migration, in the order they run. */
+export const MIGRATION_NAMES: readonly string[] = Object.keys(migrations).sort();
 
 /** What `migrateToLatest` did. */
 export interface MigrationReport {
