@@ -103,6 +103,34 @@ ${CONNECTION_USAGE}`,
   },
 };
 
+const devicesCommands: Command = {
+  name: 'devices commands',
+  summary: "A device's commands, newest first, with what the PC answered.",
+  usage: `Usage: bulkhead devices commands DEVICE-ID
+
+  A command is pending until the PC reports it carried it out: done, or failed with its reason.
+
+${CONNECTION_USAGE}`,
+  options: { ...connectionOptions },
+  async run(inv, ctx) {
+    const api = await connect(inv);
+    const id = positional(inv, 'device id');
+    const answer = await api.call(endpoints.listCommands, { params: { id } });
+    if (!inv.json) {
+      printTable(ctx, answer.commands, {
+        issued: (c) => when(c.createdAt),
+        kind: (c) => c.kind,
+        state: (c) => c.state,
+        answer: (c) => {
+          const r = c.result as { message?: unknown } | null;
+          return typeof r?.message === 'string' ? r.message : '-';
+        },
+      });
+    }
+    return answer;
+  },
+};
+
 const devicesShow: Command = {
   name: 'devices show',
   summary: 'Show one device: inventory, group, profiles, versions, events, commands.',
@@ -330,6 +358,7 @@ const tokensRevoke: Command = {
 export const fleetCommands: Command[] = [
   devicesList,
   devicesShow,
+  devicesCommands,
   devicesAssign,
   commandVerb('lock', 'Lock a device: its VMs stop and may not start until unlocked.'),
   commandVerb('unlock', 'Unlock a locked device.'),
