@@ -2,8 +2,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { tempDir } from '../../test/support/fixtures.ts';
-import { verifyPassword } from '../center/auth/passwords.ts';
-import { openDatabase } from '../center/db/index.ts';
+import { openDatabase, verifyPassword } from '../center/index.ts';
 import { main } from './main.ts';
 
 async function run(args: string[]) {

@@ -1,12 +1,15 @@
-import { generatePassword } from '../center/auth/passwords.ts';
-import { createUser, updateUser } from '../center/admin/index.ts';
 import {
   configFromEnv,
+  createUser,
+  generatePassword,
+  migrateToLatest,
+  openDatabase,
   readConfigFile,
   resolveConfig,
+  updateUser,
   type CenterConfigInput,
-} from '../center/config.ts';
-import { migrateToLatest, openDatabase, type CenterDatabase } from '../center/db/index.ts';
+  type CenterDatabase,
+} from '../center/index.ts';
 import {
   AdminRoleSchema,
   AdminUsernameSchema,

@@ -3,12 +3,12 @@ import {
   configFromEnv,
   readConfigFile,
   resolveConfig,
+  seedImages,
+  startCenter,
   type CenterConfigInput,
-} from '../center/config.ts';
-import { startCenter } from '../center/start.ts';
+} from '../center/index.ts';
 import { join } from 'node:path';
 import { readFile } from 'node:fs/promises';
-import { seedImages } from '../center/images/index.ts';
 import { DirectoryStore, manifestKey } from '../image/index.ts';
 import { demoCommand } from './demo.ts';
 import { optionalString, type Command } from './command.ts';

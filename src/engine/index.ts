@@ -51,3 +51,5 @@ export {
   type SyncLoopDeps,
   type SyncOutcome,
 } from './sync.ts';
+export { GuestAgent } from './guest-agent.ts';
+export { type HypervisorDriver } from './hypervisor/index.ts';

@@ -6,7 +6,7 @@ import {
   Migrator,
   sql,
 } from 'kysely';
-import { BulkheadError, ErrorCodes } from '../../protocol/errors.ts';
+import { BulkheadError, ErrorCodes } from '../../protocol/index.ts';
 import type { Database } from './schema.ts';
 
 /*

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { resolve } from 'node:path';
 import { test } from 'node:test';
-import { isBulkheadError } from '../../protocol/errors.ts';
+import { isBulkheadError } from '../../protocol/index.ts';
 import { displayUrl, parseDatabaseUrl } from './open.ts';
 
 test('database URLs name SQLite files or PostgreSQL servers', () => {

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { type Dialect, Kysely, PostgresDialect, sql } from 'kysely';
-import { BulkheadError, ErrorCodes, errnoCode } from '../../protocol/errors.ts';
+import { BulkheadError, ErrorCodes, errnoCode } from '../../protocol/index.ts';
 import { type DatabaseLog, queryLogger } from './log.ts';
 import { createPostgresPool } from './postgres.ts';
 import type { Database } from './schema.ts';

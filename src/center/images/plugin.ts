@@ -1,6 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { rebuildCatalog } from '../../image/catalog.ts';
-import { DirectoryStore, manifestKey } from '../../image/index.ts';
+import { DirectoryStore, manifestKey, rebuildCatalog } from '../../image/index.ts';
 import { imageEndpoints as e } from '../../protocol/index.ts';
 import { answer, route } from '../http/route.ts';
 import type { CenterContext } from '../context.ts';

@@ -2,7 +2,6 @@ import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { zstdDecompress } from 'node:zlib';
 import type { Kysely } from 'kysely';
-import { rebuildCatalog } from '../../image/catalog.ts';
 import {
   chunkKey,
   encodeManifest,
@@ -11,6 +10,7 @@ import {
   manifestKey,
   parseManifest,
   readIndex,
+  rebuildCatalog,
   verifyManifest,
   type DirectoryStore,
 } from '../../image/index.ts';

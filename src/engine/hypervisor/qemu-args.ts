@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { BulkheadError, ErrorCodes } from '../../protocol/errors.ts';
+import { BulkheadError, ErrorCodes } from '../../protocol/index.ts';
 import type { Accelerator } from './kvm-probe.ts';
 import type { VmDisk, VmSpec } from './types.ts';
 

@@ -1,4 +1,4 @@
-import { BulkheadError, ErrorCodes } from '../../protocol/errors.ts';
+import { BulkheadError, ErrorCodes } from '../../protocol/index.ts';
 import type { HypervisorDriver, VmEvent, VmSpec, VmStatus } from './types.ts';
 
 /*

@@ -6,11 +6,11 @@ import { keyIdOf, type PublicKeyInfo } from '../../signing/index.ts';
 import {
   HttpStore,
   pullImage,
+  sha256File,
   type ChunkStore,
   type PullProgress,
   type WorkerPool,
 } from '../../image/index.ts';
-import { sha256File } from '../../image/digest-file.ts';
 import {
   BulkheadError,
   ErrorCodes,
