@@ -20,7 +20,6 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { createServer } from 'node:net';
 import { availableParallelism, cpus, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { sql } from 'kysely';
 import { generateKeyPair, loadPrivateKey } from '../src/signing/index.ts';
@@ -349,8 +348,7 @@ async function measureDatabase(
   let url = `sqlite:${join(dataDir, 'center.db')}`;
   if (dialect === 'postgres') {
     // The test support starts a throwaway cluster; it only needs somewhere to hang cleanups.
-    const t = { after: (fn: () => Promise<unknown>) => cleanups.push(fn) };
-    url = await startPostgres(t as unknown as TestContext);
+    url = await startPostgres({ after: (fn) => void cleanups.push(async () => fn()) });
   }
   log(`${dialect}: enrolling ${o.devices} devices`);
   const seedStart = Date.now();

@@ -1,20 +1,9 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { runMain as run } from '../../test/support/cli.ts';
 import { tempDir } from '../../test/support/fixtures.ts';
 import { openDatabase, verifyPassword } from '../center/index.ts';
-import { main } from './main.ts';
-
-async function run(args: string[]) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const code = await main(args, {
-    out: (l) => out.push(l),
-    err: (l) => err.push(l),
-    isTTY: false,
-  });
-  return { code, out: out.join('\n'), err: err.join('\n') };
-}
 
 test('center admin create and reset work on the database directly', async (t) => {
   const dir = await tempDir(t);

@@ -1,59 +1,19 @@
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { test, type TestContext } from 'node:test';
-import { fileURLToPath } from 'node:url';
+import { test } from 'node:test';
+import { runCli, startCenterProcess } from '../support/cli.ts';
 import { tempDir } from '../support/fixtures.ts';
 
 // The administrator's commands against a real `bulkhead center serve`, each a real process.
 
-const BIN = fileURLToPath(new URL('../../bin/bulkhead.js', import.meta.url));
-
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function startCenter(t: TestContext, data: string) {
-  const child: ChildProcess = spawn(
-    process.execPath,
-    [BIN, 'center', 'serve', '--listen', '127.0.0.1:0', '--json', '--data', data],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  t.after(() => child.kill('SIGKILL'));
-  let out = '';
-  let err = '';
-  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-  return new Promise<{ url: string; password: string }>((resolve, reject) => {
-    child.stdout!.on('data', (b: Buffer) => {
-      out += b.toString();
-      if (!out.includes('\n')) return;
-      const info = JSON.parse(out.split('\n')[0]!);
-      resolve({ url: info.url, password: info.initialAdmin.password });
-    });
-    child.on('exit', (code) => reject(new Error(`center serve exited with ${code}: ${err}`)));
-  });
-}
-
 test('admin commands over the API: login, fleet, tokens, rollouts, audit, logout', async (t) => {
   const dir = await tempDir(t);
-  const center = await startCenter(t, join(dir, 'data'));
+  const { info } = await startCenterProcess(t, ['--data', join(dir, 'data')]);
+  const center = { url: info.url, password: info.initialAdmin!.password };
   const credentials = join(dir, 'config', 'credentials.json');
-  const env = {
-    ...process.env,
-    BULKHEAD_CREDENTIALS: credentials,
-    BULKHEAD_CENTER: '',
-    BULKHEAD_TOKEN: '',
-  };
-  const cli = (args: string[], input?: string): Promise<Result> =>
-    new Promise((resolve) => {
-      const child = execFile(process.execPath, [BIN, ...args], { env }, (err, stdout, stderr) =>
-        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-      );
-      child.stdin!.end(input ?? '');
-    });
+  const env = { BULKHEAD_CREDENTIALS: credentials, BULKHEAD_CENTER: '', BULKHEAD_TOKEN: '' };
+  const cli = (args: string[], input?: string) => runCli(args, { env, input });
   const json = async (args: string[]) => {
     const r = await cli([...args, '--json']);
     assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);

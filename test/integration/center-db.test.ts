@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { test, type TestContext } from 'node:test';
+import type { TestContext } from 'node:test';
 import type { Kysely } from 'kysely';
 import {
   type CenterDatabase,
@@ -14,52 +13,34 @@ import {
   openDatabase,
 } from '../../src/center/db/index.ts';
 import { isBulkheadError } from '../../src/protocol/errors.ts';
-import { tempDir } from '../support/fixtures.ts';
-import { createDatabase, startPostgres } from '../support/postgres.ts';
+import { forEachDatabase } from '../support/databases.ts';
 
-/** A database to run the cases on. */
-interface Target {
-  dialect: DatabaseDialect;
-  /** Gets the server ready (once per target); returns a maker of URLs to empty databases. */
-  setUp(t: TestContext): Promise<(t: TestContext) => Promise<string>>;
-  /** URLs of the right form that cannot be opened, each with a part the error must show. */
-  unopenable(emptyUrl: string): { url: string; shows: string; isRetryable: boolean }[];
-}
-
-const targets: Target[] = [
-  {
-    dialect: 'sqlite',
-    setUp: () =>
-      Promise.resolve(async (t) => `sqlite:${join(await tempDir(t, 'bulkhead-db-'), 'center.db')}`),
-    unopenable: () => [
+/** URLs of the right form that cannot be opened, each with a part the error must show. */
+const UNOPENABLE: Record<
+  DatabaseDialect,
+  (emptyUrl: string) => { url: string; shows: string; isRetryable: boolean }[]
+> = {
+  sqlite: () => [
+    {
+      url: 'sqlite:/nonexistent-bulkhead-dir/center.db',
+      shows: '/nonexistent-bulkhead-dir/center.db',
+      isRetryable: false,
+    },
+  ],
+  postgres: (emptyUrl) => {
+    const missing = new URL(emptyUrl);
+    missing.pathname = '/no_such_database';
+    return [
+      { url: missing.href, shows: 'no_such_database', isRetryable: false },
+      // Nothing listens on port 1; the password must not appear in the message.
       {
-        url: 'sqlite:/nonexistent-bulkhead-dir/center.db',
-        shows: '/nonexistent-bulkhead-dir/center.db',
-        isRetryable: false,
+        url: 'postgres://center:hunter2@127.0.0.1:1/center',
+        shows: 'postgres://center:***@127.0.0.1:1/center',
+        isRetryable: true,
       },
-    ],
+    ];
   },
-  {
-    dialect: 'postgres',
-    setUp: async (t) => {
-      const server = await startPostgres(t);
-      return (subtest) => createDatabase(subtest, server);
-    },
-    unopenable: (emptyUrl) => {
-      const missing = new URL(emptyUrl);
-      missing.pathname = '/no_such_database';
-      return [
-        { url: missing.href, shows: 'no_such_database', isRetryable: false },
-        // Nothing listens on port 1; the password must not appear in the message.
-        {
-          url: 'postgres://center:hunter2@127.0.0.1:1/center',
-          shows: 'postgres://center:***@127.0.0.1:1/center',
-          isRetryable: true,
-        },
-      ];
-    },
-  },
-];
+};
 
 const EXPECTED_TABLES = [
   'admin_users',
@@ -84,316 +65,302 @@ const EXPECTED_TABLES = [
 
 const NOW = Date.parse('2025-06-01T12:00:00Z');
 
-for (const target of targets) {
-  test(`Center's database on ${target.dialect}`, async (t) => {
-    const emptyDatabase = await target.setUp(t);
+forEachDatabase("Center's database", async (t, databases) => {
+  /** Runs `use` on a new, migrated database, closed when the subtest ends. */
+  async function withDatabase(
+    st: TestContext,
+    use: (c: CenterDatabase) => Promise<void>,
+    options: { log?: DatabaseLog; migrate?: boolean } = {},
+  ): Promise<void> {
+    const c = await databases.open(st, options);
+    assert.equal(c.dialect, databases.dialect);
+    await use(c);
+  }
 
-    /** Runs `use` on a new, migrated database, closed afterwards. */
-    async function withDatabase(
-      st: TestContext,
-      use: (c: CenterDatabase) => Promise<void>,
-      options: { log?: DatabaseLog; migrate?: boolean } = {},
-    ): Promise<void> {
-      const c = await openDatabase({ url: await emptyDatabase(st), log: options.log });
-      try {
-        assert.equal(c.dialect, target.dialect);
-        if (options.migrate !== false) await migrateToLatest(c.db);
-        await use(c);
-      } finally {
-        await c.close();
-      }
-    }
+  await t.test('migrations create every table once; running them again does nothing', (st) =>
+    withDatabase(
+      st,
+      async ({ db }) => {
+        assert.deepEqual(await migrateToLatest(db), {
+          applied: ['0001_initial', '0002_publishers_and_releases', '0004_fleet', '0005_rollouts'],
+          latest: '0005_rollouts',
+        });
+        assert.deepEqual(await migrateToLatest(db), {
+          applied: [],
+          latest: '0005_rollouts',
+        });
+        const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
+        assert.deepEqual(tables, EXPECTED_TABLES);
+      },
+      { migrate: false },
+    ),
+  );
 
-    await t.test('migrations create every table once; running them again does nothing', (st) =>
-      withDatabase(
-        st,
-        async ({ db }) => {
-          assert.deepEqual(await migrateToLatest(db), {
-            applied: [
-              '0001_initial',
-              '0002_publishers_and_releases',
-              '0004_fleet',
-              '0005_rollouts',
-            ],
-            latest: '0005_rollouts',
-          });
-          assert.deepEqual(await migrateToLatest(db), {
-            applied: [],
-            latest: '0005_rollouts',
-          });
-          const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
-          assert.deepEqual(tables, EXPECTED_TABLES);
-        },
-        { migrate: false },
-      ),
-    );
-
-    await t.test('every table takes rows and gives them back unchanged', async (st) => {
-      const logged: Record<string, unknown>[] = [];
-      const log: DatabaseLog = {
-        debug: (fields) => logged.push(fields),
-        warn: (fields) => logged.push(fields),
-      };
-      await withDatabase(
-        st,
-        async ({ db }) => {
-          const rows = seedRows();
-          await insertAll(db, rows);
-          for (const table of INSERT_ORDER) {
-            const stored = await db.selectFrom(table).selectAll().execute();
-            assert.deepEqual(sortRows(stored), sortRows(rows[table]), `table ${table}`);
-          }
-          // bigint columns come back as numbers on both databases, even past 2^32.
-          const version = await db
-            .selectFrom('image_versions')
-            .select(['size'])
-            .executeTakeFirstOrThrow();
-          assert.equal(version.size, 5_000_000_000);
-          const count = await db
-            .selectFrom('devices')
-            .select((eb) => eb.fn.countAll<number>().as('n'))
-            .executeTakeFirstOrThrow();
-          assert.equal(count.n, 2);
-        },
-        { log },
-      );
-      assert.ok(logged.some((fields) => typeof fields['sql'] === 'string'));
-      const text = JSON.stringify(logged);
-      assert.ok(!text.includes('scrypt$'), 'parameter values (a password hash) are never logged');
-    });
-
-    await t.test('a device cannot record the same event twice', (st) =>
-      withDatabase(st, async ({ db }) => {
+  await t.test('every table takes rows and gives them back unchanged', async (st) => {
+    const logged: Record<string, unknown>[] = [];
+    const log: DatabaseLog = {
+      debug: (fields) => logged.push(fields),
+      warn: (fields) => logged.push(fields),
+    };
+    await withDatabase(
+      st,
+      async ({ db }) => {
         const rows = seedRows();
         await insertAll(db, rows);
-        const [first] = rows.device_events;
-        assert.ok(first);
-        await assert.rejects(
-          db
-            .insertInto('device_events')
-            .values({ ...first, payload: '{"replayed":true}' })
-            .execute(),
-          (err) => constraintViolation(err) === 'unique',
-        );
-        // Ingestion inserts batches that may overlap what arrived before: only new events land.
-        const result = await db
-          .insertInto('device_events')
-          .values([first, { ...first, event_id: 'evt-3', received_at: NOW + 5 }])
-          .onConflict((oc) => oc.columns(['device_id', 'event_id']).doNothing())
-          .executeTakeFirst();
-        assert.equal(result.numInsertedOrUpdatedRows, 1n);
-        // Event ids are the device's own: another device may use the same one.
-        const [, other] = rows.devices;
-        assert.ok(other);
-        await db
-          .insertInto('device_events')
-          .values({ ...first, device_id: other.id })
-          .execute();
-        const events = await db
-          .selectFrom('device_events')
-          .select(['device_id', 'event_id', 'payload'])
-          .orderBy('device_id')
-          .orderBy('event_id')
-          .execute();
-        assert.equal(events.length, 4);
-        assert.equal(
-          events.find((e) => e.device_id === first.device_id && e.event_id === first.event_id)
-            ?.payload,
-          first.payload,
-          'the first copy of an event is the one kept',
-        );
-      }),
-    );
-
-    await t.test('keyset pagination returns each of 5,000 devices once, in order', (st) =>
-      withDatabase(st, async ({ db }) => {
-        const rows = seedRows();
-        await insertAll(db, rows);
-        const [groupA, groupB] = rows.device_groups.map((g) => g.id);
-        assert.ok(groupA && groupB);
-        const devices: NewRow<'devices'>[] = [];
-        for (let i = 0; i < 5000; i++) {
-          devices.push({
-            id: newId(NOW - 100_000 + i),
-            name: `pc-${i}`,
-            public_key: `key-${i}`,
-            inventory: '{}',
-            group_id: i % 3 === 0 ? groupB : groupA,
-            current_versions: '{}',
-            state: i % 4 === 0 ? 'locked' : 'active',
-            enrolled_at: NOW - 100_000,
-            // Only 700 distinct times: many devices share one, so the id must break ties.
-            last_contact_at: NOW - ((i * 7919) % 700) * 1000,
-            updated_at: NOW,
-          });
+        for (const table of INSERT_ORDER) {
+          const stored = await db.selectFrom(table).selectAll().execute();
+          assert.deepEqual(sortRows(stored), sortRows(rows[table]), `table ${table}`);
         }
-        for (let i = 0; i < devices.length; i += 500) {
-          await db
-            .insertInto('devices')
-            .values(devices.slice(i, i + 500))
-            .execute();
-        }
-
-        type Filter = { group_id?: string; state?: 'active' | 'locked' };
-        const filters: Filter[] = [{}, { state: 'locked' }, { group_id: groupA, state: 'active' }];
-        for (const filter of filters) {
-          const base = () => {
-            let q = db.selectFrom('devices').select(['id', 'last_contact_at']);
-            if (filter.group_id !== undefined) q = q.where('group_id', '=', filter.group_id);
-            if (filter.state !== undefined) q = q.where('state', '=', filter.state);
-            return q.orderBy('last_contact_at', 'desc').orderBy('id', 'desc');
-          };
-          const seen: { id: string; last_contact_at: number }[] = [];
-          let cursor: { last_contact_at: number; id: string } | undefined;
-          for (let pages = 0; ; pages++) {
-            assert.ok(pages <= 60, 'pagination ends');
-            let q = base().limit(100);
-            if (cursor) {
-              const after = cursor;
-              q = q.where((eb) =>
-                eb(
-                  eb.refTuple('last_contact_at', 'id'),
-                  '<',
-                  eb.tuple(after.last_contact_at, after.id),
-                ),
-              );
-            }
-            const page = await q.execute();
-            seen.push(...page);
-            const last = page.at(-1);
-            if (page.length < 100 || last === undefined) break;
-            cursor = last;
-          }
-          const wanted = [...rows.devices, ...devices].filter(
-            (d) =>
-              (filter.group_id === undefined || d.group_id === filter.group_id) &&
-              (filter.state === undefined || d.state === filter.state),
-          );
-          const label = JSON.stringify(filter);
-          assert.equal(seen.length, wanted.length, `${label}: every device once`);
-          assert.equal(new Set(seen.map((d) => d.id)).size, seen.length, `${label}: no repeats`);
-          assert.deepEqual(
-            new Set(seen.map((d) => d.id)),
-            new Set(wanted.map((d) => d.id)),
-            `${label}: the right devices`,
-          );
-          for (let i = 1; i < seen.length; i++) {
-            assert.ok(seen[i - 1]!.last_contact_at >= seen[i]!.last_contact_at, `${label}: order`);
-          }
-          // The pages, joined, are the one ordered list the database itself gives.
-          assert.deepEqual(seen, await base().execute(), `${label}: the database's own order`);
-        }
-      }),
-    );
-
-    await t.test('foreign keys and checks hold', (st) =>
-      withDatabase(st, async ({ db }) => {
-        const rows = seedRows();
-        await insertAll(db, rows);
-        const [device] = rows.devices;
-        const [group] = rows.device_groups;
-        const [admin] = rows.admin_users;
-        assert.ok(device && group && admin);
-        const violates = (kind: string) => (err: unknown) => {
-          assert.equal(constraintViolation(err), kind, String(err));
-          return true;
-        };
-
-        await assert.rejects(
-          db
-            .insertInto('devices')
-            .values({ ...device, id: newId(NOW), public_key: 'k', group_id: 'no-such-group' })
-            .execute(),
-          violates('foreign-key'),
-        );
-        await assert.rejects(
-          db.deleteFrom('device_groups').where('id', '=', group.id).execute(),
-          violates('foreign-key'),
-          'a group with devices cannot be deleted',
-        );
-        // The work profile offers only the office app, and only the work profile offers it.
-        const [, personal] = rows.profiles;
-        const [office] = rows.apps;
-        assert.ok(personal && office);
-        await assert.rejects(
-          db
-            .insertInto('device_apps')
-            .values({ device_id: device.id, profile_id: personal.id, app_id: office.id })
-            .execute(),
-          violates('foreign-key'),
-          'a device can choose only apps its profile offers',
-        );
-        await assert.rejects(
-          db
-            .updateTable('devices')
-            .set({ state: 'lost' as never })
-            .where('id', '=', device.id)
-            .execute(),
-          violates('check'),
-        );
-        await assert.rejects(
-          db
-            .insertInto('rollouts')
-            .values({ ...rows.rollouts[0]!, id: newId(NOW), group_id: null, profile_id: null })
-            .execute(),
-          violates('check'),
-          'a rollout targets a group or a profile',
-        );
-        await assert.rejects(
-          db.updateTable('enrolment_tokens').set({ uses_left: -1 }).execute(),
-          violates('check'),
-        );
-
-        // Deleting a device takes everything that is only about it.
-        await db.deleteFrom('devices').where('id', '=', device.id).execute();
-        for (const table of [
-          'device_profiles',
-          'device_apps',
-          'device_events',
-          'rollout_devices',
-          'commands',
-        ] as const) {
-          const left = await db
-            .selectFrom(table)
-            .select('device_id')
-            .where('device_id', '=', device.id)
-            .execute();
-          assert.equal(left.length, 0, `${table} rows of a deleted device`);
-        }
-        // Deleting an admin revokes their API tokens but keeps what they created.
-        await db.deleteFrom('admin_users').where('id', '=', admin.id).execute();
-        assert.equal((await db.selectFrom('api_tokens').selectAll().execute()).length, 0);
-        const token = await db
-          .selectFrom('enrolment_tokens')
-          .select('created_by')
+        // bigint columns come back as numbers on both databases, even past 2^32.
+        const version = await db
+          .selectFrom('image_versions')
+          .select(['size'])
           .executeTakeFirstOrThrow();
-        assert.equal(token.created_by, null);
-      }),
+        assert.equal(version.size, 5_000_000_000);
+        const count = await db
+          .selectFrom('devices')
+          .select((eb) => eb.fn.countAll<number>().as('n'))
+          .executeTakeFirstOrThrow();
+        assert.equal(count.n, 2);
+      },
+      { log },
     );
+    assert.ok(logged.some((fields) => typeof fields['sql'] === 'string'));
+    const text = JSON.stringify(logged);
+    assert.ok(!text.includes('scrypt$'), 'parameter values (a password hash) are never logged');
+  });
 
-    await t.test('a URL that cannot be opened fails naming it', async (st) => {
-      const emptyUrl = await emptyDatabase(st);
-      for (const bad of [
-        ...target.unopenable(emptyUrl),
-        { url: 'mysql://center:hunter2@db/center', shows: 'mysql://center:***@db/center' },
-        { url: 'sqlite://host/center.db', shows: 'sqlite://host/center.db' },
-      ]) {
-        await assert.rejects(openDatabase({ url: bad.url }), (err) => {
-          assert.ok(isBulkheadError(err), String(err));
-          assert.equal(
-            err.code,
-            'isRetryable' in bad ? 'ERR_DATABASE' : 'ERR_DATABASE_URL',
-            err.message,
-          );
-          assert.ok(err.message.includes(bad.shows), err.message);
-          assert.ok(!err.message.includes('hunter2'), 'passwords are masked');
-          if ('isRetryable' in bad) assert.equal(err.retryable, bad.isRetryable, err.message);
-          return true;
+  await t.test('a device cannot record the same event twice', (st) =>
+    withDatabase(st, async ({ db }) => {
+      const rows = seedRows();
+      await insertAll(db, rows);
+      const [first] = rows.device_events;
+      assert.ok(first);
+      await assert.rejects(
+        db
+          .insertInto('device_events')
+          .values({ ...first, payload: '{"replayed":true}' })
+          .execute(),
+        (err) => constraintViolation(err) === 'unique',
+      );
+      // Ingestion inserts batches that may overlap what arrived before: only new events land.
+      const result = await db
+        .insertInto('device_events')
+        .values([first, { ...first, event_id: 'evt-3', received_at: NOW + 5 }])
+        .onConflict((oc) => oc.columns(['device_id', 'event_id']).doNothing())
+        .executeTakeFirst();
+      assert.equal(result.numInsertedOrUpdatedRows, 1n);
+      // Event ids are the device's own: another device may use the same one.
+      const [, other] = rows.devices;
+      assert.ok(other);
+      await db
+        .insertInto('device_events')
+        .values({ ...first, device_id: other.id })
+        .execute();
+      const events = await db
+        .selectFrom('device_events')
+        .select(['device_id', 'event_id', 'payload'])
+        .orderBy('device_id')
+        .orderBy('event_id')
+        .execute();
+      assert.equal(events.length, 4);
+      assert.equal(
+        events.find((e) => e.device_id === first.device_id && e.event_id === first.event_id)
+          ?.payload,
+        first.payload,
+        'the first copy of an event is the one kept',
+      );
+    }),
+  );
+
+  await t.test('keyset pagination returns each of 5,000 devices once, in order', (st) =>
+    withDatabase(st, async ({ db }) => {
+      const rows = seedRows();
+      await insertAll(db, rows);
+      const [groupA, groupB] = rows.device_groups.map((g) => g.id);
+      assert.ok(groupA && groupB);
+      const devices: NewRow<'devices'>[] = [];
+      for (let i = 0; i < 5000; i++) {
+        devices.push({
+          id: newId(NOW - 100_000 + i),
+          name: `pc-${i}`,
+          public_key: `key-${i}`,
+          inventory: '{}',
+          group_id: i % 3 === 0 ? groupB : groupA,
+          current_versions: '{}',
+          state: i % 4 === 0 ? 'locked' : 'active',
+          enrolled_at: NOW - 100_000,
+          // Only 700 distinct times: many devices share one, so the id must break ties.
+          last_contact_at: NOW - ((i * 7919) % 700) * 1000,
+          updated_at: NOW,
         });
       }
-    });
+      for (let i = 0; i < devices.length; i += 500) {
+        await db
+          .insertInto('devices')
+          .values(devices.slice(i, i + 500))
+          .execute();
+      }
+
+      type Filter = { group_id?: string; state?: 'active' | 'locked' };
+      const filters: Filter[] = [{}, { state: 'locked' }, { group_id: groupA, state: 'active' }];
+      for (const filter of filters) {
+        const base = () => {
+          let q = db.selectFrom('devices').select(['id', 'last_contact_at']);
+          if (filter.group_id !== undefined) q = q.where('group_id', '=', filter.group_id);
+          if (filter.state !== undefined) q = q.where('state', '=', filter.state);
+          return q.orderBy('last_contact_at', 'desc').orderBy('id', 'desc');
+        };
+        const seen: { id: string; last_contact_at: number }[] = [];
+        let cursor: { last_contact_at: number; id: string } | undefined;
+        for (let pages = 0; ; pages++) {
+          assert.ok(pages <= 60, 'pagination ends');
+          let q = base().limit(100);
+          if (cursor) {
+            const after = cursor;
+            q = q.where((eb) =>
+              eb(
+                eb.refTuple('last_contact_at', 'id'),
+                '<',
+                eb.tuple(after.last_contact_at, after.id),
+              ),
+            );
+          }
+          const page = await q.execute();
+          seen.push(...page);
+          const last = page.at(-1);
+          if (page.length < 100 || last === undefined) break;
+          cursor = last;
+        }
+        const wanted = [...rows.devices, ...devices].filter(
+          (d) =>
+            (filter.group_id === undefined || d.group_id === filter.group_id) &&
+            (filter.state === undefined || d.state === filter.state),
+        );
+        const label = JSON.stringify(filter);
+        assert.equal(seen.length, wanted.length, `${label}: every device once`);
+        assert.equal(new Set(seen.map((d) => d.id)).size, seen.length, `${label}: no repeats`);
+        assert.deepEqual(
+          new Set(seen.map((d) => d.id)),
+          new Set(wanted.map((d) => d.id)),
+          `${label}: the right devices`,
+        );
+        for (let i = 1; i < seen.length; i++) {
+          assert.ok(seen[i - 1]!.last_contact_at >= seen[i]!.last_contact_at, `${label}: order`);
+        }
+        // The pages, joined, are the one ordered list the database itself gives.
+        assert.deepEqual(seen, await base().execute(), `${label}: the database's own order`);
+      }
+    }),
+  );
+
+  await t.test('foreign keys and checks hold', (st) =>
+    withDatabase(st, async ({ db }) => {
+      const rows = seedRows();
+      await insertAll(db, rows);
+      const [device] = rows.devices;
+      const [group] = rows.device_groups;
+      const [admin] = rows.admin_users;
+      assert.ok(device && group && admin);
+      const violates = (kind: string) => (err: unknown) => {
+        assert.equal(constraintViolation(err), kind, String(err));
+        return true;
+      };
+
+      await assert.rejects(
+        db
+          .insertInto('devices')
+          .values({ ...device, id: newId(NOW), public_key: 'k', group_id: 'no-such-group' })
+          .execute(),
+        violates('foreign-key'),
+      );
+      await assert.rejects(
+        db.deleteFrom('device_groups').where('id', '=', group.id).execute(),
+        violates('foreign-key'),
+        'a group with devices cannot be deleted',
+      );
+      // The work profile offers only the office app, and only the work profile offers it.
+      const [, personal] = rows.profiles;
+      const [office] = rows.apps;
+      assert.ok(personal && office);
+      await assert.rejects(
+        db
+          .insertInto('device_apps')
+          .values({ device_id: device.id, profile_id: personal.id, app_id: office.id })
+          .execute(),
+        violates('foreign-key'),
+        'a device can choose only apps its profile offers',
+      );
+      await assert.rejects(
+        db
+          .updateTable('devices')
+          .set({ state: 'lost' as never })
+          .where('id', '=', device.id)
+          .execute(),
+        violates('check'),
+      );
+      await assert.rejects(
+        db
+          .insertInto('rollouts')
+          .values({ ...rows.rollouts[0]!, id: newId(NOW), group_id: null, profile_id: null })
+          .execute(),
+        violates('check'),
+        'a rollout targets a group or a profile',
+      );
+      await assert.rejects(
+        db.updateTable('enrolment_tokens').set({ uses_left: -1 }).execute(),
+        violates('check'),
+      );
+
+      // Deleting a device takes everything that is only about it.
+      await db.deleteFrom('devices').where('id', '=', device.id).execute();
+      for (const table of [
+        'device_profiles',
+        'device_apps',
+        'device_events',
+        'rollout_devices',
+        'commands',
+      ] as const) {
+        const left = await db
+          .selectFrom(table)
+          .select('device_id')
+          .where('device_id', '=', device.id)
+          .execute();
+        assert.equal(left.length, 0, `${table} rows of a deleted device`);
+      }
+      // Deleting an admin revokes their API tokens but keeps what they created.
+      await db.deleteFrom('admin_users').where('id', '=', admin.id).execute();
+      assert.equal((await db.selectFrom('api_tokens').selectAll().execute()).length, 0);
+      const token = await db
+        .selectFrom('enrolment_tokens')
+        .select('created_by')
+        .executeTakeFirstOrThrow();
+      assert.equal(token.created_by, null);
+    }),
+  );
+
+  await t.test('a URL that cannot be opened fails naming it', async (st) => {
+    const emptyUrl = await databases.emptyUrl(st);
+    for (const bad of [
+      ...UNOPENABLE[databases.dialect](emptyUrl),
+      { url: 'mysql://center:hunter2@db/center', shows: 'mysql://center:***@db/center' },
+      { url: 'sqlite://host/center.db', shows: 'sqlite://host/center.db' },
+    ]) {
+      await assert.rejects(openDatabase({ url: bad.url }), (err) => {
+        assert.ok(isBulkheadError(err), String(err));
+        assert.equal(
+          err.code,
+          'isRetryable' in bad ? 'ERR_DATABASE' : 'ERR_DATABASE_URL',
+          err.message,
+        );
+        assert.ok(err.message.includes(bad.shows), err.message);
+        assert.ok(!err.message.includes('hunter2'), 'passwords are masked');
+        if ('isRetryable' in bad) assert.equal(err.retryable, bad.isRetryable, err.message);
+        return true;
+      });
+    }
   });
-}
+});
 
 /** Tables in an order that satisfies their foreign keys. */
 const INSERT_ORDER = [

@@ -2,48 +2,14 @@
 // and stderr. Everything here goes through bin/bulkhead.js; nothing calls src/ directly.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// `bulkhead ARGS…` as a user runs it, with stdout and stderr captured (so no TTY).
+import { runCli as bulkhead, type CliRun as Run } from '../support/cli.ts';
 import { ext4Image, osFiles, sha256Of, tempDir } from '../support/fixtures.ts';
 
-const BIN = fileURLToPath(new URL('../../bin/bulkhead.js', import.meta.url));
 const HEX64 = /^[0-9a-f]{64}$/;
-
-interface Run {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `bulkhead ARGS…` as a user would, with stdout and stderr captured (so no TTY). */
-function bulkhead(args: string[], timeoutMs = 45_000): Promise<Run> {
-  const env = { ...process.env };
-  delete env.BULKHEAD_DEBUG;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: timeoutMs,
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.on('error', reject);
-    child.on('close', (code, signal) =>
-      resolve({
-        code,
-        signal,
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8'),
-      }),
-    );
-  });
-}
 
 function describe(r: Run): string {
   return `exit ${r.code}${r.signal ? ` (${r.signal})` : ''}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
@@ -506,7 +472,7 @@ test('a key file that is not a key fails with exit 1 and no stack trace', async 
 
 test('demo --dir DIR --json pulls v2 downloading less than a tenth of its size', async (t) => {
   const dir = await tempDir(t);
-  const r = await bulkhead(['demo', '--dir', dir, '--json'], 55_000);
+  const r = await bulkhead(['demo', '--dir', dir, '--json']);
   expectExit(r, 0);
   const doc = json(r);
   const v2 = doc.v2 as Record<string, unknown>;

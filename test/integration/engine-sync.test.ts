@@ -2,14 +2,12 @@
 // desired state, reports, refusals of tampered, replayed and stale documents, the sync loop
 // through an outage, push, and `bulkhead engine enroll|status` as a real process.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createPrivateKey } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { resolveConfig } from '../../src/center/config.ts';
 import { migrateToLatest, newId, openDatabase } from '../../src/center/db/index.ts';
@@ -39,10 +37,11 @@ import {
   isBulkheadError,
   type DeviceCommand,
 } from '../../src/protocol/index.ts';
+import { runCli as cli } from '../support/cli.ts';
 import { sampleEvent } from '../support/events.ts';
 import { tempDir } from '../support/fixtures.ts';
+import { PATIENCE_MS, waitFor, withTimeout } from '../support/wait.ts';
 
-const BIN = fileURLToPath(new URL('../../bin/bulkhead.js', import.meta.url));
 const START = Date.parse('2026-03-02T09:15:00Z');
 const HOUR = 3_600_000;
 
@@ -176,7 +175,7 @@ async function device(t: TestContext, center: TestCenter, clock = engineClock())
       clock,
       log,
       events: queue,
-      timeoutMs: 5_000,
+      timeoutMs: PATIENCE_MS,
       ...(centerUrl === undefined ? {} : { centerUrl }),
     });
   return { dataDir, identity, files, queue, clock, client };
@@ -433,11 +432,12 @@ test('push: a change at Center wakes the loop at once', async (t) => {
   });
   await loop.start();
   try {
-    await waitFor(() => revisions.length === 1 && center.push.connections() === 1, 'connected');
+    await waitFor('connected', () => revisions.length === 1 && center.push.connections() === 1);
     const next = new Promise<void>((resolve) => (changed = resolve));
     await center.addCommand(d.identity.deviceId, 'unlock');
     center.push.notify([d.identity.deviceId]);
-    await withTimeout(next, 15_000, 'the pushed change');
+    // Long before the hour's poll: only push can have brought it.
+    await withTimeout('the pushed change', next);
     assert.equal(revisions.length, 2);
     assert.ok(revisions[1]! > revisions[0]!);
   } finally {
@@ -472,7 +472,7 @@ test('createEngine: the sync loop feeds reconcile one run at a time, newest stat
   });
   try {
     await engine.start();
-    await waitFor(() => running === 1, 'the first reconcile');
+    await waitFor('the first reconcile', () => running === 1);
     for (let i = 0; i < 3; i++) {
       await center.addCommand(engine.client.deviceId, 'restart-vm');
       await engine.sync.syncNow();
@@ -577,24 +577,6 @@ test('bulkhead engine enroll and status as a real process', async (t) => {
   assert.notEqual(JSON.parse(forced.stdout).deviceId, out.deviceId);
 });
 
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const env = { ...process.env };
-  delete env.BULKHEAD_DEBUG;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: 30_000,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
 function systemSleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     if (signal?.aborted) return resolve();
@@ -608,26 +590,4 @@ function systemSleep(ms: number, signal?: AbortSignal): Promise<void> {
       { once: true },
     );
   });
-}
-
-async function waitFor(check: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > until) assert.fail(`timed out waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }

@@ -9,7 +9,7 @@ import { hashSecret } from '../../src/center/admin/credentials.ts';
 import { resolveConfig } from '../../src/center/config.ts';
 import { migrateToLatest, newId, openDatabase } from '../../src/center/db/index.ts';
 import { createCenterApp } from '../../src/center/server.ts';
-import { main } from '../../src/cli/main.ts';
+import { runMain as cli } from '../support/cli.ts';
 import { DirectoryStore, importImage, readIndex, readManifest } from '../../src/image/index.ts';
 import { ext4Image, makeKeys, osFiles, tempDir, type Keys } from '../support/fixtures.ts';
 
@@ -86,26 +86,6 @@ async function listeningCenter(t: TestContext) {
     await database.close();
   });
   return { url, tokens, config, database };
-}
-
-async function cli(args: string[], env: Record<string, string> = {}) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const saved = { ...process.env };
-  Object.assign(process.env, env);
-  try {
-    const code = await main(args, {
-      out: (l) => out.push(l),
-      err: (l) => err.push(l),
-      isTTY: false,
-    });
-    return { code, out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    for (const k of Object.keys(env)) {
-      if (saved[k] === undefined) delete process.env[k];
-      else process.env[k] = saved[k];
-    }
-  }
 }
 
 test('image push sends only the chunks Center lacks, and a repeated push sends nothing', async (t) => {

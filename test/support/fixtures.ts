@@ -3,7 +3,6 @@ import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import type { TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import {
   generateKeyPair,
@@ -15,8 +14,13 @@ import { DirectoryStore, importImage } from '../../src/image/index.ts';
 
 export const exec = promisify(execFile);
 
+/** Where a test helper hands what must be undone when the test ends: a `TestContext` or a stand-in. */
+export interface Cleanups {
+  after(release: () => unknown): void;
+}
+
 /** A temp dir removed when the test ends. */
-export async function tempDir(t: TestContext, prefix = 'bulkhead-test-'): Promise<string> {
+export async function tempDir(t: Cleanups, prefix = 'bulkhead-test-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   t.after(() => rm(dir, { recursive: true, force: true }));
   return dir;

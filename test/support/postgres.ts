@@ -4,9 +4,9 @@ import { access, appendFile, chown, mkdtemp, readFile, readdir, rm } from 'node:
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
+import type { Cleanups } from './fixtures.ts';
 
 const exec = promisify(execFile);
 
@@ -27,7 +27,7 @@ const MISSING =
  *
  * Fails (never skips) when PostgreSQL is missing, naming the package to install.
  */
-export async function startPostgres(t: TestContext): Promise<string> {
+export async function startPostgres(t: Cleanups): Promise<string> {
   const given = process.env['BULKHEAD_TEST_DATABASE_URL'];
   if (given !== undefined && given !== '') return createDatabase(t, given);
   // No drop: the whole cluster goes when the test ends.
@@ -39,7 +39,7 @@ export async function startPostgres(t: TestContext): Promise<string> {
  * a subtest of the one that started the server: the hooks of a test run before its parent's,
  * so the drop comes before the server stops.
  */
-export async function createDatabase(t: TestContext, url: string): Promise<string> {
+export async function createDatabase(t: Cleanups, url: string): Promise<string> {
   const created = await newDatabase(url);
   const name = new URL(created).pathname.slice(1);
   t.after(() =>
@@ -68,7 +68,7 @@ async function withClient(url: string, use: (client: pg.Client) => Promise<unkno
 }
 
 /** Starts a cluster for this test; returns a URL to its `postgres` database. */
-async function startCluster(t: TestContext): Promise<string> {
+async function startCluster(t: Cleanups): Promise<string> {
   const bin = await findServerBinaries();
   const owner = await clusterOwner();
   const dir = await mkdtemp(join(tmpdir(), 'bulkhead-pg-'));
@@ -132,7 +132,8 @@ async function startCluster(t: TestContext): Promise<string> {
         data,
         `--log=${log}`,
         '--wait',
-        '--timeout=30',
+        // Minutes: a machine busy with other work may take long to start a server.
+        '--timeout=300',
         `--options=-p ${port}`,
         'start',
       ]);

@@ -1,11 +1,9 @@
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { CompiledQuery, sql, type Kysely } from 'kysely';
-import { tempDir } from '../../../test/support/fixtures.ts';
-import { startPostgres } from '../../../test/support/postgres.ts';
+import { testDatabases } from '../../../test/support/databases.ts';
 import { DeviceListQuerySchema } from '../../protocol/index.ts';
-import { migrateToLatest, openDatabase, type Database } from '../db/index.ts';
+import type { Database } from '../db/index.ts';
 import { deviceListQuery, listDevices } from './devices.ts';
 
 /*
@@ -85,11 +83,7 @@ const middleCursor = Buffer.from(
 ).toString('base64url');
 
 test(`the device list walks an index at ${DEVICES} devices on SQLite`, async (t) => {
-  const database = await openDatabase({
-    url: `sqlite:${join(await tempDir(t, 'bulkhead-paging-'), 'c.db')}`,
-  });
-  t.after(() => database.close());
-  await migrateToLatest(database.db);
+  const database = await (await testDatabases(t, 'sqlite')).open(t);
   const seeded = performance.now();
   await seed(database.db, (db) =>
     db.transaction().execute(async (trx) => {
@@ -134,12 +128,15 @@ test(`the device list walks an index at ${DEVICES} devices on SQLite`, async (t)
     );
     assert.doesNotMatch(details, /TEMP B-TREE/, `${shape} sorts nothing: ${details}`);
 
-    // A page from the middle of the list, by the API's own code, against a generous bound.
-    const began = performance.now();
+    // A page from the middle of the list, by the API's own code, against a generous bound of
+    // CPU time: SQLite runs in this process, and unlike the wall clock its CPU time does not grow
+    // when a busy machine makes it wait for a core.
+    const began = process.cpuUsage();
     const page = await listDevices(database.db, query);
-    const ms = performance.now() - began;
+    const spent = process.cpuUsage(began);
+    const ms = (spent.user + spent.system) / 1000;
     assert.ok(page.devices.length > 0, shape);
-    assert.ok(ms < 250, `${shape}: a page took ${ms.toFixed(1)} ms`);
+    assert.ok(ms < 250, `${shape}: a page took ${ms.toFixed(1)} ms of CPU`);
   }
 
   // Walking pages: ordered, no duplicates, and the same count as the table.
@@ -165,9 +162,7 @@ test(`the device list walks an index at ${DEVICES} devices on SQLite`, async (t)
 });
 
 test(`the device list walks an index at ${DEVICES} devices on PostgreSQL`, async (t) => {
-  const database = await openDatabase({ url: await startPostgres(t) });
-  t.after(() => database.close());
-  await migrateToLatest(database.db);
+  const database = await (await testDatabases(t, 'postgres')).open(t);
   await seed(database.db, async (db) => {
     await sql`
       insert into devices (id, name, public_key, inventory, group_id, current_versions, state,
