@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { test } from 'node:test';
 import { startPostgres } from '../../test/support/postgres.ts';
+import { PATIENCE_MS } from '../../test/support/wait.ts';
 import { createPgPushBus, pushPayloads } from './push-pg.ts';
 
 test('payloads stay below the NOTIFY limit and carry every id once', () => {
@@ -26,7 +27,7 @@ test('a notification through one replica reaches a subscriber of another', async
 
   const calls: string[] = [];
   let wake: () => void = () => undefined;
-  const next = (ms = 1000) =>
+  const next = (ms = PATIENCE_MS) =>
     new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`no notification in ${ms} ms`)), ms);
       wake = () => {

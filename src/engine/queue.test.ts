@@ -3,30 +3,14 @@ import { appendFile, readdir, readFile, writeFile } from 'node:fs/promises';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { fixedClock, recordingLog } from '../../test/support/engine.ts';
 import { sampleEvent as ev, tagOf } from '../../test/support/events.ts';
 import { tempDir } from '../../test/support/fixtures.ts';
+import { waitFor } from '../../test/support/wait.ts';
 import { isBulkheadError, type NewEvent } from '../protocol/index.ts';
-import type { Clock } from './clock.ts';
-import type { Log } from './log.ts';
 import { EventQueue, readQueueDepth } from './queue.ts';
 
 const START = Date.parse('2026-03-02T09:15:00Z');
-
-function fixedClock(ms = START): Clock & { ms: number } {
-  const clock = { ms, now: () => clock.ms, sleep: async () => {} };
-  return clock;
-}
-
-function recorder(): Log & { warnings: string[] } {
-  const warnings: string[] = [];
-  return {
-    warnings,
-    debug: () => {},
-    info: () => {},
-    warn: (_o, msg) => warnings.push(msg),
-    error: () => {},
-  };
-}
 
 const segmentOf = async (dir: string) =>
   (await readdir(dir)).find((n) => n.startsWith('segment-')) as string;
@@ -90,7 +74,7 @@ test('a torn last line (kill -9 mid-append) is ignored with a warning, later app
 
   // The read-only view ignores it as well.
   assert.equal(await readQueueDepth(dir), 1);
-  const log = recorder();
+  const log = recordingLog();
   const again = await EventQueue.open({ dir, clock: fixedClock(), log });
   assert.ok(
     log.warnings.some((w) => /torn last line/.test(w)),
@@ -117,7 +101,7 @@ test('a lost cursor replays what is on disk rather than losing it', async (t) =>
   await q.close();
   await writeFile(join(dir, 'cursor.json'), '{ broken');
   await writeFile(join(dir, 'cursor.json.bak'), '{ broken');
-  const again = await EventQueue.open({ dir, clock: fixedClock(), log: recorder() });
+  const again = await EventQueue.open({ dir, clock: fixedClock(), log: recordingLog() });
   assert.deepEqual(
     again.peek(10).map((e) => e.id),
     events.map((e) => e.id),
@@ -149,7 +133,7 @@ test('acked heads are compacted into a new segment; the old one is removed', asy
 
 test('bounded: oldest download-progress goes first, then other kinds, never outcomes', async (t) => {
   const dir = await tempDir(t, 'bulkhead-queue-');
-  const log = recorder();
+  const log = recordingLog();
   const q = await EventQueue.open({ dir, clock: fixedClock(), maxEvents: 10, log });
   await q.append([
     ev('healthy', 'h1'),
@@ -213,19 +197,16 @@ test('kill -9 during a stream of appends loses no acknowledged append and leaves
   });
   let out = '';
   child.stdout.on('data', (b: Buffer) => (out += b.toString()));
-  await new Promise<void>((resolve) => {
-    const check = setInterval(() => {
-      if (out.split('\n').length > 200) {
-        clearInterval(check);
-        resolve();
-      }
-    }, 5);
-  });
+  await waitFor(
+    '200 acknowledged appends',
+    () => out.split('\n').length > 200 || (child.exitCode !== null && assert.fail('it exited')),
+    { intervalMs: 5 },
+  );
   child.kill('SIGKILL');
   await new Promise((resolve) => child.once('close', resolve));
   const confirmed = out.split('\n').filter((l) => l.length > 0 && l.length === 36);
 
-  const q = await EventQueue.open({ dir, log: recorder() });
+  const q = await EventQueue.open({ dir, log: recordingLog() });
   const ids = q.peek(1_000_000).map((e) => e.id);
   await q.close();
   assert.ok(confirmed.length >= 200);

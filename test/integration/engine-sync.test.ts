@@ -38,6 +38,7 @@ import {
   type DeviceCommand,
 } from '../../src/protocol/index.ts';
 import { runCli as cli } from '../support/cli.ts';
+import { fixedClock, recordingLog } from '../support/engine.ts';
 import { sampleEvent } from '../support/events.ts';
 import { tempDir } from '../support/fixtures.ts';
 import { PATIENCE_MS, waitFor, withTimeout } from '../support/wait.ts';
@@ -46,22 +47,6 @@ const START = Date.parse('2026-03-02T09:15:00Z');
 const HOUR = 3_600_000;
 
 const inventory = { hostname: 'pc-engine', cpu: { model: 'Test CPU', cores: 2 } };
-
-function recorder(): Log & { warnings: string[] } {
-  const warnings: string[] = [];
-  return {
-    warnings,
-    debug: () => {},
-    info: () => {},
-    warn: (_o, msg) => warnings.push(msg),
-    error: () => {},
-  };
-}
-
-function engineClock(ms = START): Clock & { ms: number } {
-  const clock = { ms, now: () => clock.ms, sleep: async () => {} };
-  return clock;
-}
 
 /** A real Center on SQLite, listening on 127.0.0.1; it can be stopped and started again. */
 async function startCenter(t: TestContext) {
@@ -155,7 +140,7 @@ async function startCenter(t: TestContext) {
 type TestCenter = Awaited<ReturnType<typeof startCenter>>;
 
 /** An enrolled device: its data dir, queue and client (clock of its own). */
-async function device(t: TestContext, center: TestCenter, clock = engineClock()) {
+async function device(t: TestContext, center: TestCenter, clock = fixedClock()) {
   const dataDir = join(await tempDir(t, 'bulkhead-engine-'), 'engine');
   const identity = await enroll({
     centerUrl: center.url,
@@ -168,7 +153,7 @@ async function device(t: TestContext, center: TestCenter, clock = engineClock())
   const files = engineFiles(dataDir, { clock });
   const queue = await EventQueue.open({ dir: files.queueDir, clock });
   t.after(() => queue.close().catch(() => {}));
-  const client = (centerUrl?: string, log: Log = recorder()) =>
+  const client = (centerUrl?: string, log: Log = recordingLog()) =>
     new CenterClient({
       identity,
       privateKey,
@@ -319,7 +304,7 @@ test('sync loop: commands once, Center down → backoff grows and events wait, b
       queue: d.queue,
       store: d.files,
       clock: d.clock,
-      log: recorder(),
+      log: recordingLog(),
       push: false,
       random: () => 0.999,
       onDesiredState: (doc, source) => {
@@ -423,7 +408,7 @@ test('push: a change at Center wakes the loop at once', async (t) => {
     store: d.files,
     // Real sleeps: the poll interval is an hour, so only push can bring the change quickly.
     clock: { now: () => d.clock.now(), sleep: (ms, signal) => systemSleep(ms, signal) },
-    log: recorder(),
+    log: recordingLog(),
     pollIntervalMs: HOUR,
     onDesiredState: (doc) => {
       revisions.push(doc.state.revision);
@@ -498,15 +483,15 @@ test('engine run: built from one configuration, it syncs, follows the poll inter
   const t0 = Date.now();
   const clock: Clock = { now: () => START + (Date.now() - t0), sleep: systemSleep };
   const config = resolveEngineConfig([{ dataDir, hypervisor: 'sim' }]);
-  const running = await startEngineRun(config, { clock, log: recorder() });
+  const running = await startEngineRun(config, { clock, log: recordingLog() });
   try {
-    await waitFor(() => running.engine.sync.current() !== undefined, 'a desired state');
+    await waitFor('a desired state', () => running.engine.sync.current() !== undefined);
     assert.equal(running.engine.sync.connectivity().online, true);
     assert.equal(running.engine.sync.current()?.document.state.pollIntervalSeconds, 45);
     const { lastContactAt, nextAttemptAt } = running.engine.sync.connectivity();
     assert.equal(nextAttemptAt! - lastContactAt!, 45_000, 'the next poll is 45 s after contact');
   } finally {
-    await withTimeout(running.stop(), 10_000, 'engine run to stop');
+    await withTimeout('engine run to stop', running.stop());
   }
   assert.equal((await readEngineStatus(dataDir)).desired?.deviceState, 'active');
 });
