@@ -18,6 +18,7 @@ import { volumeLayout } from '../../src/engine/volumes/overlays.ts';
 import { DirectoryStore, importImage, type ImportResult } from '../../src/image/index.ts';
 import { makeKeys, type Keys } from '../support/fixtures.ts';
 import { requireQemu, testGuest } from '../support/guest.ts';
+import { waitFor } from '../support/wait.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/bulkhead.js', import.meta.url));
 const nodeBin = fileURLToPath(new URL('../../node_modules/.bin/node', import.meta.url));
@@ -200,18 +201,9 @@ interface DeviceDetail {
 
 const device = () => api<DeviceDetail>('GET', `/devices/${w.deviceId}`);
 
-async function until<T>(
-  what: string,
-  fn: () => Promise<T | undefined | false>,
-  ms = 180_000,
-): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 500));
-  }
+/** Waits for `fn` to give something; a failing call (Center away, VM booting) counts as not yet. */
+function until<T>(what: string, fn: () => Promise<T | undefined | false>): Promise<T> {
+  return waitFor(what, () => fn().catch(() => undefined), { intervalMs: 500 });
 }
 
 async function push(version: string): Promise<void> {

@@ -18,6 +18,7 @@ import { DirectoryStore, importImage, type ImportResult } from '../../src/image/
 import type { DesiredState, DesiredVm, VolumeRef } from '../../src/protocol/index.ts';
 import { makeKeys } from '../support/fixtures.ts';
 import { requireQemu, testGuest } from '../support/guest.ts';
+import { waitFor, withTimeout } from '../support/wait.ts';
 import { startStaticServer, type StaticServer } from '../support/static-server.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -39,6 +40,8 @@ interface Ctx {
 }
 let ctx: Ctx;
 let child: ChildProcess | undefined;
+/** Reconcile passes the Engine children have finished. */
+let passes = 0;
 
 before(async () => {
   await requireQemu();
@@ -176,9 +179,11 @@ function startChild(crashAt?: UpdateState): ChildProcess {
       GUEST_CMDLINE: ctx.guest.cmdline,
       ...(crashAt ? { ENGINE_CRASH_AT: crashAt } : { ENGINE_CRASH_AT: '' }),
     },
-    stdio: ['ignore', 'ignore', 'pipe'],
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
   c.stderr!.on('data', (d: Buffer) => process.stderr.write(`[engine] ${d.toString()}`));
+  // The child prints a line after each reconcile pass.
+  c.stdout!.on('data', (d: Buffer) => (passes += d.toString().split('\n').length - 1));
   child = c;
   return c;
 }
@@ -236,23 +241,9 @@ async function hasTransaction(): Promise<boolean> {
   }
 }
 
-async function until<T>(
-  what: string,
-  fn: () => Promise<T | undefined | false>,
-  timeoutMs = 120_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
 /** Waits until the VM settled (no transaction) on one of `versions`; returns the one. */
 async function settledOn(versions: string[]): Promise<string> {
-  return until(`the VM to settle on ${versions.join(' or ')}`, async () => {
+  return waitFor(`the VM to settle on ${versions.join(' or ')}`, async () => {
     const r = await vmRecord();
     if (!r || (await hasTransaction()) || r.transaction.state !== 'idle') return undefined;
     const v = r.currentVersionId?.replace(/^ver-/, '');
@@ -310,7 +301,7 @@ test('install v1, patch to v2 (only new chunks), a broken v3 rolls back by itsel
   assert.ok(downloaded < ctx.versions['2']!.size / 8, 'far less than the image');
 
   await setDesired('3a');
-  await until('the rolled-back event of 3a', async () =>
+  await waitFor('the rolled-back event of 3a', async () =>
     (await events()).find((e) => e.type === 'rolled-back' && e.data.versionId === 'ver-3a'),
   );
   assert.equal(await settledOn(['2']), '2');
@@ -321,7 +312,8 @@ test('install v1, patch to v2 (only new chunks), a broken v3 rolls back by itsel
   assert.ok((await vmRecord())!.badVersions.includes('ver-3a'), '3a is marked bad');
   await assertGuest('2');
   // A bad version is not tried again: the VM stays on v2 through further passes.
-  await new Promise((r) => setTimeout(r, 2000));
+  const seen = passes;
+  await waitFor('two more reconcile passes', () => passes >= seen + 2);
   assert.equal((await vmRecord())!.currentVersionId, 'ver-2');
   assert.equal(
     (await events()).filter((e) => e.type === 'switched' && e.data.versionId === 'ver-3a').length,
@@ -349,7 +341,7 @@ test('bad input: a manifest other than the one named, or tampered chunks, fail w
   ];
   for (const c of cases) {
     await setDesired(c.version, c.over);
-    const failed = await until(`the failed event of ${c.versionId}`, async () =>
+    const failed = await waitFor(`the failed event of ${c.versionId}`, async () =>
       (await events()).find((e) => e.type === 'failed' && e.data.versionId === c.versionId),
     );
     assert.match(String(failed.data.reason), c.reason);
@@ -381,12 +373,7 @@ for (const c of crashCases) {
   test(`kill -9 in ${c.state} (to ${c.target}): the VM ends healthy on ${c.ends.join(' or ')}`, async () => {
     await setDesired(c.target);
     const crashing = startChild(c.state);
-    const exit = await Promise.race([
-      exitOf(crashing),
-      new Promise<never>((_, reject) =>
-        setTimeout(() => reject(new Error(`Engine never reached ${c.state}`)), 150_000),
-      ),
-    ]);
+    const exit = await withTimeout(`Engine to reach ${c.state}`, exitOf(crashing));
     assert.equal(exit.signal, 'SIGKILL', `Engine killed itself in ${c.state}`);
     const tx = JSON.parse(
       await readFile(join(ctx.dataDir, 'updates', 'work.json'), 'utf8').catch(() => 'null'),
