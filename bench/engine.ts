@@ -20,6 +20,7 @@ import { GoldenStore } from '../src/engine/volumes/goldens.ts';
 import { volumeLayout } from '../src/engine/volumes/overlays.ts';
 import { DirectoryStore, importImage, type ImportResult } from '../src/image/index.ts';
 import type { DesiredState, PublicKeyRef, VolumeRef } from '../src/protocol/index.ts';
+import { osVersionRef, workDesiredState } from '../test/support/desired.ts';
 import { startStaticServer } from './http-server.ts';
 import { round } from './util.ts';
 
@@ -37,15 +38,7 @@ interface Env {
 }
 
 function ref(env: Env, version: string): VolumeRef {
-  const r = env.versions[version]!;
-  return {
-    image: 'os',
-    imageId: 'img-os',
-    version,
-    versionId: `ver-${version}`,
-    manifestId: r.manifest,
-    size: r.size,
-  };
+  return osVersionRef(version, env.versions[version]!);
 }
 
 /** Resident set of a process, in bytes, from /proc. */
@@ -199,35 +192,8 @@ async function measureEngine(env: Env & { guest: Awaited<ReturnType<typeof build
   const eventsPath = join(env.dir, 'events.jsonl');
   await writeFile(tracePath, '');
   await writeFile(eventsPath, '');
-  const desired = (version: string): DesiredState => ({
-    deviceId: '01890000-0000-7000-8000-000000000001',
-    revision: 1,
-    generatedAt: Date.now(),
-    expiresAt: Date.now() + 86_400_000,
-    device: { state: 'active' },
-    mirrors: [env.url],
-    publishers: env.publishers,
-    vms: [
-      {
-        name: 'work',
-        profileId: 'profile-work',
-        system: ref(env, version),
-        apps: [],
-        policy: {
-          network: 'none',
-          allowedEndpoints: [],
-          clipboard: false,
-          usbDevices: [],
-          encryptData: false,
-        },
-        healthCheck: { timeoutSeconds: 60, command: ['/usr/libexec/health-check'] },
-        resources: { cpus: 1, memoryMib: 256 },
-        resetPolicy: 'on-update',
-        lease: { days: 30, expiresAt: Date.now() + 30 * 86_400_000 },
-      },
-    ],
-    commands: [],
-  });
+  const desired = (version: string): DesiredState =>
+    workDesiredState({ system: ref(env, version), mirrors: [env.url], publishers: env.publishers });
   const traces = async (): Promise<Trace[]> =>
     (await readFile(tracePath, 'utf8'))
       .split('\n')

@@ -2,7 +2,7 @@
 // and stderr. Everything here goes through bin/bulkhead.js; nothing calls src/ directly.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 // `bulkhead ARGS…` as a user runs it, with stdout and stderr captured (so no TTY).
@@ -444,27 +444,12 @@ test('--json on failure prints { "error": { "code" } } on stdout, usage errors t
 });
 
 test('a key file that is not a key fails with exit 1 and no stack trace', async (t) => {
-  const w = await world();
-  const dir = await tempDir(t);
-  const bogus = join(dir, 'bogus.pub');
+  const bogus = join(await tempDir(t), 'bogus.pub');
   await writeFile(bogus, 'not a key\n');
-  await mkdir(join(dir, 'out'));
-  const r = await bulkhead([
-    'image',
-    'pull',
-    '--from',
-    w.store,
-    '--image',
-    'os@2',
-    '--trust',
-    bogus,
-    '--out',
-    join(dir, 'out', 'x.raw'),
-    '--json',
-  ]);
+  const { r, outDir } = await failedPull(t, () => ['--image', 'os@2', '--trust', bogus, '--json']);
   expectFailure(r, 1);
   assert.equal(errorCode(r), 'ERR_KEY_INVALID');
-  await expectNothingAt(join(dir, 'out'));
+  await expectNothingAt(outDir);
 });
 
 // ---------------------------------------------------------------------------------------------

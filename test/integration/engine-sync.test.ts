@@ -500,17 +500,9 @@ test('bulkhead engine enroll and status as a real process', async (t) => {
   const center = await startCenter(t);
   const dataDir = join(await tempDir(t, 'bulkhead-engine-cli-'), 'engine');
   const token = await center.token();
-  const run = await cli([
-    'engine',
-    'enroll',
-    '--center',
-    center.url,
-    '--token',
-    token,
-    '--data',
-    dataDir,
-    '--json',
-  ]);
+  const enrol = (...more: string[]) =>
+    cli(['engine', 'enroll', '--center', center.url, '--data', dataDir, ...more]);
+  const run = await enrol('--token', token, '--json');
   assert.equal(run.code, 0, run.stderr);
   const out = JSON.parse(run.stdout);
   assert.match(out.deviceId, /^[0-9a-f-]{36}$/);
@@ -521,16 +513,7 @@ test('bulkhead engine enroll and status as a real process', async (t) => {
   const identity = JSON.parse(await readFile(join(dataDir, 'identity.json'), 'utf8'));
   assert.equal(identity.deviceId, out.deviceId);
 
-  const again = await cli([
-    'engine',
-    'enroll',
-    '--center',
-    center.url,
-    '--token',
-    token,
-    '--data',
-    dataDir,
-  ]);
+  const again = await enrol('--token', token);
   assert.equal(again.code, 1);
   assert.match(
     again.stderr.trim(),
@@ -546,18 +529,7 @@ test('bulkhead engine enroll and status as a real process', async (t) => {
   const human = await cli(['engine', 'status', '--data', dataDir]);
   assert.match(human.stdout, new RegExp(`Device\\s+${out.deviceId}`));
 
-  const forced = await cli([
-    'engine',
-    'enroll',
-    '--center',
-    center.url,
-    '--token',
-    await center.token(),
-    '--data',
-    dataDir,
-    '--force',
-    '--json',
-  ]);
+  const forced = await enrol('--token', await center.token(), '--force', '--json');
   assert.equal(forced.code, 0, forced.stderr);
   assert.notEqual(JSON.parse(forced.stdout).deviceId, out.deviceId);
 });

@@ -12,12 +12,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { GuestAgent } from '../../src/engine/guest-agent.ts';
 import { createQemuDriver } from '../../src/engine/hypervisor/index.ts';
 import { volumeLayout } from '../../src/engine/volumes/overlays.ts';
 import { DirectoryStore, importImage, type ImportResult } from '../../src/image/index.ts';
+import { killProcess } from '../support/cli.ts';
 import { makeKeys, type Keys } from '../support/fixtures.ts';
-import { requireQemu, testGuest } from '../support/guest.ts';
+import { requireQemu, runInGuest, testGuest } from '../support/guest.ts';
 import { waitFor } from '../support/wait.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/bulkhead.js', import.meta.url));
@@ -141,10 +141,7 @@ function startEngine(pollSeconds = 2): void {
 async function killEngine(): Promise<void> {
   const c = engine;
   engine = undefined;
-  if (!c || c.exitCode !== null || c.signalCode !== null) return;
-  const done = new Promise((r) => c.once('exit', r));
-  c.kill('SIGKILL');
-  await done;
+  await killProcess(c);
 }
 
 async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
@@ -224,17 +221,8 @@ async function imageId(): Promise<string> {
   return w.imageId;
 }
 
-async function guestRun(argv: string[]): Promise<{ exitCode: number; stdout: string }> {
-  await driver.attach('work', volumeLayout(w.engineData, 'work').runDir);
-  const status = await driver.status('work');
-  assert.equal(status.state, 'running', 'the VM runs');
-  const agent = await GuestAgent.waitUntilResponsive(status.guestAgentSocket!, 60_000);
-  try {
-    const r = await agent.exec(argv, 30_000);
-    return { exitCode: r.exitCode, stdout: r.stdout.toString() };
-  } finally {
-    agent.close();
-  }
+function guestRun(argv: string[]): Promise<{ exitCode: number; stdout: string }> {
+  return runInGuest(driver, 'work', volumeLayout(w.engineData, 'work').runDir, argv);
 }
 
 before(async () => {

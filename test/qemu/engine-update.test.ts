@@ -9,15 +9,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { GuestAgent } from '../../src/engine/guest-agent.ts';
 import { createQemuDriver } from '../../src/engine/hypervisor/index.ts';
 import type { HypervisorDriver } from '../../src/engine/hypervisor/types.ts';
 import type { UpdateState } from '../../src/engine/update/machine.ts';
 import { volumeLayout } from '../../src/engine/volumes/overlays.ts';
 import { DirectoryStore, importImage, type ImportResult } from '../../src/image/index.ts';
-import type { DesiredState, DesiredVm, VolumeRef } from '../../src/protocol/index.ts';
+import type { DesiredState, VolumeRef } from '../../src/protocol/index.ts';
+import { killProcess } from '../support/cli.ts';
+import { osVersionRef, workDesiredState } from '../support/desired.ts';
 import { makeKeys } from '../support/fixtures.ts';
-import { requireQemu, testGuest } from '../support/guest.ts';
+import { requireQemu, runInGuest, testGuest } from '../support/guest.ts';
 import { waitFor, withTimeout } from '../support/wait.ts';
 import { startStaticServer, type StaticServer } from '../support/static-server.ts';
 
@@ -114,50 +115,19 @@ after(async () => {
 });
 
 function ref(version: string): VolumeRef {
-  const r = ctx.versions[version]!;
-  return {
-    image: 'os',
-    imageId: 'img-os',
-    version,
-    versionId: `ver-${version}`,
-    manifestId: r.manifest,
-    size: r.size,
-  };
+  return osVersionRef(version, ctx.versions[version]!);
 }
 
 function desired(
   version: string,
   over: { system?: Partial<VolumeRef>; mirrors?: string[] } = {},
 ): DesiredState {
-  const vm: DesiredVm = {
-    name: 'work',
-    profileId: 'profile-work',
+  return workDesiredState({
     system: { ...ref(version), ...over.system },
-    apps: [],
-    policy: {
-      network: 'none',
-      allowedEndpoints: [],
-      clipboard: false,
-      usbDevices: [],
-      encryptData: true,
-    },
-    healthCheck: { timeoutSeconds: 60, command: ['/usr/libexec/health-check'] },
-    resources: { cpus: 1, memoryMib: 256 },
-    resetPolicy: 'on-update',
-    lease: { days: 30, expiresAt: Date.now() + 30 * 86_400_000 },
-    dataKey: Buffer.alloc(32, 7).toString('base64'),
-  };
-  return {
-    deviceId: '01890000-0000-7000-8000-000000000001',
-    revision: 1,
-    generatedAt: Date.now(),
-    expiresAt: Date.now() + 86_400_000,
-    device: { state: 'active' },
     mirrors: over.mirrors ?? [ctx.server.url],
     publishers: [{ keyid: ctx.keyid, publicKey: ctx.publicPem }],
-    vms: [vm],
-    commands: [],
-  };
+    dataKey: Buffer.alloc(32, 7).toString('base64'),
+  });
 }
 
 async function setDesired(
@@ -191,10 +161,7 @@ function startChild(crashAt?: UpdateState): ChildProcess {
 async function stopChild(): Promise<void> {
   const c = child;
   child = undefined;
-  if (!c || c.exitCode !== null || c.signalCode !== null) return;
-  const exited = new Promise((r) => c.once('exit', r));
-  c.kill('SIGKILL');
-  await exited;
+  await killProcess(c);
 }
 
 function exitOf(c: ChildProcess): Promise<{ code: number | null; signal: string | null }> {
@@ -252,17 +219,8 @@ async function settledOn(versions: string[]): Promise<string> {
 }
 
 /** Runs argv in the guest; stdout as text. */
-async function guestRun(argv: string[]): Promise<{ exitCode: number; stdout: string }> {
-  await ctx.driver.attach('work', volumeLayout(ctx.dataDir, 'work').runDir);
-  const status = await ctx.driver.status('work');
-  assert.equal(status.state, 'running', 'the VM runs');
-  const agent = await GuestAgent.waitUntilResponsive(status.guestAgentSocket!, 60_000);
-  try {
-    const r = await agent.exec(argv, 30_000);
-    return { exitCode: r.exitCode, stdout: r.stdout.toString() };
-  } finally {
-    agent.close();
-  }
+function guestRun(argv: string[]): Promise<{ exitCode: number; stdout: string }> {
+  return runInGuest(ctx.driver, 'work', volumeLayout(ctx.dataDir, 'work').runDir, argv);
 }
 
 async function assertGuest(version: string): Promise<void> {

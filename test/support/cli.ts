@@ -132,3 +132,11 @@ export function startCenterProcess(
     child.on('exit', (code) => reject(new Error(`center serve exited with ${code}: ${err}`)));
   });
 }
+
+/** Kills `child` with SIGKILL and waits until it has exited; nothing when it already has. */
+export async function killProcess(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
+}

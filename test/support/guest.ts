@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { access, constants } from 'node:fs/promises';
 import {
   buildGuest,
@@ -5,6 +6,8 @@ import {
   type GuestArtifacts,
   type TestVolumes,
 } from '../../guest/build.ts';
+import { GuestAgent, type HypervisorDriver } from '../../src/engine/index.ts';
+import { PATIENCE_MS } from './wait.ts';
 
 export type { GuestArtifacts, TestVolumes };
 
@@ -31,5 +34,27 @@ export async function requireQemu(): Promise<void> {
         `${path} was not found: install the Debian package ${pkg} (apt-get install ${pkg})`,
       );
     }
+  }
+}
+
+/**
+ * Runs `argv` in the running VM `name` (attached from `runDir`) through its guest agent,
+ * waiting as long as a guest on a busy machine needs; stdout as text.
+ */
+export async function runInGuest(
+  driver: HypervisorDriver,
+  name: string,
+  runDir: string,
+  argv: string[],
+): Promise<{ exitCode: number; stdout: string }> {
+  await driver.attach(name, runDir);
+  const status = await driver.status(name);
+  assert.equal(status.state, 'running', 'the VM runs');
+  const agent = await GuestAgent.waitUntilResponsive(status.guestAgentSocket!, PATIENCE_MS);
+  try {
+    const r = await agent.exec(argv, PATIENCE_MS);
+    return { exitCode: r.exitCode, stdout: r.stdout.toString() };
+  } finally {
+    agent.close();
   }
 }
