@@ -7,53 +7,24 @@ import { openDatabase, verifyPassword } from '../center/index.ts';
 
 test('center admin create and reset work on the database directly', async (t) => {
   const dir = await tempDir(t);
-  const created = await run([
-    'center',
-    'admin',
-    'create',
-    '--data',
-    dir,
-    '--username',
-    'bob',
-    '--role',
-    'operator',
-    '--json',
-  ]);
+  const admin = (verb: string, ...more: string[]) =>
+    run(['center', 'admin', verb, '--data', dir, ...more]);
+  const created = await admin('create', '--username', 'bob', '--role', 'operator', '--json');
   assert.equal(created.code, 0, created.err);
   const first = JSON.parse(created.out) as { password: string; role: string };
   assert.equal(first.role, 'operator');
 
-  const again = await run([
-    'center',
-    'admin',
-    'create',
-    '--data',
-    dir,
-    '--username',
-    'bob',
-    '--role',
-    'viewer',
-  ]);
+  const again = await admin('create', '--username', 'bob', '--role', 'viewer');
   assert.equal(again.code, 1);
   assert.match(again.err, /already exists/);
-  const badRole = await run([
-    'center',
-    'admin',
-    'create',
-    '--data',
-    dir,
-    '--username',
-    'x',
-    '--role',
-    'root',
-  ]);
+  const badRole = await admin('create', '--username', 'x', '--role', 'root');
   assert.equal(badRole.code, 2);
 
-  const reset = await run(['center', 'admin', 'reset', '--data', dir, '--username', 'bob']);
+  const reset = await admin('reset', '--username', 'bob');
   assert.equal(reset.code, 0, reset.err);
   const password = /^ {2}(\S+)$/m.exec(reset.out)?.[1];
   assert.ok(password && password !== first.password);
-  const missing = await run(['center', 'admin', 'reset', '--data', dir, '--username', 'nobody']);
+  const missing = await admin('reset', '--username', 'nobody');
   assert.equal(missing.code, 1);
   assert.match(missing.err, /no administrator "nobody"/);
 

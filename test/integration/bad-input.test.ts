@@ -28,20 +28,28 @@ async function smallDisk(t: TestContext, size: string): Promise<string> {
   return mnt;
 }
 
-async function published(t: TestContext) {
+/** A publisher's key and image os@1, not yet imported: `importInto(store)` publishes it. */
+async function publisher(t: TestContext) {
   const dir = await tempDir(t);
   const keys = await makeKeys(dir);
-  const store = new DirectoryStore(join(dir, 'store'));
   const v1 = await ext4Image(dir, 'v1', osFiles(1));
-  await importImage({
-    file: v1,
-    store,
-    name: 'os',
-    version: '1',
-    key: keys.key,
-    tempDir: join(dir, 'tmp'),
-  });
-  return { dir, keys, store, v1 };
+  const importInto = (store: DirectoryStore) =>
+    importImage({
+      file: v1,
+      store,
+      name: 'os',
+      version: '1',
+      key: keys.key,
+      tempDir: join(dir, 'tmp'),
+    });
+  return { dir, keys, v1, importInto };
+}
+
+async function published(t: TestContext) {
+  const p = await publisher(t);
+  const store = new DirectoryStore(join(p.dir, 'store'));
+  await p.importInto(store);
+  return { ...p, store };
 }
 
 test('a full disk during pull: clear error, nothing left behind', async (t) => {
@@ -57,22 +65,10 @@ test('a full disk during pull: clear error, nothing left behind', async (t) => {
 });
 
 test('a full disk during import: clear error, no manifest published', async (t) => {
-  const dir = await tempDir(t);
-  const keys = await makeKeys(dir);
-  const v1 = await ext4Image(dir, 'v1', osFiles(1));
+  const p = await publisher(t);
   const disk = await smallDisk(t, '1m');
   const store = new DirectoryStore(join(disk, 'store'));
-  await assert.rejects(
-    importImage({
-      file: v1,
-      store,
-      name: 'os',
-      version: '1',
-      key: keys.key,
-      tempDir: join(dir, 'tmp'),
-    }),
-    code(ErrorCodes.DISK_FULL),
-  );
+  await assert.rejects(p.importInto(store), code(ErrorCodes.DISK_FULL));
   assert.equal(await exists(join(disk, 'store', 'manifests', 'os', '1.json')), false);
 });
 

@@ -230,20 +230,16 @@ test('chunking is deterministic: the same image cuts the same way into any store
   const dir = await tempDir(t);
   const keys = await makeKeys(dir);
   const image = await ext4Image(dir, 'v1', osFiles(1));
-  const a = await importImage({
-    file: image,
-    store: new DirectoryStore(join(dir, 'a')),
-    name: 'os',
-    version: '1',
-    key: keys.key,
-  });
-  const b = await importImage({
-    file: image,
-    store: new DirectoryStore(join(dir, 'b')),
-    name: 'os',
-    version: '1',
-    key: keys.key,
-  });
+  const into = (store: string) =>
+    importImage({
+      file: image,
+      store: new DirectoryStore(join(dir, store)),
+      name: 'os',
+      version: '1',
+      key: keys.key,
+    });
+  const a = await into('a');
+  const b = await into('b');
   const ma = await readManifest(new DirectoryStore(join(dir, 'a')), 'os', '1', keys.trusted);
   const mb = await readManifest(new DirectoryStore(join(dir, 'b')), 'os', '1', keys.trusted);
   assert.equal(ma.body.index.digest, mb.body.index.digest);
