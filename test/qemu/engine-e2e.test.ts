@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createQemuDriver } from '../../src/engine/hypervisor/index.ts';
+import { readEngineStatus } from '../../src/engine/index.ts';
 import { volumeLayout } from '../../src/engine/volumes/overlays.ts';
 import { DirectoryStore, importImage, type ImportResult } from '../../src/image/index.ts';
 import { killProcess } from '../support/cli.ts';
@@ -384,9 +385,14 @@ test('4. lock, unlock and restart-vm from the CLI reach Engine over the push cha
 test('5. Center down: Engine restarts, the VM keeps running v2; reports arrive later, none twice', async () => {
   await stopCenter();
   await killEngine();
+  const restarted = Date.now();
   startEngine();
-  // The VM was never stopped, and Engine (restarted, offline) leaves it running on v2.
-  await new Promise((r) => setTimeout(r, 5000));
+  // The VM was never stopped, and Engine (restarted, offline) leaves it running on v2: looked at
+  // once the new Engine is up and has found Center away.
+  await until('the restarted Engine to miss Center', async () => {
+    const { connectivity } = await readEngineStatus(w.engineData);
+    return (connectivity.lastError?.at ?? 0) >= restarted;
+  });
   assert.match((await guestRun(['/bin/cat', '/etc/os-release'])).stdout, /VERSION_ID=2\n/);
   // Something worth reporting happens while Center is away: the VM is shut down in the guest
   // and Engine starts it again on its current version.
