@@ -5,12 +5,9 @@
 // touching the system rollout, each command kind is carried out and settled, and reports
 // queued during an outage arrive once, after it.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { createSimDriver, type SimDriver } from '../../src/engine/hypervisor/sim.ts';
 import type { VmSpec, VmStatus } from '../../src/engine/hypervisor/types.ts';
 import {
@@ -21,39 +18,10 @@ import {
 } from '../../src/engine/index.ts';
 import type { GuestAgentLink } from '../../src/engine/update/health.ts';
 import { DirectoryStore, importImage } from '../../src/image/index.ts';
+import { cliJson, freePort, startCenterProcess, type CenterProcess } from '../support/cli.ts';
 import { bytesFrom, ext4Image, makeKeys, tempDir, tool } from '../support/fixtures.ts';
 
-const BIN = fileURLToPath(new URL('../../bin/bulkhead.js', import.meta.url));
-const nodeBin = fileURLToPath(new URL('../../node_modules/.bin/node', import.meta.url));
 const DEVICES = 4;
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(nodeBin, [BIN, ...args, '--json'], {
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-    c.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-    c.on('exit', (code) =>
-      code === 0
-        ? resolve(JSON.parse(out || 'null'))
-        : reject(new Error(`bulkhead ${args.slice(0, 2).join(' ')} exited ${code}: ${err}`)),
-    );
-  });
-}
 
 /** Waits for `fn` to answer something truthy (the event it stands for), up to `ms`. */
 async function until<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 300_000) {
@@ -75,45 +43,25 @@ async function until<T>(what: string, fn: () => Promise<T | undefined | false>, 
 
 /** A Center process on its own SQLite and store; stop() ends it, start() brings it back. */
 function centerProcess(stops: (() => Promise<void>)[], dir: string, port: number) {
-  let child: ChildProcess | undefined;
+  let running: CenterProcess | undefined;
   const url = `http://127.0.0.1:${port}`;
-  const start = () =>
-    new Promise<{ initialAdmin: { username: string; password: string } | null }>(
-      (resolve, reject) => {
-        const c = spawn(
-          nodeBin,
-          [
-            BIN,
-            'center',
-            'serve',
-            '--data',
-            join(dir, 'center'),
-            '--listen',
-            `127.0.0.1:${port}`,
-            '--public-url',
-            url,
-            '--json',
-          ],
-          { stdio: ['ignore', 'pipe', 'pipe'] },
-        );
-        child = c;
-        let out = '';
-        let err = '';
-        c.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-        c.stdout!.on('data', (b: Buffer) => {
-          out += b.toString();
-          if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]!));
-        });
-        c.on('exit', (code) => reject(new Error(`center serve exited ${code}: ${err}`)));
-      },
-    );
+  const args = [
+    '--data',
+    join(dir, 'center'),
+    '--listen',
+    `127.0.0.1:${port}`,
+    '--public-url',
+    url,
+  ];
+  const start = async () => {
+    // `stop`, in `stops`, ends whichever process runs last.
+    running = await startCenterProcess({ after: () => {} }, args);
+    return running.info;
+  };
   const stop = async () => {
-    const c = child;
-    child = undefined;
-    if (!c || c.exitCode !== null) return;
-    const done = new Promise((r) => c.once('exit', r));
-    c.kill('SIGTERM');
-    await done;
+    const c = running;
+    running = undefined;
+    await c?.stop();
   };
   stops.push(stop);
   return { url, start, stop };
@@ -182,7 +130,7 @@ test('Center and Engine keep one contract: rollouts, commands, an outage', async
     return (text ? JSON.parse(text) : null) as T;
   };
   const cli = (args: string[]) =>
-    runCli([...args, '--center', center.url], { BULKHEAD_TOKEN: token });
+    cliJson([...args, '--center', center.url], { BULKHEAD_TOKEN: token });
   const push = (name: string, version: string, how: '--release' | '--publish', kind = 'system') =>
     cli(['image', 'push', '--store', storeDir, name, version, how, '--kind', kind]);
 

@@ -7,7 +7,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -16,7 +15,14 @@ import { createQemuDriver } from '../../src/engine/hypervisor/index.ts';
 import { readEngineStatus } from '../../src/engine/index.ts';
 import { volumeLayout } from '../../src/engine/volumes/overlays.ts';
 import { DirectoryStore, importImage, type ImportResult } from '../../src/image/index.ts';
-import { killProcess } from '../support/cli.ts';
+import {
+  cliJson,
+  freePort,
+  killProcess,
+  startCenterProcess,
+  type CenterProcess,
+  type CenterServeInfo,
+} from '../support/cli.ts';
 import { makeKeys, type Keys } from '../support/fixtures.ts';
 import { requireQemu, runInGuest, testGuest } from '../support/guest.ts';
 import { waitFor } from '../support/wait.ts';
@@ -39,77 +45,23 @@ interface World {
   versionIds: Record<string, string>;
 }
 const w = {} as World;
-let center: ChildProcess | undefined;
+let center: CenterProcess | undefined;
 let engine: ChildProcess | undefined;
 const driver = createQemuDriver({});
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
+async function startCenter(): Promise<CenterServeInfo> {
+  const args = ['--data', join(w.dir, 'center'), '--listen', `127.0.0.1:${w.port}`];
+  // The module's `after` stops whichever process runs last.
+  center = await startCenterProcess({ after: () => {} }, [...args, '--public-url', w.url], {
+    node: nodeBin,
   });
-}
-
-function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(nodeBin, [BIN, ...args, '--json'], {
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-    c.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-    c.on('exit', (code) =>
-      code === 0
-        ? resolve(JSON.parse(out || 'null'))
-        : reject(new Error(`bulkhead ${args.slice(0, 2).join(' ')} exited ${code}: ${err}`)),
-    );
-  });
-}
-
-async function startCenter(): Promise<{
-  initialAdmin: { username: string; password: string } | null;
-}> {
-  const c = spawn(
-    nodeBin,
-    [
-      BIN,
-      'center',
-      'serve',
-      '--data',
-      join(w.dir, 'center'),
-      '--listen',
-      `127.0.0.1:${w.port}`,
-      '--public-url',
-      w.url,
-      '--json',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  center = c;
-  let out = '';
-  let err = '';
-  c.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-  return new Promise((resolve, reject) => {
-    c.stdout!.on('data', (b: Buffer) => {
-      out += b.toString();
-      if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]!));
-    });
-    c.on('exit', (code) => reject(new Error(`center serve exited ${code}: ${err}`)));
-  });
+  return center.info;
 }
 
 async function stopCenter(): Promise<void> {
   const c = center;
   center = undefined;
-  if (!c || c.exitCode !== null) return;
-  const done = new Promise((r) => c.once('exit', r));
-  c.kill('SIGTERM');
-  await done;
+  await c?.stop();
 }
 
 /** Starts Engine; it asks Center for news every `pollSeconds` when no push arrives. */
@@ -180,7 +132,7 @@ async function settled(id: string): Promise<CommandView> {
 
 /** Runs the CLI against Center as the administrator. */
 const cli = (args: string[]) =>
-  runCli([...args, '--center', w.url], { BULKHEAD_TOKEN: w.token }) as Promise<CommandView>;
+  cliJson([...args, '--center', w.url], { BULKHEAD_TOKEN: w.token }) as Promise<CommandView>;
 
 async function metric(name: string): Promise<number> {
   const text = await (await fetch(`${w.url}/metrics`)).text();
@@ -205,7 +157,7 @@ function until<T>(what: string, fn: () => Promise<T | undefined | false>): Promi
 }
 
 async function push(version: string): Promise<void> {
-  await runCli(
+  await cliJson(
     ['image', 'push', '--center', w.url, '--store', w.storeDir, 'os', version, '--release'],
     { BULKHEAD_TOKEN: w.token },
   );
@@ -290,7 +242,7 @@ test('1. enrol; publish v1; the VM boots v1 and is healthy; Center shows the dev
     memoryMib: 256,
   });
   const token = await api<{ token: string }>('POST', '/enrolment-tokens', { groupId: group.id });
-  const enrolled = (await runCli([
+  const enrolled = (await cliJson([
     'engine',
     'enroll',
     '--center',

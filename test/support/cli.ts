@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { PATIENCE_MS } from './wait.ts';
@@ -46,6 +47,15 @@ export function runCli(
     );
     child.stdin.end(options.input ?? '');
   });
+}
+
+/** Runs `bulkhead ARGS… --json` and gives its JSON; a non-zero exit fails with its stderr. */
+export async function cliJson(args: string[], env: NodeJS.ProcessEnv = {}): Promise<unknown> {
+  const r = await runCli([...args, '--json'], { env });
+  if (r.code !== 0) {
+    throw new Error(`bulkhead ${args.slice(0, 2).join(' ')} exited ${r.code}: ${r.stderr}`);
+  }
+  return JSON.parse(r.stdout || 'null');
 }
 
 /**
@@ -139,4 +149,16 @@ export async function killProcess(child: ChildProcess | undefined): Promise<void
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGKILL');
   await exited;
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago, for a server that must keep its port. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
 }
