@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -122,17 +122,31 @@ test('a command that runs too long times out, and the connection stays usable', 
 });
 
 test('a client after one that left requests unanswered gets only its own replies', async (t) => {
-  const { socket } = await startAgent(t);
-  const first = await GuestAgent.waitUntilResponsive(socket, PATIENCE_MS);
-  // Requests whose replies the first client never reads.
-  void first.command('guest-info').catch(() => {});
-  void first.command('guest-ping').catch(() => {});
-  first.close();
+  const { socket, child } = await startAgent(t);
+  const first = await waitFor('qemu-ga to accept a client', () => connectedSocket(socket));
+  // Requests whose replies the first client never reads. It leaves once qemu-ga has written
+  // them: qemu-ga (unix-listen) ends itself when a reply finds its client gone, which a busy
+  // machine made happen.
+  let unread = '';
+  first.on('data', (b: Buffer) => (unread += b.toString()));
+  first.write('{"execute":"guest-info"}\n{"execute":"guest-ping"}\n');
+  await waitFor('qemu-ga to answer the first client', () => unread.split('\n').length > 2);
+  first.destroy();
   const second = await GuestAgent.waitUntilResponsive(socket, PATIENCE_MS);
   t.after(() => second.close());
   const info = (await second.command('guest-info')) as { version: string };
   assert.match(info.version, /^\d+\.\d+/);
+  assert.equal(child.exitCode, null, 'qemu-ga still runs');
 });
+
+/** A socket connected to `path`, or undefined while nothing accepts there. */
+function connectedSocket(path: string): Promise<Socket | undefined> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once('connect', () => resolve(socket));
+    socket.once('error', () => resolve(undefined));
+  });
+}
 
 test('a lost connection rejects pending calls at once with a clear error', async (t) => {
   const { dir, socket, child } = await startAgent(t);
