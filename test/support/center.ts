@@ -1,5 +1,4 @@
 import { createPrivateKey, randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { TestContext } from 'node:test';
 import type { Insertable, Kysely } from 'kysely';
@@ -19,7 +18,7 @@ import {
 import type { PushBus } from '../../src/center/push.ts';
 import { createCenterApp, type CenterApp } from '../../src/center/server.ts';
 import { tempDir } from './fixtures.ts';
-import { createDatabase, startPostgres } from './postgres.ts';
+import { DIALECTS, testDatabases } from './databases.ts';
 
 /*
  * What Center's unit tests share: the databases they run on, a Center app over a fresh one with
@@ -34,21 +33,11 @@ export interface CenterTarget {
   setUp(t: TestContext): Promise<(t: TestContext) => Promise<string>>;
 }
 
-/** SQLite and PostgreSQL: each Center test runs on both. */
-export const CENTER_TARGETS: readonly CenterTarget[] = [
-  {
-    dialect: 'sqlite',
-    setUp: () =>
-      Promise.resolve(async (t) => `sqlite:${join(await tempDir(t, 'bulkhead-center-'), 'c.db')}`),
-  },
-  {
-    dialect: 'postgres',
-    setUp: async (t) => {
-      const server = await startPostgres(t);
-      return (subtest) => createDatabase(subtest, server);
-    },
-  },
-];
+/** SQLite and PostgreSQL: each Center test runs on both (databases from test/support/databases.ts). */
+export const CENTER_TARGETS: readonly CenterTarget[] = DIALECTS.map((dialect) => ({
+  dialect,
+  setUp: async (t: TestContext) => (await testDatabases(t, dialect)).emptyUrl,
+}));
 
 export type AdminRole = 'admin' | 'operator' | 'viewer';
 
