@@ -1,16 +1,16 @@
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
 import { join } from 'node:path';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { after, test, type TestContext } from 'node:test';
 import { pino } from 'pino';
-import { hashSecret } from '../../src/center/admin/credentials.ts';
 import { resolveConfig } from '../../src/center/config.ts';
-import { migrateToLatest, newId, openDatabase } from '../../src/center/db/index.ts';
+import { migrateToLatest, openDatabase } from '../../src/center/db/index.ts';
 import { createCenterApp } from '../../src/center/server.ts';
 import { runMain as cli } from '../support/cli.ts';
 import { DirectoryStore, importImage, readIndex, readManifest } from '../../src/image/index.ts';
+import { insertSession } from '../support/center.ts';
 import { ext4Image, makeKeys, osFiles, tempDir, type Keys } from '../support/fixtures.ts';
 
 let shared: Promise<{ keys: Keys; store: DirectoryStore }> | undefined;
@@ -46,32 +46,7 @@ async function listeningCenter(t: TestContext) {
   const at = Date.now();
   const tokens: Record<string, string> = {};
   for (const role of ['admin', 'operator'] as const) {
-    const userId = newId(at);
-    tokens[role] = `bh_${randomBytes(32).toString('base64url')}`;
-    await database.db
-      .insertInto('admin_users')
-      .values({
-        id: userId,
-        username: role,
-        password_hash: 'scrypt$unused',
-        role,
-        last_login_at: null,
-        created_at: at,
-        updated_at: at,
-      })
-      .execute();
-    await database.db
-      .insertInto('api_tokens')
-      .values({
-        id: newId(at),
-        user_id: userId,
-        name: 'push test',
-        token_hash: hashSecret(tokens[role]),
-        expires_at: null,
-        last_used_at: null,
-        created_at: at,
-      })
-      .execute();
+    tokens[role] = await insertSession(database.db, role, role, at);
   }
   const app = await createCenterApp({
     config,
