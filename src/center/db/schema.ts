@@ -1,4 +1,5 @@
 import type { Insertable, Selectable, Updateable } from 'kysely';
+import { COMMAND_KINDS, ROLLOUT_STATE_NAMES } from '../../protocol/index.ts';
 
 /*
  * Center's tables as Kysely sees them. One schema serves SQLite and PostgreSQL, so every
@@ -51,14 +52,8 @@ export const DEVICE_STATES = ['active', 'locked', 'killed', 'retired'] as const;
  */
 export type DeviceState = (typeof DEVICE_STATES)[number];
 
-export const ROLLOUT_STATES = [
-  'pending',
-  'running',
-  'paused',
-  'halted',
-  'completed',
-  'aborted',
-] as const;
+/** The wire's names are the column's values. */
+export const ROLLOUT_STATES = ROLLOUT_STATE_NAMES;
 /** `halted` is the scheduler's own stop (failure threshold crossed); `paused` is an admin's. */
 export type RolloutState = (typeof ROLLOUT_STATES)[number];
 
@@ -74,7 +69,6 @@ export const ROLLOUT_DEVICE_STATUSES = [
 /** How far one device got with a rollout's version; `failed` and `rolled-back` count as failures. */
 export type RolloutDeviceStatus = (typeof ROLLOUT_DEVICE_STATUSES)[number];
 
-export const COMMAND_KINDS = ['lock', 'unlock', 'kill', 'restart-vm'] as const;
 /** An urgent order to one device, delivered over the push channel or with the next poll. */
 export type CommandKind = (typeof COMMAND_KINDS)[number];
 
