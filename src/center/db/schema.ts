@@ -1,5 +1,6 @@
 import type { Insertable, Selectable, Updateable } from 'kysely';
-import { COMMAND_KINDS, ROLLOUT_STATE_NAMES } from '../../protocol/index.ts';
+import type { COMMAND_KINDS } from '../../protocol/index.ts';
+import { ROLLOUT_STATE_NAMES } from '../../protocol/index.ts';
 
 /*
  * Center's tables as Kysely sees them. One schema serves SQLite and PostgreSQL, so every
