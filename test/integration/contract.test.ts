@@ -304,11 +304,11 @@ test('Center and Engine keep one contract: rollouts, commands, an outage', async
   type CommandView = { id: string; state: string; result: { ok: boolean; message: string } };
   const command = async (pc: Pc, args: string[]) => {
     const issued = (await cli(['devices', ...args])) as CommandView;
+    // What an administrator sees: `bulkhead devices commands`, with the PC's answer.
     return until(`${args[0]} on ${pc.name} to be settled`, async () => {
-      const { commands } = await api<{ commands: CommandView[] }>(
-        'GET',
-        `/devices/${pc.deviceId}/commands`,
-      );
+      const { commands } = (await cli(['devices', 'commands', pc.deviceId])) as {
+        commands: CommandView[];
+      };
       const c = commands.find((x) => x.id === issued.id);
       return c && c.state !== 'pending' && c.state !== 'delivered' ? c : undefined;
     });
