@@ -159,7 +159,7 @@ test('Center and Engine keep one contract: rollouts, commands, an outage', async
     name: 'work',
     systemImageId: imageId('os'),
     apps: [{ appId: app.id, mode: 'default' }],
-    healthCheck: { timeoutSeconds: 60, command: ['/usr/libexec/health-check'] },
+    healthCheck: { timeoutSeconds: 300, command: ['/usr/libexec/health-check'] },
     cpus: 1,
     memoryMib: 256,
   });

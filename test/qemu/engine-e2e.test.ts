@@ -151,9 +151,24 @@ interface DeviceDetail {
 
 const device = () => api<DeviceDetail>('GET', `/devices/${w.deviceId}`);
 
-/** Waits for `fn` to give something; a failing call (Center away, VM booting) counts as not yet. */
-function until<T>(what: string, fn: () => Promise<T | undefined | false>): Promise<T> {
-  return waitFor(what, () => fn().catch(() => undefined), { intervalMs: 500 });
+/**
+ * Waits for `fn` to give something; a failing call (Center away, VM booting) counts as not yet.
+ * A wait that times out says what the device last reported, which is where the cause shows.
+ */
+async function until<T>(what: string, fn: () => Promise<T | undefined | false>): Promise<T> {
+  try {
+    return await waitFor(what, () => fn().catch(() => undefined), { intervalMs: 500 });
+  } catch (err) {
+    const latest = await device()
+      .then((d) =>
+        d.recentEvents
+          .slice(0, 8)
+          .map((e) => `${e.type} ${JSON.stringify(e.data['reason'] ?? e.data['state'] ?? '')}`)
+          .join('; '),
+      )
+      .catch(() => 'none (Center did not answer)');
+    throw new Error(`${(err as Error).message}; the device's latest events: ${latest}`);
+  }
 }
 
 async function push(version: string): Promise<void> {
@@ -237,7 +252,9 @@ test('1. enrol; publish v1; the VM boots v1 and is healthy; Center shows the dev
     name: 'work',
     systemImageId: w.imageId,
     isolation: { network: 'none', encryptData: true },
-    healthCheck: { timeoutSeconds: 60, command: ['/usr/libexec/health-check'] },
+    // A TCG guest on a busy machine can take minutes to answer; a broken version fails its
+    // check command at once, so the bound costs nothing when the test passes.
+    healthCheck: { timeoutSeconds: 300, command: ['/usr/libexec/health-check'] },
     cpus: 1,
     memoryMib: 256,
   });

@@ -37,7 +37,9 @@ export function workDesiredState(options: {
           usbDevices: [],
           encryptData: options.dataKey !== undefined,
         },
-        healthCheck: { timeoutSeconds: 60, command: ['/usr/libexec/health-check'] },
+        // A TCG guest on a busy machine can take minutes to answer; a broken version fails its
+        // check command at once, so the bound costs nothing when the test passes.
+        healthCheck: { timeoutSeconds: 300, command: ['/usr/libexec/health-check'] },
         resources: { cpus: 1, memoryMib: 256 },
         resetPolicy: 'on-update',
         lease: { days: 30, expiresAt: now + 30 * DAY },

@@ -53,6 +53,12 @@ interface VmEntry {
   exited: Promise<void>;
   markExited: () => void;
   hasExited: boolean;
+  /**
+   * Only watching: attached to a VM whose QMP another client (its Engine) holds. Such an
+   * entry never cleans the run directory when the process ends: by the time it notices, the
+   * owner may have started the next QEMU there, whose sockets and pidfile it would delete.
+   */
+  isWatchOnly?: boolean;
 }
 
 const RELAY = fileURLToPath(new URL('./relay.ts', import.meta.url));
@@ -264,6 +270,7 @@ export class QemuDriver implements HypervisorDriver {
     } catch {
       // Another client holds QMP (or QEMU is wedged): watch the process instead; stop falls
       // back to signals.
+      entry.isWatchOnly = true;
       this.#watchPid(entry);
     }
     // Secrets left by an Engine killed during a start.
@@ -408,7 +415,8 @@ export class QemuDriver implements HypervisorDriver {
     if (typeof how.code === 'number') detail['code'] = how.code;
     if (how.signal) detail['signal'] = how.signal;
     this.#emit({ name: entry.name, event: 'exited', at: this.#now(), detail });
-    void cleanRunDir(entry.files, entry.runDir).finally(() => entry.markExited());
+    if (entry.isWatchOnly) entry.markExited();
+    else void cleanRunDir(entry.files, entry.runDir).finally(() => entry.markExited());
   }
 }
 
