@@ -59,8 +59,15 @@ export async function probeKvm(options: KvmProbeOptions = {}): Promise<KvmProbeR
       [
         '-accel',
         'kvm',
+        // A real machine with one vCPU, paused: some hosts open /dev/kvm but fail when a vCPU's
+        // registers are set, which `-machine none` never does.
         '-machine',
-        'none',
+        'q35',
+        '-cpu',
+        'host',
+        '-m',
+        '64',
+        '-S',
         '-display',
         'none',
         '-nodefaults',
@@ -76,9 +83,23 @@ export async function probeKvm(options: KvmProbeOptions = {}): Promise<KvmProbeR
     );
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    let stdout = '';
+    let asked = false;
     child.stdout.on('data', (d: Buffer) => {
-      // QEMU greets on QMP only after the accelerator initialised.
-      if (d.toString().includes('"QMP"')) finish(done('kvm', 'QEMU initialised KVM'));
+      stdout += d.toString();
+      // QEMU greets on QMP once the accelerator and the machine are initialised; it must then
+      // also answer a command with its vCPU in place, and still run a moment later.
+      if (!asked && stdout.includes('"QMP"')) {
+        asked = true;
+        child.stdin.write('{"execute":"qmp_capabilities"}\n{"execute":"query-status"}\n');
+      }
+      if (asked && (stdout.match(/"return"/g) ?? []).length >= 2) {
+        setTimeout(() => {
+          if (child.exitCode === null && child.signalCode === null) {
+            finish(done('kvm', 'QEMU initialised KVM and a vCPU'));
+          }
+        }, 300).unref();
+      }
     });
     child.stdin.on('error', () => {});
     child.on('error', (err) => finish(done('tcg', `KVM probe could not run QEMU: ${err.message}`)));
