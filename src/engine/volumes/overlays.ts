@@ -63,13 +63,18 @@ async function qemuImg(args: string[], secret?: { dir: string; content: string }
   }
 }
 
-/** Runs `fn`, again (up to three times) when QEMU could not time its key derivation. */
+/**
+ * Runs `fn` again when QEMU could not time its key derivation ("Unable to get accurate CPU
+ * usage"): on a machine whose cores are busy with other work that can happen several times in
+ * a row, so up to ten attempts, a little further apart each time.
+ */
 async function retryOnCpuTiming<T>(fn: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await fn();
     } catch (err) {
-      if (attempt >= 3 || !/accurate CPU usage/.test((err as Error).message)) throw err;
+      if (attempt >= 10 || !/accurate CPU usage/.test((err as Error).message)) throw err;
+      await new Promise((r) => setTimeout(r, 100 * attempt));
     }
   }
 }
