@@ -144,7 +144,13 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
       handled = [...handled, command.id].slice(-HANDLED_COMMANDS_KEPT);
       await persist();
       log.info(
-        { component: 'sync', commandId: command.id, kind: command.kind, ok: outcome.ok },
+        {
+          component: 'sync',
+          commandId: command.id,
+          kind: command.kind,
+          ok: outcome.ok,
+          result: outcome.message,
+        },
         'command handled',
       );
     }
