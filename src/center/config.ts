@@ -8,6 +8,7 @@ import {
   readConfigFile as readConfigFileOf,
   validateConfig,
 } from '../config/index.ts';
+import { MAX_REPORT_BYTES, MAX_REPORT_EVENTS } from '../protocol/index.ts';
 
 const hostPort = z
   .string()
@@ -94,6 +95,22 @@ export const CenterConfigSchema = z.strictObject({
     .int()
     .min(1024 * 1024)
     .optional(),
+  /**
+   * Events one device may report per minute (per replica); more are answered 429 with
+   * Retry-After, stored nothing, and Engine sends them again after that. At least
+   * MAX_REPORT_EVENTS, so that a full batch always fits.
+   */
+  reportEventsPerMinute: z.number().int().min(MAX_REPORT_EVENTS).max(1_000_000).default(2_000),
+  /**
+   * Bytes of events (as JSON) one device may report per minute (per replica), answered like
+   * `reportEventsPerMinute`. At least MAX_REPORT_BYTES, so that a full batch always fits.
+   */
+  reportBytesPerMinute: z
+    .number()
+    .int()
+    .min(MAX_REPORT_BYTES)
+    .max(1024 * 1024 * 1024)
+    .default(4 * 1024 * 1024),
 });
 
 export type CenterConfigInput = z.input<typeof CenterConfigSchema>;
@@ -115,6 +132,8 @@ export interface CenterConfig {
   readonly maxEventLoopDelayMs: number;
   /** Resolved: the configured value, or 90% of the V8 heap limit. */
   readonly maxHeapUsedBytes: number;
+  readonly reportEventsPerMinute: number;
+  readonly reportBytesPerMinute: number;
   /** The chunk store Center owns and serves. */
   readonly storeDir: string;
 }
@@ -135,6 +154,8 @@ const ENV: Record<string, keyof CenterConfigInput> = {
   BULKHEAD_MAX_CONNECTIONS_PER_ADDRESS: 'maxConnectionsPerAddress',
   BULKHEAD_MAX_EVENT_LOOP_DELAY_MS: 'maxEventLoopDelayMs',
   BULKHEAD_MAX_HEAP_USED_BYTES: 'maxHeapUsedBytes',
+  BULKHEAD_REPORT_EVENTS_PER_MINUTE: 'reportEventsPerMinute',
+  BULKHEAD_REPORT_BYTES_PER_MINUTE: 'reportBytesPerMinute',
 };
 
 /** Keys whose environment variable holds a number. */
@@ -147,6 +168,8 @@ const NUMERIC: ReadonlySet<keyof CenterConfigInput> = new Set([
   'maxConnectionsPerAddress',
   'maxEventLoopDelayMs',
   'maxHeapUsedBytes',
+  'reportEventsPerMinute',
+  'reportBytesPerMinute',
 ]);
 
 /** Reads the `--config` file: a JSON object of the schema's keys. */
@@ -199,6 +222,8 @@ export function resolveConfig(sources: CenterConfigInput[], cwd = process.cwd())
     maxConnectionsPerAddress: c.maxConnectionsPerAddress,
     maxEventLoopDelayMs: c.maxEventLoopDelayMs,
     maxHeapUsedBytes: c.maxHeapUsedBytes ?? Math.floor(getHeapStatistics().heap_size_limit * 0.9),
+    reportEventsPerMinute: c.reportEventsPerMinute,
+    reportBytesPerMinute: c.reportBytesPerMinute,
     storeDir: join(dataDir, 'store'),
   });
 }

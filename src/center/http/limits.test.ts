@@ -17,6 +17,7 @@ import {
   MAX_COMPRESSED_CHUNK_BYTES,
   MAX_INDEX_BYTES,
   MAX_MANIFEST_BYTES,
+  MAX_REPORT_BYTES,
 } from '../../protocol/index.ts';
 import { generateKeyPair } from '../../signing/index.ts';
 import { resolveConfig, type CenterConfigInput } from '../config.ts';
@@ -130,6 +131,7 @@ test('body limits: anonymous routes a few KiB, uploads their own, the rest the c
   assert.equal(bodyLimitOf(endpoints.putChunk), MAX_COMPRESSED_CHUNK_BYTES);
   assert.equal(bodyLimitOf(endpoints.putIndex), MAX_INDEX_BYTES);
   assert.equal(bodyLimitOf(endpoints.pushVersion), MAX_MANIFEST_BYTES);
+  assert.equal(bodyLimitOf(endpoints.reports), MAX_REPORT_BYTES);
   assert.equal(bodyLimitOf(endpoints.createGroup), undefined);
   assert.equal(resolveConfig([{ dataDir: await tempDir(t) }]).bodyLimit, MB);
   // The default applies to every route that declares none, as served.
