@@ -135,6 +135,9 @@ function envelope<T extends DeviceEventType>(type: T) {
   });
 }
 
+/** A command's result as an event (what a killed device sends to acknowledge its kill). */
+export const CommandResultEventSchema = envelope('command-result');
+
 /** One device event on the wire and in Engine's queue: `type` picks the payload schema. */
 export const DeviceEventSchema = z.discriminatedUnion('type', [
   envelope('download-progress'),
@@ -144,7 +147,7 @@ export const DeviceEventSchema = z.discriminatedUnion('type', [
   envelope('rolled-back'),
   envelope('failed'),
   envelope('vm-state'),
-  envelope('command-result'),
+  CommandResultEventSchema,
   envelope('desired-state-refused'),
 ]);
 export type DeviceEvent = z.infer<typeof DeviceEventSchema>;

@@ -13,6 +13,7 @@ import {
   type CenterDatabase,
   type Database,
   type DatabaseDialect,
+  type DatabaseLog,
   type ImageKind,
 } from '../../src/center/db/index.ts';
 import type { PushBus } from '../../src/center/push.ts';
@@ -48,11 +49,20 @@ export type AdminRole = 'admin' | 'operator' | 'viewer';
 export async function startTestCenter(
   t: TestContext,
   url: string,
-  options: { start: number; logLevel?: Level | 'silent'; push?: PushBus },
+  options: {
+    start: number;
+    logLevel?: Level | 'silent';
+    push?: PushBus;
+    /** Hears every query the app makes (to count them). */
+    databaseLog?: DatabaseLog;
+  },
 ) {
   const dir = await tempDir(t);
   const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
-  const database: CenterDatabase = await openDatabase({ url });
+  const database: CenterDatabase = await openDatabase({
+    url,
+    ...(options.databaseLog === undefined ? {} : { log: options.databaseLog }),
+  });
   await migrateToLatest(database.db);
   const clock = { ms: options.start };
   const now = () => new Date(clock.ms);
