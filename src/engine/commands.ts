@@ -1,4 +1,4 @@
-import type { DesiredState, DeviceCommand, SignedDesiredState } from '../protocol/index.ts';
+import type { DesiredState, DeviceCommand } from '../protocol/index.ts';
 import type { Clock } from './clock.ts';
 import type { HypervisorDriver, VmRunState } from './hypervisor/types.ts';
 import type { Log } from './log.ts';
@@ -142,8 +142,7 @@ export function createCommandHandler(deps: CommandDeps): CommandHandler {
       : { ok: false, message: `VM ${vm.name} stopped but did not start again in time` };
   }
 
-  return async (command: DeviceCommand, document: SignedDesiredState) => {
-    const desired = document.state;
+  return async (command: DeviceCommand, desired: DesiredState) => {
     // Hand the reconciler the new device state first, so that no pass or staged update starts a
     // VM of a device that is no longer active while the command runs.
     void deps.reconciler.reconcile(desired);
