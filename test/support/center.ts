@@ -207,7 +207,31 @@ export function insertImage(db: Kysely<Database>, name: string, kind: ImageKind,
   return insertRow(db, 'images', at, { name, kind, description: '', release_version_id: null });
 }
 
-/** A version of the image, published unless `state` says otherwise; released if asked. */
+/** The publisher key `insertVersion` records its versions as signed by (trusted). */
+const FIXTURE_PUBLISHER = generateKeyPair();
+
+/** Trusts the fixture publisher key in `db`, once; its key id. */
+async function fixturePublisher(db: Kysely<Database>, at: number): Promise<string> {
+  const { keyid, publicPem } = FIXTURE_PUBLISHER;
+  await db
+    .insertInto('publisher_keys')
+    .values({
+      keyid,
+      name: 'fixture',
+      public_key: publicPem,
+      created_by: null,
+      created_at: at,
+      revoked_at: null,
+    })
+    .onConflict((oc) => oc.column('keyid').doNothing())
+    .execute();
+  return keyid;
+}
+
+/**
+ * A version of the image, published unless `state` says otherwise; released if asked. It is
+ * recorded as signed by a trusted fixture publisher key (the signature itself is not real).
+ */
 export async function insertVersion(
   db: Kysely<Database>,
   imageId: string,
@@ -224,7 +248,9 @@ export async function insertVersion(
       image_id: imageId,
       version,
       manifest_id: hex(32),
-      signatures: '[]',
+      signatures: JSON.stringify([
+        { keyid: await fixturePublisher(db, at), sig: `${'A'.repeat(86)}==` },
+      ]),
       size: 1 << 30,
       sha256: hex(32),
       parent_version: null,
