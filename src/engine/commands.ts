@@ -15,9 +15,9 @@ import type { TransactionFiles, VmRecords } from './update/records.ts';
  *   kill        every VM stops for good (crypto-erase of the work data is the kill's next step)
  *   restart-vm  one VM stops and starts again on the version it runs
  *
- * The device's state travels in the desired state as well, and the reconciler never starts a VM
- * of a device that is not active, so a lock or kill holds across Engine restarts and offline
- * weeks. The handler acts at once rather than waiting for the reconciler's next pass (which may
+ * The device's state travels in the desired state as well (a kill: in Center's signed kill
+ * notice, which the sync loop keeps on disk), and the reconciler never starts a VM of a device
+ * that is not active, so a lock or kill holds across Engine restarts and offline weeks. The handler acts at once rather than waiting for the reconciler's next pass (which may
  * be in the middle of a long download), and answers done only once what the command promises
  * is true: for lock and kill, every VM is stopped.
  *

@@ -172,7 +172,11 @@ export const DesiredStateSchema = z.object({
   generatedAt: EpochMsSchema,
   /** A device stops trusting the document after this (freeze attacks). */
   expiresAt: EpochMsSchema,
-  /** The device's state at Center (`locked`: VMs may not start; `killed`: crypto-erase). */
+  /**
+   * The device's state at Center (`locked`: VMs may not start). Center sends no document to a
+   * killed or retired device (a killed one gets its `KillNoticeSchema` instead); a device given
+   * one in either state anyway runs no VM.
+   */
   device: z.object({ state: z.enum(['active', 'locked', 'killed', 'retired']) }),
   /**
    * How often the device should ask for news when no push arrives; Center's administrators
