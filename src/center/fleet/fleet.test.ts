@@ -482,168 +482,164 @@ for (const target of CENTER_TARGETS) {
       },
     );
 
-    await t.test('commands: lock, kill at once, results from the device only', async (t) => {
-      const c = await center(t, await newUrl(t));
-      const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
-      const pc = await c.enrol(group.body.id);
-      const other = await c.enrol(group.body.id);
-      const desired = (token: string | undefined, etag?: string) =>
-        c.app.inject({
-          method: 'GET',
-          url: '/api/v1/device/desired-state',
-          headers: { ...device(token), ...(etag ? { 'if-none-match': etag } : {}) },
+    await t.test(
+      'commands: lock, a kill cuts off at once, results from the device only',
+      async (t) => {
+        const c = await center(t, await newUrl(t));
+        const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+        const pc = await c.enrol(group.body.id);
+        const other = await c.enrol(group.body.id);
+        const desired = (token: string | undefined, etag?: string) =>
+          c.app.inject({
+            method: 'GET',
+            url: '/api/v1/device/desired-state',
+            headers: { ...device(token), ...(etag ? { 'if-none-match': etag } : {}) },
+          });
+        const report = (token: string | undefined, events: unknown[]) =>
+          c.app.inject({
+            method: 'POST',
+            url: '/api/v1/device/reports',
+            headers: device(token),
+            payload: { events },
+          });
+
+        const first = await desired(pc.bearer.token);
+        assert.equal(first.statusCode, 200);
+        const lock = await c.operator(
+          'POST',
+          `/devices/${pc.deviceId}/commands`,
+          { kind: 'lock' },
+          201,
+        );
+        assert.equal(lock.body.state, 'pending');
+        const locked = await desired(pc.bearer.token, first.headers.etag as string);
+        assert.equal(locked.statusCode, 200, 'the ETag changed');
+        assert.equal(locked.json().state.device.state, 'locked');
+        assert.deepEqual(
+          locked.json().state.commands.map((x: { id: string }) => x.id),
+          [lock.body.id],
+        );
+
+        // Another device cannot settle this command; a malformed result is refused whole.
+        const foreign = await report(other.bearer.token, [
+          {
+            id: 'e1',
+            type: 'command-result',
+            at: START,
+            data: { commandId: lock.body.id, kind: 'lock', ok: true, message: 'locked' },
+          },
+        ]);
+        assert.equal(foreign.statusCode, 200, foreign.body);
+        const malformed = await report(pc.bearer.token, [
+          { id: 'e2', type: 'command-result', at: START, data: { commandId: lock.body.id } },
+        ]);
+        assert.equal(malformed.statusCode, 400, malformed.body);
+        assert.match(malformed.json().error.message, /events\.0\.data\.(kind|ok)/);
+        assert.equal(
+          (await c.viewer('GET', `/devices/${pc.deviceId}/commands`)).body.commands[0].state,
+          'pending',
+        );
+        const acked = await report(pc.bearer.token, [
+          {
+            id: 'e3',
+            type: 'command-result',
+            at: START,
+            data: { commandId: lock.body.id, kind: 'lock', ok: true, message: 'locked' },
+          },
+        ]);
+        assert.equal(acked.statusCode, 200, acked.body);
+        const commands = (await c.viewer('GET', `/devices/${pc.deviceId}/commands`, undefined, 200))
+          .body.commands;
+        assert.equal(commands[0].state, 'done');
+        assert.deepEqual(commands[0].result, { ok: true, message: 'locked' });
+        const after = await desired(pc.bearer.token, locked.headers.etag as string);
+        assert.equal(after.statusCode, 200);
+        assert.deepEqual(after.json().state.commands, []);
+
+        // A restart must name a VM the device runs.
+        const restart = await c.operator('POST', `/devices/${pc.deviceId}/commands`, {
+          kind: 'restart-vm',
+          profileId: newId(START),
         });
-      const report = (token: string | undefined, events: unknown[]) =>
-        c.app.inject({
-          method: 'POST',
-          url: '/api/v1/device/reports',
-          headers: device(token),
-          payload: { events },
+        assert.equal(restart.status, 400);
+        assert.match(restart.body.error.message, /^body\.profileId: /);
+
+        // Kill: the device is cut off at once, acknowledged or not; it learns of the kill from
+        // a signed notice, and answers it through the one route that takes it.
+        const unlock = await c.operator(
+          'POST',
+          `/devices/${pc.deviceId}/commands`,
+          { kind: 'unlock' },
+          201,
+        );
+        const kill = await c.operator(
+          'POST',
+          `/devices/${pc.deviceId}/commands`,
+          { kind: 'kill' },
+          201,
+        );
+        const killedDetail = (await c.viewer('GET', `/devices/${pc.deviceId}`)).body;
+        assert.equal(killedDetail.state, 'killed');
+        assert.deepEqual(
+          killedDetail.pendingCommands.map((x: { id: string }) => x.id),
+          [kill.body.id],
+        );
+        const cancelled = (
+          await c.viewer('GET', `/devices/${pc.deviceId}/commands`)
+        ).body.commands.find((x: { id: string }) => x.id === unlock.body.id);
+        assert.equal(cancelled.state, 'cancelled');
+        const again = await c.operator('POST', `/devices/${pc.deviceId}/commands`, {
+          kind: 'lock',
         });
-
-      const first = await desired(pc.bearer.token);
-      assert.equal(first.statusCode, 200);
-      const lock = await c.operator(
-        'POST',
-        `/devices/${pc.deviceId}/commands`,
-        { kind: 'lock' },
-        201,
-      );
-      assert.equal(lock.body.state, 'pending');
-      const locked = await desired(pc.bearer.token, first.headers.etag as string);
-      assert.equal(locked.statusCode, 200, 'the ETag changed');
-      assert.equal(locked.json().state.device.state, 'locked');
-      assert.deepEqual(
-        locked.json().state.commands.map((x: { id: string }) => x.id),
-        [lock.body.id],
-      );
-
-      // Another device cannot settle this command; a malformed result is refused whole.
-      const foreign = await report(other.bearer.token, [
-        {
-          id: 'e1',
-          type: 'command-result',
-          at: START,
-          data: { commandId: lock.body.id, kind: 'lock', ok: true, message: 'locked' },
-        },
-      ]);
-      assert.equal(foreign.statusCode, 200, foreign.body);
-      const malformed = await report(pc.bearer.token, [
-        { id: 'e2', type: 'command-result', at: START, data: { commandId: lock.body.id } },
-      ]);
-      assert.equal(malformed.statusCode, 400, malformed.body);
-      assert.match(malformed.json().error.message, /events\.0\.data\.(kind|ok)/);
-      assert.equal(
-        (await c.viewer('GET', `/devices/${pc.deviceId}/commands`)).body.commands[0].state,
-        'pending',
-      );
-      const acked = await report(pc.bearer.token, [
-        {
-          id: 'e3',
-          type: 'command-result',
-          at: START,
-          data: { commandId: lock.body.id, kind: 'lock', ok: true, message: 'locked' },
-        },
-      ]);
-      assert.equal(acked.statusCode, 200, acked.body);
-      const commands = (await c.viewer('GET', `/devices/${pc.deviceId}/commands`, undefined, 200))
-        .body.commands;
-      assert.equal(commands[0].state, 'done');
-      assert.deepEqual(commands[0].result, { ok: true, message: 'locked' });
-      const after = await desired(pc.bearer.token, locked.headers.etag as string);
-      assert.equal(after.statusCode, 200);
-      assert.deepEqual(after.json().state.commands, []);
-
-      // A restart must name a VM the device runs.
-      const restart = await c.operator('POST', `/devices/${pc.deviceId}/commands`, {
-        kind: 'restart-vm',
-        profileId: newId(START),
-      });
-      assert.equal(restart.status, 400);
-      assert.match(restart.body.error.message, /^body\.profileId: /);
-
-      // Kill: the device is cut off at once, acknowledged or not; it learns of the kill from
-      // a signed notice, and answers it through the one route that takes it.
-      const unlock = await c.operator(
-        'POST',
-        `/devices/${pc.deviceId}/commands`,
-        { kind: 'unlock' },
-        201,
-      );
-      const kill = await c.operator(
-        'POST',
-        `/devices/${pc.deviceId}/commands`,
-        { kind: 'kill' },
-        201,
-      );
-      const killedDetail = (await c.viewer('GET', `/devices/${pc.deviceId}`)).body;
-      assert.equal(killedDetail.state, 'killed');
-      assert.deepEqual(
-        killedDetail.pendingCommands.map((x: { id: string }) => x.id),
-        [kill.body.id],
-      );
-      const cancelled = (
-        await c.viewer('GET', `/devices/${pc.deviceId}/commands`)
-      ).body.commands.find((x: { id: string }) => x.id === unlock.body.id);
-      assert.equal(cancelled.state, 'cancelled');
-      const again = await c.operator('POST', `/devices/${pc.deviceId}/commands`, {
-        kind: 'lock',
-      });
-      assert.equal(again.status, 409);
-      assert.equal(again.body.error.code, 'ERR_DEVICE_STATE');
-      const killDoc = await desired(pc.bearer.token);
-      assert.equal(killDoc.statusCode, 403, 'no desired state, though its token still lives');
-      assert.equal(killDoc.json().error.code, 'ERR_DEVICE_KILLED');
-      assert.equal(killDoc.json().error.details.notice.notice.commandId, kill.body.id);
-      const relogin = await c.deviceLogin(pc.deviceId, pc.key);
-      assert.equal(relogin.status, 403, 'a killed device gets no token');
-      assert.equal(relogin.body.error.details.notice.notice.commandId, kill.body.id);
-      const refused = await report(pc.bearer.token, [
-        {
+        assert.equal(again.status, 409);
+        assert.equal(again.body.error.code, 'ERR_DEVICE_STATE');
+        const killDoc = await desired(pc.bearer.token);
+        assert.equal(killDoc.statusCode, 403, 'no desired state, though its token still lives');
+        assert.equal(killDoc.json().error.code, 'ERR_DEVICE_KILLED');
+        assert.equal(killDoc.json().error.details.notice.notice.commandId, kill.body.id);
+        const relogin = await c.deviceLogin(pc.deviceId, pc.key);
+        assert.equal(relogin.status, 403, 'a killed device gets no token');
+        assert.equal(relogin.body.error.details.notice.notice.commandId, kill.body.id);
+        const event = {
           id: 'e4',
           type: 'command-result',
           at: START,
           data: { commandId: kill.body.id, kind: 'kill', ok: true, message: 'every VM stopped' },
-        },
-      ]);
-      assert.equal(refused.statusCode, 403, 'nor are its reports taken');
-      const event = {
-        id: 'e4',
-        type: 'command-result',
-        at: START,
-        data: { commandId: kill.body.id, kind: 'kill', ok: true, message: 'every VM stopped' },
-      };
-      const ch = (
-        await c.call('POST', '/api/v1/device/auth/challenge', {
-          body: { deviceId: pc.deviceId },
-        })
-      ).body.challenge as string;
-      const signed = { challenge: ch, deviceId: pc.deviceId, event };
-      const killAcked = await c.call('POST', '/api/v1/device/kill-result', {
-        body: {
-          ...signed,
-          signature: signPayload(
-            DEVICE_SIGNATURE_DOMAINS.killResult,
-            canonicalJson(signed),
-            pc.key,
-          ),
-        },
-      });
-      assert.equal(killAcked.status, 200, JSON.stringify(killAcked.body));
-      const settled = (
-        await c.viewer('GET', `/devices/${pc.deviceId}/commands`)
-      ).body.commands.find((x: { id: string }) => x.id === kill.body.id);
-      assert.deepEqual(
-        [settled.state, settled.result],
-        ['done', { ok: true, message: 'every VM stopped' }],
-      );
-      assert.equal((await desired(pc.bearer.token)).statusCode, 403);
-      assert.equal((await c.deviceLogin(pc.deviceId, pc.key)).status, 403);
-      const audit = (await c.viewer('GET', '/audit')).body.entries.map(
-        (e: { action: string }) => e.action,
-      );
-      assert.ok(audit.includes('device.kill') && audit.includes('device.lock'));
-    });
+        };
+        const refused = await report(pc.bearer.token, [event]);
+        assert.equal(refused.statusCode, 403, 'nor are its reports taken');
+        const ch = (
+          await c.call('POST', '/api/v1/device/auth/challenge', {
+            body: { deviceId: pc.deviceId },
+          })
+        ).body.challenge as string;
+        const signed = { challenge: ch, deviceId: pc.deviceId, event };
+        const killAcked = await c.call('POST', '/api/v1/device/kill-result', {
+          body: {
+            ...signed,
+            signature: signPayload(
+              DEVICE_SIGNATURE_DOMAINS.killResult,
+              canonicalJson(signed),
+              pc.key,
+            ),
+          },
+        });
+        assert.equal(killAcked.status, 200, JSON.stringify(killAcked.body));
+        const settled = (
+          await c.viewer('GET', `/devices/${pc.deviceId}/commands`)
+        ).body.commands.find((x: { id: string }) => x.id === kill.body.id);
+        assert.deepEqual(
+          [settled.state, settled.result],
+          ['done', { ok: true, message: 'every VM stopped' }],
+        );
+        assert.equal((await desired(pc.bearer.token)).statusCode, 403);
+        assert.equal((await c.deviceLogin(pc.deviceId, pc.key)).status, 403);
+        const audit = (await c.viewer('GET', '/audit')).body.entries.map(
+          (e: { action: string }) => e.action,
+        );
+        assert.ok(audit.includes('device.kill') && audit.includes('device.lock'));
+      },
+    );
 
     await t.test('a settled command is gone from the very next poll of the device', async (t) => {
       const c = await center(t, await newUrl(t));
