@@ -7,6 +7,7 @@ import type { Registry } from 'prom-client';
 import type { CenterConfig } from './config.ts';
 import type { CenterDatabase } from './db/index.ts';
 import type { DeviceCredentials } from './devices/credentials.ts';
+import type { DeviceStanding } from './devices/standing.ts';
 import type { PushBus } from './push.ts';
 
 /*
@@ -42,6 +43,8 @@ export type CenterContext = CenterDeps & {
   push: PushBus;
   /** Issues and checks device challenges and tokens (one per app: it caches verified tokens). */
   deviceCredentials: DeviceCredentials;
+  /** Whether a device may still use Center (not killed or retired); one per app: it caches. */
+  deviceStanding: DeviceStanding;
   /** The app's Prometheus registry (`/metrics`), for plugins that add metrics of their own. */
   metrics?: Registry;
 };

@@ -14,6 +14,7 @@ import type { CenterApp, CenterContext, CenterDeps } from './context.ts';
 import { adminRoutes } from './admin/index.ts';
 import { registerAuthentication, securitySchemeOf } from './auth/index.ts';
 import { DeviceCredentials } from './devices/credentials.ts';
+import { DeviceStanding } from './devices/standing.ts';
 import { deviceApi } from './devices/index.ts';
 import { fleetRoutes } from './fleet/index.ts';
 import { imagesAdmin } from './images/index.ts';
@@ -49,10 +50,17 @@ function withSecurity<T extends { schema: object }>(
  * the read-only chunk store. Later plugins add the device and admin APIs.
  */
 export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
+  const push = given.push ?? createLocalPushBus();
   const deps: CenterContext = {
     ...given,
-    push: given.push ?? createLocalPushBus(),
+    push,
     deviceCredentials: new DeviceCredentials(given.signingKey, given.now),
+    deviceStanding: new DeviceStanding({
+      db: given.database.db,
+      signer: given.signingKey,
+      now: given.now,
+      push,
+    }),
   };
   const app = Fastify({
     loggerInstance: deps.log.child({ component: 'http' }) as FastifyBaseLogger,
@@ -67,6 +75,7 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
   // Before any route, so that every route sheds load.
   await registerLoadShedding(app, deps.config);
   closeUnreadBodies(app);
+  app.addHook('onClose', async () => deps.deviceStanding.close());
 
   await app.register(swagger, {
     openapi: {
@@ -179,6 +188,7 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
     db: deps.database.db,
     now: deps.now,
     deviceCredentials: deps.deviceCredentials,
+    deviceStanding: deps.deviceStanding,
   });
   // Each domain registers its routes here, in its own line.
   await app.register(deviceApi(deps));

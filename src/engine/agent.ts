@@ -1,4 +1,4 @@
-import type { SignedDesiredState } from '../protocol/index.ts';
+import type { DesiredState } from '../protocol/index.ts';
 import { CenterClient } from './center-client.ts';
 import { systemClock, type Clock } from './clock.ts';
 import type { Fetch } from '../protocol/index.ts';
@@ -22,9 +22,9 @@ export interface EngineDeps {
   fetch?: Fetch;
   /**
    * Brings the PC to the desired state (plan → execute). Called with the stored state at start
-   * and with each new verified one; never twice at once.
+   * and with each new verified one (once killed, with the killed state); never twice at once.
    */
-  reconcile(desired: SignedDesiredState): Promise<void>;
+  reconcile(desired: DesiredState): Promise<void>;
   /** Carries out lock, unlock, kill and restart-vm commands. */
   handleCommand?: CommandHandler;
   /** Poll interval (default 60 s). */
@@ -60,7 +60,7 @@ export async function createEngine(deps: EngineDeps): Promise<Engine> {
     events: queue,
   });
 
-  let waiting: SignedDesiredState | undefined;
+  let waiting: DesiredState | undefined;
   let active: Promise<void> | undefined;
   const drain = async () => {
     while (waiting !== undefined) {
@@ -74,8 +74,8 @@ export async function createEngine(deps: EngineDeps): Promise<Engine> {
     }
     active = undefined;
   };
-  const schedule = (document: SignedDesiredState) => {
-    waiting = document;
+  const schedule = (desired: DesiredState) => {
+    waiting = desired;
     active ??= drain();
   };
 

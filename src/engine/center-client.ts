@@ -8,15 +8,19 @@ import {
   ErrorCodes,
   isBulkheadError,
   MAX_REPORT_EVENTS,
+  killResultSigned,
   pathOf,
   SignedDesiredStateSchema,
+  SignedKillNoticeSchema,
   type ApiClient,
   type CallOptions,
   type DeviceEvent,
+  type DeviceEventOf,
   type ErrorCode,
   type Fetch,
   type ReportResponse,
   type SignedDesiredState,
+  type SignedKillNotice,
 } from '../protocol/index.ts';
 import { systemClock, type Clock } from './clock.ts';
 import { silentLog, type Log } from './log.ts';
@@ -137,9 +141,80 @@ export function verifyDesiredState(
   return parsed.data;
 }
 
+/**
+ * Checks a kill notice as received (see `KillNoticeSchema`): signed by the pinned Center key
+ * under the kill-notice domain, for this device. Like a desired state's, the signature is
+ * checked over the notice exactly as sent. A notice has no expiry and no revision to compare:
+ * a kill is final, so a genuine notice replayed says nothing untrue.
+ *
+ * @throws BulkheadError with a code of `DESIRED_STATE_REFUSALS` (malformed, key, signature,
+ *   device), Engine then keeps what it had.
+ */
+export function verifyKillNotice(
+  raw: unknown,
+  options: Pick<VerifyDesiredStateOptions, 'centerKey' | 'deviceId'>,
+): SignedKillNotice {
+  const doc = raw as { notice?: unknown; keyid?: unknown; signature?: unknown } | null;
+  if (
+    typeof doc !== 'object' ||
+    doc === null ||
+    typeof doc.notice !== 'object' ||
+    doc.notice === null ||
+    typeof doc.keyid !== 'string' ||
+    typeof doc.signature !== 'string'
+  ) {
+    throw refuse(ErrorCodes.DESIRED_STATE_MALFORMED, 'the kill notice is not a signed notice');
+  }
+  if (doc.keyid !== options.centerKey.keyid) {
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_KEY,
+      `the kill notice is signed by key ${doc.keyid.slice(0, 16)}…, not by the Center key ` +
+        `this device pinned (${options.centerKey.keyid.slice(0, 16)}…)`,
+      { keyid: doc.keyid },
+    );
+  }
+  let signed: boolean;
+  try {
+    signed = verifyPayload(
+      DEVICE_SIGNATURE_DOMAINS.killNotice,
+      canonicalJson(doc.notice),
+      doc.signature,
+      options.centerKey.key,
+    );
+  } catch {
+    signed = false;
+  }
+  if (!signed) {
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_SIGNATURE,
+      "the kill notice's signature does not verify with the pinned Center key",
+    );
+  }
+  const parsed = SignedKillNoticeSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_MALFORMED,
+      `the kill notice does not match the protocol (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'})`,
+    );
+  }
+  if (parsed.data.notice.deviceId !== options.deviceId) {
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_DEVICE,
+      `the kill notice is for device ${parsed.data.notice.deviceId}, not this one (${options.deviceId})`,
+    );
+  }
+  return parsed.data;
+}
+
+/**
+ * What Center answered a desired-state request: unchanged, a new verified document, or (for a
+ * killed device, in place of any document) the verified notice of its kill.
+ */
 export type DesiredStateAnswer =
-  | { changed: false; etag: string | null }
-  | { changed: true; etag: string | null; document: SignedDesiredState };
+  | { changed: false; etag: string | null; killed?: undefined }
+  | { changed: false; etag: null; killed: SignedKillNotice }
+  | { changed: true; etag: string | null; document: SignedDesiredState; killed?: undefined };
 
 export interface PushSubscription {
   /** `open` while the channel is up; `unsupported` when Center has no push route. */
@@ -218,13 +293,30 @@ export class CenterClient {
   async getDesiredState(
     current: { etag?: string | null; revision?: number } = {},
   ): Promise<DesiredStateAnswer> {
-    const res = await this.#authed((auth) =>
-      this.#api.exchange(
-        deviceEndpoints.desiredState,
-        {},
-        { headers: { ...auth, ...(current.etag ? { 'if-none-match': current.etag } : {}) } },
-      ),
-    );
+    let res;
+    try {
+      res = await this.#authed((auth) =>
+        this.#api.exchange(
+          deviceEndpoints.desiredState,
+          {},
+          { headers: { ...auth, ...(current.etag ? { 'if-none-match': current.etag } : {}) } },
+        ),
+      );
+    } catch (err) {
+      // Killed: Center refuses the token or the document with the signed notice of the kill.
+      if (!isBulkheadError(err, ErrorCodes.DEVICE_KILLED)) throw err;
+      const raw = (err.details as { notice?: unknown } | undefined)?.notice;
+      try {
+        const killed = verifyKillNotice(raw, {
+          centerKey: this.#centerKey,
+          deviceId: this.#identity.deviceId,
+        });
+        return { changed: false, etag: null, killed };
+      } catch (refusal) {
+        if (isBulkheadError(refusal)) await this.#reportRefusal(refusal, undefined);
+        throw refusal;
+      }
+    }
     const etag = res.headers.get('etag');
     if (res.status === 304) return { changed: false, etag: etag ?? current.etag ?? null };
     let document: SignedDesiredState;
@@ -256,6 +348,23 @@ export class CenterClient {
     return this.#authed((auth) =>
       this.#api.call(deviceEndpoints.reports, { body: { events: [...events] } }, { headers: auth }),
     );
+  }
+
+  /**
+   * Sends a killed device's result of its kill command (a `command-result` event of its queue)
+   * to the one route that takes it: a killed device has no token, so the request is proved
+   * by a fresh challenge signed, with the result, by the device's key. Resolves on Center's 200.
+   */
+  async sendKillResult(event: DeviceEventOf<'command-result'>): Promise<ReportResponse> {
+    const deviceId = this.#identity.deviceId;
+    const { challenge } = await this.#api.call(deviceEndpoints.challenge, { body: { deviceId } });
+    const body = { deviceId, challenge, event };
+    const signature = signPayload(
+      DEVICE_SIGNATURE_DOMAINS.killResult,
+      canonicalJson(killResultSigned(body)),
+      this.#privateKey,
+    );
+    return this.#api.call(deviceEndpoints.killResult, { body: { ...body, signature } });
   }
 
   /**

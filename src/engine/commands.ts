@@ -1,4 +1,4 @@
-import type { DesiredState, DeviceCommand, SignedDesiredState } from '../protocol/index.ts';
+import type { DesiredState, DeviceCommand } from '../protocol/index.ts';
 import type { Clock } from './clock.ts';
 import type { HypervisorDriver, VmRunState } from './hypervisor/types.ts';
 import type { Log } from './log.ts';
@@ -15,9 +15,9 @@ import type { TransactionFiles, VmRecords } from './update/records.ts';
  *   kill        every VM stops for good (crypto-erase of the work data is the kill's next step)
  *   restart-vm  one VM stops and starts again on the version it runs
  *
- * The device's state travels in the desired state as well, and the reconciler never starts a VM
- * of a device that is not active, so a lock or kill holds across Engine restarts and offline
- * weeks. The handler acts at once rather than waiting for the reconciler's next pass (which may
+ * The device's state travels in the desired state as well (a kill: in Center's signed kill
+ * notice, which the sync loop keeps on disk), and the reconciler never starts a VM of a device
+ * that is not active, so a lock or kill holds across Engine restarts and offline weeks. The handler acts at once rather than waiting for the reconciler's next pass (which may
  * be in the middle of a long download), and answers done only once what the command promises
  * is true: for lock and kill, every VM is stopped.
  *
@@ -144,8 +144,7 @@ export function createCommandHandler(deps: CommandDeps): CommandHandler {
       : { ok: false, message: `VM ${vm.name} stopped but did not start again in time` };
   }
 
-  return async (command: DeviceCommand, document: SignedDesiredState) => {
-    const desired = document.state;
+  return async (command: DeviceCommand, desired: DesiredState) => {
     // Hand the reconciler the new device state first, so that no pass or staged update starts a
     // VM of a device that is no longer active while the command runs.
     void deps.reconciler.reconcile(desired);

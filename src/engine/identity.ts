@@ -94,6 +94,7 @@ export async function enroll(options: EnrollOptions): Promise<Identity> {
     await files.identity.remove();
     await rm(files.privateKeyPath, { force: true });
     await files.desiredState.remove();
+    await files.killNotice.remove();
     await files.sync.remove();
     await rm(files.queueDir, { recursive: true, force: true });
   }

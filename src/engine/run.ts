@@ -156,7 +156,7 @@ export async function startEngineRun(
     dataDir: config.dataDir,
     clock,
     log,
-    reconcile: (doc) => reconciler.reconcile(doc.state),
+    reconcile: (desired) => reconciler.reconcile(desired),
     handleCommand: createCommandHandler({
       hypervisor,
       transactions,

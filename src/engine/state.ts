@@ -1,6 +1,11 @@
 import { join } from 'node:path';
 import { z } from 'zod';
-import { DeviceIdSchema, PublicKeyRefSchema, SignedDesiredStateSchema } from '../protocol/index.ts';
+import {
+  DeviceIdSchema,
+  PublicKeyRefSchema,
+  SignedDesiredStateSchema,
+  SignedKillNoticeSchema,
+} from '../protocol/index.ts';
 import type { Clock } from './clock.ts';
 import type { Log } from './log.ts';
 import { AtomicJsonFile } from '../durable/index.ts';
@@ -11,6 +16,7 @@ import { AtomicJsonFile } from '../durable/index.ts';
  *   identity.json       who this device is and which Center key it pinned   (enroll)
  *   device.key          the device's Ed25519 private key, PKCS#8 PEM, 0600   (enroll)
  *   desired-state.json  the last desired state that verified, with its ETag  (sync)
+ *   kill-notice.json    Center's signed notice that this device is killed    (sync)
  *   sync.json           connectivity and the commands already handled        (sync)
  *   engine-state.json   the VMs as they are on this PC                      (update/reconcile)
  *   queue/              events waiting to be reported                        (queue)
@@ -42,6 +48,17 @@ export const StoredDesiredStateSchema = z.strictObject({
   verifiedAt: EpochMs,
 });
 export type StoredDesiredState = z.infer<typeof StoredDesiredStateSchema>;
+
+/**
+ * Center's notice that this device is killed, as verified. Once it is on disk the device is
+ * killed for good: no VM starts again, whatever desired state comes later or was kept.
+ */
+export const StoredKillNoticeSchema = z.strictObject({
+  notice: SignedKillNoticeSchema,
+  /** When Engine verified it. */
+  verifiedAt: EpochMs,
+});
+export type StoredKillNotice = z.infer<typeof StoredKillNoticeSchema>;
 
 export const ConnectivitySchema = z.strictObject({
   /** Whether the last contact attempt reached Center. */
@@ -105,6 +122,7 @@ export interface EngineFiles {
   /** Path of the device's private key. */
   privateKeyPath: string;
   desiredState: AtomicJsonFile<StoredDesiredState>;
+  killNotice: AtomicJsonFile<StoredKillNotice>;
   sync: AtomicJsonFile<SyncState>;
   engineState: AtomicJsonFile<EngineState>;
   queueDir: string;
@@ -128,6 +146,12 @@ export function engineFiles(dataDir: string, deps: { clock?: Clock; log?: Log } 
       StoredDesiredStateSchema,
       'the stored desired state',
       'remove the file; Engine fetches the desired state again at its next contact with Center',
+    ),
+    killNotice: file(
+      'kill-notice.json',
+      StoredKillNoticeSchema,
+      'the kill notice',
+      'remove the file only if Center did not kill this device; a killed device is enrolled again with bulkhead engine enroll --force',
     ),
     sync: file(
       'sync.json',

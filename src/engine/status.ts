@@ -8,6 +8,8 @@ export interface EngineStatus {
   deviceId: string | null;
   centerUrl: string | null;
   connectivity: Connectivity;
+  /** When Center killed this device, once Engine verified the notice; then no VM starts. */
+  killedAt: number | null;
   desired: {
     revision: number;
     generatedAt: number;
@@ -38,9 +40,10 @@ export interface EngineStatus {
 export async function readEngineStatus(dataDir: string): Promise<EngineStatus> {
   const files = engineFiles(dataDir);
   const readOnly = { repair: false };
-  const [identity, desired, sync, engineState, queueDepth] = await Promise.all([
+  const [identity, desired, killed, sync, engineState, queueDepth] = await Promise.all([
     files.identity.read(readOnly),
     files.desiredState.read(readOnly),
+    files.killNotice.read(readOnly),
     files.sync.read(readOnly),
     files.engineState.read(readOnly),
     readQueueDepth(files.queueDir),
@@ -71,6 +74,7 @@ export async function readEngineStatus(dataDir: string): Promise<EngineStatus> {
     deviceId: identity?.deviceId ?? null,
     centerUrl: identity?.centerUrl ?? null,
     connectivity: sync?.connectivity ?? initialConnectivity(),
+    killedAt: killed?.notice.notice.killedAt ?? null,
     desired:
       state === undefined || desired === undefined
         ? null
@@ -106,6 +110,9 @@ export function formatEngineStatus(s: EngineStatus, now: number): string[] {
       (c.consecutiveFailures > 0 ? `; ${c.consecutiveFailures} failed attempts` : ''),
   );
   if (c.lastError !== null) lines.push(`Last error  ${c.lastError.code}: ${c.lastError.message}`);
+  if (s.killedAt !== null) {
+    lines.push(`Killed      by Center at ${when(s.killedAt)}; no VM starts again`);
+  }
   lines.push(
     s.desired === null
       ? 'Desired     none yet'

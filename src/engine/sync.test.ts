@@ -74,6 +74,7 @@ function quotaCenter(clock: { now(): number }) {
     onPush: undefined as (() => void) | undefined,
   };
   const client: SyncLoopDeps['client'] = {
+    sendKillResult: () => Promise.reject(new Error('this device is not killed')),
     async getDesiredState() {
       center.polls.push(clock.now());
       return { changed: false, etag: null };
@@ -219,6 +220,7 @@ test('batches are cut by bytes as well as by count, so Center never finds one to
   const sizes: number[] = [];
   const loop = createSyncLoop({
     client: {
+      sendKillResult: () => Promise.reject(new Error('this device is not killed')),
       getDesiredState: async () => ({ changed: false, etag: null }),
       sendReports: async (events) => {
         sizes.push(Buffer.byteLength(JSON.stringify({ events })));

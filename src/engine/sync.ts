@@ -4,8 +4,12 @@ import {
   MAX_REPORT_EVENTS,
   REPORT_ENVELOPE_BYTES,
   ErrorCodes,
+  type DesiredState,
+  type DesiredVm,
   type DeviceCommand,
+  type DeviceEvent,
   type SignedDesiredState,
+  type SignedKillNotice,
 } from '../protocol/index.ts';
 import { DESIRED_STATE_REFUSALS, type CenterClient } from './center-client.ts';
 import type { Clock } from './clock.ts';
@@ -16,6 +20,7 @@ import {
   type Connectivity,
   type EngineFiles,
   type StoredDesiredState,
+  type StoredKillNotice,
   type SyncState,
 } from './state.ts';
 
@@ -34,6 +39,16 @@ import {
  * The last verified desired state is on disk, so a restart with Center down starts from it;
  * it is handed on as is even once past its `expiresAt`: expiry guards against a stale document
  * being *fetched* (a freeze attack), while running offline for weeks is the lease's business.
+ *
+ * Killed. Center answers a killed device only with a signed notice of its kill (in place of a
+ * token or a desired state). Once it verifies, the notice is written to disk and the device is
+ * killed for good: the loop hands on a desired state of its own making, `killed` with the VMs
+ * it had (without their data keys) and nothing to start, carries out the kill command the notice
+ * names as it would any kill (every VM stops), and from then on takes no desired state from
+ * anyone, Center's or a replayed one, on this run or after a restart. Its only business with
+ * Center left is the kill's result, sent through the route a killed device may use; the rest of
+ * its queue, which Center would refuse forever, is dropped. Then it stays quiet: Center has
+ * nothing more to say to it.
  */
 
 export interface CommandOutcome {
@@ -41,23 +56,27 @@ export interface CommandOutcome {
   message: string;
 }
 
-/** Carries out one command (lock, unlock, kill, restart-vm). */
+/** Carries out one command (lock, unlock, kill, restart-vm) under the desired state it came in. */
 export type CommandHandler = (
   command: DeviceCommand,
-  document: SignedDesiredState,
+  desired: DesiredState,
 ) => Promise<CommandOutcome>;
 
 export interface SyncLoopDeps {
-  client: Pick<CenterClient, 'getDesiredState' | 'sendReports' | 'subscribePush'>;
+  client: Pick<
+    CenterClient,
+    'getDesiredState' | 'sendReports' | 'sendKillResult' | 'subscribePush'
+  >;
   queue: EventQueue;
-  store: Pick<EngineFiles, 'desiredState' | 'sync'>;
+  store: Pick<EngineFiles, 'desiredState' | 'killNotice' | 'sync'>;
   clock: Clock;
   log: Log;
   /**
-   * Called with each new verified desired state (and with the stored one at start). Should
-   * return promptly (schedule the work): the loop waits for it before its next step.
+   * Called with each new verified desired state (and with the stored one at start), or, once
+   * killed, with the killed state the loop makes. Should return promptly (schedule the work):
+   * the loop waits for it before its next step.
    */
-  onDesiredState(document: SignedDesiredState, source: 'center' | 'disk'): Promise<void> | void;
+  onDesiredState(desired: DesiredState, source: 'center' | 'disk'): Promise<void> | void;
   /** Carries out commands; without one, each command is answered as not supported. */
   handleCommand?: CommandHandler;
   /**
@@ -98,6 +117,15 @@ export interface SyncLoop {
   connectivity(): Connectivity;
   /** The last verified desired state. */
   current(): StoredDesiredState | undefined;
+  /** Center's verified notice that this device is killed, once there is one. */
+  killed(): StoredKillNotice | undefined;
+}
+
+/** A VM as the killed state keeps it: without its data key. */
+function withoutKey(vm: DesiredVm): DesiredVm {
+  const copy = { ...vm };
+  delete copy.dataKey;
+  return copy;
 }
 
 /** Handled command ids remembered (Center drops a command once its result arrived). */
@@ -118,6 +146,7 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
   let connectivity = initialConnectivity();
   let handled: string[] = [];
   let current: StoredDesiredState | undefined;
+  let killed: StoredKillNotice | undefined;
   let running: Promise<void> | undefined;
   let stopped = false;
   let sleeping: AbortController | undefined;
@@ -132,13 +161,16 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
   const persist = () =>
     store.sync.write({ connectivity, handledCommands: handled } satisfies SyncState);
 
-  async function runCommands(document: SignedDesiredState): Promise<void> {
-    for (const command of document.state.commands) {
+  async function runCommands(
+    commands: readonly DeviceCommand[],
+    desired: DesiredState,
+  ): Promise<void> {
+    for (const command of commands) {
       if (handled.includes(command.id)) continue;
       let outcome: CommandOutcome;
       try {
         outcome = deps.handleCommand
-          ? await deps.handleCommand(command, document)
+          ? await deps.handleCommand(command, desired)
           : { ok: false, message: `this Engine cannot carry out ${command.kind} commands` };
       } catch (err) {
         outcome = { ok: false, message: (err as Error).message ?? String(err) };
@@ -170,16 +202,64 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
     }
   }
 
+  async function handOn(desired: DesiredState, source: 'center' | 'disk') {
+    try {
+      await deps.onDesiredState(desired, source);
+    } catch (err) {
+      log.error({ component: 'sync', err }, 'handling the desired state failed');
+    }
+  }
+
   async function deliver(document: SignedDesiredState, source: 'center' | 'disk') {
     // Center tunes the poll interval for its fleet, unless this device was given its own.
     const tuned = document.state.pollIntervalSeconds;
     if (deps.pollIntervalMs === undefined && tuned !== undefined) pollIntervalMs = tuned * 1000;
-    await runCommands(document);
-    try {
-      await deps.onDesiredState(document, source);
-    } catch (err) {
-      log.error({ component: 'sync', err }, 'handling the desired state failed');
-    }
+    await runCommands(document.state.commands, document.state);
+    await handOn(document.state, source);
+  }
+
+  /** What the PC runs once killed: no VM, for good; those it had stay named, without keys. */
+  function killedState(stored: StoredKillNotice): DesiredState {
+    const { notice } = stored.notice;
+    const last = current?.document.state;
+    return {
+      deviceId: notice.deviceId,
+      revision: last?.revision ?? 0,
+      generatedAt: notice.issuedAt,
+      expiresAt: notice.issuedAt,
+      device: { state: 'killed' },
+      mirrors: [],
+      publishers: [],
+      vms: (last?.vms ?? []).map(withoutKey),
+      commands: [],
+    };
+  }
+
+  /** Acts on the kill: the command it names runs as any kill does, then the state goes on. */
+  async function deliverKilled(stored: StoredKillNotice, source: 'center' | 'disk') {
+    const { notice } = stored.notice;
+    const desired = killedState(stored);
+    const kill: DeviceCommand[] =
+      notice.commandId === null
+        ? []
+        : [{ id: notice.commandId, kind: 'kill', profileId: null, issuedAt: notice.killedAt }];
+    await runCommands(kill, desired);
+    await handOn(desired, source);
+  }
+
+  /** Takes a verified kill notice: on disk first (no restart forgets it), then acted on. */
+  async function acceptKill(notice: SignedKillNotice) {
+    if (killed !== undefined) return;
+    const stored: StoredKillNotice = { notice, verifiedAt: clock.now() };
+    await store.killNotice.write(stored);
+    killed = stored;
+    push?.close();
+    push = undefined;
+    log.warn(
+      { component: 'sync', commandId: notice.notice.commandId, killedAt: notice.notice.killedAt },
+      'Center killed this device: every VM stops, and none starts again',
+    );
+    await deliverKilled(stored, 'center');
   }
 
   /**
@@ -188,6 +268,7 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
    * holds reports until its Retry-After has passed.
    */
   async function flush(): Promise<number> {
+    if (killed !== undefined) return flushKilled();
     let delivered = 0;
     while (queue.depth() > 0 && clock.now() >= reportsHeldUntil) {
       const batch = queue.peek(MAX_REPORT_EVENTS, MAX_REPORT_BYTES - REPORT_ENVELOPE_BYTES);
@@ -217,6 +298,42 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
     return Math.min(pollIntervalMs, reportsHeldUntil - now);
   }
 
+  /**
+   * A killed device's queue: the kill's result goes through the route that takes it (retried
+   * like any report while Center cannot be reached); everything else, which Center refuses
+   * from a killed device, is dropped.
+   */
+  async function flushKilled(): Promise<number> {
+    let delivered = 0;
+    let dropped = 0;
+    while (queue.depth() > 0) {
+      const batch = queue.peek(MAX_REPORT_EVENTS);
+      for (const event of batch) {
+        if (!isKillResult(event)) {
+          dropped += 1;
+          continue;
+        }
+        try {
+          await client.sendKillResult(event);
+          delivered += 1;
+        } catch (err) {
+          // Center read it and said no (a result it no longer wants): sending it again would
+          // not change that. Anything else is tried again at the next contact.
+          if (!isRefusedByCenter(err)) throw err;
+          log.warn(
+            { component: 'sync', code: (err as { code: string }).code },
+            `Center refused the kill's result: ${(err as Error).message}`,
+          );
+        }
+      }
+      await queue.ack(batch.map((e) => e.id));
+    }
+    if (dropped > 0) {
+      log.info({ component: 'sync', dropped }, 'dropped events a killed device cannot report');
+    }
+    return delivered;
+  }
+
   function backoffMs(failures: number, err: unknown): number {
     const ceiling = Math.min(cap, base * 2 ** Math.min(failures, 30));
     const jittered = random() * ceiling;
@@ -225,15 +342,24 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
   }
 
   async function contact(): Promise<SyncOutcome> {
+    // Killed, with nothing left to send: Center has nothing more to say to this device.
+    if (killed !== undefined && queue.depth() === 0) {
+      return { ok: true, nextDelayMs: pollIntervalMs, delivered: 0 };
+    }
     let refusal: { code: string; message: string } | undefined;
     let delivered = 0;
     try {
       try {
-        const answer = await client.getDesiredState({
-          etag: current?.etag ?? null,
-          revision: current?.document.state.revision,
-        });
-        if (answer.changed) {
+        const answer =
+          killed === undefined
+            ? await client.getDesiredState({
+                etag: current?.etag ?? null,
+                revision: current?.document.state.revision,
+              })
+            : undefined;
+        if (answer?.killed !== undefined) {
+          await acceptKill(answer.killed);
+        } else if (answer?.changed) {
           const stored: StoredDesiredState = {
             etag: answer.etag,
             document: answer.document,
@@ -335,8 +461,13 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
         handled = saved.handledCommands;
       }
       current = await store.desiredState.read();
-      if (current !== undefined) await deliver(current.document, 'disk');
-      if (deps.push ?? true) push = client.subscribePush(() => this.wake());
+      killed = await store.killNotice.read();
+      // Killed is for good: the stored desired state (from before the kill) is not handed on.
+      if (killed !== undefined) await deliverKilled(killed, 'disk');
+      else if (current !== undefined) await deliver(current.document, 'disk');
+      if (killed === undefined && (deps.push ?? true)) {
+        push = client.subscribePush(() => this.wake());
+      }
       running = loop();
     },
     async stop() {
@@ -357,5 +488,19 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
     },
     connectivity: () => connectivity,
     current: () => current,
+    killed: () => killed,
   };
+}
+
+function isKillResult(
+  event: DeviceEvent,
+): event is Extract<DeviceEvent, { type: 'command-result' }> {
+  return event.type === 'command-result' && event.data.kind === 'kill';
+}
+
+/** Center answered the request and refused it for good (a 4xx other than 429). */
+function isRefusedByCenter(err: unknown): boolean {
+  if (!isBulkheadError(err) || err.retryable) return false;
+  const status = (err.details as { status?: unknown } | undefined)?.status;
+  return typeof status === 'number' && status >= 400 && status < 500;
 }

@@ -27,6 +27,7 @@ export {
   manifestId,
   signManifest,
   verifyManifest,
+  trustedSignatures,
   parseManifest,
   encodeManifest,
 } from './manifest.ts';

@@ -81,6 +81,22 @@ export function verifyManifest(
   );
 }
 
+/**
+ * The signatures of a manifest that verify with one of the `trusted` keys: who vouches for it.
+ * (`verifyManifest` stops at the first; Center keeps them all, to judge the version again when a
+ * key is revoked.)
+ */
+export function trustedSignatures(
+  manifest: SignedManifest,
+  trusted: readonly PublicKeyInfo[],
+): SignedManifest['signatures'] {
+  const payload = canonicalJson(manifest.signed);
+  return manifest.signatures.filter((s) => {
+    const key = trusted.find((k) => k.keyid === s.keyid);
+    return key !== undefined && verifyPayload(DOMAIN, payload, s.sig, key.key);
+  });
+}
+
 /** Parses without checking signatures (for `inspect`); throws ERR_MANIFEST_MALFORMED. */
 export function parseManifest(bytes: Uint8Array): SignedManifest {
   if (bytes.byteLength > MAX_MANIFEST_BYTES) {

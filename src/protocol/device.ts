@@ -5,7 +5,7 @@ import {
   ResetPolicySchema,
   VmResourcesSchema,
 } from './policy.ts';
-import { CommandKindSchema, DeviceEventSchema } from './events.ts';
+import { CommandKindSchema, CommandResultEventSchema, DeviceEventSchema } from './events.ts';
 
 /*
  * Wire schemas of Center's device API (`/api/v1/device/…`), shared by Center and Engine.
@@ -172,7 +172,11 @@ export const DesiredStateSchema = z.object({
   generatedAt: EpochMsSchema,
   /** A device stops trusting the document after this (freeze attacks). */
   expiresAt: EpochMsSchema,
-  /** The device's state at Center (`locked`: VMs may not start; `killed`: crypto-erase). */
+  /**
+   * The device's state at Center (`locked`: VMs may not start). Center sends no document to a
+   * killed or retired device (a killed one gets its `KillNoticeSchema` instead); a device given
+   * one in either state anyway runs no VM.
+   */
   device: z.object({ state: z.enum(['active', 'locked', 'killed', 'retired']) }),
   /**
    * How often the device should ask for news when no push arrives; Center's administrators
@@ -198,6 +202,61 @@ export const SignedDesiredStateSchema = z.object({
   signature: z.string(),
 });
 export type SignedDesiredState = z.infer<typeof SignedDesiredStateSchema>;
+
+/**
+ * What Center answers a killed device instead of a token, a desired state or anything else
+ * (DESIGN §4: a killed device gets nothing more from Center, acknowledged or not): a notice that
+ * it is killed, signed by Center's key like a desired state but under its own domain
+ * (`device-kill-notice`), carrying no data key and no VM. Engine verifies it against the key it
+ * pinned and acts on it as on a kill command: every VM stops, for good.
+ *
+ * It travels in the body of a 403 `ERR_DEVICE_KILLED` (`error.details.notice`), and only to a
+ * caller that proved to be the device: a challenge signed with the device's key (the token
+ * route) or a token Center issued on one (every other device route), so nobody else learns of a
+ * device's kill. It has no expiry: a kill is final, so a replayed notice tells the device
+ * nothing that is not true.
+ */
+export const KillNoticeSchema = z.object({
+  deviceId: z.string(),
+  /** When Center killed the device. */
+  killedAt: EpochMsSchema,
+  /** When Center signed this notice. */
+  issuedAt: EpochMsSchema,
+  /**
+   * The kill command, whose result the device sends to `POST /api/v1/device/kill-result`; null
+   * when the device was killed without one.
+   */
+  commandId: z.string().nullable(),
+});
+export type KillNotice = z.infer<typeof KillNoticeSchema>;
+
+/** A kill notice and Center's signature (domain `device-kill-notice`) of `canonicalJson(notice)`. */
+export const SignedKillNoticeSchema = z.object({
+  notice: KillNoticeSchema,
+  keyid: z.string(),
+  signature: z.string(),
+});
+export type SignedKillNotice = z.infer<typeof SignedKillNoticeSchema>;
+
+/**
+ * A killed device's answer to its kill command. A killed device has no token (Center issues it
+ * none), so, like a token request, this proves the device by a fresh challenge signed with its
+ * key; the signature covers the result as well (`killResultSigned`).
+ */
+export const KillResultRequestSchema = z.strictObject({
+  deviceId: DeviceIdSchema,
+  challenge: z.string().min(1).max(512),
+  /** The `command-result` event of the kill command, as the device's queue holds it. */
+  event: CommandResultEventSchema,
+  /** base64 Ed25519 signature by the device's key, domain `device-kill-result`. */
+  signature: z.string().min(1).max(128),
+});
+export type KillResultRequest = z.infer<typeof KillResultRequestSchema>;
+
+/** What the device signs in a kill result: `canonicalJson` of this. */
+export function killResultSigned(request: Omit<KillResultRequest, 'signature'>): object {
+  return { challenge: request.challenge, deviceId: request.deviceId, event: request.event };
+}
 
 /** Most events in one report batch. */
 export const MAX_REPORT_EVENTS = 500;
@@ -243,4 +302,8 @@ export const DEVICE_SIGNATURE_DOMAINS = {
   token: 'device-token',
   /** Center's signature over `canonicalJson(state)` of a desired state. */
   desiredState: 'desired-state',
+  /** Center's signature over `canonicalJson(notice)` of a kill notice. */
+  killNotice: 'device-kill-notice',
+  /** The device's signature over `canonicalJson(killResultSigned(request))`. */
+  killResult: 'device-kill-result',
 } as const;

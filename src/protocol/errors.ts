@@ -49,6 +49,9 @@ export const ErrorCodes = {
   ENROLMENT_TOKEN_REFUSED: 'ERR_ENROLMENT_TOKEN_REFUSED',
   DEVICE_EXISTS: 'ERR_DEVICE_EXISTS',
   DEVICE_CHALLENGE_INVALID: 'ERR_DEVICE_CHALLENGE_INVALID',
+  // A device cut off for good: killed (the answer carries a signed kill notice) or retired.
+  DEVICE_KILLED: 'ERR_DEVICE_KILLED',
+  DEVICE_RETIRED: 'ERR_DEVICE_RETIRED',
   // Image upload: a chunk whose bytes do not match its digest, a manifest naming chunks the
   // store lacks, a version transition its state does not allow.
   CHUNK_DIGEST_MISMATCH: 'ERR_CHUNK_DIGEST_MISMATCH',

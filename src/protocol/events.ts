@@ -152,6 +152,9 @@ export function eventBytes(event: unknown): number {
   return utf8.encode(JSON.stringify(event)).byteLength;
 }
 
+/** A command's result as an event (what a killed device sends to acknowledge its kill). */
+export const CommandResultEventSchema = envelope('command-result');
+
 /** One device event on the wire and in Engine's queue: `type` picks the payload schema. */
 export const DeviceEventSchema = z
   .discriminatedUnion('type', [
@@ -162,7 +165,7 @@ export const DeviceEventSchema = z
     envelope('rolled-back'),
     envelope('failed'),
     envelope('vm-state'),
-    envelope('command-result'),
+    CommandResultEventSchema,
     envelope('desired-state-refused'),
   ])
   .check((ctx) => {

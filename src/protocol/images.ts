@@ -66,6 +66,7 @@ export const ImageVersionInfoSchema = z.object({
   version: z.string(),
   /** SHA-256 of the manifest's canonical body. */
   manifestId: z.string(),
+  /** The manifest's signatures that verified with a publisher key Center trusted at upload. */
   signatures: z.array(SignatureSchema),
   /** Bytes of the raw image. */
   size: z.number().int(),

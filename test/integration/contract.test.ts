@@ -337,6 +337,8 @@ test('Center and Engine keep one contract: rollouts, commands, an outage', async
     assert.equal(killed.state, 'done', killed.result.message);
     assert.equal(await vmState(b), 'stopped');
     assert.equal((await detail(b)).state, 'killed');
+    // Center gave the killed PC only its signed kill notice, which the PC keeps.
+    assert.equal(b.running.engine.sync.killed()?.notice.notice.commandId, killed.id);
   });
 
   await t.test(

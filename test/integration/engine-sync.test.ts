@@ -307,8 +307,8 @@ test('sync loop: commands once, Center down → backoff grows and events wait, b
       log: recordingLog(),
       push: false,
       random: () => 0.999,
-      onDesiredState: (doc, source) => {
-        seen.push({ revision: doc.state.revision, source });
+      onDesiredState: (desired, source) => {
+        seen.push({ revision: desired.revision, source });
       },
       handleCommand: async (command) => {
         handled.push(command.id);
@@ -397,6 +397,64 @@ test('sync loop: commands once, Center down → backoff grows and events wait, b
   assert.equal((await readEngineStatus(d.dataDir)).connectivity.online, true);
 });
 
+test('killed: Engine learns it from the signed notice, stops for good, and its kill is settled', async (t) => {
+  const center = await startCenter(t);
+  const d = await device(t, center);
+  const handled: { id: string; kind: string; state: string }[] = [];
+  const loop = createSyncLoop({
+    client: d.client(),
+    queue: d.queue,
+    store: d.files,
+    clock: d.clock,
+    log: recordingLog(),
+    push: false,
+    onDesiredState: () => {},
+    handleCommand: async (command, desired) => {
+      handled.push({ id: command.id, kind: command.kind, state: desired.device.state });
+      return { ok: true, message: 'every VM is stopped' };
+    },
+  });
+  assert.equal((await loop.syncNow()).ok, true);
+  // Killed as Center's command route does it: the state, the command, then the notification.
+  await center.db
+    .updateTable('devices')
+    .set({ state: 'killed' })
+    .where('id', '=', d.identity.deviceId)
+    .execute();
+  const killId = await center.addCommand(d.identity.deviceId, 'kill');
+  // The token the client holds is refused as well: the notice comes with the refusal.
+  const outcome = await loop.syncNow();
+  assert.equal(outcome.ok, true, JSON.stringify(loop.connectivity().lastError));
+  assert.equal(loop.killed()?.notice.notice.commandId, killId);
+  assert.deepEqual(handled, [{ id: killId, kind: 'kill', state: 'killed' }]);
+  const command = await center.db
+    .selectFrom('commands')
+    .select(['state', 'result'])
+    .where('id', '=', killId)
+    .executeTakeFirstOrThrow();
+  assert.equal(command.state, 'done', 'the result reached Center though the device is killed');
+  assert.deepEqual(JSON.parse(command.result ?? 'null'), {
+    ok: true,
+    message: 'every VM is stopped',
+  });
+  assert.equal(d.queue.depth(), 0);
+  // After a restart too, it stays killed without asking Center anything.
+  const restarted = createSyncLoop({
+    client: d.client(),
+    queue: d.queue,
+    store: d.files,
+    clock: d.clock,
+    log: recordingLog(),
+    push: false,
+    onDesiredState: (desired) =>
+      void handled.push({ id: '', kind: '', state: desired.device.state }),
+  });
+  await restarted.start();
+  await restarted.stop();
+  assert.equal(handled.at(-1)?.state, 'killed');
+  assert.equal((await readEngineStatus(d.dataDir)).killedAt, loop.killed()?.notice.notice.killedAt);
+});
+
 test('push: a change at Center wakes the loop at once', async (t) => {
   const center = await startCenter(t);
   const d = await device(t, center);
@@ -410,8 +468,8 @@ test('push: a change at Center wakes the loop at once', async (t) => {
     clock: { now: () => d.clock.now(), sleep: (ms, signal) => systemSleep(ms, signal) },
     log: recordingLog(),
     pollIntervalMs: HOUR,
-    onDesiredState: (doc) => {
-      revisions.push(doc.state.revision);
+    onDesiredState: (desired) => {
+      revisions.push(desired.revision);
       changed();
     },
   });
@@ -446,12 +504,12 @@ test('createEngine: the sync loop feeds reconcile one run at a time, newest stat
     clock: { now: () => center.clock.ms, sleep: systemSleep },
     push: false,
     pollIntervalMs: HOUR,
-    reconcile: async (doc) => {
+    reconcile: async (desired) => {
       running += 1;
       overlapped ||= running > 1;
       // The first run is slow; the states that arrive meanwhile collapse into the newest.
       if (reconciled.length === 0) await gate;
-      reconciled.push(doc.state.revision);
+      reconciled.push(desired.revision);
       running -= 1;
     },
   });

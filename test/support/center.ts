@@ -13,6 +13,7 @@ import {
   type CenterDatabase,
   type Database,
   type DatabaseDialect,
+  type DatabaseLog,
   type ImageKind,
 } from '../../src/center/db/index.ts';
 import type { PushBus } from '../../src/center/push.ts';
@@ -48,11 +49,20 @@ export type AdminRole = 'admin' | 'operator' | 'viewer';
 export async function startTestCenter(
   t: TestContext,
   url: string,
-  options: { start: number; logLevel?: Level | 'silent'; push?: PushBus },
+  options: {
+    start: number;
+    logLevel?: Level | 'silent';
+    push?: PushBus;
+    /** Hears every query the app makes (to count them). */
+    databaseLog?: DatabaseLog;
+  },
 ) {
   const dir = await tempDir(t);
   const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
-  const database: CenterDatabase = await openDatabase({ url });
+  const database: CenterDatabase = await openDatabase({
+    url,
+    ...(options.databaseLog === undefined ? {} : { log: options.databaseLog }),
+  });
   await migrateToLatest(database.db);
   const clock = { ms: options.start };
   const now = () => new Date(clock.ms);
@@ -197,7 +207,31 @@ export function insertImage(db: Kysely<Database>, name: string, kind: ImageKind,
   return insertRow(db, 'images', at, { name, kind, description: '', release_version_id: null });
 }
 
-/** A version of the image, published unless `state` says otherwise; released if asked. */
+/** The publisher key `insertVersion` records its versions as signed by (trusted). */
+const FIXTURE_PUBLISHER = generateKeyPair();
+
+/** Trusts the fixture publisher key in `db`, once; its key id. */
+async function fixturePublisher(db: Kysely<Database>, at: number): Promise<string> {
+  const { keyid, publicPem } = FIXTURE_PUBLISHER;
+  await db
+    .insertInto('publisher_keys')
+    .values({
+      keyid,
+      name: 'fixture',
+      public_key: publicPem,
+      created_by: null,
+      created_at: at,
+      revoked_at: null,
+    })
+    .onConflict((oc) => oc.column('keyid').doNothing())
+    .execute();
+  return keyid;
+}
+
+/**
+ * A version of the image, published unless `state` says otherwise; released if asked. It is
+ * recorded as signed by a trusted fixture publisher key (the signature itself is not real).
+ */
 export async function insertVersion(
   db: Kysely<Database>,
   imageId: string,
@@ -214,7 +248,9 @@ export async function insertVersion(
       image_id: imageId,
       version,
       manifest_id: hex(32),
-      signatures: '[]',
+      signatures: JSON.stringify([
+        { keyid: await fixturePublisher(db, at), sig: `${'A'.repeat(86)}==` },
+      ]),
       size: 1 << 30,
       sha256: hex(32),
       parent_version: null,

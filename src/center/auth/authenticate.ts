@@ -4,6 +4,7 @@ import { BulkheadError, ErrorCodes, type EndpointAuth } from '../../protocol/ind
 import { hasRole, resolveCaller, type Caller } from '../admin/credentials.ts';
 import type { Database } from '../db/index.ts';
 import type { DeviceCredentials } from '../devices/credentials.ts';
+import type { DeviceStanding } from '../devices/standing.ts';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -23,13 +24,15 @@ export interface AuthenticationDeps {
   now: () => Date;
   /** Checks device bearer tokens. */
   deviceCredentials: DeviceCredentials;
+  /** Refuses killed and retired devices, whatever their token's age. */
+  deviceStanding: DeviceStanding;
 }
 
 /**
  * Authentication and authorization of every API route, in one place: each route under
  * `/api/v1/` declares `config.auth` (a route without one fails at start-up), and one onRequest
- * hook resolves the bearer token to an admin caller and compares roles, or to a device, before
- * the body is even parsed, so an unauthenticated client learns nothing from validation errors.
+ * hook resolves the bearer token to an admin caller and compares roles, or to a device in good
+ * standing (neither killed nor retired), before the body is even parsed, so an unauthenticated client learns nothing from validation errors.
  * Register on the root instance before the routes (hooks reach the scopes registered later).
  */
 export function registerAuthentication(app: FastifyInstance, deps: AuthenticationDeps): void {
@@ -43,7 +46,10 @@ export function registerAuthentication(app: FastifyInstance, deps: Authenticatio
     const required = req.routeOptions.config.auth;
     if (required === undefined || required === 'public') return;
     if (required === 'device') {
-      req.deviceId = deps.deviceCredentials.deviceOfToken(deviceBearer(req));
+      const deviceId = deps.deviceCredentials.deviceOfToken(deviceBearer(req));
+      // A token outlives a kill or a retirement by up to its 15 minutes; the standing does not.
+      await deps.deviceStanding.check(deviceId);
+      req.deviceId = deviceId;
       return;
     }
     const caller = await resolveCaller(deps.db, req.headers.authorization, deps.now().getTime());

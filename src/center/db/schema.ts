@@ -112,7 +112,10 @@ export interface ImageVersionsTable {
   version: string;
   /** SHA-256 of the manifest's canonical body (hex); unique: the content address. */
   manifest_id: string;
-  /** The manifest's signatures as JSON: `[{ keyid, sig }]` (`SignatureSchema[]`). */
+  /**
+   * The manifest's signatures that verified with a trusted publisher key at upload, as JSON:
+   * `[{ keyid, sig }]` (`SignatureSchema[]`). Versions uploaded before this rule may list others.
+   */
   signatures: JsonText;
   /** Bytes of the raw image. */
   size: number;

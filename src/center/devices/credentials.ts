@@ -1,6 +1,6 @@
 import { createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
 import { signPayload, verifyPayload, canonicalJson } from '../../signing/index.ts';
-import { BulkheadError, ErrorCodes } from '../../protocol/index.ts';
+import { BulkheadError, DEVICE_SIGNATURE_DOMAINS, ErrorCodes } from '../../protocol/index.ts';
 
 /*
  * Device credentials, stateless so that any Center replica can check them without the
@@ -13,14 +13,8 @@ import { BulkheadError, ErrorCodes } from '../../protocol/index.ts';
  * token the same device could get anyway.
  */
 
-/** Domains of Center's and the device's signatures (see `signPayload`). */
-export const DOMAINS = {
-  challenge: 'device-challenge',
-  /** The device's signature over a challenge. */
-  deviceAuth: 'device-auth',
-  token: 'device-token',
-  desiredState: 'desired-state',
-} as const;
+/** Domains of Center's and the device's signatures (see `signPayload`), as the protocol names them. */
+export const DOMAINS = DEVICE_SIGNATURE_DOMAINS;
 
 export const CHALLENGE_TTL_MS = 60_000;
 export const TOKEN_TTL_MS = 15 * 60_000;

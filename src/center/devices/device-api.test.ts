@@ -458,16 +458,31 @@ forEachDatabase('device API', async (t, databases) => {
       });
       assertError(foreign, 403, 'ERR_FORBIDDEN');
 
-      // A killed device gets nothing more: no state, no new token.
+      // A killed device gets nothing more: no state, no new token, only the signed notice of
+      // its kill (src/center/devices/cut-off.test.ts has the whole story). Written straight
+      // to the database, unannounced: the desired state's own read refuses it all the same.
       await db
         .updateTable('devices')
         .set({ state: 'killed' })
         .where('id', '=', b.deviceId)
         .execute();
-      assertError(await s.app.inject({ url, headers: b.auth }), 403, 'ERR_FORBIDDEN');
+      const killed = await s.app.inject({ url, headers: b.auth });
+      assertError(killed, 403, 'ERR_DEVICE_KILLED');
+      const notice = killed.json().error.details.notice;
+      assert.equal(notice.notice.deviceId, b.deviceId);
+      assert.ok(
+        verifyPayload(
+          DOMAINS.killNotice,
+          canonicalJson(notice.notice),
+          notice.signature,
+          centerPublic,
+        ),
+      );
       const ch = await s.challenge(b.deviceId);
       const signed = signPayload(DOMAINS.deviceAuth, ch, b.keys.privateKey);
-      assertError(await s.exchange(b.deviceId, ch, signed), 403, 'ERR_FORBIDDEN');
+      const noToken = await s.exchange(b.deviceId, ch, signed);
+      assertError(noToken, 403, 'ERR_DEVICE_KILLED');
+      assert.equal(noToken.json().token, undefined);
       // A deleted device's token still verifies for its last minutes, but finds nothing.
       await db.deleteFrom('devices').where('id', '=', b.deviceId).execute();
       assertError(await s.app.inject({ url, headers: b.auth }), 401, 'ERR_UNAUTHENTICATED');

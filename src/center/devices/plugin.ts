@@ -1,10 +1,11 @@
 import { createPublicKey } from 'node:crypto';
 import { Counter } from 'prom-client';
-import { verifyPayload } from '../../signing/index.ts';
+import { canonicalJson, verifyPayload } from '../../signing/index.ts';
 import {
   BulkheadError,
   deviceEndpoints as e,
   ErrorCodes,
+  killResultSigned,
   type PublicKeyRef,
 } from '../../protocol/index.ts';
 import { route } from '../http/route.ts';
@@ -22,15 +23,13 @@ import {
 import { enrolDevice } from './enrol.ts';
 import { RateLimiter } from './rate-limit.ts';
 import { ReportQuota } from './report-quota.ts';
-import { ingestReports } from './reports.ts';
+import { ingestReports, recordKillResult } from './reports.ts';
+import { isRefusal, refusalFor } from './standing.ts';
 
 export interface DeviceApiOptions {
   /** Enrol attempts one client address may make per minute (default 20). */
   enrolPerMinute?: number;
 }
-
-/** States in which a device gets nothing more from Center (but see `isCutOff`). */
-const CUT_OFF = new Set(['killed', 'retired']);
 
 /** Push connections one device may hold: one, and a second while it reconnects. */
 const PUSH_CONNECTIONS_PER_DEVICE = 2;
@@ -91,22 +90,42 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
             registers: [deps.metrics],
           }));
 
+    const standing = deps.deviceStanding;
+
+    /** The device's public key, from the base64 of its raw 32 bytes as enrolment stored it. */
+    const deviceKey = (raw: string) =>
+      createPublicKey({
+        key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(raw, 'base64').toString('base64url') },
+        format: 'jwk',
+      });
+
     /**
-     * Whether a device in `state` gets nothing more. A killed device is let in until it
-     * acknowledges its kill command (or the command is otherwise settled), so that it fetches
-     * the order to crypto-erase; from then on it is cut off like a retired one.
+     * The device that signed `payload` under `domain` with the key it enrolled with, answering
+     * `challenge` (issued for it by Center, not expired): how a device proves itself without a
+     * token.
+     * @throws BulkheadError `ERR_DEVICE_CHALLENGE_INVALID`; `ERR_UNAUTHENTICATED`, the same for
+     *   an unknown device and a wrong signature, so ids are not probed.
      */
-    async function isCutOff(deviceId: string, state: string): Promise<boolean> {
-      if (!CUT_OFF.has(state)) return false;
-      if (state !== 'killed') return true;
-      const kill = await db
-        .selectFrom('commands')
-        .select('id')
-        .where('device_id', '=', deviceId)
-        .where('kind', '=', 'kill')
-        .where('state', 'in', ['pending', 'delivered'])
+    async function provenDevice(
+      deviceId: string,
+      challenge: string,
+      signed: { domain: string; payload: string; signature: string },
+    ) {
+      credentials.checkChallenge(challenge, deviceId);
+      const device = await db
+        .selectFrom('devices')
+        .select(['public_key', 'state', 'updated_at'])
+        .where('id', '=', deviceId)
         .executeTakeFirst();
-      return kill === undefined;
+      const refused = new BulkheadError(
+        ErrorCodes.UNAUTHENTICATED,
+        'the signature does not verify with the key this device enrolled with',
+      );
+      if (device === undefined) throw refused;
+      if (Buffer.from(signed.signature, 'base64').length !== 64) throw refused;
+      const key = deviceKey(device.public_key);
+      if (!verifyPayload(signed.domain, signed.payload, signed.signature, key)) throw refused;
+      return device;
     }
 
     route(
@@ -134,32 +153,20 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
 
     route(app, e.token, async (req) => {
       const { deviceId, challenge, signature } = req.body;
-      credentials.checkChallenge(challenge, deviceId);
-      const device = await db
-        .selectFrom('devices')
-        .select(['public_key', 'state'])
-        .where('id', '=', deviceId)
-        .executeTakeFirst();
-      // The same answer for an unknown device and a wrong signature: ids are not probed.
-      const refused = new BulkheadError(
-        ErrorCodes.UNAUTHENTICATED,
-        'the signature does not verify with the key this device enrolled with',
-      );
-      if (device === undefined) throw refused;
-      const key = createPublicKey({
-        key: {
-          kty: 'OKP',
-          crv: 'Ed25519',
-          x: Buffer.from(device.public_key, 'base64').toString('base64url'),
-        },
-        format: 'jwk',
+      const device = await provenDevice(deviceId, challenge, {
+        domain: DOMAINS.deviceAuth,
+        payload: challenge,
+        signature,
       });
-      if (Buffer.from(signature, 'base64').length !== 64) throw refused;
-      if (!verifyPayload(DOMAINS.deviceAuth, challenge, signature, key)) throw refused;
-      if (await isCutOff(deviceId, device.state)) {
-        throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${device.state}`);
-      }
       const now = deps.now();
+      // Proven to be the device: a killed one learns of its kill here, and gets no token.
+      const refusal = await refusalFor(
+        db,
+        deps.signingKey,
+        { id: deviceId, state: device.state, changedAt: Number(device.updated_at) },
+        now.getTime(),
+      );
+      if (refusal !== undefined) throw refusal;
       await db
         .updateTable('devices')
         .set({ last_contact_at: now.getTime() })
@@ -193,9 +200,15 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       if (head === undefined) {
         throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device is not enrolled');
       }
-      if (await isCutOff(deviceId, head.state)) {
-        throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${head.state}`);
-      }
+      // The authentication hook checked the standing, maybe from memory; this read is the
+      // database's word, in case the kill's notification has not arrived yet.
+      const refusal = await refusalFor(
+        db,
+        deps.signingKey,
+        { id: deviceId, state: head.state, changedAt: head.revision },
+        now.getTime(),
+      );
+      if (refusal !== undefined) throw refusal;
       // Polls do not move last_contact_at: that would turn every 304 into a write. Contact
       // is noted when the device gets a token (every 15 minutes) and when it reports.
       reply.header('etag', head.etag).header('cache-control', 'private, no-cache');
@@ -221,18 +234,8 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       for (const end of [...openStreams]) end();
     });
 
+    // The authentication hook refused a killed or retired device before this runs.
     route(app, e.push, async (_req, deviceId, reply) => {
-      const device = await db
-        .selectFrom('devices')
-        .select('state')
-        .where('id', '=', deviceId)
-        .executeTakeFirst();
-      if (device === undefined) {
-        throw new BulkheadError(ErrorCodes.UNAUTHENTICATED, 'the device is not enrolled');
-      }
-      if (await isCutOff(deviceId, device.state)) {
-        throw new BulkheadError(ErrorCodes.FORBIDDEN, `this device is ${device.state}`);
-      }
       const open = pushConnections.get(deviceId) ?? 0;
       if (open >= PUSH_CONNECTIONS_PER_DEVICE) {
         throw new BulkheadError(
@@ -255,6 +258,11 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       let ended = false;
       const unsubscribe = deps.push.subscribe(deviceId, () => {
         res.write('event: desired-state-changed\ndata: {}\n\n');
+        // The change may be the device's kill or retirement: then its channel closes at once.
+        // The bus told the standing to forget the device first, so this reads its row afresh.
+        standing.check(deviceId).catch((err: unknown) => {
+          if (isRefusal(err)) end();
+        });
       });
       const heartbeat = setInterval(() => res.write(': heartbeat\n\n'), PUSH_HEARTBEAT_MS);
       const lifetime = setTimeout(() => end(), TOKEN_TTL_MS);
@@ -285,6 +293,16 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       // Before any database work: a batch over the quota costs Center nothing more.
       reportQuota.charge(deviceId, req.body.events);
       return ingestReports({ db, push: deps.push }, deviceId, req.body, deps.now());
+    });
+
+    route(app, e.killResult, async (req) => {
+      const { signature, ...signed } = req.body;
+      await provenDevice(signed.deviceId, signed.challenge, {
+        domain: DOMAINS.killResult,
+        payload: canonicalJson(killResultSigned(signed)),
+        signature,
+      });
+      return recordKillResult({ db, push: deps.push }, signed.deviceId, signed.event, deps.now());
     });
   };
 }

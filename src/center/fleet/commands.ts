@@ -20,8 +20,10 @@ import { badReference, notFound, parseJson, type FleetDeps } from './common.ts';
  * other unacknowledged commands.
  *
  * lock, unlock and kill also set the device's state at once (the state travels in the desired
- * state too, so a device that misses the command still converges). A killed device keeps its
- * access until it acknowledges the kill (see the device API), then it is cut off.
+ * state too, so a device that misses the command still converges). A killed device is cut off
+ * at once, acknowledged or not: from then on every device route answers it only with its signed
+ * kill notice (src/center/devices/standing.ts), and it sends its kill's result to the one route
+ * that takes it, proved by its key (`POST /api/v1/device/kill-result`).
  */
 
 export function presentCommand(row: Row<'commands'>): Command {

@@ -11,7 +11,7 @@ import {
   type Res,
 } from '../../../test/support/center.ts';
 import { PATIENCE_MS } from '../../../test/support/wait.ts';
-import { signPayload } from '../../signing/index.ts';
+import { canonicalJson, signPayload } from '../../signing/index.ts';
 import { DEVICE_SIGNATURE_DOMAINS } from '../../protocol/index.ts';
 import { newId } from '../db/index.ts';
 
@@ -483,7 +483,7 @@ for (const target of CENTER_TARGETS) {
     );
 
     await t.test(
-      'commands: lock, kill until acknowledged, results from the device only',
+      'commands: lock, a kill cuts off at once, results from the device only',
       async (t) => {
         const c = await center(t, await newUrl(t));
         const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
@@ -564,7 +564,8 @@ for (const target of CENTER_TARGETS) {
         assert.equal(restart.status, 400);
         assert.match(restart.body.error.message, /^body\.profileId: /);
 
-        // Kill: the device is killed at once but still fetches the kill, until it acknowledges.
+        // Kill: the device is cut off at once, acknowledged or not; it learns of the kill from
+        // a signed notice, and answers it through the one route that takes it.
         const unlock = await c.operator(
           'POST',
           `/devices/${pc.deviceId}/commands`,
@@ -592,25 +593,46 @@ for (const target of CENTER_TARGETS) {
         });
         assert.equal(again.status, 409);
         assert.equal(again.body.error.code, 'ERR_DEVICE_STATE');
+        const killDoc = await desired(pc.bearer.token);
+        assert.equal(killDoc.statusCode, 403, 'no desired state, though its token still lives');
+        assert.equal(killDoc.json().error.code, 'ERR_DEVICE_KILLED');
+        assert.equal(killDoc.json().error.details.notice.notice.commandId, kill.body.id);
         const relogin = await c.deviceLogin(pc.deviceId, pc.key);
-        assert.equal(relogin.status, 200, 'a killed device with a pending kill still gets a token');
-        const killDoc = await desired(relogin.token);
-        assert.equal(killDoc.statusCode, 200);
-        assert.equal(killDoc.json().state.device.state, 'killed');
-        assert.deepEqual(
-          killDoc.json().state.commands.map((x: { kind: string }) => x.kind),
-          ['kill'],
-        );
-        await report(relogin.token, [
-          {
-            id: 'e4',
-            type: 'command-result',
-            at: START,
-            data: { commandId: kill.body.id, kind: 'kill', ok: true, message: 'every VM stopped' },
+        assert.equal(relogin.status, 403, 'a killed device gets no token');
+        assert.equal(relogin.body.error.details.notice.notice.commandId, kill.body.id);
+        const event = {
+          id: 'e4',
+          type: 'command-result',
+          at: START,
+          data: { commandId: kill.body.id, kind: 'kill', ok: true, message: 'every VM stopped' },
+        };
+        const refused = await report(pc.bearer.token, [event]);
+        assert.equal(refused.statusCode, 403, 'nor are its reports taken');
+        const ch = (
+          await c.call('POST', '/api/v1/device/auth/challenge', {
+            body: { deviceId: pc.deviceId },
+          })
+        ).body.challenge as string;
+        const signed = { challenge: ch, deviceId: pc.deviceId, event };
+        const killAcked = await c.call('POST', '/api/v1/device/kill-result', {
+          body: {
+            ...signed,
+            signature: signPayload(
+              DEVICE_SIGNATURE_DOMAINS.killResult,
+              canonicalJson(signed),
+              pc.key,
+            ),
           },
-        ]);
-        const cut = await desired(relogin.token);
-        assert.equal(cut.statusCode, 403);
+        });
+        assert.equal(killAcked.status, 200, JSON.stringify(killAcked.body));
+        const settled = (
+          await c.viewer('GET', `/devices/${pc.deviceId}/commands`)
+        ).body.commands.find((x: { id: string }) => x.id === kill.body.id);
+        assert.deepEqual(
+          [settled.state, settled.result],
+          ['done', { ok: true, message: 'every VM stopped' }],
+        );
+        assert.equal((await desired(pc.bearer.token)).statusCode, 403);
         assert.equal((await c.deviceLogin(pc.deviceId, pc.key)).status, 403);
         const audit = (await c.viewer('GET', '/audit')).body.entries.map(
           (e: { action: string }) => e.action,

@@ -496,6 +496,98 @@ for (const target of CENTER_TARGETS) {
     });
 
     await t.test(
+      'a version signed only by keys revoked since cannot be published, released or rolled out',
+      async (t) => {
+        const c = await center(t, await newUrl(t));
+        const second = await makeKeys(await tempDir(t), 'second');
+        const first = await trust(c, local.keys);
+        const other = await trust(c, second, 'second');
+        const as = (token: string) => (method: 'POST' | 'DELETE', path: string, body?: object) =>
+          c.call(method, path, { token, ...(body === undefined ? {} : { body }) });
+        const operator = as(c.tokens.operator);
+        const push = async (version: string, raw: Buffer) => {
+          const res = await c.call('PUT', `/store/images/os/${version}`, {
+            token: c.tokens.operator,
+            raw,
+          });
+          assert.equal(res.status, 201, JSON.stringify(res.body));
+          return res.body.version as { id: string; signatures: { keyid: string }[] };
+        };
+        const v1 = await push('1', await uploadObjects(c, local, '1'));
+        const v2bytes = await uploadObjects(c, local, '2');
+        await push('2', v2bytes);
+        // Version 3: signed by both keys. Version 4: by the first, with a signature that claims
+        // the second key but does not verify, so it vouches for nothing.
+        const body = (version: string) => {
+          const b = structuredClone(parseManifest(v2bytes).signed);
+          b.version = version;
+          return b;
+        };
+        const both = signManifest(body('3'), local.keys.key);
+        both.signatures.push(...signManifest(body('3'), second.key).signatures);
+        const v3 = await push('3', encodeManifest(both));
+        const bogus = signManifest(body('4'), local.keys.key);
+        bogus.signatures.push({ keyid: other, sig: `${'A'.repeat(86)}==` });
+        const v4 = await push('4', encodeManifest(bogus));
+        assert.deepEqual(
+          v4.signatures.map((s) => s.keyid),
+          [first],
+          'only the signatures that verify are kept',
+        );
+        const published = await operator('POST', '/images/os/versions/1/publish');
+        assert.equal(published.status, 200, JSON.stringify(published.body));
+        const group = await as(c.tokens.admin)('POST', '/groups', { name: 'office' });
+        assert.equal(group.status, 201, JSON.stringify(group.body));
+
+        assert.equal((await as(c.tokens.admin)('DELETE', `/publishers/${first}`)).status, 200);
+        for (const release of [false, true]) {
+          const refused = await operator('POST', '/images/os/versions/2/publish', { release });
+          assert.equal(refused.status, 403, JSON.stringify(refused.body));
+          assert.equal(refused.body.error.code, 'ERR_UNTRUSTED_KEY');
+          assert.equal(
+            refused.body.error.message,
+            `os@2 is signed only by publisher key ${first.slice(0, 16)}… ("build", revoked ` +
+              `${new Date(c.clock.ms).toISOString()}), so it cannot be published: sign the ` +
+              'image with a trusted publisher key and push it as a new version',
+          );
+          assert.deepEqual(refused.body.error.details, { revokedKeys: [first] });
+        }
+        const bogusOnly = await operator('POST', '/images/os/versions/4/publish');
+        assert.equal(bogusOnly.status, 403, 'a signature that did not verify vouches for nothing');
+        const rollout = await operator('POST', '/rollouts', {
+          imageVersionId: v1.id,
+          groupId: group.body.id,
+        });
+        assert.equal(rollout.status, 403, JSON.stringify(rollout.body));
+        assert.equal(rollout.body.error.code, 'ERR_UNTRUSTED_KEY');
+        assert.match(rollout.body.error.message, /^os@1 .* cannot be rolled out/);
+        const states = (await c.call('GET', '/images/os', { token: c.tokens.viewer })).body
+          .versions as { version: string; state: string; released: boolean }[];
+        assert.deepEqual(
+          states
+            .map((v) => [v.version, v.state, v.released])
+            .sort((a, b) => String(a[0]).localeCompare(String(b[0]))),
+          [
+            ['1', 'published', true],
+            ['2', 'draft', false],
+            ['3', 'draft', false],
+            ['4', 'draft', false],
+          ],
+          'what was released before stays; nothing refused changed',
+        );
+
+        // Another key Center still trusts vouches for version 3: it goes out.
+        const ok = await operator('POST', '/images/os/versions/3/publish', { release: true });
+        assert.equal(ok.status, 200, JSON.stringify(ok.body));
+        assert.equal(ok.body.released, true);
+        const back = await operator('POST', '/images/os/release', { versionId: v1.id });
+        assert.equal(back.status, 403, 'nor can the revoked-only version be released again');
+        assert.match(back.body.error.message, /cannot be released/);
+        assert.equal(v3.signatures.length, 2);
+      },
+    );
+
+    await t.test(
       'images: create, list by kind, update, delete only when unreferenced',
       async (t) => {
         const c = await center(t, await newUrl(t));

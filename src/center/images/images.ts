@@ -20,6 +20,7 @@ import {
   type CommandDeps,
 } from '../changes/index.ts';
 import { newId, refuseViolation, type Database, type Row } from '../db/index.ts';
+import { requireTrustedSigner } from './publishers.ts';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -326,7 +327,8 @@ function versionChange(
  * Publishes a draft: devices may be given it from now on. It also becomes the released version
  * when `release` is asked for or when the image has none yet. Publishing a published version
  * only applies `release`.
- * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_VERSION_STATE` for a retired version.
+ * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_VERSION_STATE` for a retired version;
+ *   `ERR_UNTRUSTED_KEY` when every key that signed it has been revoked since.
  */
 export async function publishVersion(
   deps: CommandDeps,
@@ -354,6 +356,12 @@ export async function publishVersion(
     if (row.state === 'published' && releaseAfter === image.release_version_id) {
       return { result: presentVersion(row, image.release_version_id), unchanged: true };
     }
+    await requireTrustedSigner(
+      trx,
+      `${image.name}@${version}`,
+      row,
+      row.state === 'published' ? 'released' : 'published',
+    );
     if (row.state !== 'published') {
       await trx
         .updateTable('image_versions')
@@ -402,7 +410,8 @@ export async function retireVersion(
 /**
  * Sets the version every device on the image gets when no rollout gives it another.
  * @throws BulkheadError `ERR_NOT_FOUND` (also for a version of another image);
- *   `ERR_VERSION_STATE` unless the version is published.
+ *   `ERR_VERSION_STATE` unless the version is published; `ERR_UNTRUSTED_KEY` when every key
+ *   that signed it has been revoked since.
  */
 export async function releaseVersion(
   deps: CommandDeps,
@@ -432,6 +441,7 @@ export async function releaseVersion(
     }
     const before = await imageInfo(trx, image);
     if (image.release_version_id === row.id) return { result: before, unchanged: true };
+    await requireTrustedSigner(trx, `${image.name}@${row.version}`, row, 'released');
     await setRelease(trx, image, row.id, at);
     const info = presentImage(
       { ...image, release_version_id: row.id, updated_at: at },

@@ -1,9 +1,10 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
 import { keyIdOf, type PublicKeyInfo } from '../../signing/index.ts';
 import {
   BulkheadError,
   ErrorCodes,
+  SignatureSchema,
   type CreatePublisherRequest,
   type Publisher,
 } from '../../protocol/index.ts';
@@ -133,6 +134,51 @@ const PUBLISHER = (verb: string, keyid: string) => ({
   target: 'publisher',
   id: keyid,
 });
+
+/**
+ * Refuses to let a version reach devices (publish, release, roll out) when no key Center still
+ * trusts vouches for it: every publisher key whose signature verified at upload has been revoked
+ * since. A revoked key is one an administrator no longer believes in (lost, leaked), so what it
+ * alone signed, not yet in use, must not go out; devices would refuse its manifest anyway, as
+ * the desired state lists only trusted keys. What it signed that is already released stays, as
+ * revoking promises.
+ *
+ * @throws BulkheadError `ERR_UNTRUSTED_KEY` naming the revoked keys and what to do.
+ */
+export async function requireTrustedSigner(
+  db: Kysely<Database> | Transaction<Database>,
+  label: string,
+  version: Pick<Row<'image_versions'>, 'signatures'>,
+  action: 'published' | 'released' | 'rolled out',
+): Promise<void> {
+  const parsed = SignatureSchema.array().safeParse(JSON.parse(version.signatures));
+  const keyids = parsed.success ? [...new Set(parsed.data.map((s) => s.keyid))] : [];
+  const signers =
+    keyids.length === 0
+      ? []
+      : await db
+          .selectFrom('publisher_keys')
+          .select(['keyid', 'name', 'revoked_at'])
+          .where('keyid', 'in', keyids)
+          .orderBy('keyid')
+          .execute();
+  if (signers.some((k) => k.revoked_at === null)) return;
+  const revoked = signers.filter((k) => k.revoked_at !== null);
+  const named =
+    revoked.length === 0
+      ? 'no publisher key Center trusts'
+      : `only by publisher key${revoked.length > 1 ? 's' : ''} ${revoked
+          .map(
+            (k) =>
+              `${k.keyid.slice(0, 16)}… ("${k.name}", revoked ${new Date(Number(k.revoked_at)).toISOString()})`,
+          )
+          .join(', ')}`;
+  throw new BulkheadError(
+    ErrorCodes.UNTRUSTED_KEY,
+    `${label} is signed ${named}, so it cannot be ${action}: sign the image with a trusted publisher key and push it as a new version`,
+    { details: { revokedKeys: revoked.map((k) => k.keyid) } },
+  );
+}
 
 /** The keys uploads may be signed with (not revoked), and the ids of the revoked ones. */
 export async function publisherTrust(

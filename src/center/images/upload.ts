@@ -11,6 +11,7 @@ import {
   parseManifest,
   readIndex,
   rebuildCatalog,
+  trustedSignatures,
   verifyManifest,
   type DirectoryStore,
 } from '../../image/index.ts';
@@ -135,7 +136,8 @@ export async function putIndex(
 
 /**
  * Checks a signed manifest against the trusted publisher keys of the database and the expected
- * name and version. A signature by a revoked key is refused with that said.
+ * name and version. A signature by a revoked key is refused with that said. Returns the
+ * signatures that verified with a trusted key, as the version row keeps them.
  */
 async function verifyUpload(
   db: Kysely<Database>,
@@ -156,7 +158,10 @@ async function verifyUpload(
   }
   try {
     const verified = verifyManifest(bytes, trusted, expect);
-    return { ...verified, signatures: JSON.stringify(manifest.signatures) };
+    // Only the signatures that verify are kept: they name the keys that vouch for the version,
+    // which publishing judges again once a key is revoked (`requireTrustedSigner`).
+    const vouched = trustedSignatures(manifest, trusted);
+    return { ...verified, signatures: JSON.stringify(vouched) };
   } catch (err) {
     if (isBulkheadError(err, ErrorCodes.UNTRUSTED_KEY)) {
       throw new BulkheadError(

@@ -10,6 +10,7 @@ import {
 import type { Actor } from '../admin/audit.ts';
 import { applyCommand, markChanged, runCommand } from '../changes/index.ts';
 import { hasRow, newId, refuseViolation, type RolloutDeviceStatus } from '../db/index.ts';
+import { requireTrustedSigner } from '../images/publishers.ts';
 import { bucketOf, firstPhaseOf, phaseBound } from './bucket.ts';
 import {
   batches,
@@ -98,7 +99,8 @@ function invalid(field: string, message: string): BulkheadError {
 /**
  * Creates a rollout (`pending`), and starts it when asked.
  * @throws `ERR_VALIDATION` naming the field when the version is missing or not published, or
- *   the group or profile does not exist.
+ *   the group or profile does not exist; `ERR_UNTRUSTED_KEY` when every key that signed the
+ *   version has been revoked since.
  */
 export async function createRollout(
   ctx: RolloutContext,
@@ -124,9 +126,10 @@ async function insertRollout(
   nowMs: number,
 ): Promise<RolloutRow> {
   const version = await tx
-    .selectFrom('image_versions')
-    .select(['id', 'state', 'version'])
-    .where('id', '=', input.imageVersionId)
+    .selectFrom('image_versions as v')
+    .innerJoin('images as i', 'i.id', 'v.image_id')
+    .select(['v.id', 'v.state', 'v.version', 'v.signatures', 'i.name'])
+    .where('v.id', '=', input.imageVersionId)
     .executeTakeFirst();
   if (version === undefined) throw invalid('imageVersionId', 'no such image version');
   if (version.state !== 'published') {
@@ -135,6 +138,7 @@ async function insertRollout(
       `version ${version.version} is ${version.state}; only a published version can be rolled out`,
     );
   }
+  await requireTrustedSigner(tx, `${version.name}@${version.version}`, version, 'rolled out');
   if (input.groupId !== undefined && !(await hasRow(tx, 'device_groups', input.groupId))) {
     throw invalid('groupId', 'no such device group');
   }

@@ -4,6 +4,8 @@ import { defineEndpoints, endpoint } from '../endpoint.ts';
 import { ErrorCodes } from '../errors.ts';
 
 const D = '/api/v1/device';
+/** A device cut off for good: killed (with a signed kill notice) or retired. */
+const CUT_OFF = [ErrorCodes.DEVICE_KILLED, ErrorCodes.DEVICE_RETIRED];
 
 /** The device API: enrolment, key-based authentication, the signed desired state, reports. */
 export const deviceEndpoints = defineEndpoints(['device'], {
@@ -29,32 +31,57 @@ export const deviceEndpoints = defineEndpoints(['device'], {
   token: endpoint(`POST ${D}/auth/token`, 'public', 200, device.TokenResponseSchema, {
     body: device.TokenRequestSchema,
     bodyLimit: 4 * 1024,
-    errors: [ErrorCodes.DEVICE_CHALLENGE_INVALID, ErrorCodes.UNAUTHENTICATED, ErrorCodes.FORBIDDEN],
-    description: 'Exchange a signed challenge for a short-lived bearer token.',
+    errors: [
+      ErrorCodes.DEVICE_CHALLENGE_INVALID,
+      ErrorCodes.UNAUTHENTICATED,
+      ErrorCodes.FORBIDDEN,
+      ...CUT_OFF,
+    ],
+    description:
+      'Exchange a signed challenge for a short-lived bearer token. A killed device gets none: ' +
+      'a 403 `ERR_DEVICE_KILLED` whose `details.notice` is its signed kill notice; a retired ' +
+      'one a 403 `ERR_DEVICE_RETIRED`.',
   }),
   desiredState: endpoint(`GET ${D}/desired-state`, 'device', 200, device.SignedDesiredStateSchema, {
     also: { 304: z.undefined().describe('Not modified') },
     query: device.DesiredStateQuerySchema,
+    errors: CUT_OFF,
     description:
       'The signed desired state of the calling device; 304 when If-None-Match names ' +
-      'its current ETag.',
+      'its current ETag. Every device route refuses a killed or retired device, whatever ' +
+      "its token's age: a killed one with its signed kill notice (403 `ERR_DEVICE_KILLED`).",
   }),
   push: endpoint(`GET ${D}/push`, 'device', 200, z.string().describe('text/event-stream'), {
-    errors: [ErrorCodes.RATE_LIMITED],
+    errors: [ErrorCodes.RATE_LIMITED, ...CUT_OFF],
     description:
       'The push channel (Server-Sent Events): `event: hello` on connect, then ' +
       '`event: desired-state-changed` whenever the desired state changes (fetch it ' +
       'then), and a comment every 25 s. At most two per device; a stream ends when the ' +
-      'token that opened it would expire, so reconnect with a fresh token.',
+      'token that opened it would expire, so reconnect with a fresh token; it ends at once ' +
+      'when the device is killed or retired.',
   }),
   reports: endpoint(`POST ${D}/reports`, 'device', 200, device.ReportResponseSchema, {
     body: device.ReportRequestSchema,
     // Engine cuts its batches to this size.
     bodyLimit: device.MAX_REPORT_BYTES,
-    errors: [ErrorCodes.RATE_LIMITED],
+    errors: [...CUT_OFF, ErrorCodes.RATE_LIMITED],
     description:
       'A batch of device events; replays are counted once. Each device has a quota of events ' +
       'and bytes per minute: past it, the batch is refused whole (429 with Retry-After) and ' +
       'stores nothing.',
+  }),
+  killResult: endpoint(`POST ${D}/kill-result`, 'public', 200, device.ReportResponseSchema, {
+    body: device.KillResultRequestSchema,
+    bodyLimit: 8 * 1024,
+    errors: [
+      ErrorCodes.DEVICE_CHALLENGE_INVALID,
+      ErrorCodes.UNAUTHENTICATED,
+      ErrorCodes.DEVICE_STATE,
+      ErrorCodes.DEVICE_RETIRED,
+    ],
+    description:
+      "A killed device's result of its kill command, proved like a token request by a fresh " +
+      'challenge signed with the device key (it covers the result too): a killed device has ' +
+      'no token. Replays are counted once.',
   }),
 });

@@ -128,7 +128,8 @@ export const fleetEndpoints = defineEndpoints(['fleet'], {
     errors: [NOT_FOUND, DEVICE_STATE],
     description:
       'Issues a command (operator): lock, unlock, kill (crypto-erase; the device is cut ' +
-      'off once it acknowledges), restart-vm (with profileId). The device is told at once ' +
+      'off at once and learns of it from a signed kill notice), restart-vm (with ' +
+      'profileId). The device is told at once ' +
       'over its push channel; the command stays pending until the device reports its ' +
       'outcome (done or failed).',
   }),

@@ -47,7 +47,9 @@ export const imageEndpoints = defineEndpoints(['images'], {
   revokePublisher: endpoint(`DELETE ${A}/publishers/:keyid`, 'admin', 200, images.PublisherSchema, {
     params: images.KeyIdParamsSchema,
     errors: [NOT_FOUND],
-    description: 'Revokes a publisher key: it verifies no new upload. Versions it signed stay.',
+    description:
+      'Revokes a publisher key: it verifies no new upload, and a version no other trusted key ' +
+      'signed can no longer be published, released or rolled out. Versions already out stay.',
   }),
   listImages: endpoint(`GET ${A}/images`, 'viewer', 200, images.ImageListSchema, {
     query: images.ImageListQuerySchema,
@@ -94,7 +96,7 @@ export const imageEndpoints = defineEndpoints(['images'], {
     {
       params: images.ImageVersionParamsSchema,
       body: images.PublishVersionRequestSchema,
-      errors: [NOT_FOUND, VERSION_STATE],
+      errors: [NOT_FOUND, VERSION_STATE, ErrorCodes.UNTRUSTED_KEY],
       description:
         'Publishes a draft. It becomes the released version with `release: true`, or when the image has none yet.',
     },
@@ -118,7 +120,7 @@ export const imageEndpoints = defineEndpoints(['images'], {
     {
       params: images.ImageParamsSchema,
       body: images.ReleaseRequestSchema,
-      errors: [NOT_FOUND, VERSION_STATE],
+      errors: [NOT_FOUND, VERSION_STATE, ErrorCodes.UNTRUSTED_KEY],
       description:
         'Sets the version every device on the image gets when no rollout applies; only a published one.',
     },

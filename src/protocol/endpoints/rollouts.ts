@@ -9,7 +9,12 @@ const R = '/api/v1/admin/rollouts';
 export const rolloutEndpoints = defineEndpoints(['rollouts'], {
   createRollout: endpoint(`POST ${R}`, 'operator', 201, rollouts.RolloutDetailSchema, {
     body: rollouts.CreateRolloutRequestSchema,
-    errors: [ErrorCodes.NOT_FOUND, ErrorCodes.VERSION_STATE, ErrorCodes.ROLLOUT_STATE],
+    errors: [
+      ErrorCodes.NOT_FOUND,
+      ErrorCodes.VERSION_STATE,
+      ErrorCodes.ROLLOUT_STATE,
+      ErrorCodes.UNTRUSTED_KEY,
+    ],
     description:
       'Creates a phased rollout of a published image version to a group and/or profile; ' +
       '`start: true` starts its first phase at once (operator).',
