@@ -18,7 +18,8 @@ import { deviceApi } from './devices/index.ts';
 import { fleetRoutes } from './fleet/index.ts';
 import { imagesAdmin } from './images/index.ts';
 import { rolloutRoutes } from './rollouts/index.ts';
-import { centerErrorHandler } from './http-errors.ts';
+import { centerErrorHandler, centerNotFoundHandler } from './http-errors.ts';
+import { registerBodyParsers } from './http/body.ts';
 import { createLocalPushBus } from './push.ts';
 import { registerStoreRoute } from './store-route.ts';
 
@@ -50,10 +51,15 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
     bodyLimit: deps.config.bodyLimit,
     // Behind a load balancer, the client's address comes from X-Forwarded-For.
     trustProxy: true,
+    // The router's own refusals (bad percent-encoding, a parameter too long) get the one
+    // error body too.
+    frameworkErrors: centerErrorHandler,
   }).withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   app.setErrorHandler(centerErrorHandler);
+  app.setNotFoundHandler(centerNotFoundHandler);
+  registerBodyParsers(app);
 
   await app.register(swagger, {
     openapi: {

@@ -140,6 +140,8 @@ export type ErrorBody = z.infer<typeof ErrorBodySchema>;
  */
 const ERROR_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.VALIDATION]: 400,
+  [ErrorCodes.BODY_TOO_DEEP]: 400,
+  [ErrorCodes.UNSUPPORTED_MEDIA_TYPE]: 415,
   [ErrorCodes.USAGE]: 400,
   [ErrorCodes.KEY_INVALID]: 400,
   [ErrorCodes.ENROLMENT_TOKEN_REFUSED]: 401,
@@ -179,6 +181,7 @@ export function errorStatus(code: ErrorCode): number {
 /** The error statuses an endpoint may answer with, each with the one error body. */
 export function errorResponses(endpoint: Endpoint): Record<number, typeof ErrorBodySchema> {
   const codes: ErrorCode[] = [ErrorCodes.VALIDATION, ...(endpoint.errors ?? [])];
+  if (endpoint.body !== undefined) codes.push(ErrorCodes.UNSUPPORTED_MEDIA_TYPE);
   if (endpoint.auth !== 'public') codes.push(ErrorCodes.UNAUTHENTICATED, ErrorCodes.FORBIDDEN);
   return Object.fromEntries(codes.map((code) => [errorStatus(code), ErrorBodySchema]));
 }
