@@ -11,6 +11,16 @@ test('defaults: SQLite and a chunk store under ./data, loopback 8080', () => {
   assert.deepEqual(c.listen, { host: '127.0.0.1', port: 8080 });
   assert.equal(c.publicUrl, 'http://127.0.0.1:8080');
   assert.equal(c.pollIntervalSeconds, 60);
+  // Limits against floods (issue 10).
+  assert.equal(c.bodyLimit, 1024 * 1024);
+  assert.equal(c.headersTimeoutSeconds, 10);
+  assert.equal(c.requestTimeoutSeconds, 300);
+  assert.equal(c.keepAliveTimeoutSeconds, 72);
+  assert.equal(c.maxConnectionsPerAddress, 256);
+  assert.equal(c.maxEventLoopDelayMs, 1000);
+  assert.ok(c.maxHeapUsedBytes > 64 * 1024 * 1024, '90% of the heap limit');
+  assert.equal(c.reportEventsPerMinute, 2000);
+  assert.equal(c.reportBytesPerMinute, 4 * 1024 * 1024);
   assert.ok(Object.isFrozen(c) && Object.isFrozen(c.listen));
 });
 
@@ -20,6 +30,10 @@ test('later sources win: file, then environment, then flags', () => {
     BULKHEAD_MIRRORS: 'https://a.example/s, https://b.example/s',
     BULKHEAD_LOG_LEVEL: 'warn',
     BULKHEAD_POLL_INTERVAL_SECONDS: '300',
+    BULKHEAD_MAX_CONNECTIONS_PER_ADDRESS: '64',
+    BULKHEAD_HEADERS_TIMEOUT_SECONDS: '5',
+    BULKHEAD_MAX_HEAP_USED_BYTES: '1073741824',
+    BULKHEAD_REPORT_EVENTS_PER_MINUTE: '600',
   });
   const c = resolveConfig([{ listen: '[::1]:1', dataDir: '/x' }, env, { dataDir: '/y' }]);
   assert.deepEqual(c.listen, { host: '0.0.0.0', port: 9000 });
@@ -27,6 +41,10 @@ test('later sources win: file, then environment, then flags', () => {
   assert.equal(c.logLevel, 'warn');
   assert.equal(c.pollIntervalSeconds, 300);
   assert.equal(c.dataDir, '/y');
+  assert.equal(c.maxConnectionsPerAddress, 64);
+  assert.equal(c.headersTimeoutSeconds, 5);
+  assert.equal(c.maxHeapUsedBytes, 1024 * 1024 * 1024);
+  assert.equal(c.reportEventsPerMinute, 600);
 });
 
 test('a bad value fails start-up naming its key', async (t) => {
@@ -38,6 +56,14 @@ test('a bad value fails start-up naming its key', async (t) => {
     ['logLevel', { logLevel: 'loud' }],
     ['bodyLimit', { bodyLimit: 10 }],
     ['pollIntervalSeconds', { pollIntervalSeconds: 1 }],
+    ['headersTimeoutSeconds', { headersTimeoutSeconds: 0 }],
+    ['headersTimeoutSeconds', { headersTimeoutSeconds: 60, requestTimeoutSeconds: 30 }],
+    ['maxConnectionsPerAddress', { maxConnectionsPerAddress: 0 }],
+    ['maxHeapUsedBytes', { maxHeapUsedBytes: 1000 }],
+    // A full batch must always fit in a device's quota.
+    ['reportEventsPerMinute', { reportEventsPerMinute: 100 }],
+    ['reportBytesPerMinute', { reportBytesPerMinute: 1000 }],
+    ['maxConnectionsPerAddress', configFromEnv({ BULKHEAD_MAX_CONNECTIONS_PER_ADDRESS: 'many' })],
     ['(root)', { databse: 'sqlite:x' }],
   ];
   for (const [key, input] of cases) {

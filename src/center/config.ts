@@ -1,10 +1,14 @@
 import { isAbsolute, join, resolve } from 'node:path';
+import { getHeapStatistics } from 'node:v8';
 import { z } from 'zod';
 import {
+  configError,
   configFromVariables,
+  numberOrText,
   readConfigFile as readConfigFileOf,
   validateConfig,
 } from '../config/index.ts';
+import { MAX_REPORT_BYTES, MAX_REPORT_EVENTS } from '../protocol/index.ts';
 
 const hostPort = z
   .string()
@@ -42,13 +46,71 @@ export const CenterConfigSchema = z.strictObject({
   pollIntervalSeconds: z.number().int().min(10).max(86_400).default(60),
   /** Log level of the structured (pino) log. */
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  /** Largest request body accepted, in bytes (chunk uploads are the large ones). */
+  /**
+   * Largest request body, in bytes, of an admin or device route that declares no limit of its
+   * own. Uploads (chunks, indexes, manifests) and device reports declare theirs, and anonymous
+   * routes (login, enrolment, device authentication) accept a few KiB; a body over its route's
+   * limit is refused with 413 from its Content-Length, or cut off once it passes the limit.
+   */
   bodyLimit: z
     .number()
     .int()
     .min(1024)
     .max(256 * 1024 * 1024)
-    .default(64 * 1024 * 1024),
+    .default(1024 * 1024),
+  /**
+   * Seconds a client has to send a request's complete headers, from when it connects or from
+   * the request's first byte; a connection that sends nothing is closed after as long.
+   */
+  headersTimeoutSeconds: z.number().int().min(1).max(300).default(10),
+  /**
+   * Seconds a client has to send a whole request, body included (the largest upload is a
+   * 64 MiB chunk index). At least `headersTimeoutSeconds`.
+   */
+  requestTimeoutSeconds: z.number().int().min(1).max(3600).default(300),
+  /**
+   * Seconds an idle keep-alive connection stays open between requests. Keep it longer than
+   * the idle timeout of a load balancer in front (60 s for most), so that the balancer, not
+   * Center, closes an idle connection.
+   */
+  keepAliveTimeoutSeconds: z.number().int().min(1).max(3600).default(72),
+  /**
+   * Connections one client address may hold open at once; a connection over the cap is
+   * closed as soon as it is accepted, so one client cannot take every file descriptor. PCs
+   * behind one NAT share an address and each holds its push connection: raise it for a site
+   * with more PCs than this behind one address.
+   */
+  maxConnectionsPerAddress: z.number().int().min(1).max(1_000_000).default(256),
+  /**
+   * Load shedding: while the event loop's mean delay is over this many milliseconds, requests
+   * are answered 503 with Retry-After (and /healthz says so) instead of queuing up.
+   */
+  maxEventLoopDelayMs: z.number().int().min(1).max(60_000).default(1000),
+  /**
+   * Load shedding: while the V8 heap in use is over this many bytes, requests are answered 503
+   * with Retry-After. Default: 90% of the heap limit Node runs with.
+   */
+  maxHeapUsedBytes: z
+    .number()
+    .int()
+    .min(1024 * 1024)
+    .optional(),
+  /**
+   * Events one device may report per minute (per replica); more are answered 429 with
+   * Retry-After, stored nothing, and Engine sends them again after that. At least
+   * MAX_REPORT_EVENTS, so that a full batch always fits.
+   */
+  reportEventsPerMinute: z.number().int().min(MAX_REPORT_EVENTS).max(1_000_000).default(2_000),
+  /**
+   * Bytes of events (as JSON) one device may report per minute (per replica), answered like
+   * `reportEventsPerMinute`. At least MAX_REPORT_BYTES, so that a full batch always fits.
+   */
+  reportBytesPerMinute: z
+    .number()
+    .int()
+    .min(MAX_REPORT_BYTES)
+    .max(1024 * 1024 * 1024)
+    .default(4 * 1024 * 1024),
 });
 
 export type CenterConfigInput = z.input<typeof CenterConfigSchema>;
@@ -63,6 +125,15 @@ export interface CenterConfig {
   readonly pollIntervalSeconds: number;
   readonly logLevel: z.infer<typeof CenterConfigSchema>['logLevel'];
   readonly bodyLimit: number;
+  readonly headersTimeoutSeconds: number;
+  readonly requestTimeoutSeconds: number;
+  readonly keepAliveTimeoutSeconds: number;
+  readonly maxConnectionsPerAddress: number;
+  readonly maxEventLoopDelayMs: number;
+  /** Resolved: the configured value, or 90% of the V8 heap limit. */
+  readonly maxHeapUsedBytes: number;
+  readonly reportEventsPerMinute: number;
+  readonly reportBytesPerMinute: number;
   /** The chunk store Center owns and serves. */
   readonly storeDir: string;
 }
@@ -77,7 +148,29 @@ const ENV: Record<string, keyof CenterConfigInput> = {
   BULKHEAD_POLL_INTERVAL_SECONDS: 'pollIntervalSeconds',
   BULKHEAD_LOG_LEVEL: 'logLevel',
   BULKHEAD_BODY_LIMIT: 'bodyLimit',
+  BULKHEAD_HEADERS_TIMEOUT_SECONDS: 'headersTimeoutSeconds',
+  BULKHEAD_REQUEST_TIMEOUT_SECONDS: 'requestTimeoutSeconds',
+  BULKHEAD_KEEP_ALIVE_TIMEOUT_SECONDS: 'keepAliveTimeoutSeconds',
+  BULKHEAD_MAX_CONNECTIONS_PER_ADDRESS: 'maxConnectionsPerAddress',
+  BULKHEAD_MAX_EVENT_LOOP_DELAY_MS: 'maxEventLoopDelayMs',
+  BULKHEAD_MAX_HEAP_USED_BYTES: 'maxHeapUsedBytes',
+  BULKHEAD_REPORT_EVENTS_PER_MINUTE: 'reportEventsPerMinute',
+  BULKHEAD_REPORT_BYTES_PER_MINUTE: 'reportBytesPerMinute',
 };
+
+/** Keys whose environment variable holds a number. */
+const NUMERIC: ReadonlySet<keyof CenterConfigInput> = new Set([
+  'bodyLimit',
+  'pollIntervalSeconds',
+  'headersTimeoutSeconds',
+  'requestTimeoutSeconds',
+  'keepAliveTimeoutSeconds',
+  'maxConnectionsPerAddress',
+  'maxEventLoopDelayMs',
+  'maxHeapUsedBytes',
+  'reportEventsPerMinute',
+  'reportBytesPerMinute',
+]);
 
 /** Reads the `--config` file: a JSON object of the schema's keys. */
 export function readConfigFile(path: string): Promise<CenterConfigInput> {
@@ -93,7 +186,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv): CenterConfigInput {
         .map((m) => m.trim())
         .filter(Boolean);
     }
-    return key === 'bodyLimit' || key === 'pollIntervalSeconds' ? Number(value) : value;
+    return NUMERIC.has(key) ? numberOrText(value) : value;
   }) as CenterConfigInput;
 }
 
@@ -103,6 +196,11 @@ export function configFromEnv(env: NodeJS.ProcessEnv): CenterConfigInput {
  */
 export function resolveConfig(sources: CenterConfigInput[], cwd = process.cwd()): CenterConfig {
   const c = validateConfig(CenterConfigSchema, sources);
+  if (c.headersTimeoutSeconds > c.requestTimeoutSeconds) {
+    throw configError(
+      `configuration key "headersTimeoutSeconds": ${c.headersTimeoutSeconds} is longer than requestTimeoutSeconds (${c.requestTimeoutSeconds})`,
+    );
+  }
   const dataDir = isAbsolute(c.dataDir) ? c.dataDir : resolve(cwd, c.dataDir);
   const sep = c.listen.lastIndexOf(':');
   const host = c.listen.slice(0, sep).replace(/^\[|\]$/g, '');
@@ -118,6 +216,14 @@ export function resolveConfig(sources: CenterConfigInput[], cwd = process.cwd())
     pollIntervalSeconds: c.pollIntervalSeconds,
     logLevel: c.logLevel,
     bodyLimit: c.bodyLimit,
+    headersTimeoutSeconds: c.headersTimeoutSeconds,
+    requestTimeoutSeconds: c.requestTimeoutSeconds,
+    keepAliveTimeoutSeconds: c.keepAliveTimeoutSeconds,
+    maxConnectionsPerAddress: c.maxConnectionsPerAddress,
+    maxEventLoopDelayMs: c.maxEventLoopDelayMs,
+    maxHeapUsedBytes: c.maxHeapUsedBytes ?? Math.floor(getHeapStatistics().heap_size_limit * 0.9),
+    reportEventsPerMinute: c.reportEventsPerMinute,
+    reportBytesPerMinute: c.reportBytesPerMinute,
     storeDir: join(dataDir, 'store'),
   });
 }

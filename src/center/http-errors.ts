@@ -46,7 +46,8 @@ export function centerErrorHandler(
   }
   if (isBulkheadError(err)) {
     const status = statusOf(err.code);
-    if (status >= 500) {
+    // Shedding load is no fault: the client is told so, and when to try again.
+    if (status >= 500 && err.code !== ErrorCodes.OVERLOADED) {
       req.log.error({ err }, 'request failed');
       return send(reply, status, { code: err.code, message: 'internal error' });
     }

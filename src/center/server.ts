@@ -20,6 +20,15 @@ import { imagesAdmin } from './images/index.ts';
 import { rolloutRoutes } from './rollouts/index.ts';
 import { centerErrorHandler, centerNotFoundHandler } from './http-errors.ts';
 import { registerBodyParsers } from './http/body.ts';
+import {
+  admitUnderPressure,
+  closeUnreadBodies,
+  guardConnections,
+  OVERLOAD_RETRY_AFTER_SECONDS,
+  pressureOf,
+  registerLoadShedding,
+  serverTimeouts,
+} from './http/limits.ts';
 import { createLocalPushBus } from './push.ts';
 import { registerStoreRoute } from './store-route.ts';
 
@@ -49,6 +58,7 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
   const app = Fastify({
     loggerInstance: deps.log.child({ component: 'http' }) as FastifyBaseLogger,
     bodyLimit: deps.config.bodyLimit,
+    ...serverTimeouts(deps.config),
     // Behind a load balancer, the client's address comes from X-Forwarded-For.
     trustProxy: true,
     // The router's own refusals (bad percent-encoding, a parameter too long) get the one
@@ -60,6 +70,9 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
   app.setErrorHandler(centerErrorHandler);
   app.setNotFoundHandler(centerNotFoundHandler);
   registerBodyParsers(app);
+  // Before any route, so that every route sheds load.
+  await registerLoadShedding(app, deps.config);
+  closeUnreadBodies(app);
 
   await app.register(swagger, {
     openapi: {
@@ -107,6 +120,19 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [metrics],
   });
+  const refusedConnections = new Counter({
+    name: 'bulkhead_center_connections_refused_total',
+    help: 'Connections closed on accept because their address held maxConnectionsPerAddress.',
+    registers: [metrics],
+  });
+  guardConnections(app.server, {
+    maxPerAddress: deps.config.maxConnectionsPerAddress,
+    headersTimeoutMs: deps.config.headersTimeoutSeconds * 1000,
+    // TODO(issue 10): exempt the configured trusted proxies (`trustedProxies`): a reverse proxy
+    // is one address carrying every client.
+    isExempt: () => false,
+    onRefused: () => refusedConnections.inc(),
+  });
   app.addHook('onResponse', async (req, reply) => {
     const route = req.routeOptions.url ?? 'unmatched';
     requests.inc({ method: req.method, route, status: `${Math.floor(reply.statusCode / 100)}xx` });
@@ -116,8 +142,11 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
   app.get(
     '/healthz',
     {
+      // Answered while Center sheds load, to say so.
+      config: { pressureHandler: admitUnderPressure },
       schema: {
-        description: 'Liveness and readiness: the process answers and its database is reachable.',
+        description:
+          'Liveness and readiness: the process answers, is not shedding load, and its database is reachable.',
         response: {
           200: z.object({ status: z.literal('ok') }),
           503: z.object({ status: z.literal('unavailable'), reason: z.string() }),
@@ -125,6 +154,13 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
       },
     },
     async (_req, reply) => {
+      const pressure = pressureOf(app, deps.config);
+      if (pressure !== undefined) {
+        return reply
+          .code(503)
+          .header('retry-after', String(OVERLOAD_RETRY_AFTER_SECONDS))
+          .send({ status: 'unavailable' as const, reason: `overloaded: ${pressure}` });
+      }
       try {
         await sql`select 1`.execute(deps.database.db);
         return { status: 'ok' as const };

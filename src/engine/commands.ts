@@ -85,7 +85,9 @@ export function createCommandHandler(deps: CommandDeps): CommandHandler {
     await waitFor(settleTimeoutMs, async () => (await booting(names)).length === 0);
     const stopped: string[] = [];
     for (const name of names) {
-      if (!isUp((await deps.hypervisor.status(name)).state)) continue;
+      const { state } = await deps.hypervisor.status(name);
+      deps.log.info({ component: 'hypervisor', vm: name, state }, 'stopping every VM');
+      if (!isUp(state)) continue;
       await deps.hypervisor.stop(name, { timeoutMs: deps.stopTimeoutMs });
       stopped.push(name);
     }

@@ -174,6 +174,24 @@ test('an event Center would refuse is refused at append, not stuck in the queue'
   await assert.rejects(q.append(unknownType), (err) => isBulkheadError(err, 'ERR_VALIDATION'));
   const tooLong = ev('vm-state', 'y'.repeat(9000));
   await assert.rejects(q.append(tooLong), (err) => isBulkheadError(err, 'ERR_VALIDATION'));
+  // Every field within its bound, the whole over MAX_EVENT_BYTES (which Center enforces).
+  const name = 'n'.repeat(128);
+  const volume = { role: 'app', image: name, imageId: 'i', version: name, versionId: 'v' };
+  const tooLarge: NewEvent = {
+    type: 'failed',
+    data: {
+      profileId: 'p',
+      image: name,
+      version: name,
+      versionId: 'v',
+      volumes: Array.from({ length: 65 }, () => ({ ...volume, role: 'app', isNew: true })),
+      reason: '\u0001'.repeat(2000),
+    },
+  };
+  await assert.rejects(
+    q.append(tooLarge),
+    (err) => isBulkheadError(err, 'ERR_VALIDATION') && /more than the 32768/.test(err.message),
+  );
   const missingField = { type: 'healthy', data: { versionId: 'v' } } as unknown as NewEvent;
   await assert.rejects(q.append(missingField), (err) => isBulkheadError(err, 'ERR_VALIDATION'));
   assert.equal(q.depth(), 0);

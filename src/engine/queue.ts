@@ -134,12 +134,22 @@ export class EventQueue {
     return this.#dropped;
   }
 
-  /** The oldest `n` events not yet acknowledged, oldest first. */
-  peek(n: number): DeviceEvent[] {
+  /**
+   * The oldest `n` events not yet acknowledged, oldest first; with `maxBytes`, no more than fit
+   * in that many bytes of JSON, each counted with one byte for a separator (always at least one
+   * event when any waits).
+   */
+  peek(n: number, maxBytes = Infinity): DeviceEvent[] {
     const out: DeviceEvent[] = [];
+    let bytes = 0;
     for (const e of this.#entries) {
       if (out.length >= n) break;
-      if (!e.acked) out.push(e.event);
+      if (e.acked) continue;
+      // A line is the event's JSON and its newline: the separator's byte.
+      const size = e.end - e.start;
+      if (out.length > 0 && bytes + size > maxBytes) break;
+      out.push(e.event);
+      bytes += size;
     }
     return out;
   }

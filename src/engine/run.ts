@@ -129,7 +129,11 @@ export async function createEngineReconciler(
     ...(parts.afterPersist ? { afterPersist: parts.afterPersist } : {}),
   });
   for (const r of await records.all()) {
-    await hypervisor.attach(r.name, volumeLayout(dataDir, r.name).runDir);
+    const found = await hypervisor.attach(r.name, volumeLayout(dataDir, r.name).runDir);
+    log.info(
+      { component: 'hypervisor', vm: r.name, state: found.state, pid: found.pid },
+      found.state === 'stopped' ? 'VM not running' : 'VM found running; attached',
+    );
   }
   return { reconciler, hypervisor, records, transactions, clock, log };
 }

@@ -1,6 +1,8 @@
 import {
   isBulkheadError,
+  MAX_REPORT_BYTES,
   MAX_REPORT_EVENTS,
+  REPORT_ENVELOPE_BYTES,
   ErrorCodes,
   type DeviceCommand,
   type SignedDesiredState,
@@ -25,7 +27,9 @@ import {
  * queue in order, in batches, acknowledging a batch only once Center answered 200. Between
  * contacts it sleeps the poll interval, or less when the push channel says something changed;
  * while Center is unreachable it backs off exponentially with full jitter (a fleet that lost
- * Center together does not come back in step).
+ * Center together does not come back in step). When Center refuses a batch for the device's
+ * report quota (429), the events stay queued and no report is sent before its Retry-After has
+ * passed, whatever wakes the loop; the next contact is due then.
  *
  * The last verified desired state is on disk, so a restart with Center down starts from it;
  * it is handed on as is even once past its `expiresAt`: expiry guards against a stale document
@@ -99,6 +103,12 @@ export interface SyncLoop {
 /** Handled command ids remembered (Center drops a command once its result arrived). */
 const HANDLED_COMMANDS_KEPT = 1_000;
 
+/** The wait Center asked for with a refusal (its Retry-After), if it named one. */
+function retryAfterOf(err: { details?: unknown }): number | undefined {
+  const ms = (err.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;
+  return typeof ms === 'number' && Number.isFinite(ms) && ms >= 0 ? ms : undefined;
+}
+
 export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
   const { client, queue, store, clock, log } = deps;
   const random = deps.random ?? Math.random;
@@ -114,6 +124,10 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
   let wakeRequested = false;
   let push: { close(): void } | undefined;
   let chain: Promise<unknown> = Promise.resolve();
+  /** No report is sent before this time (Center's Retry-After on its report quota). */
+  let reportsHeldUntil = 0;
+  /** Why reports are held, for the connectivity `engine status` shows. */
+  let quotaRefusal: { code: string; message: string } | undefined;
 
   const persist = () =>
     store.sync.write({ connectivity, handledCommands: handled } satisfies SyncState);
@@ -144,7 +158,13 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
       handled = [...handled, command.id].slice(-HANDLED_COMMANDS_KEPT);
       await persist();
       log.info(
-        { component: 'sync', commandId: command.id, kind: command.kind, ok: outcome.ok },
+        {
+          component: 'sync',
+          commandId: command.id,
+          kind: command.kind,
+          ok: outcome.ok,
+          result: outcome.message,
+        },
         'command handled',
       );
     }
@@ -162,25 +182,46 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
     }
   }
 
-  /** Sends the whole queue in order, in batches; acknowledges each batch only after a 200. */
+  /**
+   * Sends the whole queue in order, in batches that Center's limits accept; acknowledges each
+   * batch only after a 200. A 429 (the report quota) keeps that batch and the rest queued and
+   * holds reports until its Retry-After has passed.
+   */
   async function flush(): Promise<number> {
     let delivered = 0;
-    while (queue.depth() > 0) {
-      const batch = queue.peek(MAX_REPORT_EVENTS);
-      await client.sendReports(batch);
+    while (queue.depth() > 0 && clock.now() >= reportsHeldUntil) {
+      const batch = queue.peek(MAX_REPORT_EVENTS, MAX_REPORT_BYTES - REPORT_ENVELOPE_BYTES);
+      try {
+        await client.sendReports(batch);
+      } catch (err) {
+        if (!isBulkheadError(err, ErrorCodes.RATE_LIMITED)) throw err;
+        const waitMs = retryAfterOf(err) ?? base;
+        reportsHeldUntil = clock.now() + waitMs;
+        quotaRefusal = { code: err.code, message: err.message };
+        log.warn(
+          { component: 'sync', retryInMs: waitMs, queued: queue.depth() },
+          'Center asks for fewer reports: the events wait',
+        );
+        break;
+      }
       await queue.ack(batch.map((e) => e.id));
       delivered += batch.length;
+      quotaRefusal = undefined;
     }
     return delivered;
+  }
+
+  /** When a contact that reached Center should be followed by the next one. */
+  function nextContactMs(now: number): number {
+    if (queue.depth() === 0 || reportsHeldUntil <= now) return pollIntervalMs;
+    return Math.min(pollIntervalMs, reportsHeldUntil - now);
   }
 
   function backoffMs(failures: number, err: unknown): number {
     const ceiling = Math.min(cap, base * 2 ** Math.min(failures, 30));
     const jittered = random() * ceiling;
-    const retryAfter = isBulkheadError(err, ErrorCodes.RATE_LIMITED)
-      ? ((err.details as { retryAfterMs?: number } | undefined)?.retryAfterMs ?? 0)
-      : 0;
-    return Math.max(jittered, retryAfter);
+    const retryAfter = isBulkheadError(err, ErrorCodes.RATE_LIMITED) ? retryAfterOf(err) : 0;
+    return Math.max(jittered, retryAfter ?? 0);
   }
 
   async function contact(): Promise<SyncOutcome> {
@@ -242,15 +283,18 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
       return { ok: false, nextDelayMs, delivered };
     }
     const now = clock.now();
+    const nextDelayMs = nextContactMs(now);
+    const held = queue.depth() > 0 && reportsHeldUntil > now ? quotaRefusal : undefined;
+    const lastError = refusal ?? held;
     connectivity = {
       online: true,
       lastContactAt: now,
-      lastError: refusal === undefined ? null : { ...refusal, at: now },
+      lastError: lastError === undefined ? null : { ...lastError, at: now },
       consecutiveFailures: 0,
-      nextAttemptAt: now + pollIntervalMs,
+      nextAttemptAt: now + nextDelayMs,
     };
     await persist();
-    return { ok: true, nextDelayMs: pollIntervalMs, delivered };
+    return { ok: true, nextDelayMs, delivered };
   }
 
   function syncNow(): Promise<SyncOutcome> {

@@ -202,6 +202,15 @@ export type SignedDesiredState = z.infer<typeof SignedDesiredStateSchema>;
 
 /** Most events in one report batch. */
 export const MAX_REPORT_EVENTS = 500;
+/**
+ * Most bytes of one report's body (`{"events":[…]}` as JSON). Engine cuts its batches by this as
+ * well as by MAX_REPORT_EVENTS, and every event fits (MAX_EVENT_BYTES is far smaller), so a
+ * batch Engine sends is never too large for Center.
+ */
+export const MAX_REPORT_BYTES = 1024 * 1024;
+/** Bytes `{"events":[` and `]}` add around the events of a report. */
+export const REPORT_ENVELOPE_BYTES = '{"events":[]}'.length;
+
 export const ReportRequestSchema = z.strictObject({
   /** Each event's type picks its payload's schema (src/protocol/events.ts). */
   events: z.array(DeviceEventSchema).min(1).max(MAX_REPORT_EVENTS),

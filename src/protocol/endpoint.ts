@@ -24,7 +24,10 @@ export interface EndpointOptions {
   params?: z.ZodType;
   query?: z.ZodType;
   body?: z.ZodType | typeof BYTES;
-  /** Largest body accepted, in bytes; Center's default when omitted. */
+  /**
+   * Largest body accepted, in bytes. When omitted: ANONYMOUS_BODY_LIMIT on a public endpoint,
+   * Center's configured default (`bodyLimit`) on any other.
+   */
   bodyLimit?: number;
   /**
    * Domain errors the endpoint may answer besides those every endpoint may (validation,
@@ -42,6 +45,20 @@ export interface Endpoint extends EndpointOptions {
   tags?: readonly string[];
   /** The answers that are not errors, by status. */
   response: Readonly<Record<number, z.ZodType>>;
+}
+
+/**
+ * Largest body of a public (anonymous) endpoint that declares no limit of its own: a login or a
+ * challenge is a few hundred bytes, and nobody unauthenticated makes Center hold more.
+ */
+export const ANONYMOUS_BODY_LIMIT = 8 * 1024;
+
+/**
+ * The body limit an endpoint is served with: its own, else ANONYMOUS_BODY_LIMIT when it is
+ * public, else undefined (Center's configured default).
+ */
+export function bodyLimitOf(endpoint: Endpoint): number | undefined {
+  return endpoint.bodyLimit ?? (endpoint.auth === 'public' ? ANONYMOUS_BODY_LIMIT : undefined);
 }
 
 /**
@@ -171,6 +188,7 @@ const ERROR_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.ROLLOUT_STATE]: 409,
   [ErrorCodes.OBJECT_TOO_LARGE]: 413,
   [ErrorCodes.RATE_LIMITED]: 429,
+  [ErrorCodes.OVERLOADED]: 503,
 };
 
 /** The status a domain error code answers with. */
@@ -181,7 +199,10 @@ export function errorStatus(code: ErrorCode): number {
 /** The error statuses an endpoint may answer with, each with the one error body. */
 export function errorResponses(endpoint: Endpoint): Record<number, typeof ErrorBodySchema> {
   const codes: ErrorCode[] = [ErrorCodes.VALIDATION, ...(endpoint.errors ?? [])];
-  if (endpoint.body !== undefined) codes.push(ErrorCodes.UNSUPPORTED_MEDIA_TYPE);
+  // Any body may be over its limit (413), or of a type the route does not take (415).
+  if (endpoint.body !== undefined) {
+    codes.push(ErrorCodes.OBJECT_TOO_LARGE, ErrorCodes.UNSUPPORTED_MEDIA_TYPE);
+  }
   if (endpoint.auth !== 'public') codes.push(ErrorCodes.UNAUTHENTICATED, ErrorCodes.FORBIDDEN);
   return Object.fromEntries(codes.map((code) => [errorStatus(code), ErrorBodySchema]));
 }

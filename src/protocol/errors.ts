@@ -40,6 +40,8 @@ export const ErrorCodes = {
   UNAUTHENTICATED: 'ERR_UNAUTHENTICATED',
   FORBIDDEN: 'ERR_FORBIDDEN',
   RATE_LIMITED: 'ERR_RATE_LIMITED',
+  /** Center sheds load (event loop or memory past their thresholds): try again later. */
+  OVERLOADED: 'ERR_OVERLOADED',
   NOT_FOUND: 'ERR_NOT_FOUND',
   // Fleet admin: a name already taken, a row still in use, a device in the wrong state.
   NAME_TAKEN: 'ERR_NAME_TAKEN',

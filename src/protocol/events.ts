@@ -136,18 +136,46 @@ function envelope<T extends DeviceEventType>(type: T) {
   });
 }
 
+/**
+ * Most bytes of one event as JSON (UTF-8), envelope included: what one row of Center's event
+ * table may hold. Each field is bounded already; this bounds the whole, whatever the encoding
+ * (2,000 characters of a reason may take 12,000 bytes). A real event is under 2 KiB, and an
+ * outcome Center must not miss still fits at its largest in practice (a rollback of 65 volumes
+ * with 64-character names and ids, and a 2,000-character reason of two-byte letters: 27 KB).
+ * Engine's queue refuses a larger event when it is made, so none ever blocks its queue.
+ */
+export const MAX_EVENT_BYTES = 32 * 1024;
+
+const utf8 = new TextEncoder();
+
+/** Bytes of `event` as JSON (UTF-8): what MAX_EVENT_BYTES and report quotas count. */
+export function eventBytes(event: unknown): number {
+  return utf8.encode(JSON.stringify(event)).byteLength;
+}
+
 /** One device event on the wire and in Engine's queue: `type` picks the payload schema. */
-export const DeviceEventSchema = z.discriminatedUnion('type', [
-  envelope('download-progress'),
-  envelope('staged'),
-  envelope('switched'),
-  envelope('healthy'),
-  envelope('rolled-back'),
-  envelope('failed'),
-  envelope('vm-state'),
-  envelope('command-result'),
-  envelope('desired-state-refused'),
-]);
+export const DeviceEventSchema = z
+  .discriminatedUnion('type', [
+    envelope('download-progress'),
+    envelope('staged'),
+    envelope('switched'),
+    envelope('healthy'),
+    envelope('rolled-back'),
+    envelope('failed'),
+    envelope('vm-state'),
+    envelope('command-result'),
+    envelope('desired-state-refused'),
+  ])
+  .check((ctx) => {
+    const bytes = eventBytes(ctx.value);
+    if (bytes > MAX_EVENT_BYTES) {
+      ctx.issues.push({
+        code: 'custom',
+        input: ctx.value,
+        message: `the event is ${bytes} bytes as JSON, more than the ${MAX_EVENT_BYTES} allowed; shorten its text fields`,
+      });
+    }
+  });
 export type DeviceEvent = z.infer<typeof DeviceEventSchema>;
 export type DeviceEventOf<T extends DeviceEventType> = Extract<DeviceEvent, { type: T }>;
 

@@ -47,7 +47,8 @@ interface World {
 const w = {} as World;
 let center: CenterProcess | undefined;
 let engine: ChildProcess | undefined;
-const driver = createQemuDriver({});
+// Looks at the VM Engine owns without taking its QMP connection.
+const driver = createQemuDriver({ observeOnly: true });
 
 async function startCenter(): Promise<CenterServeInfo> {
   const args = ['--data', join(w.dir, 'center'), '--listen', `127.0.0.1:${w.port}`];
@@ -83,7 +84,7 @@ function startEngine(pollSeconds = 2): void {
       '--poll-interval',
       String(pollSeconds),
       '--log-level',
-      'warn',
+      'info',
     ],
     { env: { ...process.env, BULKHEAD_ACCEL: 'tcg' }, stdio: ['ignore', 'ignore', 'pipe'] },
   );
@@ -318,6 +319,11 @@ test('4. lock, unlock and restart-vm from the CLI reach Engine over the push cha
   // Engine now asks Center for news once an hour: what reaches it here came over the push
   // channel (and each contact delivers the command's result in the same exchange).
   await killEngine();
+  // Center counts the killed Engine's connection until it sees the socket close; only a count
+  // that went to zero and back up is the new Engine's channel.
+  await until("Center to drop the killed Engine's push channel", async () =>
+    (await metric('bulkhead_center_push_connections')) === 0 ? true : undefined,
+  );
   startEngine(3600);
   await until('Engine to hold its push channel', async () =>
     (await metric('bulkhead_center_push_connections')) >= 1 ? true : undefined,
@@ -328,7 +334,7 @@ test('4. lock, unlock and restart-vm from the CLI reach Engine over the push cha
   assert.equal(lock.state, 'pending');
   const locked = await settled(lock.id);
   assert.equal(locked.state, 'done', JSON.stringify(locked.result));
-  assert.match(locked.result!.message, /every VM is stopped.*locked/);
+  assert.match(locked.result!.message, /every VM is stopped \(stopped now: work\).*locked/);
   assert.equal((await vmStatus()).state, 'stopped', 'done means the VM is stopped');
   // Engine's reconciler passes every 5 s; after two of them the locked VM is still off.
   await new Promise((r) => setTimeout(r, 12_000));
@@ -387,7 +393,7 @@ test('6. kill from the CLI stops every VM; Center has it done, then cuts the PC 
   const kill = await cli(['devices', 'kill', w.deviceId, '--yes']);
   const killed = await settled(kill.id);
   assert.equal(killed.state, 'done', JSON.stringify(killed.result));
-  assert.match(killed.result!.message, /every VM is stopped.*killed/);
+  assert.match(killed.result!.message, /every VM is stopped \(stopped now: work\).*killed/);
   assert.equal((await vmStatus()).state, 'stopped');
   const detail = await api<{ state: string }>('GET', `/devices/${w.deviceId}`);
   assert.equal(detail.state, 'killed');

@@ -4,7 +4,7 @@
 // in order, each leaving the VM healthy for the next.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -98,7 +98,8 @@ before(async () => {
     keyid: keys.key.keyid,
     versions,
     guest,
-    driver: createQemuDriver({}),
+    // Looks at the VM the Engine child owns without taking its QMP connection.
+    driver: createQemuDriver({ observeOnly: true }),
   };
   await writeFile(ctx.eventsPath, '');
 });
@@ -134,7 +135,11 @@ async function setDesired(
   version: string,
   over: Parameters<typeof desired>[1] = {},
 ): Promise<void> {
-  await writeFile(ctx.desiredPath, JSON.stringify(desired(version, over)));
+  // Written whole and renamed into place: the Engine child reads it on every pass and must
+  // never see it half-written.
+  const next = `${ctx.desiredPath}.next`;
+  await writeFile(next, JSON.stringify(desired(version, over)));
+  await rename(next, ctx.desiredPath);
 }
 
 function startChild(crashAt?: UpdateState): ChildProcess {

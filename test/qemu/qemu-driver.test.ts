@@ -266,6 +266,10 @@ test('VMs on QEMU', { concurrency: true }, async (t) => {
       assert.equal(attached.state, 'running');
       assert.equal(attached.pid, first.pid);
       assert.equal(attached.accelerator, 'tcg');
+      // An observer (a test, a status command) looks without taking the QMP connection.
+      const observer = createQemuDriver({ accel: 'tcg', observeOnly: true });
+      assert.equal((await observer.attach('broken', spec.runDir)).pid, first.pid);
+      await assert.rejects(observer.start(spec), /cannot start/);
       const agent = await GuestAgent.waitUntilResponsive(
         attached.guestAgentSocket!,
         AGENT_TIMEOUT_MS,
@@ -295,6 +299,8 @@ test('VMs on QEMU', { concurrency: true }, async (t) => {
       assert.equal(stopped.state, 'stopped');
       assert.equal(stopped.lastExit, 'guest-shutdown');
       assert.ok(events.some((e) => e.event === 'SHUTDOWN'));
+      // The observer knows at once, not at its next look at the process.
+      assert.notEqual((await observer.status('broken')).state, 'running');
       // Stopped: a later attach answers stopped and leaves no stale sockets.
       assert.equal((await driver.attach('other', spec.runDir)).state, 'stopped');
       assert.deepEqual(

@@ -21,6 +21,7 @@ import {
 } from './desired-state.ts';
 import { enrolDevice } from './enrol.ts';
 import { RateLimiter } from './rate-limit.ts';
+import { ReportQuota } from './report-quota.ts';
 import { ingestReports } from './reports.ts';
 
 export interface DeviceApiOptions {
@@ -275,8 +276,15 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       return reply;
     });
 
-    route(app, e.reports, (req, deviceId) =>
-      ingestReports({ db, push: deps.push }, deviceId, req.body, deps.now()),
-    );
+    const reportQuota = new ReportQuota({
+      eventsPerMinute: deps.config.reportEventsPerMinute,
+      bytesPerMinute: deps.config.reportBytesPerMinute,
+      now: deps.now,
+    });
+    route(app, e.reports, async (req, deviceId) => {
+      // Before any database work: a batch over the quota costs Center nothing more.
+      reportQuota.charge(deviceId, req.body.events);
+      return ingestReports({ db, push: deps.push }, deviceId, req.body, deps.now());
+    });
   };
 }

@@ -2,6 +2,7 @@ import type { FastifyReply, FastifyRequest, RouteShorthandOptions } from 'fastif
 import {
   BYTES,
   BulkheadError,
+  bodyLimitOf,
   ErrorCodes,
   errorResponses,
   type BodyOf,
@@ -106,6 +107,7 @@ export function route<E extends Endpoint>(
 ): void {
   const status = defaultStatus(endpoint);
   const bytes = endpoint.body === BYTES;
+  const bodyLimit = bodyLimitOf(endpoint);
   const callerFor = (req: FastifyRequest): unknown => {
     if (endpoint.auth === 'public') return undefined;
     return endpoint.auth === 'device' ? deviceOf(req) : callerOf(req);
@@ -115,7 +117,9 @@ export function route<E extends Endpoint>(
     method: endpoint.method,
     url: endpoint.path,
     config: { auth: endpoint.auth },
-    ...(endpoint.bodyLimit === undefined ? {} : { bodyLimit: endpoint.bodyLimit }),
+    // Fastify refuses a body over the limit from its Content-Length before reading it, and
+    // stops reading a chunked one once it passes the limit (413, connection closed).
+    ...(bodyLimit === undefined ? {} : { bodyLimit }),
     schema: {
       tags: endpoint.tags,
       ...(endpoint.description === undefined ? {} : { description: endpoint.description }),

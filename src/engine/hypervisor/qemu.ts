@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { BulkheadError, ErrorCodes, errnoCode } from '../../protocol/index.ts';
+import { isAlive } from './alive.ts';
 import { chooseAccelerator, type Accelerator, type KvmProbeResult } from './kvm-probe.ts';
 import { buildQemuArgs, runFiles, type RunFiles } from './qemu-args.ts';
 import { QmpClient, type QmpEvent } from './qmp.ts';
@@ -34,6 +35,12 @@ export interface QemuDriverOptions {
   now?: () => number;
   /** Environment consulted for BULKHEAD_ACCEL; default process.env. */
   env?: NodeJS.ProcessEnv;
+  /**
+   * Only look at VMs another process (their Engine) owns: `attach` never takes the VM's QMP
+   * connection, which QEMU gives to one client at a time, so the owner keeps it across its own
+   * restarts; `stop` falls back to signals and `start` is refused.
+   */
+  observeOnly?: boolean;
 }
 
 interface VmEntry {
@@ -70,15 +77,6 @@ function shellQuote(s: string): string {
 /** Quotes for the command parser of QEMU's user network (GLib's g_shell_parse_argv). */
 function doubleQuote(s: string): string {
   return `"${s.replace(/["\\$`]/g, '\\$&')}"`;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return errnoCode(err) === 'EPERM';
-  }
 }
 
 export class QemuDriver implements HypervisorDriver {
@@ -123,6 +121,9 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   async start(spec: VmSpec): Promise<VmStatus> {
+    if (this.#options.observeOnly) {
+      throw new BulkheadError(ErrorCodes.INTERNAL, `an observing driver cannot start ${spec.name}`);
+    }
     const known = this.#vms.get(spec.name);
     if ((known && isRunning(known.state)) || this.#starting.has(spec.name)) {
       throw new BulkheadError(ErrorCodes.IN_USE, `VM ${spec.name} already runs`);
@@ -131,6 +132,9 @@ export class QemuDriver implements HypervisorDriver {
     // directory and spawn two QEMUs on the same disks.
     this.#starting.add(spec.name);
     try {
+      // The previous QEMU's clean-up ends before this one's files appear (bounded: an entry
+      // whose QEMU never spawned has nothing to clean).
+      if (known?.hasExited) await waitFor(known, 5000);
       return await this.#start(spec);
     } finally {
       this.#starting.delete(spec.name);
@@ -245,11 +249,13 @@ export class QemuDriver implements HypervisorDriver {
 
   async attach(name: string, runDir: string): Promise<VmStatus> {
     const known = this.#vms.get(name);
+    if (known) this.#checkWatched(known);
     if (known && isRunning(known.state)) return this.#statusOf(known);
     const files = runFiles(runDir);
     const pid = await readPid(files.pidfile);
     if (pid === undefined || !(await isQemuOf(pid, files))) {
-      await cleanRunDir(files, runDir);
+      // An observer leaves the files to their owner, which may be starting the next QEMU.
+      if (!this.#options.observeOnly) await cleanRunDir(files, runDir);
       this.#vms.delete(name);
       return { name, state: 'stopped' };
     }
@@ -260,6 +266,7 @@ export class QemuDriver implements HypervisorDriver {
     const meta = await readMeta(files.meta);
     if (meta?.accelerator) entry.accelerator = meta.accelerator;
     try {
+      if (this.#options.observeOnly) throw new Error('observing only');
       const qmp = await QmpClient.connect(files.qmp, { timeoutMs: 5000 });
       entry.qmp = qmp;
       this.#wire(entry, qmp);
@@ -268,8 +275,8 @@ export class QemuDriver implements HypervisorDriver {
         entry.accelerator = kvm.enabled ? 'kvm' : 'tcg';
       }
     } catch {
-      // Another client holds QMP (or QEMU is wedged): watch the process instead; stop falls
-      // back to signals.
+      // Another client holds QMP (or QEMU is wedged), or this driver only observes: watch the
+      // process instead; stop falls back to signals.
       entry.isWatchOnly = true;
       this.#watchPid(entry);
     }
@@ -314,7 +321,19 @@ export class QemuDriver implements HypervisorDriver {
 
   async status(name: string): Promise<VmStatus> {
     const entry = this.#vms.get(name);
-    return entry ? this.#statusOf(entry) : { name, state: 'stopped' };
+    if (!entry) return { name, state: 'stopped' };
+    this.#checkWatched(entry);
+    return this.#statusOf(entry);
+  }
+
+  /**
+   * A watched process is polled only every 100 ms; a status asked for in between (right after
+   * the owner stopped the VM and said so) looks at the process now.
+   */
+  #checkWatched(entry: VmEntry): void {
+    if (entry.isWatchOnly && !entry.hasExited && entry.pid !== undefined && !isAlive(entry.pid)) {
+      this.#onExit(entry, {});
+    }
   }
 
   onEvent(listener: (event: VmEvent) => void): () => void {
@@ -416,7 +435,17 @@ export class QemuDriver implements HypervisorDriver {
     if (how.signal) detail['signal'] = how.signal;
     this.#emit({ name: entry.name, event: 'exited', at: this.#now(), detail });
     if (entry.isWatchOnly) entry.markExited();
-    else void cleanRunDir(entry.files, entry.runDir).finally(() => entry.markExited());
+    else void this.#cleanAfter(entry).finally(() => entry.markExited());
+  }
+
+  /**
+   * Cleans the run directory of an exited VM. A QEMU this driver attached to (not its child)
+   * may have been followed by another Engine's; its files are cleaned only while the pidfile
+   * still names the dead process.
+   */
+  async #cleanAfter(entry: VmEntry): Promise<void> {
+    if (!entry.child && (await readPid(entry.files.pidfile)) !== entry.pid) return;
+    await cleanRunDir(entry.files, entry.runDir);
   }
 }
 

@@ -9,7 +9,9 @@ const D = '/api/v1/device';
 export const deviceEndpoints = defineEndpoints(['device'], {
   enrol: endpoint(`POST ${D}/enrol`, 'public', 200, device.EnrolResponseSchema, {
     body: device.EnrolRequestSchema,
-    bodyLimit: 64 * 1024,
+    // The largest inventory the schema allows (32 disks with long model names) is ~13 KB;
+    // a real one is under 2 KB.
+    bodyLimit: 16 * 1024,
     errors: [
       ErrorCodes.ENROLMENT_TOKEN_REFUSED,
       ErrorCodes.KEY_INVALID,
@@ -47,8 +49,12 @@ export const deviceEndpoints = defineEndpoints(['device'], {
   }),
   reports: endpoint(`POST ${D}/reports`, 'device', 200, device.ReportResponseSchema, {
     body: device.ReportRequestSchema,
-    // 500 events of at most 8 KiB of data each, with room for their envelopes.
-    bodyLimit: 5 * 1024 * 1024,
-    description: 'A batch of device events; replays are counted once.',
+    // Engine cuts its batches to this size.
+    bodyLimit: device.MAX_REPORT_BYTES,
+    errors: [ErrorCodes.RATE_LIMITED],
+    description:
+      'A batch of device events; replays are counted once. Each device has a quota of events ' +
+      'and bytes per minute: past it, the batch is refused whole (429 with Retry-After) and ' +
+      'stores nothing.',
   }),
 });

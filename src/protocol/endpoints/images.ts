@@ -125,6 +125,8 @@ export const imageEndpoints = defineEndpoints(['images'], {
   ),
   findMissing: endpoint(`POST ${A}/store/missing`, 'operator', 200, images.MissingResponseSchema, {
     body: images.MissingRequestSchema,
+    // Every digest the schema allows, each quoted and followed by a comma, and the keys.
+    bodyLimit: (images.MAX_MISSING_QUERY + 16) * 67 + 1024,
     description: 'Which of the given chunks (and chunk indexes) the store lacks.',
   }),
   putChunk: storeUpload('chunks', 'chunk', images.MAX_COMPRESSED_CHUNK_BYTES),
