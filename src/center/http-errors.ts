@@ -64,11 +64,27 @@ export function centerErrorHandler(
   }
   const status = err.statusCode;
   if (status !== undefined && status >= 400 && status < 500) {
-    const code = status === 413 ? ErrorCodes.OBJECT_TOO_LARGE : ErrorCodes.VALIDATION;
+    const code =
+      status === 413
+        ? ErrorCodes.OBJECT_TOO_LARGE
+        : status === 415
+          ? ErrorCodes.UNSUPPORTED_MEDIA_TYPE
+          : ErrorCodes.VALIDATION;
     return send(reply, status, { code, message: err.message });
   }
   req.log.error({ err }, 'request failed');
   return send(reply, 500, { code: ErrorCodes.INTERNAL, message: 'internal error' });
+}
+
+/**
+ * Answers a request no route matches with the one error body, as every other refusal: a client
+ * reads `ERR_NOT_FOUND` whether the path or the row is unknown.
+ */
+export function centerNotFoundHandler(req: FastifyRequest, reply: FastifyReply): FastifyReply {
+  return send(reply, 404, {
+    code: ErrorCodes.NOT_FOUND,
+    message: `no route ${req.method} ${req.url.split('?')[0]}`,
+  });
 }
 
 /** An error's details as the body carries them: a plain object, or nothing. */

@@ -19,7 +19,8 @@ import { deviceApi } from './devices/index.ts';
 import { fleetRoutes } from './fleet/index.ts';
 import { imagesAdmin } from './images/index.ts';
 import { rolloutRoutes } from './rollouts/index.ts';
-import { centerErrorHandler } from './http-errors.ts';
+import { centerErrorHandler, centerNotFoundHandler } from './http-errors.ts';
+import { registerBodyParsers } from './http/body.ts';
 import {
   admitUnderPressure,
   closeUnreadBodies,
@@ -68,10 +69,15 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
     ...serverTimeouts(deps.config),
     // Behind a load balancer, the client's address comes from X-Forwarded-For.
     trustProxy: true,
+    // The router's own refusals (bad percent-encoding, a parameter too long) get the one
+    // error body too.
+    frameworkErrors: centerErrorHandler,
   }).withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   app.setErrorHandler(centerErrorHandler);
+  app.setNotFoundHandler(centerNotFoundHandler);
+  registerBodyParsers(app);
   // Before any route, so that every route sheds load.
   await registerLoadShedding(app, deps.config);
   closeUnreadBodies(app);

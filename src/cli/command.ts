@@ -1,5 +1,5 @@
 import type { ParseArgsConfig } from 'node:util';
-import { BulkheadError, ErrorCodes } from '../protocol/index.ts';
+import { BulkheadError, ErrorCodes, UNSAFE_NAME_CHARACTER } from '../protocol/index.ts';
 
 export interface CommandContext {
   /** A line of output for the user (stdout). */
@@ -8,6 +8,32 @@ export interface CommandContext {
   err(line: string): void;
   /** Whether progress bars may be drawn. */
   isTTY: boolean;
+}
+
+const UNSAFE = new RegExp(UNSAFE_NAME_CHARACTER.source, 'gu');
+
+/**
+ * `text` as it may reach a terminal: every control character (ESC, BEL, CR, C1…), line
+ * separator and bidirectional override shown as a `\uXXXX` escape, so text that came from
+ * Center (a name a device chose, a message) cannot move the cursor, retitle the window, clear
+ * the screen or read backwards. `keepLines` leaves newlines and tabs, which do none of that.
+ * The escapes are JSON's, so a JSON line stays the same JSON.
+ */
+export function printable(text: string, options: { keepLines?: boolean } = {}): string {
+  return text.replace(UNSAFE, (c) =>
+    options.keepLines === true && (c === '\n' || c === '\t')
+      ? c
+      : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+}
+
+/** A context whose lines are `printable`: what every command prints through. */
+export function printableContext(ctx: CommandContext): CommandContext {
+  return {
+    ...ctx,
+    out: (line) => ctx.out(printable(line, { keepLines: true })),
+    err: (line) => ctx.err(printable(line, { keepLines: true })),
+  };
 }
 
 export interface Invocation {

@@ -10,7 +10,7 @@ import { remoteCommands } from './remote.ts';
 import { fleetCommands } from './fleet.ts';
 import { rolloutCommands } from './rollout.ts';
 import { demoCommand } from './demo.ts';
-import type { Command, CommandContext } from './command.ts';
+import { printableContext, type Command, type CommandContext } from './command.ts';
 
 const commands: Command[] = [
   ...keysCommands,
@@ -38,8 +38,11 @@ Exit codes: 0 success, 1 failure, 2 usage error.`;
 /** Runs the CLI; returns the exit code. Never throws for a user's mistake. */
 export async function main(
   argv: string[],
-  ctx: CommandContext = defaultContext(),
+  given: CommandContext = defaultContext(),
 ): Promise<number> {
+  // Every human line goes through `printable` (text from Center cannot drive the terminal);
+  // --json output is printed exactly as JSON.stringify wrote it.
+  const ctx = printableContext(given);
   const words: string[] = [];
   for (const a of argv) {
     if (a.startsWith('-')) break;
@@ -98,18 +101,24 @@ export async function main(
       { values: parsed.values, positionals: parsed.positionals, json },
       ctx,
     );
-    if (json && result !== undefined) ctx.out(JSON.stringify(result, null, 2));
+    if (json && result !== undefined) given.out(JSON.stringify(result, null, 2));
     return 0;
   } catch (err) {
-    return reportError(err, command, json, ctx);
+    return reportError(err, command, json, ctx, given);
   }
 }
 
-function reportError(err: unknown, command: Command, json: boolean, ctx: CommandContext): number {
+function reportError(
+  err: unknown,
+  command: Command,
+  json: boolean,
+  ctx: CommandContext,
+  raw: CommandContext,
+): number {
   if (isBulkheadError(err)) {
     const code = err.code === ErrorCodes.USAGE ? 2 : 1;
     if (json)
-      ctx.out(
+      raw.out(
         JSON.stringify(
           {
             error: {

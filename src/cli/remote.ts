@@ -10,6 +10,7 @@ import { adminClient } from './api-client.ts';
 import {
   integerOption,
   optionalString,
+  printable,
   requireString,
   type Command,
   type CommandContext,
@@ -29,13 +30,16 @@ import {
  * who am I, and the audit trail. The fleet and rollout commands build on the same pieces.
  */
 
-/** Prints rows as aligned columns; `columns` maps a header to how a row shows under it. */
 /** Table columns by heading: what each shows of a row. */
 export type Columns<T> = Record<string, (row: T) => string | number | null | undefined>;
 
+/**
+ * Prints rows as aligned columns; `columns` maps a header to how a row shows under it. A cell
+ * is `printable` with its newlines and tabs escaped too, so a row stays one row.
+ */
 export function printTable<T>(ctx: CommandContext, rows: readonly T[], columns: Columns<T>): void {
   const headers = Object.keys(columns);
-  const cells = rows.map((r) => headers.map((h) => String(columns[h]!(r) ?? '-')));
+  const cells = rows.map((r) => headers.map((h) => printable(String(columns[h]!(r) ?? '-'))));
   const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
   const line = (parts: string[]) =>
     parts

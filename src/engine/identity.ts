@@ -15,6 +15,8 @@ import {
   ErrorCodes,
   errnoCode,
   InventorySchema,
+  toName,
+  toText,
   type Fetch,
   type Inventory,
 } from '../protocol/index.ts';
@@ -217,7 +219,9 @@ async function sysText(path: string): Promise<string | undefined> {
   }
 }
 
-const cut = (s: string | undefined, max = 200) => (s === undefined ? undefined : s.slice(0, max));
+/** A firmware or hardware string as the inventory takes it: bounded, and text (no NUL). */
+const cut = (s: string | undefined, max = 200) =>
+  s === undefined ? undefined : toText(s.slice(0, max));
 
 /** Physical block devices: no loop, RAM, zram or device-mapper devices. */
 async function gatherDisks(): Promise<NonNullable<Inventory['disks']>> {
@@ -260,7 +264,7 @@ export async function gatherInventory(): Promise<Inventory> {
     () => false,
   );
   const inventory: Inventory = {
-    hostname: (hostname() || 'unnamed').slice(0, 253),
+    hostname: toName((hostname() || 'unnamed').slice(0, 253)),
     ...(cpuList.length > 0
       ? {
           cpu: {

@@ -232,3 +232,17 @@ test('kill -9 during a stream of appends loses no acknowledged append and leaves
   assert.ok(ids.length <= confirmed.length + 1, 'at most the one unconfirmed append more');
   assert.deepEqual([...ids].sort(), ids, 'still in order');
 });
+
+test('what a tool printed into a reason costs a bad character, not the event', async (t) => {
+  // Center refuses NUL and unpaired surrogates in every string (PostgreSQL cannot store them);
+  // an event carrying QEMU's garbled stderr must still be queued and reported.
+  const dir = await tempDir(t, 'bulkhead-queue-');
+  const q = await EventQueue.open({ dir, clock: fixedClock() });
+  const failed = ev('failed', 'v9') as Extract<NewEvent, { type: 'failed' }>;
+  const [queued] = await q.append({
+    ...failed,
+    data: { ...failed.data, reason: 'qemu: \u0000\u0001 bad \ud800 bytes' },
+  });
+  assert.equal((queued!.data as { reason: string }).reason, 'qemu: \ufffd\u0001 bad \ufffd bytes');
+  await q.close();
+});

@@ -8,6 +8,7 @@ import {
   ErrorCodes,
   errnoCode,
   isBulkheadError,
+  toText,
   type DeviceEvent,
   type DeviceEventType,
   type NewEvent,
@@ -235,7 +236,9 @@ export class EventQueue {
       id: e.id ?? this.#newId(at),
       type: e.type,
       at,
-      data: e.data,
+      // Reasons carry what QEMU or a tool printed: a stray NUL or half a surrogate pair there
+      // costs that character, not the event (Center refuses both).
+      data: wellFormed(e.data),
     });
     if (!parsed.success) {
       const issue = parsed.error.issues[0];
@@ -483,4 +486,12 @@ export async function readQueueDepth(dir: string): Promise<number> {
   }
   const scan = await scanSegment(join(dir, segmentName(cursor.segment)), cursor, silentLog);
   return scan.entries.filter((e) => !e.acked).length;
+}
+
+/** `value` with every string in it made acceptable to the protocol's `text()`. */
+function wellFormed(value: unknown): unknown {
+  if (typeof value === 'string') return toText(value);
+  if (Array.isArray(value)) return value.map(wellFormed);
+  if (value === null || typeof value !== 'object') return value;
+  return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, wellFormed(v)]));
 }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { name, text } from './text.ts';
 
 /*
  * Wire schemas of Center's admin API (`/api/v1/admin/…`). Request bodies and queries are strict:
@@ -22,11 +23,11 @@ export const AdminUsernameSchema = z
   .transform((name) => name.toLowerCase());
 
 /** Passwords: at least 12 characters; the upper bound keeps scrypt's input small. */
-export const AdminPasswordSchema = z.string().min(12).max(256);
+export const AdminPasswordSchema = text({ min: 12, max: 256 });
 
 export const LoginRequestSchema = z.strictObject({
-  username: z.string().min(1).max(64),
-  password: z.string().min(1).max(256),
+  username: text({ min: 1, max: 64 }),
+  password: text({ min: 1, max: 256 }),
 });
 export type LoginRequest = z.infer<typeof LoginRequestSchema>;
 
@@ -82,10 +83,10 @@ export const UpdateAdminUserRequestSchema = z
   });
 export type UpdateAdminUserRequest = z.infer<typeof UpdateAdminUserRequestSchema>;
 
-export const IdParamsSchema = z.strictObject({ id: z.string().min(1).max(64) });
+export const IdParamsSchema = z.strictObject({ id: text({ min: 1, max: 64 }) });
 
 export const CreateApiTokenRequestSchema = z.strictObject({
-  name: z.string().min(1).max(100),
+  name: name({ min: 1, max: 100 }),
   /** Lifetime in days; omitted: no expiry. */
   expiresInDays: z.number().int().min(1).max(3650).optional(),
 });
@@ -127,7 +128,7 @@ export type AuditEntry = z.infer<typeof AuditEntrySchema>;
 export const AuditQuerySchema = z.strictObject({
   limit: z.coerce.number().int().min(1).max(500).default(100),
   /** The `next` of the previous page. */
-  cursor: z.string().max(200).optional(),
+  cursor: text({ max: 200 }).optional(),
 });
 
 export const AuditPageSchema = z.object({

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { name, text } from './text.ts';
 import {
   HealthCheckSchema,
   IsolationPolicySchema,
@@ -21,11 +22,11 @@ export const DeviceIdSchema = z
 /** Milliseconds since the Unix epoch. */
 const EpochMsSchema = z.number().int().min(0).max(8.64e15);
 
-const Text = (max: number) => z.string().max(max);
+const Text = (max: number) => text({ max });
 
 /** Hardware inventory a device reports at enrolment; every part bounded. */
 export const InventorySchema = z.strictObject({
-  hostname: z.string().min(1).max(253),
+  hostname: name({ min: 1, max: 253 }),
   cpu: z.strictObject({ model: Text(200), cores: z.number().int().min(1).max(4096) }).optional(),
   memoryBytes: z
     .number()
@@ -57,12 +58,12 @@ export type Inventory = z.infer<typeof InventorySchema>;
 
 export const EnrolRequestSchema = z.strictObject({
   /** The enrolment token an administrator created (base64url, 256 bits). */
-  token: z.string().min(1).max(128),
+  token: text({ min: 1, max: 128 }),
   /** The device's Ed25519 public key: SPKI PEM, or base64 of the raw 32 bytes. */
-  publicKey: z.string().min(1).max(1024),
+  publicKey: text({ min: 1, max: 1024 }),
   inventory: InventorySchema,
   /** Label shown to administrators; the host name when omitted. */
-  name: z.string().min(1).max(200).optional(),
+  name: name({ min: 1, max: 200 }).optional(),
 });
 export type EnrolRequest = z.infer<typeof EnrolRequestSchema>;
 
@@ -96,9 +97,9 @@ export type ChallengeResponse = z.infer<typeof ChallengeResponseSchema>;
 
 export const TokenRequestSchema = z.strictObject({
   deviceId: DeviceIdSchema,
-  challenge: z.string().min(1).max(512),
+  challenge: text({ min: 1, max: 512 }),
   /** base64 Ed25519 signature of the challenge by the device's key, domain `device-auth`. */
-  signature: z.string().min(1).max(128),
+  signature: text({ min: 1, max: 128 }),
 });
 export type TokenRequest = z.infer<typeof TokenRequestSchema>;
 

@@ -157,6 +157,8 @@ export type ErrorBody = z.infer<typeof ErrorBodySchema>;
  */
 const ERROR_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.VALIDATION]: 400,
+  [ErrorCodes.BODY_TOO_DEEP]: 400,
+  [ErrorCodes.UNSUPPORTED_MEDIA_TYPE]: 415,
   [ErrorCodes.USAGE]: 400,
   [ErrorCodes.KEY_INVALID]: 400,
   [ErrorCodes.ENROLMENT_TOKEN_REFUSED]: 401,
@@ -199,8 +201,10 @@ export function errorStatus(code: ErrorCode): number {
 /** The error statuses an endpoint may answer with, each with the one error body. */
 export function errorResponses(endpoint: Endpoint): Record<number, typeof ErrorBodySchema> {
   const codes: ErrorCode[] = [ErrorCodes.VALIDATION, ...(endpoint.errors ?? [])];
-  // Any body may be over its limit (413).
-  if (endpoint.body !== undefined) codes.push(ErrorCodes.OBJECT_TOO_LARGE);
+  // Any body may be over its limit (413), or of a type the route does not take (415).
+  if (endpoint.body !== undefined) {
+    codes.push(ErrorCodes.OBJECT_TOO_LARGE, ErrorCodes.UNSUPPORTED_MEDIA_TYPE);
+  }
   if (endpoint.auth !== 'public') codes.push(ErrorCodes.UNAUTHENTICATED, ErrorCodes.FORBIDDEN);
   return Object.fromEntries(codes.map((code) => [errorStatus(code), ErrorBodySchema]));
 }

@@ -33,6 +33,10 @@ export const ErrorCodes = {
   DATABASE_MIGRATION: 'ERR_DATABASE_MIGRATION',
   CONFIG_INVALID: 'ERR_CONFIG_INVALID',
   VALIDATION: 'ERR_VALIDATION',
+  // A request body nested too deep to parse, or of a content type the route does not take
+  // (one that is not JSON at all is ERR_VALIDATION, naming the body).
+  BODY_TOO_DEEP: 'ERR_BODY_TOO_DEEP',
+  UNSUPPORTED_MEDIA_TYPE: 'ERR_UNSUPPORTED_MEDIA_TYPE',
   UNAUTHENTICATED: 'ERR_UNAUTHENTICATED',
   FORBIDDEN: 'ERR_FORBIDDEN',
   RATE_LIMITED: 'ERR_RATE_LIMITED',

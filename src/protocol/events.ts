@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { text } from './text.ts';
 
 /*
  * Device events: what Engine tells Center, one typed registry for both sides. Engine's queue
@@ -9,8 +10,8 @@ import { z } from 'zod';
  * (Center is upgraded before the fleet).
  */
 
-const Id = z.string().min(1).max(64);
-const Text = (max: number) => z.string().max(max);
+const Id = text({ min: 1, max: 64 });
+const Text = (max: number) => text({ max });
 const Bytes = z
   .number()
   .int()

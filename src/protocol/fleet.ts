@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { name, text } from './text.ts';
 import { CommandKindSchema } from './events.ts';
 import {
   HealthCheckSchema,
@@ -23,14 +24,9 @@ export const ShortNameSchema = z
   .regex(/^[a-z][a-z0-9-]*$/, 'lower-case letters, digits and -, starting with a letter');
 
 /** A name people read (groups): printable, no leading or trailing space. */
-const LabelSchema = z
-  .string()
-  .min(1)
-  .max(100)
-  .regex(/^\S(.*\S)?$/, 'no leading or trailing space')
-  .regex(/^[^\p{Cc}]*$/u, 'no control characters');
+const LabelSchema = name({ min: 1, max: 100 }).regex(/^\S(.*\S)?$/, 'no leading or trailing space');
 
-const DescriptionSchema = z.string().max(2000);
+const DescriptionSchema = text({ max: 2000 });
 
 /** An id Center made (UUIDv7, lower-case). */
 export const FleetIdSchema = z
@@ -184,13 +180,13 @@ export type DeviceSummary = z.infer<typeof DeviceSummarySchema>;
 export const DeviceListQuerySchema = z.strictObject({
   limit: z.coerce.number().int().min(1).max(500).default(100),
   /** The `next` of the previous page. */
-  cursor: z.string().max(200).optional(),
+  cursor: text({ max: 200 }).optional(),
   groupId: FleetIdSchema.optional(),
   state: DeviceStateSchema.optional(),
   /** Devices holding this profile. */
   profileId: FleetIdSchema.optional(),
   /** Name prefix, case-insensitive. */
-  q: z.string().min(1).max(200).optional(),
+  q: text({ min: 1, max: 200 }).optional(),
   /** Devices whose last contact is before this time (epoch ms): the ones gone quiet. */
   lastContactBefore: z.coerce.number().int().min(0).max(8.64e15).optional(),
 });
@@ -260,7 +256,7 @@ export type DeviceDetail = z.infer<typeof DeviceDetailSchema>;
 
 export const UpdateDeviceRequestSchema = z
   .strictObject({
-    name: z.string().min(1).max(200).optional(),
+    name: name({ min: 1, max: 200 }).optional(),
     groupId: FleetIdSchema.optional(),
     /** The profiles (VMs) the device runs: replaces the set. */
     profiles: z
@@ -283,7 +279,7 @@ export const CreateEnrolmentTokenRequestSchema = z.strictObject({
   groupId: FleetIdSchema,
   uses: z.number().int().min(1).max(10_000).default(1),
   expiresInHours: z.number().int().min(1).max(720).default(24),
-  note: z.string().max(500).default(''),
+  note: text({ max: 500 }).default(''),
 });
 export type CreateEnrolmentTokenRequest = z.infer<typeof CreateEnrolmentTokenRequestSchema>;
 

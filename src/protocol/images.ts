@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { text } from './text.ts';
 import { DigestSchema, ImageNameSchema, ImageVersionSchema } from './names.ts';
 import { SignatureSchema } from './manifest.ts';
 
@@ -54,7 +55,7 @@ export const PublisherListSchema = z.object({ publishers: z.array(PublisherSchem
 export const CreatePublisherRequestSchema = z.strictObject({
   name: PublisherNameSchema,
   /** The Ed25519 public key, SPKI PEM (`bulkhead keys generate` writes one). */
-  publicKey: z.string().min(1).max(4096),
+  publicKey: text({ min: 1, max: 4096 }),
 });
 export type CreatePublisherRequest = z.infer<typeof CreatePublisherRequestSchema>;
 
@@ -104,7 +105,7 @@ export type ImageDetail = z.infer<typeof ImageDetailSchema>;
 
 export const ImageVersionListSchema = z.object({ versions: z.array(ImageVersionInfoSchema) });
 
-export const ImageDescriptionSchema = z.string().max(2000);
+export const ImageDescriptionSchema = text({ max: 2000 });
 
 export const CreateImageRequestSchema = z.strictObject({
   name: ImageNameSchema,
@@ -125,10 +126,10 @@ export const UpdateImageRequestSchema = z
 export type UpdateImageRequest = z.infer<typeof UpdateImageRequestSchema>;
 
 /** `:id` of an image route: its id, or its name. */
-export const ImageParamsSchema = z.strictObject({ id: z.string().min(1).max(128) });
+export const ImageParamsSchema = z.strictObject({ id: text({ min: 1, max: 128 }) });
 
 export const ImageVersionParamsSchema = z.strictObject({
-  id: z.string().min(1).max(128),
+  id: text({ min: 1, max: 128 }),
   version: ImageVersionSchema,
 });
 
@@ -140,7 +141,7 @@ export const PublishVersionRequestSchema = z
   // No body at all is the same as `{}`.
   .nullish();
 
-export const ReleaseRequestSchema = z.strictObject({ versionId: z.string().min(1).max(64) });
+export const ReleaseRequestSchema = z.strictObject({ versionId: text({ min: 1, max: 64 }) });
 
 export const MissingRequestSchema = z.strictObject({
   chunks: z.array(DigestSchema).max(MAX_MISSING_QUERY),

@@ -1,5 +1,6 @@
 export * from './errors.ts';
 export * from './names.ts';
+export * from './text.ts';
 export * from './manifest.ts';
 export * from './admin.ts';
 export * from './device.ts';

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { text } from './text.ts';
 import { DigestSchema, ImageNameSchema, ImageVersionSchema } from './names.ts';
 
 const count = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
@@ -43,7 +44,7 @@ export const FastCdcParamsSchema = z.strictObject({
     .int()
     .min(1024)
     .max(1 << 26),
-  gearSeed: z.string().min(1).max(64),
+  gearSeed: text({ min: 1, max: 64 }),
 });
 
 export const ChunkerParamsSchema = z.discriminatedUnion('algorithm', [

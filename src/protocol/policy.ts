@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { text } from './text.ts';
 
 /*
  * What a VM profile says about one VM on a PC: how it is isolated, how Engine decides that a
@@ -46,7 +47,11 @@ export type IsolationPolicy = z.infer<typeof IsolationPolicySchema>;
 export const HealthCheckSchema = z.strictObject({
   timeoutSeconds: z.number().int().min(5).max(3600).default(120),
   /** argv of the check, run in the guest (`["/usr/libexec/health-check"]`); no shell. */
-  command: z.array(z.string().min(1).max(1024)).min(1).max(64).optional(),
+  command: z
+    .array(text({ min: 1, max: 1024 }))
+    .min(1)
+    .max(64)
+    .optional(),
 });
 export type HealthCheck = z.infer<typeof HealthCheckSchema>;
 

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { text } from './text.ts';
 
 /*
  * Wire schemas of rollouts (DESIGN §3): the admin API under `/api/v1/admin/rollouts`, the
@@ -46,7 +47,7 @@ export const RolloutPhasesSchema = z
     message: 'phases must be strictly increasing percentages, e.g. [1, 10, 50, 100]',
   });
 
-const IdSchema = z.string().min(1).max(64);
+const IdSchema = text({ min: 1, max: 64 });
 
 export const CreateRolloutRequestSchema = z
   .strictObject({
@@ -141,7 +142,7 @@ export const RolloutListQuerySchema = z.strictObject({
   imageVersionId: IdSchema.optional(),
   limit: z.coerce.number().int().min(1).max(500).default(100),
   /** The `next` of the previous page. */
-  cursor: z.string().max(200).optional(),
+  cursor: text({ max: 200 }).optional(),
 });
 export type RolloutListQuery = z.infer<typeof RolloutListQuerySchema>;
 
@@ -162,13 +163,13 @@ export type RolloutAction = z.infer<typeof RolloutActionSchema>;
 
 /** `:id/:action` of a rollout action route. */
 export const RolloutActionParamsSchema = z.strictObject({
-  id: z.string().min(1).max(64),
+  id: IdSchema,
   action: RolloutActionSchema,
 });
 
 /** The body of an action is optional; `reason` is recorded with an abort. */
 export const RolloutActionRequestSchema = z
-  .strictObject({ reason: z.string().min(1).max(500).optional() })
+  .strictObject({ reason: text({ min: 1, max: 500 }).optional() })
   .nullish();
 
 /**

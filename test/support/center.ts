@@ -18,7 +18,7 @@ import {
 } from '../../src/center/db/index.ts';
 import type { PushBus } from '../../src/center/push.ts';
 import { createCenterApp, type CenterApp } from '../../src/center/server.ts';
-import { tempDir } from './fixtures.ts';
+import { tempDir, type Cleanups } from './fixtures.ts';
 import { DIALECTS, testDatabases } from './databases.ts';
 
 /*
@@ -47,7 +47,7 @@ export type AdminRole = 'admin' | 'operator' | 'viewer';
  * `clock.ms`, its logs kept as text at `logLevel` (silent by default); closed when `t` ends.
  */
 export async function startTestCenter(
-  t: TestContext,
+  t: Cleanups,
   url: string,
   options: {
     start: number;

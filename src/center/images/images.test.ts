@@ -253,7 +253,8 @@ for (const target of CENTER_TARGETS) {
           token: c.tokens.operator,
           body: { data: 'x' },
         });
-        assert.equal(asJson.status, 400);
+        assert.equal(asJson.status, 415, 'an upload takes bytes, not JSON');
+        assert.equal(asJson.body.error.code, 'ERR_UNSUPPORTED_MEDIA_TYPE');
         const put = await c.call('PUT', `/store/chunks/${digest}`, {
           token: c.tokens.operator,
           raw: compressed,
