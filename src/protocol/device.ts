@@ -246,11 +246,11 @@ export type SignedKillNotice = z.infer<typeof SignedKillNoticeSchema>;
  */
 export const KillResultRequestSchema = z.strictObject({
   deviceId: DeviceIdSchema,
-  challenge: z.string().min(1).max(512),
+  challenge: text({ min: 1, max: 512 }),
   /** The `command-result` event of the kill command, as the device's queue holds it. */
   event: CommandResultEventSchema,
   /** base64 Ed25519 signature by the device's key, domain `device-kill-result`. */
-  signature: z.string().min(1).max(128),
+  signature: text({ min: 1, max: 128 }),
 });
 export type KillResultRequest = z.infer<typeof KillResultRequestSchema>;
 
