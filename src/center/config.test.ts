@@ -11,7 +11,13 @@ test('defaults: SQLite and a chunk store under ./data, loopback 8080', () => {
   assert.deepEqual(c.listen, { host: '127.0.0.1', port: 8080 });
   assert.equal(c.publicUrl, 'http://127.0.0.1:8080');
   assert.equal(c.pollIntervalSeconds, 60);
-  assert.ok(Object.isFrozen(c) && Object.isFrozen(c.listen));
+  // No proxy is believed until the admin says.
+  assert.deepEqual(c.trustedProxies, []);
+  assert.deepEqual(
+    [c.loginPerMinute, c.enrolPerMinute, c.deviceAuthPerMinute, c.passwordHashQueue],
+    [30, 20, 600, 32],
+  );
+  assert.ok(Object.isFrozen(c) && Object.isFrozen(c.listen) && Object.isFrozen(c.trustedProxies));
 });
 
 test('later sources win: file, then environment, then flags', () => {
@@ -20,6 +26,8 @@ test('later sources win: file, then environment, then flags', () => {
     BULKHEAD_MIRRORS: 'https://a.example/s, https://b.example/s',
     BULKHEAD_LOG_LEVEL: 'warn',
     BULKHEAD_POLL_INTERVAL_SECONDS: '300',
+    BULKHEAD_TRUSTED_PROXIES: '10.0.0.5, 10.1.0.0/16,fd00::/8',
+    BULKHEAD_LOGIN_PER_MINUTE: '10',
   });
   const c = resolveConfig([{ listen: '[::1]:1', dataDir: '/x' }, env, { dataDir: '/y' }]);
   assert.deepEqual(c.listen, { host: '0.0.0.0', port: 9000 });
@@ -27,6 +35,8 @@ test('later sources win: file, then environment, then flags', () => {
   assert.equal(c.logLevel, 'warn');
   assert.equal(c.pollIntervalSeconds, 300);
   assert.equal(c.dataDir, '/y');
+  assert.deepEqual(c.trustedProxies, ['10.0.0.5', '10.1.0.0/16', 'fd00::/8']);
+  assert.equal(c.loginPerMinute, 10);
 });
 
 test('a bad value fails start-up naming its key', async (t) => {
@@ -38,6 +48,12 @@ test('a bad value fails start-up naming its key', async (t) => {
     ['logLevel', { logLevel: 'loud' }],
     ['bodyLimit', { bodyLimit: 10 }],
     ['pollIntervalSeconds', { pollIntervalSeconds: 1 }],
+    ['trustedProxies.0', { trustedProxies: ['proxy.example.org'] }],
+    ['trustedProxies.0', { trustedProxies: ['10.0.0.0/33'] }],
+    ['trustedProxies.1', { trustedProxies: ['::1', 'fd00::/129'] }],
+    ['trustedProxies.0', { trustedProxies: ['10.0.0.0/8/8'] }],
+    ['loginPerMinute', { loginPerMinute: 0 }],
+    ['passwordHashQueue', { passwordHashQueue: 'many' }],
     ['(root)', { databse: 'sqlite:x' }],
   ];
   for (const [key, input] of cases) {

@@ -1,7 +1,9 @@
+import { isIP } from 'node:net';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import {
   configFromVariables,
+  numberOrText,
   readConfigFile as readConfigFileOf,
   validateConfig,
 } from '../config/index.ts';
@@ -15,6 +17,15 @@ const httpUrl = z
   .string()
   .url()
   .refine((v) => /^https?:\/\//.test(v), 'must be an http(s) URL');
+
+/** An IPv4 or IPv6 address, or a CIDR block of them (`10.0.0.0/8`, `fd00::/8`). */
+const addressOrCidr = z.string().refine((v) => {
+  const [address = '', prefix, ...rest] = v.split('/');
+  const family = isIP(address);
+  if (family === 0 || rest.length > 0) return false;
+  if (prefix === undefined) return true;
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
+}, 'must be an IP address or CIDR block, e.g. 10.0.0.5 or 10.0.0.0/8');
 
 /**
  * Center's configuration: one schema, every key documented, validated at start. Values come
@@ -49,6 +60,32 @@ export const CenterConfigSchema = z.strictObject({
     .min(1024)
     .max(256 * 1024 * 1024)
     .default(64 * 1024 * 1024),
+
+  // Addresses and limits (see README "Deploying Center safely").
+  /**
+   * Addresses or CIDR blocks of the reverse proxies or load balancers Center sits behind. Only a
+   * request arriving from one of them has its client address taken from `X-Forwarded-For` (and
+   * its protocol and host from `X-Forwarded-Proto`/`-Host`); from anywhere else the header is
+   * ignored and the peer's own address counts. Default none: a client cannot choose the address
+   * that rate limits, login throttling and the audit trail see.
+   */
+  trustedProxies: z.array(addressOrCidr).max(256).default([]),
+  /** Login attempts one client address may make per minute, whatever the usernames. */
+  loginPerMinute: z.number().int().min(1).max(100_000).default(30),
+  /** Enrolment attempts one client address may make per minute. */
+  enrolPerMinute: z.number().int().min(1).max(100_000).default(20),
+  /**
+   * Device challenge and token requests one client address may make per minute, together. A
+   * site whose PCs share one public address makes about 2 per PC per 15 minutes, and all of
+   * them at once after an outage: raise it for large sites behind NAT.
+   */
+  deviceAuthPerMinute: z.number().int().min(1).max(1_000_000).default(600),
+  /**
+   * Password checks that may wait for the one thread that hashes passwords (scrypt). Beyond
+   * them a login is answered at once with 429 and Retry-After, so a flood of logins never
+   * delays anything but logins.
+   */
+  passwordHashQueue: z.number().int().min(1).max(10_000).default(32),
 });
 
 export type CenterConfigInput = z.input<typeof CenterConfigSchema>;
@@ -63,6 +100,11 @@ export interface CenterConfig {
   readonly pollIntervalSeconds: number;
   readonly logLevel: z.infer<typeof CenterConfigSchema>['logLevel'];
   readonly bodyLimit: number;
+  readonly trustedProxies: readonly string[];
+  readonly loginPerMinute: number;
+  readonly enrolPerMinute: number;
+  readonly deviceAuthPerMinute: number;
+  readonly passwordHashQueue: number;
   /** The chunk store Center owns and serves. */
   readonly storeDir: string;
 }
@@ -77,7 +119,30 @@ const ENV: Record<string, keyof CenterConfigInput> = {
   BULKHEAD_POLL_INTERVAL_SECONDS: 'pollIntervalSeconds',
   BULKHEAD_LOG_LEVEL: 'logLevel',
   BULKHEAD_BODY_LIMIT: 'bodyLimit',
+  BULKHEAD_TRUSTED_PROXIES: 'trustedProxies',
+  BULKHEAD_LOGIN_PER_MINUTE: 'loginPerMinute',
+  BULKHEAD_ENROL_PER_MINUTE: 'enrolPerMinute',
+  BULKHEAD_DEVICE_AUTH_PER_MINUTE: 'deviceAuthPerMinute',
+  BULKHEAD_PASSWORD_HASH_QUEUE: 'passwordHashQueue',
 };
+
+/** Keys whose variable holds a number. */
+const NUMERIC_KEYS: ReadonlySet<keyof CenterConfigInput> = new Set([
+  'bodyLimit',
+  'pollIntervalSeconds',
+  'loginPerMinute',
+  'enrolPerMinute',
+  'deviceAuthPerMinute',
+  'passwordHashQueue',
+]);
+
+/** `a, b,c` as `['a', 'b', 'c']`. */
+function commaList(value: string): string[] {
+  return value
+    .split(',')
+    .map((m) => m.trim())
+    .filter(Boolean);
+}
 
 /** Reads the `--config` file: a JSON object of the schema's keys. */
 export function readConfigFile(path: string): Promise<CenterConfigInput> {
@@ -87,13 +152,8 @@ export function readConfigFile(path: string): Promise<CenterConfigInput> {
 /** Configuration keys given by `BULKHEAD_*` environment variables. */
 export function configFromEnv(env: NodeJS.ProcessEnv): CenterConfigInput {
   return configFromVariables(env, ENV, (key, value) => {
-    if (key === 'mirrors') {
-      return value
-        .split(',')
-        .map((m) => m.trim())
-        .filter(Boolean);
-    }
-    return key === 'bodyLimit' || key === 'pollIntervalSeconds' ? Number(value) : value;
+    if (key === 'mirrors' || key === 'trustedProxies') return commaList(value);
+    return NUMERIC_KEYS.has(key) ? numberOrText(value) : value;
   }) as CenterConfigInput;
 }
 
@@ -104,20 +164,29 @@ export function configFromEnv(env: NodeJS.ProcessEnv): CenterConfigInput {
 export function resolveConfig(sources: CenterConfigInput[], cwd = process.cwd()): CenterConfig {
   const c = validateConfig(CenterConfigSchema, sources);
   const dataDir = isAbsolute(c.dataDir) ? c.dataDir : resolve(cwd, c.dataDir);
-  const sep = c.listen.lastIndexOf(':');
-  const host = c.listen.slice(0, sep).replace(/^\[|\]$/g, '');
-  const port = Number(c.listen.slice(sep + 1));
+  const listen = splitHostPort(c.listen);
   const database = c.database ?? `sqlite:${join(dataDir, 'center.db')}`;
   const publicUrl = c.publicUrl ?? `http://${c.listen}`;
   return Object.freeze({
     dataDir,
-    listen: Object.freeze({ host, port }),
+    listen,
     database,
     publicUrl: publicUrl.replace(/\/+$/, ''),
     mirrors: Object.freeze([...c.mirrors]),
     pollIntervalSeconds: c.pollIntervalSeconds,
     logLevel: c.logLevel,
     bodyLimit: c.bodyLimit,
+    trustedProxies: Object.freeze([...c.trustedProxies]),
+    loginPerMinute: c.loginPerMinute,
+    enrolPerMinute: c.enrolPerMinute,
+    deviceAuthPerMinute: c.deviceAuthPerMinute,
+    passwordHashQueue: c.passwordHashQueue,
     storeDir: join(dataDir, 'store'),
   });
+}
+
+function splitHostPort(value: string): { readonly host: string; readonly port: number } {
+  const sep = value.lastIndexOf(':');
+  const host = value.slice(0, sep).replace(/^\[|\]$/g, '');
+  return Object.freeze({ host, port: Number(value.slice(sep + 1)) });
 }

@@ -5,6 +5,7 @@ import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { CenterConfig } from './config.ts';
+import type { PasswordHasher } from './auth/password-hasher.ts';
 import type { CenterDatabase } from './db/index.ts';
 import type { DeviceCredentials } from './devices/credentials.ts';
 import type { PushBus } from './push.ts';
@@ -44,4 +45,6 @@ export type CenterContext = CenterDeps & {
   deviceCredentials: DeviceCredentials;
   /** The app's Prometheus registry (`/metrics`), for plugins that add metrics of their own. */
   metrics?: Registry;
+  /** Hashes and checks passwords on a bounded queue of its own (closed with the app). */
+  passwords: PasswordHasher;
 };

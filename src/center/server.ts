@@ -1,3 +1,4 @@
+import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyBaseLogger } from 'fastify';
 import {
@@ -9,10 +10,16 @@ import {
 import { sql } from 'kysely';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { z } from 'zod';
-import type { EndpointAuth } from '../protocol/index.ts';
+import {
+  adminEndpoints,
+  BulkheadError,
+  deviceEndpoints,
+  ErrorCodes,
+  type EndpointAuth,
+} from '../protocol/index.ts';
 import type { CenterApp, CenterContext, CenterDeps } from './context.ts';
 import { adminRoutes } from './admin/index.ts';
-import { registerAuthentication, securitySchemeOf } from './auth/index.ts';
+import { createPasswordHasher, registerAuthentication, securitySchemeOf } from './auth/index.ts';
 import { DeviceCredentials } from './devices/credentials.ts';
 import { deviceApi } from './devices/index.ts';
 import { fleetRoutes } from './fleet/index.ts';
@@ -20,7 +27,11 @@ import { imagesAdmin } from './images/index.ts';
 import { rolloutRoutes } from './rollouts/index.ts';
 import { centerErrorHandler } from './http-errors.ts';
 import { createLocalPushBus } from './push.ts';
+import { clockedRateLimitStore } from './http/rate-limit-store.ts';
 import { registerStoreRoute } from './store-route.ts';
+
+/** Client addresses each rate-limited route remembers. */
+const RATE_LIMIT_KEYS = 10_000;
 
 export type { CenterApp, CenterContext, CenterDeps } from './context.ts';
 
@@ -35,6 +46,11 @@ function withSecurity<T extends { schema: object }>(
   return { ...transformed, schema: { ...transformed.schema, security: [{ [scheme]: [] }] } };
 }
 
+/** `POST /api/v1/admin/login`: a route's method and path, as one key. */
+function routeKey(route: { method: string | readonly string[]; path: string }): string {
+  return `${String(route.method)} ${route.path}`;
+}
+
 /**
  * Builds Center's HTTP application (not listening): health, metrics, the OpenAPI document and
  * the read-only chunk store. Later plugins add the device and admin APIs.
@@ -44,16 +60,52 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
     ...given,
     push: given.push ?? createLocalPushBus(),
     deviceCredentials: new DeviceCredentials(given.signingKey, given.now),
+    passwords: createPasswordHasher({ maxQueued: given.config.passwordHashQueue }),
   };
+  const { trustedProxies } = deps.config;
   const app = Fastify({
     loggerInstance: deps.log.child({ component: 'http' }) as FastifyBaseLogger,
     bodyLimit: deps.config.bodyLimit,
-    // Behind a load balancer, the client's address comes from X-Forwarded-For.
-    trustProxy: true,
+    // X-Forwarded-For is believed only from the proxies the admin named: anyone else could
+    // pick the address that rate limits, the login throttle and the audit trail see.
+    trustProxy: trustedProxies.length > 0 ? [...trustedProxies] : false,
   }).withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   app.setErrorHandler(centerErrorHandler);
+  app.addHook('onClose', async () => deps.passwords.close());
+
+  // Per-address limits of the anonymous routes, keyed by req.ip (an IPv6 address by its /64),
+  // refused with 429 and Retry-After before the body is read. The table below gives each route
+  // its limit; this hook runs before the plugin's own, which reads `config.rateLimit`.
+  const perAddressPerMinute = new Map<string, number>([
+    [routeKey(adminEndpoints.login), deps.config.loginPerMinute],
+    [routeKey(deviceEndpoints.enrol), deps.config.enrolPerMinute],
+    [routeKey(deviceEndpoints.challenge), deps.config.deviceAuthPerMinute],
+    [routeKey(deviceEndpoints.token), deps.config.deviceAuthPerMinute],
+  ]);
+  app.addHook('onRoute', (route) => {
+    const max = perAddressPerMinute.get(routeKey({ method: route.method, path: route.url }));
+    if (max !== undefined)
+      route.config = { ...route.config, rateLimit: { max, timeWindow: 60_000 } };
+  });
+  // The store is this process's memory, bounded per route (http/rate-limit-store.ts): these
+  // limits are flood control, and a store shared through the database would cost a write for
+  // every anonymous request, which is what a flood must not get. With N replicas an address
+  // gets N times the limit; the login throttle, which guards passwords, is shared by the
+  // replicas (admin/login-throttle.ts).
+  await app.register(rateLimit, {
+    global: false,
+    store: clockedRateLimitStore(deps.now, RATE_LIMIT_KEYS),
+    errorResponseBuilder: (_req, context) => {
+      const seconds = Math.max(1, Math.ceil(context.ttl / 1000));
+      return new BulkheadError(
+        ErrorCodes.RATE_LIMITED,
+        `too many requests to this route from this address; try again in ${seconds} s`,
+        { retryable: true, details: { retryAfterMs: seconds * 1000 } },
+      );
+    },
+  });
 
   await app.register(swagger, {
     openapi: {

@@ -51,4 +51,10 @@ test('a bad setting stops start-up with the key named', async (t) => {
   assert.equal(code, 1);
   assert.match(stderr, /configuration key "publicUrl"/);
   assert.doesNotMatch(stderr, /^\s+at /m);
+  const proxies = await runCli(['center', 'serve', '--data', dir, '--trusted-proxies', 'lb.local']);
+  assert.equal(proxies.code, 1);
+  assert.match(
+    proxies.stderr,
+    /configuration key "trustedProxies.0": must be an IP address or CIDR/,
+  );
 });

@@ -20,13 +20,7 @@ import {
   warnOnce,
 } from './desired-state.ts';
 import { enrolDevice } from './enrol.ts';
-import { RateLimiter } from './rate-limit.ts';
 import { ingestReports } from './reports.ts';
-
-export interface DeviceApiOptions {
-  /** Enrol attempts one client address may make per minute (default 20). */
-  enrolPerMinute?: number;
-}
 
 /** States in which a device gets nothing more from Center (but see `isCutOff`). */
 const CUT_OFF = new Set(['killed', 'retired']);
@@ -40,7 +34,7 @@ const PUSH_HEARTBEAT_MS = 25_000;
  * The device API under `/api/v1/device/`: enrolment, key-based authentication, the signed
  * desired state and event reports. Register with `app.register(deviceApi(deps))`.
  */
-export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
+export function deviceApi(deps: CenterContext) {
   return async function deviceApiPlugin(app: CenterApp): Promise<void> {
     const { db } = deps.database;
     const credentials = deps.deviceCredentials;
@@ -73,11 +67,6 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       `${deps.config.publicUrl.replace(/\/$/, '')}/store/`,
       ...deps.config.mirrors,
     ];
-    const enrolLimiter = new RateLimiter({
-      limit: options.enrolPerMinute ?? 20,
-      windowMs: 60_000,
-      now: deps.now,
-    });
     const metricName = 'bulkhead_center_desired_state_checks_total';
     const checks =
       deps.metrics === undefined
@@ -108,26 +97,11 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       return kill === undefined;
     }
 
-    route(
-      app,
-      e.enrol,
-      async (req) => {
-        const result = await enrolDevice(db, req.body, deps.now());
-        req.log.info({ deviceId: result.deviceId }, 'device enrolled');
-        return { ...result, centerKey };
-      },
-      {
-        onRequest: async (req) => {
-          if (!enrolLimiter.isAllowed(req.ip)) {
-            throw new BulkheadError(
-              ErrorCodes.RATE_LIMITED,
-              'too many enrolment attempts from this address; try again in a minute',
-              { retryable: true },
-            );
-          }
-        },
-      },
-    );
+    route(app, e.enrol, async (req) => {
+      const result = await enrolDevice(db, req.body, deps.now());
+      req.log.info({ deviceId: result.deviceId }, 'device enrolled');
+      return { ...result, centerKey };
+    });
 
     route(app, e.challenge, async (req) => credentials.issueChallenge(req.body.deviceId));
 

@@ -22,12 +22,18 @@ export const deviceEndpoints = defineEndpoints(['device'], {
   challenge: endpoint(`POST ${D}/auth/challenge`, 'public', 200, device.ChallengeResponseSchema, {
     body: device.ChallengeRequestSchema,
     bodyLimit: 4 * 1024,
+    errors: [ErrorCodes.RATE_LIMITED],
     description: 'A short-lived challenge for the device to sign with its key.',
   }),
   token: endpoint(`POST ${D}/auth/token`, 'public', 200, device.TokenResponseSchema, {
     body: device.TokenRequestSchema,
     bodyLimit: 4 * 1024,
-    errors: [ErrorCodes.DEVICE_CHALLENGE_INVALID, ErrorCodes.UNAUTHENTICATED, ErrorCodes.FORBIDDEN],
+    errors: [
+      ErrorCodes.DEVICE_CHALLENGE_INVALID,
+      ErrorCodes.UNAUTHENTICATED,
+      ErrorCodes.FORBIDDEN,
+      ErrorCodes.RATE_LIMITED,
+    ],
     description: 'Exchange a signed challenge for a short-lived bearer token.',
   }),
   desiredState: endpoint(`GET ${D}/desired-state`, 'device', 200, device.SignedDesiredStateSchema, {
