@@ -1,6 +1,7 @@
+import helmet from '@fastify/helmet';
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyBaseLogger } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import {
   jsonSchemaTransform,
   serializerCompiler,
@@ -46,6 +47,40 @@ function withSecurity<T extends { schema: object }>(
   return { ...transformed, schema: { ...transformed.schema, security: [{ [scheme]: [] }] } };
 }
 
+/**
+ * Security headers on every response (@fastify/helmet), with a Content-Security-Policy ready
+ * for a console served by Center: its own scripts, styles and API only, nothing inline, never
+ * framed. Answers that set no Cache-Control of their own get `no-store`: API answers are for
+ * one caller and may carry secrets (sessions, tokens, desired states), so no browser or proxy
+ * keeps them. The chunk store sets its own (immutable objects are cacheable by design).
+ */
+async function registerSecurityHeaders(app: FastifyInstance): Promise<void> {
+  await app.register(helmet, {
+    contentSecurityPolicy: {
+      useDefaults: false,
+      directives: {
+        defaultSrc: ["'self'"],
+        baseUri: ["'self'"],
+        connectSrc: ["'self'"],
+        fontSrc: ["'self'"],
+        formAction: ["'self'"],
+        frameAncestors: ["'none'"],
+        imgSrc: ["'self'", 'data:'],
+        objectSrc: ["'none'"],
+        scriptSrc: ["'self'"],
+        scriptSrcAttr: ["'none'"],
+        styleSrc: ["'self'"],
+      },
+    },
+    referrerPolicy: { policy: 'no-referrer' },
+    xFrameOptions: { action: 'deny' },
+  });
+  app.addHook('onSend', async (_req, reply, payload) => {
+    if (!reply.hasHeader('cache-control')) void reply.header('cache-control', 'no-store');
+    return payload;
+  });
+}
+
 /** `POST /api/v1/admin/login`: a route's method and path, as one key. */
 function routeKey(route: { method: string | readonly string[]; path: string }): string {
   return `${String(route.method)} ${route.path}`;
@@ -74,6 +109,8 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
   app.setSerializerCompiler(serializerCompiler);
   app.setErrorHandler(centerErrorHandler);
   app.addHook('onClose', async () => deps.passwords.close());
+
+  await registerSecurityHeaders(app);
 
   // Per-address limits of the anonymous routes, keyed by req.ip (an IPv6 address by its /64),
   // refused with 429 and Retry-After before the body is read. The table below gives each route

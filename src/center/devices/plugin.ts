@@ -156,11 +156,7 @@ export function deviceApi(deps: CenterContext) {
       const cached = etags.get(deviceId, window, now.getTime());
       if (cached !== undefined && matchesEtag(ifNoneMatch, cached)) {
         checks?.inc({ result: '304' });
-        return reply
-          .header('etag', cached)
-          .header('cache-control', 'private, no-cache')
-          .code(304)
-          .send();
+        return reply.header('etag', cached).header('cache-control', 'no-store').code(304).send();
       }
       const head = await readDesiredStateHead(db, deviceId, now, deps.signingKey.keyid);
       if (head === undefined) {
@@ -171,7 +167,8 @@ export function deviceApi(deps: CenterContext) {
       }
       // Polls do not move last_contact_at: that would turn every 304 into a write. Contact
       // is noted when the device gets a token (every 15 minutes) and when it reports.
-      reply.header('etag', head.etag).header('cache-control', 'private, no-cache');
+      // no-store: the document may carry a wrapped data key; Engine keeps the ETag itself.
+      reply.header('etag', head.etag).header('cache-control', 'no-store');
       // Only a device in good standing is answered from the cache: a cut-off or locked
       // device's state changes are rarer than its polls are cheap.
       if (head.state === 'active') etags.set(deviceId, head.etag, window, now.getTime());
