@@ -11,8 +11,10 @@ test('defaults: SQLite and a chunk store under ./data, loopback 8080', () => {
   assert.deepEqual(c.listen, { host: '127.0.0.1', port: 8080 });
   assert.equal(c.publicUrl, 'http://127.0.0.1:8080');
   assert.equal(c.pollIntervalSeconds, 60);
-  // No proxy is believed until the admin says.
+  // No proxy is believed, and /metrics is not on the main listener, until the admin says.
   assert.deepEqual(c.trustedProxies, []);
+  assert.equal(c.metricsListen, null);
+  assert.equal(c.metricsToken, null);
   assert.deepEqual(
     [c.loginPerMinute, c.enrolPerMinute, c.deviceAuthPerMinute, c.passwordHashQueue],
     [30, 20, 600, 32],
@@ -28,6 +30,8 @@ test('later sources win: file, then environment, then flags', () => {
     BULKHEAD_POLL_INTERVAL_SECONDS: '300',
     BULKHEAD_TRUSTED_PROXIES: '10.0.0.5, 10.1.0.0/16,fd00::/8',
     BULKHEAD_LOGIN_PER_MINUTE: '10',
+    BULKHEAD_METRICS_LISTEN: '127.0.0.1:9464',
+    BULKHEAD_METRICS_TOKEN: 't'.repeat(32),
   });
   const c = resolveConfig([{ listen: '[::1]:1', dataDir: '/x' }, env, { dataDir: '/y' }]);
   assert.deepEqual(c.listen, { host: '0.0.0.0', port: 9000 });
@@ -37,6 +41,8 @@ test('later sources win: file, then environment, then flags', () => {
   assert.equal(c.dataDir, '/y');
   assert.deepEqual(c.trustedProxies, ['10.0.0.5', '10.1.0.0/16', 'fd00::/8']);
   assert.equal(c.loginPerMinute, 10);
+  assert.deepEqual(c.metricsListen, { host: '127.0.0.1', port: 9464 });
+  assert.equal(c.metricsToken, 't'.repeat(32));
 });
 
 test('a bad value fails start-up naming its key', async (t) => {
@@ -54,6 +60,8 @@ test('a bad value fails start-up naming its key', async (t) => {
     ['trustedProxies.0', { trustedProxies: ['10.0.0.0/8/8'] }],
     ['loginPerMinute', { loginPerMinute: 0 }],
     ['passwordHashQueue', { passwordHashQueue: 'many' }],
+    ['metricsListen', { metricsListen: '9464' }],
+    ['metricsToken', { metricsToken: 'short' }],
     ['(root)', { databse: 'sqlite:x' }],
   ];
   for (const [key, input] of cases) {

@@ -61,7 +61,7 @@ export const CenterConfigSchema = z.strictObject({
     .max(256 * 1024 * 1024)
     .default(64 * 1024 * 1024),
 
-  // Addresses and limits (see README "Deploying Center safely").
+  // Addresses, limits and metrics (see README "Deploying Center safely").
   /**
    * Addresses or CIDR blocks of the reverse proxies or load balancers Center sits behind. Only a
    * request arriving from one of them has its client address taken from `X-Forwarded-For` (and
@@ -86,6 +86,17 @@ export const CenterConfigSchema = z.strictObject({
    * delays anything but logins.
    */
   passwordHashQueue: z.number().int().min(1).max(10_000).default(32),
+  /**
+   * A separate address (HOST:PORT) serving only `/metrics`, without a token: bind it where only
+   * the monitoring system reaches it (loopback, a management network). Unset: no such listener.
+   */
+  metricsListen: hostPort.optional(),
+  /**
+   * A bearer token (at least 32 characters) that lets `/metrics` be read on the main listener
+   * with `Authorization: Bearer <token>`. Unset: the main listener has no `/metrics`. Give it by
+   * the config file or `BULKHEAD_METRICS_TOKEN`, not a flag (others on the host see flags).
+   */
+  metricsToken: z.string().min(32).max(256).optional(),
 });
 
 export type CenterConfigInput = z.input<typeof CenterConfigSchema>;
@@ -105,6 +116,8 @@ export interface CenterConfig {
   readonly enrolPerMinute: number;
   readonly deviceAuthPerMinute: number;
   readonly passwordHashQueue: number;
+  readonly metricsListen: { readonly host: string; readonly port: number } | null;
+  readonly metricsToken: string | null;
   /** The chunk store Center owns and serves. */
   readonly storeDir: string;
 }
@@ -124,6 +137,8 @@ const ENV: Record<string, keyof CenterConfigInput> = {
   BULKHEAD_ENROL_PER_MINUTE: 'enrolPerMinute',
   BULKHEAD_DEVICE_AUTH_PER_MINUTE: 'deviceAuthPerMinute',
   BULKHEAD_PASSWORD_HASH_QUEUE: 'passwordHashQueue',
+  BULKHEAD_METRICS_LISTEN: 'metricsListen',
+  BULKHEAD_METRICS_TOKEN: 'metricsToken',
 };
 
 /** Keys whose variable holds a number. */
@@ -181,6 +196,8 @@ export function resolveConfig(sources: CenterConfigInput[], cwd = process.cwd())
     enrolPerMinute: c.enrolPerMinute,
     deviceAuthPerMinute: c.deviceAuthPerMinute,
     passwordHashQueue: c.passwordHashQueue,
+    metricsListen: c.metricsListen === undefined ? null : splitHostPort(c.metricsListen),
+    metricsToken: c.metricsToken ?? null,
     storeDir: join(dataDir, 'store'),
   });
 }

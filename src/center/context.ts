@@ -36,6 +36,8 @@ export interface CenterDeps {
   now: () => Date;
   /** Tells online devices their desired state changed; a process-local bus when omitted. */
   push?: PushBus;
+  /** The registry `/metrics` exposes; a new one when omitted. */
+  metrics?: Registry;
 }
 
 /** What Center's plugins get: the dependencies, with every optional one filled in. */

@@ -1,3 +1,4 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
 import helmet from '@fastify/helmet';
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
@@ -81,6 +82,29 @@ async function registerSecurityHeaders(app: FastifyInstance): Promise<void> {
   });
 }
 
+/** Whether `authorization` is `Bearer <token>`, compared in constant time. */
+function isBearer(authorization: string | undefined, token: string): boolean {
+  const digest = (s: string) => createHash('sha256').update(s).digest();
+  return timingSafeEqual(digest(authorization ?? ''), digest(`Bearer ${token}`));
+}
+
+/**
+ * The listener of `metricsListen`: `/metrics` and nothing else, without a token, for an
+ * address only the monitoring system reaches.
+ */
+export async function createMetricsApp(
+  metrics: Registry,
+  log: CenterDeps['log'],
+): Promise<FastifyInstance> {
+  const app = Fastify({ loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger });
+  await registerSecurityHeaders(app);
+  app.get('/metrics', async (_req, reply) => {
+    reply.type(metrics.contentType);
+    return metrics.metrics();
+  });
+  return app;
+}
+
 /** `POST /api/v1/admin/login`: a route's method and path, as one key. */
 function routeKey(route: { method: string | readonly string[]; path: string }): string {
   return `${String(route.method)} ${route.path}`;
@@ -123,8 +147,8 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
   ]);
   app.addHook('onRoute', (route) => {
     const max = perAddressPerMinute.get(routeKey({ method: route.method, path: route.url }));
-    if (max !== undefined)
-      route.config = { ...route.config, rateLimit: { max, timeWindow: 60_000 } };
+    if (max === undefined) return;
+    route.config = { ...route.config, rateLimit: { max, timeWindow: 60_000 } };
   });
   // The store is this process's memory, bounded per route (http/rate-limit-store.ts): these
   // limits are flood control, and a store shared through the database would cost a write for
@@ -166,7 +190,7 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
     transform: (route) => withSecurity(jsonSchemaTransform(route), route.route),
   });
 
-  const metrics = new Registry();
+  const metrics = deps.metrics ?? new Registry();
   collectDefaultMetrics({ register: metrics, prefix: 'bulkhead_center_' });
   deps.metrics = metrics;
   const requests = new Counter({
@@ -219,10 +243,21 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
     },
   );
 
-  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
-    reply.type(metrics.contentType);
-    return metrics.metrics();
-  });
+  // /metrics on the main listener only with a token (metricsToken); else at most on the
+  // separate listener of metricsListen (createMetricsApp), or nowhere.
+  const { metricsToken } = deps.config;
+  if (metricsToken !== null) {
+    app.get('/metrics', { schema: { hide: true } }, async (req, reply) => {
+      if (!isBearer(req.headers.authorization, metricsToken)) {
+        throw new BulkheadError(
+          ErrorCodes.UNAUTHENTICATED,
+          '/metrics needs "Authorization: Bearer <metricsToken>" (Center\'s configuration)',
+        );
+      }
+      reply.type(metrics.contentType);
+      return metrics.metrics();
+    });
+  }
 
   app.get('/api/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
