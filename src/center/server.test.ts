@@ -149,6 +149,30 @@ test('a rate-limited answer carries Retry-After in seconds and retryAfterMs in i
   assert.deepEqual([error.code, error.retryAfterMs], ['ERR_RATE_LIMITED', 60_000]);
 });
 
+test('rotating X-Forwarded-For does not escape the enrolment limit unless a trusted proxy sends it', async (t) => {
+  const enrol = (app: Awaited<ReturnType<typeof center>>['app'], peer: string, client: string) =>
+    app.inject({
+      method: 'POST',
+      url: endpoints.enrol.path,
+      payload: {},
+      remoteAddress: peer,
+      headers: { 'x-forwarded-for': client },
+    });
+  const direct = await center(t);
+  for (let i = 0; i < 20; i++) {
+    assert.equal((await enrol(direct.app, '203.0.113.7', `198.51.100.${i}`)).statusCode, 400);
+  }
+  assert.equal((await enrol(direct.app, '203.0.113.7', '198.51.100.99')).statusCode, 429);
+
+  // Behind a trusted proxy, each forwarded client has its own limit; the proxy has none.
+  const proxied = await center(t, { trustedProxies: ['10.9.0.5'] });
+  for (let i = 0; i < 25; i++) {
+    assert.equal((await enrol(proxied.app, '10.9.0.5', `198.51.100.${i}`)).statusCode, 400);
+  }
+  for (let i = 0; i < 20; i++) await enrol(proxied.app, '10.9.0.5', '198.51.100.200');
+  assert.equal((await enrol(proxied.app, '10.9.0.5', '198.51.100.200')).statusCode, 429);
+});
+
 test('the chunk store is served read-only, with ranges, and nothing outside its layout', async (t) => {
   const { app, store } = await center(t);
   const manifest = await app.inject({ url: '/store/manifests/os/2.json' });

@@ -93,6 +93,23 @@ for (const target of CENTER_TARGETS) {
       assert.equal(await c.auditedIp(), '192.0.2.8');
     });
 
+    await t.test('logins per address are limited, whatever the usernames tried', async (t) => {
+      const c = await center(t, await newUrl(t), { loginPerMinute: 3 });
+      for (const username of ['alice', 'bob', 'carol']) {
+        assert.equal((await c.login('wrong', { ip: ATTACKER, username })).status, 401);
+      }
+      const limited = await c.login('wrong', { ip: ATTACKER, username: 'dave' });
+      assert.equal(limited.status, 429);
+      assert.equal(limited.body.error.code, 'ERR_RATE_LIMITED');
+      assert.equal(limited.headers['retry-after'], '60');
+      // Forged addresses change nothing; another real one is counted apart.
+      const forged = await c.login('wrong', { ip: ATTACKER, forwardedFor: '198.51.100.9' });
+      assert.equal(forged.status, 429);
+      assert.equal((await c.login(PASSWORD, { ip: OWNER })).status, 200);
+      c.clock.ms += 60_000;
+      assert.equal((await c.login('wrong', { ip: ATTACKER, username: 'erin' })).status, 401);
+    });
+
     await t.test(
       'an attacker hammering a username cannot lock its owner out at another address',
       async (t) => {
