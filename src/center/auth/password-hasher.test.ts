@@ -127,9 +127,9 @@ for (const target of CENTER_TARGETS) {
 
     for (const [name, d] of Object.entries(during)) {
       assert.equal(d.status, 200, `${name} answered during the flood: ${report}`);
-      // Generous for a busy 2-core machine; with hashing on libuv's threadpool, the store
-      // download waited for the flood's every scrypt (seconds).
-      assert.ok(d.ms < 2000, `${name} took ${Math.round(d.ms)} ms during the flood: ${report}`);
+      // Generous for a busy 2-core machine (it takes well under a second here); with hashing
+      // on libuv's threadpool, the store download waited for all 200 scrypts: about 40 s.
+      assert.ok(d.ms < 5000, `${name} took ${Math.round(d.ms)} ms during the flood: ${report}`);
       // Whatever the machine's speed: answered while most accepted logins still waited.
       const before = checked.filter((x) => x <= d.at).length;
       assert.ok(
