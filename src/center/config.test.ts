@@ -21,7 +21,15 @@ test('defaults: SQLite and a chunk store under ./data, loopback 8080', () => {
   assert.ok(c.maxHeapUsedBytes > 64 * 1024 * 1024, '90% of the heap limit');
   assert.equal(c.reportEventsPerMinute, 2000);
   assert.equal(c.reportBytesPerMinute, 4 * 1024 * 1024);
-  assert.ok(Object.isFrozen(c) && Object.isFrozen(c.listen));
+  // No proxy is believed, and /metrics is not on the main listener, until the admin says.
+  assert.deepEqual(c.trustedProxies, []);
+  assert.equal(c.metricsListen, null);
+  assert.equal(c.metricsToken, null);
+  assert.deepEqual(
+    [c.loginPerMinute, c.enrolPerMinute, c.deviceAuthPerMinute, c.passwordHashQueue],
+    [30, 20, 600, 32],
+  );
+  assert.ok(Object.isFrozen(c) && Object.isFrozen(c.listen) && Object.isFrozen(c.trustedProxies));
 });
 
 test('later sources win: file, then environment, then flags', () => {
@@ -34,6 +42,10 @@ test('later sources win: file, then environment, then flags', () => {
     BULKHEAD_HEADERS_TIMEOUT_SECONDS: '5',
     BULKHEAD_MAX_HEAP_USED_BYTES: '1073741824',
     BULKHEAD_REPORT_EVENTS_PER_MINUTE: '600',
+    BULKHEAD_TRUSTED_PROXIES: '10.0.0.5, 10.1.0.0/16,fd00::/8',
+    BULKHEAD_LOGIN_PER_MINUTE: '10',
+    BULKHEAD_METRICS_LISTEN: '127.0.0.1:9464',
+    BULKHEAD_METRICS_TOKEN: 't'.repeat(32),
   });
   const c = resolveConfig([{ listen: '[::1]:1', dataDir: '/x' }, env, { dataDir: '/y' }]);
   assert.deepEqual(c.listen, { host: '0.0.0.0', port: 9000 });
@@ -45,6 +57,10 @@ test('later sources win: file, then environment, then flags', () => {
   assert.equal(c.headersTimeoutSeconds, 5);
   assert.equal(c.maxHeapUsedBytes, 1024 * 1024 * 1024);
   assert.equal(c.reportEventsPerMinute, 600);
+  assert.deepEqual(c.trustedProxies, ['10.0.0.5', '10.1.0.0/16', 'fd00::/8']);
+  assert.equal(c.loginPerMinute, 10);
+  assert.deepEqual(c.metricsListen, { host: '127.0.0.1', port: 9464 });
+  assert.equal(c.metricsToken, 't'.repeat(32));
 });
 
 test('a bad value fails start-up naming its key', async (t) => {
@@ -64,6 +80,14 @@ test('a bad value fails start-up naming its key', async (t) => {
     ['reportEventsPerMinute', { reportEventsPerMinute: 100 }],
     ['reportBytesPerMinute', { reportBytesPerMinute: 1000 }],
     ['maxConnectionsPerAddress', configFromEnv({ BULKHEAD_MAX_CONNECTIONS_PER_ADDRESS: 'many' })],
+    ['trustedProxies.0', { trustedProxies: ['proxy.example.org'] }],
+    ['trustedProxies.0', { trustedProxies: ['10.0.0.0/33'] }],
+    ['trustedProxies.1', { trustedProxies: ['::1', 'fd00::/129'] }],
+    ['trustedProxies.0', { trustedProxies: ['10.0.0.0/8/8'] }],
+    ['loginPerMinute', { loginPerMinute: 0 }],
+    ['passwordHashQueue', { passwordHashQueue: 'many' }],
+    ['metricsListen', { metricsListen: '9464' }],
+    ['metricsToken', { metricsToken: 'short' }],
     ['(root)', { databse: 'sqlite:x' }],
   ];
   for (const [key, input] of cases) {

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { isAbsolute, join, resolve } from 'node:path';
 import { getHeapStatistics } from 'node:v8';
 import { z } from 'zod';
@@ -19,6 +20,15 @@ const httpUrl = z
   .string()
   .url()
   .refine((v) => /^https?:\/\//.test(v), 'must be an http(s) URL');
+
+/** An IPv4 or IPv6 address, or a CIDR block of them (`10.0.0.0/8`, `fd00::/8`). */
+const addressOrCidr = z.string().refine((v) => {
+  const [address = '', prefix, ...rest] = v.split('/');
+  const family = isIP(address);
+  if (family === 0 || rest.length > 0) return false;
+  if (prefix === undefined) return true;
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
+}, 'must be an IP address or CIDR block, e.g. 10.0.0.5 or 10.0.0.0/8');
 
 /**
  * Center's configuration: one schema, every key documented, validated at start. Values come
@@ -111,6 +121,43 @@ export const CenterConfigSchema = z.strictObject({
     .min(MAX_REPORT_BYTES)
     .max(1024 * 1024 * 1024)
     .default(4 * 1024 * 1024),
+
+  // Addresses, limits and metrics (see README "Deploying Center safely").
+  /**
+   * Addresses or CIDR blocks of the reverse proxies or load balancers Center sits behind. Only a
+   * request arriving from one of them has its client address taken from `X-Forwarded-For` (and
+   * its protocol and host from `X-Forwarded-Proto`/`-Host`); from anywhere else the header is
+   * ignored and the peer's own address counts. Default none: a client cannot choose the address
+   * that rate limits, login throttling and the audit trail see.
+   */
+  trustedProxies: z.array(addressOrCidr).max(256).default([]),
+  /** Login attempts one client address may make per minute, whatever the usernames. */
+  loginPerMinute: z.number().int().min(1).max(100_000).default(30),
+  /** Enrolment attempts one client address may make per minute. */
+  enrolPerMinute: z.number().int().min(1).max(100_000).default(20),
+  /**
+   * Device challenge and token requests one client address may make per minute, together. A
+   * site whose PCs share one public address makes about 2 per PC per 15 minutes, and all of
+   * them at once after an outage: raise it for large sites behind NAT.
+   */
+  deviceAuthPerMinute: z.number().int().min(1).max(1_000_000).default(600),
+  /**
+   * Password checks that may wait for the one thread that hashes passwords (scrypt). Beyond
+   * them a login is answered at once with 429 and Retry-After, so a flood of logins never
+   * delays anything but logins.
+   */
+  passwordHashQueue: z.number().int().min(1).max(10_000).default(32),
+  /**
+   * A separate address (HOST:PORT) serving only `/metrics`, without a token: bind it where only
+   * the monitoring system reaches it (loopback, a management network). Unset: no such listener.
+   */
+  metricsListen: hostPort.optional(),
+  /**
+   * A bearer token (at least 32 characters) that lets `/metrics` be read on the main listener
+   * with `Authorization: Bearer <token>`. Unset: the main listener has no `/metrics`. Give it by
+   * the config file or `BULKHEAD_METRICS_TOKEN`, not a flag (others on the host see flags).
+   */
+  metricsToken: z.string().min(32).max(256).optional(),
 });
 
 export type CenterConfigInput = z.input<typeof CenterConfigSchema>;
@@ -134,6 +181,13 @@ export interface CenterConfig {
   readonly maxHeapUsedBytes: number;
   readonly reportEventsPerMinute: number;
   readonly reportBytesPerMinute: number;
+  readonly trustedProxies: readonly string[];
+  readonly loginPerMinute: number;
+  readonly enrolPerMinute: number;
+  readonly deviceAuthPerMinute: number;
+  readonly passwordHashQueue: number;
+  readonly metricsListen: { readonly host: string; readonly port: number } | null;
+  readonly metricsToken: string | null;
   /** The chunk store Center owns and serves. */
   readonly storeDir: string;
 }
@@ -156,10 +210,17 @@ const ENV: Record<string, keyof CenterConfigInput> = {
   BULKHEAD_MAX_HEAP_USED_BYTES: 'maxHeapUsedBytes',
   BULKHEAD_REPORT_EVENTS_PER_MINUTE: 'reportEventsPerMinute',
   BULKHEAD_REPORT_BYTES_PER_MINUTE: 'reportBytesPerMinute',
+  BULKHEAD_TRUSTED_PROXIES: 'trustedProxies',
+  BULKHEAD_LOGIN_PER_MINUTE: 'loginPerMinute',
+  BULKHEAD_ENROL_PER_MINUTE: 'enrolPerMinute',
+  BULKHEAD_DEVICE_AUTH_PER_MINUTE: 'deviceAuthPerMinute',
+  BULKHEAD_PASSWORD_HASH_QUEUE: 'passwordHashQueue',
+  BULKHEAD_METRICS_LISTEN: 'metricsListen',
+  BULKHEAD_METRICS_TOKEN: 'metricsToken',
 };
 
-/** Keys whose environment variable holds a number. */
-const NUMERIC: ReadonlySet<keyof CenterConfigInput> = new Set([
+/** Keys whose variable holds a number. */
+const NUMERIC_KEYS: ReadonlySet<keyof CenterConfigInput> = new Set([
   'bodyLimit',
   'pollIntervalSeconds',
   'headersTimeoutSeconds',
@@ -170,7 +231,19 @@ const NUMERIC: ReadonlySet<keyof CenterConfigInput> = new Set([
   'maxHeapUsedBytes',
   'reportEventsPerMinute',
   'reportBytesPerMinute',
+  'loginPerMinute',
+  'enrolPerMinute',
+  'deviceAuthPerMinute',
+  'passwordHashQueue',
 ]);
+
+/** `a, b,c` as `['a', 'b', 'c']`. */
+function commaList(value: string): string[] {
+  return value
+    .split(',')
+    .map((m) => m.trim())
+    .filter(Boolean);
+}
 
 /** Reads the `--config` file: a JSON object of the schema's keys. */
 export function readConfigFile(path: string): Promise<CenterConfigInput> {
@@ -180,13 +253,8 @@ export function readConfigFile(path: string): Promise<CenterConfigInput> {
 /** Configuration keys given by `BULKHEAD_*` environment variables. */
 export function configFromEnv(env: NodeJS.ProcessEnv): CenterConfigInput {
   return configFromVariables(env, ENV, (key, value) => {
-    if (key === 'mirrors') {
-      return value
-        .split(',')
-        .map((m) => m.trim())
-        .filter(Boolean);
-    }
-    return NUMERIC.has(key) ? numberOrText(value) : value;
+    if (key === 'mirrors' || key === 'trustedProxies') return commaList(value);
+    return NUMERIC_KEYS.has(key) ? numberOrText(value) : value;
   }) as CenterConfigInput;
 }
 
@@ -202,14 +270,12 @@ export function resolveConfig(sources: CenterConfigInput[], cwd = process.cwd())
     );
   }
   const dataDir = isAbsolute(c.dataDir) ? c.dataDir : resolve(cwd, c.dataDir);
-  const sep = c.listen.lastIndexOf(':');
-  const host = c.listen.slice(0, sep).replace(/^\[|\]$/g, '');
-  const port = Number(c.listen.slice(sep + 1));
+  const listen = splitHostPort(c.listen);
   const database = c.database ?? `sqlite:${join(dataDir, 'center.db')}`;
   const publicUrl = c.publicUrl ?? `http://${c.listen}`;
   return Object.freeze({
     dataDir,
-    listen: Object.freeze({ host, port }),
+    listen,
     database,
     publicUrl: publicUrl.replace(/\/+$/, ''),
     mirrors: Object.freeze([...c.mirrors]),
@@ -224,6 +290,19 @@ export function resolveConfig(sources: CenterConfigInput[], cwd = process.cwd())
     maxHeapUsedBytes: c.maxHeapUsedBytes ?? Math.floor(getHeapStatistics().heap_size_limit * 0.9),
     reportEventsPerMinute: c.reportEventsPerMinute,
     reportBytesPerMinute: c.reportBytesPerMinute,
+    trustedProxies: Object.freeze([...c.trustedProxies]),
+    loginPerMinute: c.loginPerMinute,
+    enrolPerMinute: c.enrolPerMinute,
+    deviceAuthPerMinute: c.deviceAuthPerMinute,
+    passwordHashQueue: c.passwordHashQueue,
+    metricsListen: c.metricsListen === undefined ? null : splitHostPort(c.metricsListen),
+    metricsToken: c.metricsToken ?? null,
     storeDir: join(dataDir, 'store'),
   });
+}
+
+function splitHostPort(value: string): { readonly host: string; readonly port: number } {
+  const sep = value.lastIndexOf(':');
+  const host = value.slice(0, sep).replace(/^\[|\]$/g, '');
+  return Object.freeze({ host, port: Number(value.slice(sep + 1)) });
 }

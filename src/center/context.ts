@@ -5,6 +5,7 @@ import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { CenterConfig } from './config.ts';
+import type { PasswordHasher } from './auth/password-hasher.ts';
 import type { CenterDatabase } from './db/index.ts';
 import type { DeviceCredentials } from './devices/credentials.ts';
 import type { DeviceStanding } from './devices/standing.ts';
@@ -36,6 +37,8 @@ export interface CenterDeps {
   now: () => Date;
   /** Tells online devices their desired state changed; a process-local bus when omitted. */
   push?: PushBus;
+  /** The registry `/metrics` exposes; a new one when omitted. */
+  metrics?: Registry;
 }
 
 /** What Center's plugins get: the dependencies, with every optional one filled in. */
@@ -47,4 +50,6 @@ export type CenterContext = CenterDeps & {
   deviceStanding: DeviceStanding;
   /** The app's Prometheus registry (`/metrics`), for plugins that add metrics of their own. */
   metrics?: Registry;
+  /** Hashes and checks passwords on a bounded queue of its own (closed with the app). */
+  passwords: PasswordHasher;
 };

@@ -6,16 +6,17 @@ import { pino } from 'pino';
 import { HttpStore, pullImage } from '../image/index.ts';
 import { endpoints, ErrorBodySchema } from '../protocol/index.ts';
 import { publishPair, sha256Of, tempDir } from '../../test/support/fixtures.ts';
-import { resolveConfig } from './config.ts';
+import { resolveConfig, type CenterConfigInput } from './config.ts';
 import { migrateToLatest, openDatabase } from './db/index.ts';
 import { createCenterApp } from './server.ts';
+import { startCenter } from './start.ts';
 import { isStoreKey } from './store-route.ts';
 
-async function center(t: TestContext) {
+async function center(t: TestContext, extra: CenterConfigInput = {}) {
   const dir = await tempDir(t);
   const published = await publishPair(dir);
   // The fixture's store is the Center's: dataDir/store.
-  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
+  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }, extra]);
   const database = await openDatabase({ url: 'sqlite::memory:' });
   await migrateToLatest(database.db);
   const app = await createCenterApp({
@@ -43,16 +44,68 @@ test('healthz answers ok, and 503 naming the cause when the database is down', a
   assert.match(bad.json().reason, /^database: /);
 });
 
+const METRICS_TOKEN = 'm'.repeat(40);
+
 test('metrics count requests in the Prometheus text format', async (t) => {
-  const { app } = await center(t);
+  const { app } = await center(t, { metricsToken: METRICS_TOKEN });
   await app.inject({ url: '/healthz' });
-  const res = await app.inject({ url: '/metrics' });
+  const res = await app.inject({
+    url: '/metrics',
+    headers: { authorization: `Bearer ${METRICS_TOKEN}` },
+  });
   assert.equal(res.statusCode, 200);
   assert.match(res.headers['content-type'] as string, /text\/plain/);
   assert.match(
     res.body,
     /bulkhead_center_http_requests_total\{method="GET",route="\/healthz",status="2xx"\} 1/,
   );
+});
+
+test('by default the main listener serves no /metrics', async (t) => {
+  const { app } = await center(t);
+  const res = await app.inject({ url: '/metrics' });
+  assert.equal(res.statusCode, 404);
+  assert.doesNotMatch(res.body, /bulkhead_center_/);
+});
+
+test('with metricsToken, /metrics on the main listener needs that bearer token', async (t) => {
+  const { app } = await center(t, { metricsToken: METRICS_TOKEN });
+  for (const authorization of [
+    undefined,
+    'Bearer wrong',
+    `Bearer ${METRICS_TOKEN}x`,
+    METRICS_TOKEN,
+  ]) {
+    const res = await app.inject({
+      url: '/metrics',
+      headers: authorization === undefined ? {} : { authorization },
+    });
+    assert.equal(res.statusCode, 401, String(authorization));
+    assert.equal(ErrorBodySchema.parse(res.json()).error.code, 'ERR_UNAUTHENTICATED');
+    assert.doesNotMatch(res.body, /bulkhead_center_/);
+  }
+});
+
+test('with metricsListen, /metrics is served there alone, without a token', async (t) => {
+  const dir = await tempDir(t);
+  const config = resolveConfig([
+    { dataDir: dir, listen: '127.0.0.1:0', metricsListen: '127.0.0.1:0' },
+  ]);
+  const running = await startCenter({ config, log: pino({ level: 'silent' }) });
+  t.after(() => running.close());
+  assert.ok(running.metricsUrl !== null && running.metricsUrl !== running.url);
+  await fetch(`${running.url}/healthz`);
+  const metrics = await fetch(`${running.metricsUrl}/metrics`);
+  assert.equal(metrics.status, 200);
+  assert.match(
+    await metrics.text(),
+    /bulkhead_center_http_requests_total\{method="GET",route="\/healthz",status="2xx"\} 1/,
+  );
+  assert.equal(metrics.headers.get('x-content-type-options'), 'nosniff');
+  // Nothing else there, and no /metrics on the main listener.
+  assert.equal((await fetch(`${running.metricsUrl}/healthz`)).status, 404);
+  assert.equal((await fetch(`${running.metricsUrl}/api/v1/admin/users`)).status, 404);
+  assert.equal((await fetch(`${running.url}/metrics`)).status, 404);
 });
 
 test('the OpenAPI document is generated from the route schemas', async (t) => {
@@ -94,6 +147,30 @@ test('a rate-limited answer carries Retry-After in seconds and retryAfterMs in i
   assert.equal(limited.headers['retry-after'], '60');
   const { error } = ErrorBodySchema.parse(limited.json());
   assert.deepEqual([error.code, error.retryAfterMs], ['ERR_RATE_LIMITED', 60_000]);
+});
+
+test('rotating X-Forwarded-For does not escape the enrolment limit unless a trusted proxy sends it', async (t) => {
+  const enrol = (app: Awaited<ReturnType<typeof center>>['app'], peer: string, client: string) =>
+    app.inject({
+      method: 'POST',
+      url: endpoints.enrol.path,
+      payload: {},
+      remoteAddress: peer,
+      headers: { 'x-forwarded-for': client },
+    });
+  const direct = await center(t);
+  for (let i = 0; i < 20; i++) {
+    assert.equal((await enrol(direct.app, '203.0.113.7', `198.51.100.${i}`)).statusCode, 400);
+  }
+  assert.equal((await enrol(direct.app, '203.0.113.7', '198.51.100.99')).statusCode, 429);
+
+  // Behind a trusted proxy, each forwarded client has its own limit; the proxy has none.
+  const proxied = await center(t, { trustedProxies: ['10.9.0.5'] });
+  for (let i = 0; i < 25; i++) {
+    assert.equal((await enrol(proxied.app, '10.9.0.5', `198.51.100.${i}`)).statusCode, 400);
+  }
+  for (let i = 0; i < 20; i++) await enrol(proxied.app, '10.9.0.5', '198.51.100.200');
+  assert.equal((await enrol(proxied.app, '10.9.0.5', '198.51.100.200')).statusCode, 429);
 });
 
 test('the chunk store is served read-only, with ranges, and nothing outside its layout', async (t) => {

@@ -1,5 +1,8 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import helmet from '@fastify/helmet';
+import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyBaseLogger } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import {
   jsonSchemaTransform,
   serializerCompiler,
@@ -9,10 +12,16 @@ import {
 import { sql } from 'kysely';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { z } from 'zod';
-import type { EndpointAuth } from '../protocol/index.ts';
+import {
+  adminEndpoints,
+  BulkheadError,
+  deviceEndpoints,
+  ErrorCodes,
+  type EndpointAuth,
+} from '../protocol/index.ts';
 import type { CenterApp, CenterContext, CenterDeps } from './context.ts';
 import { adminRoutes } from './admin/index.ts';
-import { registerAuthentication, securitySchemeOf } from './auth/index.ts';
+import { createPasswordHasher, registerAuthentication, securitySchemeOf } from './auth/index.ts';
 import { DeviceCredentials } from './devices/credentials.ts';
 import { DeviceStanding } from './devices/standing.ts';
 import { deviceApi } from './devices/index.ts';
@@ -23,6 +32,7 @@ import { centerErrorHandler, centerNotFoundHandler } from './http-errors.ts';
 import { registerBodyParsers } from './http/body.ts';
 import {
   admitUnderPressure,
+  addressMatcher,
   closeUnreadBodies,
   guardConnections,
   OVERLOAD_RETRY_AFTER_SECONDS,
@@ -31,7 +41,11 @@ import {
   serverTimeouts,
 } from './http/limits.ts';
 import { createLocalPushBus } from './push.ts';
+import { clockedRateLimitStore } from './http/rate-limit-store.ts';
 import { registerStoreRoute } from './store-route.ts';
+
+/** Client addresses each rate-limited route remembers. */
+const RATE_LIMIT_KEYS = 10_000;
 
 export type { CenterApp, CenterContext, CenterDeps } from './context.ts';
 
@@ -44,6 +58,68 @@ function withSecurity<T extends { schema: object }>(
   const scheme = securitySchemeOf(auth);
   if (scheme === undefined) return transformed;
   return { ...transformed, schema: { ...transformed.schema, security: [{ [scheme]: [] }] } };
+}
+
+/**
+ * Security headers on every response (@fastify/helmet), with a Content-Security-Policy ready
+ * for a console served by Center: its own scripts, styles and API only, nothing inline, never
+ * framed. Answers that set no Cache-Control of their own get `no-store`: API answers are for
+ * one caller and may carry secrets (sessions, tokens, desired states), so no browser or proxy
+ * keeps them. The chunk store sets its own (immutable objects are cacheable by design).
+ */
+async function registerSecurityHeaders(app: FastifyInstance): Promise<void> {
+  await app.register(helmet, {
+    contentSecurityPolicy: {
+      useDefaults: false,
+      directives: {
+        defaultSrc: ["'self'"],
+        baseUri: ["'self'"],
+        connectSrc: ["'self'"],
+        fontSrc: ["'self'"],
+        formAction: ["'self'"],
+        frameAncestors: ["'none'"],
+        imgSrc: ["'self'", 'data:'],
+        objectSrc: ["'none'"],
+        scriptSrc: ["'self'"],
+        scriptSrcAttr: ["'none'"],
+        styleSrc: ["'self'"],
+      },
+    },
+    referrerPolicy: { policy: 'no-referrer' },
+    xFrameOptions: { action: 'deny' },
+  });
+  app.addHook('onSend', async (_req, reply, payload) => {
+    if (!reply.hasHeader('cache-control')) void reply.header('cache-control', 'no-store');
+    return payload;
+  });
+}
+
+/** Whether `authorization` is `Bearer <token>`, compared in constant time. */
+function isBearer(authorization: string | undefined, token: string): boolean {
+  const digest = (s: string) => createHash('sha256').update(s).digest();
+  return timingSafeEqual(digest(authorization ?? ''), digest(`Bearer ${token}`));
+}
+
+/**
+ * The listener of `metricsListen`: `/metrics` and nothing else, without a token, for an
+ * address only the monitoring system reaches.
+ */
+export async function createMetricsApp(
+  metrics: Registry,
+  log: CenterDeps['log'],
+): Promise<FastifyInstance> {
+  const app = Fastify({ loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger });
+  await registerSecurityHeaders(app);
+  app.get('/metrics', async (_req, reply) => {
+    reply.type(metrics.contentType);
+    return metrics.metrics();
+  });
+  return app;
+}
+
+/** `POST /api/v1/admin/login`: a route's method and path, as one key. */
+function routeKey(route: { method: string | readonly string[]; path: string }): string {
+  return `${String(route.method)} ${route.path}`;
 }
 
 /**
@@ -62,13 +138,16 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
       now: given.now,
       push,
     }),
+    passwords: createPasswordHasher({ maxQueued: given.config.passwordHashQueue }),
   };
+  const { trustedProxies } = deps.config;
   const app = Fastify({
     loggerInstance: deps.log.child({ component: 'http' }) as FastifyBaseLogger,
     bodyLimit: deps.config.bodyLimit,
     ...serverTimeouts(deps.config),
-    // Behind a load balancer, the client's address comes from X-Forwarded-For.
-    trustProxy: true,
+    // X-Forwarded-For is believed only from the proxies the admin named: anyone else could
+    // pick the address that rate limits, the login throttle and the audit trail see.
+    trustProxy: trustedProxies.length > 0 ? [...trustedProxies] : false,
     // The router's own refusals (bad percent-encoding, a parameter too long) get the one
     // error body too.
     frameworkErrors: centerErrorHandler,
@@ -82,6 +161,41 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
   await registerLoadShedding(app, deps.config);
   closeUnreadBodies(app);
   app.addHook('onClose', async () => deps.deviceStanding.close());
+  app.addHook('onClose', async () => deps.passwords.close());
+
+  await registerSecurityHeaders(app);
+
+  // Per-address limits of the anonymous routes, keyed by req.ip (an IPv6 address by its /64),
+  // refused with 429 and Retry-After before the body is read. The table below gives each route
+  // its limit; this hook runs before the plugin's own, which reads `config.rateLimit`.
+  const perAddressPerMinute = new Map<string, number>([
+    [routeKey(adminEndpoints.login), deps.config.loginPerMinute],
+    [routeKey(deviceEndpoints.enrol), deps.config.enrolPerMinute],
+    [routeKey(deviceEndpoints.challenge), deps.config.deviceAuthPerMinute],
+    [routeKey(deviceEndpoints.token), deps.config.deviceAuthPerMinute],
+  ]);
+  app.addHook('onRoute', (route) => {
+    const max = perAddressPerMinute.get(routeKey({ method: route.method, path: route.url }));
+    if (max === undefined) return;
+    route.config = { ...route.config, rateLimit: { max, timeWindow: 60_000 } };
+  });
+  // The store is this process's memory, bounded per route (http/rate-limit-store.ts): these
+  // limits are flood control, and a store shared through the database would cost a write for
+  // every anonymous request, which is what a flood must not get. With N replicas an address
+  // gets N times the limit; the login throttle, which guards passwords, is shared by the
+  // replicas (admin/login-throttle.ts).
+  await app.register(rateLimit, {
+    global: false,
+    store: clockedRateLimitStore(deps.now, RATE_LIMIT_KEYS),
+    errorResponseBuilder: (_req, context) => {
+      const seconds = Math.max(1, Math.ceil(context.ttl / 1000));
+      return new BulkheadError(
+        ErrorCodes.RATE_LIMITED,
+        `too many requests to this route from this address; try again in ${seconds} s`,
+        { retryable: true, details: { retryAfterMs: seconds * 1000 } },
+      );
+    },
+  });
 
   await app.register(swagger, {
     openapi: {
@@ -105,7 +219,7 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
     transform: (route) => withSecurity(jsonSchemaTransform(route), route.route),
   });
 
-  const metrics = new Registry();
+  const metrics = deps.metrics ?? new Registry();
   collectDefaultMetrics({ register: metrics, prefix: 'bulkhead_center_' });
   deps.metrics = metrics;
   const requests = new Counter({
@@ -137,9 +251,8 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
   guardConnections(app.server, {
     maxPerAddress: deps.config.maxConnectionsPerAddress,
     headersTimeoutMs: deps.config.headersTimeoutSeconds * 1000,
-    // TODO(issue 10): exempt the configured trusted proxies (`trustedProxies`): a reverse proxy
-    // is one address carrying every client.
-    isExempt: () => false,
+    // A trusted reverse proxy is one address carrying every client.
+    isExempt: addressMatcher(trustedProxies),
     onRefused: () => refusedConnections.inc(),
   });
   app.addHook('onResponse', async (req, reply) => {
@@ -181,10 +294,21 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
     },
   );
 
-  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
-    reply.type(metrics.contentType);
-    return metrics.metrics();
-  });
+  // /metrics on the main listener only with a token (metricsToken); else at most on the
+  // separate listener of metricsListen (createMetricsApp), or nowhere.
+  const { metricsToken } = deps.config;
+  if (metricsToken !== null) {
+    app.get('/metrics', { schema: { hide: true } }, async (req, reply) => {
+      if (!isBearer(req.headers.authorization, metricsToken)) {
+        throw new BulkheadError(
+          ErrorCodes.UNAUTHENTICATED,
+          '/metrics needs "Authorization: Bearer <metricsToken>" (Center\'s configuration)',
+        );
+      }
+      reply.type(metrics.contentType);
+      return metrics.metrics();
+    });
+  }
 
   app.get('/api/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 

@@ -1,5 +1,6 @@
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { BulkheadError, ErrorCodes, errnoCode } from '../protocol/index.ts';
 import type { KeyObject } from 'node:crypto';
@@ -17,13 +18,16 @@ import {
 import { createPgPushBus, type PgPushBus } from './push-pg.ts';
 import { createLocalPushBus } from './push.ts';
 import { createRolloutScheduler } from './rollouts/index.ts';
-import { createCenterApp, type CenterApp } from './server.ts';
+import { Registry } from 'prom-client';
+import { createCenterApp, createMetricsApp, type CenterApp } from './server.ts';
 
 export interface RunningCenter {
   app: CenterApp;
   database: CenterDatabase;
   /** The URL it listens on. */
   url: string;
+  /** The URL of the separate metrics listener (`metricsListen`), or null when there is none. */
+  metricsUrl: string | null;
   /** Center's signing key id (desired states are signed with it). */
   keyid: string;
   /**
@@ -56,6 +60,8 @@ export async function startCenter(deps: {
 
   const database = await openDatabase({ url: config.database });
   let pgPush: PgPushBus | undefined;
+  let app: CenterApp | undefined;
+  let metricsApp: FastifyInstance | undefined;
   try {
     // The database holds password and token hashes: readable by Center's user only.
     const target = parseDatabaseUrl(config.database);
@@ -79,7 +85,17 @@ export async function startCenter(deps: {
         ? createPgPushBus({ connectionString: config.database, log })
         : undefined;
     const push = pgPush ?? createLocalPushBus();
-    const app = await createCenterApp({ config, log, database, signingKey: key, now, push });
+    const metrics = new Registry();
+    const center = await createCenterApp({
+      config,
+      log,
+      database,
+      signingKey: key,
+      now,
+      push,
+      metrics,
+    });
+    app = center;
     const scheduler = createRolloutScheduler({
       db: database.db,
       dialect: database.dialect,
@@ -87,23 +103,33 @@ export async function startCenter(deps: {
       now,
       log,
     });
-    const url = await app.listen({ host: config.listen.host, port: config.listen.port });
+    const url = await center.listen({ host: config.listen.host, port: config.listen.port });
     log.info({ component: 'http', url, keyid: key.keyid }, 'Center listening');
+    let metricsUrl: string | null = null;
+    if (config.metricsListen !== null) {
+      metricsApp = await createMetricsApp(metrics, log);
+      metricsUrl = await metricsApp.listen({ ...config.metricsListen });
+      log.info({ component: 'http', url: metricsUrl }, 'metrics listening');
+    }
     scheduler.start();
     return {
-      app,
+      app: center,
       database,
       url,
+      metricsUrl,
       keyid: key.keyid,
       initialAdmin,
       close: async () => {
         await scheduler.stop();
-        await app.close();
+        await metricsApp?.close();
+        await center.close();
         await pgPush?.close();
         await database.close();
       },
     };
   } catch (err) {
+    await metricsApp?.close();
+    await app?.close();
     await pgPush?.close();
     await database.close();
     throw err;

@@ -17,10 +17,14 @@ const serve: Command = {
   name: 'center serve',
   summary: 'Run Center, the management server: HTTP API, database, chunk store.',
   usage: `Usage: bulkhead center serve [--data DIR] [--listen HOST:PORT] [--database URL]
-         [--public-url URL] [--config FILE] [--log-level LEVEL] [--demo]
+         [--public-url URL] [--trusted-proxies LIST] [--metrics-listen HOST:PORT]
+         [--config FILE] [--log-level LEVEL] [--demo]
 
   Defaults: SQLite and a chunk store under ./data, listening on 127.0.0.1:8080.
   --database postgres://USER:PASS@HOST/DB shares one database between Center replicas.
+  --trusted-proxies 10.0.0.5,10.1.0.0/16 names the proxies whose X-Forwarded-For is believed
+  (default none: the peer's own address counts). --metrics-listen serves /metrics on its own
+  address; otherwise /metrics needs metricsToken (BULKHEAD_METRICS_TOKEN) or is not served.
   Settings may also come from BULKHEAD_* environment variables or a JSON --config file.
   Logs go to stderr as JSON lines; stop with Ctrl-C or SIGTERM (requests in flight finish).
   --demo builds the demo OS image (two versions, once, under DIR/demo) and publishes both in
@@ -30,17 +34,22 @@ const serve: Command = {
     listen: { type: 'string' },
     database: { type: 'string' },
     'public-url': { type: 'string' },
+    'trusted-proxies': { type: 'string' },
+    'metrics-listen': { type: 'string' },
     config: { type: 'string' },
     'log-level': { type: 'string' },
     demo: { type: 'boolean' },
   },
   async run(inv, ctx) {
     const file = optionalString(inv, 'config');
+    const proxies = optionalString(inv, 'trusted-proxies');
     const flags: CenterConfigInput = {
       dataDir: optionalString(inv, 'data'),
       listen: optionalString(inv, 'listen'),
       database: optionalString(inv, 'database'),
       publicUrl: optionalString(inv, 'public-url'),
+      trustedProxies: proxies?.split(',').map((p) => p.trim()),
+      metricsListen: optionalString(inv, 'metrics-listen'),
       logLevel: optionalString(inv, 'log-level') as CenterConfigInput['logLevel'],
     };
     const config = resolveConfig([
@@ -90,6 +99,7 @@ const serve: Command = {
     });
     const result = {
       url: center.url,
+      metricsUrl: center.metricsUrl,
       keyid: center.keyid,
       dataDir: config.dataDir,
       initialAdmin: center.initialAdmin,
@@ -97,6 +107,7 @@ const serve: Command = {
     if (inv.json) ctx.out(JSON.stringify(result));
     else {
       ctx.out(`Center listening on ${center.url} (data in ${config.dataDir})`);
+      if (center.metricsUrl) ctx.out(`Metrics at ${center.metricsUrl}/metrics`);
       if (center.initialAdmin) {
         ctx.out(
           `First start: administrator "${center.initialAdmin.username}" created with the one-time password`,

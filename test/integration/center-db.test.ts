@@ -56,6 +56,7 @@ const EXPECTED_TABLES = [
   'enrolment_tokens',
   'image_versions',
   'images',
+  'login_throttle',
   'profile_apps',
   'profiles',
   'publisher_keys',
@@ -82,12 +83,18 @@ forEachDatabase("Center's database", async (t, databases) => {
       st,
       async ({ db }) => {
         assert.deepEqual(await migrateToLatest(db), {
-          applied: ['0001_initial', '0002_publishers_and_releases', '0004_fleet', '0005_rollouts'],
-          latest: '0005_rollouts',
+          applied: [
+            '0001_initial',
+            '0002_publishers_and_releases',
+            '0004_fleet',
+            '0005_rollouts',
+            '0006_login_throttle',
+          ],
+          latest: '0006_login_throttle',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0005_rollouts',
+          latest: '0006_login_throttle',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);
@@ -382,6 +389,7 @@ const INSERT_ORDER = [
   'commands',
   'audit_log',
   'publisher_keys',
+  'login_throttle',
 ] as const satisfies readonly (keyof Database)[];
 
 type SeedRows = { [T in (typeof INSERT_ORDER)[number]]: NewRow<T>[] };
@@ -663,6 +671,15 @@ function seedRows(): SeedRows {
         created_by: admin,
         created_at: NOW,
         revoked_at: null,
+      },
+    ],
+    login_throttle: [
+      {
+        username: 'root',
+        source: '2001:db8:1:2::',
+        failures: 7,
+        blocked_until: NOW + 2000,
+        last_attempt_at: NOW,
       },
     ],
   };

@@ -32,10 +32,33 @@ test('center serve on embedded defaults: first start creates the key and an admi
     await database.close();
   }
 
-  const second = await serve(t, ['--data', data]);
+  assert.equal(first.info.metricsUrl, null);
+  const metricsToken = 'a-metrics-token-of-forty-characters-long';
+  const second = await serve(
+    t,
+    [
+      '--data',
+      data,
+      '--metrics-listen',
+      '127.0.0.1:0',
+      '--trusted-proxies',
+      '10.0.0.1,10.2.0.0/16',
+    ],
+    { env: { BULKHEAD_METRICS_TOKEN: metricsToken, BULKHEAD_LOG_LEVEL: 'debug' } },
+  );
   assert.equal(second.info.initialAdmin, null, 'the password is shown once');
   assert.equal(second.info.keyid, first.info.keyid, 'the signing key is kept');
+  // /metrics on its own listener, and on the main one only with the token.
+  const own = await fetch(`${second.info.metricsUrl}/metrics`);
+  assert.equal(own.status, 200);
+  assert.match(await own.text(), /bulkhead_center_push_connections 0/);
+  assert.equal((await fetch(`${second.info.url}/metrics`)).status, 401);
+  const main = await fetch(`${second.info.url}/metrics`, {
+    headers: { authorization: `Bearer ${metricsToken}` },
+  });
+  assert.equal(main.status, 200);
   assert.equal(await second.stop(), 0);
+  assert.ok(!second.stderr().includes(metricsToken), 'the metrics token never reaches the log');
 });
 
 test('a bad setting stops start-up with the key named', async (t) => {
@@ -51,4 +74,10 @@ test('a bad setting stops start-up with the key named', async (t) => {
   assert.equal(code, 1);
   assert.match(stderr, /configuration key "publicUrl"/);
   assert.doesNotMatch(stderr, /^\s+at /m);
+  const proxies = await runCli(['center', 'serve', '--data', dir, '--trusted-proxies', 'lb.local']);
+  assert.equal(proxies.code, 1);
+  assert.match(
+    proxies.stderr,
+    /configuration key "trustedProxies.0": must be an IP address or CIDR/,
+  );
 });

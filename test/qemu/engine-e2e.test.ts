@@ -51,7 +51,15 @@ let engine: ChildProcess | undefined;
 const driver = createQemuDriver({ observeOnly: true });
 
 async function startCenter(): Promise<CenterServeInfo> {
-  const args = ['--data', join(w.dir, 'center'), '--listen', `127.0.0.1:${w.port}`];
+  // /metrics is not on the main listener: it gets one of its own, on loopback.
+  const args = [
+    '--data',
+    join(w.dir, 'center'),
+    '--listen',
+    `127.0.0.1:${w.port}`,
+    '--metrics-listen',
+    '127.0.0.1:0',
+  ];
   // The module's `after` stops whichever process runs last.
   center = await startCenterProcess({ after: () => {} }, [...args, '--public-url', w.url], {
     node: nodeBin,
@@ -136,7 +144,9 @@ const cli = (args: string[]) =>
   cliJson([...args, '--center', w.url], { BULKHEAD_TOKEN: w.token }) as Promise<CommandView>;
 
 async function metric(name: string): Promise<number> {
-  const text = await (await fetch(`${w.url}/metrics`)).text();
+  const metricsUrl = center?.info.metricsUrl;
+  if (!metricsUrl) throw new Error('Center runs without --metrics-listen');
+  const text = await (await fetch(`${metricsUrl}/metrics`)).text();
   const line = text.split('\n').find((l) => l.startsWith(`${name} `));
   return line === undefined ? Number.NaN : Number(line.split(' ')[1]);
 }

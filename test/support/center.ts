@@ -1,11 +1,12 @@
-import { createPrivateKey, randomBytes } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
 import type { TestContext } from 'node:test';
 import type { Insertable, Kysely } from 'kysely';
 import { pino, type Level } from 'pino';
-import { generateKeyPair } from '../../src/signing/index.ts';
+import { generateKeyPair, signPayload } from '../../src/signing/index.ts';
+import { createEnrolmentToken, DEVICE_SIGNATURE_DOMAINS } from '../../src/center/devices/index.ts';
 import { hashSecret } from '../../src/center/admin/credentials.ts';
-import { resolveConfig } from '../../src/center/config.ts';
+import { resolveConfig, type CenterConfigInput } from '../../src/center/config.ts';
 import {
   migrateToLatest,
   newId,
@@ -55,10 +56,12 @@ export async function startTestCenter(
     push?: PushBus;
     /** Hears every query the app makes (to count them). */
     databaseLog?: DatabaseLog;
+    /** Configuration keys beyond the test's data directory and listener. */
+    config?: CenterConfigInput;
   },
 ) {
   const dir = await tempDir(t);
-  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }]);
+  const config = resolveConfig([{ dataDir: dir, listen: '127.0.0.1:0' }, options.config ?? {}]);
   const database: CenterDatabase = await openDatabase({
     url,
     ...(options.databaseLog === undefined ? {} : { log: options.databaseLog }),
@@ -105,6 +108,43 @@ export async function startTestCenter(
   };
 }
 
+/**
+ * Enrols a device through the device API (an enrolment token straight into the database) and
+ * gets it a bearer token with its key.
+ */
+export async function enrolTestDevice(c: {
+  db: Kysely<Database>;
+  now: () => Date;
+  call: ReturnType<typeof adminCaller>;
+}): Promise<{ deviceId: string; token: string; responses: Res[] }> {
+  const at = c.now().getTime();
+  const groupId = await insertGroup(c.db, `group-${newId(at)}`, at);
+  const { token: enrolmentToken } = await createEnrolmentToken(c.db, {
+    groupId,
+    uses: 1,
+    expiresAt: new Date(at + 3600_000),
+    now: c.now(),
+  });
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const enrolled = await c.call('POST', '/api/v1/device/enrol', {
+    body: {
+      token: enrolmentToken,
+      publicKey: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+      inventory: { hostname: 'pc' },
+    },
+  });
+  if (enrolled.status !== 200) throw new Error(`enrol: ${JSON.stringify(enrolled.body)}`);
+  const deviceId = enrolled.body.deviceId as string;
+  const ch = await c.call('POST', '/api/v1/device/auth/challenge', { body: { deviceId } });
+  const challenge = ch.body.challenge as string;
+  const signature = signPayload(DEVICE_SIGNATURE_DOMAINS.deviceAuth, challenge, privateKey);
+  const issued = await c.call('POST', '/api/v1/device/auth/token', {
+    body: { deviceId, challenge, signature },
+  });
+  if (issued.status !== 200) throw new Error(`token: ${JSON.stringify(issued.body)}`);
+  return { deviceId, token: issued.body.token as string, responses: [enrolled, ch, issued] };
+}
+
 /** What a route answered: its status, headers and parsed JSON body. */
 export interface Res {
   status: number;
@@ -124,9 +164,16 @@ export function adminCaller(app: CenterApp) {
   return async (
     method: Method,
     path: string,
-    options: { token?: string | undefined; body?: unknown; raw?: Buffer; ip?: string } = {},
+    options: {
+      token?: string | undefined;
+      body?: unknown;
+      raw?: Buffer;
+      /** The peer's address (default 10.0.0.1). */
+      ip?: string;
+      headers?: Record<string, string>;
+    } = {},
   ): Promise<Res> => {
-    const headers: Record<string, string> = {};
+    const headers: Record<string, string> = { ...options.headers };
     if (options.token) headers['authorization'] = `Bearer ${options.token}`;
     if (options.raw) headers['content-type'] = 'application/octet-stream';
     const payload = options.raw ?? (options.body as object | undefined);

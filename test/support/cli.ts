@@ -90,6 +90,8 @@ export async function runMain(
 /** What `bulkhead center serve --json` prints once it listens. */
 export interface CenterServeInfo {
   url: string;
+  /** Where `/metrics` is served on its own listener (`--metrics-listen`), else null. */
+  metricsUrl: string | null;
   keyid: string;
   initialAdmin: { username: string; password: string } | null;
 }

@@ -8,11 +8,12 @@ import {
   type CreateApiTokenRequest,
   type LoginResponse,
 } from '../../protocol/index.ts';
-import { hashPassword, verifyPassword } from '../auth/passwords.ts';
-import { newId, type Database } from '../db/index.ts';
+import { busy, type PasswordHasher, type PasswordSlot } from '../auth/password-hasher.ts';
+import { UNKNOWN_USER_HASH } from '../auth/passwords.ts';
+import { newId, type Database, type Row } from '../db/index.ts';
 import { runCommand } from '../changes/index.ts';
 import type { Actor } from './audit.ts';
-import type { LoginLimiter } from './rate-limit.ts';
+import type { LoginThrottle } from './login-throttle.ts';
 
 /*
  * Sessions and API tokens are both bearer secrets kept in `api_tokens` as SHA-256 hashes: a
@@ -95,53 +96,33 @@ export async function resolveCaller(
   };
 }
 
-// Verifying against this when the user does not exist keeps the answer's timing the same.
-let dummyHash: Promise<string> | undefined;
-
 /**
- * Checks a username and password and opens a session.
- * @throws BulkheadError `ERR_RATE_LIMITED` (details.retryAfterMs) after too many failures
- *   for this username from this address, or for this username from anywhere; `ERR_UNAUTHENTICATED` for a wrong name or password
- *   (the same message for both).
+ * Checks a username and password and opens a session. The attempt is throttled per username
+ * and address (login-throttle.ts) and its password checked on the bounded hashing queue.
+ * @throws BulkheadError `ERR_RATE_LIMITED` (details.retryAfterMs) when this username has failed
+ *   too often from this address lately, or when too many password checks are already waiting;
+ *   `ERR_UNAUTHENTICATED` for a wrong name or password (the same message for both).
  */
 export async function login(
   deps: {
     db: Kysely<Database>;
-    limiters: { perAddress: LoginLimiter; perUsername: LoginLimiter };
+    throttle: LoginThrottle;
+    passwords: PasswordHasher;
     nowMs: () => number;
   },
   input: { username: string; password: string; ip: string },
 ): Promise<LoginResponse> {
-  // Two counts: per username and address (5 tries), and per username alone (50 tries), since
-  // the address comes from X-Forwarded-For, which a client not behind a proxy can forge.
   const name = input.username.toLowerCase();
-  const key = `${name}\n${input.ip}`;
-  const wait = Math.max(
-    deps.limiters.perAddress.retryAfter(key),
-    deps.limiters.perUsername.retryAfter(name),
-  );
-  if (wait > 0) {
-    throw new BulkheadError(
-      ErrorCodes.RATE_LIMITED,
-      `too many failed logins; try again in ${wait} s`,
-      { retryable: true, details: { retryAfterMs: wait * 1000 } },
-    );
+  // A place in the hashing queue first: a full queue refuses the attempt before it counts.
+  const slot = deps.passwords.reserve();
+  if (!('verify' in slot)) throw busy(slot.retryAfterMs);
+  let user: Row<'admin_users'>;
+  try {
+    user = await checkPassword(deps, slot, name, input);
+  } finally {
+    slot.release();
   }
-  const user = await deps.db
-    .selectFrom('admin_users')
-    .selectAll()
-    .where('username', '=', name)
-    .executeTakeFirst();
-  const matches = await verifyPassword(
-    input.password,
-    user?.password_hash ?? (await (dummyHash ??= hashPassword(newSecret()))),
-  );
-  if (!user || !matches) {
-    deps.limiters.perAddress.fail(key);
-    deps.limiters.perUsername.fail(name);
-    throw unauthenticated('wrong username or password');
-  }
-  deps.limiters.perAddress.reset(key);
+  await deps.throttle.succeeded(name, input.ip);
   const at = deps.nowMs();
   const token = newSecret();
   const id = newId(at);
@@ -169,6 +150,33 @@ export async function login(
     return { result: undefined, before: null, after };
   });
   return { token, expiresAt, username: user.username, role: user.role };
+}
+
+/** The user whose password `input` gives, counted by the throttle first. */
+async function checkPassword(
+  deps: { db: Kysely<Database>; throttle: LoginThrottle },
+  slot: PasswordSlot,
+  name: string,
+  input: { password: string; ip: string },
+): Promise<Row<'admin_users'>> {
+  const wait = await deps.throttle.claim(name, input.ip);
+  if (wait > 0) {
+    const seconds = Math.ceil(wait / 1000);
+    throw new BulkheadError(
+      ErrorCodes.RATE_LIMITED,
+      `too many failed logins for this username from this address; try again in ${seconds} s`,
+      { retryable: true, details: { retryAfterMs: seconds * 1000 } },
+    );
+  }
+  const user = await deps.db
+    .selectFrom('admin_users')
+    .selectAll()
+    .where('username', '=', name)
+    .executeTakeFirst();
+  // An unknown name is checked against a hash too, so its answer takes as long.
+  const matches = await slot.verify(input.password, user?.password_hash ?? UNKNOWN_USER_HASH);
+  if (!user || !matches) throw unauthenticated('wrong username or password');
+  return user;
 }
 
 /** Revokes the credential the caller presented (its session, or the API token itself). */

@@ -4,7 +4,7 @@ import { route } from '../http/route.ts';
 import type { CenterContext } from '../context.ts';
 import { listAudit } from './audit.ts';
 import { createApiToken, listApiTokens, login, logout, revokeApiToken } from './credentials.ts';
-import { createLoginLimiter } from './rate-limit.ts';
+import { createLoginThrottle } from './login-throttle.ts';
 import { createUser, deleteUser, listUsers, updateUser } from './users.ts';
 
 /**
@@ -15,13 +15,14 @@ import { createUser, deleteUser, listUsers, updateUser } from './users.ts';
 export const adminRoutes: FastifyPluginAsync<CenterContext> = async (app, deps) => {
   const { db } = deps.database;
   const nowMs = () => deps.now().getTime();
-  const limiters = {
-    perAddress: createLoginLimiter({ now: deps.now, maxFailures: 5 }),
-    // Bounds guessing when addresses are forged; a lockout of one user lasts 15 minutes at most.
-    perUsername: createLoginLimiter({ now: deps.now, maxFailures: 50 }),
-  };
+  const throttle = createLoginThrottle({ db, now: deps.now });
+  const { passwords } = deps;
+  const hash = (password: string) => passwords.hash(password);
 
-  route(app, e.login, (req) => login({ db, limiters, nowMs }, { ...req.body, ip: req.ip }));
+  // req.ip is the peer's address, or what a trusted proxy forwarded (config trustedProxies).
+  route(app, e.login, (req) =>
+    login({ db, throttle, passwords, nowMs }, { ...req.body, ip: req.ip }),
+  );
   route(app, e.logout, (_req, caller) => logout(db, caller, nowMs()));
   route(app, e.me, async (_req, caller) => ({
     id: caller.userId,
@@ -33,9 +34,9 @@ export const adminRoutes: FastifyPluginAsync<CenterContext> = async (app, deps) 
   route(app, e.listApiTokens, async () => ({ tokens: await listApiTokens(db) }));
   route(app, e.revokeApiToken, (req, caller) => revokeApiToken(db, caller, req.params.id, nowMs()));
   route(app, e.listUsers, async () => ({ users: await listUsers(db) }));
-  route(app, e.createUser, (req, caller) => createUser(db, caller, req.body, nowMs()));
+  route(app, e.createUser, (req, caller) => createUser(db, caller, req.body, nowMs(), hash));
   route(app, e.updateUser, (req, caller) =>
-    updateUser(db, caller, { id: req.params.id }, req.body, nowMs()),
+    updateUser(db, caller, { id: req.params.id }, req.body, nowMs(), hash),
   );
   route(app, e.deleteUser, (req, caller) => deleteUser(db, caller, req.params.id, nowMs()));
   route(app, e.listAudit, (req) => listAudit(db, req.query));

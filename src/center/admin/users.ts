@@ -11,6 +11,12 @@ import { newId, refuseViolation, type Database, type Row } from '../db/index.ts'
 import { runCommand } from '../changes/index.ts';
 import type { Actor } from './audit.ts';
 
+/**
+ * Makes a password's hash: Center's routes pass their bounded hashing queue's; the CLI, which
+ * works on the database directly, hashes on the threadpool (the default).
+ */
+export type HashPassword = (password: string) => Promise<string>;
+
 /** A user as the API shows it: never the password hash. */
 export function presentUser(row: Row<'admin_users'>): AdminUser {
   return {
@@ -37,12 +43,13 @@ export async function createUser(
   actor: Actor,
   input: { username: string; role: AdminRoleName; password?: string | undefined },
   at: number,
+  hash: HashPassword = hashPassword,
 ): Promise<{ user: AdminUser; password?: string }> {
   const password = input.password ?? generatePassword();
   const row: Row<'admin_users'> = {
     id: newId(at),
     username: input.username.toLowerCase(),
-    password_hash: await hashPassword(password),
+    password_hash: await hash(password),
     role: input.role,
     last_login_at: null,
     created_at: at,
@@ -73,9 +80,9 @@ export async function updateUser(
   where: { id: string } | { username: string },
   input: UpdateAdminUserRequest,
   at: number,
+  hash: HashPassword = hashPassword,
 ): Promise<AdminUser> {
-  const passwordHash =
-    input.password === undefined ? undefined : await hashPassword(input.password);
+  const passwordHash = input.password === undefined ? undefined : await hash(input.password);
   return runCommand({ db, nowMs: at }, actor, USER('update'), async (trx) => {
     const current = await findUser(trx, where);
     if (input.role !== undefined && input.role !== 'admin' && current.role === 'admin') {

@@ -7,3 +7,4 @@ export {
   type AuthenticationDeps,
 } from './authenticate.ts';
 export { generatePassword, hashPassword, verifyPassword } from './passwords.ts';
+export { createPasswordHasher, type PasswordHasher, type PasswordSlot } from './password-hasher.ts';

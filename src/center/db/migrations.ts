@@ -452,6 +452,27 @@ async function rollouts(db: AnyDb): Promise<void> {
 }
 
 /**
+ * Failed logins per (username, source address), shared by every replica, for exponential
+ * backoff. Rows are forgotten a while after their last attempt (pruned by `last_attempt_at`).
+ */
+async function loginThrottle(db: AnyDb): Promise<void> {
+  await db.schema
+    .createTable('login_throttle')
+    .addColumn('username', 'text', (c) => c.notNull())
+    .addColumn('source', 'text', (c) => c.notNull())
+    .addColumn('failures', 'integer', (c) => c.notNull())
+    .addColumn('blocked_until', 'bigint', (c) => c.notNull())
+    .addColumn('last_attempt_at', 'bigint', (c) => c.notNull())
+    .addPrimaryKeyConstraint('login_throttle_pk', ['username', 'source'])
+    .execute();
+  await db.schema
+    .createIndex('login_throttle_last_attempt')
+    .on('login_throttle')
+    .column('last_attempt_at')
+    .execute();
+}
+
+/**
  * Every migration, by name; the Migrator runs them in name order. Names are recorded in every
  * database, so none is ever renamed: 0003 was never shipped, and the gap stays. New ones take
  * the next number with no gap (a test checks).
@@ -461,6 +482,7 @@ const migrations: Record<string, Migration> = {
   '0002_publishers_and_releases': { up: publishersAndReleases },
   '0004_fleet': { up: fleet },
   '0005_rollouts': { up: rollouts },
+  '0006_login_throttle': { up: loginThrottle },
 };
 
 /** The names of every migration, in the order they run. */

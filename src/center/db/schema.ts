@@ -449,6 +449,23 @@ export interface AuditLogTable {
 }
 
 /** Every table of Center's database, for `Kysely<Database>`. */
+/**
+ * Login attempts per (username, source address), for exponential backoff
+ * (src/center/admin/login-throttle.ts). One row per pair that has failed recently.
+ */
+export interface LoginThrottleTable {
+  /** The username tried, in lower case (known or not). */
+  username: string;
+  /** The client address (an IPv6 address as its /64). */
+  source: string;
+  /** Attempts counted since the last success or since the row was forgotten. */
+  failures: number;
+  /** No attempt of this pair is checked before this; 0 when it may try now. */
+  blocked_until: EpochMs;
+  /** The last counted attempt; rows are forgotten a day after it. */
+  last_attempt_at: EpochMs;
+}
+
 export interface Database {
   images: ImagesTable;
   image_versions: ImageVersionsTable;
@@ -468,6 +485,7 @@ export interface Database {
   api_tokens: ApiTokensTable;
   audit_log: AuditLogTable;
   publisher_keys: PublisherKeysTable;
+  login_throttle: LoginThrottleTable;
 }
 
 /** A row as read: `Row<'devices'>`. */

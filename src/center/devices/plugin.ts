@@ -21,15 +21,9 @@ import {
   warnOnce,
 } from './desired-state.ts';
 import { enrolDevice } from './enrol.ts';
-import { RateLimiter } from './rate-limit.ts';
 import { ReportQuota } from './report-quota.ts';
 import { ingestReports, recordKillResult } from './reports.ts';
 import { isRefusal, refusalFor } from './standing.ts';
-
-export interface DeviceApiOptions {
-  /** Enrol attempts one client address may make per minute (default 20). */
-  enrolPerMinute?: number;
-}
 
 /** Push connections one device may hold: one, and a second while it reconnects. */
 const PUSH_CONNECTIONS_PER_DEVICE = 2;
@@ -40,7 +34,7 @@ const PUSH_HEARTBEAT_MS = 25_000;
  * The device API under `/api/v1/device/`: enrolment, key-based authentication, the signed
  * desired state and event reports. Register with `app.register(deviceApi(deps))`.
  */
-export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
+export function deviceApi(deps: CenterContext) {
   return async function deviceApiPlugin(app: CenterApp): Promise<void> {
     const { db } = deps.database;
     const credentials = deps.deviceCredentials;
@@ -73,11 +67,6 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       `${deps.config.publicUrl.replace(/\/$/, '')}/store/`,
       ...deps.config.mirrors,
     ];
-    const enrolLimiter = new RateLimiter({
-      limit: options.enrolPerMinute ?? 20,
-      windowMs: 60_000,
-      now: deps.now,
-    });
     const metricName = 'bulkhead_center_desired_state_checks_total';
     const checks =
       deps.metrics === undefined
@@ -128,26 +117,11 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       return device;
     }
 
-    route(
-      app,
-      e.enrol,
-      async (req) => {
-        const result = await enrolDevice(db, req.body, deps.now());
-        req.log.info({ deviceId: result.deviceId }, 'device enrolled');
-        return { ...result, centerKey };
-      },
-      {
-        onRequest: async (req) => {
-          if (!enrolLimiter.isAllowed(req.ip)) {
-            throw new BulkheadError(
-              ErrorCodes.RATE_LIMITED,
-              'too many enrolment attempts from this address; try again in a minute',
-              { retryable: true },
-            );
-          }
-        },
-      },
-    );
+    route(app, e.enrol, async (req) => {
+      const result = await enrolDevice(db, req.body, deps.now());
+      req.log.info({ deviceId: result.deviceId }, 'device enrolled');
+      return { ...result, centerKey };
+    });
 
     route(app, e.challenge, async (req) => credentials.issueChallenge(req.body.deviceId));
 
@@ -190,11 +164,7 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       const cached = etags.get(deviceId, window, now.getTime());
       if (cached !== undefined && matchesEtag(ifNoneMatch, cached)) {
         checks?.inc({ result: '304' });
-        return reply
-          .header('etag', cached)
-          .header('cache-control', 'private, no-cache')
-          .code(304)
-          .send();
+        return reply.header('etag', cached).header('cache-control', 'no-store').code(304).send();
       }
       const head = await readDesiredStateHead(db, deviceId, now, deps.signingKey.keyid);
       if (head === undefined) {
@@ -211,7 +181,8 @@ export function deviceApi(deps: CenterContext, options: DeviceApiOptions = {}) {
       if (refusal !== undefined) throw refusal;
       // Polls do not move last_contact_at: that would turn every 304 into a write. Contact
       // is noted when the device gets a token (every 15 minutes) and when it reports.
-      reply.header('etag', head.etag).header('cache-control', 'private, no-cache');
+      // no-store: the document may carry a wrapped data key; Engine keeps the ETag itself.
+      reply.header('etag', head.etag).header('cache-control', 'no-store');
       // Only a device in good standing is answered from the cache: a cut-off or locked
       // device's state changes are rarer than its polls are cheap.
       if (head.state === 'active') etags.set(deviceId, head.etag, window, now.getTime());

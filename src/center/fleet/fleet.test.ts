@@ -17,12 +17,17 @@ import { newId } from '../db/index.ts';
 
 const START = Date.UTC(2026, 4, 4, 8);
 
+const METRICS_TOKEN = 'metrics-'.repeat(4);
+
 /**
  * A Center with users `root` (admin), `ops` (operator) and `eve` (viewer), a system image and
  * an app image, and a settable clock.
  */
 async function center(t: TestContext, url: string) {
-  const c = await startTestCenter(t, url, { start: START });
+  const c = await startTestCenter(t, url, {
+    start: START,
+    config: { metricsToken: METRICS_TOKEN },
+  });
   const { db, clock, call } = c;
   const tokens = {
     admin: await insertSession(db, 'root', 'admin', clock.ms),
@@ -804,7 +809,13 @@ for (const target of CENTER_TARGETS) {
         url: '/api/v1/device/desired-state',
         headers: { ...device(pc.bearer.token), 'if-none-match': first.headers.etag as string },
       });
-      const text = (await c.app.inject({ method: 'GET', url: '/metrics' })).body;
+      const text = (
+        await c.app.inject({
+          method: 'GET',
+          url: '/metrics',
+          headers: { authorization: `Bearer ${METRICS_TOKEN}` },
+        })
+      ).body;
       assert.match(text, /bulkhead_center_devices\{state="active"\} 1\n/);
       assert.match(text, /bulkhead_center_devices\{state="locked"\} 1\n/);
       assert.match(text, /bulkhead_center_devices\{state="killed"\} 0\n/);

@@ -1,5 +1,5 @@
 import type { Server } from 'node:http';
-import type { Socket } from 'node:net';
+import { BlockList, isIPv4, type Socket } from 'node:net';
 import underPressure from '@fastify/under-pressure';
 import type { FastifyInstance } from 'fastify';
 import { BulkheadError, ErrorCodes } from '../../protocol/index.ts';
@@ -14,6 +14,26 @@ import type { CenterConfig } from '../config.ts';
 
 /** Seconds a client is told to wait when Center sheds load. */
 export const OVERLOAD_RETRY_AFTER_SECONDS = 10;
+
+/**
+ * Whether a peer address is one of `proxies` (addresses or CIDR blocks, as `trustedProxies`
+ * holds them). An IPv4 peer on a dual-stack socket arrives as `::ffff:a.b.c.d`.
+ */
+export function addressMatcher(proxies: readonly string[]): (address: string) => boolean {
+  if (proxies.length === 0) return () => false;
+  const list = new BlockList();
+  for (const entry of proxies) {
+    const [address = '', bits] = entry.split('/');
+    const family = isIPv4(address) ? 'ipv4' : 'ipv6';
+    if (bits === undefined) list.addAddress(address, family);
+    else list.addSubnet(address, Number(bits), family);
+  }
+  return (peer) => {
+    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(peer)?.[1];
+    const address = mapped ?? peer;
+    return list.check(address, isIPv4(address) ? 'ipv4' : 'ipv6');
+  };
+}
 
 /**
  * Fastify's server options for Center's timeouts. Node checks `headersTimeout` and

@@ -11,9 +11,10 @@ export const adminEndpoints = defineEndpoints(['admin'], {
     body: admin.LoginRequestSchema,
     errors: [ErrorCodes.UNAUTHENTICATED, ErrorCodes.RATE_LIMITED],
     description:
-      'Opens a 12-hour session. Five failures per username and address in 15 minutes lock ' +
-      'that pair out (429 with Retry-After), fifty lock the username out from everywhere; ' +
-      'the counts are per Center replica.',
+      'Opens a 12-hour session. After five failures of one username from one address, that ' +
+      'pair waits before each further try, twice as long each time up to 15 minutes (429 ' +
+      'with Retry-After); the same username from another address is not slowed. 429 also ' +
+      'when too many logins come from one address or too many wait to be checked.',
   }),
   logout: endpoint(`POST ${A}/logout`, 'viewer', 204, z.null(), {
     description: 'Revokes the bearer token presented.',

@@ -26,6 +26,7 @@ export const deviceEndpoints = defineEndpoints(['device'], {
   challenge: endpoint(`POST ${D}/auth/challenge`, 'public', 200, device.ChallengeResponseSchema, {
     body: device.ChallengeRequestSchema,
     bodyLimit: 4 * 1024,
+    errors: [ErrorCodes.RATE_LIMITED],
     description: 'A short-lived challenge for the device to sign with its key.',
   }),
   token: endpoint(`POST ${D}/auth/token`, 'public', 200, device.TokenResponseSchema, {
@@ -36,6 +37,7 @@ export const deviceEndpoints = defineEndpoints(['device'], {
       ErrorCodes.UNAUTHENTICATED,
       ErrorCodes.FORBIDDEN,
       ...CUT_OFF,
+      ErrorCodes.RATE_LIMITED,
     ],
     description:
       'Exchange a signed challenge for a short-lived bearer token. A killed device gets none: ' +
