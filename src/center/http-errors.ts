@@ -70,7 +70,12 @@ export function centerErrorHandler(
         : status === 415
           ? ErrorCodes.UNSUPPORTED_MEDIA_TYPE
           : ErrorCodes.VALIDATION;
-    return send(reply, status, { code, message: err.message });
+    const limit = req.routeOptions.bodyLimit;
+    const message =
+      status === 413 && limit !== undefined
+        ? `the request body is larger than the ${sizeText(limit)} ${req.method} ${req.routeOptions.url ?? req.url} accepts; send a smaller one`
+        : err.message;
+    return send(reply, status, { code, message });
   }
   req.log.error({ err }, 'request failed');
   return send(reply, 500, { code: ErrorCodes.INTERNAL, message: 'internal error' });
@@ -85,6 +90,13 @@ export function centerNotFoundHandler(req: FastifyRequest, reply: FastifyReply):
     code: ErrorCodes.NOT_FOUND,
     message: `no route ${req.method} ${req.url.split('?')[0]}`,
   });
+}
+
+/** Bytes as a person reads them: 8 KiB, 1 MiB. */
+function sizeText(bytes: number): string {
+  if (bytes >= 1024 * 1024 && bytes % (1024 * 1024) === 0) return `${bytes / (1024 * 1024)} MiB`;
+  if (bytes >= 1024 && bytes % 1024 === 0) return `${bytes / 1024} KiB`;
+  return `${bytes} bytes`;
 }
 
 /** An error's details as the body carries them: a plain object, or nothing. */
