@@ -12,7 +12,11 @@ import { createCenterApp } from './server.ts';
 import { startCenter } from './start.ts';
 import { isStoreKey } from './store-route.ts';
 
-async function center(t: TestContext, extra: CenterConfigInput = {}) {
+async function center(
+  t: TestContext,
+  extra: CenterConfigInput = {},
+  now: () => Date = () => new Date(),
+) {
   const dir = await tempDir(t);
   const published = await publishPair(dir);
   // The fixture's store is the Center's: dataDir/store.
@@ -24,7 +28,7 @@ async function center(t: TestContext, extra: CenterConfigInput = {}) {
     log: pino({ level: 'silent' }),
     database,
     signingKey: published.keys.key,
-    now: () => new Date(),
+    now,
   });
   t.after(async () => {
     await app.close();
@@ -139,7 +143,8 @@ test('every declared endpoint is served, guarded by its declared auth', async (t
 });
 
 test('a rate-limited answer carries Retry-After in seconds and retryAfterMs in its body', async (t) => {
-  const { app } = await center(t);
+  // Limits count in fixed minutes: at the start of one, its whole length is left.
+  const { app } = await center(t, {}, () => new Date(Date.UTC(2026, 0, 1, 12, 0)));
   const enrol = () => app.inject({ method: 'POST', url: endpoints.enrol.path, payload: {} });
   for (let i = 0; i < 20; i++) assert.equal((await enrol()).statusCode, 400);
   const limited = await enrol();

@@ -41,11 +41,23 @@ import {
   serverTimeouts,
 } from './http/limits.ts';
 import { createLocalPushBus } from './push.ts';
-import { clockedRateLimitStore } from './http/rate-limit-store.ts';
+import { createRateLimitStore } from './http/rate-limit-store.ts';
 import { registerStoreRoute } from './store-route.ts';
 
 /** Client addresses each rate-limited route remembers. */
 const RATE_LIMIT_KEYS = 10_000;
+/** How often a replica on PostgreSQL shares its per-address counts with the others. */
+const RATE_LIMIT_FLUSH_MS = 1000;
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /**
+     * Shares this replica's per-address request counts through the database and reads the
+     * others' now, rather than at the next tick (for tests); a no-op on SQLite.
+     */
+    flushRateLimits(): Promise<void>;
+  }
+}
 
 export type { CenterApp, CenterContext, CenterDeps } from './context.ts';
 
@@ -179,14 +191,30 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
     if (max === undefined) return;
     route.config = { ...route.config, rateLimit: { max, timeWindow: 60_000 } };
   });
-  // The store is this process's memory, bounded per route (http/rate-limit-store.ts): these
-  // limits are flood control, and a store shared through the database would cost a write for
-  // every anonymous request, which is what a flood must not get. With N replicas an address
-  // gets N times the limit; the login throttle, which guards passwords, is shared by the
-  // replicas (admin/login-throttle.ts).
+  // Counted in this process's memory, bounded per route (http/rate-limit-store.ts). On
+  // PostgreSQL the replicas share the counts through the database, within about a second:
+  // each flushes its increments once a second in one batched upsert and reads the totals back,
+  // so a flood costs one write a second, not one a request, and N replicas do not give N times
+  // the limit. On SQLite there is one process and nothing to share. The login throttle, which
+  // guards passwords, is in the database on both (admin/login-throttle.ts).
+  const rateLimits = createRateLimitStore({
+    now: deps.now,
+    maxKeys: RATE_LIMIT_KEYS,
+    ...(deps.database.dialect === 'postgres'
+      ? {
+          shared: {
+            db: deps.database.db,
+            log: deps.log.child({ component: 'rate-limit' }),
+            flushEveryMs: RATE_LIMIT_FLUSH_MS,
+          },
+        }
+      : {}),
+  });
+  app.addHook('onClose', () => rateLimits.close());
+  app.decorate('flushRateLimits', rateLimits.flush);
   await app.register(rateLimit, {
     global: false,
-    store: clockedRateLimitStore(deps.now, RATE_LIMIT_KEYS),
+    store: rateLimits.Store,
     errorResponseBuilder: (_req, context) => {
       const seconds = Math.max(1, Math.ceil(context.ttl / 1000));
       return new BulkheadError(

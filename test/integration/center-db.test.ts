@@ -60,6 +60,7 @@ const EXPECTED_TABLES = [
   'profile_apps',
   'profiles',
   'publisher_keys',
+  'rate_limit_windows',
   'rollout_devices',
   'rollouts',
 ];
@@ -89,12 +90,13 @@ forEachDatabase("Center's database", async (t, databases) => {
             '0004_fleet',
             '0005_rollouts',
             '0006_login_throttle',
+            '0007_rate_limit_windows',
           ],
-          latest: '0006_login_throttle',
+          latest: '0007_rate_limit_windows',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0006_login_throttle',
+          latest: '0007_rate_limit_windows',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);
@@ -390,6 +392,7 @@ const INSERT_ORDER = [
   'audit_log',
   'publisher_keys',
   'login_throttle',
+  'rate_limit_windows',
 ] as const satisfies readonly (keyof Database)[];
 
 type SeedRows = { [T in (typeof INSERT_ORDER)[number]]: NewRow<T>[] };
@@ -680,6 +683,15 @@ function seedRows(): SeedRows {
         failures: 7,
         blocked_until: NOW + 2000,
         last_attempt_at: NOW,
+      },
+    ],
+    rate_limit_windows: [
+      {
+        route: 'POST /api/v1/admin/login',
+        source: '2001:db8:1:2::',
+        window_start: NOW - 60_000,
+        window_end: NOW,
+        count: 2_000_000_000,
       },
     ],
   };

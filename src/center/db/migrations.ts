@@ -473,6 +473,30 @@ async function loginThrottle(db: AnyDb): Promise<void> {
 }
 
 /**
+ * Requests per (route, client key, fixed window) of the per-address rate limits, shared by the
+ * replicas on PostgreSQL: each adds the increments it counted since its last flush and reads
+ * back the totals (src/center/http/rate-limit-store.ts). Created on SQLite too, where one
+ * process counts in memory and never writes it, so both dialects have one schema. Rows are
+ * pruned once their window has ended (by `window_end`).
+ */
+async function rateLimitWindows(db: AnyDb): Promise<void> {
+  await db.schema
+    .createTable('rate_limit_windows')
+    .addColumn('route', 'text', (c) => c.notNull())
+    .addColumn('source', 'text', (c) => c.notNull())
+    .addColumn('window_start', 'bigint', (c) => c.notNull())
+    .addColumn('window_end', 'bigint', (c) => c.notNull())
+    .addColumn('count', 'integer', (c) => c.notNull())
+    .addPrimaryKeyConstraint('rate_limit_windows_pk', ['route', 'source', 'window_start'])
+    .execute();
+  await db.schema
+    .createIndex('rate_limit_windows_end')
+    .on('rate_limit_windows')
+    .column('window_end')
+    .execute();
+}
+
+/**
  * Every migration, by name; the Migrator runs them in name order. Names are recorded in every
  * database, so none is ever renamed: 0003 was never shipped, and the gap stays. New ones take
  * the next number with no gap (a test checks).
@@ -483,6 +507,7 @@ const migrations: Record<string, Migration> = {
   '0004_fleet': { up: fleet },
   '0005_rollouts': { up: rollouts },
   '0006_login_throttle': { up: loginThrottle },
+  '0007_rate_limit_windows': { up: rateLimitWindows },
 };
 
 /** The names of every migration, in the order they run. */

@@ -448,7 +448,6 @@ export interface AuditLogTable {
   at: EpochMs;
 }
 
-/** Every table of Center's database, for `Kysely<Database>`. */
 /**
  * Login attempts per (username, source address), for exponential backoff
  * (src/center/admin/login-throttle.ts). One row per pair that has failed recently.
@@ -466,6 +465,24 @@ export interface LoginThrottleTable {
   last_attempt_at: EpochMs;
 }
 
+/**
+ * Requests per (route, client key, window) of the per-address rate limits, as the replicas
+ * on PostgreSQL have flushed them (src/center/http/rate-limit-store.ts). Unused on SQLite.
+ */
+export interface RateLimitWindowTable {
+  /** The rate-limited route, as `METHOD /path`. */
+  route: string;
+  /** The client's key: its address (an IPv6 address as its /64). */
+  source: string;
+  /** When the fixed window began: a multiple of its length. */
+  window_start: EpochMs;
+  /** When it ends; the row is pruned after. */
+  window_end: EpochMs;
+  /** Requests every replica has flushed for this window so far. */
+  count: number;
+}
+
+/** Every table of Center's database, for `Kysely<Database>`. */
 export interface Database {
   images: ImagesTable;
   image_versions: ImageVersionsTable;
@@ -486,6 +503,7 @@ export interface Database {
   audit_log: AuditLogTable;
   publisher_keys: PublisherKeysTable;
   login_throttle: LoginThrottleTable;
+  rate_limit_windows: RateLimitWindowTable;
 }
 
 /** A row as read: `Row<'devices'>`. */
