@@ -1,4 +1,5 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
+import type { z } from 'zod';
 import { signPayload, verifyPayload, canonicalJson } from '../signing/index.ts';
 import {
   BulkheadError,
@@ -61,10 +62,64 @@ function refuse(code: ErrorCode, message: string, details?: object): BulkheadErr
 }
 
 /**
+ * Checks a document Center signed, as received: `{ [field], keyid, signature }` signed by the
+ * pinned Center key under `domain`, then parsed by `schema`. The signature is checked over the
+ * document exactly as sent (before the schema drops any field it does not know), so a newer
+ * Center's additions do not break verification.
+ */
+function verifyCenterSigned<T>(
+  raw: unknown,
+  what: { name: string; field: 'state' | 'notice'; domain: string },
+  schema: z.ZodType<T>,
+  centerKey: VerifyDesiredStateOptions['centerKey'],
+): T {
+  const doc = raw as Record<string, unknown> | null;
+  const body = doc?.[what.field];
+  if (
+    typeof doc !== 'object' ||
+    doc === null ||
+    typeof body !== 'object' ||
+    body === null ||
+    typeof doc['keyid'] !== 'string' ||
+    typeof doc['signature'] !== 'string'
+  ) {
+    throw refuse(ErrorCodes.DESIRED_STATE_MALFORMED, `the ${what.name} is not a signed document`);
+  }
+  const keyid = doc['keyid'];
+  if (keyid !== centerKey.keyid) {
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_KEY,
+      `the ${what.name} is signed by key ${keyid.slice(0, 16)}…, not by the Center key ` +
+        `this device pinned (${centerKey.keyid.slice(0, 16)}…)`,
+      { keyid },
+    );
+  }
+  let signed: boolean;
+  try {
+    signed = verifyPayload(what.domain, canonicalJson(body), doc['signature'], centerKey.key);
+  } catch {
+    signed = false;
+  }
+  if (!signed) {
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_SIGNATURE,
+      `the ${what.name}'s signature does not verify with the pinned Center key`,
+    );
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw refuse(
+      ErrorCodes.DESIRED_STATE_MALFORMED,
+      `the ${what.name} does not match the protocol (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'})`,
+    );
+  }
+  return parsed.data;
+}
+
+/**
  * Checks a desired-state document as received: signed by the pinned Center key under the
  * desired-state domain, for this device, not older than what Engine has, not expired.
- * The signature is checked over the document exactly as sent (before the schema drops any
- * field it does not know), so a newer Center's additions do not break verification.
  *
  * @throws BulkheadError with a code of `DESIRED_STATE_REFUSALS`, one per reason.
  */
@@ -72,51 +127,13 @@ export function verifyDesiredState(
   raw: unknown,
   options: VerifyDesiredStateOptions,
 ): SignedDesiredState {
-  const doc = raw as { state?: unknown; keyid?: unknown; signature?: unknown } | null;
-  if (
-    typeof doc !== 'object' ||
-    doc === null ||
-    typeof doc.state !== 'object' ||
-    doc.state === null ||
-    typeof doc.keyid !== 'string' ||
-    typeof doc.signature !== 'string'
-  ) {
-    throw refuse(ErrorCodes.DESIRED_STATE_MALFORMED, 'the desired state is not a signed document');
-  }
-  if (doc.keyid !== options.centerKey.keyid) {
-    throw refuse(
-      ErrorCodes.DESIRED_STATE_KEY,
-      `the desired state is signed by key ${doc.keyid.slice(0, 16)}…, not by the Center key ` +
-        `this device pinned (${options.centerKey.keyid.slice(0, 16)}…)`,
-      { keyid: doc.keyid },
-    );
-  }
-  let signed: boolean;
-  try {
-    signed = verifyPayload(
-      DEVICE_SIGNATURE_DOMAINS.desiredState,
-      canonicalJson(doc.state),
-      doc.signature,
-      options.centerKey.key,
-    );
-  } catch {
-    signed = false;
-  }
-  if (!signed) {
-    throw refuse(
-      ErrorCodes.DESIRED_STATE_SIGNATURE,
-      "the desired state's signature does not verify with the pinned Center key",
-    );
-  }
-  const parsed = SignedDesiredStateSchema.safeParse(raw);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw refuse(
-      ErrorCodes.DESIRED_STATE_MALFORMED,
-      `the desired state does not match the protocol (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'})`,
-    );
-  }
-  const { state } = parsed.data;
+  const document = verifyCenterSigned(
+    raw,
+    { name: 'desired state', field: 'state', domain: DEVICE_SIGNATURE_DOMAINS.desiredState },
+    SignedDesiredStateSchema,
+    options.centerKey,
+  );
+  const { state } = document;
   if (state.deviceId !== options.deviceId) {
     throw refuse(
       ErrorCodes.DESIRED_STATE_DEVICE,
@@ -138,14 +155,13 @@ export function verifyDesiredState(
       { revision: state.revision, expiresAt: state.expiresAt },
     );
   }
-  return parsed.data;
+  return document;
 }
 
 /**
  * Checks a kill notice as received (see `KillNoticeSchema`): signed by the pinned Center key
- * under the kill-notice domain, for this device. Like a desired state's, the signature is
- * checked over the notice exactly as sent. A notice has no expiry and no revision to compare:
- * a kill is final, so a genuine notice replayed says nothing untrue.
+ * under the kill-notice domain, for this device. A notice has no expiry and no revision to
+ * compare: a kill is final, so a genuine notice replayed says nothing untrue.
  *
  * @throws BulkheadError with a code of `DESIRED_STATE_REFUSALS` (malformed, key, signature,
  *   device), Engine then keeps what it had.
@@ -154,57 +170,19 @@ export function verifyKillNotice(
   raw: unknown,
   options: Pick<VerifyDesiredStateOptions, 'centerKey' | 'deviceId'>,
 ): SignedKillNotice {
-  const doc = raw as { notice?: unknown; keyid?: unknown; signature?: unknown } | null;
-  if (
-    typeof doc !== 'object' ||
-    doc === null ||
-    typeof doc.notice !== 'object' ||
-    doc.notice === null ||
-    typeof doc.keyid !== 'string' ||
-    typeof doc.signature !== 'string'
-  ) {
-    throw refuse(ErrorCodes.DESIRED_STATE_MALFORMED, 'the kill notice is not a signed notice');
-  }
-  if (doc.keyid !== options.centerKey.keyid) {
-    throw refuse(
-      ErrorCodes.DESIRED_STATE_KEY,
-      `the kill notice is signed by key ${doc.keyid.slice(0, 16)}…, not by the Center key ` +
-        `this device pinned (${options.centerKey.keyid.slice(0, 16)}…)`,
-      { keyid: doc.keyid },
-    );
-  }
-  let signed: boolean;
-  try {
-    signed = verifyPayload(
-      DEVICE_SIGNATURE_DOMAINS.killNotice,
-      canonicalJson(doc.notice),
-      doc.signature,
-      options.centerKey.key,
-    );
-  } catch {
-    signed = false;
-  }
-  if (!signed) {
-    throw refuse(
-      ErrorCodes.DESIRED_STATE_SIGNATURE,
-      "the kill notice's signature does not verify with the pinned Center key",
-    );
-  }
-  const parsed = SignedKillNoticeSchema.safeParse(raw);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw refuse(
-      ErrorCodes.DESIRED_STATE_MALFORMED,
-      `the kill notice does not match the protocol (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'})`,
-    );
-  }
-  if (parsed.data.notice.deviceId !== options.deviceId) {
+  const document = verifyCenterSigned(
+    raw,
+    { name: 'kill notice', field: 'notice', domain: DEVICE_SIGNATURE_DOMAINS.killNotice },
+    SignedKillNoticeSchema,
+    options.centerKey,
+  );
+  if (document.notice.deviceId !== options.deviceId) {
     throw refuse(
       ErrorCodes.DESIRED_STATE_DEVICE,
-      `the kill notice is for device ${parsed.data.notice.deviceId}, not this one (${options.deviceId})`,
+      `the kill notice is for device ${document.notice.deviceId}, not this one (${options.deviceId})`,
     );
   }
-  return parsed.data;
+  return document;
 }
 
 /**
