@@ -8,6 +8,7 @@ import { GuestAgent } from './guest-agent.ts';
 import type { Fetch } from '../protocol/index.ts';
 import { createQemuDriver, createSimDriver } from './hypervisor/index.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from './hypervisor/types.ts';
+import { loadIdentity } from './identity.ts';
 import { lockDataDir } from './lock.ts';
 import type { Log } from './log.ts';
 import type { NewEvent } from './queue.ts';
@@ -144,6 +145,8 @@ export async function startEngineRun(
   config: EngineConfig,
   parts: EngineParts & { fetch?: Fetch } = {},
 ): Promise<RunningEngine> {
+  // A PC that is not enrolled is told so first (its data directory may not even exist).
+  await loadIdentity(config.dataDir);
   // One `engine run` per data directory (lock.ts); released when this one stops.
   const lock = await lockDataDir(config.dataDir);
   try {
