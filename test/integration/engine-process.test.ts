@@ -94,6 +94,12 @@ test('engine run and center serve stop on SIGTERM through the launcher; one Engi
   const dataDir = join(dir, 'engine');
   await cli(['engine', 'enroll', '--center', center.info.url, '--token', token, '--data', dataDir]);
 
+  await t.test('a PC not enrolled is told so, not about the lock', async () => {
+    const none = await runCli(['engine', 'run', '--hypervisor', 'sim', '--data', join(dir, 'no')]);
+    assert.equal(none.code, 1);
+    assert.match(none.stderr, /no device identity in .* enrol the device first/);
+  });
+
   await t.test('a lock left by an Engine that died is taken over', async () => {
     const dead = spawnSync(process.execPath, ['-e', '0']);
     assert.equal(dead.status, 0);
