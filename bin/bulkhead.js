@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Launcher: Bulkhead runs on Node 24 (TypeScript by type stripping). Where the `node` on
 // PATH is older, re-run this command with the Node pinned in node_modules.
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { constants } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -20,8 +21,30 @@ if (major >= 24) {
     );
     process.exit(1);
   }
-  const r = spawnSync(pinned, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
+  const child = spawn(pinned, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
     stdio: 'inherit',
   });
-  process.exit(r.status ?? 1);
+  // The child is the real server or Engine: every signal that would end this process goes to
+  // it instead, and this process ends when (and as) the child does. So systemd or a shell that
+  // stops the launcher never leaves an orphaned Center or Engine behind.
+  const forwarded = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
+  for (const sig of forwarded) {
+    process.on(sig, () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(sig);
+    });
+  }
+  child.on('error', (err) => {
+    console.error(`bulkhead: could not run ${pinned}: ${err.message}`);
+    process.exit(1);
+  });
+  child.on('exit', (code, signal) => {
+    if (signal) {
+      // Ended by a signal: end the same way, so the caller sees what the child's caller would.
+      for (const sig of forwarded) process.removeAllListeners(sig);
+      process.kill(process.pid, signal);
+      // A signal this process ignores or cannot raise: the shell's convention.
+      process.exit(128 + (constants.signals[signal] ?? 0));
+    }
+    process.exit(code ?? 1);
+  });
 }

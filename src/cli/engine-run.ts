@@ -23,6 +23,9 @@ const FLAGS = {
   'log-level': 'logLevel',
 } as const satisfies Record<string, keyof EngineConfigInput>;
 
+/** How long `engine run` waits for a step under way to end after SIGTERM before it exits. */
+const STOP_GRACE_MS = 5000;
+
 function configFromFlags(inv: Invocation): EngineConfigInput {
   const out: Record<string, unknown> = {};
   for (const [flag, key] of Object.entries(FLAGS)) {
@@ -49,7 +52,8 @@ export const engineRunCommand: Command = {
   --poll-interval sets how often Center is asked for news when no push arrives (default: what
   Center says, else 60 s).
   Settings may also come from BULKHEAD_* environment variables or a JSON --config file.
-  --hypervisor sim is for fleet simulation only. Stops on SIGTERM or SIGINT; VMs keep running.`,
+  --hypervisor sim is for fleet simulation only. Stops on SIGTERM or SIGINT within seconds
+  (at once on a second one); VMs keep running. One engine run per data directory.`,
   options: {
     ...Object.fromEntries(Object.keys(FLAGS).map((flag) => [flag, { type: 'string' as const }])),
     config: { type: 'string' },
@@ -63,12 +67,32 @@ export const engineRunCommand: Command = {
     ]);
     const running = await startEngineRun(config);
     running.log.info({ dataDir: config.dataDir, hypervisor: config.hypervisor }, 'engine running');
-    await new Promise<void>((resolve) => {
-      process.once('SIGTERM', () => resolve());
-      process.once('SIGINT', () => resolve());
+    const signal = await new Promise<NodeJS.Signals>((resolve) => {
+      process.once('SIGTERM', resolve);
+      process.once('SIGINT', resolve);
     });
-    running.log.info({}, 'engine stopping; VMs keep running');
-    await running.stop();
+    running.log.info({ signal }, 'engine stopping; VMs keep running');
+    // A second signal means now. Exiting in the middle of a step is safe: every update step
+    // is persisted before it runs and is redone at the next start (update/machine.ts).
+    const again = () => {
+      running.log.warn({}, 'engine stopped at once on a second signal; VMs keep running');
+      process.exit(1);
+    };
+    process.once('SIGTERM', again);
+    process.once('SIGINT', again);
+    const stopped = await Promise.race([
+      running.stop().then(() => true),
+      new Promise<false>((resolve) => setTimeout(resolve, STOP_GRACE_MS, false).unref()),
+    ]);
+    if (!stopped) {
+      running.log.warn(
+        { graceSeconds: STOP_GRACE_MS / 1000 },
+        'engine stopping: a step under way did not end in time; it resumes at the next start',
+      );
+    }
+    // Whatever is still open (a connection to a running VM's QMP, a step that did not end)
+    // must not keep the process: systemd waits for it to exit.
+    setTimeout(() => process.exit(process.exitCode ?? 0), 1000).unref();
     return { stopped: true };
   },
 };

@@ -1,7 +1,13 @@
 import { exists } from '../durable/index.ts';
 import type { DesiredState, DesiredVm } from '../protocol/index.ts';
 import type { VmRunState } from './hypervisor/types.ts';
-import { persistTransaction, runUpdate, vmSpec, type UpdateDeps } from './update/executors.ts';
+import {
+  persistTransaction,
+  releaseLabel,
+  runUpdate,
+  vmSpec,
+  type UpdateDeps,
+} from './update/executors.ts';
 import { beginTransaction, type Transaction } from './update/machine.ts';
 import type { VmRecord } from './update/records.ts';
 import { prepareRelease, releaseKey, volumeLayout, type Release } from './volumes/index.ts';
@@ -155,12 +161,26 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
     async resumeUpdate(step) {
       const tx = await deps.transactions.read(step.vm);
       if (!tx) return;
+      deps.log.info(
+        {
+          component: 'rollout',
+          vm: tx.vm,
+          from: releaseLabel(tx.from),
+          to: releaseLabel(tx.to),
+          state: tx.state,
+        },
+        `${tx.vm}: update to ${releaseLabel(tx.to)} goes on from ${tx.state}`,
+      );
       // booting and health-check never wait, so a transaction found in them was cut off by a
       // restart (or a fault): `resumed` boots the target afresh.
       await runUpdate(deps, tx, { resumed: true });
     },
     async beginUpdate(step) {
       const tx = beginTransaction(step.vm, step.profileId, step.from, step.to, deps.clock.now());
+      deps.log.info(
+        { component: 'rollout', vm: tx.vm, from: releaseLabel(tx.from), to: releaseLabel(tx.to) },
+        `${tx.vm}: update from ${releaseLabel(tx.from) ?? 'nothing'} to ${releaseLabel(tx.to)} begins`,
+      );
       await persistTransaction(deps, step.vm, tx);
       deps.afterPersist?.(tx.state);
       await runUpdate(deps, tx);
@@ -176,15 +196,30 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
         await prepareRelease(deps, vm, record.current, deps.target(vm.name));
       }
       const status = await deps.hypervisor.start(vmSpec(vm, record.current, layout, deps.kernel));
+      deps.log.info(
+        {
+          component: 'hypervisor',
+          vm: step.vm,
+          version: releaseLabel(record.current),
+          pid: status.pid,
+        },
+        `${step.vm}: started ${releaseLabel(record.current)}`,
+      );
       await vmState(step.vm, status.state, { versionId: record.current.system.versionId });
     },
     async stopVm(step) {
+      deps.log.info(
+        { component: 'hypervisor', vm: step.vm, reason: step.reason },
+        `${step.vm}: stopping (${step.reason})`,
+      );
       await deps.hypervisor.stop(step.vm, { timeoutMs: deps.stopTimeoutMs });
       await vmState(step.vm, 'stopped', { reason: step.reason });
     },
     async collectGoldens(step) {
       const removed = await deps.goldens.gc(step.keep);
-      if (removed.length) deps.log.info({ removed }, 'old golden images removed');
+      if (removed.length) {
+        deps.log.info({ component: 'store', removed }, 'old golden images removed');
+      }
     },
   };
 }

@@ -8,6 +8,8 @@ import { GuestAgent } from './guest-agent.ts';
 import type { Fetch } from '../protocol/index.ts';
 import { createQemuDriver, createSimDriver } from './hypervisor/index.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from './hypervisor/types.ts';
+import { loadIdentity } from './identity.ts';
+import { lockDataDir } from './lock.ts';
 import type { Log } from './log.ts';
 import type { NewEvent } from './queue.ts';
 import { createReconciler, type Reconciler } from './reconcile.ts';
@@ -143,6 +145,23 @@ export async function startEngineRun(
   config: EngineConfig,
   parts: EngineParts & { fetch?: Fetch } = {},
 ): Promise<RunningEngine> {
+  // A PC that is not enrolled is told so first (its data directory may not even exist).
+  await loadIdentity(config.dataDir);
+  // One `engine run` per data directory (lock.ts); released when this one stops.
+  const lock = await lockDataDir(config.dataDir);
+  try {
+    return await startLocked(config, parts, () => lock.release());
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+}
+
+async function startLocked(
+  config: EngineConfig,
+  parts: EngineParts & { fetch?: Fetch },
+  unlock: () => Promise<void>,
+): Promise<RunningEngine> {
   const controller = new AbortController();
   // The queue belongs to the engine, which needs the reconciler first: reports go through this.
   const holder: { engine?: Engine } = {};
@@ -180,8 +199,12 @@ export async function startEngineRun(
     log,
     async stop() {
       controller.abort();
-      await running.stop();
-      await loop;
+      try {
+        await running.stop();
+        await loop;
+      } finally {
+        await unlock();
+      }
     },
   };
 }

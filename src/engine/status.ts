@@ -1,5 +1,7 @@
+import { listConsoleLogs } from './hypervisor/consoles.ts';
 import { readQueueDepth } from './queue.ts';
 import { engineFiles, initialConnectivity, type Connectivity } from './state.ts';
+import { volumeLayout } from './volumes/index.ts';
 
 /** What `bulkhead engine status` shows; read from the files alone. */
 export interface EngineStatus {
@@ -27,6 +29,9 @@ export interface EngineStatus {
     badVersions: string[];
     lastError: string | null;
     leaseExpiresAt: number | null;
+    /** Where each boot's serial console log is kept, and the logs there, oldest first. */
+    consoleDir: string;
+    consoleLogs: string[];
   }[];
   queueDepth: number;
   /** The earliest lease expiry among the desired VMs: past it, they do not start offline. */
@@ -53,20 +58,25 @@ export async function readEngineStatus(dataDir: string): Promise<EngineStatus> {
   const names = [
     ...new Set([...(engineState?.vms ?? []).map((v) => v.name), ...desiredVms.keys()]),
   ];
-  const vms = names.map((name) => {
-    const local = engineState?.vms.find((v) => v.name === name);
-    const want = desiredVms.get(name);
-    return {
-      name,
-      currentVersionId: local?.currentVersionId ?? null,
-      previousVersionId: local?.previousVersionId ?? null,
-      desiredVersionId: want?.system.versionId ?? null,
-      transaction: local?.transaction.state ?? 'idle',
-      badVersions: local?.badVersions ?? [],
-      lastError: local?.lastError ? `${local.lastError.code}: ${local.lastError.message}` : null,
-      leaseExpiresAt: want?.lease.expiresAt ?? null,
-    };
-  });
+  const vms = await Promise.all(
+    names.map(async (name) => {
+      const consoleDir = volumeLayout(dataDir, name).consoleDir;
+      const local = engineState?.vms.find((v) => v.name === name);
+      const want = desiredVms.get(name);
+      return {
+        name,
+        currentVersionId: local?.currentVersionId ?? null,
+        previousVersionId: local?.previousVersionId ?? null,
+        desiredVersionId: want?.system.versionId ?? null,
+        transaction: local?.transaction.state ?? 'idle',
+        badVersions: local?.badVersions ?? [],
+        lastError: local?.lastError ? `${local.lastError.code}: ${local.lastError.message}` : null,
+        leaseExpiresAt: want?.lease.expiresAt ?? null,
+        consoleDir,
+        consoleLogs: await listConsoleLogs(consoleDir),
+      };
+    }),
+  );
   const leases = vms.map((v) => v.leaseExpiresAt).filter((x): x is number => x !== null);
   return {
     dataDir,
@@ -133,6 +143,13 @@ export function formatEngineStatus(s: EngineStatus, now: number): string[] {
         ` [${vm.transaction}]` +
         (vm.badVersions.length > 0 ? ` bad: ${vm.badVersions.join(', ')}` : '') +
         (vm.lastError !== null ? ` error: ${vm.lastError}` : ''),
+    );
+    const latest = vm.consoleLogs.at(-1);
+    lines.push(
+      `  console logs  ${vm.consoleDir}` +
+        (latest === undefined
+          ? ' (none yet)'
+          : ` (last ${vm.consoleLogs.length} boots; latest ${latest})`),
     );
   }
   return lines;

@@ -12,6 +12,7 @@ import {
   type VmEvent,
   type VmSpec,
 } from '../../src/engine/hypervisor/index.ts';
+import { listConsoleLogs } from '../../src/engine/hypervisor/consoles.ts';
 import { ensureDataVolume } from '../../src/engine/volumes/overlays.ts';
 import { IsolationPolicySchema } from '../../src/protocol/index.ts';
 import { tempDir, tool } from '../support/fixtures.ts';
@@ -45,6 +46,8 @@ function vmSpec(name: string, dir: string, guest: GuestArtifacts, disks: VmSpec[
     disks,
     policy: IsolationPolicySchema.parse({ network: 'none', encryptData: true }),
     runDir: join(dir, `run-${name}`),
+    consoleDir: join(dir, `consoles-${name}`),
+    version: 'os@1',
   };
 }
 
@@ -182,6 +185,10 @@ test('VMs on QEMU', { concurrency: true }, async (t) => {
       assert.ok(
         names.includes('POWERDOWN') && names.includes('SHUTDOWN') && names.includes('exited'),
       );
+      // This boot's serial console log is kept after the VM stopped, named by its version.
+      const firstBoot = await listConsoleLogs(spec.consoleDir!);
+      assert.equal(firstBoot.length, 1, 'one console log per boot');
+      assert.match(firstBoot[0]!, /-os@1\.log$/);
       // LUKS: the plaintext never reaches the host's file.
       assert.ok(!(await readFile(data)).includes(Buffer.from(MARKER)), 'data volume is encrypted');
 
@@ -198,6 +205,10 @@ test('VMs on QEMU', { concurrency: true }, async (t) => {
         async () => (await driver.status('work')).state === 'crashed',
       );
       const crashed = await driver.status('work');
+      // The next boot got its own console log; the first boot's is still there.
+      const twoBoots = await listConsoleLogs(spec.consoleDir!);
+      assert.equal(twoBoots.length, 2);
+      assert.equal(twoBoots[0], firstBoot[0]);
       assert.equal(crashed.lastExit, 'killed by SIGKILL');
       assert.equal(crashed.pid, undefined);
       const exited = events.find((e) => e.event === 'exited');

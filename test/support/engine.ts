@@ -1,14 +1,32 @@
 import type { Clock, Log } from '../../src/engine/index.ts';
 
-/** A log that drops everything but keeps its warnings' messages, for tests to assert on. */
-export function recordingLog(): Log & { warnings: string[] } {
+/** One line a recording log kept: its level, message and fields. */
+export interface LogEntry {
+  level: 'info' | 'warn' | 'error';
+  msg: string;
+  fields: Record<string, unknown>;
+}
+
+/**
+ * A log that drops debug lines and keeps the rest, for tests to assert on: `warnings` holds the
+ * warnings' messages, `entries` every info, warn and error line in order.
+ */
+export function recordingLog(): Log & { warnings: string[]; entries: LogEntry[] } {
   const warnings: string[] = [];
+  const entries: LogEntry[] = [];
+  const keep = (level: LogEntry['level']) => (fields: object, msg: string) => {
+    entries.push({ level, msg, fields: { ...fields } });
+  };
   return {
     warnings,
+    entries,
     debug: () => {},
-    info: () => {},
-    warn: (_fields, msg) => warnings.push(msg),
-    error: () => {},
+    info: keep('info'),
+    warn: (fields, msg) => {
+      warnings.push(msg);
+      keep('warn')(fields, msg);
+    },
+    error: keep('error'),
   };
 }
 

@@ -106,6 +106,8 @@ export interface QemuArgsOptions {
   accelerator: Accelerator;
   /** How a restricted network reaches an allowed endpoint: a command that relays stdio to it. */
   relayCommand?: (host: string, port: number) => string;
+  /** Where the serial console goes; default: `console.log` in the run directory. */
+  consoleLog?: string;
 }
 
 /**
@@ -161,7 +163,7 @@ export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuComma
     '-vnc',
     `unix:${opt(files.vnc)}`,
     '-serial',
-    `file:${opt(files.console)}`,
+    `file:${opt(options.consoleLog ?? files.console)}`,
     '-pidfile',
     files.pidfile,
     '-qmp',

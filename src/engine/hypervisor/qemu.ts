@@ -1,11 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { BulkheadError, ErrorCodes, errnoCode } from '../../protocol/index.ts';
 import { isAlive } from './alive.ts';
+import { CONSOLES_KEPT, consoleLogName, pruneConsoleLogs } from './consoles.ts';
 import { chooseAccelerator, type Accelerator, type KvmProbeResult } from './kvm-probe.ts';
 import { buildQemuArgs, runFiles, type RunFiles } from './qemu-args.ts';
 import { QmpClient, type QmpEvent } from './qmp.ts';
@@ -151,8 +152,12 @@ export class QemuDriver implements HypervisorDriver {
       );
     }
     const { accelerator } = await this.accelerator();
+    const consoleLog = spec.consoleDir
+      ? join(spec.consoleDir, consoleLogName(this.#now(), spec.version))
+      : undefined;
     const command = buildQemuArgs(spec, {
       accelerator,
+      ...(consoleLog ? { consoleLog } : {}),
       // Through sh so the relay's stderr is not the guest's connection (slirp hands the same
       // socket as stdin, stdout and stderr, and Node does not relay over it then).
       relayCommand: (host, port) =>
@@ -162,6 +167,11 @@ export class QemuDriver implements HypervisorDriver {
     });
     await mkdir(spec.runDir, { recursive: true });
     await cleanRunDir(files, spec.runDir);
+    if (consoleLog) {
+      await mkdir(dirname(consoleLog), { recursive: true, mode: 0o700 });
+      // Room for this boot's log among the last CONSOLES_KEPT.
+      await pruneConsoleLogs(dirname(consoleLog), CONSOLES_KEPT - 1);
+    }
     const entry = newEntry(spec.name, spec.runDir, files);
     entry.state = 'starting';
     entry.accelerator = accelerator;

@@ -35,6 +35,14 @@ export interface VmSpec {
   policy: IsolationPolicy;
   /** Directory for the VM's sockets (QMP, guest agent, VNC) and logs; created by Engine. */
   runDir: string;
+  /**
+   * Where each boot's serial console log is kept (one file per boot, the last few; see
+   * consoles.ts). Absent: the console goes to `console.log` in the run directory, replaced at
+   * every boot.
+   */
+  consoleDir?: string;
+  /** What the VM boots, as people name it (`os@2`); names its console log. */
+  version?: string;
 }
 
 export type VmRunState = 'stopped' | 'starting' | 'running' | 'shutting-down' | 'crashed';

@@ -114,7 +114,29 @@ export function vmSpec(
     disks: vmDisks(layout, release.apps, key),
     policy: vm.policy,
     runDir: layout.runDir,
+    consoleDir: layout.consoleDir,
+    version: releaseName(release),
   };
+}
+
+/** A release as people name it: `image@version`, app layers after a `+` (`os@2+tools@3`). */
+export function releaseName(release: Release): string {
+  return releaseVolumes(release)
+    .map((v) => `${v.image}@${v.version}`)
+    .join('+');
+}
+
+/** `releaseName`, or null for no release (a VM's first install comes from nothing). */
+export function releaseLabel(release: Release | null | undefined): string | null {
+  return release ? releaseName(release) : null;
+}
+
+/**
+ * The fields every update log line carries: the VM and both versions by name. Never a key,
+ * never the desired state itself (it holds the data volume's key).
+ */
+function about(tx: Pick<Transaction, 'vm' | 'from' | 'to'>) {
+  return { component: 'rollout', vm: tx.vm, from: releaseLabel(tx.from), to: releaseLabel(tx.to) };
 }
 
 function message(err: unknown): string {
@@ -167,6 +189,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
       let downloaded = 0;
       let reused = 0;
       let lastReport = 0;
+      deps.log.info(about(tx), `${tx.vm}: download of ${releaseLabel(tx.to)} started`);
       try {
         for (const ref of releaseVolumes(tx.to)) {
           const r = await deps.goldens.ensure(ref, {
@@ -201,13 +224,19 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
           }));
           return 'wait';
         }
+        deps.log.info({ ...about(tx), reason: message(err) }, `${tx.vm}: download failed`);
         return { event: 'download-failed', reason: message(err) };
       }
+      deps.log.info(
+        { ...about(tx), downloadedBytes: downloaded, reusedBytes: reused },
+        `${tx.vm}: download of ${releaseLabel(tx.to)} finished (${downloaded} bytes downloaded, ${reused} reused)`,
+      );
       await deps.report({
         id: eventId(tx, 'staged'),
         type: 'staged',
         data: { ...aboutRelease(tx), downloadedBytes: downloaded, reusedBytes: reused },
       });
+      deps.log.info(about(tx), `${tx.vm}: ${releaseLabel(tx.to)} staged`);
       return 'downloaded';
     },
 
@@ -221,7 +250,19 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
         (await exists(acceptMarker(deps.dataDir, tx.vm))) ||
         (await exists(acceptMarker(deps.dataDir, null)));
       const deadlinePassed = deps.clock.now() >= tx.since + deps.switchDeadlineMs;
-      return isOff || accepted || deadlinePassed ? 'window-open' : 'wait';
+      const why = isOff
+        ? 'the VM is off'
+        : accepted
+          ? 'the user accepted'
+          : deadlinePassed
+            ? 'the switch deadline passed'
+            : null;
+      if (!why) return 'wait';
+      deps.log.info(
+        { ...about(tx), because: why },
+        `${tx.vm}: switching to ${releaseLabel(tx.to)} (${why})`,
+      );
+      return 'window-open';
     },
 
     async switching(tx) {
@@ -231,7 +272,9 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
         await deps.hypervisor.stop(tx.vm, { timeoutMs: deps.stopTimeoutMs });
         await prepareRelease(deps, vm, tx.to, deps.target(vm.name));
       } catch (err) {
-        return { event: 'switch-failed', reason: `switch failed: ${message(err)}` };
+        const reason = `switch failed: ${message(err)}`;
+        deps.log.info({ ...about(tx), reason }, `${tx.vm}: ${reason}`);
+        return { event: 'switch-failed', reason };
       }
       await rm(acceptMarker(deps.dataDir, tx.vm), { force: true });
       await deps.report({
@@ -246,10 +289,16 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
       try {
         const vm = desiredVm(deps, tx);
         const layout = volumeLayout(deps.dataDir, vm.name);
-        await deps.hypervisor.start(vmSpec(vm, tx.to, layout, deps.kernel));
+        const status = await deps.hypervisor.start(vmSpec(vm, tx.to, layout, deps.kernel));
+        deps.log.info(
+          { ...about(tx), pid: status.pid, attempt: tx.attempt },
+          `${tx.vm}: booted ${releaseLabel(tx.to)}; checking its health`,
+        );
         return 'booted';
       } catch (err) {
-        return { event: 'boot-failed', reason: `the VM did not start: ${message(err)}` };
+        const reason = `the VM did not start: ${message(err)}`;
+        deps.log.info({ ...about(tx), reason }, `${tx.vm}: boot of ${releaseLabel(tx.to)} failed`);
+        return { event: 'boot-failed', reason };
       }
     },
 
@@ -257,10 +306,9 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
       const vm = desiredVm(deps, tx);
       const status = await deps.hypervisor.status(tx.vm);
       if (status.state !== 'running' && status.state !== 'starting') {
-        return {
-          event: 'unhealthy',
-          reason: `the VM stopped during its health check (${status.lastExit ?? status.state})`,
-        };
+        const reason = `the VM stopped during its health check (${status.lastExit ?? status.state})`;
+        deps.log.info({ ...about(tx), reason }, `${tx.vm}: health check failed: ${reason}`);
+        return { event: 'unhealthy', reason };
       }
       const result = await checkHealth({
         connect: () => deps.connectAgent(status),
@@ -269,7 +317,15 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
         clock: deps.clock,
         ...(deps.signal ? { signal: deps.signal } : {}),
       });
-      return result.healthy ? 'healthy' : { event: 'unhealthy', reason: result.reason };
+      if (!result.healthy) {
+        deps.log.info(
+          { ...about(tx), reason: result.reason },
+          `${tx.vm}: health check of ${releaseLabel(tx.to)} failed: ${result.reason}`,
+        );
+        return { event: 'unhealthy', reason: result.reason };
+      }
+      deps.log.info(about(tx), `${tx.vm}: health check of ${releaseLabel(tx.to)} passed`);
+      return 'healthy';
     },
 
     async committed(tx) {
@@ -285,22 +341,33 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
         lastFailure: null,
       }));
       await deps.report({ id: eventId(tx, 'healthy'), type: 'healthy', data: aboutRelease(tx) });
+      deps.log.info(about(tx), `${tx.vm}: committed ${releaseLabel(tx.to)}`);
       return 'done';
     },
 
     async 'rolling-back'(tx) {
       if (!tx.from) {
+        deps.log.info(
+          { ...about(tx), reason: tx.reason },
+          `${tx.vm}: no previous version to roll back to; stopping the VM`,
+        );
         await deps.hypervisor.stop(tx.vm, { timeoutMs: deps.stopTimeoutMs });
         return { event: 'nothing-to-roll-back', reason: tx.reason ?? 'no previous version' };
       }
+      deps.log.info(
+        { ...about(tx), reason: tx.reason, attempt: tx.attempt },
+        `${tx.vm}: rolling back to ${releaseLabel(tx.from)}`,
+      );
+      let failure: string;
       try {
         const result = await bootHealthy(deps, desiredVm(deps, tx), tx.from);
-        return result.healthy
-          ? 'rolled-back'
-          : { event: 'rollback-failed', reason: `previous version: ${result.reason}` };
+        if (result.healthy) return 'rolled-back';
+        failure = `previous version: ${result.reason}`;
       } catch (err) {
-        return { event: 'rollback-failed', reason: `rollback failed: ${message(err)}` };
+        failure = `rollback failed: ${message(err)}`;
       }
+      deps.log.warn({ ...about(tx), reason: failure }, `${tx.vm}: rollback attempt failed`);
+      return { event: 'rollback-failed', reason: failure };
     },
 
     async 'rolled-back'(tx) {
@@ -315,6 +382,10 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
           runningVersionId: tx.from?.system.versionId ?? null,
         },
       });
+      deps.log.info(
+        { ...about(tx), reason },
+        `${tx.vm}: rolled back to ${releaseLabel(tx.from)}; ${releaseLabel(tx.to)} is marked bad (${reason})`,
+      );
       return 'done';
     },
 
@@ -333,6 +404,10 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
         type: 'failed',
         data: { ...aboutRelease(tx), reason },
       });
+      deps.log.warn(
+        { ...about(tx), reason },
+        `${tx.vm}: update to ${releaseLabel(tx.to)} failed (${reason})`,
+      );
       return 'done';
     },
   };

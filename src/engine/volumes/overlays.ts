@@ -23,6 +23,8 @@ export interface VolumeLayout {
   overlay(role: string): string;
   data: string;
   runDir: string;
+  /** Each boot's serial console log, the last few (hypervisor/consoles.ts). */
+  consoleDir: string;
 }
 
 export function volumeLayout(dataDir: string, vm: string): VolumeLayout {
@@ -45,6 +47,7 @@ export function volumeLayout(dataDir: string, vm: string): VolumeLayout {
     },
     data: join(vmDir, 'data.qcow2'),
     runDir: join(vmDir, 'run'),
+    consoleDir: join(vmDir, 'consoles'),
   };
 }
 

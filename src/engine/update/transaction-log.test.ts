@@ -1,0 +1,162 @@
+// What Engine's log says about an update: every step of a good update and of one that rolls
+// back, at info level, naming the VM and the versions as people know them (`os@2`), without
+// the data volume's key. The real reconciler, update transaction, records and overlays
+// (qemu-img) on the simulated hypervisor; goldens are small local files.
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { recordingLog, type LogEntry } from '../../../test/support/engine.ts';
+import { tempDir, tool } from '../../../test/support/fixtures.ts';
+import type { DesiredState, DesiredVm, VolumeRef } from '../../protocol/index.ts';
+import { systemClock } from '../clock.ts';
+import { createSimDriver } from '../hypervisor/sim.ts';
+import { createReconciler } from '../reconcile.ts';
+import { engineFiles } from '../state.ts';
+import type { GoldenStore } from '../volumes/index.ts';
+import { TransactionFiles, VmRecords } from './records.ts';
+
+const DATA_KEY = Buffer.alloc(32, 7).toString('base64');
+
+function ref(version: string): VolumeRef {
+  return {
+    image: 'os',
+    imageId: 'img-os',
+    version,
+    versionId: `ver-${version}`,
+    manifestId: version.repeat(64).slice(0, 64),
+    size: 65536,
+  };
+}
+
+function desired(version: string, revision: number): DesiredState {
+  const vm: DesiredVm = {
+    name: 'work',
+    profileId: 'p1',
+    system: ref(version),
+    apps: [],
+    policy: {
+      network: 'nat',
+      allowedEndpoints: [],
+      clipboard: false,
+      usbDevices: [],
+      encryptData: false,
+    },
+    healthCheck: { timeoutSeconds: 30, command: ['/bin/true'] },
+    resources: { cpus: 1, memoryMib: 256 },
+    resetPolicy: 'on-update',
+    lease: { days: 30, expiresAt: Date.now() + 86_400_000 },
+    dataKey: DATA_KEY,
+  };
+  return {
+    deviceId: 'd',
+    revision,
+    generatedAt: Date.now(),
+    expiresAt: Date.now() + 86_400_000,
+    device: { state: 'active' },
+    mirrors: ['http://mirror.invalid/'],
+    publishers: [],
+    vms: [vm],
+    commands: [],
+  };
+}
+
+test('the log tells every step of a good update and of a rollback, by version name', async (t) => {
+  await tool('qemu-img', ['--version'], 'qemu-utils');
+  const dataDir = await tempDir(t);
+  const log = recordingLog();
+  const clock = systemClock;
+  const hypervisor = createSimDriver();
+  // Goldens: a small raw file per version, "downloaded" the first time it is asked for.
+  const pulled = new Set<string>();
+  const goldens = {
+    ensure: async (v: VolumeRef) => {
+      const path = join(dataDir, `golden-${v.versionId}.raw`);
+      const isNew = !pulled.has(v.versionId);
+      if (isNew) await writeFile(path, Buffer.alloc(v.size));
+      pulled.add(v.versionId);
+      return {
+        golden: { path },
+        pulled: isNew,
+        downloadedBytes: isNew ? v.size : 0,
+        reusedBytes: 0,
+      };
+    },
+    list: async () => [],
+    gc: async () => [],
+  } as unknown as GoldenStore;
+  // os@3 is broken: its health check command fails; the agent answers for the version booted.
+  let running = '';
+  const start = hypervisor.start.bind(hypervisor);
+  hypervisor.start = async (spec) => {
+    running = spec.version ?? '';
+    return start(spec);
+  };
+  const reconciler = createReconciler({
+    dataDir,
+    goldens,
+    hypervisor,
+    records: new VmRecords(engineFiles(dataDir, { clock, log }).engineState, clock),
+    transactions: new TransactionFiles(dataDir, clock, log),
+    report: async () => {},
+    connectAgent: async () => ({
+      ping: async () => {},
+      exec: async () => ({ exitCode: running === 'os@3' ? 1 : 0 }),
+      close: () => {},
+    }),
+    clock,
+    log,
+    dataVolumeBytes: 1 << 20,
+    switchDeadlineMs: 0,
+    stopTimeoutMs: 1000,
+  });
+  const infos = (from: number) =>
+    log.entries.slice(from).filter((e: LogEntry) => e.level === 'info' || e.level === 'warn');
+
+  await reconciler.reconcile(desired('1', 1));
+  const afterFirst = log.entries.length;
+
+  await reconciler.reconcile(desired('2', 2));
+  const good = infos(afterFirst);
+  assert.deepEqual(
+    good.map((e) => `${e.level} ${e.msg}`),
+    [
+      'info work: update from os@1 to os@2 begins',
+      'info work: download of os@2 started',
+      'info work: download of os@2 finished (65536 bytes downloaded, 0 reused)',
+      'info work: os@2 staged',
+      'info work: switching to os@2 (the switch deadline passed)',
+      'info work: booted os@2; checking its health',
+      'info work: health check of os@2 passed',
+      'info work: committed os@2',
+    ],
+  );
+  for (const e of good) {
+    assert.equal(e.fields['component'], 'rollout', e.msg);
+    assert.equal(e.fields['vm'], 'work');
+    assert.deepEqual([e.fields['from'], e.fields['to']], ['os@1', 'os@2'], e.msg);
+  }
+  assert.equal(good[2]!.fields['downloadedBytes'], 65536);
+  const afterGood = log.entries.length;
+
+  await reconciler.reconcile(desired('3', 3));
+  const rollback = infos(afterGood);
+  assert.deepEqual(
+    rollback.map((e) => `${e.level} ${e.msg}`),
+    [
+      'info work: update from os@2 to os@3 begins',
+      'info work: download of os@3 started',
+      'info work: download of os@3 finished (65536 bytes downloaded, 0 reused)',
+      'info work: os@3 staged',
+      'info work: switching to os@3 (the switch deadline passed)',
+      'info work: booted os@3; checking its health',
+      'info work: health check of os@3 failed: health check command exited 1',
+      'info work: rolling back to os@2',
+      'info work: rolled back to os@2; os@3 is marked bad (health check command exited 1)',
+    ],
+  );
+  assert.equal(rollback[6]!.fields['reason'], 'health check command exited 1');
+  // No line carries the data volume's key, in any field.
+  assert.ok(!JSON.stringify(log.entries).includes(DATA_KEY));
+  assert.equal(running, 'os@2', 'the VM runs the previous version again');
+});
