@@ -1,7 +1,21 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { DesiredVm } from '../protocol/index.ts';
+import { systemClock } from './clock.ts';
+import { isAlive } from './hypervisor/alive.ts';
 import { listConsoleLogs } from './hypervisor/consoles.ts';
 import { readQueueDepth } from './queue.ts';
 import { engineFiles, initialConnectivity, type Connectivity } from './state.ts';
-import { volumeLayout } from './volumes/index.ts';
+import { releaseLabel, releaseName } from './update/executors.ts';
+import type { Transaction } from './update/machine.ts';
+import { TransactionFiles, type VmRecord } from './update/records.ts';
+import {
+  releaseKey,
+  releaseVolumes,
+  ReleaseSchema,
+  volumeLayout,
+  type Release,
+} from './volumes/index.ts';
 
 /** What `bulkhead engine status` shows; read from the files alone. */
 export interface EngineStatus {
@@ -32,6 +46,9 @@ export interface EngineStatus {
     /** Where each boot's serial console log is kept, and the logs there, oldest first. */
     consoleDir: string;
     consoleLogs: string[];
+    /** What the VM is doing, in one sentence naming versions as `image@version`. */
+    summary: string;
+    activity: VmActivity;
   }[];
   queueDepth: number;
   /** The earliest lease expiry among the desired VMs: past it, they do not start offline. */
@@ -58,11 +75,31 @@ export async function readEngineStatus(dataDir: string): Promise<EngineStatus> {
   const names = [
     ...new Set([...(engineState?.vms ?? []).map((v) => v.name), ...desiredVms.keys()]),
   ];
+  const transactions = new TransactionFiles(dataDir, systemClock);
   const vms = await Promise.all(
     names.map(async (name) => {
-      const consoleDir = volumeLayout(dataDir, name).consoleDir;
+      const { consoleDir, runDir } = volumeLayout(dataDir, name);
       const local = engineState?.vms.find((v) => v.name === name);
       const want = desiredVms.get(name);
+      const current = ReleaseSchema.safeParse((local as VmRecord | undefined)?.current);
+      const { summary, activity } = describeVm({
+        name,
+        record: {
+          currentVersionId: local?.currentVersionId ?? null,
+          current: current.success ? current.data : null,
+          badVersions: local?.badVersions ?? [],
+          lastError: local?.lastError ?? null,
+          transaction: local?.transaction ?? { state: 'idle', targetVersionId: null },
+        },
+        // An unreadable transaction file is shown as none: status never repairs or throws.
+        transaction: await Promise.resolve()
+          .then(() => transactions.file(name).read(readOnly))
+          .catch(() => undefined),
+        desired: want,
+        deviceState: state?.device.state ?? null,
+        killed: killed !== undefined,
+        run: await runStateOf(runDir),
+      });
       return {
         name,
         currentVersionId: local?.currentVersionId ?? null,
@@ -74,6 +111,8 @@ export async function readEngineStatus(dataDir: string): Promise<EngineStatus> {
         leaseExpiresAt: want?.lease.expiresAt ?? null,
         consoleDir,
         consoleLogs: await listConsoleLogs(consoleDir),
+        summary,
+        activity,
       };
     }),
   );
@@ -133,16 +172,17 @@ export function formatEngineStatus(s: EngineStatus, now: number): string[] {
     `Lease       ${s.leaseExpiresAt === null ? 'none' : `until ${when(s.leaseExpiresAt)}`}`,
   );
   lines.push(`Queue       ${s.queueDepth} events waiting`);
-  if (s.vms.length === 0) lines.push('VMs         none');
-  for (const vm of s.vms) {
+  if (s.vms.length === 0) {
     lines.push(
-      `VM ${vm.name}: ${vm.currentVersionId ?? 'not installed'}` +
-        (vm.desiredVersionId !== null && vm.desiredVersionId !== vm.currentVersionId
-          ? ` → ${vm.desiredVersionId}`
-          : '') +
-        ` [${vm.transaction}]` +
-        (vm.badVersions.length > 0 ? ` bad: ${vm.badVersions.join(', ')}` : '') +
-        (vm.lastError !== null ? ` error: ${vm.lastError}` : ''),
+      s.desired === null
+        ? 'VMs         none yet: no desired state from Center yet (is `bulkhead engine run` running?)'
+        : 'VMs         none: Center assigns this PC no profile',
+    );
+  }
+  for (const vm of s.vms) {
+    lines.push(vm.summary);
+    lines.push(
+      `  lease         ${vm.leaseExpiresAt === null ? 'none' : `until ${when(vm.leaseExpiresAt)}`}`,
     );
     const latest = vm.consoleLogs.at(-1);
     lines.push(
@@ -168,4 +208,145 @@ function ago(ms: number, now: number): string {
           ? `${Math.round(a / 3600)} h`
           : `${Math.round(a / 86_400)} d`;
   return future ? `in ${text}` : `${text} ago`;
+}
+
+/** What a VM is doing, as a machine reads it (`--json`'s `activity`). */
+export type VmActivity =
+  'running' | 'updating' | 'rolled-back' | 'locked' | 'killed' | 'stopped' | 'crashed';
+
+/** Whether the VM's QEMU runs, read from its pidfile: none is stopped, a dead pid crashed. */
+export type VmRunState = 'running' | 'stopped' | 'crashed';
+
+/** Everything `describeVm` needs about one VM, all read from Engine's files. */
+export interface VmFacts {
+  name: string;
+  /** The record in `engine-state.json` (its `current` release when it has one). */
+  record: Pick<VmRecord, 'currentVersionId' | 'current' | 'badVersions' | 'lastError'> & {
+    transaction: { state: string; targetVersionId: string | null };
+  };
+  /** The persisted update transaction, when one runs. */
+  transaction: Transaction | undefined;
+  /** What Center wants this VM to run; undefined when the desired state has no such VM. */
+  desired: DesiredVm | undefined;
+  /** The device's state in the desired state (`locked`: no VM may run). */
+  deviceState: string | null;
+  /** Center killed this device (a verified kill notice). */
+  killed: boolean;
+  run: VmRunState;
+}
+
+/**
+ * One sentence saying what a VM is doing, naming versions as `image@version` (an id not in the
+ * records or the desired state falls back to a short id). After a rollback the desired version
+ * is marked bad and is shown as refused, never as a target still being moved to.
+ */
+export function describeVm(f: VmFacts): { activity: VmActivity; summary: string } {
+  const names = new Map<string, string>();
+  for (const r of [
+    f.desired && desiredRelease(f.desired),
+    f.transaction?.to,
+    f.transaction?.from,
+  ]) {
+    if (r) names.set(r.system.versionId, releaseName(r));
+  }
+  const byId = (id: string | null) =>
+    id === null ? null : (names.get(id) ?? `version ${id.slice(0, 8)}`);
+  const current = f.record.current
+    ? releaseName(f.record.current)
+    : byId(f.record.currentVersionId);
+  const on = current === null ? 'with nothing installed' : `on ${current}`;
+  const say = (activity: VmActivity, text: string) => ({
+    activity,
+    summary: `${f.name}: ${text}`,
+  });
+
+  if (f.killed || f.deviceState === 'killed') {
+    return say('killed', 'killed — Center killed this PC; no VM starts again');
+  }
+  if (f.deviceState === 'locked') {
+    return say(
+      'locked',
+      f.run === 'running'
+        ? 'locked — stopping until Center unlocks this PC'
+        : 'locked — stopped until Center unlocks this PC',
+    );
+  }
+  const tx = f.transaction;
+  const desired = f.desired ? desiredRelease(f.desired) : undefined;
+  const isBad = desired !== undefined && f.record.badVersions.includes(releaseKey(desired));
+  const reason = f.record.lastError?.message ?? tx?.reason ?? 'no reason recorded';
+  if (tx && tx.state !== 'rolled-back' && tx.state !== 'failed') {
+    return say('updating', `updating to ${releaseName(tx.to)} — ${step(tx)}`);
+  }
+  if (tx?.state === 'rolled-back' || (tx === undefined && isBad && desired)) {
+    const bad = tx ? releaseName(tx.to) : releaseName(desired!);
+    const back = tx?.from ? releaseName(tx.from) : current;
+    const why = tx?.reason ?? reason;
+    return say(
+      'rolled-back',
+      `rolled back from ${bad} to ${back ?? 'nothing'}: ${why} (${bad} is refused` +
+        ` until Center assigns another version)` +
+        (f.run === 'running' ? '' : `; the VM is ${f.run}`),
+    );
+  }
+  if (tx?.state === 'failed') {
+    return say('updating', `updating to ${releaseName(tx.to)} — failed: ${tx.reason ?? reason}`);
+  }
+  if (desired && desired.system.versionId !== f.record.currentVersionId) {
+    const target = releaseName(desired);
+    return say(
+      'updating',
+      f.record.lastError
+        ? `updating to ${target} — waiting to retry after: ${f.record.lastError.message}`
+        : `updating to ${target} — waiting to start`,
+    );
+  }
+  if (f.run === 'running') return say('running', `running and healthy ${on}`);
+  if (f.run === 'crashed') {
+    return say('crashed', `crashed ${on} (its QEMU is gone; see its console log)`);
+  }
+  return say('stopped', `stopped ${on}`);
+}
+
+/** The step of a running transaction, in words. */
+function step(tx: Transaction): string {
+  switch (tx.state) {
+    case 'downloading':
+      return `downloading (${megabytes(releaseVolumes(tx.to).reduce((n, v) => n + v.size, 0))})`;
+    case 'staged':
+      return 'staged, switches when the VM is next off, when the user accepts it (bulkhead engine accept) or at the switch deadline';
+    case 'switching':
+      return 'switching';
+    case 'booting':
+      return `booting${tx.attempt > 1 ? ` (attempt ${tx.attempt})` : ''}`;
+    case 'health-check':
+      return 'checking health';
+    case 'committed':
+      return 'healthy, committing';
+    case 'rolling-back':
+      return `rolling back to ${releaseLabel(tx.from) ?? 'nothing'}: ${tx.reason ?? 'failed'}`;
+    default:
+      return tx.state;
+  }
+}
+
+function desiredRelease(vm: DesiredVm): Release {
+  return { system: vm.system, apps: vm.apps };
+}
+
+function megabytes(bytes: number): string {
+  return `${(bytes / 1_000_000).toFixed(1)} MB`;
+}
+
+/** Whether a VM's QEMU runs: its pidfile in the run dir, and whether that pid is alive. */
+async function runStateOf(runDir: string): Promise<VmRunState> {
+  let text: string;
+  try {
+    text = await readFile(join(runDir, 'qemu.pid'), 'utf8');
+  } catch {
+    return 'stopped';
+  }
+  const pid = Number(text.trim());
+  if (!Number.isInteger(pid) || pid <= 1) return 'stopped';
+  return isAlive(pid) ? 'running' : 'crashed';
 }

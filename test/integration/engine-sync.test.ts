@@ -586,6 +586,12 @@ test('bulkhead engine enroll and status as a real process', async (t) => {
   assert.equal(s.queueDepth, 0);
   const human = await cli(['engine', 'status', '--data', dataDir]);
   assert.match(human.stdout, new RegExp(`Device\\s+${out.deviceId}`));
+  // An enrolled PC that has no desired state yet says so in words, and what to check.
+  assert.match(
+    human.stdout,
+    /^VMs\s+none yet: no desired state from Center yet \(is `bulkhead engine run` running\?\)$/m,
+  );
+  assert.deepEqual(s.vms, []);
 
   const forced = await enrol('--token', await center.token(), '--force', '--json');
   assert.equal(forced.code, 0, forced.stderr);
