@@ -209,7 +209,11 @@ test('an unauthenticated 60 MB upload gets its 401 and the connection is closed,
 /** A connection from `localAddress` that sends nothing, and when the server closed it. */
 function silentSocket(port: number, localAddress: string) {
   const socket: Socket = connect({ port, host: '127.0.0.1', localAddress });
-  const state = { closed: false, openedAt: Date.now(), closedAfterMs: -1 };
+  const state = { closed: false, connected: false, openedAt: Date.now(), closedAfterMs: -1 };
+  socket.on('connect', () => {
+    state.connected = true;
+    state.openedAt = Date.now();
+  });
   socket.on('error', () => {});
   socket.on('close', () => {
     state.closed = true;
@@ -287,6 +291,13 @@ test('silent connections and unfinished headers are closed after the header time
   const partial = silentSocket(port, '127.0.0.1');
   partial.socket.write('GET /healthz HTTP/1.1\r\nHost: center\r\n');
   t.after(() => [silent, partial].forEach((s) => s.socket.destroy()));
+  // The header timeout counts from the connection; on a loaded machine the connection itself
+  // can take a while (a SYN retried), which is not the server's doing.
+  await waitFor(
+    'both connections to be made',
+    () => ([silent, partial].every((s) => s.state.connected || s.state.closed) ? true : undefined),
+    { timeoutMs: 120_000 },
+  );
   // Node's defaults would keep the first for good and the second for 60 to 90 s.
   await waitFor(
     'the server to close the silent connection',
@@ -294,12 +305,23 @@ test('silent connections and unfinished headers are closed after the header time
     {
       timeoutMs: 30_000,
     },
-  );
+  ).catch((err: Error) => {
+    const s = silent.socket;
+    throw new Error(
+      `${err.message} (client: ${s.readyState}, local ${s.localAddress}:${s.localPort}, ` +
+        `bytes read ${s.bytesRead}, written ${s.bytesWritten}, ended ${s.readableEnded})`,
+    );
+  });
   await waitFor(
     'the server to close the one with unfinished headers',
     () => partial.state.closed || undefined,
     { timeoutMs: 30_000 },
-  );
+  ).catch((err: Error) => {
+    const p = partial.socket;
+    throw new Error(
+      `${err.message} (client: ${p.readyState}, bytes read ${p.bytesRead}, written ${p.bytesWritten})`,
+    );
+  });
   assert.ok(silent.state.closedAfterMs >= 900, `closed after ${silent.state.closedAfterMs} ms`);
   // A connection that sends its request in time is answered as usual.
   assert.equal(await healthzFrom(port, '127.0.0.1'), 200);

@@ -80,6 +80,7 @@ export interface ConnectionGuardOptions {
  */
 export function guardConnections(server: Server, options: ConnectionGuardOptions): void {
   const open = new Map<string, number>();
+  const firstRequest = new WeakMap<Socket, NodeJS.Timeout>();
   server.on('connection', (socket: Socket) => {
     const remote = socket.remoteAddress;
     if (remote === undefined) {
@@ -102,12 +103,22 @@ export function guardConnections(server: Server, options: ConnectionGuardOptions
         else open.delete(address);
       });
     }
-    // With no listener for the timeout, Node destroys the socket. Cleared by the first request
-    // below; between requests, Node's keep-alive timeout takes over.
-    socket.setTimeout(options.headersTimeoutMs);
+    // A connection that has not made its first request when the header timeout ends is
+    // destroyed. A timer of our own rather than the socket's idle timeout, whose event Node's
+    // HTTP server may hand to other listeners instead of closing the socket. Between requests,
+    // Node's keep-alive timeout takes over.
+    const timer = setTimeout(() => {
+      if (!socket.destroyed) socket.destroy();
+    }, options.headersTimeoutMs);
+    timer.unref();
+    firstRequest.set(socket, timer);
+    socket.once('close', () => clearTimeout(timer));
   });
   server.on('request', (req: { socket: Socket }) => {
-    req.socket.setTimeout(server.timeout);
+    const timer = firstRequest.get(req.socket);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    firstRequest.delete(req.socket);
   });
 }
 
