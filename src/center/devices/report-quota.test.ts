@@ -6,6 +6,7 @@ import type { TestContext } from 'node:test';
 import { pino } from 'pino';
 import { forEachDatabase } from '../../../test/support/databases.ts';
 import { sampleEvent, updateEvent } from '../../../test/support/events.ts';
+import { insertGroup } from '../../../test/support/center.ts';
 import { tempDir } from '../../../test/support/fixtures.ts';
 import {
   ErrorBodySchema,
@@ -42,17 +43,7 @@ forEachDatabase('device report quota', async (t, databases) => {
       now: () => new Date(clock.ms),
     });
     st.after(() => app.close());
-    const groupId = newId(clock.ms);
-    await db
-      .insertInto('device_groups')
-      .values({
-        id: groupId,
-        name: `group-${groupId}`,
-        description: '',
-        created_at: clock.ms,
-        updated_at: clock.ms,
-      })
-      .execute();
+    const groupId = await insertGroup(db, `group-${newId(clock.ms)}`, clock.ms);
 
     /** An enrolled device and a bearer token of its own. */
     async function device() {
