@@ -293,7 +293,12 @@ export function printDevice(ctx: CommandContext, d: DeviceDetail, nowMs = Date.n
     ['state', d.state],
     ['enrolled', when(d.enrolledAt)],
     ['last seen', `${when(d.lastContactAt)} (${ago(d.lastContactAt, nowMs)})`],
-    ['Engine', str(inventory, 'engineVersion') ?? 'version not reported'],
+    [
+      'Engine',
+      str(inventory, 'engineVersion') === undefined
+        ? 'version not reported'
+        : `${str(inventory, 'engineVersion')} (at enrolment)`,
+    ],
   ];
   const width = Math.max(...identity.map(([label]) => label.length));
   for (const [label, value] of identity) ctx.out(`  ${label.padEnd(width)}  ${value}`);

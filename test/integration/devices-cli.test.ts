@@ -97,6 +97,7 @@ test('devices by name, shown in sections; lists with names; flags and errors in 
     model: 'Desk 1',
     serial: 'SN123',
     hypervisor: 'QEMU/TCG on Linux',
+    engineVersion: '9.9.9',
   });
   const twinA = await enrolPc(info.url, token.token, 'twin', { hostname: 'twin' });
   const twinB = await enrolPc(info.url, token.token, 'twin', { hostname: 'twin' });
@@ -172,27 +173,27 @@ test('devices by name, shown in sections; lists with names; flags and errors in 
     }
     assert.match(out, /^Device lab-pc$/m);
     assert.match(out, new RegExp(`^  id +${pc.id}$`, 'm'));
-    assert.match(out, /^  group +finance$/m);
-    assert.match(out, /^  state +locked$/m);
-    assert.match(out, /^  last seen +\S+Z \(.* ago\)$/m);
-    assert.match(out, /^  Engine +/m);
-    assert.match(out, /^  CPU +Test CPU 3000, 4 cores$/m);
-    assert.match(out, /^  memory +8\.0 GiB$/m);
-    assert.match(out, /^  hardware +Acme Desk 1 serial SN123$/m);
-    assert.match(out, /^  disks +nvme0n1 512\.0 GiB \(Disk X\)$/m);
+    assert.match(out, /^ {2}group +finance$/m);
+    assert.match(out, /^ {2}state +locked$/m);
+    assert.match(out, /^ {2}last seen +\S+Z \(.* ago\)$/m);
+    assert.match(out, /^ {2}Engine +9\.9\.9 \(at enrolment\)$/m);
+    assert.match(out, /^ {2}CPU +Test CPU 3000, 4 cores$/m);
+    assert.match(out, /^ {2}memory +8\.0 GiB$/m);
+    assert.match(out, /^ {2}hardware +Acme Desk 1 serial SN123$/m);
+    assert.match(out, /^ {2}disks +nvme0n1 512\.0 GiB \(Disk X\)$/m);
     // The VM runs 1 and should run 2 (the rollout).
-    assert.match(out, /^  VM +RUNS +SHOULD RUN +STATUS/m);
-    assert.match(out, /^  work +demo-os@1 +demo-os@2 +behind/m);
-    assert.match(out, /^  work +30 days offline; runs out by \S+Z/m);
-    assert.match(out, /^  TIME +VM +EVENT +VERSIONS +REASON$/m);
+    assert.match(out, /^ {2}VM +RUNS +SHOULD RUN +STATUS/m);
+    assert.match(out, /^ {2}work +demo-os@1 +demo-os@2 +behind/m);
+    assert.match(out, /^ {2}work +30 days offline; runs out by \S+Z/m);
+    assert.match(out, /^ {2}TIME +VM +EVENT +VERSIONS +REASON$/m);
     assert.match(
       out,
-      /^  \S+Z +work +rolled back +demo-os@2 → back to demo-os@1 +the guest agent did not answer within 60 s$/m,
+      /^ {2}\S+Z +work +rolled back +demo-os@2 → back to demo-os@1 +the guest agent did not answer within 60 s$/m,
     );
-    assert.match(out, /^  \S+Z +work +switched +demo-os@1 → demo-os@2 +-$/m);
-    assert.match(out, /^  \S+Z +work +healthy +demo-os@1 +-$/m);
-    assert.match(out, /^  ISSUED +COMMAND +VM +STATE$/m);
-    assert.match(out, /^  \S+Z +lock +- +pending$/m);
+    assert.match(out, /^ {2}\S+Z +work +switched +demo-os@1 → demo-os@2 +-$/m);
+    assert.match(out, /^ {2}\S+Z +work +healthy +demo-os@1 +-$/m);
+    assert.match(out, /^ {2}ISSUED +COMMAND +VM +STATE$/m);
+    assert.match(out, /^ {2}\S+Z +lock +- +pending$/m);
     const ids = [...out.matchAll(UUID)].map((m) => m[0]);
     assert.deepEqual(ids, [pc.id], `only the device's own id appears:\n${out}`);
 
@@ -247,7 +248,7 @@ test('devices by name, shown in sections; lists with names; flags and errors in 
     assert.ok(twins.stderr.includes(twinA.id) && twins.stderr.includes(twinB.id), twins.stderr);
     const one = await ok(['devices', 'show', twinB.id]);
     assert.match(one.stdout, /^Device twin$/m);
-    assert.match(one.stdout, /^Profiles\n  none/m);
+    assert.match(one.stdout, /^Profiles\n {2}none/m);
 
     const commands = await ok(['devices', 'commands', 'lab-pc']);
     assert.match(commands.stdout, /^ISSUED +KIND +VM +STATE +ANSWER$/m);
