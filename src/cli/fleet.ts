@@ -1,7 +1,10 @@
 import {
   BulkheadError,
+  DEVICE_STATE_NAMES,
   endpoints,
   ErrorCodes,
+  FleetIdSchema,
+  isBulkheadError,
   type ApiClient,
   type DeviceStateName,
 } from '../protocol/index.ts';
@@ -12,12 +15,20 @@ import {
   stringList,
   type Command,
 } from './command.ts';
+import {
+  asTyped,
+  onDevice,
+  printDevice,
+  resolveDevice,
+  versionName,
+  withFlags,
+} from './device-view.ts';
 import { listCommand, printTable, when } from './remote.ts';
 import { CONNECTION_USAGE, connect, connectionOptions } from './session.ts';
 
 /*
  * The fleet over the admin API: devices, groups, profiles, apps and enrolment tokens.
- * Groups and profiles may be named by name or id; devices by id.
+ * Groups, profiles and devices may be named by name or id.
  */
 
 function positional(inv: { positionals: string[] }, what: string): string {
@@ -26,28 +37,41 @@ function positional(inv: { positionals: string[] }, what: string): string {
   return v;
 }
 
-/** The id of the group named `ref` (a name or an id). */
-async function groupId(api: ApiClient, ref: string): Promise<string> {
+/** The id of the group named `ref` (a name or an id), given with `flag`. */
+async function groupId(api: ApiClient, ref: string, flag: string): Promise<string> {
   const { groups } = await api.call(endpoints.listGroups);
   const g = groups.find((x) => x.id === ref || x.name === ref);
   if (!g) {
-    throw new BulkheadError(ErrorCodes.NOT_FOUND, `no device group "${ref}"`, {
+    throw new BulkheadError(ErrorCodes.NOT_FOUND, `${flag}: no device group "${ref}"`, {
       hint: 'list them with `bulkhead groups list`',
     });
   }
   return g.id;
 }
 
-/** The id of the profile named `ref` (a name or an id). */
-async function profileId(api: ApiClient, ref: string): Promise<string> {
+/** The id of the profile named `ref` (a name or an id), given with `flag`. */
+async function profileId(api: ApiClient, ref: string, flag: string): Promise<string> {
   const { profiles } = await api.call(endpoints.listProfiles);
   const p = profiles.find((x) => x.id === ref || x.name === ref);
   if (!p) {
-    throw new BulkheadError(ErrorCodes.NOT_FOUND, `no profile "${ref}"`, {
+    throw new BulkheadError(ErrorCodes.NOT_FOUND, `${flag}: no profile "${ref}"`, {
       hint: 'list them with `bulkhead profiles list`',
     });
   }
   return p.id;
+}
+
+/** `--state` checked against the states a device can be in. */
+function deviceState(given: string | undefined): DeviceStateName | undefined {
+  if (given === undefined) return undefined;
+  const state = DEVICE_STATE_NAMES.find((s) => s === given);
+  if (state === undefined) {
+    throw new BulkheadError(
+      ErrorCodes.USAGE,
+      `--state must be one of ${DEVICE_STATE_NAMES.join(', ')}, not "${given}"`,
+    );
+  }
+  return state;
 }
 
 const devicesList: Command = {
@@ -56,6 +80,8 @@ const devicesList: Command = {
   usage: `Usage: bulkhead devices list [--group NAME|ID] [--state active|locked|killed|retired]
          [--profile NAME|ID] [--name PREFIX] [--silent-for-days N] [--limit N] [--all]
 
+  Each device with its group, state, and each profile (VM) with the system version it last
+  reported healthy.
   --limit N   devices per page (default 100, at most 500); --all follows every page.
 
 ${CONNECTION_USAGE}`,
@@ -70,31 +96,37 @@ ${CONNECTION_USAGE}`,
     all: { type: 'boolean' },
   },
   async run(inv, ctx) {
-    const api = await connect(inv);
+    // Every flag is checked before Center is asked anything.
+    const state = deviceState(optionalString(inv, 'state'));
+    const silent = integerOption(inv, 'silent-for-days', 1, 3650);
+    const limit = integerOption(inv, 'limit', 1, 500) ?? 100;
     const group = optionalString(inv, 'group');
     const profile = optionalString(inv, 'profile');
-    const silent = integerOption(inv, 'silent-for-days', 1, 3650);
+    const api = await connect(inv);
     const query = {
-      limit: integerOption(inv, 'limit', 1, 500) ?? 100,
-      groupId: group ? await groupId(api, group) : undefined,
-      profileId: profile ? await profileId(api, profile) : undefined,
-      // Center checks the state and names the field when it is not one.
-      state: optionalString(inv, 'state') as DeviceStateName | undefined,
+      limit,
+      groupId: group ? await groupId(api, group, '--group') : undefined,
+      profileId: profile ? await profileId(api, profile, '--profile') : undefined,
+      state,
       q: optionalString(inv, 'name'),
       lastContactBefore: silent ? Date.now() - silent * 86_400_000 : undefined,
     };
     const devices = [];
     let cursor: string | undefined;
     do {
-      const page = await api.call(endpoints.listDevices, { query: { ...query, cursor } });
+      const page = await withFlags({ 'querystring.q': '--name' }, () =>
+        api.call(endpoints.listDevices, { query: { ...query, cursor } }),
+      );
       devices.push(...page.devices);
       cursor = page.next ?? undefined;
     } while (inv.values['all'] === true && cursor !== undefined);
     if (!inv.json) {
       printTable(ctx, devices, {
-        id: (d) => d.id,
         name: (d) => d.name,
+        group: (d) => d.group.name,
         state: (d) => d.state,
+        'profiles (running)': (d) =>
+          d.profiles.map((p) => `${p.name} ${versionName(p.current)}`).join(', ') || '-',
         'last contact': (d) => when(d.lastContactAt),
       });
       if (cursor) ctx.err('More devices follow: add --all, or narrow the filter.');
@@ -106,20 +138,30 @@ ${CONNECTION_USAGE}`,
 const devicesCommands: Command = {
   name: 'devices commands',
   summary: "A device's commands, newest first, with what the PC answered.",
-  usage: `Usage: bulkhead devices commands DEVICE-ID
+  usage: `Usage: bulkhead devices commands DEVICE
 
-  A command is pending until the PC reports it carried it out: done, or failed with its reason.
+  DEVICE is the device's name or id. A command is pending until the PC reports it carried it
+  out: done, or failed with its reason.
 
 ${CONNECTION_USAGE}`,
   options: { ...connectionOptions },
   async run(inv, ctx) {
+    const ref = positional(inv, 'device name or id');
     const api = await connect(inv);
-    const id = positional(inv, 'device id');
-    const answer = await api.call(endpoints.listCommands, { params: { id } });
+    const answer = await onDevice(api, ref, (id) =>
+      api.call(endpoints.listCommands, { params: { id } }),
+    );
     if (!inv.json) {
+      const { profiles } = answer.commands.some((c) => c.profileId !== null)
+        ? await api.call(endpoints.listProfiles)
+        : { profiles: [] };
       printTable(ctx, answer.commands, {
         issued: (c) => when(c.createdAt),
         kind: (c) => c.kind,
+        vm: (c) =>
+          c.profileId === null
+            ? '-'
+            : (profiles.find((p) => p.id === c.profileId)?.name ?? 'a removed profile'),
         state: (c) => c.state,
         answer: (c) => {
           const r = c.result as { message?: unknown } | null;
@@ -134,29 +176,22 @@ ${CONNECTION_USAGE}`,
 const devicesShow: Command = {
   name: 'devices show',
   summary: 'Show one device: inventory, group, profiles, versions, events, commands.',
-  usage: `Usage: bulkhead devices show DEVICE-ID\n\n${CONNECTION_USAGE}`,
+  usage: `Usage: bulkhead devices show DEVICE
+
+  DEVICE is the device's name or id. Shows its identity, the hardware it reported, each
+  profile (VM) with the versions it runs and should run, its lease, its recent events with
+  their reasons, and the commands it has not carried out yet; --json gives all of it.
+
+${CONNECTION_USAGE}`,
   options: { ...connectionOptions },
   async run(inv, ctx) {
+    const ref = positional(inv, 'device name or id');
     const api = await connect(inv);
-    const id = positional(inv, 'device id');
-    const d = await api.call(endpoints.getDevice, { params: { id } });
-    if (!inv.json) {
-      ctx.out(`${d.name} (${d.id})`);
-      ctx.out(`  state          ${d.state}`);
-      ctx.out(`  group          ${d.group.name}`);
-      ctx.out(`  profiles       ${d.profiles.map((p) => p.name).join(', ') || '-'}`);
-      ctx.out(`  optional apps  ${d.apps.map((a) => a.name).join(', ') || '-'}`);
-      ctx.out(`  enrolled       ${when(d.enrolledAt)}`);
-      ctx.out(`  last contact   ${when(d.lastContactAt)}`);
-      ctx.out(`  versions       ${JSON.stringify(d.currentVersions)}`);
-      ctx.out(`  pending        ${d.pendingCommands.map((c) => c.kind).join(', ') || '-'}`);
-      if (d.recentEvents.length > 0) {
-        ctx.out('  recent events');
-        for (const e of d.recentEvents.slice(0, 10)) {
-          ctx.out(`    ${when(e.occurredAt)}  ${e.type}  ${JSON.stringify(e.data)}`);
-        }
-      }
-    }
+    const found = await resolveDevice(api, ref);
+    const d =
+      found.detail ??
+      (await asTyped(ref, () => api.call(endpoints.getDevice, { params: { id: found.id } })));
+    if (!inv.json) printDevice(ctx, d);
     return d;
   },
 };
@@ -164,10 +199,11 @@ const devicesShow: Command = {
 const devicesAssign: Command = {
   name: 'devices assign',
   summary: 'Move a device to a group and/or set the profiles (VMs) it runs.',
-  usage: `Usage: bulkhead devices assign DEVICE-ID [--group NAME|ID] [--profile NAME|ID ...]
+  usage: `Usage: bulkhead devices assign DEVICE [--group NAME|ID] [--profile NAME|ID ...]
          [--name LABEL]
 
-  --profile may be repeated; the device runs exactly the profiles given.
+  DEVICE is the device's name or id. --profile may be repeated; the device runs exactly the
+  profiles given. --name renames it.
 
 ${CONNECTION_USAGE}`,
   options: {
@@ -177,22 +213,26 @@ ${CONNECTION_USAGE}`,
     name: { type: 'string' },
   },
   async run(inv, ctx) {
-    const api = await connect(inv);
-    const id = positional(inv, 'device id');
+    const ref = positional(inv, 'device name or id');
     const group = optionalString(inv, 'group');
     const profiles = stringList(inv, 'profile');
     const name = optionalString(inv, 'name');
-    const body = {
-      ...(group ? { groupId: await groupId(api, group) } : {}),
-      ...(profiles.length > 0
-        ? { profiles: await Promise.all(profiles.map((p) => profileId(api, p))) }
-        : {}),
-      ...(name ? { name } : {}),
-    };
-    if (Object.keys(body).length === 0) {
+    if (group === undefined && profiles.length === 0 && name === undefined) {
       throw new BulkheadError(ErrorCodes.USAGE, 'give --group, --profile or --name');
     }
-    const d = await api.call(endpoints.updateDevice, { params: { id }, body });
+    const api = await connect(inv);
+    const body = {
+      ...(group ? { groupId: await groupId(api, group, '--group') } : {}),
+      ...(profiles.length > 0
+        ? { profiles: await Promise.all(profiles.map((p) => profileId(api, p, '--profile'))) }
+        : {}),
+      ...(name !== undefined ? { name } : {}),
+    };
+    const d = await onDevice(api, ref, (id) =>
+      withFlags({ 'body.name': '--name' }, () =>
+        api.call(endpoints.updateDevice, { params: { id }, body }),
+      ),
+    );
     if (!inv.json) {
       ctx.out(
         `${d.name}: group ${d.group.name}, profiles ${d.profiles.map((p) => p.name).join(', ') || '-'}`,
@@ -207,9 +247,10 @@ function commandVerb(kind: 'lock' | 'unlock' | 'kill' | 'restart-vm', summary: s
   return {
     name: `devices ${kind}`,
     summary,
-    usage: `Usage: bulkhead devices ${kind} DEVICE-ID${kind === 'restart-vm' ? ' --vm PROFILE' : ''}${kind === 'kill' ? ' --yes' : ''}
+    usage: `Usage: bulkhead devices ${kind} DEVICE${kind === 'restart-vm' ? ' --vm PROFILE' : ''}${kind === 'kill' ? ' --yes' : ''}
 
-  Online devices get the command within a second (push channel); others at their next contact.
+  DEVICE is the device's name or id. Online devices get the command within a second (push
+  channel); others at their next contact.
 
 ${CONNECTION_USAGE}`,
     options: {
@@ -218,30 +259,36 @@ ${CONNECTION_USAGE}`,
       ...(kind === 'kill' ? { yes: { type: 'boolean' } } : {}),
     },
     async run(inv, ctx) {
-      const id = positional(inv, 'device id');
+      const ref = positional(inv, 'device name or id');
       if (kind === 'kill' && inv.values['yes'] !== true) {
         throw new BulkheadError(
           ErrorCodes.USAGE,
           'kill destroys the device key material and its work data for good; add --yes',
         );
       }
+      const vm = kind === 'restart-vm' ? requireString(inv, 'vm') : undefined;
       const api = await connect(inv);
       const body =
-        kind === 'restart-vm'
-          ? { kind, profileId: await profileId(api, requireString(inv, 'vm')) }
-          : { kind };
-      const command = await api.call(endpoints.issueCommand, { params: { id }, body });
-      if (!inv.json) ctx.out(`Queued ${kind} for ${id} (command ${command.id}, ${command.state}).`);
+        vm !== undefined ? { kind, profileId: await profileId(api, vm, '--vm') } : { kind };
+      const command = await onDevice(api, ref, (id) =>
+        api.call(endpoints.issueCommand, { params: { id }, body }),
+      );
+      if (!inv.json) {
+        ctx.out(
+          `Queued ${kind}${vm === undefined ? '' : ` of ${vm}`} for ${ref} (${command.state}); ` +
+            `see \`bulkhead devices commands ${ref}\`.`,
+        );
+      }
       return command;
     },
   };
 }
 
 const groupsList = listCommand('groups list', endpoints.listGroups, 'List device groups.', {
-  id: (g) => g.id,
   name: (g) => g.name,
   devices: (g) => g.devices,
-  description: (g) => g.description,
+  created: (g) => when(g.createdAt),
+  description: (g) => g.description || '-',
 });
 
 const groupsCreate: Command = {
@@ -250,12 +297,14 @@ const groupsCreate: Command = {
   usage: `Usage: bulkhead groups create --name NAME [--description TEXT]\n\n${CONNECTION_USAGE}`,
   options: { ...connectionOptions, name: { type: 'string' }, description: { type: 'string' } },
   async run(inv, ctx) {
-    const api = await connect(inv);
     const description = optionalString(inv, 'description');
-    const group = await api.call(endpoints.createGroup, {
-      body: { name: requireString(inv, 'name'), ...(description ? { description } : {}) },
-    });
-    if (!inv.json) ctx.out(`Created group ${group.name} (${group.id}).`);
+    const body = { name: requireString(inv, 'name'), ...(description ? { description } : {}) };
+    const api = await connect(inv);
+    const group = await withFlags(
+      { 'body.name': '--name', 'body.description': '--description' },
+      () => api.call(endpoints.createGroup, { body }),
+    );
+    if (!inv.json) ctx.out(`Created group ${group.name}.`);
     return group;
   },
 };
@@ -305,22 +354,24 @@ ${CONNECTION_USAGE}`,
     note: { type: 'string' },
   },
   async run(inv, ctx) {
-    const api = await connect(inv);
     const uses = integerOption(inv, 'uses', 1, 10_000);
     const hours = integerOption(inv, 'expires-in-hours', 1, 720);
     const note = optionalString(inv, 'note');
-    const created = await api.call(endpoints.createEnrolmentToken, {
-      body: {
-        groupId: await groupId(api, requireString(inv, 'group')),
-        ...(uses ? { uses } : {}),
-        ...(hours ? { expiresInHours: hours } : {}),
-        ...(note ? { note } : {}),
-      },
-    });
+    const group = requireString(inv, 'group');
+    const api = await connect(inv);
+    const body = {
+      groupId: await groupId(api, group, '--group'),
+      ...(uses ? { uses } : {}),
+      ...(hours ? { expiresInHours: hours } : {}),
+      ...(note ? { note } : {}),
+    };
+    const created = await withFlags({ 'body.note': '--note' }, () =>
+      api.call(endpoints.createEnrolmentToken, { body }),
+    );
     if (!inv.json) {
       ctx.out(created.token);
       ctx.err(
-        `Enrolment token ${created.id}: ${created.usesLeft} use(s) until ${when(created.expiresAt)}. ` +
+        `Enrolment token ${created.id} for group ${group}: ${created.usesLeft} use(s) until ${when(created.expiresAt)}. ` +
           'It is not shown again. On a PC: bulkhead engine enroll --center URL --token TOKEN',
       );
     }
@@ -328,28 +379,59 @@ ${CONNECTION_USAGE}`,
   },
 };
 
-const tokensList = listCommand(
-  'tokens list',
-  endpoints.listEnrolmentTokens,
-  'List enrolment tokens (never their secrets).',
-  {
-    id: (t) => t.id,
-    group: (t) => t.groupId,
-    'uses left': (t) => t.usesLeft,
-    expires: (t) => when(t.expiresAt),
-    note: (t) => t.note,
+const tokensList: Command = {
+  name: 'tokens list',
+  summary: 'List enrolment tokens (never their secrets), with the group each enrols into.',
+  usage: `Usage: bulkhead tokens list
+
+  Each token's id (what \`bulkhead tokens revoke\` takes), its group, the uses it has left and
+  when it expires.
+
+${CONNECTION_USAGE}`,
+  options: { ...connectionOptions },
+  async run(inv, ctx) {
+    const api = await connect(inv);
+    const answer = await api.call(endpoints.listEnrolmentTokens);
+    if (!inv.json) {
+      const { groups } = await api.call(endpoints.listGroups);
+      const names = new Map(groups.map((g) => [g.id, g.name]));
+      const nowMs = Date.now();
+      printTable(ctx, answer.tokens, {
+        id: (t) => t.id,
+        group: (t) => names.get(t.groupId) ?? 'a deleted group',
+        'uses left': (t) => t.usesLeft,
+        expires: (t) => `${when(t.expiresAt)}${t.expiresAt <= nowMs ? ' (expired)' : ''}`,
+        note: (t) => t.note,
+      });
+    }
+    return answer;
   },
-);
+};
 
 const tokensRevoke: Command = {
   name: 'tokens revoke',
   summary: 'Revoke an enrolment token by id.',
-  usage: `Usage: bulkhead tokens revoke TOKEN-ID\n\n${CONNECTION_USAGE}`,
+  usage: `Usage: bulkhead tokens revoke TOKEN-ID
+
+  TOKEN-ID is the id \`bulkhead tokens list\` shows (not the secret).
+
+${CONNECTION_USAGE}`,
   options: { ...connectionOptions },
   async run(inv, ctx) {
-    const api = await connect(inv);
     const id = positional(inv, 'token id');
-    await api.call(endpoints.revokeEnrolmentToken, { params: { id } });
+    const none = () =>
+      new BulkheadError(ErrorCodes.NOT_FOUND, `no enrolment token ${id}`, {
+        hint: 'give an id from `bulkhead tokens list`',
+      });
+    // Center takes only ids it made; anything else names no token.
+    if (!FleetIdSchema.safeParse(id).success) throw none();
+    const api = await connect(inv);
+    try {
+      await api.call(endpoints.revokeEnrolmentToken, { params: { id } });
+    } catch (err) {
+      if (isBulkheadError(err, ErrorCodes.NOT_FOUND)) throw none();
+      throw err;
+    }
     if (!inv.json) ctx.out(`Revoked enrolment token ${id}.`);
     return { revoked: id };
   },

@@ -3,6 +3,7 @@ import {
   BulkheadError,
   endpoints,
   ErrorCodes,
+  isBulkheadError,
   type Endpoint,
   type ResponseOf,
 } from '../protocol/index.ts';
@@ -277,8 +278,20 @@ const apiTokensRevoke: Command = {
   async run(inv, ctx) {
     const id = inv.positionals[0];
     if (!id) throw new BulkheadError(ErrorCodes.USAGE, 'give the id of the token to revoke');
+    const none = () =>
+      new BulkheadError(ErrorCodes.NOT_FOUND, `no API token ${id}`, {
+        hint: 'give an id from `bulkhead api-tokens list`',
+      });
     const api = await connect(inv);
-    await api.call(endpoints.revokeApiToken, { params: { id } });
+    try {
+      await api.call(endpoints.revokeApiToken, { params: { id } });
+    } catch (err) {
+      // An id Center cannot take (too long, say) names no token either.
+      const malformed =
+        isBulkheadError(err, ErrorCodes.VALIDATION) && err.message.startsWith('params.id');
+      if (malformed || isBulkheadError(err, ErrorCodes.NOT_FOUND)) throw none();
+      throw err;
+    }
     if (!inv.json) ctx.out(`Revoked ${id}.`);
     return { revoked: id };
   },

@@ -7,9 +7,11 @@ import { adminClient, type ApiClient } from './api-client.ts';
 import { optionalString, type Invocation } from './command.ts';
 
 /*
- * How the admin commands find Center and prove who they are. In order:
- *   --center URL / BULKHEAD_CENTER, and --token TOKEN / BULKHEAD_TOKEN (scripts, CI), else
- *   the session `bulkhead login` saved in the credentials file (people at a terminal).
+ * How the admin commands find Center and prove who they are.
+ *   Credentials: --token TOKEN / BULKHEAD_TOKEN (scripts, CI), else the session `bulkhead
+ *   login` saved in the credentials file (people at a terminal).
+ *   Center: --center URL, else BULKHEAD_CENTER, else the saved session's Center (so a token
+ *   set in the environment still goes to the Center one logged in to).
  * The file lives at $BULKHEAD_CREDENTIALS, else $XDG_CONFIG_HOME/bulkhead/credentials.json,
  * else ~/.config/bulkhead/credentials.json; it is created 0600 in a 0700 directory, because the
  * token in it acts as its administrator until it expires.
@@ -31,7 +33,7 @@ export const connectionOptions = {
 } as const;
 
 export const CONNECTION_USAGE = `Connection: --center URL and --token TOKEN (or BULKHEAD_CENTER and BULKHEAD_TOKEN);
-  without them, the session saved by \`bulkhead login\`.`;
+  without a token, the session saved by \`bulkhead login\`; without a URL, that session's Center.`;
 
 export function credentialsPath(env: NodeJS.ProcessEnv = process.env): string {
   const given = env['BULKHEAD_CREDENTIALS'];
@@ -86,13 +88,18 @@ export async function forgetSession(path = credentialsPath()): Promise<boolean> 
 
 /** An API client for the command's Center and credentials, or a usage error saying how. */
 export async function connect(inv: Invocation, env = process.env): Promise<ApiClient> {
-  const center = optionalString(inv, 'center') ?? env['BULKHEAD_CENTER'];
-  const token = optionalString(inv, 'token') ?? env['BULKHEAD_TOKEN'];
-  if (token !== undefined && token !== '') {
-    if (!center) {
-      throw new BulkheadError(ErrorCodes.USAGE, 'a token needs --center URL (or BULKHEAD_CENTER)');
+  // An empty variable is an unset one (`BULKHEAD_CENTER= bulkhead …`).
+  const center = optionalString(inv, 'center') || env['BULKHEAD_CENTER'] || undefined;
+  const token = optionalString(inv, 'token') || env['BULKHEAD_TOKEN'] || undefined;
+  if (token !== undefined) {
+    // The saved session is read only for its URL, and only when no other is given.
+    const url = center ?? (await readSession(credentialsPath(env)))?.center;
+    if (url === undefined) {
+      throw new BulkheadError(ErrorCodes.USAGE, 'no Center to send the token to', {
+        hint: 'give --center URL, set BULKHEAD_CENTER, or log in once with `bulkhead login --center URL` (its Center is then used)',
+      });
     }
-    return adminClient(center, token);
+    return adminClient(url, token);
   }
   const saved = await readSession(credentialsPath(env));
   if (!saved) {

@@ -14,6 +14,7 @@ import {
   deviceEndpoints,
   ErrorCodes,
   errnoCode,
+  BULKHEAD_VERSION,
   InventorySchema,
   toName,
   toText,
@@ -282,6 +283,7 @@ export async function gatherInventory(): Promise<Inventory> {
     ...(model === undefined ? {} : { model: cut(model) }),
     ...(serial === undefined ? {} : { serial: cut(serial) }),
     hypervisor: cut(`QEMU/${kvm ? 'KVM' : 'TCG'} on ${type()}`),
+    engineVersion: BULKHEAD_VERSION,
   };
   return InventorySchema.parse(inventory);
 }

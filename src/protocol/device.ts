@@ -24,6 +24,9 @@ const EpochMsSchema = z.number().int().min(0).max(8.64e15);
 
 const Text = (max: number) => text({ max });
 
+/** The version of this Bulkhead build, which Engine reports when it enrols. */
+export const BULKHEAD_VERSION = '0.1.0';
+
 /** Hardware inventory a device reports at enrolment; every part bounded. */
 export const InventorySchema = z.strictObject({
   hostname: name({ min: 1, max: 253 }),
@@ -53,6 +56,8 @@ export const InventorySchema = z.strictObject({
   model: Text(200).optional(),
   serial: Text(200).optional(),
   hypervisor: Text(200).optional(),
+  /** The version of the Engine that enrolled (`BULKHEAD_VERSION`). */
+  engineVersion: Text(64).optional(),
 });
 export type Inventory = z.infer<typeof InventorySchema>;
 

@@ -192,9 +192,37 @@ export const DeviceListQuerySchema = z.strictObject({
 });
 export type DeviceListQuery = z.infer<typeof DeviceListQuerySchema>;
 
+/** An image version by name, as people read it (`image@version`), with its ids. */
+export const VersionNameSchema = z.object({
+  /** The version's id. */
+  id: z.string(),
+  imageId: z.string(),
+  image: z.string(),
+  version: z.string(),
+});
+export type VersionName = z.infer<typeof VersionNameSchema>;
+
+/** The volumes of one VM: its system version and its app layers' versions. */
+export const VmVersionsSchema = z.object({
+  /** Null when none is known (never reported healthy) or none resolves (no released one). */
+  system: VersionNameSchema.nullable(),
+  apps: z.array(VersionNameSchema),
+});
+export type VmVersions = z.infer<typeof VmVersionsSchema>;
+
+/** A device in a list, with the names a table shows. */
+export const DeviceListItemSchema = DeviceSummarySchema.extend({
+  group: z.object({ id: z.string(), name: z.string() }),
+  /** Its profiles by name, each with the system version it last reported healthy (or null). */
+  profiles: z.array(
+    z.object({ id: z.string(), name: z.string(), current: VersionNameSchema.nullable() }),
+  ),
+});
+export type DeviceListItem = z.infer<typeof DeviceListItemSchema>;
+
 export const DevicePageSchema = z.object({
   /** Oldest enrolment first (then by id). */
-  devices: z.array(DeviceSummarySchema),
+  devices: z.array(DeviceListItemSchema),
   /** Pass as `cursor` for the next page; null at the end. */
   next: z.string().nullable(),
 });
@@ -236,13 +264,31 @@ export const DeviceEventSummarySchema = z.object({
   data: z.unknown(),
   occurredAt: EpochMsSchema,
   receivedAt: EpochMsSchema,
+  /** The name of the profile (VM) the event is about, when it names one that exists. */
+  vm: z.string().nullable(),
 });
+
+/** One profile (VM) of a device: what it runs and what it should run. */
+export const DeviceProfileSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  /** What the VM last reported healthy on; null before its first healthy report. */
+  current: VmVersionsSchema.nullable(),
+  /** What Center's desired state gives it now (rollouts, else released versions). */
+  target: VmVersionsSchema,
+  /**
+   * Its offline lease: `days` without contact, and the time it runs out at the latest if the
+   * device stays away (its last contact plus `days`); null for a killed or retired device.
+   */
+  lease: z.object({ days: z.number().int(), expiresAt: EpochMsSchema }).nullable(),
+});
+export type DeviceProfile = z.infer<typeof DeviceProfileSchema>;
 
 /** One device in full. */
 export const DeviceDetailSchema = DeviceSummarySchema.extend({
   inventory: z.unknown(),
   group: z.object({ id: z.string(), name: z.string() }),
-  profiles: z.array(z.object({ id: z.string(), name: z.string() })),
+  profiles: z.array(DeviceProfileSchema),
   /** The optional apps chosen per profile. */
   apps: z.array(z.object({ profileId: z.string(), appId: z.string(), name: z.string() })),
   /** What the device last said it runs. */
@@ -251,6 +297,11 @@ export const DeviceDetailSchema = DeviceSummarySchema.extend({
   recentEvents: z.array(DeviceEventSummarySchema),
   /** Commands not yet acknowledged, oldest first. */
   pendingCommands: z.array(CommandSchema),
+  /**
+   * `image@version` of every image version id the recent events name (`versionId`,
+   * `fromVersionId`, `runningVersionId`, their volumes'), so a reader needs no other request.
+   */
+  versionNames: z.record(z.string(), z.string()),
 });
 export type DeviceDetail = z.infer<typeof DeviceDetailSchema>;
 

@@ -64,7 +64,7 @@ test('admin commands over the API: login, fleet, tokens, rollouts, audit, logout
   assert.deepEqual(devices, { devices: [], next: null });
   const human = await cli(['devices', 'list']);
   assert.equal(human.code, 0, human.stderr);
-  assert.match(human.stdout, /^ID\s+NAME\s+STATE\s+LAST CONTACT$/m);
+  assert.match(human.stdout, /^NAME\s+GROUP\s+STATE\s+PROFILES \(RUNNING\)\s+LAST CONTACT$/m);
 
   const rollouts = await json(['rollout', 'status']);
   assert.deepEqual(rollouts.rollouts, []);

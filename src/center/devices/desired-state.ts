@@ -1,7 +1,7 @@
 import { hash, hkdfSync, type KeyObject } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
 import type { Logger } from 'pino';
-import type { Database, DeviceState } from '../db/index.ts';
+import type { Database, DeviceState, Row } from '../db/index.ts';
 import { signPayload, canonicalJson } from '../../signing/index.ts';
 import {
   HealthCheckSchema,
@@ -159,23 +159,33 @@ export function deriveDataKey(signingKey: KeyObject, deviceId: string, profileId
 
 const DAY_MS = 86_400_000;
 
+/** A volume a profile resolves to for one device (a `VolumeRef`). */
+type ResolvedVolume = Omit<AppVolumeRef, 'appId' | 'name'>;
+
+/** One profile a device holds, with the versions the rollout model gives it. */
+export interface ResolvedProfile {
+  profile: Row<'profiles'>;
+  /** Undefined when its system image has no released or rolled-out version. */
+  system: ResolvedVolume | undefined;
+  /** Its default apps and the optional ones the device chose, in name order. */
+  apps: { appId: string; name: string; imageId: string; volume: ResolvedVolume | undefined }[];
+}
+
 /**
- * The VMs of a device: one per profile it holds, each with the system image version and the
- * app versions (the profile's default apps and the optional ones the device chose) resolved by
- * the rollout model. A profile whose system image resolves to no version is left out, and so
- * is an app that resolves to none; `warn` hears of each once.
+ * The profiles a device holds, in name order, each with the system image version and the app
+ * versions (the profile's default apps and the optional ones the device chose) resolved by the
+ * rollout model: what its desired state gives it, as administrators see it too. Four
+ * statements, whatever the number of profiles.
  */
-async function buildVms(
+export async function resolveDeviceProfiles(
   db: Kysely<Database>,
-  head: DesiredStateHead,
-  signingKey: KeyObject,
-  warn: VmWarning,
-): Promise<DesiredVm[]> {
+  device: { deviceId: string; groupId: string },
+): Promise<ResolvedProfile[]> {
   const profiles = await db
     .selectFrom('device_profiles as dp')
     .innerJoin('profiles as p', 'p.id', 'dp.profile_id')
     .selectAll('p')
-    .where('dp.device_id', '=', head.deviceId)
+    .where('dp.device_id', '=', device.deviceId)
     .orderBy('p.name')
     .execute();
   if (profiles.length === 0) return [];
@@ -192,7 +202,7 @@ async function buildVms(
           eb
             .selectFrom('device_apps as da')
             .select('da.app_id')
-            .where('da.device_id', '=', head.deviceId)
+            .where('da.device_id', '=', device.deviceId)
             .whereRef('da.profile_id', '=', 'pa.profile_id')
             .whereRef('da.app_id', '=', 'pa.app_id'),
         ),
@@ -205,7 +215,7 @@ async function buildVms(
   ];
   const resolved = await resolveVersions(
     db,
-    { id: head.deviceId, groupId: head.groupId, profileIds: new Set(profileIds) },
+    { id: device.deviceId, groupId: device.groupId, profileIds: new Set(profileIds) },
     imageIds,
   );
   const versionIds = [...new Set(resolved.values())];
@@ -219,7 +229,7 @@ async function buildVms(
           .where('v.id', 'in', versionIds)
           .execute();
   const byId = new Map(versions.map((v) => [v.id, v]));
-  const volumeOf = (imageId: string) => {
+  const volumeOf = (imageId: string): ResolvedVolume | undefined => {
     const v = byId.get(resolved.get(imageId) ?? '');
     // A released version of another image is a broken row, not a version of this one.
     if (v === undefined || v.image_id !== imageId) return undefined;
@@ -232,10 +242,34 @@ async function buildVms(
       size: Number(v.size),
     };
   };
+  return profiles.map((profile) => ({
+    profile,
+    system: volumeOf(profile.system_image_id),
+    apps: apps
+      .filter((a) => a.profile_id === profile.id)
+      .map((a) => ({
+        appId: a.id,
+        name: a.name,
+        imageId: a.image_id,
+        volume: volumeOf(a.image_id),
+      })),
+  }));
+}
 
+/**
+ * The VMs of a device: one per profile it holds, resolved by `resolveDeviceProfiles`. A profile
+ * whose system image resolves to no version is left out, and so is an app that resolves to
+ * none; `warn` hears of each once.
+ */
+async function buildVms(
+  db: Kysely<Database>,
+  head: DesiredStateHead,
+  signingKey: KeyObject,
+  warn: VmWarning,
+): Promise<DesiredVm[]> {
+  const resolved = await resolveDeviceProfiles(db, head);
   const vms: DesiredVm[] = [];
-  for (const p of profiles) {
-    const system = volumeOf(p.system_image_id);
+  for (const { profile: p, system, apps } of resolved) {
     if (system === undefined) {
       warn(
         `${p.id}:${p.system_image_id}`,
@@ -255,18 +289,16 @@ async function buildVms(
       continue;
     }
     const appRefs: AppVolumeRef[] = [];
-    for (const a of apps) {
-      if (a.profile_id !== p.id) continue;
-      const volume = volumeOf(a.image_id);
+    for (const { volume, ...a } of apps) {
       if (volume === undefined) {
         warn(
-          `${p.id}:${a.id}:${a.image_id}`,
-          { profileId: p.id, appId: a.id, app: a.name, imageId: a.image_id },
+          `${p.id}:${a.appId}:${a.imageId}`,
+          { profileId: p.id, appId: a.appId, app: a.name, imageId: a.imageId },
           'app left out of desired states: its image has no released or rolled-out version',
         );
         continue;
       }
-      appRefs.push({ ...volume, appId: a.id, name: a.name });
+      appRefs.push({ ...volume, appId: a.appId, name: a.name });
     }
     const leaseDays = Number(p.lease_days);
     vms.push({

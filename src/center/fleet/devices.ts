@@ -4,13 +4,18 @@ import {
   ErrorCodes,
   type DeviceDetail,
   type DeviceListQuery,
+  type DeviceListItem,
   type DevicePage,
   type DeviceSummary,
   type UpdateDeviceRequest,
+  type VersionName,
+  CurrentVersionsSchema,
+  type CurrentVersions,
 } from '../../protocol/index.ts';
 import type { Actor } from '../admin/audit.ts';
 import { markChanged, runCommand } from '../changes/index.ts';
 import { hasRow, type Database, type Row } from '../db/index.ts';
+import { resolveDeviceProfiles } from '../devices/index.ts';
 import { cancelOpenCommands, presentCommand } from './commands.ts';
 import { badReference, notFound, parseJson, type FleetDeps } from './common.ts';
 
@@ -120,9 +125,60 @@ export async function listDevices(
   const page = rows.slice(0, query.limit);
   const last = page.at(-1);
   return {
-    devices: page.map(presentSummary),
+    devices: await nameListed(db, page),
     next: rows.length > query.limit && last ? encodeCursor(last) : null,
   };
+}
+
+/**
+ * A page of devices with the names a table shows: group, profiles and the system version each
+ * profile last reported healthy. Four statements per page, whatever its length.
+ */
+async function nameListed(db: Kysely<Database>, page: SummaryRow[]): Promise<DeviceListItem[]> {
+  if (page.length === 0) return [];
+  const ids = page.map((d) => d.id);
+  const groups = await db
+    .selectFrom('device_groups')
+    .select(['id', 'name'])
+    .where('id', 'in', [...new Set(page.map((d) => d.group_id))])
+    .execute();
+  const held = await db
+    .selectFrom('device_profiles as dp')
+    .innerJoin('profiles as p', 'p.id', 'dp.profile_id')
+    .select(['dp.device_id', 'p.id', 'p.name'])
+    .where('dp.device_id', 'in', ids)
+    .orderBy('p.name')
+    .execute();
+  const currents = await db
+    .selectFrom('devices')
+    .select(['id', 'current_versions'])
+    .where('id', 'in', ids)
+    .execute();
+  const currentOf = new Map(currents.map((c) => [c.id, readCurrentVersions(c.current_versions)]));
+  const names = await versionNames(
+    db,
+    [...currentOf.values()].flatMap((c) =>
+      Object.values(c).flatMap((v) => (v.system === undefined ? [] : [v.system])),
+    ),
+  );
+  const groupOf = new Map(groups.map((g) => [g.id, g]));
+  return page.map((d) => {
+    const current = currentOf.get(d.id) ?? {};
+    return {
+      ...presentSummary(d),
+      group: groupOf.get(d.group_id) ?? { id: d.group_id, name: d.group_id },
+      profiles: held
+        .filter((p) => p.device_id === d.id)
+        .map((p) => {
+          const system = current[p.id]?.system;
+          return {
+            id: p.id,
+            name: p.name,
+            current: (system === undefined ? undefined : names.get(system)) ?? null,
+          };
+        }),
+    };
+  });
 }
 
 async function findDevice(db: Kysely<Database>, id: string): Promise<Row<'devices'>> {
@@ -131,7 +187,60 @@ async function findDevice(db: Kysely<Database>, id: string): Promise<Row<'device
   return row;
 }
 
-/** Everything about one device an administrator looks at. @throws `ERR_NOT_FOUND`. */
+/** `image@version` names of image versions by id; ids that name no version are left out. */
+async function versionNames(
+  db: Kysely<Database>,
+  ids: Iterable<string>,
+): Promise<Map<string, VersionName>> {
+  const wanted = [...new Set(ids)];
+  if (wanted.length === 0) return new Map();
+  const rows = await db
+    .selectFrom('image_versions as v')
+    .innerJoin('images as i', 'i.id', 'v.image_id')
+    .select(['v.id', 'v.version', 'v.image_id', 'i.name'])
+    .where('v.id', 'in', wanted)
+    .execute();
+  return new Map(
+    rows.map((r) => [r.id, { id: r.id, imageId: r.image_id, image: r.name, version: r.version }]),
+  );
+}
+
+/** What a device last reported healthy, per profile id (`devices.current_versions`). */
+function readCurrentVersions(text: string): CurrentVersions {
+  try {
+    const parsed = CurrentVersionsSchema.safeParse(JSON.parse(text));
+    return parsed.success ? parsed.data : {};
+  } catch {
+    return {};
+  }
+}
+
+/** Every image version id an event's payload names, whatever its type. */
+function versionIdsOf(data: unknown): string[] {
+  if (typeof data !== 'object' || data === null) return [];
+  const d = data as Record<string, unknown>;
+  const ids = [d['versionId'], d['fromVersionId'], d['runningVersionId']];
+  if (Array.isArray(d['volumes'])) {
+    for (const v of d['volumes'] as unknown[]) {
+      if (typeof v === 'object' && v !== null)
+        ids.push((v as Record<string, unknown>)['versionId']);
+    }
+  }
+  return ids.filter((x): x is string => typeof x === 'string');
+}
+
+function profileIdOf(data: unknown): string | undefined {
+  const id = (data as Record<string, unknown> | null)?.['profileId'];
+  return typeof id === 'string' ? id : undefined;
+}
+
+const DAY_MS = 86_400_000;
+
+/**
+ * Everything about one device an administrator looks at, with the names of what it names (its
+ * group, profiles, the versions it runs, should run and its events speak of), so a reader needs
+ * no other request. @throws `ERR_NOT_FOUND`.
+ */
 export async function getDevice(db: Kysely<Database>, id: string): Promise<DeviceDetail> {
   const row = await findDevice(db, id);
   const group = await db
@@ -139,13 +248,7 @@ export async function getDevice(db: Kysely<Database>, id: string): Promise<Devic
     .select(['id', 'name'])
     .where('id', '=', row.group_id)
     .executeTakeFirstOrThrow();
-  const profiles = await db
-    .selectFrom('device_profiles as dp')
-    .innerJoin('profiles as p', 'p.id', 'dp.profile_id')
-    .select(['p.id', 'p.name'])
-    .where('dp.device_id', '=', id)
-    .orderBy('p.name')
-    .execute();
+  const resolved = await resolveDeviceProfiles(db, { deviceId: id, groupId: row.group_id });
   const apps = await db
     .selectFrom('device_apps as da')
     .innerJoin('apps as a', 'a.id', 'da.app_id')
@@ -169,21 +272,85 @@ export async function getDevice(db: Kysely<Database>, id: string): Promise<Devic
     .orderBy('created_at')
     .orderBy('id')
     .execute();
+  const current = readCurrentVersions(row.current_versions);
+  const eventData = events.map((e) => parseJson(e.payload));
+  const names = await versionNames(db, [
+    ...Object.values(current).flatMap((c) => [
+      ...(c.system === undefined ? [] : [c.system]),
+      ...Object.values(c.apps),
+    ]),
+    ...eventData.flatMap(versionIdsOf),
+  ]);
+  const eventProfileIds = [
+    ...new Set(eventData.map(profileIdOf).filter((x): x is string => x !== undefined)),
+  ];
+  const profileNames = new Map(
+    eventProfileIds.length === 0
+      ? []
+      : (
+          await db
+            .selectFrom('profiles')
+            .select(['id', 'name'])
+            .where('id', 'in', eventProfileIds)
+            .execute()
+        ).map((p) => [p.id, p.name]),
+  );
+  const named = (versionId: string | undefined): VersionName | null =>
+    (versionId === undefined ? undefined : names.get(versionId)) ?? null;
+  const hasLease = row.state === 'active' || row.state === 'locked';
+  const lastContactAt = Number(row.last_contact_at);
+  const asName = (v: { versionId: string; imageId: string; image: string; version: string }) => ({
+    id: v.versionId,
+    imageId: v.imageId,
+    image: v.image,
+    version: v.version,
+  });
+  const versionIdsNamed = new Set(eventData.flatMap(versionIdsOf));
   return {
     ...presentSummary(row),
     inventory: parseJson(row.inventory),
     group,
-    profiles,
+    profiles: resolved.map(({ profile, system, apps: profileApps }) => {
+      const runs = current[profile.id];
+      const days = Number(profile.lease_days);
+      return {
+        id: profile.id,
+        name: profile.name,
+        current:
+          runs === undefined
+            ? null
+            : {
+                system: named(runs.system),
+                apps: Object.values(runs.apps)
+                  .map((v) => names.get(v))
+                  .filter((v): v is VersionName => v !== undefined),
+              },
+        target: {
+          system: system === undefined ? null : asName(system),
+          apps: profileApps.flatMap((a) => (a.volume === undefined ? [] : [asName(a.volume)])),
+        },
+        lease: hasLease ? { days, expiresAt: lastContactAt + days * DAY_MS } : null,
+      };
+    }),
     apps: apps.map((a) => ({ profileId: a.profile_id, appId: a.app_id, name: a.name })),
     currentVersions: parseJson(row.current_versions),
-    recentEvents: events.map((e) => ({
-      id: e.event_id,
-      type: e.type,
-      data: parseJson(e.payload),
-      occurredAt: Number(e.occurred_at),
-      receivedAt: Number(e.received_at),
-    })),
+    recentEvents: events.map((e, i) => {
+      const profileId = profileIdOf(eventData[i]);
+      return {
+        id: e.event_id,
+        type: e.type,
+        data: eventData[i],
+        occurredAt: Number(e.occurred_at),
+        receivedAt: Number(e.received_at),
+        vm: (profileId === undefined ? undefined : profileNames.get(profileId)) ?? null,
+      };
+    }),
     pendingCommands: commands.map(presentCommand),
+    versionNames: Object.fromEntries(
+      [...names.values()]
+        .filter((v) => versionIdsNamed.has(v.id))
+        .map((v) => [v.id, `${v.image}@${v.version}`]),
+    ),
   };
 }
 

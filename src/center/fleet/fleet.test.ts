@@ -6,6 +6,7 @@ import {
   CENTER_TARGETS,
   insertImage,
   insertSession,
+  insertVersion,
   startTestCenter,
   type Method,
   type Res,
@@ -421,6 +422,45 @@ for (const target of CENTER_TARGETS) {
         assert.deepEqual(patched.body.apps, [
           { profileId: work.body.id, appId: cad.body.id, name: 'cad' },
         ]);
+        // Each profile with what it should run, by name: released versions of the system image
+        // and of the apps (the default one and the chosen one); nothing reported yet.
+        const at = c.clock.ms;
+        await insertVersion(c.db, c.images.system, '12.1', at, { release: true });
+        await insertVersion(c.db, c.images.app, '3', at, { release: true });
+        await insertVersion(c.db, c.images.app2, '7', at, { release: true });
+        const named = await c.viewer('GET', `/devices/${a.deviceId}`, undefined, 200);
+        const target = (p: {
+          target: {
+            system: { image: string; version: string } | null;
+            apps: { image: string; version: string }[];
+          };
+        }) =>
+          [p.target.system, ...p.target.apps].map((v) => (v ? `${v.image}@${v.version}` : null));
+        assert.deepEqual(
+          named.body.profiles.map(
+            (p: { name: string; current: unknown; lease: { days: number } }) => [
+              p.name,
+              p.current,
+              p.lease.days,
+              target(p as never),
+            ],
+          ),
+          [
+            ['personal', null, 30, ['debian@12.1']],
+            ['work', null, 30, ['debian@12.1', 'cad-vol@7', 'office-vol@3']],
+          ],
+        );
+        assert.deepEqual(named.body.versionNames, {});
+        const listed = await c.viewer('GET', `/devices?groupId=${g1.body.id}`, undefined, 200);
+        const row = listed.body.devices.find((x: { id: string }) => x.id === a.deviceId);
+        assert.deepEqual(row.group, { id: g1.body.id, name: 'One' });
+        assert.deepEqual(
+          row.profiles.map((p: { name: string; current: unknown }) => [p.name, p.current]),
+          [
+            ['personal', null],
+            ['work', null],
+          ],
+        );
         const bumped = await updatedAt(a.deviceId);
         assert.ok(bumped > before, 'a change moves updated_at');
         // Two changes in one millisecond still move it forward.
