@@ -16,30 +16,13 @@ import {
   isBulkheadError,
   type ImageKindName,
 } from '../protocol/index.ts';
-import { adminClient, type ApiClient } from './api-client.ts';
-import {
-  integerOption,
-  optionalString,
-  requireString,
-  type Command,
-  type Invocation,
-} from './command.ts';
+import type { ApiClient } from './api-client.ts';
+import { CONNECTION_USAGE, connect } from './session.ts';
+import { integerOption, optionalString, requireString, type Command } from './command.ts';
 import { ProgressBar, formatBytes } from './progress.ts';
 
 /** Digests asked about per `POST /store/missing`. */
 const MISSING_BATCH = 10_000;
-
-/** The admin API client a command's `--center` and `--token` (or BULKHEAD_TOKEN) name. */
-export function apiClientOf(inv: Invocation): ApiClient {
-  const token = optionalString(inv, 'token') ?? process.env['BULKHEAD_TOKEN'];
-  if (token === undefined || token === '') {
-    throw new BulkheadError(
-      ErrorCodes.USAGE,
-      '--token TOKEN (or the BULKHEAD_TOKEN environment variable) is required',
-    );
-  }
-  return adminClient(requireString(inv, 'center'), token);
-}
 
 /** Runs `fn` over `items`, at most `limit` at a time; stops at the first failure. */
 async function eachLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>) {
@@ -195,15 +178,16 @@ export const pushCommand: Command = {
   name: 'image push',
   summary:
     'Upload an image version from a local store to Center: only the chunks Center lacks, then the signed manifest (recorded as a draft).',
-  usage: `Usage: bulkhead image push --center URL --store DIR NAME VERSION [--token TOKEN]
-         [--kind system|app] [--publish | --release] [--parallel N] [--json]
+  usage: `Usage: bulkhead image push --store DIR NAME VERSION [--kind system|app]
+         [--publish | --release] [--parallel N] [--json]
 
-  --token TOKEN   an admin API token of an operator (default: $BULKHEAD_TOKEN)
   --kind KIND     the image's kind when this push creates it (default system)
   --publish       publish the version after the upload (released if the image has none)
   --release       publish it and make it the version devices get
   --parallel N    chunk uploads in flight (default 4)
-  Pushing a version again sends nothing and changes nothing.`,
+  Pushing a version again sends nothing and changes nothing. It needs an operator's rights.
+
+${CONNECTION_USAGE}`,
   options: {
     center: { type: 'string' },
     token: { type: 'string' },
@@ -230,7 +214,7 @@ export const pushCommand: Command = {
         `--store must be a local directory, not ${storeDir}`,
       );
     }
-    const api = apiClientOf(inv);
+    const api = await connect(inv);
     const parallel = integerOption(inv, 'parallel', 1, 64);
     const progress = new ProgressBar(process.stderr, ctx.isTTY);
     const result = await pushImage({

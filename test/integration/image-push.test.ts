@@ -132,18 +132,12 @@ test('image push sends only the chunks Center lacks, and a repeated push sends n
 
 test('image push refuses bad usage and bad credentials with one line', async (t) => {
   const dir = await tempDir(t);
-  const noToken = await cli([
-    'image',
-    'push',
-    '--center',
-    'http://127.0.0.1:9',
-    '--store',
-    dir,
-    'os',
-    '1',
-  ]);
+  const noToken = await cli(
+    ['image', 'push', '--center', 'http://127.0.0.1:9', '--store', dir, 'os', '1'],
+    { BULKHEAD_CREDENTIALS: join(dir, 'no-session.json'), BULKHEAD_TOKEN: '' },
+  );
   assert.equal(noToken.code, 2);
-  assert.match(noToken.err, /--token TOKEN \(or the BULKHEAD_TOKEN/);
+  assert.match(noToken.err, /not logged in to any Center .*bulkhead login/);
   const oneArg = await cli(['image', 'push', '--center', 'http://x', '--store', dir, 'os']);
   assert.equal(oneArg.code, 2);
   const badKind = await cli([
