@@ -417,6 +417,7 @@ function seedRows(): SeedRows {
         password_hash: 'scrypt$16384$8$1$c2FsdA$aGFzaA',
         role: 'admin',
         last_login_at: NOW,
+        disabled_at: null,
         created_at: NOW,
         updated_at: NOW,
       },
