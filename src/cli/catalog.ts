@@ -271,6 +271,12 @@ ${CONNECTION_USAGE}`,
     const api = await connect(inv);
     const { image, version } = await versionNamed(api, inv.positionals[0]);
     const label = `${image.name}@${version.version}`;
+    if (version.state === 'retired') {
+      throw new BulkheadError(
+        ErrorCodes.VERSION_STATE,
+        `${label} is retired; a retired version cannot be released again (push a new version)`,
+      );
+    }
     const after = await api.call(endpoints.publishVersion, {
       params: { id: image.name, version: version.version },
       body: { release: true },

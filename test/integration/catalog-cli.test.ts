@@ -108,6 +108,7 @@ test('publishers, images and profiles are managed by name from the CLI', async (
   assert.match(released, /^Published and released os@2 \(was os@1\)/);
   assertFails(await cli(['images', 'retire', 'os@2']), 1, /os@2 is the released version/);
   assert.match(await ok(['images', 'retire', 'os@1']), /^Retired os@1: no new installs/);
+  assertFails(await cli(['images', 'release', 'os@1']), 1, /os@1 is retired/);
   const detail = await json(['images', 'show', 'os']);
   assert.deepEqual(
     detail.versions.map((v: { version: string; state: string; released: boolean }) => [
