@@ -309,21 +309,6 @@ const groupsCreate: Command = {
   },
 };
 
-const profilesList = listCommand(
-  'profiles list',
-  endpoints.listProfiles,
-  'List VM profiles (work, personal, …) with their policies.',
-  {
-    id: (p) => p.id,
-    name: (p) => p.name,
-    network: (p) => p.isolation.network,
-    encrypted: (p) => (p.isolation.encryptData ? 'yes' : 'no'),
-    lease: (p) => `${p.leaseDays} d`,
-    vm: (p) => `${p.cpus} cpu ${p.memoryMib} MiB`,
-    devices: (p) => p.devices,
-  },
-);
-
 const appsList = listCommand(
   'apps list',
   endpoints.listApps,
@@ -448,7 +433,6 @@ export const fleetCommands: Command[] = [
   commandVerb('restart-vm', 'Restart one VM of a device.'),
   groupsList,
   groupsCreate,
-  profilesList,
   appsList,
   tokensCreate,
   tokensList,

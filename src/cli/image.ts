@@ -183,7 +183,8 @@ const pullCmd: Command = {
 
 const inspectCmd: Command = {
   name: 'image inspect',
-  summary: 'Show an image version’s manifest; with --trust, verify its signature too.',
+  summary:
+    'Show an image version’s manifest in a local store; with --trust, verify its signature too.',
   usage: 'Usage: bulkhead image inspect --store STORE NAME@VER [--trust PUBKEY]... [--json]',
   options: { store: { type: 'string' }, trust: { type: 'string', multiple: true } },
   async run(inv, ctx) {
@@ -268,7 +269,7 @@ const verifyCmd: Command = {
 
 const listCmd: Command = {
   name: 'image list',
-  summary: 'List the image versions a store holds.',
+  summary: "List the image versions a local store holds (`images list`: Center's images).",
   usage: 'Usage: bulkhead image list --store STORE [--json]',
   options: { store: { type: 'string' } },
   async run(inv, ctx) {

@@ -10,6 +10,8 @@ import { remoteCommands } from './remote.ts';
 import { fleetCommands } from './fleet.ts';
 import { rolloutCommands } from './rollout.ts';
 import { demoCommand } from './demo.ts';
+import { catalogCommands } from './catalog.ts';
+import { userCommands } from './users.ts';
 import { printableContext, type Command, type CommandContext, type Invocation } from './command.ts';
 
 const commands: Command[] = [
@@ -20,6 +22,8 @@ const commands: Command[] = [
   ...adminCommands,
   ...remoteCommands,
   ...fleetCommands,
+  ...catalogCommands,
+  ...userCommands,
   ...rolloutCommands,
   ...engineCommands,
   demoCommand,

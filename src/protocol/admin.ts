@@ -55,6 +55,8 @@ export const AdminUserSchema = z.object({
   username: z.string(),
   role: AdminRoleSchema,
   lastLoginAt: z.number().int().nullable(),
+  /** When the account was disabled; null while it is active. A disabled account cannot log in. */
+  disabledAt: z.number().int().nullable(),
   createdAt: z.number().int(),
   updatedAt: z.number().int(),
 });
@@ -77,11 +79,32 @@ export const CreateAdminUserResponseSchema = z.object({
 });
 
 export const UpdateAdminUserRequestSchema = z
-  .strictObject({ role: AdminRoleSchema.optional(), password: AdminPasswordSchema.optional() })
-  .refine((b) => b.role !== undefined || b.password !== undefined, {
-    message: 'give role or password',
+  .strictObject({
+    role: AdminRoleSchema.optional(),
+    password: AdminPasswordSchema.optional(),
+    /**
+     * True disables the account: it cannot log in, its sessions end and its API tokens are
+     * refused until it is enabled again (false). The last active admin cannot be disabled.
+     */
+    disabled: z.boolean().optional(),
+  })
+  .refine((b) => b.role !== undefined || b.password !== undefined || b.disabled !== undefined, {
+    message: 'give role, password or disabled',
   });
 export type UpdateAdminUserRequest = z.infer<typeof UpdateAdminUserRequestSchema>;
+
+/** One's own password change: the current password proves it is the person, not a left-open session. */
+export const ChangePasswordRequestSchema = z.strictObject({
+  currentPassword: text({ min: 1, max: 256 }),
+  newPassword: AdminPasswordSchema,
+});
+export type ChangePasswordRequest = z.infer<typeof ChangePasswordRequestSchema>;
+
+export const ChangePasswordResponseSchema = z.object({
+  /** The caller's other sessions, ended by the change (the one that asked stays). */
+  sessionsRevoked: z.number().int(),
+});
+export type ChangePasswordResponse = z.infer<typeof ChangePasswordResponseSchema>;
 
 export const IdParamsSchema = z.strictObject({ id: text({ min: 1, max: 64 }) });
 

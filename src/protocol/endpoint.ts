@@ -165,6 +165,8 @@ const ERROR_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.DEVICE_CHALLENGE_INVALID]: 401,
   [ErrorCodes.UNAUTHENTICATED]: 401,
   [ErrorCodes.FORBIDDEN]: 403,
+  [ErrorCodes.ACCOUNT_DISABLED]: 403,
+  [ErrorCodes.WRONG_PASSWORD]: 403,
   [ErrorCodes.DEVICE_KILLED]: 403,
   [ErrorCodes.DEVICE_RETIRED]: 403,
   [ErrorCodes.NOT_FOUND]: 404,

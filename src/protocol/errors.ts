@@ -49,6 +49,11 @@ export const ErrorCodes = {
   DEVICE_STATE: 'ERR_DEVICE_STATE',
   ADMIN_USER_EXISTS: 'ERR_ADMIN_USER_EXISTS',
   LAST_ADMIN: 'ERR_LAST_ADMIN',
+  // An administrator whose account is disabled: refused at login (after a correct password)
+  // and on every request with their sessions or API tokens.
+  ACCOUNT_DISABLED: 'ERR_ACCOUNT_DISABLED',
+  // The current password given to change one's own password is not the current password.
+  WRONG_PASSWORD: 'ERR_WRONG_PASSWORD',
   INTERNAL: 'ERR_INTERNAL',
   ENROLMENT_TOKEN_REFUSED: 'ERR_ENROLMENT_TOKEN_REFUSED',
   DEVICE_EXISTS: 'ERR_DEVICE_EXISTS',

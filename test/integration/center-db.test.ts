@@ -91,12 +91,13 @@ forEachDatabase("Center's database", async (t, databases) => {
             '0005_rollouts',
             '0006_login_throttle',
             '0007_rate_limit_windows',
+            '0008_admin_user_disabled',
           ],
-          latest: '0007_rate_limit_windows',
+          latest: '0008_admin_user_disabled',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0007_rate_limit_windows',
+          latest: '0008_admin_user_disabled',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);
@@ -417,6 +418,7 @@ function seedRows(): SeedRows {
         password_hash: 'scrypt$16384$8$1$c2FsdA$aGFzaA',
         role: 'admin',
         last_login_at: NOW,
+        disabled_at: null,
         created_at: NOW,
         updated_at: NOW,
       },

@@ -204,6 +204,133 @@ for (const target of CENTER_TARGETS) {
       assert.equal(missing.body.error.code, 'ERR_NOT_FOUND');
     });
 
+    await t.test('a disabled user cannot log in and their credentials stop at once', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const root = await c.loginAs('root', ADMIN_PASSWORD);
+      const made = await c.call('POST', '/users', {
+        token: root,
+        body: { username: 'ada', role: 'admin', password: 'ada password long' },
+      });
+      const adaId = made.body.user.id as string;
+      const session = await c.loginAs('ada', 'ada password long');
+      const api = (await c.call('POST', '/tokens', { token: session, body: { name: 'ci' } })).body
+        .token as string;
+
+      const off = await c.call('PATCH', `/users/${adaId}`, {
+        token: root,
+        body: { disabled: true },
+      });
+      assert.equal(off.status, 200, JSON.stringify(off.body));
+      assert.equal(off.body.disabledAt, c.clock.ms);
+      // Its sessions are gone; its API tokens stay, refused while the account is disabled.
+      assert.equal((await c.call('GET', '/me', { token: session })).status, 401);
+      const refused = await c.call('GET', '/me', { token: api });
+      assert.equal(refused.status, 403);
+      assert.equal(refused.body.error.code, 'ERR_ACCOUNT_DISABLED');
+      assert.match(refused.body.error.message, /account ada is disabled/);
+      // Only a correct password learns that the account is disabled.
+      const wrong = await c.call('POST', '/login', {
+        body: { username: 'ada', password: 'not her password' },
+      });
+      assert.equal(wrong.status, 401);
+      assert.match(wrong.body.error.message, /wrong username or password/);
+      const right = await c.call('POST', '/login', {
+        body: { username: 'ada', password: 'ada password long' },
+      });
+      assert.equal(right.status, 403);
+      assert.equal(right.body.error.code, 'ERR_ACCOUNT_DISABLED');
+
+      // root is now the last active admin: neither disabled nor demoted, nor deleted.
+      const rootId = (await c.call('GET', '/me', { token: root })).body.id as string;
+      for (const body of [{ disabled: true }, { role: 'viewer' }]) {
+        const last = await c.call('PATCH', `/users/${rootId}`, { token: root, body });
+        assert.equal(last.status, 409, JSON.stringify(body));
+        assert.equal(last.body.error.code, 'ERR_LAST_ADMIN');
+      }
+      assert.equal(
+        (await c.call('DELETE', `/users/${rootId}`, { token: root })).body.error.code,
+        'ERR_LAST_ADMIN',
+      );
+
+      const on = await c.call('PATCH', `/users/${adaId}`, {
+        token: root,
+        body: { disabled: false },
+      });
+      assert.equal(on.body.disabledAt, null);
+      assert.equal((await c.call('GET', '/me', { token: api })).status, 200, 'the token is back');
+      assert.equal((await c.call('GET', '/me', { token: session })).status, 401, 'sessions ended');
+      await c.loginAs('ada', 'ada password long');
+      const trail = await c.call('GET', '/audit', { token: root });
+      assert.ok(
+        trail.body.entries.some((e: { after: unknown }) =>
+          JSON.stringify(e.after).includes('"disabledAt":'),
+        ),
+      );
+    });
+
+    await t.test("one's own password: current one required, other sessions end", async (t) => {
+      const c = await center(t, await newUrl(t));
+      const root = await c.loginAs('root', ADMIN_PASSWORD);
+      await c.call('POST', '/users', {
+        token: root,
+        body: { username: 'vera', role: 'viewer', password: 'vera password long' },
+      });
+      const mine = await c.loginAs('vera', 'vera password long');
+      const other = await c.loginAs('vera', 'vera password long');
+
+      const wrong = await c.call('POST', '/me/password', {
+        token: mine,
+        body: { currentPassword: 'a guess', newPassword: 'a new long password' },
+      });
+      assert.equal(wrong.status, 403);
+      assert.equal(wrong.body.error.code, 'ERR_WRONG_PASSWORD');
+      const short = await c.call('POST', '/me/password', {
+        token: mine,
+        body: { currentPassword: 'vera password long', newPassword: 'short' },
+      });
+      assert.equal(short.status, 400);
+      assert.match(short.body.error.message, /newPassword/);
+      const same = await c.call('POST', '/me/password', {
+        token: mine,
+        body: { currentPassword: 'vera password long', newPassword: 'vera password long' },
+      });
+      assert.equal(same.status, 400);
+      assert.match(same.body.error.message, /newPassword/);
+
+      const changed = await c.call('POST', '/me/password', {
+        token: mine,
+        body: { currentPassword: 'vera password long', newPassword: 'a new long password' },
+      });
+      assert.equal(changed.status, 200, JSON.stringify(changed.body));
+      assert.deepEqual(changed.body, { sessionsRevoked: 1 });
+      assert.equal((await c.call('GET', '/me', { token: mine })).status, 200, 'this one stays');
+      assert.equal((await c.call('GET', '/me', { token: other })).status, 401, 'others end');
+      const old = await c.call('POST', '/login', {
+        body: { username: 'vera', password: 'vera password long' },
+      });
+      assert.equal(old.status, 401);
+      await c.loginAs('vera', 'a new long password');
+      const anonymous = await c.call('POST', '/me/password', {
+        body: { currentPassword: 'a new long password', newPassword: 'another long one' },
+      });
+      assert.equal(anonymous.status, 401);
+
+      // Wrong current passwords are throttled as failed logins are.
+      let status = 0;
+      for (let i = 0; i < 7 && status !== 429; i++) {
+        status = (
+          await c.call('POST', '/me/password', {
+            token: mine,
+            body: { currentPassword: `guess ${i}`, newPassword: 'another long one' },
+          })
+        ).status;
+      }
+      assert.equal(status, 429);
+      const trail = JSON.stringify((await c.call('GET', '/audit', { token: root })).body);
+      assert.match(trail, /user\.password/);
+      assert.doesNotMatch(trail, /a new long password|scrypt\$/);
+    });
+
     await t.test('bad input is a 400 naming the field, without a stack', async (t) => {
       const c = await center(t, await newUrl(t));
       const root = await c.loginAs('root', ADMIN_PASSWORD);
@@ -242,7 +369,7 @@ for (const target of CENTER_TARGETS) {
       assert.match(noBody.body.error.message, /^body/);
       const empty = await c.call('PATCH', '/users/x', { token: root, body: {} });
       assert.equal(empty.status, 400);
-      assert.match(empty.body.error.message, /role or password/);
+      assert.match(empty.body.error.message, /role, password or disabled/);
       const login = await c.call('POST', '/login', { body: { username: 'root' } });
       assert.equal(login.status, 400);
       assert.match(login.body.error.message, /body\.password/);

@@ -5,6 +5,8 @@ import {
   ErrorCodes,
   type AdminRoleName,
   type ApiToken,
+  type ChangePasswordRequest,
+  type ChangePasswordResponse,
   type CreateApiTokenRequest,
   type LoginResponse,
 } from '../../protocol/index.ts';
@@ -55,6 +57,13 @@ function unauthenticated(message: string): BulkheadError {
   return new BulkheadError(ErrorCodes.UNAUTHENTICATED, message);
 }
 
+function disabled(username: string): BulkheadError {
+  return new BulkheadError(
+    ErrorCodes.ACCOUNT_DISABLED,
+    `the account ${username} is disabled; an administrator can enable it (bulkhead users enable ${username})`,
+  );
+}
+
 /**
  * The caller an `Authorization` header names.
  * @throws BulkheadError `ERR_UNAUTHENTICATED` when it is missing, malformed, unknown or expired.
@@ -71,12 +80,15 @@ export async function resolveCaller(
     .selectFrom('api_tokens as t')
     .innerJoin('admin_users as u', 'u.id', 't.user_id')
     .select(['t.id', 't.name', 't.expires_at', 't.last_used_at', 'u.id as user_id', 'u.username'])
-    .select('u.role')
+    .select(['u.role', 'u.disabled_at'])
     .where('t.token_hash', '=', hashSecret(match[1]!))
     .executeTakeFirst();
   if (!row || (row.expires_at !== null && Number(row.expires_at) <= nowMs)) {
     throw unauthenticated('the token is unknown, revoked or expired');
   }
+  // Checked on every request, so disabling an account stops its API tokens at once (its
+  // sessions are deleted as well), on every replica.
+  if (row.disabled_at !== null) throw disabled(row.username);
   // Recording use costs a write; once a minute per token is precise enough.
   if (row.last_used_at === null || Number(row.last_used_at) < nowMs - 60_000) {
     await db
@@ -101,7 +113,8 @@ export async function resolveCaller(
  * and address (login-throttle.ts) and its password checked on the bounded hashing queue.
  * @throws BulkheadError `ERR_RATE_LIMITED` (details.retryAfterMs) when this username has failed
  *   too often from this address lately, or when too many password checks are already waiting;
- *   `ERR_UNAUTHENTICATED` for a wrong name or password (the same message for both).
+ *   `ERR_UNAUTHENTICATED` for a wrong name or password (the same message for both);
+ *   `ERR_ACCOUNT_DISABLED` for a disabled account, said only after its password was right.
  */
 export async function login(
   deps: {
@@ -116,13 +129,15 @@ export async function login(
   // A place in the hashing queue first: a full queue refuses the attempt before it counts.
   const slot = deps.passwords.reserve();
   if (!('verify' in slot)) throw busy(slot.retryAfterMs);
-  let user: Row<'admin_users'>;
+  let user: Row<'admin_users'> | undefined;
   try {
     user = await checkPassword(deps, slot, name, input);
   } finally {
     slot.release();
   }
+  if (!user) throw unauthenticated('wrong username or password');
   await deps.throttle.succeeded(name, input.ip);
+  if (user.disabled_at !== null) throw disabled(user.username);
   const at = deps.nowMs();
   const token = newSecret();
   const id = newId(at);
@@ -152,13 +167,17 @@ export async function login(
   return { token, expiresAt, username: user.username, role: user.role };
 }
 
-/** The user whose password `input` gives, counted by the throttle first. */
+/**
+ * The user named `name` if `input` gives their password, else undefined; counted by the
+ * throttle first (as a failure until the caller says it succeeded).
+ * @throws BulkheadError `ERR_RATE_LIMITED` while the pair must wait.
+ */
 async function checkPassword(
   deps: { db: Kysely<Database>; throttle: LoginThrottle },
   slot: PasswordSlot,
   name: string,
   input: { password: string; ip: string },
-): Promise<Row<'admin_users'>> {
+): Promise<Row<'admin_users'> | undefined> {
   const wait = await deps.throttle.claim(name, input.ip);
   if (wait > 0) {
     const seconds = Math.ceil(wait / 1000);
@@ -175,8 +194,69 @@ async function checkPassword(
     .executeTakeFirst();
   // An unknown name is checked against a hash too, so its answer takes as long.
   const matches = await slot.verify(input.password, user?.password_hash ?? UNKNOWN_USER_HASH);
-  if (!user || !matches) throw unauthenticated('wrong username or password');
-  return user;
+  return user && matches ? user : undefined;
+}
+
+/**
+ * Changes the caller's own password. The current one is checked as a login's is (throttled per
+ * username and address, on the bounded hashing queue), so a session left open is not enough to
+ * take the account over. The caller's other sessions end; the session that asked stays, and so
+ * do API tokens (scripts are revoked explicitly).
+ * @throws BulkheadError `ERR_WRONG_PASSWORD`; `ERR_RATE_LIMITED` as for a login;
+ *   `ERR_VALIDATION` when the new password is the current one.
+ */
+export async function changeOwnPassword(
+  deps: {
+    db: Kysely<Database>;
+    throttle: LoginThrottle;
+    passwords: PasswordHasher;
+    nowMs: () => number;
+  },
+  caller: Caller,
+  input: ChangePasswordRequest & { ip: string },
+): Promise<ChangePasswordResponse> {
+  if (input.newPassword === input.currentPassword) {
+    throw new BulkheadError(
+      ErrorCodes.VALIDATION,
+      'body.newPassword: the new password is the current one; choose another',
+    );
+  }
+  const slot = deps.passwords.reserve();
+  if (!('verify' in slot)) throw busy(slot.retryAfterMs);
+  let checked: Row<'admin_users'> | undefined;
+  try {
+    checked = await checkPassword(deps, slot, caller.username, {
+      password: input.currentPassword,
+      ip: input.ip,
+    });
+  } finally {
+    slot.release();
+  }
+  const user = checked;
+  if (!user || user.id !== caller.userId) {
+    throw new BulkheadError(ErrorCodes.WRONG_PASSWORD, 'the current password is wrong');
+  }
+  await deps.throttle.succeeded(caller.username, input.ip);
+  const passwordHash = await deps.passwords.hash(input.newPassword);
+  const at = deps.nowMs();
+  const spec = { action: 'user.password', target: 'user', id: user.id };
+  return runCommand({ db: deps.db, nowMs: at }, caller, spec, async (trx) => {
+    await trx
+      .updateTable('admin_users')
+      .set({ password_hash: passwordHash, updated_at: at })
+      .where('id', '=', user.id)
+      .execute();
+    const ended = await trx
+      .deleteFrom('api_tokens')
+      .where('user_id', '=', user.id)
+      .where('name', 'like', `${SESSION_PREFIX}%`)
+      .where('id', '!=', caller.credentialId)
+      .executeTakeFirst();
+    const sessionsRevoked = Number(ended.numDeletedRows);
+    // The trail says that the password changed, never what it is or its hash.
+    const after = { id: user.id, username: user.username, passwordChanged: true, sessionsRevoked };
+    return { result: { sessionsRevoked }, before: null, after };
+  });
 }
 
 /** Revokes the credential the caller presented (its session, or the API token itself). */

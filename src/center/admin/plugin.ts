@@ -3,7 +3,14 @@ import { adminEndpoints as e } from '../../protocol/index.ts';
 import { route } from '../http/route.ts';
 import type { CenterContext } from '../context.ts';
 import { listAudit } from './audit.ts';
-import { createApiToken, listApiTokens, login, logout, revokeApiToken } from './credentials.ts';
+import {
+  changeOwnPassword,
+  createApiToken,
+  listApiTokens,
+  login,
+  logout,
+  revokeApiToken,
+} from './credentials.ts';
 import { createLoginThrottle } from './login-throttle.ts';
 import { createUser, deleteUser, listUsers, updateUser } from './users.ts';
 
@@ -30,6 +37,9 @@ export const adminRoutes: FastifyPluginAsync<CenterContext> = async (app, deps) 
     role: caller.role,
     via: caller.via,
   }));
+  route(app, e.changePassword, (req, caller) =>
+    changeOwnPassword({ db, throttle, passwords, nowMs }, caller, { ...req.body, ip: req.ip }),
+  );
   route(app, e.createApiToken, (req, caller) => createApiToken(db, caller, req.body, nowMs()));
   route(app, e.listApiTokens, async () => ({ tokens: await listApiTokens(db) }));
   route(app, e.revokeApiToken, (req, caller) => revokeApiToken(db, caller, req.params.id, nowMs()));

@@ -24,6 +24,7 @@ export function presentUser(row: Row<'admin_users'>): AdminUser {
     username: row.username,
     role: row.role,
     lastLoginAt: row.last_login_at === null ? null : Number(row.last_login_at),
+    disabledAt: row.disabled_at === null ? null : Number(row.disabled_at),
     createdAt: Number(row.created_at),
     updatedAt: Number(row.updated_at),
   };
@@ -52,6 +53,7 @@ export async function createUser(
     password_hash: await hash(password),
     role: input.role,
     last_login_at: null,
+    disabled_at: null,
     created_at: at,
     updated_at: at,
   };
@@ -70,9 +72,11 @@ export async function createUser(
 }
 
 /**
- * Changes a user's role and/or password. A password change ends the user's sessions (API
- * tokens stay: scripts are revoked explicitly).
- * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_LAST_ADMIN` when it would demote the last admin.
+ * Changes a user's role and/or password, or disables or enables the account. A password change
+ * ends the user's sessions (API tokens stay: scripts are revoked explicitly); disabling ends
+ * them too, and the API tokens are refused while the account is disabled (see `resolveCaller`).
+ * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_LAST_ADMIN` when it would demote or disable the
+ *   last active admin.
  */
 export async function updateUser(
   db: Kysely<Database>,
@@ -85,21 +89,33 @@ export async function updateUser(
   const passwordHash = input.password === undefined ? undefined : await hash(input.password);
   return runCommand({ db, nowMs: at }, actor, USER('update'), async (trx) => {
     const current = await findUser(trx, where);
-    if (input.role !== undefined && input.role !== 'admin' && current.role === 'admin') {
-      await assertAnotherAdmin(trx, current.id);
-    }
     const target: Row<'admin_users'> = {
       ...current,
       role: input.role ?? current.role,
       password_hash: passwordHash ?? current.password_hash,
+      disabled_at:
+        input.disabled === undefined
+          ? current.disabled_at
+          : input.disabled
+            ? (current.disabled_at ?? at)
+            : null,
       updated_at: at,
     };
+    if (isActiveAdmin(current) && !isActiveAdmin(target)) {
+      await assertAnotherAdmin(trx, current.id);
+    }
     await trx
       .updateTable('admin_users')
-      .set({ role: target.role, password_hash: target.password_hash, updated_at: at })
+      .set({
+        role: target.role,
+        password_hash: target.password_hash,
+        disabled_at: target.disabled_at,
+        updated_at: at,
+      })
       .where('id', '=', current.id)
       .execute();
-    if (passwordHash !== undefined) {
+    const disabling = current.disabled_at === null && target.disabled_at !== null;
+    if (passwordHash !== undefined || disabling) {
       await trx
         .deleteFrom('api_tokens')
         .where('user_id', '=', current.id)
@@ -116,6 +132,11 @@ export async function updateUser(
   });
 }
 
+/** An admin whose account works: the one kind of user that can manage the others. */
+function isActiveAdmin(row: Pick<Row<'admin_users'>, 'role' | 'disabled_at'>): boolean {
+  return row.role === 'admin' && row.disabled_at === null;
+}
+
 /**
  * Deletes a user, its sessions and API tokens.
  * @throws BulkheadError `ERR_NOT_FOUND`; `ERR_LAST_ADMIN` for the last admin.
@@ -128,7 +149,7 @@ export async function deleteUser(
 ): Promise<void> {
   await runCommand({ db, nowMs: at }, actor, USER('delete', id), async (trx) => {
     const current = await findUser(trx, { id });
-    if (current.role === 'admin') await assertAnotherAdmin(trx, current.id);
+    if (isActiveAdmin(current)) await assertAnotherAdmin(trx, current.id);
     await trx.deleteFrom('api_tokens').where('user_id', '=', id).execute();
     await trx.deleteFrom('admin_users').where('id', '=', id).execute();
     return { result: undefined, before: presentUser(current), after: null };
@@ -158,21 +179,21 @@ async function findUser(
 }
 
 /**
- * Refuses to remove the last admin. On PostgreSQL the admin rows are locked (`for update`), so
+ * Refuses to remove the last active admin (a disabled one cannot step in). On PostgreSQL the admin rows are locked (`for update`), so
  * two transactions demoting the last two admins at once cannot both pass; SQLite runs one
  * writer at a time anyway.
  */
 async function assertAnotherAdmin(trx: Transaction<Database>, exceptId: string): Promise<void> {
   const admins = await trx
     .selectFrom('admin_users')
-    .select('id')
+    .select(['id', 'disabled_at'])
     .where('role', '=', 'admin')
     .$call((q) => (isPostgres(trx) ? q.forUpdate() : q))
     .execute();
-  if (!admins.some((a) => a.id !== exceptId)) {
+  if (!admins.some((a) => a.id !== exceptId && a.disabled_at === null)) {
     throw new BulkheadError(
       ErrorCodes.LAST_ADMIN,
-      'this is the last administrator with the admin role; make another one admin first',
+      'this is the last active administrator with the admin role; make another one admin first',
     );
   }
 }

@@ -497,6 +497,14 @@ async function rateLimitWindows(db: AnyDb): Promise<void> {
 }
 
 /**
+ * Administrators can be disabled: a disabled account cannot log in and its credentials are
+ * refused, but it keeps its name, role and history, and can be enabled again.
+ */
+async function adminUserDisabled(db: AnyDb): Promise<void> {
+  await db.schema.alterTable('admin_users').addColumn('disabled_at', 'bigint').execute();
+}
+
+/**
  * Every migration, by name; the Migrator runs them in name order. Names are recorded in every
  * database, so none is ever renamed: 0003 was never shipped, and the gap stays. New ones take
  * the next number with no gap (a test checks).
@@ -508,6 +516,7 @@ const migrations: Record<string, Migration> = {
   '0005_rollouts': { up: rollouts },
   '0006_login_throttle': { up: loginThrottle },
   '0007_rate_limit_windows': { up: rateLimitWindows },
+  '0008_admin_user_disabled': { up: adminUserDisabled },
 };
 
 /** The names of every migration, in the order they run. */

@@ -401,6 +401,8 @@ export interface AdminUsersTable {
   role: AdminRole;
   /** When the user last logged in; null if never. */
   last_login_at: EpochMs | null;
+  /** When the account was disabled (no login, credentials refused); null while active. */
+  disabled_at: EpochMs | null;
   /** When it was created. */
   created_at: EpochMs;
   /** When a field of this row last changed. */

@@ -9,7 +9,7 @@ const A = '/api/v1/admin';
 export const adminEndpoints = defineEndpoints(['admin'], {
   login: endpoint(`POST ${A}/login`, 'public', 200, admin.LoginResponseSchema, {
     body: admin.LoginRequestSchema,
-    errors: [ErrorCodes.UNAUTHENTICATED, ErrorCodes.RATE_LIMITED],
+    errors: [ErrorCodes.UNAUTHENTICATED, ErrorCodes.ACCOUNT_DISABLED, ErrorCodes.RATE_LIMITED],
     description:
       'Opens a 12-hour session. After five failures of one username from one address, that ' +
       'pair waits before each further try, twice as long each time up to 15 minutes (429 ' +
@@ -22,6 +22,19 @@ export const adminEndpoints = defineEndpoints(['admin'], {
   me: endpoint(`GET ${A}/me`, 'viewer', 200, admin.MeResponseSchema, {
     description: 'Who the bearer token acts as.',
   }),
+  changePassword: endpoint(
+    `POST ${A}/me/password`,
+    'viewer',
+    200,
+    admin.ChangePasswordResponseSchema,
+    {
+      body: admin.ChangePasswordRequestSchema,
+      errors: [ErrorCodes.WRONG_PASSWORD, ErrorCodes.RATE_LIMITED],
+      description:
+        "Changes the caller's own password, given the current one (checked and throttled as a " +
+        "login is). The caller's other sessions end; the one that asked and API tokens stay.",
+    },
+  ),
   createApiToken: endpoint(`POST ${A}/tokens`, 'admin', 201, admin.CreateApiTokenResponseSchema, {
     body: admin.CreateApiTokenRequestSchema,
     description: 'Creates an API token acting as the caller; the token is shown only here.',
@@ -46,7 +59,10 @@ export const adminEndpoints = defineEndpoints(['admin'], {
     params: admin.IdParamsSchema,
     body: admin.UpdateAdminUserRequestSchema,
     errors: [ErrorCodes.NOT_FOUND, ErrorCodes.LAST_ADMIN],
-    description: "Changes an administrator's role or password.",
+    description:
+      "Changes an administrator's role or password, or disables (ending their sessions and " +
+      'refusing their API tokens) or enables the account. The last active admin can be ' +
+      'neither demoted nor disabled.',
   }),
   deleteUser: endpoint(`DELETE ${A}/users/:id`, 'admin', 204, z.null(), {
     params: admin.IdParamsSchema,
