@@ -1,4 +1,3 @@
-import { createInterface } from 'node:readline';
 import {
   BulkheadError,
   endpoints,
@@ -8,6 +7,7 @@ import {
   type ResponseOf,
 } from '../protocol/index.ts';
 import { adminClient } from './api-client.ts';
+import { askHidden, stdinLines } from './terminal.ts';
 import {
   integerOption,
   optionalString,
@@ -84,31 +84,14 @@ export function when(ms: number | null | undefined): string {
   return ms === null || ms === undefined ? '-' : new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
 }
 
+/** The password from the first line of standard input, or asked for at the terminal. */
 async function readPassword(ctx: CommandContext, fromStdin: boolean): Promise<string> {
   if (fromStdin || !process.stdin.isTTY) {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of process.stdin) {
-      size += (chunk as Buffer).length;
-      if (size > 4096) throw new BulkheadError(ErrorCodes.USAGE, 'the password is too long');
-      chunks.push(chunk as Buffer);
-    }
-    const text = Buffer.concat(chunks)
-      .toString('utf8')
-      .replace(/\r?\n$/, '');
+    const [text = ''] = await stdinLines();
     if (text === '') throw new BulkheadError(ErrorCodes.USAGE, 'no password on standard input');
     return text;
   }
-  // At a terminal: prompt on stderr and do not echo what is typed.
-  ctx.err('Password: ');
-  const rl = createInterface({ input: process.stdin, terminal: true });
-  const out = rl as unknown as { _writeToOutput?: (s: string) => void };
-  out._writeToOutput = () => undefined;
-  try {
-    return await new Promise<string>((resolve) => rl.question('', resolve));
-  } finally {
-    rl.close();
-  }
+  return askHidden(ctx, 'Password: ');
 }
 
 const login: Command = {

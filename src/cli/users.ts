@@ -1,4 +1,3 @@
-import { createInterface } from 'node:readline';
 import {
   ADMIN_ROLE_NAMES,
   AdminPasswordSchema,
@@ -14,6 +13,7 @@ import {
 import type { Command, CommandContext, Invocation } from './command.ts';
 import { printTable, when } from './remote.ts';
 import { CONNECTION_USAGE, connect, connectionOptions } from './session.ts';
+import { askHidden, stdinLines } from './terminal.ts';
 
 /*
  * Center's administrators over the admin API, by username: `users …` (an admin's work; any
@@ -207,31 +207,6 @@ ${CONNECTION_USAGE}`,
     return { deleted: user.username, id: user.id };
   },
 };
-
-/** Everything on standard input, as lines (at most a few KiB: passwords, not files). */
-async function stdinLines(): Promise<string[]> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of process.stdin) {
-    size += (chunk as Buffer).length;
-    if (size > 8192) throw new BulkheadError(ErrorCodes.USAGE, 'standard input is too long');
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks).toString('utf8').split(/\r?\n/);
-}
-
-/** Asks at the terminal without echoing what is typed. */
-async function askHidden(ctx: CommandContext, question: string): Promise<string> {
-  ctx.err(question);
-  const rl = createInterface({ input: process.stdin, terminal: true });
-  const out = rl as unknown as { _writeToOutput?: (s: string) => void };
-  out._writeToOutput = () => undefined;
-  try {
-    return await new Promise<string>((resolve) => rl.question('', resolve));
-  } finally {
-    rl.close();
-  }
-}
 
 async function readPasswords(
   ctx: CommandContext,
