@@ -91,12 +91,13 @@ forEachDatabase("Center's database", async (t, databases) => {
             '0005_rollouts',
             '0006_login_throttle',
             '0007_rate_limit_windows',
+            '0008_rollout_release',
           ],
-          latest: '0007_rate_limit_windows',
+          latest: '0008_rollout_release',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0007_rate_limit_windows',
+          latest: '0008_rollout_release',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);
@@ -315,6 +316,14 @@ forEachDatabase("Center's database", async (t, databases) => {
           .execute(),
         violates('check'),
         'a rollout targets a group or a profile',
+      );
+      await assert.rejects(
+        db
+          .updateTable('rollouts')
+          .set({ on_completion: 'publish' as never })
+          .execute(),
+        violates('check'),
+        'completing a rollout releases its version or keeps the released one',
       );
       await assert.rejects(
         db.updateTable('enrolment_tokens').set({ uses_left: -1 }).execute(),
@@ -589,6 +598,8 @@ function seedRows(): SeedRows {
         min_reports: 1,
         state: 'running',
         state_reason: null,
+        on_completion: 'release',
+        released_at: null,
         created_by: admin,
         created_at: NOW,
         updated_at: NOW,
