@@ -1,4 +1,4 @@
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { Command as CommanderCommand, CommanderError, Option } from 'commander';
 import { BulkheadError, ErrorCodes, isBulkheadError } from '../protocol/index.ts';
 import { imageCommands } from './image.ts';
 import { pushCommand } from './push.ts';
@@ -10,7 +10,7 @@ import { remoteCommands } from './remote.ts';
 import { fleetCommands } from './fleet.ts';
 import { rolloutCommands } from './rollout.ts';
 import { demoCommand } from './demo.ts';
-import { printableContext, type Command, type CommandContext } from './command.ts';
+import { printableContext, type Command, type CommandContext, type Invocation } from './command.ts';
 
 const commands: Command[] = [
   ...keysCommands,
@@ -25,15 +25,131 @@ const commands: Command[] = [
   demoCommand,
 ];
 
+const WIDTH = Math.max(...commands.map((c) => c.name.length)) + 1;
+
 const globalHelp = `bulkhead — central images for bare-metal client virtualisation
 
 Usage: bulkhead <command> [options]
 
 Commands:
-${commands.map((c) => `  ${c.name.padEnd(16)} ${c.summary}`).join('\n')}
+${commands.map((c) => `  ${c.name.padEnd(WIDTH)} ${c.summary}`).join('\n')}
 
-Every command takes --help, and --json for machine-readable output.
+Every command and group takes --help, and every command --json for machine-readable output.
 Exit codes: 0 success, 1 failure, 2 usage error.`;
+
+/** What commander chose to run: a command of the table with its parsed arguments. */
+interface Chosen {
+  command: Command;
+  values: Invocation['values'];
+  positionals: string[];
+}
+
+/**
+ * The commander program for the command table: one-word commands at the top, two-word ones
+ * under their group ("image" → "pull"). Commander does the parsing, the help of every group and
+ * the suggestions for a misspelt command or flag; each command's own `usage` stays its help. It
+ * never exits the process: every outcome reaches `main` as a `CommanderError` or a `Chosen`.
+ */
+function program(ctx: CommandContext, choose: (c: Chosen) => void): CommanderCommand {
+  const root = new CommanderCommand('bulkhead');
+  const configure = (c: CommanderCommand): CommanderCommand =>
+    c
+      .exitOverride()
+      .showSuggestionAfterError(true)
+      .configureOutput({
+        writeOut: (text) => ctx.out(text.replace(/\n$/, '')),
+        writeErr: (text) => ctx.err(text.replace(/\n$/, '')),
+        // One line: "bulkhead rollout: unknown command 'statu' (Did you mean status?)".
+        outputError: (text, write) =>
+          write(`${commandPath(c)}: ${oneLine(text)}; see \`${commandPath(c)} --help\`\n`),
+      });
+  configure(root);
+  root.helpInformation = () => `${globalHelp}\n`;
+  // Every word of every command's name is a node; "demo" may be a command and a group at once.
+  const nodes = new Map<string, CommanderCommand>([['', root]]);
+  const node = (path: string[]): CommanderCommand => {
+    const key = path.join(' ');
+    let found = nodes.get(key);
+    if (found === undefined) {
+      found = configure(node(path.slice(0, -1)).command(path.at(-1)!));
+      found.helpInformation = () => groupHelp(key);
+      nodes.set(key, found);
+    }
+    return found;
+  };
+  for (const command of commands) {
+    const words = command.name.split(' ');
+    const leaf = node(words)
+      .description(command.summary)
+      .argument('[arguments...]')
+      .allowExcessArguments(true);
+    const subcommands = commands.filter((c) => c.name.startsWith(`${command.name} `));
+    leaf.helpInformation = () =>
+      `${command.usage}\n\n${command.summary}\n` +
+      (subcommands.length > 0 ? `\n${groupHelp(command.name)}` : '');
+    const names = new Map<string, { original: string; negated: boolean }>();
+    for (const [name, o] of Object.entries(withJson(command.options))) {
+      const short = o.short === undefined ? '' : `-${o.short}, `;
+      const option = new Option(`${short}--${name}${o.type === 'string' ? ' <value>' : ''}`);
+      if (o.multiple === true) {
+        option.argParser((v: string, previous: unknown) => [
+          ...(Array.isArray(previous) ? (previous as string[]) : []),
+          v,
+        ]);
+      }
+      leaf.addOption(option);
+      names.set(option.attributeName(), { original: name, negated: option.negate });
+    }
+    leaf.action((positionals: string[], options: Record<string, unknown>) => {
+      const values: Invocation['values'] = {};
+      for (const [attribute, { original, negated }] of names) {
+        const v = options[attribute];
+        if (negated) {
+          if (v === false) values[original] = true;
+        } else if (v !== undefined) {
+          values[original] = v as string | boolean | string[];
+        }
+      }
+      for (const [name, o] of Object.entries(command.options)) {
+        if (values[name] === undefined && o.default !== undefined) values[name] = o.default;
+      }
+      choose({ command, values, positionals });
+    });
+  }
+  return root;
+}
+
+function withJson(options: Command['options']): Command['options'] {
+  return { ...options, json: { type: 'boolean' } };
+}
+
+/** "bulkhead image pull" for a command of commander's tree. */
+function commandPath(c: CommanderCommand): string {
+  const words: string[] = [];
+  for (let at: CommanderCommand | null = c; at; at = at.parent) words.unshift(at.name());
+  return words.join(' ');
+}
+
+function oneLine(text: string): string {
+  return text
+    .replace(/^error: /, '')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '')
+    .join(' ')
+    .replace('(Did you mean', '(did you mean');
+}
+
+function groupHelp(word: string): string {
+  const members = commands.filter((c) => c.name.startsWith(`${word} `));
+  return `Usage: bulkhead ${word} <command> [options]
+
+Commands:
+${members.map((c) => `  ${c.name.padEnd(WIDTH)} ${c.summary}`).join('\n')}
+
+Run \`bulkhead ${word} <command> --help\` for a command's options.
+`;
+}
 
 /** Runs the CLI; returns the exit code. Never throws for a user's mistake. */
 export async function main(
@@ -43,64 +159,33 @@ export async function main(
   // Every human line goes through `printable` (text from Center cannot drive the terminal);
   // --json output is printed exactly as JSON.stringify wrote it.
   const ctx = printableContext(given);
-  const words: string[] = [];
-  for (const a of argv) {
-    if (a.startsWith('-')) break;
-    words.push(a);
-  }
-  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+  if (argv.length === 0) {
     ctx.out(globalHelp);
-    return argv.length === 0 ? 2 : 0;
+    return 2;
   }
-  if (argv[0] === '--version') {
+  // Only as the first word: `rollout create --version 2` is that command's own flag.
+  if (argv[0] === '--version' || argv[0] === '-V') {
     ctx.out('bulkhead 0.1.0');
     return 0;
   }
-  // The longest command name that prefixes the arguments ("image pull", then "image").
-  const command = commands
-    .filter((c) => c.name.split(' ').every((w, i) => words[i] === w))
-    .sort((a, b) => b.name.length - a.name.length)[0];
-  if (!command) {
-    const group = commands.filter((c) => c.name.startsWith(`${words[0]} `));
-    if (group.length > 0) {
-      ctx.err(
-        `bulkhead: ${words[0]} needs a subcommand: ${group.map((c) => c.name.split(' ')[1]).join(', ')}`,
-      );
-    } else {
-      ctx.err(`bulkhead: unknown command "${words[0] ?? argv[0]}"; run \`bulkhead --help\``);
-    }
-    return 2;
-  }
-  const rest = argv.slice(command.name.split(' ').length);
-  const config: ParseArgsConfig = {
-    args: rest,
-    options: {
-      ...command.options,
-      help: { type: 'boolean', short: 'h' },
-      json: { type: 'boolean' },
-    },
-    allowPositionals: true,
-    strict: true,
-  };
-  let parsed: ReturnType<typeof parseArgs>;
+  let chosen: Chosen | undefined;
   try {
-    parsed = parseArgs(config);
+    await program(ctx, (c) => {
+      chosen = c;
+    }).parseAsync(argv, { from: 'user' });
   } catch (err) {
-    ctx.err(
-      `bulkhead ${command.name}: ${(err as Error).message.split('\n')[0]}; see \`bulkhead ${command.name} --help\``,
-    );
-    return 2;
+    if (err instanceof CommanderError) {
+      // Help and --version asked for: success. A group without its subcommand shows the
+      // group's help on stderr: a usage error, like every other mistake commander finds.
+      return err.code === 'commander.helpDisplayed' ? 0 : 2;
+    }
+    throw err;
   }
-  if (parsed.values.help) {
-    ctx.out(`${command.usage}\n\n${command.summary}`);
-    return 0;
-  }
-  const json = parsed.values.json === true;
+  if (chosen === undefined) return 2;
+  const { command, values, positionals } = chosen;
+  const json = values.json === true;
   try {
-    const result = await command.run(
-      { values: parsed.values, positionals: parsed.positionals, json },
-      ctx,
-    );
+    const result = await command.run({ values, positionals, json }, ctx);
     if (json && result !== undefined) given.out(JSON.stringify(result, null, 2));
     return 0;
   } catch (err) {

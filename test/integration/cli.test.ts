@@ -171,6 +171,54 @@ test('an unknown option exits 2 with one line on stderr and no stack trace', asy
   assert.equal(r.stdout, '');
 });
 
+test('every group lists its commands on --help (exit 0), and without a command (exit 2)', async () => {
+  for (const [group, members] of [
+    ['engine', ['engine enroll', 'engine run', 'engine status', 'engine accept']],
+    ['image', ['image import', 'image pull', 'image push', 'image diff']],
+    ['center admin', ['center admin create', 'center admin reset']],
+  ] as const) {
+    const help = await bulkhead([...group.split(' '), '--help']);
+    expectExit(help, 0);
+    assert.match(help.stdout, new RegExp(`^Usage: bulkhead ${group} <command>`));
+    for (const m of members) assert.ok(help.stdout.includes(m), `${group} --help lacks ${m}`);
+    assert.equal(help.stderr, '');
+    const bare = await bulkhead(group.split(' '));
+    expectExit(bare, 2);
+    assert.equal(bare.stdout, '');
+    assert.match(bare.stderr, new RegExp(`Usage: bulkhead ${group} <command>`));
+  }
+});
+
+test('a misspelt command or flag exits 2 with one line suggesting the nearest one', async () => {
+  const command = expectFailure(await bulkhead(['rollout', 'statu']), 2);
+  assert.match(command, /^bulkhead rollout: unknown command 'statu' \(did you mean status\?\)/);
+  const group = expectFailure(await bulkhead(['imag', 'list']), 2);
+  assert.match(group, /unknown command 'imag' \(did you mean image\?\)/);
+  const flag = expectFailure(await bulkhead(['devices', 'list', '--stat', 'active']), 2);
+  assert.match(flag, /^bulkhead devices list: unknown option '--stat' \(did you mean --state\?\)/);
+  const missing = expectFailure(await bulkhead(['image', 'list', '--store']), 2);
+  assert.match(missing, /--store <value>' argument missing/);
+});
+
+test("a command's own --version is its flag, not the program's version", async () => {
+  const r = await bulkhead(['--version']);
+  expectExit(r, 0);
+  assert.equal(r.stdout.trim(), 'bulkhead 0.1.0');
+  // rollout create takes --version VERSION: the command runs (and finds no session).
+  const create = await bulkhead(
+    ['rollout', 'create', '--image', 'os', '--version', '2', '--group', 'g'],
+    {
+      env: {
+        BULKHEAD_CREDENTIALS: '/nonexistent/credentials.json',
+        BULKHEAD_CENTER: '',
+        BULKHEAD_TOKEN: '',
+      },
+    },
+  );
+  assert.match(expectFailure(create, 2), /not logged in/);
+  assert.doesNotMatch(create.stdout, /0\.1\.0/);
+});
+
 // ---------------------------------------------------------------------------------------------
 // keys generate
 
