@@ -435,6 +435,6 @@ export const rolloutCommands: Command[] = [
   action('abort', 'Abort a rollout: its devices go back to the released version.'),
   action(
     'promote',
-    'Move a rollout to its next phase now, without waiting for the soak time (after the last: complete it).',
+    'Move a rollout to its next phase now, without the soak time (after the last: complete it).',
   ),
 ];
