@@ -167,10 +167,12 @@ function targetOf(r: Rollout): string {
   return parts.join(', devices with ');
 }
 
-/** `phase 2 of 4 (10%)`, `all 4 phases (100%)` or `not started`. */
+/** `phase 2 of 4 (10%)`, `done: phase 4 of 4 (100%)` or `not started`. */
 function progressOf(r: Rollout): string {
   if (r.state === 'pending') return 'not started';
-  if (r.state === 'completed') return `all ${r.phases.length} phases (${r.phases.at(-1)}%)`;
+  if (r.state === 'completed') {
+    return `done: phase ${r.phases.length} of ${r.phases.length} (${r.phases.at(-1)}%)`;
+  }
   return `phase ${r.currentPhase + 1} of ${r.phases.length} (${r.phases[r.currentPhase]}%)`;
 }
 

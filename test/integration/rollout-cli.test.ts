@@ -121,8 +121,8 @@ test('rollout create, list and status: names, release on completion, usage error
           (vm) => vm.name === 'work',
         )?.system.version;
       },
-      /** Reports its work VM healthy on `version` of os. */
-      healthy: (version: string) =>
+      /** Reports its work VM healthy on `version` of os, or rolled back from it. */
+      report: (type: 'healthy' | 'rolled-back', version: string) =>
         api(
           'POST',
           '/api/v1/device/reports',
@@ -131,9 +131,10 @@ test('rollout create, list and status: names, release on completion, usage error
               {
                 id: randomUUID(),
                 at: Date.now(),
-                ...updateEvent('healthy', {
+                ...updateEvent(type, {
                   profileId: profile.id,
                   versionId: versionId(version),
+                  reason: 'qemu-ga did not answer within 300 s',
                   volumes: [
                     {
                       role: 'system',
@@ -206,7 +207,7 @@ test('rollout create, list and status: names, release on completion, usage error
   assert.equal(await pc.wants(), '2');
   const running = await human(['rollout', 'status', first.id]);
   assert.match(running, /on completion\s+os@2 becomes the released version \(now os@1\)/);
-  await pc.healthy('2');
+  await pc.report('healthy', '2');
   await waitFor('the rollout to complete', async () => {
     const r = await json(['rollout', 'status', first.id]);
     return r.state === 'completed' ? r : undefined;
@@ -250,7 +251,7 @@ test('rollout create, list and status: names, release on completion, usage error
     /on completion\s+the released version stays os@2 \(--keep-release\)/,
   );
   assert.equal(await pc.wants(), '3');
-  await pc.healthy('3');
+  await pc.report('healthy', '3');
   await waitFor('the --keep-release rollout to complete', async () => {
     const r = await json(['rollout', 'status', kept.id]);
     return r.state === 'completed' ? r : undefined;
@@ -262,16 +263,40 @@ test('rollout create, list and status: names, release on completion, usage error
   assert.equal(await later.wants(), '2');
   assert.equal((await api('GET', '/api/v1/admin/images/os')).release.version, '2');
 
+  // A rollout that halts on a rolled-back report says why, in the PC's words.
+  const halting = await json([
+    'rollout',
+    'create',
+    '--image',
+    'os@2',
+    '--group',
+    'finance',
+    '--phases',
+    '100',
+    '--failure-threshold',
+    '0',
+    '--start',
+  ]);
+  await pc.report('rolled-back', '2');
+  const halted = await human(['rollout', 'status', halting.id]);
+  assert.match(halted, /state\s+halted, phase 1 of 1 \(100%\)/);
+  assert.match(halted, /reason\s+1 of 1 devices that reported failed or rolled back \(100%/);
+  assert.match(halted, /\n1 \(100%\)\s+yes\s+1\s+1\s+0\s+0\s+1\s/);
+  assert.doesNotMatch(halted, /on completion/);
+
   // The list: newest first, image@version, target, state, progress; no ids but each row's own.
-  const listed = (await human(['rollout', 'list'])).trim().split('\n');
-  assert.match(listed[0]!, /^ID\s+IMAGE\s+TARGET\s+STATE\s+PROGRESS\s+CREATED$/);
-  assert.match(
-    listed[1]!,
-    new RegExp(`^${kept.id}\\s+os@3\\s+group finance\\s+completed\\s+all 1`),
+  const [header, ...rows] = (await human(['rollout', 'list'])).trim().split('\n');
+  assert.match(header!, /^ID\s+IMAGE\s+TARGET\s+STATE\s+PROGRESS\s+CREATED$/);
+  const expected = [
+    [halting.id, 'os@2', 'halted', 'phase 1 of 1 \\(100%\\)'],
+    [kept.id, 'os@3', 'completed', 'done: phase 1 of 1 \\(100%\\)'],
+    [first.id, 'os@2', 'completed', 'done: phase 1 of 1 \\(100%\\)'],
+  ];
+  assert.equal(rows.length, expected.length, rows.join('\n'));
+  expected.forEach(([id, ref, state, progress], i) =>
+    assert.match(
+      rows[i]!,
+      new RegExp(`^${id}\\s+${ref}\\s+group finance\\s+${state}\\s+${progress}\\s`),
+    ),
   );
-  assert.match(
-    listed[2]!,
-    new RegExp(`^${first.id}\\s+os@2\\s+group finance\\s+completed\\s+all 1`),
-  );
-  assert.equal(listed.length, 3);
 });
