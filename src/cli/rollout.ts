@@ -2,83 +2,267 @@ import {
   BulkheadError,
   endpoints,
   ErrorCodes,
+  ROLLOUT_STATE_NAMES,
+  RolloutPhasesSchema,
   type ApiClient,
+  type Rollout,
   type RolloutDetail,
   type RolloutStateName,
 } from '../protocol/index.ts';
-import { integerOption, optionalString, requireString, type Command } from './command.ts';
-import type { CommandContext } from './command.ts';
+import {
+  integerOption,
+  optionalString,
+  type Command,
+  type CommandContext,
+  type Invocation,
+} from './command.ts';
 import { printTable, when } from './remote.ts';
 import { CONNECTION_USAGE, connect, connectionOptions } from './session.ts';
 
 /*
- * Phased rollouts over the admin API: create one for an image version, watch it, and pause,
- * resume, abort or promote it by hand. Center halts a rollout by itself when a phase's failures
- * cross its threshold.
+ * Phased rollouts over the admin API: create one for an image version, list and watch them, and
+ * pause, resume, abort or promote one by hand. Center halts a rollout by itself when a phase's
+ * failures cross its threshold, and a rollout that completes makes its version the image's
+ * released version unless it was created with --keep-release. Human output names images as
+ * image@version and targets by group and profile name; --json keeps every field.
  */
+
+function usage(message: string): BulkheadError {
+  return new BulkheadError(ErrorCodes.USAGE, message);
+}
+
+/** `--image NAME --version VERSION`, or `--image NAME@VERSION`. */
+function imageAndVersion(inv: Invocation): { image: string; version: string } {
+  const image = optionalString(inv, 'image');
+  const version = optionalString(inv, 'version');
+  if (!image) throw usage('--image is required: --image NAME@VERSION or --image NAME --version V');
+  const at = image.lastIndexOf('@');
+  if (at >= 0) {
+    const name = image.slice(0, at);
+    const v = image.slice(at + 1);
+    if (name === '' || v === '') {
+      throw usage(`--image must be NAME or NAME@VERSION, not "${image}"`);
+    }
+    if (version !== undefined && version !== v) {
+      throw usage(
+        `--image ${image} and --version ${version} disagree; give the version once (--image ${name}@VERSION)`,
+      );
+    }
+    return { image: name, version: v };
+  }
+  if (!version) throw usage(`--version is required (or give --image ${image}@VERSION)`);
+  return { image, version };
+}
 
 async function versionId(api: ApiClient, image: string, version: string): Promise<string> {
   const { images } = await api.call(endpoints.listImages);
   const found = images.find((i) => i.name === image || i.id === image);
   if (!found) {
-    throw new BulkheadError(ErrorCodes.NOT_FOUND, `no image "${image}" at Center`, {
+    throw new BulkheadError(ErrorCodes.NOT_FOUND, `--image: no image "${image}" at Center`, {
       hint: 'push it first with `bulkhead image push`',
     });
   }
   const detail = await api.call(endpoints.getImage, { params: { id: found.id } });
   const v = detail.versions.find((x) => x.version === version || x.id === version);
   if (!v) {
-    throw new BulkheadError(ErrorCodes.NOT_FOUND, `image ${found.name} has no version ${version}`);
+    const known = detail.versions.map((x) => x.version).join(', ') || 'none';
+    throw new BulkheadError(
+      ErrorCodes.NOT_FOUND,
+      `--version: image ${found.name} has no version ${version} (it has: ${known})`,
+    );
+  }
+  if (v.state !== 'published') {
+    throw new BulkheadError(
+      ErrorCodes.VERSION_STATE,
+      `${found.name}@${v.version} is ${v.state}; only a published version can be rolled out`,
+      { hint: v.state === 'draft' ? 'publish it first' : undefined },
+    );
   }
   return v.id;
 }
 
-async function idByName(api: ApiClient, kind: 'groups' | 'profiles', ref: string): Promise<string> {
+async function idByName(api: ApiClient, kind: 'group' | 'profile', ref: string): Promise<string> {
   const list =
-    kind === 'groups'
+    kind === 'group'
       ? (await api.call(endpoints.listGroups)).groups
       : (await api.call(endpoints.listProfiles)).profiles;
   const hit = list.find((x) => x.id === ref || x.name === ref);
-  if (!hit) throw new BulkheadError(ErrorCodes.NOT_FOUND, `no ${kind.slice(0, -1)} "${ref}"`);
+  if (!hit) {
+    const what = kind === 'group' ? 'device group' : 'profile';
+    throw new BulkheadError(ErrorCodes.NOT_FOUND, `--${kind}: no ${what} "${ref}" at Center`);
+  }
   return hit.id;
 }
 
+/** What --phases takes, for its help and its error. */
+const PHASES_RULE =
+  'strictly increasing percentages of the target, above 0 and at most 100, e.g. 1,10,50,100 ' +
+  '(a last phase below 100 leaves the rest out)';
+
 function parsePhases(text: string): number[] {
-  const phases = text.split(',').map((p) => Number(p.trim().replace(/%$/, '')));
-  if (phases.some((p) => !Number.isFinite(p))) {
-    throw new BulkheadError(ErrorCodes.USAGE, `--phases must be percentages like 1,10,50,100`);
+  const parts = text.split(',').map((p) => p.trim().replace(/%$/, ''));
+  const phases = parts.map((p) => (/^\d+(\.\d+)?$/.test(p) ? Number(p) : NaN));
+  if (!RolloutPhasesSchema.safeParse(phases).success) {
+    throw usage(`--phases must be ${PHASES_RULE}; not "${text}"`);
   }
   return phases;
 }
 
+function shareOption(inv: Invocation, name: string): number | undefined {
+  const text = optionalString(inv, name);
+  if (text === undefined) return undefined;
+  const share = /^\d+(\.\d+)?$/.test(text.trim()) ? Number(text) : NaN;
+  if (!(share >= 0 && share <= 1)) {
+    throw usage(`--${name} must be a share from 0 to 1 (0.05 is 5 %), not "${text}"`);
+  }
+  return share;
+}
+
+function stateOption(inv: Invocation): RolloutStateName | undefined {
+  const state = optionalString(inv, 'state');
+  if (state === undefined) return undefined;
+  if (!(ROLLOUT_STATE_NAMES as readonly string[]).includes(state)) {
+    throw usage(`--state must be one of ${ROLLOUT_STATE_NAMES.join(', ')}, not "${state}"`);
+  }
+  return state as RolloutStateName;
+}
+
+/** Center's ids are at most 64 characters; anything longer names no rollout either. */
+const MAX_ID = 64;
+
+/** The one ROLLOUT-ID positional. */
+function rolloutId(inv: Invocation, name: string): string {
+  const [id, ...extra] = inv.positionals;
+  if (!id) throw usage(`give the rollout's id: bulkhead rollout ${name} ROLLOUT-ID`);
+  if (extra.length > 0) throw usage(`one rollout at a time; unexpected "${extra[0]}"`);
+  return id;
+}
+
+/** Calls Center about rollout `id`; an id Center cannot know reads `no rollout ID`. */
+async function aboutRollout<T>(id: string, call: () => Promise<T>): Promise<T> {
+  const missing = () => new BulkheadError(ErrorCodes.NOT_FOUND, `no rollout ${id}`);
+  if (id.length > MAX_ID) throw missing();
+  try {
+    return await call();
+  } catch (err) {
+    // An id Center refuses to look up is only a rollout that does not exist, in user's terms.
+    if (
+      err instanceof BulkheadError &&
+      err.code === ErrorCodes.VALIDATION &&
+      err.message.startsWith('params.id')
+    ) {
+      throw missing();
+    }
+    throw err;
+  }
+}
+
+const ref = (r: Pick<Rollout, 'image' | 'version'>) => `${r.image}@${r.version}`;
+
+/** Who a rollout goes to, by name: `group finance`, `profile work`, or both. */
+function targetOf(r: Rollout): string {
+  const parts = [];
+  if (r.groupId !== null) parts.push(`group ${r.group ?? r.groupId}`);
+  if (r.profileId !== null) parts.push(`profile ${r.profile ?? r.profileId}`);
+  return parts.join(', devices with ');
+}
+
+/** `phase 2 of 4 (10%)`, `done: phase 4 of 4 (100%)` or `not started`. */
+function progressOf(r: Rollout): string {
+  if (r.state === 'pending') return 'not started';
+  if (r.state === 'completed') {
+    return `done: phase ${r.phases.length} of ${r.phases.length} (${r.phases.at(-1)}%)`;
+  }
+  return `phase ${r.currentPhase + 1} of ${r.phases.length} (${r.phases[r.currentPhase]}%)`;
+}
+
+/** The image's released version now, by name. */
+function releaseName(r: RolloutDetail): string {
+  return r.imageRelease ? `${r.image}@${r.imageRelease.version}` : 'none';
+}
+
+/**
+ * The rollout's state in words, and what its completion did or will do to the image's
+ * released version.
+ */
+export function stateLine(r: RolloutDetail): string {
+  const self = ref(r);
+  if (r.state === 'completed') {
+    if (r.releasedAt !== null) {
+      return r.imageRelease?.id === r.imageVersionId
+        ? `completed; ${self} is now the released version`
+        : `completed; it released ${self} at ${when(r.releasedAt)}, and the released version is now ${releaseName(r)}`;
+    }
+    if (!r.releaseOnCompletion) {
+      return r.imageRelease
+        ? `completed; the released version stays ${releaseName(r)} (this rollout does not release)`
+        : `completed; ${r.image} has no released version (this rollout does not release)`;
+    }
+    return `completed; ${r.stateReason ?? 'not released'}; the released version stays ${releaseName(r)}`;
+  }
+  return `${r.state}, ${progressOf(r)}`;
+}
+
+/** What completing will do to the released version, while it still may complete. */
+function onCompletion(r: RolloutDetail): string | undefined {
+  if (!['pending', 'running', 'paused'].includes(r.state)) return undefined;
+  const now = r.imageRelease ? ` (now ${releaseName(r)})` : '';
+  return r.releaseOnCompletion
+    ? `${ref(r)} becomes the released version${now}`
+    : `the released version stays ${releaseName(r)} (--keep-release)`;
+}
+
 function printRollout(ctx: CommandContext, r: RolloutDetail): void {
-  ctx.out(`Rollout ${r.id}: ${r.image} ${r.version} — ${r.state}`);
-  if (r.stateReason) ctx.out(`  reason      ${r.stateReason}`);
+  const pct = (x: number) => `${Math.round(x * 1000) / 10}%`;
+  ctx.out(`Rollout ${r.id}: ${ref(r)} to ${targetOf(r)}`);
+  ctx.out(`  state          ${stateLine(r)}`);
+  if (r.stateReason && r.state !== 'completed') ctx.out(`  reason         ${r.stateReason}`);
+  const next = onCompletion(r);
+  if (next) ctx.out(`  on completion  ${next}`);
+  ctx.out(`  phases         ${r.phases.map((p) => `${p}%`).join(' → ')}`);
   ctx.out(
-    `  phases      ${r.phases.map((p) => `${p}%`).join(' → ')} (now phase ${r.currentPhase + 1})`,
+    `  rules          each phase ${r.soakMinutes} min at least and ${r.minReports} ` +
+      `report${r.minReports === 1 ? '' : 's'}; halts above ${pct(r.failureThreshold)} failed or rolled back`,
   );
-  ctx.out(`  soak        ${r.soakMinutes} min, halt above ${r.failureThreshold * 100}% failures`);
-  ctx.out(`  since       ${when(r.phaseStartedAt)}`);
+  if (r.phaseStartedAt !== null) ctx.out(`  phase since    ${when(r.phaseStartedAt)}`);
+  ctx.out(`  created        ${when(r.createdAt)}`);
+  const t = r.totals;
+  ctx.out(
+    `  devices        ${t.targeted} targeted, ${t.included} included: ${t.healthy} healthy, ` +
+      `${t.failed} failed, ${t.rolledBack} rolled back, ${t.inProgress} updating, ${t.pending} not reported`,
+  );
   printTable(ctx, r.phaseCounts, {
     phase: (p) => `${p.index + 1} (${p.percent}%)`,
     reached: (p) => (p.reached ? 'yes' : 'no'),
+    targeted: (p) => p.targeted,
     included: (p) => p.included,
     healthy: (p) => p.healthy,
     failed: (p) => p.failed,
     'rolled back': (p) => p.rolledBack,
-    pending: (p) => p.pending + p.inProgress,
+    updating: (p) => p.inProgress,
+    'not reported': (p) => p.pending,
   });
 }
 
 const create: Command = {
   name: 'rollout create',
   summary: 'Roll an image version out to a group (or profile) in phases.',
-  usage: `Usage: bulkhead rollout create --image NAME --version VERSION
-         (--group NAME|ID | --profile NAME|ID) [--phases 1,10,50,100] [--soak-minutes N]
-         [--failure-threshold SHARE] [--min-reports N] [--start]
+  usage: `Usage: bulkhead rollout create --image NAME@VERSION (or --image NAME --version VERSION)
+         (--group NAME | --profile NAME) [--phases 1,10,50,100] [--soak-minutes N]
+         [--failure-threshold SHARE] [--min-reports N] [--keep-release] [--start]
 
+  --group, --profile   the devices it goes to: a group, the devices holding a profile, or both
+  --phases             cumulative percentages of the target, strictly increasing, each above 0
+                       and at most 100 (default 1,10,50,100); a last phase below 100 leaves
+                       the rest of the target out
+  --soak-minutes       how long each phase runs at least before the next (default 60)
   --failure-threshold  share (0..1) of failed or rolled-back devices among those that reported
-                       in a phase above which Center halts the rollout (default 0.1)
+                       above which Center halts the rollout (default 0.1)
+  --min-reports        outcomes a phase needs before the next starts and before failures are
+                       judged (default 1)
+  --keep-release       on completion, keep the image's released version as it is; by default
+                       the rollout's version becomes the released version once its last phase
+                       completes, so devices outside the rollout and PCs enrolled later get it
   --start              start at once; otherwise start it with \`bulkhead rollout resume ID\`
 
 ${CONNECTION_USAGE}`,
@@ -92,70 +276,133 @@ ${CONNECTION_USAGE}`,
     'soak-minutes': { type: 'string' },
     'failure-threshold': { type: 'string' },
     'min-reports': { type: 'string' },
+    'keep-release': { type: 'boolean' },
     start: { type: 'boolean' },
   },
   async run(inv, ctx) {
-    const api = await connect(inv);
+    // Every flag is checked before Center is asked anything.
+    const { image, version } = imageAndVersion(inv);
     const group = optionalString(inv, 'group');
     const profile = optionalString(inv, 'profile');
-    if (!group && !profile) {
-      throw new BulkheadError(ErrorCodes.USAGE, 'give --group or --profile: who gets it');
-    }
-    const threshold = optionalString(inv, 'failure-threshold');
-    const share = threshold === undefined ? undefined : Number(threshold);
-    if (share !== undefined && !(share >= 0 && share <= 1)) {
-      throw new BulkheadError(ErrorCodes.USAGE, '--failure-threshold is a share from 0 to 1');
-    }
-    const phases = optionalString(inv, 'phases');
+    if (!group && !profile) throw usage('give --group or --profile (or both): who gets it');
+    const phasesText = optionalString(inv, 'phases');
+    const phases = phasesText === undefined ? undefined : parsePhases(phasesText);
     const soak = integerOption(inv, 'soak-minutes', 0, 30 * 24 * 60);
+    const share = shareOption(inv, 'failure-threshold');
     const minReports = integerOption(inv, 'min-reports', 1, 1_000_000);
+    if (inv.positionals.length > 0) {
+      throw usage(`unexpected "${inv.positionals[0]}"; every value is given with its flag`);
+    }
+    const api = await connect(inv);
     const body = {
-      imageVersionId: await versionId(
-        api,
-        requireString(inv, 'image'),
-        requireString(inv, 'version'),
-      ),
-      ...(group ? { groupId: await idByName(api, 'groups', group) } : {}),
-      ...(profile ? { profileId: await idByName(api, 'profiles', profile) } : {}),
-      ...(phases ? { phases: parsePhases(phases) } : {}),
+      imageVersionId: await versionId(api, image, version),
+      ...(group ? { groupId: await idByName(api, 'group', group) } : {}),
+      ...(profile ? { profileId: await idByName(api, 'profile', profile) } : {}),
+      ...(phases ? { phases } : {}),
       ...(soak !== undefined ? { soakMinutes: soak } : {}),
       ...(share !== undefined ? { failureThreshold: share } : {}),
       ...(minReports !== undefined ? { minReports } : {}),
+      releaseOnCompletion: inv.values['keep-release'] !== true,
       start: inv.values['start'] === true,
     };
     const r = await api.call(endpoints.createRollout, { body });
-    if (!inv.json) ctx.out(`Rollout ${r.id} of ${r.image} ${r.version}: ${r.state}.`);
+    if (!inv.json) {
+      ctx.out(`Rollout ${r.id} of ${ref(r)} to ${targetOf(r)}: ${stateLine(r)}.`);
+      ctx.out(`On completion ${onCompletion(r) ?? 'nothing changes'}.`);
+      if (r.state === 'pending') ctx.out(`Start it with: bulkhead rollout resume ${r.id}`);
+    }
     return r;
+  },
+};
+
+/** Rollouts newest first, one page or (`all`) every page. */
+async function listAll(api: ApiClient, inv: Invocation) {
+  const state = stateOption(inv);
+  const limit = integerOption(inv, 'limit', 1, 500);
+  const rollouts: Rollout[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await api.call(endpoints.listRollouts, {
+      query: {
+        ...(state ? { state } : {}),
+        ...(limit !== undefined ? { limit } : {}),
+        ...(cursor ? { cursor } : {}),
+      },
+    });
+    rollouts.push(...page.rollouts);
+    cursor = page.next ?? undefined;
+  } while (inv.values['all'] === true && cursor !== undefined);
+  return { rollouts, next: cursor ?? null };
+}
+
+function printList(ctx: CommandContext, list: { rollouts: Rollout[]; next: string | null }) {
+  if (list.rollouts.length === 0) {
+    ctx.out('No rollouts.');
+    return;
+  }
+  printTable(ctx, list.rollouts, {
+    id: (r) => r.id,
+    image: (r) => ref(r),
+    target: (r) => targetOf(r),
+    state: (r) => r.state,
+    progress: (r) => progressOf(r),
+    created: (r) => when(r.createdAt),
+  });
+  if (list.next) ctx.err('More rollouts follow: add --all, or narrow with --state.');
+}
+
+const LIST_OPTIONS = {
+  ...connectionOptions,
+  state: { type: 'string' },
+  limit: { type: 'string' },
+  all: { type: 'boolean' },
+} as const;
+
+const LIST_USAGE = `[--state ${ROLLOUT_STATE_NAMES.join('|')}] [--limit N] [--all]`;
+
+const list: Command = {
+  name: 'rollout list',
+  summary: 'List rollouts, newest first: image@version, target, state, progress.',
+  usage: `Usage: bulkhead rollout list ${LIST_USAGE}
+
+  --limit N   rollouts per page (default 100, at most 500); --all follows every page.
+
+${CONNECTION_USAGE}`,
+  options: LIST_OPTIONS,
+  async run(inv, ctx) {
+    if (inv.positionals.length > 0) {
+      throw usage(
+        `unexpected "${inv.positionals[0]}"; to see one rollout: bulkhead rollout status ROLLOUT-ID`,
+      );
+    }
+    const result = await listAll(await connect(inv), inv);
+    if (!inv.json) printList(ctx, result);
+    return result;
   },
 };
 
 const status: Command = {
   name: 'rollout status',
-  summary: 'Show a rollout and its phases, or list rollouts without an id.',
-  usage: `Usage: bulkhead rollout status [ROLLOUT-ID] [--state STATE]\n\n${CONNECTION_USAGE}`,
-  options: { ...connectionOptions, state: { type: 'string' } },
+  summary: 'Show a rollout: its phases with device counts, and what completing it releases.',
+  usage: `Usage: bulkhead rollout status ROLLOUT-ID
+       bulkhead rollout status ${LIST_USAGE}     (without an id: as rollout list)
+
+${CONNECTION_USAGE}`,
+  options: LIST_OPTIONS,
   async run(inv, ctx) {
+    if (inv.positionals.length === 0) {
+      const result = await listAll(await connect(inv), inv);
+      if (!inv.json) printList(ctx, result);
+      return result;
+    }
+    const id = rolloutId(inv, 'status');
+    for (const flag of ['state', 'limit', 'all']) {
+      if (inv.values[flag] !== undefined) throw usage(`--${flag} lists rollouts; not with an id`);
+    }
     const api = await connect(inv);
-    const id = inv.positionals[0];
-    if (id) {
-      const r = await api.call(endpoints.getRollout, { params: { id } });
-      if (!inv.json) printRollout(ctx, r);
-      return r;
-    }
-    const list = await api.call(endpoints.listRollouts, {
-      // Center checks the state and names the field when it is not one.
-      query: { state: optionalString(inv, 'state') as RolloutStateName | undefined },
-    });
-    if (!inv.json) {
-      printTable(ctx, list.rollouts, {
-        id: (r) => r.id,
-        image: (r) => `${r.image} ${r.version}`,
-        state: (r) => r.state,
-        phase: (r) => `${r.currentPhase + 1}/${r.phases.length}`,
-        created: (r) => when(r.createdAt),
-      });
-    }
-    return list;
+    const r = await aboutRollout(id, () => api.call(endpoints.getRollout, { params: { id } }));
+    if (!inv.json) printRollout(ctx, r);
+    return r;
   },
 };
 
@@ -163,19 +410,19 @@ function action(name: 'pause' | 'resume' | 'abort' | 'promote', summary: string)
   return {
     name: `rollout ${name}`,
     summary,
-    usage: `Usage: bulkhead rollout ${name} ROLLOUT-ID [--reason TEXT]\n\n${CONNECTION_USAGE}`,
-    options: { ...connectionOptions, reason: { type: 'string' } },
+    usage: `Usage: bulkhead rollout ${name} ROLLOUT-ID${name === 'abort' ? ' [--reason TEXT]' : ''}\n\n${CONNECTION_USAGE}`,
+    options: { ...connectionOptions, ...(name === 'abort' ? { reason: { type: 'string' } } : {}) },
     async run(inv, ctx) {
-      const id = inv.positionals[0];
-      if (!id) throw new BulkheadError(ErrorCodes.USAGE, 'give the rollout id');
+      const id = rolloutId(inv, name);
       const api = await connect(inv);
       const reason = optionalString(inv, 'reason');
-      const r = await api.call(endpoints.actOnRollout, {
-        params: { id, action: name },
-        body: reason ? { reason } : {},
-      });
-      if (!inv.json)
-        ctx.out(`Rollout ${r.id}: ${r.state}, phase ${r.currentPhase + 1}/${r.phases.length}.`);
+      const r = await aboutRollout(id, () =>
+        api.call(endpoints.actOnRollout, {
+          params: { id, action: name },
+          body: reason ? { reason } : {},
+        }),
+      );
+      if (!inv.json) ctx.out(`Rollout ${r.id} of ${ref(r)}: ${stateLine(r)}.`);
       return r;
     },
   };
@@ -183,9 +430,13 @@ function action(name: 'pause' | 'resume' | 'abort' | 'promote', summary: string)
 
 export const rolloutCommands: Command[] = [
   create,
+  list,
   status,
   action('pause', 'Pause a rollout: devices already in keep the version, no new ones join.'),
-  action('resume', 'Start a pending rollout, or resume a paused or halted one.'),
+  action('resume', 'Start a pending rollout, or resume a paused one.'),
   action('abort', 'Abort a rollout: its devices go back to the released version.'),
-  action('promote', 'Move a rollout to its next phase now, without waiting for the soak time.'),
+  action(
+    'promote',
+    'Move a rollout to its next phase now, without the soak time (after the last: complete it).',
+  ),
 ];

@@ -77,6 +77,13 @@ export const CreateRolloutRequestSchema = z
     minReports: z.number().int().min(1).max(1_000_000).default(1),
     /** Start at once; otherwise it stays `pending` until resumed. */
     start: z.boolean().default(false),
+    /**
+     * Whether completing the last phase makes this version the image's released version (the
+     * one every device on the image gets when no rollout gives it another, devices enrolled
+     * later included). It does not when the released version is newer by then, or when the
+     * version can no longer be released (retired, or its signing keys revoked).
+     */
+    releaseOnCompletion: z.boolean().default(true),
   })
   .refine((b) => b.groupId !== undefined || b.profileId !== undefined, {
     message: 'give groupId or profileId (or both): the devices the rollout targets',
@@ -114,7 +121,11 @@ export const RolloutSchema = z.object({
   imageVersionId: z.string(),
   version: z.string(),
   groupId: z.string().nullable(),
+  /** The target group's name. */
+  group: z.string().nullable(),
   profileId: z.string().nullable(),
+  /** The target profile's name. */
+  profile: z.string().nullable(),
   phases: z.array(z.number()),
   currentPhase: z.number().int(),
   phaseStartedAt: z.number().int().nullable(),
@@ -122,8 +133,12 @@ export const RolloutSchema = z.object({
   failureThreshold: z.number(),
   minReports: z.number().int(),
   state: RolloutStateSchema,
-  /** Why it halted or was aborted. */
+  /** Why it halted or was aborted; for a completed one, why it did not release its version. */
   stateReason: z.string().nullable(),
+  /** Whether completing it makes its version the image's released version. */
+  releaseOnCompletion: z.boolean(),
+  /** When completing it made its version the image's released version; null otherwise. */
+  releasedAt: z.number().int().nullable(),
   createdBy: z.string().nullable(),
   createdAt: z.number().int(),
   updatedAt: z.number().int(),
@@ -132,6 +147,8 @@ export type Rollout = z.infer<typeof RolloutSchema>;
 
 /** One rollout with its device counts, per phase and in total. */
 export const RolloutDetailSchema = RolloutSchema.extend({
+  /** The image's released version now (a rollout that released may have been followed since). */
+  imageRelease: z.object({ id: z.string(), version: z.string() }).nullable(),
   totals: RolloutCountsSchema,
   phaseCounts: z.array(RolloutPhaseSchema),
 });

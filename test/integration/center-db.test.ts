@@ -92,12 +92,13 @@ forEachDatabase("Center's database", async (t, databases) => {
             '0006_login_throttle',
             '0007_rate_limit_windows',
             '0008_admin_user_disabled',
+            '0009_rollout_release',
           ],
-          latest: '0008_admin_user_disabled',
+          latest: '0009_rollout_release',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0008_admin_user_disabled',
+          latest: '0009_rollout_release',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);
@@ -316,6 +317,14 @@ forEachDatabase("Center's database", async (t, databases) => {
           .execute(),
         violates('check'),
         'a rollout targets a group or a profile',
+      );
+      await assert.rejects(
+        db
+          .updateTable('rollouts')
+          .set({ on_completion: 'publish' as never })
+          .execute(),
+        violates('check'),
+        'completing a rollout releases its version or keeps the released one',
       );
       await assert.rejects(
         db.updateTable('enrolment_tokens').set({ uses_left: -1 }).execute(),
@@ -591,6 +600,8 @@ function seedRows(): SeedRows {
         min_reports: 1,
         state: 'running',
         state_reason: null,
+        on_completion: 'release',
+        released_at: null,
         created_by: admin,
         created_at: NOW,
         updated_at: NOW,

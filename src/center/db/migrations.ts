@@ -505,6 +505,26 @@ async function adminUserDisabled(db: AnyDb): Promise<void> {
 }
 
 /**
+ * Rollouts that release: what completing one does to its image's released version (`release`
+ * makes the rollout's version the released one, `keep` leaves it), and when it did. Rollouts
+ * created before this migration were created under the rule that completing changes nothing,
+ * so they keep it (the column's default, which SQLite needs to add a NOT NULL column to a table
+ * with rows; inserts still name it, as everywhere).
+ */
+async function rolloutRelease(db: AnyDb): Promise<void> {
+  await db.schema
+    .alterTable('rollouts')
+    .addColumn('on_completion', 'text', (c) =>
+      c
+        .notNull()
+        .defaultTo('keep')
+        .check(oneOf('on_completion', ['release', 'keep'])),
+    )
+    .execute();
+  await db.schema.alterTable('rollouts').addColumn('released_at', 'bigint').execute();
+}
+
+/**
  * Every migration, by name; the Migrator runs them in name order. Names are recorded in every
  * database, so none is ever renamed: 0003 was never shipped, and the gap stays. New ones take
  * the next number with no gap (a test checks).
@@ -517,6 +537,7 @@ const migrations: Record<string, Migration> = {
   '0006_login_throttle': { up: loginThrottle },
   '0007_rate_limit_windows': { up: rateLimitWindows },
   '0008_admin_user_disabled': { up: adminUserDisabled },
+  '0009_rollout_release': { up: rolloutRelease },
 };
 
 /** The names of every migration, in the order they run. */

@@ -58,6 +58,13 @@ export const ROLLOUT_STATES = ROLLOUT_STATE_NAMES;
 /** `halted` is the scheduler's own stop (failure threshold crossed); `paused` is an admin's. */
 export type RolloutState = (typeof ROLLOUT_STATES)[number];
 
+export const ROLLOUT_COMPLETIONS = ['release', 'keep'] as const;
+/**
+ * What completing a rollout does to its image's released version: `release` makes the rollout's
+ * version the released one, `keep` leaves it as it is.
+ */
+export type RolloutCompletion = (typeof ROLLOUT_COMPLETIONS)[number];
+
 export const ROLLOUT_DEVICE_STATUSES = [
   'pending',
   'downloading',
@@ -302,8 +309,15 @@ export interface RolloutsTable {
   min_reports: number;
   /** Lifecycle state; rollouts start `pending`. */
   state: RolloutState;
-  /** Why it halted or was aborted; null otherwise. */
+  /**
+   * Why it halted or was aborted; for a completed rollout that was to release its version but
+   * did not, why not. Null otherwise.
+   */
   state_reason: string | null;
+  /** What completing it does to the image's released version (migration 0009). */
+  on_completion: RolloutCompletion;
+  /** When completing it made its version the image's released version; null otherwise. */
+  released_at: EpochMs | null;
   /** The admin user who created it; null if that user was deleted. */
   created_by: string | null;
   /** When it was created. */

@@ -419,7 +419,22 @@ export async function releaseVersion(
   idOrName: string,
   versionId: string,
 ): Promise<ImageInfo> {
-  return runCommand(deps, actor, IMAGE('release'), async (trx, at) => {
+  return transact(deps, (trx) => applyRelease(trx, actor, idOrName, versionId, deps.nowMs));
+}
+
+/**
+ * `releaseVersion` inside a transaction that `transact` already opened: the change, its audit
+ * entry (`image.release`) and the devices it marks, for work that releases as one of several
+ * changes (a rollout completing). It throws, as `releaseVersion` does, before it writes anything.
+ */
+export async function applyRelease(
+  trx: Transaction<Database>,
+  actor: Actor,
+  idOrName: string,
+  versionId: string,
+  nowMs: number,
+): Promise<ImageInfo> {
+  return applyCommand(trx, actor, IMAGE('release'), nowMs, async (trx, at) => {
     const image = await findImage(trx, idOrName);
     const row = await trx
       .selectFrom('image_versions')

@@ -10,6 +10,7 @@ import {
 import type { Actor } from '../admin/audit.ts';
 import { applyCommand, markChanged, runCommand } from '../changes/index.ts';
 import { hasRow, newId, refuseViolation, type RolloutDeviceStatus } from '../db/index.ts';
+import { applyRelease } from '../images/index.ts';
 import { requireTrustedSigner } from '../images/publishers.ts';
 import { bucketOf, firstPhaseOf, phaseBound } from './bucket.ts';
 import {
@@ -63,13 +64,28 @@ export async function presentRollout(tx: Tx | RolloutContext['db'], r: RolloutRo
     .select(['v.version', 'i.id as image_id', 'i.name'])
     .where('v.id', '=', r.image_version_id)
     .executeTakeFirstOrThrow();
-  return presentRow(r, version);
+  const nameOf = async (table: 'device_groups' | 'profiles', id: string | null) =>
+    id === null
+      ? null
+      : ((await tx.selectFrom(table).select('name').where('id', '=', id).executeTakeFirst())
+          ?.name ?? null);
+  return presentRow(r, {
+    ...version,
+    group_name: await nameOf('device_groups', r.group_id),
+    profile_name: await nameOf('profiles', r.profile_id),
+  });
 }
 
-export function presentRow(
-  r: RolloutRow,
-  v: { version: string; image_id: string; name: string },
-): Rollout {
+/** The names a rollout is shown with: its image and version, its target group and profile. */
+export interface RolloutNames {
+  version: string;
+  image_id: string;
+  name: string;
+  group_name: string | null;
+  profile_name: string | null;
+}
+
+export function presentRow(r: RolloutRow, v: RolloutNames): Rollout {
   return {
     id: r.id,
     imageId: v.image_id,
@@ -77,7 +93,9 @@ export function presentRow(
     imageVersionId: r.image_version_id,
     version: v.version,
     groupId: r.group_id,
+    group: v.group_name,
     profileId: r.profile_id,
+    profile: v.profile_name,
     phases: r.phaseList,
     currentPhase: r.current_phase,
     phaseStartedAt: r.phase_started_at,
@@ -86,6 +104,8 @@ export function presentRow(
     minReports: r.min_reports,
     state: r.state,
     stateReason: r.state_reason,
+    releaseOnCompletion: r.on_completion === 'release',
+    releasedAt: r.released_at,
     createdBy: r.created_by,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
@@ -158,6 +178,8 @@ async function insertRollout(
     min_reports: input.minReports,
     state: 'pending' as const,
     state_reason: null,
+    on_completion: input.releaseOnCompletion ? ('release' as const) : ('keep' as const),
+    released_at: null,
     created_by: actor.userId ?? null,
     created_at: nowMs,
     updated_at: nowMs,
@@ -264,9 +286,18 @@ export function isLastPhase(rollout: RolloutRow): boolean {
   return rollout.current_phase + 1 >= rollout.phaseList.length;
 }
 
-/** The next phase (its devices included), or `completed` after the last. */
-export async function advanceRollout(tx: Tx, rollout: RolloutRow, nowMs: number) {
-  if (isLastPhase(rollout)) return update(tx, rollout, { state: 'completed' }, nowMs);
+/**
+ * The next phase (its devices included), or `completed` after the last, which releases the
+ * rollout's version when it is to (see `releaseOnCompletion`) as `actor`.
+ */
+export async function advanceRollout(tx: Tx, actor: Actor, rollout: RolloutRow, nowMs: number) {
+  if (isLastPhase(rollout)) {
+    const completed = await update(tx, rollout, { state: 'completed' }, nowMs);
+    if (completed.on_completion === 'keep') return completed;
+    const outcome = await releaseOnCompletion(tx, actor, completed, nowMs);
+    await tx.updateTable('rollouts').set(outcome).where('id', '=', completed.id).execute();
+    return { ...completed, ...outcome };
+  }
   const next = rollout.current_phase + 1;
   const advanced = await update(
     tx,
@@ -276,6 +307,60 @@ export async function advanceRollout(tx: Tx, rollout: RolloutRow, nowMs: number)
   );
   await include(tx, advanced, rollout.current_phase, next, nowMs);
   return advanced;
+}
+
+/**
+ * Makes a completed rollout's version its image's released version, in the rollout's
+ * transaction and through the release's own path (audited as `image.release` by `actor`, the
+ * devices on the image marked and told after commit), so devices outside the rollout, and those
+ * enrolled later, get it. It does not when the released version is newer (pushed later) than
+ * the rollout's, or when the version can no longer be released (retired, or every key that
+ * signed it revoked since): the rollout still completes, and `state_reason` says why not.
+ * @returns the columns to record on the rollout.
+ */
+async function releaseOnCompletion(
+  tx: Tx,
+  actor: Actor,
+  rollout: RolloutRow,
+  nowMs: number,
+): Promise<{ released_at: number | null; state_reason: string | null }> {
+  const row = await tx
+    .selectFrom('image_versions as v')
+    .innerJoin('images as i', 'i.id', 'v.image_id')
+    .leftJoin('image_versions as r', 'r.id', 'i.release_version_id')
+    .select([
+      'i.id as image_id',
+      'i.name',
+      'v.version',
+      'v.created_at',
+      'r.id as release_id',
+      'r.version as release_version',
+      'r.created_at as release_created_at',
+    ])
+    .where('v.id', '=', rollout.image_version_id)
+    .executeTakeFirstOrThrow();
+  if (row.release_id === rollout.image_version_id) {
+    return { released_at: nowMs, state_reason: null };
+  }
+  if (row.release_id !== null && Number(row.release_created_at) > Number(row.created_at)) {
+    return {
+      released_at: null,
+      state_reason: `not released: ${row.name}@${row.release_version ?? '?'} is newer than ${row.version} and stays the released version`,
+    };
+  }
+  try {
+    await applyRelease(tx, actor, row.image_id, rollout.image_version_id, nowMs);
+    return { released_at: nowMs, state_reason: null };
+  } catch (err) {
+    // Thrown before the release wrote anything: the rollout completes all the same.
+    if (
+      err instanceof BulkheadError &&
+      (err.code === ErrorCodes.VERSION_STATE || err.code === ErrorCodes.UNTRUSTED_KEY)
+    ) {
+      return { released_at: null, state_reason: `not released: ${err.message}` };
+    }
+    throw err;
+  }
 }
 
 /** running → halted, naming why, audited as `system`; devices keep what they have. */
@@ -348,7 +433,7 @@ async function act(
         ? startRollout(tx, current, nowMs)
         : update(tx, current, { state: 'running' }, nowMs);
     case 'promote':
-      return advanceRollout(tx, current, nowMs);
+      return advanceRollout(tx, actor, current, nowMs);
     case 'abort':
       return abortRollout(tx, current, reason ?? `aborted by ${actor.label}`, nowMs);
   }

@@ -12,17 +12,30 @@ import { bucketOf, firstPhaseOf } from './bucket.ts';
 import { phaseStats, presentRow } from './commands.ts';
 import { forEachTargetDevice, parseRollout, type RolloutRow } from './model.ts';
 
+/** Rollout rows with the names they are shown with (`RolloutNames`). */
+function withNames(db: Kysely<Database>) {
+  return db
+    .selectFrom('rollouts as r')
+    .innerJoin('image_versions as v', 'v.id', 'r.image_version_id')
+    .innerJoin('images as i', 'i.id', 'v.image_id')
+    .leftJoin('device_groups as g', 'g.id', 'r.group_id')
+    .leftJoin('profiles as p', 'p.id', 'r.profile_id')
+    .selectAll('r')
+    .select([
+      'v.version',
+      'i.id as image_id',
+      'i.name',
+      'g.name as group_name',
+      'p.name as profile_name',
+    ]);
+}
+
 /** One page of rollouts, newest first, by keyset on (created_at, id). */
 export async function listRollouts(
   db: Kysely<Database>,
   query: RolloutListQuery,
 ): Promise<{ rollouts: Rollout[]; next: string | null }> {
-  let q = db
-    .selectFrom('rollouts as r')
-    .innerJoin('image_versions as v', 'v.id', 'r.image_version_id')
-    .innerJoin('images as i', 'i.id', 'v.image_id')
-    .selectAll('r')
-    .select(['v.version', 'i.id as image_id', 'i.name'])
+  let q = withNames(db)
     .orderBy('r.created_at', 'desc')
     .orderBy('r.id', 'desc')
     .limit(query.limit + 1);
@@ -93,12 +106,9 @@ const FIELD: Record<RolloutDeviceStatus, keyof RolloutCounts> = {
  * @throws `ERR_NOT_FOUND`.
  */
 export async function getRollout(db: Kysely<Database>, id: string): Promise<RolloutDetail> {
-  const row = await db
-    .selectFrom('rollouts as r')
-    .innerJoin('image_versions as v', 'v.id', 'r.image_version_id')
-    .innerJoin('images as i', 'i.id', 'v.image_id')
-    .selectAll('r')
-    .select(['v.version', 'i.id as image_id', 'i.name'])
+  const row = await withNames(db)
+    .leftJoin('image_versions as rv', 'rv.id', 'i.release_version_id')
+    .select(['rv.id as release_id', 'rv.version as release_version'])
     .where('r.id', '=', id)
     .executeTakeFirst();
   if (row === undefined) throw new BulkheadError(ErrorCodes.NOT_FOUND, `no rollout ${id}`);
@@ -125,6 +135,10 @@ export async function getRollout(db: Kysely<Database>, id: string): Promise<Roll
     rollout.state !== 'pending' && (i <= rollout.current_phase || rollout.state === 'completed');
   return {
     ...presentRow(rollout, row),
+    imageRelease:
+      row.release_id !== null && row.release_version !== null
+        ? { id: row.release_id, version: row.release_version }
+        : null,
     totals,
     phaseCounts: phases.map((c, index) => ({
       ...c,

@@ -18,6 +18,7 @@ import {
 import { SignedDesiredStateSchema, type UpdateEventType } from '../../protocol/index.ts';
 import { canonicalJson, verifyPayload } from '../../signing/index.ts';
 import { newId } from '../db/index.ts';
+import { releaseVersion, retireVersion } from '../images/images.ts';
 import { DeviceCredentials, DOMAINS } from '../devices/credentials.ts';
 import { createLocalPushBus, type PushBus } from '../push.ts';
 import { bucketOf, firstPhaseOf, isInPhase, phaseBound } from './bucket.ts';
@@ -573,6 +574,125 @@ for (const target of CENTER_TARGETS) {
       assert.deepEqual(
         halts.map((h) => h.actor),
         ['system', 'system'],
+      );
+    });
+
+    await t.test('a completed rollout releases its version, unless told not to', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const { db, catalog } = c;
+      const office = await insertGroup(db, 'office', c.clock.ms);
+      const lab = await insertGroup(db, 'lab', c.clock.ms);
+      const devices = await insertDevices(db, office, 3, [catalog.work], c.clock.ms);
+      const outsider = (await insertDevices(db, lab, 1, [catalog.work], c.clock.ms))[0]!;
+      c.clock.ms += MINUTE;
+      const released = async () =>
+        (
+          await db
+            .selectFrom('images')
+            .select('release_version_id')
+            .where('id', '=', catalog.systemImage)
+            .executeTakeFirstOrThrow()
+        ).release_version_id;
+      const audit = (action: string) =>
+        db
+          .selectFrom('audit_log')
+          .select(['actor', 'target_id', 'at', 'before', 'after'])
+          .where('action', '=', action)
+          .orderBy('id')
+          .execute();
+      const oneRollout = (body: object) =>
+        c.admin('POST', '', {
+          groupId: office,
+          phases: [100],
+          soakMinutes: 0,
+          minReports: 1,
+          start: true,
+          ...body,
+        });
+
+      // By default a rollout releases on completion, and says so before it completes.
+      const created = await oneRollout({ imageVersionId: catalog.v2 });
+      assert.equal(created.status, 201, JSON.stringify(created.body));
+      const first = created.body;
+      assert.deepEqual(
+        [first.releaseOnCompletion, first.releasedAt, first.group, first.profile],
+        [true, null, 'office', null],
+      );
+      assert.deepEqual(first.imageRelease, { id: catalog.v1, version: '1.0' });
+      for (const id of devices) {
+        await c.report(id, 'healthy', { profileId: catalog.work, versionId: catalog.v2 });
+      }
+      assert.equal(await c.systemVersionOf(outsider), catalog.v1);
+      c.push.told.length = 0;
+      c.clock.ms += MINUTE;
+      assert.deepEqual((await c.scheduler.tick()).completed, [first.id]);
+      const completed = (await c.admin('GET', `/${first.id}`, undefined, 'eve')).body;
+      assert.equal(completed.state, 'completed');
+      assert.equal(completed.releasedAt, c.clock.ms);
+      assert.equal(completed.stateReason, null);
+      assert.deepEqual(completed.imageRelease, { id: catalog.v2, version: '2.0' });
+      assert.equal(await released(), catalog.v2);
+      // Devices outside the rollout were told, and get it; so does a device enrolled later.
+      assert.ok(c.push.told.flat().includes(outsider));
+      assert.equal(await c.systemVersionOf(outsider), catalog.v2);
+      const later = (await insertDevices(db, lab, 1, [catalog.work], c.clock.ms))[0]!;
+      assert.equal(await c.systemVersionOf(later), catalog.v2);
+      // The release is audited as the release route audits it, by the scheduler, in the
+      // completing transaction (same time as the completion).
+      const [release] = await audit('image.release');
+      assert.deepEqual([release!.actor, release!.target_id], ['system', catalog.systemImage]);
+      assert.equal(JSON.parse(release!.before!).release.id, catalog.v1);
+      assert.equal(JSON.parse(release!.after!).release.id, catalog.v2);
+      const [complete] = await audit('rollout.complete');
+      assert.equal(Number(complete!.at), Number(release!.at));
+      assert.equal(JSON.parse(complete!.after!).releasedAt, c.clock.ms);
+
+      // `releaseOnCompletion: false`: completing (here by promote) leaves the release alone.
+      const kept = await oneRollout({ imageVersionId: catalog.v3, releaseOnCompletion: false });
+      assert.equal(kept.body.releaseOnCompletion, false);
+      c.clock.ms += MINUTE;
+      const promoted = await c.admin('POST', `/${kept.body.id}/promote`);
+      assert.equal(promoted.status, 200, JSON.stringify(promoted.body));
+      assert.deepEqual(
+        [promoted.body.state, promoted.body.releasedAt, promoted.body.imageRelease.version],
+        ['completed', null, '2.0'],
+      );
+      assert.equal(await released(), catalog.v2);
+      assert.equal(await c.systemVersionOf(devices[0]!), catalog.v3, 'the rollout still applies');
+      assert.equal(await c.systemVersionOf(outsider), catalog.v2);
+      assert.equal((await audit('image.release')).length, 1);
+
+      // A version released by hand since, and newer, stays the released one.
+      c.clock.ms += MINUTE;
+      const v5 = await insertVersion(db, catalog.systemImage, '5.0', c.clock.ms);
+      const v6 = await insertVersion(db, catalog.systemImage, '6.0', c.clock.ms + 1);
+      const older = await oneRollout({ imageVersionId: v5 });
+      await releaseVersion({ db, nowMs: c.clock.ms }, { label: 'user:ops' }, 'debian-work', v6);
+      const done = await c.admin('POST', `/${older.body.id}/promote`);
+      assert.equal(done.body.state, 'completed');
+      assert.equal(done.body.releasedAt, null);
+      assert.match(done.body.stateReason, /^not released: debian-work@6\.0 is newer than 5\.0/);
+      assert.equal(await released(), v6);
+
+      // A version retired meanwhile cannot be released: the rollout completes all the same.
+      c.clock.ms += MINUTE;
+      const v7 = await insertVersion(db, catalog.systemImage, '7.0', c.clock.ms);
+      const retiring = await oneRollout({ imageVersionId: v7 });
+      await retireVersion({ db, nowMs: c.clock.ms }, { label: 'user:ops' }, 'debian-work', '7.0');
+      const retired = await c.admin('POST', `/${retiring.body.id}/promote`);
+      assert.equal(retired.status, 200, JSON.stringify(retired.body));
+      assert.equal(retired.body.state, 'completed');
+      assert.match(retired.body.stateReason, /^not released: .*7\.0 is retired/);
+      assert.equal(await released(), v6);
+
+      // An operator's promote that completes is the operator's release in the trail.
+      c.clock.ms += MINUTE;
+      const v8 = await insertVersion(db, catalog.systemImage, '8.0', c.clock.ms);
+      const last = await oneRollout({ imageVersionId: v8 });
+      assert.equal((await c.admin('POST', `/${last.body.id}/promote`)).body.imageRelease.id, v8);
+      assert.deepEqual(
+        (await audit('image.release')).map((a) => a.actor),
+        ['system', 'user:ops', 'user:ops'],
       );
     });
 

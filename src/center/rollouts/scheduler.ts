@@ -110,7 +110,7 @@ export function createRolloutScheduler(
     const done = isLastPhase(rollout);
     const spec = ROLLOUT(done ? 'complete' : 'advance', rollout.id);
     await applyCommand(tx, SYSTEM, spec, nowMs, async () => {
-      const next = await advanceRollout(tx, rollout, nowMs);
+      const next = await advanceRollout(tx, SYSTEM, rollout, nowMs);
       return { result: next, ...(await presentChange(tx, rollout, next)) };
     });
     (done ? result.completed : result.advanced).push(rollout.id);
