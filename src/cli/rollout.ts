@@ -130,12 +130,46 @@ function stateOption(inv: Invocation): RolloutStateName | undefined {
 /** Center's ids are at most 64 characters; anything longer names no rollout either. */
 const MAX_ID = 64;
 
-/** The one ROLLOUT-ID positional. */
+/** The one ROLLOUT positional: a rollout's id, or IMAGE@VERSION for its newest rollout. */
 function rolloutId(inv: Invocation, name: string): string {
   const [id, ...extra] = inv.positionals;
-  if (!id) throw usage(`give the rollout's id: bulkhead rollout ${name} ROLLOUT-ID`);
+  if (!id) {
+    throw usage(`give the rollout: bulkhead rollout ${name} ROLLOUT-ID (or IMAGE@VERSION)`);
+  }
   if (extra.length > 0) throw usage(`one rollout at a time; unexpected "${extra[0]}"`);
   return id;
+}
+
+/**
+ * The id of the rollout `reference` names: itself, or for `IMAGE@VERSION` the newest rollout of
+ * that version (what a person means by "the rollout of debian@12.2").
+ */
+async function resolveRollout(api: ApiClient, reference: string): Promise<string> {
+  const at = reference.lastIndexOf('@');
+  if (at <= 0 || at === reference.length - 1) return reference;
+  const [image, version] = [reference.slice(0, at), reference.slice(at + 1)];
+  const detail = await api.call(endpoints.getImage, { params: { id: image } }).catch((err) => {
+    if (err instanceof BulkheadError && err.code === ErrorCodes.NOT_FOUND) {
+      throw new BulkheadError(ErrorCodes.NOT_FOUND, `no rollout ${reference}: no image ${image}`);
+    }
+    throw err;
+  });
+  const v = detail.versions.find((x) => x.version === version);
+  if (v === undefined) {
+    throw new BulkheadError(
+      ErrorCodes.NOT_FOUND,
+      `no rollout ${reference}: ${detail.name} has no version ${version}`,
+    );
+  }
+  const { rollouts } = await api.call(endpoints.listRollouts, {
+    query: { imageVersionId: v.id, limit: 1 },
+  });
+  if (rollouts[0] === undefined) {
+    throw new BulkheadError(ErrorCodes.NOT_FOUND, `no rollout of ${reference}`, {
+      hint: `start one with \`bulkhead rollout create --image ${reference} --group NAME\``,
+    });
+  }
+  return rollouts[0].id;
 }
 
 /** Calls Center about rollout `id`; an id Center cannot know reads `no rollout ID`. */
@@ -384,8 +418,10 @@ ${CONNECTION_USAGE}`,
 const status: Command = {
   name: 'rollout status',
   summary: 'Show a rollout: its phases with device counts, and what completing it releases.',
-  usage: `Usage: bulkhead rollout status ROLLOUT-ID
+  usage: `Usage: bulkhead rollout status ROLLOUT-ID|IMAGE@VERSION
        bulkhead rollout status ${LIST_USAGE}     (without an id: as rollout list)
+
+  IMAGE@VERSION names the newest rollout of that version.
 
 ${CONNECTION_USAGE}`,
   options: LIST_OPTIONS,
@@ -395,11 +431,12 @@ ${CONNECTION_USAGE}`,
       if (!inv.json) printList(ctx, result);
       return result;
     }
-    const id = rolloutId(inv, 'status');
+    const reference = rolloutId(inv, 'status');
     for (const flag of ['state', 'limit', 'all']) {
       if (inv.values[flag] !== undefined) throw usage(`--${flag} lists rollouts; not with an id`);
     }
     const api = await connect(inv);
+    const id = await resolveRollout(api, reference);
     const r = await aboutRollout(id, () => api.call(endpoints.getRollout, { params: { id } }));
     if (!inv.json) printRollout(ctx, r);
     return r;
@@ -410,11 +447,12 @@ function action(name: 'pause' | 'resume' | 'abort' | 'promote', summary: string)
   return {
     name: `rollout ${name}`,
     summary,
-    usage: `Usage: bulkhead rollout ${name} ROLLOUT-ID${name === 'abort' ? ' [--reason TEXT]' : ''}\n\n${CONNECTION_USAGE}`,
+    usage: `Usage: bulkhead rollout ${name} ROLLOUT-ID|IMAGE@VERSION${name === 'abort' ? ' [--reason TEXT]' : ''}\n\n  IMAGE@VERSION names the newest rollout of that version.\n\n${CONNECTION_USAGE}`,
     options: { ...connectionOptions, ...(name === 'abort' ? { reason: { type: 'string' } } : {}) },
     async run(inv, ctx) {
-      const id = rolloutId(inv, name);
+      const reference = rolloutId(inv, name);
       const api = await connect(inv);
+      const id = await resolveRollout(api, reference);
       const reason = optionalString(inv, 'reason');
       const r = await aboutRollout(id, () =>
         api.call(endpoints.actOnRollout, {

@@ -212,7 +212,14 @@ test('rollout create, list and status: names, release on completion, usage error
     const r = await json(['rollout', 'status', first.id]);
     return r.state === 'completed' ? r : undefined;
   });
-  const done = await json(['rollout', 'status', first.id]);
+  // IMAGE@VERSION names the newest rollout of that version.
+  const done = await json(['rollout', 'status', 'os@2']);
+  assert.equal(done.id, first.id);
+  const none = await cli(['rollout', 'pause', 'os@1']);
+  assert.equal(none.code, 1, none.stderr);
+  assert.match(none.stderr, /no rollout of os@1 — start one with/);
+  const noImage = await cli(['rollout', 'status', 'nothing@1']);
+  assert.match(noImage.stderr, /no rollout nothing@1: no image nothing/);
   assert.equal(done.releaseOnCompletion, true);
   assert.equal(typeof done.releasedAt, 'number');
   assert.deepEqual(done.imageRelease, { id: versionId('2'), version: '2' });
