@@ -35,6 +35,9 @@ const packages = {
     ['qemu-guest-agent', 'qemu-ga'],
     ['cpio', 'cpio'],
     ['kmod', 'depmod'],
+    // The README's commands, which a test runs as written, use them.
+    ['curl', 'curl'],
+    ['openssl', 'openssl'],
   ],
   bench: [
     ['debootstrap', 'debootstrap'],
