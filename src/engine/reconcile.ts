@@ -303,7 +303,11 @@ export function createReconciler(deps: Omit<ReconcileDeps, 'desired' | 'target'>
     const run = chain.then(async () => {
       await reconcileOnce(full);
     });
-    chain = run.catch((err: unknown) => deps.log.error({ err }, 'reconcile pass failed'));
+    chain = run.catch((err: unknown) => {
+      // Engine stopping ends a pass between steps: not a failure.
+      if (deps.signal?.aborted) deps.log.debug({}, 'reconcile pass ended: engine stopping');
+      else deps.log.error({ err }, 'reconcile pass failed');
+    });
     return chain;
   };
   return {

@@ -7,11 +7,13 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { isAlive } from '../../src/engine/hypervisor/alive.ts';
 import { BIN, runCli, startCenterProcess } from '../support/cli.ts';
-import { tempDir } from '../support/fixtures.ts';
+import { ext4Image, osFiles, tempDir } from '../support/fixtures.ts';
 import { waitFor, withTimeout } from '../support/wait.ts';
 
 /** A Node older than 24 (Debian's), so that `bin/bulkhead.js` re-runs itself on the pinned one. */
@@ -144,4 +146,94 @@ test('engine run and center serve stop on SIGTERM through the launcher; one Engi
       timeoutMs: STOP_BOUND_MS,
     });
   });
+});
+
+test('engine run stops on SIGTERM while a download is under way', async (t) => {
+  requireOldNode();
+  const dir = await tempDir(t);
+  // Where PCs fetch chunks: Center's public URL, here a server that takes every request and
+  // never answers, so the download is under way for as long as the test wants.
+  const stalled: ServerResponse[] = [];
+  const mirror = createServer((req, res) => {
+    stalled.push(res);
+  });
+  await new Promise<void>((resolve) => mirror.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    stalled.forEach((res) => res.destroy());
+    mirror.close();
+  });
+  const mirrorUrl = `http://127.0.0.1:${(mirror.address() as AddressInfo).port}`;
+  const center = await startCenterProcess(t, [
+    '--data',
+    join(dir, 'center'),
+    '--public-url',
+    mirrorUrl,
+  ]);
+  const env = {
+    BULKHEAD_CREDENTIALS: join(dir, 'credentials.json'),
+    BULKHEAD_CENTER: '',
+    BULKHEAD_TOKEN: '',
+  };
+  const cli = async (args: string[], input?: string) => {
+    const r = await runCli(args, { env, ...(input !== undefined ? { input } : {}) });
+    assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+    return r.stdout.trim();
+  };
+  await cli(
+    ['login', '--center', center.info.url, '--username', 'admin', '--password-stdin'],
+    `${center.info.initialAdmin!.password}\n`,
+  );
+  // An image published at Center, a profile with it, and a PC that is given the profile.
+  await cli(['keys', 'generate', '--out', join(dir, 'keys')]);
+  const image = await ext4Image(dir, 'os', osFiles(1), '16M');
+  const store = join(dir, 'store');
+  await cli([
+    'image',
+    'import',
+    image,
+    '--store',
+    store,
+    '--name',
+    'os',
+    '--version',
+    '1',
+    '--key',
+    join(dir, 'keys', 'publisher.key'),
+  ]);
+  await cli(['publishers', 'trust', '--key', join(dir, 'keys', 'publisher.pub')]);
+  await cli(['image', 'push', '--store', store, 'os', '1', '--publish']);
+  await cli(['profiles', 'create', '--name', 'work', '--image', 'os']);
+  await cli(['groups', 'create', '--name', 'lab']);
+  const token = await cli(['tokens', 'create', '--group', 'lab']);
+  const dataDir = join(dir, 'engine');
+  await cli([
+    'engine',
+    'enroll',
+    '--center',
+    center.info.url,
+    '--token',
+    token,
+    '--data',
+    dataDir,
+    '--name',
+    'pc-lab',
+  ]);
+  await cli(['devices', 'assign', 'pc-lab', '--profile', 'work']);
+
+  const engine = await engineRun(t, dataDir);
+  await waitFor('the download to start', () =>
+    engine.stderr().includes('download of os@1 started') && stalled.length > 0 ? true : undefined,
+  );
+  engine.launcher.kill('SIGTERM');
+  const exit = await withTimeout('engine run to stop', exitOf(engine.launcher), STOP_BOUND_MS);
+  assert.deepEqual(exit, { code: 0, signal: null }, engine.stderr());
+  await waitFor('the real Engine to be gone', () => !isAlive(engine.real), {
+    timeoutMs: STOP_BOUND_MS,
+  });
+  // The download stopped; it did not fail, and the update waits for the next start.
+  assert.match(engine.stderr(), /work: download of os@1 stopped/);
+  assert.doesNotMatch(engine.stderr(), /download failed|update to os@1 failed/);
+  const status = await runCli(['engine', 'status', '--data', dataDir]);
+  assert.match(status.stdout, /^work: updating to os@1 — downloading/m, status.stdout);
+  assert.ok(!existsSync(join(dataDir, 'engine.lock')), `the lock is released\n${engine.stderr()}`);
 });

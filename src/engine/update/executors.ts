@@ -216,6 +216,11 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
           reused += r.reusedBytes;
         }
       } catch (err) {
+        if (deps.signal?.aborted) {
+          // Engine is stopping: the download resumes from what it verified at the next start.
+          deps.log.info(about(tx), `${tx.vm}: download of ${releaseLabel(tx.to)} stopped`);
+          return 'wait';
+        }
         if (isBulkheadError(err) && err.retryable) {
           deps.log.warn({ vm: tx.vm, code: err.code }, `download paused: ${err.message}`);
           await deps.records.update(tx.vm, (r) => ({
@@ -317,6 +322,12 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
         clock: deps.clock,
         ...(deps.signal ? { signal: deps.signal } : {}),
       });
+      if (!result.healthy && deps.signal?.aborted) {
+        // Cut short by Engine stopping, not by the guest: no verdict. The next start resumes
+        // the transaction as after any interruption of the check (the VM is booted again).
+        deps.log.info(about(tx), `${tx.vm}: health check of ${releaseLabel(tx.to)} interrupted`);
+        return 'wait';
+      }
       if (!result.healthy) {
         deps.log.info(
           { ...about(tx), reason: result.reason },

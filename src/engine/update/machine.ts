@@ -77,6 +77,8 @@ export const TRANSITIONS: {
   'health-check': {
     healthy: 'committed',
     unhealthy: 'rolling-back',
+    // Cut short by Engine stopping: resumed at the next start like any interrupted check.
+    wait: 'health-check',
     resumed: 'switching',
     'attempts-exhausted': 'rolling-back',
   },

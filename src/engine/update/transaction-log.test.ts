@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { recordingLog, type LogEntry } from '../../../test/support/engine.ts';
 import { tempDir, tool } from '../../../test/support/fixtures.ts';
+import { waitFor } from '../../../test/support/wait.ts';
 import type { DesiredState, DesiredVm, VolumeRef } from '../../protocol/index.ts';
 import { systemClock } from '../clock.ts';
 import { createSimDriver } from '../hypervisor/sim.ts';
@@ -159,4 +160,78 @@ test('the log tells every step of a good update and of a rollback, by version na
   // No line carries the data volume's key, in any field.
   assert.ok(!JSON.stringify(log.entries).includes(DATA_KEY));
   assert.equal(running, 'os@2', 'the VM runs the previous version again');
+});
+
+test('Engine stopping during a health check does not roll back: the next start resumes the update', async (t) => {
+  await tool('qemu-img', ['--version'], 'qemu-utils');
+  const dataDir = await tempDir(t);
+  const clock = systemClock;
+  const hypervisor = createSimDriver();
+  const goldens = {
+    ensure: async (v: VolumeRef) => {
+      const path = join(dataDir, `golden-${v.versionId}.raw`);
+      await writeFile(path, Buffer.alloc(v.size));
+      return { golden: { path }, pulled: true, downloadedBytes: v.size, reusedBytes: 0 };
+    },
+    list: async () => [],
+    gc: async () => [],
+  } as unknown as GoldenStore;
+  const engine = (signal: AbortSignal | undefined, agentAnswers: boolean) => {
+    const log = recordingLog();
+    const reconciler = createReconciler({
+      dataDir,
+      goldens,
+      hypervisor,
+      records: new VmRecords(engineFiles(dataDir, { clock, log }).engineState, clock),
+      transactions: new TransactionFiles(dataDir, clock, log),
+      report: async () => {},
+      // The guest agent of os@2 has not answered yet when Engine is told to stop.
+      connectAgent: async () => ({
+        ping: () =>
+          agentAnswers
+            ? Promise.resolve()
+            : new Promise<void>((_, reject) =>
+                signal?.addEventListener('abort', () => reject(new Error('stopped')), {
+                  once: true,
+                }),
+              ),
+        exec: async () => ({ exitCode: 0 }),
+        close: () => {},
+      }),
+      clock,
+      log,
+      dataVolumeBytes: 1 << 20,
+      switchDeadlineMs: 0,
+      stopTimeoutMs: 1000,
+      ...(signal ? { signal } : {}),
+    });
+    return { reconciler, log };
+  };
+
+  const first = engine(undefined, true);
+  await first.reconciler.reconcile(desired('1', 1));
+  const stop = new AbortController();
+  const stopping = engine(stop.signal, false);
+  const update = stopping.reconciler.reconcile(desired('2', 2));
+  await waitFor(
+    'the health check of os@2',
+    () =>
+      stopping.log.entries.some((e) => e.msg === 'work: booted os@2; checking its health') ||
+      undefined,
+  );
+  stop.abort();
+  await update;
+  const said = stopping.log.entries.map((e) => e.msg);
+  assert.ok(said.includes('work: health check of os@2 interrupted'), said.join('\n'));
+  assert.ok(
+    !said.some((m) => /failed|rolling back/.test(m)),
+    JSON.stringify(stopping.log.entries.slice(-3)),
+  );
+  const tx = await new TransactionFiles(dataDir, clock, recordingLog()).read('work');
+  assert.equal(tx?.state, 'health-check');
+
+  // The next Engine resumes the transaction (booting os@2 again), and os@2 is committed.
+  const next = engine(undefined, true);
+  await next.reconciler.reconcile(desired('2', 2));
+  assert.ok(next.log.entries.some((e) => e.msg === 'work: committed os@2'));
 });

@@ -176,7 +176,11 @@ export class GoldenStore {
     const failures: BulkheadError[] = [];
     for (const mirror of options.mirrors) {
       options.signal?.throwIfAborted();
-      const inner = (options.openStore ?? ((url: string) => new HttpStore(url)))(mirror);
+      const inner = (
+        options.openStore ??
+        ((url: string) =>
+          new HttpStore(url, options.signal === undefined ? {} : { signal: options.signal }))
+      )(mirror);
       const store = new ThrottledStore(inner, bucket, options.signal);
       try {
         const result = await pullImage({

@@ -13,10 +13,12 @@ export class HttpStore implements ChunkStore {
   private readonly base: URL;
   private readonly timeoutMs: number;
   private readonly headers: Record<string, string>;
+  private readonly signal: AbortSignal | undefined;
 
+  /** `signal` ends every request under way, the body being read included, when it aborts. */
   constructor(
     baseUrl: string,
-    options: { timeoutMs?: number; headers?: Record<string, string> } = {},
+    options: { timeoutMs?: number; headers?: Record<string, string>; signal?: AbortSignal } = {},
   ) {
     const url = new URL(baseUrl);
     if (url.protocol !== 'http:' && url.protocol !== 'https:') {
@@ -27,6 +29,7 @@ export class HttpStore implements ChunkStore {
     this.location = url.toString();
     this.timeoutMs = options.timeoutMs ?? 60_000;
     this.headers = options.headers ?? {};
+    this.signal = options.signal;
   }
 
   get bytesRead(): number {
@@ -93,7 +96,10 @@ export class HttpStore implements ChunkStore {
         method,
         headers: { ...this.headers, ...extra },
         redirect: 'follow',
-        signal: AbortSignal.timeout(this.timeoutMs),
+        signal:
+          this.signal === undefined
+            ? AbortSignal.timeout(this.timeoutMs)
+            : AbortSignal.any([AbortSignal.timeout(this.timeoutMs), this.signal]),
       });
     } catch (err) {
       throw unavailable(`${method} ${key}: ${describeFetchError(err)}`, this.location, err);
