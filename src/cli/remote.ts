@@ -4,6 +4,7 @@ import {
   ErrorCodes,
   isBulkheadError,
   type Endpoint,
+  type AuditEntry,
   type ResponseOf,
 } from '../protocol/index.ts';
 import { adminClient } from './api-client.ts';
@@ -201,16 +202,39 @@ ${CONNECTION_USAGE}`,
       cursor = page.next ?? undefined;
     } while (inv.values['all'] === true && cursor !== undefined);
     if (!inv.json) {
+      const [{ images }, { groups }] = await Promise.all([
+        api.call(endpoints.listImages, { query: {} }),
+        api.call(endpoints.listGroups),
+      ]);
+      const names = new Map([...images, ...groups].map((x) => [x.id, x.name] as const));
       printTable(ctx, entries, {
         at: (e) => when(e.at),
         actor: (e) => e.actor,
         action: (e) => e.action,
-        target: (e) => `${e.targetType}${e.targetId ? `:${e.targetId}` : ''}`,
+        target: (e) => auditTarget(e, names),
       });
     }
     return { entries, next: cursor ?? null };
   },
 };
+
+/**
+ * What an audit entry is about, as a person names it: `rollout demo-os@2`, `group lab`,
+ * `user alice`; only a target with no name of its own shows (the start of) its id.
+ */
+export function auditTarget(e: AuditEntry, names: ReadonlyMap<string, string>): string {
+  const state = (e.after ?? e.before ?? {}) as Record<string, unknown>;
+  const str = (k: string) => (typeof state[k] === 'string' ? (state[k] as string) : undefined);
+  const image = str('image') ?? names.get(str('imageId') ?? '');
+  const version = str('version');
+  const type = e.targetType.replace(/_/g, ' ');
+  if (image !== undefined && version !== undefined) return `${type} ${image}@${version}`;
+  const name = str('name') ?? str('username');
+  if (name !== undefined) return `${type} ${name}`;
+  const group = names.get(str('groupId') ?? '');
+  const id = e.targetId === null ? '' : ` ${e.targetId.slice(0, 8)}…`;
+  return group !== undefined ? `${type}${id} (group ${group})` : `${type}${id}`;
+}
 
 const apiTokensCreate: Command = {
   name: 'api-tokens create',

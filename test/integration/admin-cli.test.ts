@@ -91,6 +91,12 @@ test('admin commands over the API: login, fleet, tokens, rollouts, audit, logout
     actions.some((a: string) => /group/.test(a)),
     `the group's creation is audited: ${actions.join(', ')}`,
   );
+  // People read the trail by names: the group and the token's group, not their ids.
+  const trail = await cli(['audit']);
+  assert.equal(trail.code, 0, trail.stderr);
+  assert.match(trail.stdout, /^\S+\s+user:admin\s+group\.create\s+group finance$/m);
+  assert.match(trail.stdout, /enrolment-token\.create\s+enrolment-token \S+… \(group finance\)$/m);
+  assert.doesNotMatch(trail.stdout, /[0-9a-f]{8}-[0-9a-f]{4}-/, 'no whole id in the trail');
 
   const apiToken = await json(['api-tokens', 'create', '--name', 'ci', '--expires-in-days', '1']);
   const viaToken = await cli(['whoami', '--center', center.url, '--token', apiToken.token]);
