@@ -10,6 +10,7 @@ import { remoteCommands } from './remote.ts';
 import { fleetCommands } from './fleet.ts';
 import { rolloutCommands } from './rollout.ts';
 import { demoCommand } from './demo.ts';
+import { demoPcCommand } from './demo-pc.ts';
 import { printableContext, type Command, type CommandContext } from './command.ts';
 
 const commands: Command[] = [
@@ -23,6 +24,7 @@ const commands: Command[] = [
   ...rolloutCommands,
   ...engineCommands,
   demoCommand,
+  demoPcCommand,
 ];
 
 const globalHelp = `bulkhead — central images for bare-metal client virtualisation
