@@ -316,10 +316,14 @@ ${CONNECTION_USAGE}`,
             `  Center: the PC ${device.name} is online, ${device.state}, in group ${device.group.name} with profile ${device.profiles.map((p) => p.name).join(', ')}.`,
           );
         }
-        const current = versionName(
-          (device?.currentVersions as Record<string, { system?: string }> | undefined)?.[profileId]
-            ?.system,
-        );
+        // Healthy on a version: Center has the PC's report of it, and the VM runs it now.
+        const reported = (
+          device?.currentVersions as Record<string, { system?: string }> | undefined
+        )?.[profileId]?.system;
+        const current =
+          vm?.activity === 'running' && vm.currentVersionId === reported
+            ? versionName(reported)
+            : null;
         if (current !== null && current !== healthy) {
           healthy = current;
           result.healthyOn = current;
@@ -354,7 +358,11 @@ ${CONNECTION_USAGE}`,
       }
       if (first === 'watched') {
         say('');
-        say(`Done: a PC appeared in Center, booted ${DEMO_IMAGE}@1 and took the patch to @2.`);
+        say(
+          rolling
+            ? `Done: a PC appeared in Center, booted ${DEMO_IMAGE}@1 and took the patch to @2.`
+            : `Done: the PC is back, on ${DEMO_IMAGE}@2.`,
+        );
         say('Look around in another shell:');
         say('  bulkhead devices list --group demo');
         say(`  bulkhead engine status --data ${dataDir}`);
@@ -363,6 +371,10 @@ ${CONNECTION_USAGE}`,
       }
     } finally {
       signal.done();
+      // Another Ctrl-C while stopping hurries Engine along; the VM is still stopped after it.
+      const hurry = () => engine.kill('SIGKILL');
+      process.on('SIGINT', hurry);
+      process.on('SIGTERM', hurry);
       say('Stopping Engine …');
       await stopEngine(engine);
       // A real PC's VMs keep running when Engine stops (it finds them again at its next
@@ -373,6 +385,8 @@ ${CONNECTION_USAGE}`,
         .attach(PROFILE, runDir)
         .then(() => driver.stop(PROFILE, { timeoutMs: 20_000 }))
         .catch(() => undefined);
+      process.off('SIGINT', hurry);
+      process.off('SIGTERM', hurry);
       say(
         `Stopped Engine and the VM ${PROFILE} (a real PC's VMs keep running when Engine stops; the demo stops its VM too). Run \`bulkhead demo pc\` again to start it again.`,
       );
