@@ -203,3 +203,14 @@ test('npm start says what to do next; later starts say how to reset the password
   await login(center.info.url, 'admin', password);
   assert.equal(await center.stop(), 0);
 });
+
+test('demo pc without an administrator login exits 2 saying what it needs and how to log in', async (t) => {
+  const dir = await tempDir(t, 'bulkhead-demo-');
+  const r = await runCli(['demo', 'pc', '--dir', dir], {
+    env: { BULKHEAD_CREDENTIALS: join(dir, 'none.json'), BULKHEAD_TOKEN: '', BULKHEAD_CENTER: '' },
+  });
+  assert.equal(r.code, 2, r.stderr);
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  assert.match(r.stderr, /^bulkhead demo pc: demo pc acts as an administrator of the demo Center/);
+  assert.match(r.stderr, /bulkhead login --center \S+ --username admin/);
+});

@@ -23,7 +23,10 @@ test("guest/README.md's build command works with the system Node first on PATH",
   const command = await readmeCommand();
   assert.equal(command, 'npm run -s guest');
   // The machine's node and npm, not the pinned ones this test runs on.
-  const env = { ...process.env, PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' };
+  const env = {
+    ...process.env,
+    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+  };
   const { stdout: version } = await exec('node', ['--version'], { env });
   const { stdout, stderr } = await exec('sh', ['-c', command], {
     cwd: ROOT,
