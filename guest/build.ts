@@ -8,7 +8,7 @@
  *   - system volumes (`v1`, `v2`, `v3-broken`) and app volumes: deterministic ext4 images made
  *     with `mkfs.ext4 -d`, that differ the way real patches do.
  *
- * Run: `node guest/build.ts [--out DIR]` (prints the paths), or import `buildGuest`.
+ * Run: `npm run -s guest [-- --out DIR]` (prints the paths), or import `buildGuest`.
  */
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -567,7 +567,7 @@ async function main(argv: string[]): Promise<void> {
   const i = argv.indexOf('--out');
   const cacheDir = i >= 0 ? argv[i + 1] : undefined;
   if (i >= 0 && (cacheDir === undefined || cacheDir.startsWith('--'))) {
-    process.stderr.write('usage: node guest/build.ts [--out DIR]\n');
+    process.stderr.write('usage: npm run -s guest [-- --out DIR]\n');
     process.exit(2);
   }
   const options = cacheDir === undefined ? {} : { cacheDir };

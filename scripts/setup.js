@@ -19,6 +19,8 @@ const packages = {
   base: [
     ['qemu-utils', 'qemu-img'],
     ['e2fsprogs', 'mkfs.ext4'],
+    // `center serve --demo` (npm start) publishes the test guest's system volume, busybox inside.
+    ['busybox-static', 'busybox'],
     // Engine runs VMs with QEMU (KVM when it works, TCG otherwise).
     ['qemu-system-x86', 'qemu-system-x86_64'],
   ],
@@ -29,9 +31,8 @@ const packages = {
     // (/usr/lib/postgresql/*/bin, not on PATH).
     ['postgresql', 'initdb'],
     // The test guest (guest/build.ts): Debian's kernel, busybox, qemu-ga and the tools to pack
-    // an initramfs. linux-image-amd64 provides no command but /boot/vmlinuz-*.
+    // an initramfs (busybox is in base). linux-image-amd64 provides no command but /boot/vmlinuz-*.
     ['linux-image-amd64', '/boot/vmlinuz-*'],
-    ['busybox-static', 'busybox'],
     ['qemu-guest-agent', 'qemu-ga'],
     ['cpio', 'cpio'],
     ['kmod', 'depmod'],

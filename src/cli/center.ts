@@ -7,10 +7,10 @@ import {
   startCenter,
   type CenterConfigInput,
 } from '../center/index.ts';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { readFile } from 'node:fs/promises';
-import { DirectoryStore, manifestKey } from '../image/index.ts';
-import { demoCommand } from './demo.ts';
+import { DirectoryStore } from '../image/index.ts';
+import { DEMO_IMAGE, ensureDemoStore, type DemoStore } from './demo.ts';
 import { optionalString, type Command } from './command.ts';
 
 const serve: Command = {
@@ -27,8 +27,10 @@ const serve: Command = {
   address; otherwise /metrics needs metricsToken (BULKHEAD_METRICS_TOKEN) or is not served.
   Settings may also come from BULKHEAD_* environment variables or a JSON --config file.
   Logs go to stderr as JSON lines; stop with Ctrl-C or SIGTERM (requests in flight finish).
-  --demo builds the demo OS image (two versions, once, under DIR/demo) and publishes both in
-  Center, version 1 released, its publisher key trusted.`,
+  --demo builds the demo OS image (two versions of the test guest's system volume, once, under
+  DIR/demo, or reuses what \`bulkhead demo\` made there) and publishes both in Center, version 1
+  released, its publisher key trusted; every later start reuses them. Then \`bulkhead demo pc\`
+  runs a real PC against it.`,
   options: {
     data: { type: 'string' },
     listen: { type: 'string' },
@@ -62,28 +64,23 @@ const serve: Command = {
       pino.destination(2),
     );
     const demo = inv.values.demo === true;
+    let demoStore: DemoStore | undefined;
     const center = await startCenter({
       config,
       log,
       ...(demo
         ? {
             prepare: async (database) => {
-              const root = join(config.dataDir, 'demo');
-              const source = new DirectoryStore(join(root, 'store'));
-              if (!(await source.has(manifestKey('demo-os', '2')))) {
-                if (!inv.json) ctx.out(`Building the demo images in ${root} (once) …`);
-                await demoCommand.run(
-                  { values: { dir: config.dataDir }, positionals: [], json: true },
-                  ctx,
-                );
-              }
+              demoStore = await ensureDemoStore(join(config.dataDir, 'demo'), (line) => {
+                if (!inv.json) ctx.out(line);
+              });
               await seedImages({
                 db: database.db,
                 storeDir: config.storeDir,
-                source,
+                source: new DirectoryStore(demoStore.storeDir),
                 publisherName: 'demo',
-                publicKeyPem: await readFile(join(root, 'publisher.pub'), 'utf8'),
-                name: 'demo-os',
+                publicKeyPem: await readFile(demoStore.publicKeyPath, 'utf8'),
+                name: DEMO_IMAGE,
                 versions: ['1', '2'],
                 release: '1',
                 at: Date.now(),
@@ -97,24 +94,64 @@ const serve: Command = {
       process.once('SIGINT', () => resolve());
       process.once('SIGTERM', () => resolve());
     });
+    const next = nextSteps({
+      url: center.url,
+      dataDir: config.dataDir,
+      databaseFlag: flags.database !== undefined,
+      configFile: file,
+      demo,
+    });
     const result = {
       url: center.url,
       metricsUrl: center.metricsUrl,
       keyid: center.keyid,
       dataDir: config.dataDir,
       initialAdmin: center.initialAdmin,
+      demo:
+        demoStore === undefined
+          ? null
+          : {
+              image: DEMO_IMAGE,
+              versions: ['1', '2'],
+              released: '1',
+              store: demoStore.storeDir,
+              publisherKey: demoStore.privateKeyPath,
+              publisherKeyId: demoStore.keyid,
+            },
+      next,
     };
     if (inv.json) ctx.out(JSON.stringify(result));
     else {
       ctx.out(`Center listening on ${center.url} (data in ${config.dataDir})`);
       if (center.metricsUrl) ctx.out(`Metrics at ${center.metricsUrl}/metrics`);
+      if (demoStore) {
+        ctx.out(
+          `Demo image: ${DEMO_IMAGE}@1 (released) and ${DEMO_IMAGE}@2 (a patch), from the demo store ${demoStore.storeDir}, signed by ${demoStore.privateKeyPath}`,
+        );
+      }
       if (center.initialAdmin) {
         ctx.out(
           `First start: administrator "${center.initialAdmin.username}" created with the one-time password`,
         );
         ctx.out(`  ${center.initialAdmin.password}`);
         ctx.out('It is shown only now; change it after logging in.');
+      } else {
+        ctx.out(
+          `The administrator exists already (its one-time password was shown on the first start). Forgot it? ${next.resetPassword}`,
+        );
       }
+      ctx.out('Next, in another shell:');
+      ctx.out(`  ${next.login}`);
+      if (next.demoPc) {
+        ctx.out(`  ${next.demoPc}`);
+        ctx.out(
+          `    a real PC: builds the test guest, runs Engine and a VM under ${join(config.dataDir, 'demo-pc')},`,
+        );
+        ctx.out(`    and rolls out ${DEMO_IMAGE}@2 to it (QEMU; a few minutes without KVM)`);
+      }
+      ctx.out(
+        '(`bulkhead` is ./bin/bulkhead.js in this checkout; `npm link` puts it on your PATH.)',
+      );
     }
     await stopped;
     log.info({ component: 'http' }, 'shutting down');
@@ -122,5 +159,28 @@ const serve: Command = {
     return undefined;
   },
 };
+
+/** The commands a person runs next, as `center serve` prints them (and `--json` gives them). */
+function nextSteps(o: {
+  url: string;
+  dataDir: string;
+  databaseFlag: boolean;
+  configFile: string | undefined;
+  demo: boolean;
+}): { login: string; resetPassword: string; demoPc: string | null } {
+  // The database options of `center admin reset` that point it at this Center's database. A
+  // --database URL may hold a password: it is named, never printed.
+  const where = [
+    o.configFile === undefined ? '' : ` --config ${o.configFile}`,
+    o.dataDir === resolve('data') ? '' : ` --data ${o.dataDir}`,
+    o.databaseFlag ? ' --database URL' : '',
+  ].join('');
+  const demoDir = o.dataDir === resolve('data') ? '' : ` --dir ${o.dataDir}`;
+  return {
+    login: `bulkhead login --center ${o.url} --username admin`,
+    resetPassword: `bulkhead center admin reset --username admin${where}`,
+    demoPc: o.demo ? `bulkhead demo pc${demoDir}` : null,
+  };
+}
 
 export const centerCommands: Command[] = [serve];

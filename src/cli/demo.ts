@@ -1,88 +1,96 @@
-import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { mkdir, rm, unlink, writeFile } from 'node:fs/promises';
+import { createPrivateKey, createPublicKey } from 'node:crypto';
+import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
+import { buildSystemVolume, GuestBuildError } from '../../guest/build.ts';
 import { BulkheadError, ErrorCodes, errnoCode } from '../protocol/index.ts';
 import { generateKeyPair, loadPrivateKey, loadPublicKey } from '../signing/index.ts';
-import { DirectoryStore, importImage, pullImage } from '../image/index.ts';
+import {
+  DirectoryStore,
+  importImage,
+  manifestKey,
+  parseManifest,
+  pullImage,
+} from '../image/index.ts';
 import { optionalString, type Command } from './command.ts';
 import { formatBytes } from './progress.ts';
 
-const run = promisify(execFile);
+/** The demo image's name in the store and in Center. */
+export const DEMO_IMAGE = 'demo-os';
 
-/** Deterministic bytes: text-like (compressible) or binary-like (not), from a seed. */
-function content(seed: string, bytes: number, binary: boolean): Buffer {
-  const words = [
-    'kernel',
-    'module',
-    'config',
-    'update',
-    'policy',
-    'device',
-    'volume',
-    'service',
-    'network',
-    'library',
-  ];
-  const parts: Buffer[] = [];
-  let total = 0;
-  for (let i = 0; total < bytes; i++) {
-    const h = createHash('sha256').update(`${seed}:${i}`).digest();
-    const part = binary
-      ? h
-      : Buffer.from(`${words[h[0]! % 10]} ${words[h[1]! % 10]}=${h.readUInt16LE(2)}\n`);
-    parts.push(part);
-    total += part.length;
-  }
-  return Buffer.concat(parts).subarray(0, bytes);
+/** What one demo version holds, whether this run built it or found it in the store. */
+export interface DemoVersion {
+  name: string;
+  version: string;
+  size: number;
+  sha256: string;
+  chunks: number;
+  dataBytes: number;
+  zeroBytes: number;
+  /** Whether this run built and imported it (false: it was in the store already). */
+  built: boolean;
+  /** Chunks new in this version and the pack from its parent, when this run imported it. */
+  newChunks: number | null;
+  packBytes: number | null;
 }
 
-async function writeTree(root: string, version: 1 | 2): Promise<void> {
-  await rm(root, { recursive: true, force: true });
-  for (const dir of ['etc', 'usr/bin', 'usr/lib', 'usr/share/doc'])
-    await mkdir(join(root, dir), { recursive: true });
-  for (let i = 0; i < 40; i++)
-    await writeFile(
-      join(root, 'usr/lib', `lib${i}.so`),
-      content(`lib${i}`, 256 * 1024 + i * 4096, true),
-    );
-  for (let i = 0; i < 30; i++)
-    await writeFile(join(root, 'usr/bin', `tool${i}`), content(`tool${i}`, 64 * 1024, true));
-  for (let i = 0; i < 60; i++)
-    await writeFile(
-      join(root, 'usr/share/doc', `readme${i}.txt`),
-      content(`doc${i}`, 24 * 1024, false),
-    );
-  for (let i = 0; i < 20; i++)
-    await writeFile(join(root, 'etc', `app${i}.conf`), content(`conf${i}`, 2000, false));
-  if (version === 2) {
-    // A patch as it comes: a new package, an updated library, an edited config, a removal.
-    for (let i = 0; i < 5; i++)
-      await writeFile(
-        join(root, 'usr/lib', `libnew${i}.so`),
-        content(`libnew${i}`, 512 * 1024, true),
-      );
-    await writeFile(
-      join(root, 'usr/lib', 'lib7.so'),
-      content('lib7-patched', 256 * 1024 + 7 * 4096, true),
-    );
-    await writeFile(join(root, 'etc', 'app3.conf'), content('conf3-edited', 2100, false));
-    await unlink(join(root, 'usr/bin', 'tool12'));
-  }
+export interface DemoStore {
+  /** The demo directory: publisher key pair, `store/`, the raw images. */
+  root: string;
+  storeDir: string;
+  privateKeyPath: string;
+  publicKeyPath: string;
+  keyid: string;
+  v1: DemoVersion;
+  v2: DemoVersion;
 }
 
-async function makeImage(tree: string, image: string): Promise<void> {
-  await rm(image, { force: true });
+async function exists(path: string): Promise<boolean> {
   try {
-    await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-d', tree, image, '256M']);
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The demo publisher key pair in `root`: the one there, or a new one when there is none. Never
+ * replaced: the demo store's versions and every Center that trusts them depend on it.
+ */
+async function demoKey(root: string): Promise<{ privateKeyPath: string; publicKeyPath: string }> {
+  const privateKeyPath = join(root, 'publisher.key');
+  const publicKeyPath = join(root, 'publisher.pub');
+  const pair = generateKeyPair();
+  try {
+    // `wx`: of two runs at once, the first one's key is the key.
+    await writeFile(privateKeyPath, pair.privatePem, { mode: 0o600, flag: 'wx' });
   } catch (err) {
-    if (errnoCode(err) === 'ENOENT') {
+    if (errnoCode(err) !== 'EEXIST') throw err;
+  }
+  if (!(await exists(publicKeyPath))) {
+    const pem = await readFile(privateKeyPath, 'utf8');
+    const publicPem = createPublicKey(createPrivateKey(pem))
+      .export({ type: 'spki', format: 'pem' })
+      .toString();
+    await writeFile(publicKeyPath, publicPem, { mode: 0o644 });
+  }
+  return { privateKeyPath, publicKeyPath };
+}
+
+/** A guest-bootable system volume from the guest builder, as a BulkheadError when it fails. */
+async function buildDemoVolume(version: 'v1' | 'v2', out: string): Promise<void> {
+  try {
+    await buildSystemVolume(version, out);
+  } catch (err) {
+    if (err instanceof GuestBuildError) {
       throw new BulkheadError(
-        ErrorCodes.TOOL_MISSING,
-        'mkfs.ext4 is needed to build the demo images',
+        err.debianPackage ? ErrorCodes.TOOL_MISSING : ErrorCodes.INTERNAL,
+        `cannot build the demo image: ${err.message}`,
         {
-          hint: 'install the Debian package e2fsprogs (apt-get install e2fsprogs)',
+          cause: err,
+          ...(err.debianPackage
+            ? { hint: `apt-get install ${err.debianPackage} (node scripts/setup.js does it)` }
+            : {}),
         },
       );
     }
@@ -90,55 +98,148 @@ async function makeImage(tree: string, image: string): Promise<void> {
   }
 }
 
+/**
+ * Makes sure `root` holds the demo: a publisher key pair and a store with `demo-os` versions 1
+ * and 2, both system volumes of the small test guest (guest/README.md: busybox with /bin/sh,
+ * /usr/libexec/health-check), version 2 a patch of version 1. Whatever is there already is
+ * kept and reused (key, store, versions), so it may run any number of times, from
+ * `bulkhead demo` and `center serve --demo` alike, and neither undoes the other.
+ */
+export async function ensureDemoStore(
+  root: string,
+  say: (line: string) => void = () => {},
+): Promise<DemoStore> {
+  await mkdir(root, { recursive: true });
+  const { privateKeyPath, publicKeyPath } = await demoKey(root);
+  const key = await loadPrivateKey(privateKeyPath);
+  const { keyid } = key;
+  const store = new DirectoryStore(join(root, 'store'));
+  const versions: DemoVersion[] = [];
+  for (const [version, volume] of [
+    ['1', 'v1'],
+    ['2', 'v2'],
+  ] as const) {
+    if (await store.has(manifestKey(DEMO_IMAGE, version))) {
+      const body = parseManifest(
+        await store.read(manifestKey(DEMO_IMAGE, version), 64 * 1024),
+      ).signed;
+      versions.push({
+        name: DEMO_IMAGE,
+        version,
+        size: body.size,
+        sha256: body.sha256,
+        chunks: body.stats.chunks,
+        dataBytes: body.stats.dataBytes,
+        zeroBytes: body.stats.zeroBytes,
+        built: false,
+        newChunks: null,
+        packBytes: null,
+      });
+      continue;
+    }
+    if (versions.length === 0 || versions.every((v) => !v.built)) {
+      say(`Building the demo image ${DEMO_IMAGE} in ${root} (the test guest's system volume) …`);
+    }
+    const file = join(root, `os-v${version}.raw`);
+    await buildDemoVolume(volume, file);
+    let imported;
+    try {
+      imported = await importImage({
+        store,
+        name: DEMO_IMAGE,
+        version,
+        key,
+        file,
+        parent: version === '1' ? null : '1',
+        tempDir: join(root, 'tmp'),
+      });
+    } catch (err) {
+      // Another run imported it in the meantime: theirs is as good as ours.
+      if (!(err instanceof BulkheadError && err.code === ErrorCodes.IMAGE_EXISTS)) throw err;
+      return ensureDemoStore(root, say);
+    }
+    versions.push({
+      name: DEMO_IMAGE,
+      version,
+      size: imported.size,
+      sha256: imported.sha256,
+      chunks: imported.chunks,
+      dataBytes: imported.dataBytes,
+      zeroBytes: imported.zeroBytes,
+      built: true,
+      newChunks: imported.newChunks,
+      packBytes: imported.pack?.bytes ?? null,
+    });
+    say(
+      version === '1'
+        ? `Published ${DEMO_IMAGE}@1: ${imported.chunks} chunks, ${formatBytes(imported.dataBytes)} of data, ${formatBytes(imported.zeroBytes)} of holes, stored as ${formatBytes(imported.storedBytes)}.`
+        : `Published ${DEMO_IMAGE}@2 (a patch, image rebuilt): ${imported.newChunks} new chunks; pack from 1 is ${formatBytes(imported.pack?.bytes ?? 0)}.`,
+    );
+  }
+  return {
+    root,
+    storeDir: store.location,
+    privateKeyPath,
+    publicKeyPath,
+    keyid,
+    v1: versions[0]!,
+    v2: versions[1]!,
+  };
+}
+
 export const demoCommand: Command = {
   name: 'demo',
   summary:
-    'Publish a generated demo OS image, patch it, and pull the patch as a delta, printing what moved.',
-  usage: 'Usage: bulkhead demo [--dir DIR] [--json]   (default DIR: ./data; DIR/demo is rebuilt)',
+    'Publish a demo OS image and its patch in a local store, and pull the patch as a delta, printing what moved.',
+  usage: `Usage: bulkhead demo [--dir DIR] [--json]
+
+  Uses DIR/demo (default DIR: ./data, the directory \`npm start\` uses): its publisher key
+  and demo store are made on the first run and reused after, by this command and by
+  \`center serve --demo\` alike. Each run pulls version 2 again into DIR/demo/pc as a PC
+  holding version 1 would. To run a real PC against the demo Center: \`bulkhead demo pc\`.`,
   options: { dir: { type: 'string' } },
   async run(inv, ctx) {
     const root = resolve(optionalString(inv, 'dir') ?? 'data', 'demo');
-    await rm(root, { recursive: true, force: true });
-    await mkdir(root, { recursive: true });
     const say = (line: string) => {
       if (!inv.json) ctx.out(line);
     };
-    const pair = generateKeyPair();
-    await writeFile(join(root, 'publisher.key'), pair.privatePem, { mode: 0o600 });
-    await writeFile(join(root, 'publisher.pub'), pair.publicPem);
-    const key = await loadPrivateKey(join(root, 'publisher.key'));
-    const trusted = [await loadPublicKey(join(root, 'publisher.pub'))];
-    const store = new DirectoryStore(join(root, 'store'));
-
-    say(`Building demo images in ${root} (ext4, 256 MiB each) …`);
-    await writeTree(join(root, 'tree'), 1);
-    await makeImage(join(root, 'tree'), join(root, 'os-v1.raw'));
-    await writeTree(join(root, 'tree'), 2);
-    await makeImage(join(root, 'tree'), join(root, 'os-v2.raw'));
-
-    const common = { store, name: 'demo-os', key, tempDir: join(root, 'tmp') };
-    const v1 = await importImage({ ...common, file: join(root, 'os-v1.raw'), version: '1' });
-    say(
-      `Published demo-os@1: ${v1.chunks} chunks, ${formatBytes(v1.dataBytes)} of data, ${formatBytes(v1.zeroBytes)} of holes, stored as ${formatBytes(v1.storedBytes)}.`,
-    );
-    const v2 = await importImage({ ...common, file: join(root, 'os-v2.raw'), version: '2' });
-    say(
-      `Published demo-os@2 (a patch, image rebuilt): ${v2.newChunks} new chunks; pack from 1 is ${formatBytes(v2.pack?.bytes ?? 0)}.`,
-    );
-
-    await mkdir(join(root, 'pc'), { recursive: true });
+    const demo = await ensureDemoStore(root, say);
+    if (!demo.v1.built && !demo.v2.built) {
+      say(
+        `Reusing the demo store ${demo.storeDir}: ${DEMO_IMAGE}@1 and @2, signed by the demo key ${demo.publicKeyPath}.`,
+      );
+    }
+    const trusted = [await loadPublicKey(demo.publicKeyPath)];
+    const store = new DirectoryStore(demo.storeDir);
+    // The PC: only this command writes here, so it starts afresh each run.
+    const pc = join(root, 'pc');
+    await rm(pc, { recursive: true, force: true });
+    await mkdir(pc, { recursive: true });
+    // The PC's copy of version 1: the one built here, else pulled from the store like a PC would.
+    let seed = join(root, 'os-v1.raw');
+    if (!(await exists(seed))) {
+      seed = join(pc, 'os-v1.raw');
+      await pullImage({ store, name: DEMO_IMAGE, version: '1', trusted, out: seed, seeds: [] });
+    }
     const pulled = await pullImage({
-      store: new DirectoryStore(store.location),
-      name: 'demo-os',
+      store,
+      name: DEMO_IMAGE,
       version: '2',
       trusted,
-      out: join(root, 'pc', 'os-v2.raw'),
-      seeds: [join(root, 'os-v1.raw')],
+      out: join(pc, 'os-v2.raw'),
+      seeds: [seed],
     });
     say(
-      `A PC holding version 1 pulled version 2: downloaded ${formatBytes(pulled.downloadedBytes)}, reused ${formatBytes(pulled.reusedBytes)} from its copy of version 1 (${((pulled.downloadedBytes / v2.size) * 100).toFixed(2)}% of the image), verified sha256 ${pulled.sha256.slice(0, 16)}….`,
+      `A PC holding version 1 pulled version 2: downloaded ${formatBytes(pulled.downloadedBytes)}, reused ${formatBytes(pulled.reusedBytes)} from its copy of version 1 (${((pulled.downloadedBytes / demo.v2.size) * 100).toFixed(2)}% of the image), verified sha256 ${pulled.sha256.slice(0, 16)}….`,
     );
-    say(`Try: bulkhead image list --store ${store.location}`);
-    return { store: store.location, v1, v2, pull: pulled };
+    say(`Try: bulkhead image list --store ${demo.storeDir}`);
+    return {
+      store: demo.storeDir,
+      publicKey: demo.publicKeyPath,
+      keyid: demo.keyid,
+      v1: demo.v1,
+      v2: demo.v2,
+      pull: pulled,
+    };
   },
 };

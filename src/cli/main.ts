@@ -12,6 +12,7 @@ import { rolloutCommands } from './rollout.ts';
 import { demoCommand } from './demo.ts';
 import { catalogCommands } from './catalog.ts';
 import { userCommands } from './users.ts';
+import { demoPcCommand } from './demo-pc.ts';
 import { printableContext, type Command, type CommandContext, type Invocation } from './command.ts';
 
 const commands: Command[] = [
@@ -27,6 +28,7 @@ const commands: Command[] = [
   ...rolloutCommands,
   ...engineCommands,
   demoCommand,
+  demoPcCommand,
 ];
 
 const WIDTH = Math.max(...commands.map((c) => c.name.length)) + 1;

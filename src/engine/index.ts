@@ -52,4 +52,4 @@ export {
   type SyncOutcome,
 } from './sync.ts';
 export { GuestAgent } from './guest-agent.ts';
-export { type HypervisorDriver } from './hypervisor/index.ts';
+export { createQemuDriver, type HypervisorDriver } from './hypervisor/index.ts';
