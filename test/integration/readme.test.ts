@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -12,7 +12,7 @@ import { PATIENCE_MS, waitFor } from '../support/wait.ts';
 // that fails when the README asks for something the product does not do.
 //
 // What the test provides is what a reader's machine provides: a shell with `bulkhead` on its
-// PATH (this checkout's bin/bulkhead.js), an empty working directory and home, the disk images
+// PATH and as ./bin/bulkhead.js (this checkout's launcher), an empty working directory and home, the disk images
 // the tour imports (`debian-12.1.raw`, `debian-12.2.qcow2`, which a reader brings), and the
 // Center `npm start` runs (`bulkhead center serve --demo`, in that directory). Center listens
 // on a free port rather than 8080, which other tests or programs may hold; that address is the
@@ -29,6 +29,8 @@ const ELSEWHERE: [prefix: string, why: string][] = [
   ['npm test', 'is this suite (CI runs it)'],
   ['npm run -s bench', 'builds Debian images with debootstrap; bench/ is its own command'],
   ['npm run -s fuzz', 'its short runs are test/integration/fuzz-api.test.ts'],
+  ['./bin/bulkhead.js demo pc', 'boots a VM under QEMU for minutes: test/qemu/demo-pc.test.ts'],
+  ['bulkhead demo pc', 'boots a VM under QEMU for minutes: test/qemu/demo-pc.test.ts'],
   [
     'bulkhead engine run',
     'runs VMs until stopped; test/integration/engine-process.test.ts and test/qemu run it',
@@ -182,6 +184,9 @@ test('every command in the README runs as written', { timeout: 20 * 60_000 }, as
   await mkdir(bin);
   await writeFile(join(bin, 'bulkhead'), `#!/bin/sh\nexec "${process.execPath}" "${BIN}" "$@"\n`);
   await chmod(join(bin, 'bulkhead'), 0o755);
+  // The checkout's own launcher, as the README calls it from the checkout's root.
+  await mkdir(join(dir, 'bin'));
+  await symlink(BIN, join(dir, 'bin', 'bulkhead.js'));
   const home = join(dir, '.home');
   await mkdir(home);
 
