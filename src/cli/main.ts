@@ -224,7 +224,7 @@ function reportError(
           2,
         ),
       );
-    ctx.err(`bulkhead ${command.name}: ${err.message}${err.hint ? ` — ${err.hint}` : ''}`);
+    ctx.err(clipped(`bulkhead ${command.name}: ${err.message}${err.hint ? ` — ${err.hint}` : ''}`));
     return code;
   }
   // A bug, not a user's mistake: say so, and show the stack only on request.
@@ -234,6 +234,14 @@ function reportError(
   );
   if (process.env.BULKHEAD_DEBUG) ctx.err(e?.stack ?? String(err));
   return 1;
+}
+
+/**
+ * An error line as a person can read it: a word too long to be a name or a path (a 5,000-character
+ * value echoed back) shows its start and its length. --json keeps the message whole.
+ */
+export function clipped(line: string): string {
+  return line.replace(/\S{201,}/g, (w) => `${w.slice(0, 60)}…(${w.length} characters)`);
 }
 
 function defaultContext(): CommandContext {

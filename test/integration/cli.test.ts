@@ -547,3 +547,11 @@ test('image list of a store that does not exist is an error, not an empty list',
   expectFailure(r, 1);
   assert.equal((json(r) as { error: { code: string } }).error.code, 'ERR_OBJECT_NOT_FOUND');
 });
+
+test('an error echoing a very long value shows its start and its length, on one line', async () => {
+  const long = 'a'.repeat(5000);
+  const r = await bulkhead(['image', 'diff', '--store', '/nonexistent', `${long}@1`, 'x@2']);
+  const line = expectFailure(r, 2);
+  assert.ok(line.length < 400, `${line.length} characters`);
+  assert.match(line, /a{60}…\(\d+ characters\)/);
+});
