@@ -162,14 +162,24 @@ async function resolveRollout(api: ApiClient, reference: string): Promise<string
     );
   }
   const { rollouts } = await api.call(endpoints.listRollouts, {
-    query: { imageVersionId: v.id, limit: 1 },
+    query: { imageVersionId: v.id, limit: 100 },
   });
   if (rollouts[0] === undefined) {
     throw new BulkheadError(ErrorCodes.NOT_FOUND, `no rollout of ${reference}`, {
       hint: `start one with \`bulkhead rollout create --image ${reference} --group NAME\``,
     });
   }
-  return rollouts[0].id;
+  // Two rollouts of one version still under way (to two groups) are not "the" rollout: acting
+  // on the newer one alone would surprise whoever meant the other.
+  const open = rollouts.filter((r) => r.state !== 'completed' && r.state !== 'aborted');
+  if (open.length > 1) {
+    throw usage(
+      `${reference} has ${open.length} rollouts under way; name one by its id: ${open
+        .map((r) => `${r.id} (${targetOf(r)}, ${r.state})`)
+        .join(', ')}`,
+    );
+  }
+  return (open[0] ?? rollouts[0]).id;
 }
 
 /** Calls Center about rollout `id`; an id Center cannot know reads `no rollout ID`. */
@@ -421,7 +431,7 @@ const status: Command = {
   usage: `Usage: bulkhead rollout status ROLLOUT-ID|IMAGE@VERSION
        bulkhead rollout status ${LIST_USAGE}     (without an id: as rollout list)
 
-  IMAGE@VERSION names the newest rollout of that version.
+  IMAGE@VERSION names the rollout of that version under way, or else its newest one.
 
 ${CONNECTION_USAGE}`,
   options: LIST_OPTIONS,
@@ -447,7 +457,7 @@ function action(name: 'pause' | 'resume' | 'abort' | 'promote', summary: string)
   return {
     name: `rollout ${name}`,
     summary,
-    usage: `Usage: bulkhead rollout ${name} ROLLOUT-ID|IMAGE@VERSION${name === 'abort' ? ' [--reason TEXT]' : ''}\n\n  IMAGE@VERSION names the newest rollout of that version.\n\n${CONNECTION_USAGE}`,
+    usage: `Usage: bulkhead rollout ${name} ROLLOUT-ID|IMAGE@VERSION${name === 'abort' ? ' [--reason TEXT]' : ''}\n\n  IMAGE@VERSION names the rollout of that version under way, or else its newest one.\n\n${CONNECTION_USAGE}`,
     options: { ...connectionOptions, ...(name === 'abort' ? { reason: { type: 'string' } } : {}) },
     async run(inv, ctx) {
       const reference = rolloutId(inv, name);

@@ -306,4 +306,13 @@ test('rollout create, list and status: names, release on completion, usage error
       new RegExp(`^${id}\\s+${ref}\\s+group finance\\s+${state}\\s+${progress}\\s`),
     ),
   );
+  // A second rollout of os@2 under way (to lab, beside the halted one to finance): os@2 no
+  // longer names one rollout, and an action by it is refused, naming both.
+  const second = await json(['rollout', 'create', '--image', 'os@2', '--group', 'lab']);
+  const ambiguous = await cli(['rollout', 'abort', 'os@2']);
+  assert.equal(ambiguous.code, 2, ambiguous.stderr);
+  assert.match(ambiguous.stderr, /os@2 has 2 rollouts under way; name one by its id: /);
+  assert.ok(ambiguous.stderr.includes(`${second.id} (group lab, pending)`), ambiguous.stderr);
+  assert.ok(ambiguous.stderr.includes(`${halting.id} (group finance, halted)`), ambiguous.stderr);
+  assert.equal((await json(['rollout', 'status', second.id])).state, 'pending');
 });
