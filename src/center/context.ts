@@ -39,6 +39,12 @@ export interface CenterDeps {
   push?: PushBus;
   /** The registry `/metrics` exposes; a new one when omitted. */
   metrics?: Registry;
+  /**
+   * How often a replica shares its rate-limit counts (PostgreSQL), in real milliseconds;
+   * 1000 when omitted. `null`: only when `app.flushRateLimits()` is called (tests that judge
+   * what a replica knows between two flushes).
+   */
+  rateLimitFlushMs?: number | null;
 }
 
 /** What Center's plugins get: the dependencies, with every optional one filled in. */

@@ -205,7 +205,8 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
           shared: {
             db: deps.database.db,
             log: deps.log.child({ component: 'rate-limit' }),
-            flushEveryMs: RATE_LIMIT_FLUSH_MS,
+            flushEveryMs:
+              given.rateLimitFlushMs === undefined ? RATE_LIMIT_FLUSH_MS : given.rateLimitFlushMs,
           },
         }
       : {}),

@@ -58,6 +58,8 @@ export async function startTestCenter(
     databaseLog?: DatabaseLog;
     /** Configuration keys beyond the test's data directory and listener. */
     config?: CenterConfigInput;
+    /** `null`: rate-limit counts are shared only when the test calls `flushRateLimits`. */
+    rateLimitFlushMs?: number | null;
   },
 ) {
   const dir = await tempDir(t);
@@ -88,6 +90,9 @@ export async function startTestCenter(
     signingKey,
     now,
     ...(options.push === undefined ? {} : { push: options.push }),
+    ...(options.rateLimitFlushMs === undefined
+      ? {}
+      : { rateLimitFlushMs: options.rateLimitFlushMs }),
   });
   t.after(async () => {
     await app.close();

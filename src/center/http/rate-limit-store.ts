@@ -47,8 +47,8 @@ export interface RateLimitStoreOptions {
   shared?: {
     db: Kysely<Database>;
     log: Pick<Logger, 'warn'>;
-    /** How often the counts are flushed, in real milliseconds (the timer is unref'd). */
-    flushEveryMs: number;
+    /** How often the counts are flushed, in real milliseconds (the timer is unref'd); null: never by itself. */
+    flushEveryMs: number | null;
   };
 }
 
@@ -213,11 +213,14 @@ export function createRateLimitStore(options: RateLimitStoreOptions): RateLimitS
     });
     return queue;
   };
-  const timer = setInterval(() => {
-    // A tick while a slow flush is still under way adds nothing to the queue.
-    if (!busy) void flush();
-  }, shared.flushEveryMs);
-  timer.unref();
+  const timer =
+    shared.flushEveryMs === null
+      ? undefined
+      : setInterval(() => {
+          // A tick while a slow flush is still under way adds nothing to the queue.
+          if (!busy) void flush();
+        }, shared.flushEveryMs);
+  timer?.unref();
 
   return {
     Store: ClockedStore,
