@@ -426,43 +426,46 @@ async function replica(
 
 test('replicas on PostgreSQL: a kill or retirement through one reaches the caches and push channels of the others', async (t) => {
   const url = await startPostgres(t);
-  const setup = await openDatabase({ url });
-  await migrateToLatest(setup.db);
-  await setup.close();
-  const pair = generateKeyPair();
-  const signingKey = { key: createPrivateKey(pair.privatePem), keyid: pair.keyid };
-  const clock = { ms: START };
-  const a = await replica(t, url, signingKey, clock);
-  const b = await replica(t, url, signingKey, clock);
-  const opsToken = await insertSession(a.db, 'ops', 'operator', START);
-  const group = await insertGroup(a.db, 'office', START);
-  const credentials = new DeviceCredentials(signingKey, () => new Date(clock.ms));
-  const onA = deviceCalls(a.app, credentials, opsToken);
-  const onB = deviceCalls(b.app, credentials, opsToken);
-  const centerKey = createPublicKey(signingKey.key);
+  // The replicas belong to a subtest: its hooks close them before the parent's stop the server.
+  await t.test('through one replica, seen by the others', async (t) => {
+    const setup = await openDatabase({ url });
+    await migrateToLatest(setup.db);
+    await setup.close();
+    const pair = generateKeyPair();
+    const signingKey = { key: createPrivateKey(pair.privatePem), keyid: pair.keyid };
+    const clock = { ms: START };
+    const a = await replica(t, url, signingKey, clock);
+    const b = await replica(t, url, signingKey, clock);
+    const opsToken = await insertSession(a.db, 'ops', 'operator', START);
+    const group = await insertGroup(a.db, 'office', START);
+    const credentials = new DeviceCredentials(signingKey, () => new Date(clock.ms));
+    const onA = deviceCalls(a.app, credentials, opsToken);
+    const onB = deviceCalls(b.app, credentials, opsToken);
+    const centerKey = createPublicKey(signingKey.key);
 
-  for (const cut of ['kill', 'retire'] as const) {
-    const pc = await insertKeyedDevice(a.db, group, [], clock.ms);
-    const auth = onB.bearer(pc.id);
-    // Replica B knows the device in good standing and answers its polls from memory.
-    const first = await onB.desired(auth);
-    assert.equal(first.statusCode, 200, first.body);
-    const etag = first.headers.etag as string;
-    assert.equal((await onB.desired(auth, etag)).statusCode, 304);
-    const stream = onB.push(auth);
-    await waitFor('the push channel on B', () => b.push.connections() === 1);
+    for (const cut of ['kill', 'retire'] as const) {
+      const pc = await insertKeyedDevice(a.db, group, [], clock.ms);
+      const auth = onB.bearer(pc.id);
+      // Replica B knows the device in good standing and answers its polls from memory.
+      const first = await onB.desired(auth);
+      assert.equal(first.statusCode, 200, first.body);
+      const etag = first.headers.etag as string;
+      assert.equal((await onB.desired(auth, etag)).statusCode, 304);
+      const stream = onB.push(auth);
+      await waitFor('the push channel on B', () => b.push.connections() === 1);
 
-    // Through replica A.
-    if (cut === 'kill') await onA.kill(pc.id);
-    else await onA.retire(pc.id);
-    // The notification crossed to B, which closed the channel and forgot the device.
-    await withTimeout(`B to close the channel after the ${cut} on A`, stream);
-    const polled = await onB.desired(auth, etag);
-    if (cut === 'kill') killNotice(polled, pc.id, centerKey);
-    else assert.equal(refusal(polled).code, 'ERR_DEVICE_RETIRED');
-    const report = await onB.report(auth, [
-      { id: `late-${cut}`, at: clock.ms, ...updateEvent('healthy', { versionId: 'v' }) },
-    ]);
-    assert.match(refusal(report).code, /^ERR_DEVICE_(KILLED|RETIRED)$/);
-  }
+      // Through replica A.
+      if (cut === 'kill') await onA.kill(pc.id);
+      else await onA.retire(pc.id);
+      // The notification crossed to B, which closed the channel and forgot the device.
+      await withTimeout(`B to close the channel after the ${cut} on A`, stream);
+      const polled = await onB.desired(auth, etag);
+      if (cut === 'kill') killNotice(polled, pc.id, centerKey);
+      else assert.equal(refusal(polled).code, 'ERR_DEVICE_RETIRED');
+      const report = await onB.report(auth, [
+        { id: `late-${cut}`, at: clock.ms, ...updateEvent('healthy', { versionId: 'v' }) },
+      ]);
+      assert.match(refusal(report).code, /^ERR_DEVICE_(KILLED|RETIRED)$/);
+    }
+  });
 });
