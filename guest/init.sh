@@ -90,6 +90,7 @@ done
 power_off() {
   log "powering off"
   [ -n "$ga" ] && kill "$ga" 2>/dev/null
+  [ -n "$tty_shell" ] && kill -KILL "$tty_shell" 2>/dev/null
   sync
   for m in $(awk '{print $2}' /proc/mounts | sort -r); do
     case "$m" in
@@ -120,6 +121,19 @@ if [ -n "$port" ]; then
   fi
   ga=$!
   log "qemu-ga started on $port"
+fi
+
+# A shell on the VM's screen (tty1, the VGA text console; the keyboard is the built-in PS/2
+# one) for a person at it, and for tests that type through Engine's input path. It runs in the
+# same root as qemu-ga, so what it writes the guest agent sees.
+tty_shell=
+if [ -c /dev/tty1 ]; then
+  if [ "$root" = / ]; then
+    setsid sh -c 'exec sh -i </dev/tty1 >/dev/tty1 2>&1' &
+  else
+    setsid chroot /newroot /bin/sh -c 'exec /bin/sh -i </dev/tty1 >/dev/tty1 2>&1' &
+  fi
+  tty_shell=$!
 fi
 
 # PID 1 must not exit; `wait` returns on each signal, so loop.

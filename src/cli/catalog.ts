@@ -337,6 +337,7 @@ const PROFILE_FLAGS = `  --image NAME              its system image, one of Cent
   --health-command "CMD ARGS"
                             run in the guest after it answers; must exit 0 (split at spaces,
                             no shell); "" for none
+  --health-screen on|off    the VM's screen must not be blank (one colour) by the timeout
   --lease-days N            days the VM may run without contact with Center (default 30)
   --cpus N  --memory MIB    the VM's resources (default 2 CPUs, 4096 MiB)
   --reset on-update|on-boot when the system overlay is discarded (default on-update)`;
@@ -354,6 +355,7 @@ const profileOptions = {
   'encrypt-data': { type: 'string' },
   'health-timeout': { type: 'string' },
   'health-command': { type: 'string' },
+  'health-screen': { type: 'string' },
   'lease-days': { type: 'string' },
   cpus: { type: 'string' },
   memory: { type: 'string' },
@@ -492,9 +494,12 @@ function healthFrom(inv: Invocation, current: HealthCheck): HealthCheck {
       : given.trim() === ''
         ? undefined
         : given.trim().split(/\s+/);
+  const screen = onOff(inv, 'health-screen') ?? current.screen === true;
   return {
     timeoutSeconds: timeout ?? current.timeoutSeconds,
     ...(command === undefined ? {} : { command }),
+    // Off is left out, as in profiles made before the screen could be checked.
+    ...(screen ? { screen } : {}),
   };
 }
 
@@ -534,7 +539,7 @@ function printProfile(ctx: CommandContext, p: Profile, catalog: Catalog): void {
       : net.network === 'none'
         ? 'none'
         : 'nat (ordinary outbound access)';
-  const health = `guest agent answers within ${p.healthCheck.timeoutSeconds} s${p.healthCheck.command ? `, then \`${p.healthCheck.command.join(' ')}\` exits 0` : ''}`;
+  const health = `guest agent answers within ${p.healthCheck.timeoutSeconds} s${p.healthCheck.command ? `, then \`${p.healthCheck.command.join(' ')}\` exits 0` : ''}${p.healthCheck.screen ? ', and the screen is not blank' : ''}`;
   const rows: [string, string][] = [
     ['system image', image ? `${image.name} (released: ${releasedOf(image)})` : p.systemImageId],
     ['apps', apps || '-'],

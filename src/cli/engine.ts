@@ -4,7 +4,10 @@ import {
   formatEngineStatus,
   readEngineStatus,
   acceptUpdate,
+  takeScreenshot,
 } from '../engine/index.ts';
+import { writeFile } from 'node:fs/promises';
+import { BulkheadError, ErrorCodes } from '../protocol/index.ts';
 import { engineRunCommand } from './engine-run.ts';
 import { optionalString, requireString, type Command, type Invocation } from './command.ts';
 
@@ -82,9 +85,45 @@ const acceptCommand: Command = {
   },
 };
 
+const screenshotCommand: Command = {
+  name: 'engine screenshot',
+  summary: "Save a VM's screen as a PNG.",
+  usage: `Usage: bulkhead engine screenshot --vm NAME --out FILE.png [--data DIR]
+
+  Captures the screen of the running VM NAME through its screen monitor; works whether
+  \`engine run\` is running or not. Replaces FILE.png if it exists.
+  DIR defaults to $BULKHEAD_ENGINE_DATA or ${DEFAULT_ENGINE_DATA_DIR}.`,
+  options: { vm: { type: 'string' }, out: { type: 'string' }, data: { type: 'string' } },
+  async run(inv, ctx) {
+    const vm = requireString(inv, 'vm');
+    const out = requireString(inv, 'out');
+    const shot = await takeScreenshot(dataDir(inv), vm);
+    try {
+      await writeFile(out, shot.png);
+    } catch (err) {
+      throw new BulkheadError(
+        ErrorCodes.INPUT_UNREADABLE,
+        `cannot write ${out}: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+    const result = {
+      vm,
+      out,
+      width: shot.width,
+      height: shot.height,
+      bytes: shot.png.length,
+      variance: Math.round(shot.variance * 100) / 100,
+    };
+    if (!inv.json) ctx.out(`Saved the screen of ${vm} (${shot.width}×${shot.height}) to ${out}`);
+    return result;
+  },
+};
+
 export const engineCommands: Command[] = [
   enrollCommand,
   statusCommand,
   acceptCommand,
+  screenshotCommand,
   engineRunCommand,
 ];

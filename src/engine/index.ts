@@ -34,6 +34,7 @@ export {
 export { EventQueue, PROTECTED_EVENT_TYPES, readQueueDepth, type NewEvent } from './queue.ts';
 export * from './state.ts';
 export { formatEngineStatus, readEngineStatus, type EngineStatus } from './status.ts';
+export { takeScreenshot, type Screenshot } from './screenshot.ts';
 export { acceptUpdate } from './update/accept.ts';
 export { UPDATE_STATES, type UpdateState } from './update/machine.ts';
 export {

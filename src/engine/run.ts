@@ -10,6 +10,7 @@ import { createQemuDriver, createSimDriver } from './hypervisor/index.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from './hypervisor/types.ts';
 import { loadIdentity } from './identity.ts';
 import { lockDataDir } from './lock.ts';
+import { takeScreenshot } from './screenshot.ts';
 import type { Log } from './log.ts';
 import type { NewEvent } from './queue.ts';
 import { createReconciler, type Reconciler } from './reconcile.ts';
@@ -118,6 +119,12 @@ export async function createEngineReconciler(
     transactions,
     report: parts.report,
     connectAgent,
+    ...(config.hypervisor === 'sim'
+      ? {}
+      : {
+          screenVariance: async (vm: string) =>
+            (await takeScreenshot(dataDir, vm, { timeoutMs: 10_000 })).variance,
+        }),
     clock,
     log,
     dataVolumeBytes: config.dataVolumeBytes,

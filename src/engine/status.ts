@@ -339,7 +339,7 @@ function megabytes(bytes: number): string {
 }
 
 /** Whether a VM's QEMU runs: its pidfile in the run dir, and whether that pid is alive. */
-async function runStateOf(runDir: string): Promise<VmRunState> {
+export async function runStateOf(runDir: string): Promise<VmRunState> {
   let text: string;
   try {
     text = await readFile(join(runDir, 'qemu.pid'), 'utf8');

@@ -41,8 +41,8 @@ export type IsolationPolicy = z.infer<typeof IsolationPolicySchema>;
 
 /**
  * When a switched VM counts as healthy (DESIGN §3): the guest agent answers within
- * `timeoutSeconds` of the VM starting, and `command`, if given, run through the guest agent,
- * exits 0 within the same time.
+ * `timeoutSeconds` of the VM starting, `command`, if given, run through the guest agent,
+ * exits 0 within the same time, and with `screen` the VM's screen is not blank by then.
  */
 export const HealthCheckSchema = z.strictObject({
   timeoutSeconds: z.number().int().min(5).max(3600).default(120),
@@ -52,6 +52,11 @@ export const HealthCheckSchema = z.strictObject({
     .min(1)
     .max(64)
     .optional(),
+  /**
+   * Whether the VM's screen must show something (not one colour) within the same time: a VM
+   * stuck at a black screen is unhealthy even if its agent answers. Absent: not checked.
+   */
+  screen: z.boolean().optional(),
 });
 export type HealthCheck = z.infer<typeof HealthCheckSchema>;
 

@@ -159,6 +159,8 @@ test('publishers, images and profiles are managed by name from the CLI', async (
     '60',
     '--health-command',
     '/bin/check --quick',
+    '--health-screen',
+    'on',
     '--lease-days',
     '14',
     '--cpus',
@@ -174,7 +176,17 @@ test('publishers, images and profiles are managed by name from the CLI', async (
   assert.match(work, /^ {2}data volume +encrypted/m);
   assert.match(
     work,
-    /^ {2}health check +guest agent answers within 60 s, then `\/bin\/check --quick`/m,
+    /^ {2}health check +guest agent answers within 60 s, then `\/bin\/check --quick` exits 0, and the screen is not blank$/m,
+  );
+  assert.deepEqual((await json(['profiles', 'show', 'work'])).healthCheck, {
+    timeoutSeconds: 60,
+    command: ['/bin/check', '--quick'],
+    screen: true,
+  });
+  assertFails(
+    await cli(['profiles', 'edit', 'work', '--health-screen', 'yes']),
+    2,
+    /--health-screen must be on or off, not "yes"/,
   );
   assert.match(work, /^ {2}offline lease +14 days$/m);
   assert.match(work, /^ {2}resources +1 CPU, 1024 MiB$/m);
@@ -195,6 +207,8 @@ test('publishers, images and profiles are managed by name from the CLI', async (
     '046d:c52b',
     '--health-command',
     '',
+    '--health-screen',
+    'off',
   ]);
   const edited = await json(['profiles', 'show', 'work']);
   assert.deepEqual(edited.isolation, {

@@ -35,6 +35,7 @@ const ELSEWHERE: [prefix: string, why: string][] = [
     'bulkhead engine run',
     'runs VMs until stopped; test/integration/engine-process.test.ts and test/qemu run it',
   ],
+  ['bulkhead engine screenshot', 'needs a running VM: test/qemu/screen.test.ts runs it'],
 ];
 
 interface Block {

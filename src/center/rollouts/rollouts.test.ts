@@ -102,7 +102,7 @@ async function center(t: TestContext, url: string) {
       name: 'work',
       systemImageId: systemImage,
       policy: { network: 'restricted', encryptData: true },
-      healthCheck: { timeoutSeconds: 90, command: ['/usr/libexec/ok'] },
+      healthCheck: { timeoutSeconds: 90, command: ['/usr/libexec/ok'], screen: true },
       leaseDays: 30,
       apps: [
         { appId: office, mode: 'default' },
@@ -248,7 +248,12 @@ for (const target of CENTER_TARGETS) {
       );
       assert.equal(work.policy.network, 'restricted');
       assert.equal(work.policy.encryptData, true);
-      assert.deepEqual(work.healthCheck, { timeoutSeconds: 90, command: ['/usr/libexec/ok'] });
+      // The screen check travels to Engine with the rest of the health check.
+      assert.deepEqual(work.healthCheck, {
+        timeoutSeconds: 90,
+        command: ['/usr/libexec/ok'],
+        screen: true,
+      });
       assert.deepEqual(work.resources, { cpus: 2, memoryMib: 2048 });
       assert.equal(work.resetPolicy, 'on-update');
       assert.deepEqual(work.lease, { days: 30, expiresAt: state.generatedAt + 30 * 86_400_000 });

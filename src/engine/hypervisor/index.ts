@@ -20,3 +20,14 @@ export {
   type RunFiles,
 } from './qemu-args.ts';
 export { QmpClient, QmpError, type QmpEvent } from './qmp.ts';
+export {
+  BLANK_VARIANCE,
+  brightnessVariance,
+  decodePng,
+  keyEvents,
+  keyStrokes,
+  Screen,
+  type Image,
+  type KeyStroke,
+  type MouseButton,
+} from './screen.ts';

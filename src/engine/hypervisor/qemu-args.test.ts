@@ -163,3 +163,17 @@ test('bad specs are refused naming what is wrong', () => {
   assert.equal(diskSerial('app:sixteen-chars-xy'), 'app-sixteen-chars-xy');
   assert.throws(() => diskSerial('app:seventeen-chars-xy'), /at most 16 characters/);
 });
+
+test('the screen: a VGA display, VNC on a socket in the run dir, and a second QMP monitor for screen tools', () => {
+  const { args, files } = buildQemuArgs(spec(), { accelerator: 'tcg' });
+  assert.ok(values(args, '-device').includes('VGA'), 'a VGA display device');
+  assert.deepEqual(values(args, '-vnc'), [`unix:${RUN_DIR}/vnc.sock`]);
+  // Engine's monitor and the screen tools' monitor are separate sockets, so a screenshot never
+  // waits for (or takes) the connection Engine holds.
+  assert.deepEqual(values(args, '-qmp'), [
+    `unix:${RUN_DIR}/qmp.sock,server=on,wait=off`,
+    `unix:${RUN_DIR}/screen.sock,server=on,wait=off`,
+  ]);
+  assert.equal(files.screen, `${RUN_DIR}/screen.sock`);
+  assert.deepEqual(values(args, '-display'), ['none'], 'no window on the host');
+});

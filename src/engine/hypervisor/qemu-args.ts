@@ -24,7 +24,13 @@ import type { VmDisk, VmSpec } from './types.ts';
 
 /** Files and sockets of one VM in its run directory. */
 export interface RunFiles {
+  /** Engine's own QMP monitor (one client at a time: the driver holds it). */
   qmp: string;
+  /**
+   * A second QMP monitor for screen tools (screendump, input): a screenshot taken while
+   * `engine run` holds `qmp` neither waits for nor takes Engine's connection.
+   */
+  screen: string;
   guestAgent: string;
   vnc: string;
   console: string;
@@ -38,6 +44,7 @@ export interface RunFiles {
 export function runFiles(runDir: string): RunFiles {
   return {
     qmp: join(runDir, 'qmp.sock'),
+    screen: join(runDir, 'screen.sock'),
     guestAgent: join(runDir, 'qga.sock'),
     vnc: join(runDir, 'vnc.sock'),
     console: join(runDir, 'console.log'),
@@ -116,7 +123,7 @@ export interface QemuArgsOptions {
  */
 export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuCommand {
   const files = runFiles(spec.runDir);
-  for (const path of [files.qmp, files.guestAgent, files.vnc]) {
+  for (const path of [files.qmp, files.screen, files.guestAgent, files.vnc]) {
     if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
       throw new BulkheadError(
         ErrorCodes.VALIDATION,
@@ -160,6 +167,13 @@ export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuComma
     '-no-user-config',
     '-display',
     'none',
+    // Standard VGA: it has the legacy text mode that SeaBIOS, boot loaders and Linux's vgacon
+    // draw on, OVMF drives it (QemuVideoDxe), and Windows runs on it with its in-box display
+    // driver, so the screen shows from firmware to desktop without guest drivers (bochs-display
+    // has no text mode; virtio-vga needs drivers Windows lacks).
+    '-device',
+    'VGA',
+    // The VNC socket lives in the run directory, which only Engine's user may enter (0700).
     '-vnc',
     `unix:${opt(files.vnc)}`,
     '-serial',
@@ -168,6 +182,8 @@ export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuComma
     files.pidfile,
     '-qmp',
     `unix:${opt(files.qmp)},server=on,wait=off`,
+    '-qmp',
+    `unix:${opt(files.screen)},server=on,wait=off`,
     ...(spec.policy.network === 'restricted'
       ? []
       : // QEMU may not spawn programs, change privileges or scheduling. Not with a restricted

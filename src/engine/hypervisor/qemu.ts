@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -165,7 +165,9 @@ export class QemuDriver implements HypervisorDriver {
           `exec ${[process.execPath, RELAY, host, String(port)].map(shellQuote).join(' ')} 2>/dev/null`,
         )}`,
     });
-    await mkdir(spec.runDir, { recursive: true });
+    // The run directory holds the VM's screen (VNC), monitors and guest agent: Engine's alone.
+    await mkdir(spec.runDir, { recursive: true, mode: 0o700 });
+    await chmod(spec.runDir, 0o700);
     await cleanRunDir(files, spec.runDir);
     if (consoleLog) {
       await mkdir(dirname(consoleLog), { recursive: true, mode: 0o700 });
@@ -534,7 +536,7 @@ async function readMeta(path: string): Promise<{ accelerator?: Accelerator } | u
 
 /** Removes what a VM that no longer runs left behind: sockets, pidfile, secrets. */
 async function cleanRunDir(files: RunFiles, runDir: string): Promise<void> {
-  for (const path of [files.qmp, files.guestAgent, files.vnc, files.pidfile]) {
+  for (const path of [files.qmp, files.screen, files.guestAgent, files.vnc, files.pidfile]) {
     await rm(path, { force: true });
   }
   await removeSecrets(runDir);

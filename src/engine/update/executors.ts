@@ -49,6 +49,11 @@ export interface UpdateDeps extends VolumeDeps {
   };
   /** Opens the guest agent of a running VM. */
   connectAgent: (status: VmStatus) => Promise<GuestAgentLink>;
+  /**
+   * How much a running VM's screen shows (brightness variance of a screenshot), for a health
+   * check with `screen`; absent where VMs have no screen (the simulated hypervisor).
+   */
+  screenVariance?: (vm: string) => Promise<number>;
   clock: Clock;
   log: Log;
   /** Direct kernel boot for appliance-style images and the test guest. */
@@ -158,8 +163,14 @@ async function bootHealthy(
     check: vm.healthCheck,
     startedAt,
     clock: deps.clock,
+    ...screenOf(deps, vm.name),
     ...(deps.signal ? { signal: deps.signal } : {}),
   });
+}
+
+function screenOf(deps: UpdateDeps, vm: string): { screenVariance?: () => Promise<number> } {
+  const variance = deps.screenVariance;
+  return variance ? { screenVariance: () => variance(vm) } : {};
 }
 
 function desiredVm(deps: UpdateDeps, tx: Transaction): DesiredVm {
@@ -320,6 +331,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
         check: vm.healthCheck,
         startedAt: tx.since,
         clock: deps.clock,
+        ...screenOf(deps, vm.name),
         ...(deps.signal ? { signal: deps.signal } : {}),
       });
       if (!result.healthy && deps.signal?.aborted) {

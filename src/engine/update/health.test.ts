@@ -74,3 +74,72 @@ test('health: the reasons name what failed', async () => {
     { healthy: false, reason: 'guest agent did not answer within 5 s' },
   );
 });
+
+test('health with screen: blank until the guest draws, then healthy; blank to the end is a reason', async () => {
+  const clock = manualClock();
+  // The screen shows something from 12 s on.
+  const screenVariance = async () => (clock.t < 12_000 ? 0 : 350);
+  assert.deepEqual(
+    await checkHealth({
+      connect: link(8000, clock),
+      check: { timeoutSeconds: 30, screen: true },
+      startedAt: 0,
+      clock,
+      screenVariance,
+    }),
+    { healthy: true },
+  );
+  assert.ok(clock.t >= 12_000, 'it waited for the screen');
+
+  const clock2 = manualClock();
+  assert.deepEqual(
+    await checkHealth({
+      connect: link(0, clock2),
+      check: { timeoutSeconds: 20, screen: true },
+      startedAt: 0,
+      clock: clock2,
+      screenVariance: async () => 0,
+    }),
+    {
+      healthy: false,
+      reason: 'the screen was still blank 20 s after boot (pixel variance 0.00, at most 0.5)',
+    },
+  );
+  // A screen that cannot be captured says why.
+  const clock3 = manualClock();
+  const failed = await checkHealth({
+    connect: link(0, clock3),
+    check: { timeoutSeconds: 5, screen: true },
+    startedAt: 0,
+    clock: clock3,
+    screenVariance: async () => {
+      throw new Error('no display surface');
+    },
+  });
+  assert.deepEqual(failed, {
+    healthy: false,
+    reason: 'the screen was still blank 5 s after boot (no screenshot: no display surface)',
+  });
+  // Without screen in the check, the screen is never looked at.
+  const clock4 = manualClock();
+  assert.deepEqual(
+    await checkHealth({
+      connect: link(0, clock4),
+      check: { timeoutSeconds: 5 },
+      startedAt: 0,
+      clock: clock4,
+      screenVariance: async () => 0,
+    }),
+    { healthy: true },
+  );
+  const clock5 = manualClock();
+  assert.deepEqual(
+    await checkHealth({
+      connect: link(0, clock5),
+      check: { timeoutSeconds: 5, screen: true },
+      startedAt: 0,
+      clock: clock5,
+    }),
+    { healthy: false, reason: 'the health check looks at the screen, but this VM has none' },
+  );
+});

@@ -1,5 +1,6 @@
 import type { HealthCheck } from '../../protocol/index.ts';
 import type { Clock } from '../clock.ts';
+import { BLANK_VARIANCE } from '../hypervisor/screen.ts';
 
 /**
  * What a health check needs of the guest agent (qemu-ga): a connection that answers
@@ -26,11 +27,19 @@ export interface CheckHealthOptions {
   signal?: AbortSignal;
   /** Pause between attempts to reach the agent (default 1 s). */
   retryMs?: number;
+  /**
+   * How much the VM's screen shows now: the brightness variance of a screenshot (0 for one
+   * colour). Needed when `check.screen` is on; a hypervisor without screens leaves it out.
+   */
+  screenVariance?: () => Promise<number>;
+  /** At or below this variance the screen counts as blank (default BLANK_VARIANCE). */
+  blankVariance?: number;
 }
 
 /**
  * Health as DESIGN §3 defines it: the guest agent answers within `timeoutSeconds` of the VM's
- * start, and the optional command, run through the agent, exits 0 within the same time.
+ * start, the optional command, run through the agent, exits 0 within the same time, and with
+ * `check.screen` the screen is not blank by then.
  * Never throws for an unhealthy guest: the reason says what failed.
  */
 export async function checkHealth(options: CheckHealthOptions): Promise<HealthResult> {
@@ -62,21 +71,64 @@ export async function checkHealth(options: CheckHealthOptions): Promise<HealthRe
         reason: `guest agent did not answer within ${check.timeoutSeconds} s`,
       };
     }
-    if (!check.command) return { healthy: true };
-    const left = Math.max(1000, deadline - clock.now());
-    let exitCode: number;
-    try {
-      ({ exitCode } = await link.exec(check.command, left));
-    } catch (err) {
-      return {
-        healthy: false,
-        reason: `health check command did not finish within ${check.timeoutSeconds} s of boot (${err instanceof Error ? err.message : String(err)})`,
-      };
+    if (check.command) {
+      const failed = await runCommand(link, check, check.command, deadline, clock);
+      if (failed) return failed;
     }
-    return exitCode === 0
-      ? { healthy: true }
-      : { healthy: false, reason: `health check command exited ${exitCode}` };
+    return check.screen ? await checkScreen(options, deadline) : { healthy: true };
   } finally {
     await link?.close();
   }
+}
+
+/** Runs the check's command; null when it exited 0, else why it failed. */
+async function runCommand(
+  link: GuestAgentLink,
+  check: HealthCheck,
+  command: readonly string[],
+  deadline: number,
+  clock: Clock,
+): Promise<HealthResult | null> {
+  const left = Math.max(1000, deadline - clock.now());
+  let exitCode: number;
+  try {
+    ({ exitCode } = await link.exec(command, left));
+  } catch (err) {
+    return {
+      healthy: false,
+      reason: `health check command did not finish within ${check.timeoutSeconds} s of boot (${err instanceof Error ? err.message : String(err)})`,
+    };
+  }
+  return exitCode === 0
+    ? null
+    : { healthy: false, reason: `health check command exited ${exitCode}` };
+}
+
+/**
+ * Looks at the screen until it shows something, up to the deadline (a guest may answer its
+ * agent before it has drawn anything); at least once, however late the agent answered.
+ */
+async function checkScreen(options: CheckHealthOptions, deadline: number): Promise<HealthResult> {
+  const { clock, check } = options;
+  if (!options.screenVariance) {
+    return { healthy: false, reason: 'the health check looks at the screen, but this VM has none' };
+  }
+  const blank = options.blankVariance ?? BLANK_VARIANCE;
+  let last = 'no screenshot';
+  for (;;) {
+    try {
+      const variance = await options.screenVariance();
+      if (variance > blank) return { healthy: true };
+      last = `pixel variance ${variance.toFixed(2)}, at most ${blank}`;
+    } catch (err) {
+      last = `no screenshot: ${err instanceof Error ? err.message : String(err)}`;
+    }
+    const left = deadline - clock.now();
+    if (left <= 0 || options.signal?.aborted) break;
+    await clock.sleep(Math.min(options.retryMs ?? 1000, left), options.signal);
+  }
+  return {
+    healthy: false,
+    reason: `the screen was still blank ${check.timeoutSeconds} s after boot (${last})`,
+  };
 }

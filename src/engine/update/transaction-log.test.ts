@@ -235,3 +235,66 @@ test('Engine stopping during a health check does not roll back: the next start r
   await next.reconciler.reconcile(desired('2', 2));
   assert.ok(next.log.entries.some((e) => e.msg === 'work: committed os@2'));
 });
+
+test('a health check with the screen: a version whose screen stays blank is rolled back, saying so', async (t) => {
+  await tool('qemu-img', ['--version'], 'qemu-utils');
+  const dataDir = await tempDir(t);
+  const log = recordingLog();
+  const clock = systemClock;
+  const hypervisor = createSimDriver();
+  const goldens = {
+    ensure: async (v: VolumeRef) => {
+      const path = join(dataDir, `golden-${v.versionId}.raw`);
+      await writeFile(path, Buffer.alloc(v.size));
+      return { golden: { path }, pulled: true, downloadedBytes: v.size, reusedBytes: 0 };
+    },
+    list: async () => [],
+    gc: async () => [],
+  } as unknown as GoldenStore;
+  // os@2 answers its agent but its screen stays black.
+  let running = '';
+  const start = hypervisor.start.bind(hypervisor);
+  hypervisor.start = async (spec) => {
+    running = spec.version ?? '';
+    return start(spec);
+  };
+  const looked: string[] = [];
+  const reconciler = createReconciler({
+    dataDir,
+    goldens,
+    hypervisor,
+    records: new VmRecords(engineFiles(dataDir, { clock, log }).engineState, clock),
+    transactions: new TransactionFiles(dataDir, clock, log),
+    report: async () => {},
+    connectAgent: async () => ({
+      ping: async () => {},
+      exec: async () => ({ exitCode: 0 }),
+      close: () => {},
+    }),
+    screenVariance: async (vm) => {
+      looked.push(vm);
+      return running === 'os@2' ? 0 : 420;
+    },
+    clock,
+    log,
+    dataVolumeBytes: 1 << 20,
+    switchDeadlineMs: 0,
+    stopTimeoutMs: 1000,
+  });
+  const withScreen = (version: string, revision: number): DesiredState => {
+    const state = desired(version, revision);
+    state.vms[0]!.healthCheck = { timeoutSeconds: 5, screen: true };
+    return state;
+  };
+  await reconciler.reconcile(withScreen('1', 1));
+  await reconciler.reconcile(withScreen('2', 2));
+  const said = log.entries.map((e) => e.msg);
+  const reason = 'the screen was still blank 5 s after boot (pixel variance 0.00, at most 0.5)';
+  assert.ok(said.includes(`work: health check of os@2 failed: ${reason}`), said.join('\n'));
+  assert.ok(said.includes(`work: rolled back to os@1; os@2 is marked bad (${reason})`));
+  assert.equal(running, 'os@1', 'the VM runs the previous version again');
+  assert.ok(
+    looked.length >= 2 && looked.every((vm) => vm === 'work'),
+    'the screen of work was looked at',
+  );
+});

@@ -1,0 +1,133 @@
+import assert from 'node:assert/strict';
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { GuestAgent } from '../../src/engine/guest-agent.ts';
+import {
+  BLANK_VARIANCE,
+  brightnessVariance,
+  createQemuDriver,
+  decodePng,
+  Screen,
+} from '../../src/engine/hypervisor/index.ts';
+import { ensureDataVolume } from '../../src/engine/volumes/overlays.ts';
+import { IsolationPolicySchema } from '../../src/protocol/index.ts';
+import { runCli } from '../support/cli.ts';
+import { tempDir, tool } from '../support/fixtures.ts';
+import { requireQemu, testGuest } from '../support/guest.ts';
+import { PATIENCE_MS, waitFor } from '../support/wait.ts';
+
+/*
+ * A VM's screen on real QEMU (TCG here): the test guest shows a shell on its VGA console (tty1);
+ * `bulkhead engine screenshot` captures it as a separate process while the driver (as `engine
+ * run` would) holds the VM's QMP connection, and text typed through the screen's input path
+ * reaches that shell.
+ */
+
+test('the screen of a running VM: a screenshot through the CLI shows it, typed text reaches the guest', async (t) => {
+  await requireQemu();
+  const { guest, volumes } = await testGuest();
+  const dataDir = await tempDir(t);
+  // Where `engine run` keeps the VM's run directory, so the CLI finds it from --data.
+  const runDir = join(dataDir, 'vms', 'work', 'run');
+  const system = join(dataDir, 'system.qcow2');
+  await tool(
+    'qemu-img',
+    ['create', '-q', '-f', 'qcow2', '-b', volumes.system.v1, '-F', 'raw', system],
+    'qemu-utils',
+  );
+  const data = join(dataDir, 'data.qcow2');
+  await ensureDataVolume(data, { sizeBytes: 32 * 1024 * 1024 });
+  const driver = createQemuDriver({ accel: 'tcg' });
+  t.after(() => driver.stop('work', { force: true }));
+  const status = await driver.start({
+    name: 'work',
+    cpus: 1,
+    memoryMib: 256,
+    kernel: { path: guest.kernel, initrd: guest.initrd, cmdline: guest.cmdline },
+    disks: [
+      { role: 'system', path: system, format: 'qcow2', readOnly: false },
+      { role: 'data', path: data, format: 'qcow2', readOnly: false },
+    ],
+    policy: IsolationPolicySchema.parse({ network: 'none' }),
+    runDir,
+  });
+  assert.equal(status.state, 'running');
+  // The VNC socket and the monitors are Engine's alone.
+  assert.equal((await stat(runDir)).mode & 0o777, 0o700);
+
+  const agent = await GuestAgent.waitUntilResponsive(status.guestAgentSocket!, PATIENCE_MS);
+  t.after(() => agent.close());
+  const sh = async (script: string) =>
+    (await agent.exec(['/bin/sh', '-c', script], { timeoutMs: PATIENCE_MS })).stdout.toString();
+  // The shell on the screen has opened tty1.
+  await waitFor('the shell on tty1', async () =>
+    (await sh('ls -l /proc/[0-9]*/fd/ 2>/dev/null')).includes('/dev/tty1'),
+  );
+
+  const out = join(dataDir, 'screen.png');
+  const shot = await runCli([
+    'engine',
+    'screenshot',
+    '--vm',
+    'work',
+    '--out',
+    out,
+    '--data',
+    dataDir,
+  ]);
+  assert.equal(shot.code, 0, shot.stderr);
+  assert.match(shot.stdout, /^Saved the screen of work \(\d+×\d+\) to .*screen\.png\n$/);
+  const image = decodePng(await readFile(out));
+  assert.ok(image.width >= 640 && image.height >= 400, `${image.width}×${image.height}`);
+  const variance = brightnessVariance(image);
+  assert.ok(variance > BLANK_VARIANCE, `the screen is not blank (variance ${variance})`);
+
+  // Typed on the VM's keyboard (shift included), as a person at its screen would.
+  const screen = await Screen.open(runDir);
+  t.after(() => screen.close());
+  await screen.type('echo Typed! >/data/typed\n');
+  const typed = await waitFor('the typed command to run', async () => {
+    const text = await sh('cat /data/typed 2>/dev/null');
+    return text === '' ? undefined : text;
+  });
+  assert.equal(typed, 'Typed!\n');
+
+  // --json keeps every field.
+  const json = await runCli([
+    'engine',
+    'screenshot',
+    '--vm',
+    'work',
+    '--out',
+    out,
+    '--data',
+    dataDir,
+    '--json',
+  ]);
+  assert.equal(json.code, 1, 'the screen monitor is held by the open Screen: busy, not a hang');
+  assert.match(json.stderr, /busy/);
+  screen.close();
+  const again = await runCli([
+    'engine',
+    'screenshot',
+    '--vm',
+    'work',
+    '--out',
+    out,
+    '--data',
+    dataDir,
+    '--json',
+  ]);
+  assert.equal(again.code, 0, again.stderr);
+  const result = JSON.parse(again.stdout) as Record<string, unknown>;
+  assert.deepEqual(Object.keys(result).sort(), [
+    'bytes',
+    'height',
+    'out',
+    'variance',
+    'vm',
+    'width',
+  ]);
+  assert.ok((result['variance'] as number) > BLANK_VARIANCE);
+});
