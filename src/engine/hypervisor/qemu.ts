@@ -11,6 +11,7 @@ import { chooseAccelerator, type Accelerator, type KvmProbeResult } from './kvm-
 import { buildQemuArgs, runFiles, type RunFiles } from './qemu-args.ts';
 import { QmpClient, type QmpEvent } from './qmp.ts';
 import { secretFifo, type SecretFifo } from '../secret-fifo.ts';
+import { ensureVarsStore, startSwtpm, stopSwtpm } from './swtpm.ts';
 import type { HypervisorDriver, VmEvent, VmRunState, VmSpec, VmStatus } from './types.ts';
 
 /*
@@ -180,6 +181,9 @@ export class QemuDriver implements HypervisorDriver {
     let spawnError: Error | undefined;
     const fifos: SecretFifo[] = [];
     try {
+      // The firmware's variable store and the TPM exist before QEMU opens them.
+      if (spec.machine) await ensureVarsStore(spec.machine);
+      await startSwtpm(spec, files);
       // Keys reach QEMU through FIFOs: it reads each while opening the disks, before QMP
       // answers; `close` below removes them (and releases any QEMU never read).
       for (const s of command.secrets) fifos.push(await secretFifo(s.path, s.content));
@@ -246,6 +250,7 @@ export class QemuDriver implements HypervisorDriver {
         }
         await waitFor(entry, 5000);
       }
+      await stopSwtpm(files);
       if (err instanceof BulkheadError) throw err;
       throw new BulkheadError(
         ErrorCodes.INTERNAL,
@@ -532,8 +537,9 @@ async function readMeta(path: string): Promise<{ accelerator?: Accelerator } | u
   }
 }
 
-/** Removes what a VM that no longer runs left behind: sockets, pidfile, secrets. */
+/** Removes what a VM that no longer runs left behind: its swtpm, sockets, pidfile, secrets. */
 async function cleanRunDir(files: RunFiles, runDir: string): Promise<void> {
+  await stopSwtpm(files);
   for (const path of [files.qmp, files.guestAgent, files.vnc, files.pidfile]) {
     await rm(path, { force: true });
   }
