@@ -173,6 +173,10 @@ export class QemuDriver implements HypervisorDriver {
       // Room for this boot's log among the last CONSOLES_KEPT.
       await pruneConsoleLogs(dirname(consoleLog), CONSOLES_KEPT - 1);
     }
+    // The firmware's variable store and the TPM exist before QEMU opens them (startSwtpm
+    // stops what it started when it fails).
+    if (spec.machine) await ensureVarsStore(spec.machine);
+    await startSwtpm(spec, files);
     const entry = newEntry(spec.name, spec.runDir, files);
     entry.state = 'starting';
     entry.accelerator = accelerator;
@@ -181,9 +185,6 @@ export class QemuDriver implements HypervisorDriver {
     let spawnError: Error | undefined;
     const fifos: SecretFifo[] = [];
     try {
-      // The firmware's variable store and the TPM exist before QEMU opens them.
-      if (spec.machine) await ensureVarsStore(spec.machine);
-      await startSwtpm(spec, files);
       // Keys reach QEMU through FIFOs: it reads each while opening the disks, before QMP
       // answers; `close` below removes them (and releases any QEMU never read).
       for (const s of command.secrets) fifos.push(await secretFifo(s.path, s.content));
