@@ -156,6 +156,11 @@ async function seed(url: string, count: number): Promise<string[]> {
         cpus: 2,
         memory_mib: 4096,
         reset_policy: 'on-update',
+        firmware: 'bios',
+        secure_boot: 'off',
+        tpm: 'off',
+        guest_os: 'linux',
+        guest_devices: 'virtio',
         created_at: at,
         updated_at: at,
       })

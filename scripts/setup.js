@@ -23,6 +23,9 @@ const packages = {
     ['busybox-static', 'busybox'],
     // Engine runs VMs with QEMU (KVM when it works, TCG otherwise).
     ['qemu-system-x86', 'qemu-system-x86_64'],
+    // UEFI firmware for profiles with `--firmware uefi`; a per-VM TPM for `--tpm on`.
+    ['ovmf', '/usr/share/OVMF/OVMF_CODE_4M.fd'],
+    ['swtpm', 'swtpm'],
   ],
   test: [
     // Reflink (shared-extent) copies are tested on a loop-mounted XFS file system.

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { basename, extname } from 'node:path';
 import {
   BulkheadError,
+  DEFAULT_VM_MACHINE,
   endpoints,
   ErrorCodes,
   HealthCheckSchema,
@@ -20,6 +21,7 @@ import {
   type ProfileApp,
   type Publisher,
   type UpdateProfileRequest,
+  type VmMachineHint,
 } from '../protocol/index.ts';
 import { loadPublicKey } from '../signing/index.ts';
 import {
@@ -340,7 +342,13 @@ const PROFILE_FLAGS = `  --image NAME              its system image, one of Cent
   --health-screen on|off    the VM's screen must not be blank (one colour) by the timeout
   --lease-days N            days the VM may run without contact with Center (default 30)
   --cpus N  --memory MIB    the VM's resources (default 2 CPUs, 4096 MiB)
-  --reset on-update|on-boot when the system overlay is discarded (default on-update)`;
+  --reset on-update|on-boot when the system overlay is discarded (default on-update)
+  --firmware bios|uefi      the VM's firmware (default bios)
+  --secure-boot on|off      UEFI Secure Boot with Microsoft's keys (needs --firmware uefi)
+  --tpm on|off              a TPM 2.0, its state encrypted at rest (default off)
+  --os linux|windows        the guest OS: windows adds Hyper-V enlightenments, local-time clock
+  --devices virtio|compat   paravirtual devices, or AHCI/e1000/USB tablet for guests without
+                            virtio drivers (default virtio)`;
 
 const profileOptions = {
   ...connectionOptions,
@@ -360,7 +368,37 @@ const profileOptions = {
   cpus: { type: 'string' },
   memory: { type: 'string' },
   reset: { type: 'string' },
+  firmware: { type: 'string' },
+  'secure-boot': { type: 'string' },
+  tpm: { type: 'string' },
+  os: { type: 'string' },
+  devices: { type: 'string' },
 } as const;
+
+/** The machine `current` changed by the flags given. */
+function machineFrom(inv: Invocation, current: VmMachineHint): VmMachineHint {
+  const firmware = oneOf(inv, 'firmware', ['bios', 'uefi'] as const);
+  const secureBoot = onOff(inv, 'secure-boot');
+  const tpm = onOff(inv, 'tpm');
+  const os = oneOf(inv, 'os', ['linux', 'windows'] as const);
+  const devices = oneOf(inv, 'devices', ['virtio', 'compat'] as const);
+  const machine: VmMachineHint = {
+    firmware: firmware ?? current.firmware,
+    secureBoot: secureBoot ?? current.secureBoot,
+    tpm: tpm ?? current.tpm,
+    os: os ?? current.os,
+    devices: devices ?? current.devices,
+  };
+  if (machine.secureBoot && machine.firmware !== 'uefi') {
+    throw new BulkheadError(
+      ErrorCodes.USAGE,
+      secureBoot
+        ? '--secure-boot on needs --firmware uefi (BIOS has no Secure Boot)'
+        : '--firmware bios: the profile has Secure Boot on; add --secure-boot off',
+    );
+  }
+  return machine;
+}
 
 /** What a profile's lookups need: Center's images and apps, by id and by name. */
 interface Catalog {
@@ -551,6 +589,14 @@ function printProfile(ctx: CommandContext, p: Profile, catalog: Catalog): void {
     ['offline lease', `${p.leaseDays} days`],
     ['resources', `${p.cpus} CPU${p.cpus === 1 ? '' : 's'}, ${p.memoryMib} MiB`],
     ['system overlay', p.resetPolicy === 'on-boot' ? 'reset at every boot' : 'reset on update'],
+    [
+      'firmware',
+      p.machine.firmware === 'uefi'
+        ? `uefi, Secure Boot ${p.machine.secureBoot ? 'on' : 'off'}`
+        : 'bios',
+    ],
+    ['tpm', p.machine.tpm ? 'TPM 2.0 (state encrypted at rest)' : 'none'],
+    ['guest', `${p.machine.os}, ${p.machine.devices} devices`],
     ['devices', String(p.devices)],
   ];
   ctx.out(`${p.name}${p.description ? `: ${p.description}` : ''}`);
@@ -627,6 +673,7 @@ ${CONNECTION_USAGE}`,
         ...(cpus === undefined ? {} : { cpus }),
         ...(memory === undefined ? {} : { memoryMib: memory }),
         ...(reset === undefined ? {} : { resetPolicy: reset }),
+        machine: machineFrom(inv, DEFAULT_VM_MACHINE),
       },
     });
     if (!inv.json) {
@@ -674,6 +721,7 @@ ${CONNECTION_USAGE}`,
     const isolation = isolationFrom(inv, current.isolation, removed);
     const healthCheck = healthFrom(inv, current.healthCheck);
     const apps = appsFrom(inv, catalog, current.apps, stringList(inv, 'remove-app'));
+    const machine = machineFrom(inv, current.machine);
     const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
     const body: UpdateProfileRequest = {
       ...(rename === undefined ? {} : { name: shortNameOf(rename, '--rename') }),
@@ -686,6 +734,7 @@ ${CONNECTION_USAGE}`,
       ...(cpus === undefined ? {} : { cpus }),
       ...(memory === undefined ? {} : { memoryMib: memory }),
       ...(reset === undefined ? {} : { resetPolicy: reset }),
+      ...(same(machine, current.machine) ? {} : { machine }),
     };
     if (Object.keys(body).length === 0) {
       throw new BulkheadError(

@@ -4,6 +4,7 @@ import {
   HealthCheckSchema,
   IsolationPolicySchema,
   ResetPolicySchema,
+  VmMachineSchema,
   VmResourcesSchema,
 } from './policy.ts';
 import { CommandKindSchema, CommandResultEventSchema, DeviceEventSchema } from './events.ts';
@@ -157,11 +158,14 @@ export const DesiredVmSchema = z.object({
   healthCheck: HealthCheckSchema,
   resources: VmResourcesSchema,
   resetPolicy: ResetPolicySchema,
+  /** Firmware, TPM and guest OS hint; absent (from an older Center): the defaults. */
+  machine: VmMachineSchema.optional(),
   /** The offline lease: past `expiresAt` without a newer document, the VM does not start. */
   lease: z.object({ days: z.number().int().min(1), expiresAt: EpochMsSchema }),
   /**
    * Key of the VM's encrypted data volume (base64, 32 bytes), escrowed at Center; present only
-   * when the policy encrypts data. It travels in the signed document unwrapped, and
+   * when the policy encrypts data or the machine has a TPM (whose state is encrypted with a
+   * key derived from it; the data volume is encrypted only when the policy says so). It travels in the signed document unwrapped, and
    * Engine keeps that document as it came, key included, in `desired-state.json` (mode 0600)
    * in its data directory, so VMs start offline; from there it reaches qemu-img and QEMU only
    * through named pipes. Not yet wrapped to the device's key or sealed by the TPM (DESIGN §4).

@@ -5,6 +5,8 @@ import {
   HealthCheckSchema,
   IsolationPolicySchema,
   ResetPolicySchema,
+  DEFAULT_VM_MACHINE,
+  VmMachineSchema,
   VmResourcesSchema,
 } from './policy.ts';
 
@@ -113,6 +115,8 @@ export const ProfileSchema = z.object({
   cpus: z.number().int(),
   memoryMib: z.number().int(),
   resetPolicy: ResetPolicySchema,
+  /** Firmware, Secure Boot, TPM and the guest OS hint. */
+  machine: VmMachineSchema,
   /** Devices holding the profile. */
   devices: z.number().int(),
   createdAt: EpochMsSchema,
@@ -140,6 +144,7 @@ export const CreateProfileRequestSchema = z.strictObject({
   cpus: VmResourcesSchema.shape.cpus.default(2),
   memoryMib: VmResourcesSchema.shape.memoryMib.default(4096),
   resetPolicy: ResetPolicySchema.default('on-update'),
+  machine: VmMachineSchema.default(DEFAULT_VM_MACHINE),
 });
 export type CreateProfileRequest = z.infer<typeof CreateProfileRequestSchema>;
 
@@ -155,6 +160,8 @@ export const UpdateProfileRequestSchema = z
     cpus: VmResourcesSchema.shape.cpus.optional(),
     memoryMib: VmResourcesSchema.shape.memoryMib.optional(),
     resetPolicy: ResetPolicySchema.optional(),
+    /** Replaces the whole machine (fields left out take their defaults). */
+    machine: VmMachineSchema.optional(),
   })
   .refine((b) => Object.keys(b).length > 0, { message: 'give at least one field to change' });
 export type UpdateProfileRequest = z.infer<typeof UpdateProfileRequestSchema>;

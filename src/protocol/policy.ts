@@ -74,3 +74,32 @@ export const VmResourcesSchema = z.strictObject({
     .max(1024 * 1024),
 });
 export type VmResources = z.infer<typeof VmResourcesSchema>;
+
+/**
+ * The virtual machine a profile's VM is (issue 12): its firmware, whether it has Secure Boot
+ * (UEFI only) and a TPM 2.0, and a hint of the guest OS with the device set it has drivers for
+ * (`virtio`: paravirtual; `compat`: AHCI disks, an e1000 NIC, a USB tablet). The defaults are
+ * what every VM was before: BIOS, no TPM, Linux on virtio.
+ */
+export const VmMachineSchema = z
+  .strictObject({
+    firmware: z.enum(['bios', 'uefi']).default('bios'),
+    secureBoot: z.boolean().default(false),
+    tpm: z.boolean().default(false),
+    os: z.enum(['linux', 'windows']).default('linux'),
+    devices: z.enum(['virtio', 'compat']).default('virtio'),
+  })
+  .refine((m) => !m.secureBoot || m.firmware === 'uefi', {
+    message: 'Secure Boot needs firmware uefi: set firmware to uefi, or turn secureBoot off',
+    path: ['secureBoot'],
+  });
+export type VmMachineHint = z.infer<typeof VmMachineSchema>;
+
+/** The machine every VM had before profiles could choose one. */
+export const DEFAULT_VM_MACHINE: VmMachineHint = {
+  firmware: 'bios',
+  secureBoot: false,
+  tpm: false,
+  os: 'linux',
+  devices: 'virtio',
+};

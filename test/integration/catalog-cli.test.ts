@@ -221,6 +221,84 @@ test('publishers, images and profiles are managed by name from the CLI', async (
   assert.deepEqual(edited.healthCheck, { timeoutSeconds: 60 });
   assert.equal(edited.leaseDays, 14, 'what was not given stays');
   assert.match(await ok(['profiles', 'list']), /^work\s+os\s+nat\s+encrypted\s+14 d\s/m);
+
+  // The machine: BIOS, no TPM, Linux on virtio until a profile chooses otherwise.
+  assert.deepEqual(edited.machine, {
+    firmware: 'bios',
+    secureBoot: false,
+    tpm: false,
+    os: 'linux',
+    devices: 'virtio',
+  });
+  assert.match(work, /^ {2}firmware +bios$/m);
+  assert.match(work, /^ {2}tpm +none$/m);
+  assertFails(
+    await cli(['profiles', 'edit', 'work', '--secure-boot', 'on']),
+    2,
+    /--secure-boot on needs --firmware uefi/,
+  );
+  assertFails(
+    await cli(['profiles', 'edit', 'work', '--firmware', 'efi']),
+    2,
+    /--firmware must be one of bios, uefi, not "efi"/,
+  );
+  assertFails(
+    await cli(['profiles', 'edit', 'work', '--tpm', 'yes']),
+    2,
+    /--tpm must be on or off/,
+  );
+  await ok([
+    'profiles',
+    'edit',
+    'work',
+    '--firmware',
+    'uefi',
+    '--secure-boot',
+    'on',
+    '--tpm',
+    'on',
+    '--os',
+    'windows',
+    '--devices',
+    'compat',
+  ]);
+  const windows = await ok(['profiles', 'show', 'work']);
+  assert.match(windows, /^ {2}firmware +uefi, Secure Boot on$/m);
+  assert.match(windows, /^ {2}tpm +TPM 2\.0 \(state encrypted at rest\)$/m);
+  assert.match(windows, /^ {2}guest +windows, compat devices$/m);
+  assertFails(
+    await cli(['profiles', 'edit', 'work', '--firmware', 'bios']),
+    2,
+    /the profile has Secure Boot on; add --secure-boot off/,
+  );
+  await ok(['profiles', 'edit', 'work', '--firmware', 'bios', '--secure-boot', 'off']);
+  assert.deepEqual((await json(['profiles', 'show', 'work'])).machine, {
+    firmware: 'bios',
+    secureBoot: false,
+    tpm: true,
+    os: 'windows',
+    devices: 'compat',
+  });
+  const osCreated = await json([
+    'profiles',
+    'create',
+    '--name',
+    'uefi-vm',
+    '--image',
+    'os',
+    '--firmware',
+    'uefi',
+    '--tpm',
+    'on',
+  ]);
+  assert.deepEqual(osCreated.machine, {
+    firmware: 'uefi',
+    secureBoot: false,
+    tpm: true,
+    os: 'linux',
+    devices: 'virtio',
+  });
+  await ok(['profiles', 'delete', 'uefi-vm']);
   assert.match(await ok(['profiles', 'delete', 'work']), /^Deleted profile work\.$/m);
   assertFails(await cli(['profiles', 'show', 'work']), 1, /no profile work/);
 

@@ -93,12 +93,13 @@ forEachDatabase("Center's database", async (t, databases) => {
             '0007_rate_limit_windows',
             '0008_admin_user_disabled',
             '0009_rollout_release',
+            '0010_profile_machine',
           ],
-          latest: '0009_rollout_release',
+          latest: '0010_profile_machine',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0009_rollout_release',
+          latest: '0010_profile_machine',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);
@@ -523,6 +524,11 @@ function seedRows(): SeedRows {
         cpus: 2,
         memory_mib: 4096,
         reset_policy: 'on-boot',
+        firmware: 'uefi',
+        secure_boot: 'on',
+        tpm: 'on',
+        guest_os: 'windows',
+        guest_devices: 'compat',
         created_at: NOW,
         updated_at: NOW,
       },
@@ -537,6 +543,11 @@ function seedRows(): SeedRows {
         cpus: 1,
         memory_mib: 2048,
         reset_policy: 'on-update',
+        firmware: 'bios',
+        secure_boot: 'off',
+        tpm: 'off',
+        guest_os: 'linux',
+        guest_devices: 'virtio',
         created_at: NOW,
         updated_at: NOW,
       },

@@ -353,6 +353,11 @@ export async function insertProfile(
       cpus: 2,
       memory_mib: 2048,
       reset_policy: 'on-update',
+      firmware: 'bios',
+      secure_boot: 'off',
+      tpm: 'off',
+      guest_os: 'linux',
+      guest_devices: 'virtio',
       created_at: at,
       updated_at: at,
     })

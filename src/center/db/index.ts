@@ -1,7 +1,7 @@
 // Center's database layer: open a database by URL, bring its schema up to date, query it
 // through Kysely with the `Database` types. The same code runs on SQLite and PostgreSQL.
 export { constraintViolation, refuseViolation, type ConstraintKind } from './constraints.ts';
-export { hasRow } from './rows.ts';
+export { hasRow, machineOfRow } from './rows.ts';
 export { newId } from './ids.ts';
 export type { DatabaseLog } from './log.ts';
 export { migrateToLatest, type MigrationReport } from './migrations.ts';

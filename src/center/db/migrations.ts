@@ -525,6 +525,27 @@ async function rolloutRelease(db: AnyDb): Promise<void> {
 }
 
 /**
+ * A profile's machine: its firmware (`bios`, `uefi`), Secure Boot and TPM (`on`/`off`: no
+ * booleans, see schema.ts), and the guest OS hint with its device set. Existing profiles get
+ * the defaults, which are what they ran on before (BIOS, no TPM, Linux on virtio).
+ */
+async function profileMachine(db: AnyDb): Promise<void> {
+  const columns: [string, string[], string][] = [
+    ['firmware', ['bios', 'uefi'], 'bios'],
+    ['secure_boot', ['on', 'off'], 'off'],
+    ['tpm', ['on', 'off'], 'off'],
+    ['guest_os', ['linux', 'windows'], 'linux'],
+    ['guest_devices', ['virtio', 'compat'], 'virtio'],
+  ];
+  for (const [name, values, initial] of columns) {
+    await db.schema
+      .alterTable('profiles')
+      .addColumn(name, 'text', (c) => c.notNull().defaultTo(initial).check(oneOf(name, values)))
+      .execute();
+  }
+}
+
+/**
  * Every migration, by name; the Migrator runs them in name order. Names are recorded in every
  * database, so none is ever renamed: 0003 was never shipped, and the gap stays. New ones take
  * the next number with no gap (a test checks).
@@ -538,6 +559,7 @@ const migrations: Record<string, Migration> = {
   '0007_rate_limit_windows': { up: rateLimitWindows },
   '0008_admin_user_disabled': { up: adminUserDisabled },
   '0009_rollout_release': { up: rolloutRelease },
+  '0010_profile_machine': { up: profileMachine },
 };
 
 /** The names of every migration, in the order they run. */

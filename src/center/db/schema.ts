@@ -180,6 +180,16 @@ export interface ProfilesTable {
   memory_mib: number;
   /** When the system volume's overlay is discarded. */
   reset_policy: ResetPolicy;
+  /** The VM's firmware. */
+  firmware: 'bios' | 'uefi';
+  /** Secure Boot (only with `uefi`). */
+  secure_boot: 'on' | 'off';
+  /** A TPM 2.0 for the VM. */
+  tpm: 'on' | 'off';
+  /** The guest OS hint. */
+  guest_os: 'linux' | 'windows';
+  /** Paravirtual (`virtio`) or emulated (`compat`) disks, NIC and tablet. */
+  guest_devices: 'virtio' | 'compat';
   /** When it was created. */
   created_at: EpochMs;
   /** When a field of this row last changed. */

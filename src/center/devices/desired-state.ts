@@ -1,9 +1,10 @@
 import { hash, hkdfSync, type KeyObject } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
 import type { Logger } from 'pino';
-import type { Database, DeviceState, Row } from '../db/index.ts';
+import { machineOfRow, type Database, type DeviceState, type Row } from '../db/index.ts';
 import { signPayload, canonicalJson } from '../../signing/index.ts';
 import {
+  DEFAULT_VM_MACHINE,
   HealthCheckSchema,
   IsolationPolicySchema,
   type AppVolumeRef,
@@ -11,6 +12,7 @@ import {
   type DesiredVm,
   type PublicKeyRef,
   type SignedDesiredState,
+  type VmMachineHint,
 } from '../../protocol/index.ts';
 import { resolveVersions } from '../rollouts/resolve.ts';
 import { DOMAINS } from './credentials.ts';
@@ -301,6 +303,7 @@ async function buildVms(
       appRefs.push({ ...volume, appId: a.appId, name: a.name });
     }
     const leaseDays = Number(p.lease_days);
+    const machine = machineOfRow(p);
     vms.push({
       name: p.name,
       profileId: p.id,
@@ -311,12 +314,22 @@ async function buildVms(
       resources: { cpus: Number(p.cpus), memoryMib: Number(p.memory_mib) },
       resetPolicy: p.reset_policy,
       lease: { days: leaseDays, expiresAt: head.generatedAt + leaseDays * DAY_MS },
-      ...(policy.data.encryptData
+      // Only a machine other than the default is sent: documents of profiles that never chose
+      // one stay as they were.
+      ...(isDefaultMachine(machine) ? {} : { machine }),
+      // The TPM's state is encrypted with a key derived from the data key (Engine).
+      ...(policy.data.encryptData || machine.tpm
         ? { dataKey: deriveDataKey(signingKey, head.deviceId, p.id) }
         : {}),
     });
   }
   return vms;
+}
+
+function isDefaultMachine(m: VmMachineHint): boolean {
+  return (Object.keys(DEFAULT_VM_MACHINE) as (keyof VmMachineHint)[]).every(
+    (k) => m[k] === DEFAULT_VM_MACHINE[k],
+  );
 }
 
 function parseJson(text: string): unknown {

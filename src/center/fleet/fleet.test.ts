@@ -13,7 +13,7 @@ import {
 } from '../../../test/support/center.ts';
 import { PATIENCE_MS } from '../../../test/support/wait.ts';
 import { canonicalJson, signPayload } from '../../signing/index.ts';
-import { DEVICE_SIGNATURE_DOMAINS } from '../../protocol/index.ts';
+import { DEVICE_SIGNATURE_DOMAINS, type DesiredVm } from '../../protocol/index.ts';
 import { newId } from '../db/index.ts';
 
 const START = Date.UTC(2026, 4, 4, 8);
@@ -314,6 +314,82 @@ for (const target of CENTER_TARGETS) {
         assert.equal((await c.viewer('GET', path)).status, 200, path);
       }
     });
+
+    await t.test(
+      "a profile's machine: Secure Boot only with UEFI; the desired VM carries it, with a key for its TPM",
+      async (t) => {
+        const c = await center(t, await newUrl(t));
+        await insertVersion(c.db, c.images.system, '1', c.clock.ms, { release: true });
+        const bad = await c.admin('POST', '/profiles', {
+          name: 'win',
+          systemImageId: c.images.system,
+          machine: { secureBoot: true },
+        });
+        assert.equal(bad.status, 400);
+        assert.match(
+          bad.body.error.message,
+          /body\.machine\.secureBoot: Secure Boot needs firmware uefi/,
+        );
+        const plain = await c.admin(
+          'POST',
+          '/profiles',
+          { name: 'plain', systemImageId: c.images.system },
+          201,
+        );
+        assert.deepEqual(plain.body.machine, {
+          firmware: 'bios',
+          secureBoot: false,
+          tpm: false,
+          os: 'linux',
+          devices: 'virtio',
+        });
+        const win = await c.admin(
+          'POST',
+          '/profiles',
+          {
+            name: 'win',
+            systemImageId: c.images.system,
+            machine: { firmware: 'uefi', secureBoot: true, tpm: true, os: 'windows' },
+          },
+          201,
+        );
+        const badEdit = await c.admin('PATCH', `/profiles/${win.body.id}`, {
+          machine: { firmware: 'bios', secureBoot: true },
+        });
+        assert.equal(badEdit.status, 400);
+        assert.match(badEdit.body.error.message, /body\.machine\.secureBoot/);
+
+        const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+        const pc = await c.enrol(group.body.id);
+        await c.operator(
+          'PATCH',
+          `/devices/${pc.deviceId}`,
+          { profiles: [win.body.id, plain.body.id] },
+          200,
+        );
+        const res = await c.app.inject({
+          method: 'GET',
+          url: '/api/v1/device/desired-state',
+          headers: device(pc.bearer.token),
+        });
+        assert.equal(res.statusCode, 200);
+        const vms = (res.json() as { state: { vms: DesiredVm[] } }).state.vms;
+        const winVm = vms.find((v) => v.name === 'win');
+        const plainVm = vms.find((v) => v.name === 'plain');
+        assert.ok(winVm && plainVm, `both VMs: ${vms.map((v) => v.name).join(', ')}`);
+        assert.deepEqual(winVm.machine, {
+          firmware: 'uefi',
+          secureBoot: true,
+          tpm: true,
+          os: 'windows',
+          devices: 'virtio',
+        });
+        assert.equal(winVm.policy.encryptData, false);
+        assert.ok(winVm.dataKey, 'a VM with a TPM gets the key its TPM state is encrypted with');
+        assert.equal(plainVm.machine, undefined, 'a default machine leaves the document as it was');
+        assert.equal(plainVm.dataKey, undefined);
+      },
+    );
 
     await t.test('enrolment tokens: shown once, listed without the secret, revoked', async (t) => {
       const c = await center(t, await newUrl(t));

@@ -52,6 +52,11 @@ async function seed(db: Kysely<Database>, bulk: (db: Kysely<Database>) => Promis
       cpus: 2,
       memory_mib: 2048,
       reset_policy: 'on-update',
+      firmware: 'bios',
+      secure_boot: 'off',
+      tpm: 'off',
+      guest_os: 'linux',
+      guest_devices: 'virtio',
       created_at: START,
       updated_at: START,
     })

@@ -6,10 +6,11 @@ import {
   type Profile,
   type ProfileApp,
   type UpdateProfileRequest,
+  type VmMachineHint,
 } from '../../protocol/index.ts';
 import type { Actor } from '../admin/audit.ts';
 import { markChanged, runCommand, type CommandDeps } from '../changes/index.ts';
-import { newId, type Database, type Row } from '../db/index.ts';
+import { machineOfRow, newId, type Database, type Row } from '../db/index.ts';
 import { assertImageKind } from './apps.ts';
 import { badReference, notFound, refuseInUse, refuseNameTaken, type FleetDeps } from './common.ts';
 
@@ -31,9 +32,21 @@ function presentProfile(
     cpus: row.cpus,
     memoryMib: row.memory_mib,
     resetPolicy: row.reset_policy,
+    machine: machineOfRow(row),
     devices,
     createdAt: Number(row.created_at),
     updatedAt: Number(row.updated_at),
+  };
+}
+
+/** The columns of a machine. */
+function machineColumns(m: VmMachineHint) {
+  return {
+    firmware: m.firmware,
+    secure_boot: m.secureBoot ? ('on' as const) : ('off' as const),
+    tpm: m.tpm ? ('on' as const) : ('off' as const),
+    guest_os: m.os,
+    guest_devices: m.devices,
   };
 }
 
@@ -118,6 +131,7 @@ export async function createProfile(
     cpus: input.cpus,
     memory_mib: input.memoryMib,
     reset_policy: input.resetPolicy,
+    ...machineColumns(input.machine),
     created_at: at,
     updated_at: at,
   };
@@ -174,6 +188,7 @@ export async function updateProfile(
           cpus: input.cpus ?? current.cpus,
           memory_mib: input.memoryMib ?? current.memory_mib,
           reset_policy: input.resetPolicy ?? current.reset_policy,
+          ...(input.machine === undefined ? {} : machineColumns(input.machine)),
           updated_at: at,
         })
         .where('id', '=', id)

@@ -1,6 +1,14 @@
 // The hypervisor layer of Engine: the driver contract and its implementations (QEMU, and a
 // simulated one for fleet simulation), plus the pieces the QEMU driver is made of.
-export type { HypervisorDriver, VmDisk, VmEvent, VmRunState, VmSpec, VmStatus } from './types.ts';
+export type {
+  HypervisorDriver,
+  VmDisk,
+  VmEvent,
+  VmMachine,
+  VmRunState,
+  VmSpec,
+  VmStatus,
+} from './types.ts';
 export { createQemuDriver, QemuDriver, type QemuDriverOptions } from './qemu.ts';
 export { createSimDriver, SimDriver, type SimDriverOptions } from './sim.ts';
 export {

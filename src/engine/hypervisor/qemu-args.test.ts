@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { IsolationPolicySchema } from '../../protocol/index.ts';
-import { buildQemuArgs, diskSerial } from './qemu-args.ts';
-import type { VmSpec } from './types.ts';
+import { buildQemuArgs, buildSwtpmArgs, diskSerial, HYPERV_FLAGS } from './qemu-args.ts';
+import type { VmMachine, VmSpec } from './types.ts';
 
 /** The VM's run directory; these tests only build arguments, nothing is created there. */
 const RUN_DIR = 'vm-run/work';
@@ -176,4 +176,176 @@ test('the screen: a VGA display, VNC on a socket in the run dir, and a second QM
   ]);
   assert.equal(files.screen, `${RUN_DIR}/screen.sock`);
   assert.deepEqual(values(args, '-display'), ['none'], 'no window on the host');
+});
+
+// Firmware, TPM and guest-OS hints.
+
+const TPM_KEY = Buffer.alloc(32, 0xab);
+
+function machine(m: Partial<VmMachine> = {}): VmSpec {
+  return spec(
+    {},
+    {
+      machine: {
+        firmware: 'bios',
+        secureBoot: false,
+        os: 'linux',
+        devices: 'virtio',
+        ...m,
+      },
+    },
+  );
+}
+
+test('bios (the default): no pflash, no SMM, no TPM, virtio devices, no Hyper-V flags', () => {
+  for (const s of [spec(), machine()]) {
+    const { args } = buildQemuArgs(s, { accelerator: 'tcg' });
+    assert.deepEqual(values(args, '-machine'), ['q35']);
+    assert.ok(!args.some((a) => a.includes('OVMF') || a.includes('tpm')));
+    assert.deepEqual(values(args, '-cpu'), ['max']);
+    assert.deepEqual(values(args, '-rtc'), []);
+    assert.ok(values(args, '-device').includes('virtio-net-pci,netdev=net0'));
+  }
+});
+
+test('uefi: OVMF code read-only and the VM own variable store writable, on pflash', () => {
+  const { args } = buildQemuArgs(machine({ firmware: 'uefi', varsPath: 'vm/efi-vars.fd' }), {
+    accelerator: 'tcg',
+  });
+  const blockdevs = values(args, '-blockdev');
+  assert.ok(
+    blockdevs.includes(
+      'driver=file,node-name=fw-code-file,filename=/usr/share/OVMF/OVMF_CODE_4M.fd,read-only=on',
+    ),
+  );
+  assert.ok(
+    blockdevs.includes('driver=file,node-name=fw-vars-file,filename=vm/efi-vars.fd,read-only=off'),
+  );
+  assert.deepEqual(values(args, '-machine'), ['q35', 'pflash0=fw-code,pflash1=fw-vars']);
+  assert.deepEqual(values(args, '-global'), []);
+});
+
+test('uefi with Secure Boot: the secboot build, SMM and a secure pflash', () => {
+  const { args } = buildQemuArgs(
+    machine({ firmware: 'uefi', secureBoot: true, varsPath: 'vm/efi-vars.fd' }),
+    { accelerator: 'kvm' },
+  );
+  assert.deepEqual(values(args, '-machine'), ['q35,smm=on', 'pflash0=fw-code,pflash1=fw-vars']);
+  assert.deepEqual(values(args, '-global'), ['driver=cfi.pflash01,property=secure,value=on']);
+  assert.ok(values(args, '-blockdev').some((b) => b.includes('/OVMF_CODE_4M.secboot.fd,')));
+});
+
+test('Secure Boot without uefi, and uefi without a variable store, are refused', () => {
+  assert.throws(
+    () => buildQemuArgs(machine({ secureBoot: true }), { accelerator: 'tcg' }),
+    /secureBoot needs machine.firmware uefi/,
+  );
+  assert.throws(
+    () => buildQemuArgs(machine({ firmware: 'uefi' }), { accelerator: 'tcg' }),
+    /varsPath is required/,
+  );
+});
+
+test('tpm: a TPM 2.0 on a CRB device through the swtpm socket in the run directory', () => {
+  const s = machine({ tpm: { stateDir: 'vm/tpm', key: TPM_KEY } });
+  const { args } = buildQemuArgs(s, { accelerator: 'tcg' });
+  assert.ok(values(args, '-chardev').includes(`socket,id=chrtpm,path=${RUN_DIR}/swtpm.sock`));
+  assert.deepEqual(values(args, '-tpmdev'), ['emulator,id=tpm0,chardev=chrtpm']);
+  assert.ok(values(args, '-device').includes('tpm-crb,tpmdev=tpm0'));
+  const swtpm = buildSwtpmArgs(s);
+  assert.deepEqual(swtpm.slice(0, 2), ['socket', '--tpm2']);
+  assert.deepEqual(values(swtpm, '--tpmstate'), ['dir=vm/tpm,mode=0600']);
+  assert.deepEqual(values(swtpm, '--ctrl'), [`type=unixio,path=${RUN_DIR}/swtpm.sock,mode=0600`]);
+  assert.deepEqual(values(swtpm, '--key'), ['fd=3,mode=aes-256-cbc,format=binary']);
+  assert.ok(swtpm.includes('--terminate'));
+  assert.deepEqual(buildSwtpmArgs(machine()), []);
+});
+
+test('the TPM key and the data key never appear in QEMU or swtpm arguments', () => {
+  const s = machine({
+    firmware: 'uefi',
+    varsPath: 'vm/efi-vars.fd',
+    tpm: { stateDir: 'vm/tpm', key: TPM_KEY },
+  });
+  const all = [...buildQemuArgs(s, { accelerator: 'tcg' }).args, ...buildSwtpmArgs(s)].join(' ');
+  for (const key of [TPM_KEY, Buffer.alloc(32, 1)]) {
+    for (const form of ['hex', 'base64', 'latin1'] as const) {
+      assert.ok(!all.includes(key.toString(form)), `key in ${form} found in argv`);
+    }
+  }
+});
+
+test('a TPM key that is not 32 bytes is refused', () => {
+  assert.throws(
+    () =>
+      buildQemuArgs(machine({ tpm: { stateDir: 'vm/tpm', key: Buffer.alloc(16) } }), {
+        accelerator: 'tcg',
+      }),
+    /32 bytes/,
+  );
+});
+
+test('windows: Hyper-V enlightenments on the CPU (KVM and TCG) and a local-time clock', () => {
+  for (const [accelerator, cpu] of [
+    ['kvm', 'host'],
+    ['tcg', 'max'],
+  ] as const) {
+    const { args } = buildQemuArgs(machine({ os: 'windows' }), { accelerator });
+    assert.deepEqual(values(args, '-cpu'), [`${cpu},${HYPERV_FLAGS.join(',')}`]);
+    assert.deepEqual(values(args, '-rtc'), ['base=localtime']);
+  }
+  assert.deepEqual(HYPERV_FLAGS, ['hv_relaxed', 'hv_vapic', 'hv_spinlocks=0x1fff', 'hv_time']);
+});
+
+test('compat devices: AHCI disks, an e1000 NIC and a USB tablet on xHCI', () => {
+  const { args } = buildQemuArgs(machine({ devices: 'compat' }), { accelerator: 'tcg' });
+  const devices = values(args, '-device');
+  assert.ok(
+    devices.includes('ide-hd,bus=ide.0,drive=disk0,serial=system,id=vd-system,bootindex=0'),
+  );
+  assert.ok(devices.includes('ide-hd,bus=ide.2,drive=disk2,serial=data,id=vd-data'));
+  assert.ok(!devices.some((d) => d.startsWith('virtio-blk') || d.startsWith('virtio-net')));
+  assert.ok(devices.includes('e1000,netdev=net0'));
+  assert.ok(devices.includes('qemu-xhci,id=usb0'));
+  assert.ok(devices.includes('usb-tablet,bus=usb0.0'));
+  // With USB passthrough too: one controller.
+  const both = buildQemuArgs(
+    spec(
+      { usbDevices: ['046d:c52b'] },
+      { machine: { firmware: 'bios', secureBoot: false, os: 'linux', devices: 'compat' } },
+    ),
+    { accelerator: 'tcg' },
+  );
+  assert.equal(values(both.args, '-device').filter((d) => d.startsWith('qemu-xhci')).length, 1);
+});
+
+test('every combination builds, with its key arguments', () => {
+  for (const firmware of ['bios', 'uefi'] as const) {
+    for (const secureBoot of firmware === 'uefi' ? [false, true] : [false]) {
+      for (const tpm of [false, true]) {
+        for (const os of ['linux', 'windows'] as const) {
+          for (const devices of ['virtio', 'compat'] as const) {
+            const { args } = buildQemuArgs(
+              machine({
+                firmware,
+                secureBoot,
+                os,
+                devices,
+                ...(firmware === 'uefi' ? { varsPath: 'vm/vars.fd' } : {}),
+                ...(tpm ? { tpm: { stateDir: 'vm/tpm', key: TPM_KEY } } : {}),
+              }),
+              { accelerator: 'tcg' },
+            );
+            const line = args.join(' ');
+            assert.equal(line.includes('pflash0=fw-code'), firmware === 'uefi');
+            assert.equal(line.includes('smm=on'), secureBoot);
+            assert.equal(line.includes('tpm-crb'), tpm);
+            assert.equal(line.includes('hv_relaxed'), os === 'windows');
+            assert.equal(line.includes('e1000'), devices === 'compat');
+            assert.equal(line.includes('virtio-blk-pci'), devices === 'virtio');
+          }
+        }
+      }
+    }
+  }
 });

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { BulkheadError, ErrorCodes } from '../../protocol/index.ts';
 import type { Accelerator } from './kvm-probe.ts';
-import type { VmDisk, VmSpec } from './types.ts';
+import type { VmDisk, VmMachine, VmSpec } from './types.ts';
 
 /*
  * The QEMU command line for a VmSpec, as a pure function so the isolation rules (DESIGN §4)
@@ -39,6 +39,12 @@ export interface RunFiles {
   pidfile: string;
   /** What the driver remembers about the VM (name, accelerator, start time). */
   meta: string;
+  /** The control socket of the VM's swtpm (QEMU connects to it). */
+  tpmSocket: string;
+  /** The pidfile swtpm writes. */
+  tpmPidfile: string;
+  /** swtpm's own log. */
+  tpmLog: string;
 }
 
 export function runFiles(runDir: string): RunFiles {
@@ -51,6 +57,9 @@ export function runFiles(runDir: string): RunFiles {
     log: join(runDir, 'qemu.log'),
     pidfile: join(runDir, 'qemu.pid'),
     meta: join(runDir, 'vm.json'),
+    tpmSocket: join(runDir, 'swtpm.sock'),
+    tpmPidfile: join(runDir, 'swtpm.pid'),
+    tpmLog: join(runDir, 'swtpm.log'),
   };
 }
 
@@ -123,7 +132,7 @@ export interface QemuArgsOptions {
  */
 export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuCommand {
   const files = runFiles(spec.runDir);
-  for (const path of [files.qmp, files.screen, files.guestAgent, files.vnc]) {
+  for (const path of [files.qmp, files.screen, files.guestAgent, files.vnc, files.tpmSocket]) {
     if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
       throw new BulkheadError(
         ErrorCodes.VALIDATION,
@@ -150,15 +159,19 @@ export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuComma
     );
   }
   const tcg = options.accelerator === 'tcg';
+  const machine = machineOf(spec);
+  const windows = machine.os === 'windows';
   const args = [
     '-name',
     `guest=${opt(spec.name)}`,
     '-machine',
-    'q35',
+    machine.secureBoot ? 'q35,smm=on' : 'q35',
     '-accel',
     tcg ? 'tcg' : 'kvm',
     '-cpu',
-    tcg ? 'max' : 'host',
+    // Hyper-V enlightenments for Windows (QEMU takes these under TCG as well as KVM).
+    (tcg ? 'max' : 'host') + (windows ? ',' + HYPERV_FLAGS.join(',') : ''),
+    ...(windows ? ['-rtc', 'base=localtime'] : []),
     '-m',
     String(spec.memoryMib),
     '-smp',
@@ -205,6 +218,17 @@ export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuComma
       'virtserialport,bus=vser0.0,chardev=vdagent,name=com.redhat.spice.0',
     );
   }
+  args.push(...firmwareArgs(machine));
+  if (machine.tpm) {
+    args.push(
+      '-chardev',
+      `socket,id=chrtpm,path=${opt(files.tpmSocket)}`,
+      '-tpmdev',
+      'emulator,id=tpm0,chardev=chrtpm',
+      '-device',
+      'tpm-crb,tpmdev=tpm0',
+    );
+  }
   if (spec.kernel) {
     args.push('-kernel', spec.kernel.path);
     if (spec.kernel.initrd !== undefined) args.push('-initrd', spec.kernel.initrd);
@@ -213,6 +237,12 @@ export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuComma
 
   const secrets: QemuSecret[] = [];
   const serials = new Set<string>();
+  if (machine.devices === 'compat' && spec.disks.length > AHCI_PORTS) {
+    throw new BulkheadError(
+      ErrorCodes.VALIDATION,
+      `disks: compat devices have ${AHCI_PORTS} AHCI ports, not ${spec.disks.length} disks`,
+    );
+  }
   spec.disks.forEach((disk, i) => {
     const serial = diskSerial(disk.role);
     if (serials.has(serial)) {
@@ -224,8 +254,10 @@ export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuComma
 
   args.push(...networkArgs(spec, options));
 
-  if (spec.policy.usbDevices.length > 0) {
+  const tablet = machine.devices === 'compat';
+  if (spec.policy.usbDevices.length > 0 || tablet) {
     args.push('-device', 'qemu-xhci,id=usb0');
+    if (tablet) args.push('-device', 'usb-tablet,bus=usb0.0');
     for (const id of spec.policy.usbDevices) {
       const [vendor, product] = id.split(':');
       if (!/^[0-9a-f]{4}$/.test(vendor ?? '') || !/^[0-9a-f]{4}$/.test(product ?? '')) {
@@ -275,7 +307,10 @@ function diskArgs(
     '-blockdev',
     format,
     '-device',
-    `virtio-blk-pci,drive=disk${i},serial=${serial},id=vd-${serial}` +
+    (machineOf(spec).devices === 'compat'
+      ? // q35's built-in AHCI controller, one port per disk.
+        `ide-hd,bus=ide.${i},drive=disk${i},serial=${serial},id=vd-${serial}`
+      : `virtio-blk-pci,drive=disk${i},serial=${serial},id=vd-${serial}`) +
       (!spec.kernel && disk.role === 'system' ? ',bootindex=0' : ''),
   );
   return out;
@@ -284,7 +319,10 @@ function diskArgs(
 function networkArgs(spec: VmSpec, options: QemuArgsOptions): string[] {
   const { policy } = spec;
   if (policy.network === 'none') return [];
-  const device = ['-device', 'virtio-net-pci,netdev=net0'];
+  const device = [
+    '-device',
+    machineOf(spec).devices === 'compat' ? 'e1000,netdev=net0' : 'virtio-net-pci,netdev=net0',
+  ];
   if (policy.network === 'nat') return ['-netdev', 'user,id=net0,restrict=off', ...device];
   let netdev = 'user,id=net0,restrict=on';
   policy.allowedEndpoints.forEach((endpoint, i) => {
@@ -298,4 +336,97 @@ function networkArgs(spec: VmSpec, options: QemuArgsOptions): string[] {
     netdev += `,guestfwd=tcp:${restrictedEndpointAddress(i)}:${endpoint.port}-cmd:${opt(cmd)}`;
   });
   return ['-netdev', netdev, ...device];
+}
+
+/** Ports of q35's built-in AHCI controller (`ide.0` … `ide.5`). */
+const AHCI_PORTS = 6;
+
+/** Hyper-V enlightenments a Windows guest gets. */
+export const HYPERV_FLAGS = ['hv_relaxed', 'hv_vapic', 'hv_spinlocks=0x1fff', 'hv_time'];
+
+/** Where Debian's `ovmf` package puts OVMF. */
+export const OVMF_DIR = '/usr/share/OVMF';
+
+/**
+ * OVMF's code (read-only) and the template of its variable store: the Secure Boot build
+ * (needs SMM) with Microsoft's keys enrolled, or the plain build with an empty store.
+ */
+export function ovmfFiles(secureBoot: boolean): { code: string; varsTemplate: string } {
+  return secureBoot
+    ? {
+        code: join(OVMF_DIR, 'OVMF_CODE_4M.secboot.fd'),
+        varsTemplate: join(OVMF_DIR, 'OVMF_VARS_4M.ms.fd'),
+      }
+    : { code: join(OVMF_DIR, 'OVMF_CODE_4M.fd'), varsTemplate: join(OVMF_DIR, 'OVMF_VARS_4M.fd') };
+}
+
+/** The spec's machine, defaults filled in; refuses what cannot be built. */
+export function machineOf(spec: VmSpec): VmMachine {
+  const machine: VmMachine = spec.machine ?? {
+    firmware: 'bios',
+    secureBoot: false,
+    os: 'linux',
+    devices: 'virtio',
+  };
+  if (machine.secureBoot && machine.firmware !== 'uefi') {
+    throw new BulkheadError(
+      ErrorCodes.VALIDATION,
+      'machine.secureBoot needs machine.firmware uefi (BIOS has no Secure Boot)',
+    );
+  }
+  if (machine.firmware === 'uefi' && !machine.varsPath) {
+    throw new BulkheadError(ErrorCodes.VALIDATION, 'machine.varsPath is required with uefi');
+  }
+  if (machine.tpm && machine.tpm.key.length !== 32) {
+    throw new BulkheadError(ErrorCodes.VALIDATION, 'machine.tpm.key must be 32 bytes');
+  }
+  return machine;
+}
+
+function firmwareArgs(machine: VmMachine): string[] {
+  if (machine.firmware !== 'uefi' || !machine.varsPath) return [];
+  const { code } = ovmfFiles(machine.secureBoot);
+  return [
+    ...(machine.secureBoot ? ['-global', 'driver=cfi.pflash01,property=secure,value=on'] : []),
+    '-blockdev',
+    `driver=file,node-name=fw-code-file,filename=${opt(code)},read-only=on`,
+    '-blockdev',
+    'driver=raw,node-name=fw-code,file=fw-code-file,read-only=on',
+    '-blockdev',
+    `driver=file,node-name=fw-vars-file,filename=${opt(machine.varsPath)},read-only=off`,
+    '-blockdev',
+    'driver=raw,node-name=fw-vars,file=fw-vars-file,read-only=off',
+    '-machine',
+    'pflash0=fw-code,pflash1=fw-vars',
+  ];
+}
+
+/** The file descriptor swtpm reads its state key from (a pipe the driver writes). */
+export const SWTPM_KEY_FD = 3;
+
+/**
+ * swtpm's command line (without the binary) for a VM with a TPM: a TPM 2.0 on the control
+ * socket QEMU connects to, ending when QEMU lets go of it, its state in the VM's persistent
+ * TPM directory encrypted with AES-256-CBC under the key it reads from fd 3. The key is never
+ * an argument.
+ */
+export function buildSwtpmArgs(spec: VmSpec): string[] {
+  const machine = machineOf(spec);
+  if (!machine.tpm) return [];
+  const files = runFiles(spec.runDir);
+  return [
+    'socket',
+    '--tpm2',
+    '--tpmstate',
+    `dir=${opt(machine.tpm.stateDir)},mode=0600`,
+    '--ctrl',
+    `type=unixio,path=${opt(files.tpmSocket)},mode=0600`,
+    '--key',
+    `fd=${SWTPM_KEY_FD},mode=aes-256-cbc,format=binary`,
+    '--pid',
+    `file=${opt(files.tpmPidfile)}`,
+    '--log',
+    `file=${opt(files.tpmLog)},level=1`,
+    '--terminate',
+  ];
 }

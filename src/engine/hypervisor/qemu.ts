@@ -11,6 +11,7 @@ import { chooseAccelerator, type Accelerator, type KvmProbeResult } from './kvm-
 import { buildQemuArgs, runFiles, type RunFiles } from './qemu-args.ts';
 import { QmpClient, type QmpEvent } from './qmp.ts';
 import { secretFifo, type SecretFifo } from '../secret-fifo.ts';
+import { ensureVarsStore, startSwtpm, stopSwtpm } from './swtpm.ts';
 import type { HypervisorDriver, VmEvent, VmRunState, VmSpec, VmStatus } from './types.ts';
 
 /*
@@ -174,6 +175,10 @@ export class QemuDriver implements HypervisorDriver {
       // Room for this boot's log among the last CONSOLES_KEPT.
       await pruneConsoleLogs(dirname(consoleLog), CONSOLES_KEPT - 1);
     }
+    // The firmware's variable store and the TPM exist before QEMU opens them (startSwtpm
+    // stops what it started when it fails).
+    if (spec.machine) await ensureVarsStore(spec.machine);
+    await startSwtpm(spec, files);
     const entry = newEntry(spec.name, spec.runDir, files);
     entry.state = 'starting';
     entry.accelerator = accelerator;
@@ -248,6 +253,7 @@ export class QemuDriver implements HypervisorDriver {
         }
         await waitFor(entry, 5000);
       }
+      await stopSwtpm(files);
       if (err instanceof BulkheadError) throw err;
       throw new BulkheadError(
         ErrorCodes.INTERNAL,
@@ -534,8 +540,9 @@ async function readMeta(path: string): Promise<{ accelerator?: Accelerator } | u
   }
 }
 
-/** Removes what a VM that no longer runs left behind: sockets, pidfile, secrets. */
+/** Removes what a VM that no longer runs left behind: its swtpm, sockets, pidfile, secrets. */
 async function cleanRunDir(files: RunFiles, runDir: string): Promise<void> {
+  await stopSwtpm(files);
   for (const path of [files.qmp, files.screen, files.guestAgent, files.vnc, files.pidfile]) {
     await rm(path, { force: true });
   }

@@ -43,6 +43,34 @@ export interface VmSpec {
   consoleDir?: string;
   /** What the VM boots, as people name it (`os@2`); names its console log. */
   version?: string;
+  /** Firmware, TPM and guest-OS hints; absent: BIOS, no TPM, a Linux guest on virtio. */
+  machine?: VmMachine;
+}
+
+/**
+ * The virtual machine's firmware and devices. Files named here are the VM's persistent state
+ * (beside its data volume): an update or rollback never replaces them.
+ */
+export interface VmMachine {
+  /** `uefi` boots OVMF with `varsPath` as its variable store. */
+  firmware: 'bios' | 'uefi';
+  /** OVMF's Secure Boot build with SMM and Microsoft's keys; only with `uefi`. */
+  secureBoot: boolean;
+  /**
+   * The VM's UEFI variable store: made once from OVMF's template by the driver when missing,
+   * kept across boots. Required with `uefi`.
+   */
+  varsPath?: string;
+  /**
+   * A TPM 2.0 (swtpm, one per VM, started before QEMU and stopped after it). Its state lives
+   * in `stateDir`, encrypted with `key` (32 bytes, derived from the VM's data key), which
+   * reaches swtpm only through a pipe. Never logged.
+   */
+  tpm?: { stateDir: string; key: Buffer };
+  /** `windows`: Hyper-V enlightenments and a local-time clock. */
+  os: 'linux' | 'windows';
+  /** `compat`: AHCI disks, an e1000 NIC and a USB tablet, for guests without virtio drivers. */
+  devices: 'virtio' | 'compat';
 }
 
 export type VmRunState = 'stopped' | 'starting' | 'running' | 'shutting-down' | 'crashed';

@@ -5,15 +5,17 @@ import {
   BulkheadError,
   isBulkheadError,
   type DesiredVm,
+  type VmMachineHint,
   type PublicKeyRef,
   type ReleaseVolume,
 } from '../../protocol/index.ts';
 import type { Clock } from '../clock.ts';
-import type { HypervisorDriver, VmSpec, VmStatus } from '../hypervisor/types.ts';
+import type { HypervisorDriver, VmMachine, VmSpec, VmStatus } from '../hypervisor/types.ts';
 import type { Log } from '../log.ts';
 import type { NewEvent } from '../queue.ts';
 import {
   dataKeyOf,
+  tpmKeyOf,
   prepareRelease,
   releaseKey,
   releaseVolumes,
@@ -121,6 +123,19 @@ export function vmSpec(
     runDir: layout.runDir,
     consoleDir: layout.consoleDir,
     version: releaseName(release),
+    ...(vm.machine ? { machine: vmMachine(vm, vm.machine, layout) } : {}),
+  };
+}
+
+/** The hypervisor's machine for a desired VM: its firmware and TPM files are its own. */
+function vmMachine(vm: DesiredVm, m: VmMachineHint, layout: VolumeLayout): VmMachine {
+  return {
+    firmware: m.firmware,
+    secureBoot: m.secureBoot,
+    os: m.os,
+    devices: m.devices,
+    ...(m.firmware === 'uefi' ? { varsPath: layout.efiVars } : {}),
+    ...(m.tpm ? { tpm: { stateDir: layout.tpmState, key: tpmKeyOf(vm) } } : {}),
   };
 }
 

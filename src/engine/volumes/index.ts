@@ -22,6 +22,7 @@ export {
 } from './overlays.ts';
 export {
   dataKeyOf,
+  tpmKeyOf,
   prepareRelease,
   ReleaseSchema,
   releaseKey,

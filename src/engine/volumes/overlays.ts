@@ -25,6 +25,10 @@ export interface VolumeLayout {
   runDir: string;
   /** Each boot's serial console log, the last few (hypervisor/consoles.ts). */
   consoleDir: string;
+  /** The VM's UEFI variable store: persistent like the data volume, never reset or rolled back. */
+  efiVars: string;
+  /** The VM's TPM state (encrypted by swtpm): persistent like the data volume. */
+  tpmState: string;
 }
 
 export function volumeLayout(dataDir: string, vm: string): VolumeLayout {
@@ -48,6 +52,8 @@ export function volumeLayout(dataDir: string, vm: string): VolumeLayout {
     data: join(vmDir, 'data.qcow2'),
     runDir: join(vmDir, 'run'),
     consoleDir: join(vmDir, 'consoles'),
+    efiVars: join(vmDir, 'efi-vars.fd'),
+    tpmState: join(vmDir, 'tpm'),
   };
 }
 

@@ -1,7 +1,10 @@
+import { hkdfSync } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { z } from 'zod';
 import {
   AppVolumeRefSchema,
+  BulkheadError,
+  ErrorCodes,
   VolumeRefSchema,
   type DesiredVm,
   type PublicKeyRef,
@@ -30,9 +33,31 @@ export function releaseVolumes(release: Release): VolumeRef[] {
   return [release.system, ...release.apps];
 }
 
-/** The data volume's LUKS key a desired VM carries (base64 on the wire); none: not encrypted. */
+/**
+ * The data volume's LUKS key a desired VM carries (base64 on the wire); none: not encrypted.
+ * Center also sends the key for a VM with a TPM whose policy does not encrypt data: then the
+ * volume stays plain (the key is only the TPM's, see `tpmKeyOf`).
+ */
 export function dataKeyOf(vm: DesiredVm | undefined): Buffer | undefined {
-  return vm?.dataKey ? Buffer.from(vm.dataKey, 'base64') : undefined;
+  return vm?.dataKey && vm.policy.encryptData ? Buffer.from(vm.dataKey, 'base64') : undefined;
+}
+
+/**
+ * The key the VM's TPM state is encrypted with at rest: derived from its data key (HKDF-SHA256,
+ * its own label, so neither key reveals the other).
+ * @throws BulkheadError ERR_VALIDATION when the desired VM has a TPM but no data key.
+ */
+export function tpmKeyOf(vm: DesiredVm): Buffer {
+  if (!vm.dataKey) {
+    throw new BulkheadError(
+      ErrorCodes.VALIDATION,
+      `VM ${vm.name} has a TPM but its desired state carries no data key to encrypt the TPM's state with`,
+      { hint: 'update Center: it sends the key with every VM that has a TPM' },
+    );
+  }
+  return Buffer.from(
+    hkdfSync('sha256', Buffer.from(vm.dataKey, 'base64'), '', 'bulkhead tpm state v1', 32),
+  );
 }
 
 /** Where a VM's volumes live and how new ones are made. */

@@ -1,0 +1,71 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { IsolationPolicySchema, type DesiredVm } from '../../protocol/index.ts';
+import { volumeLayout } from '../volumes/index.ts';
+import { vmSpec } from './executors.ts';
+
+/* The VM spec Engine hands the hypervisor for a desired VM: its machine and the keys. */
+
+const DATA_KEY = Buffer.alloc(32, 7);
+const ref = {
+  image: 'os',
+  imageId: 'i',
+  version: '1',
+  versionId: 'v',
+  manifestId: 'm',
+  size: 1,
+};
+
+function desired(over: Partial<DesiredVm>): DesiredVm {
+  return {
+    name: 'work',
+    profileId: 'p',
+    system: ref,
+    apps: [],
+    policy: IsolationPolicySchema.parse({}),
+    healthCheck: { timeoutSeconds: 30 },
+    resources: { cpus: 1, memoryMib: 256 },
+    resetPolicy: 'on-update',
+    lease: { days: 30, expiresAt: Date.now() + 86_400_000 },
+    ...over,
+  };
+}
+
+const layout = volumeLayout('/var/lib/bulkhead', 'work');
+const release = { system: ref, apps: [] };
+
+test('no machine from Center: the spec has none (BIOS, virtio, no TPM)', () => {
+  const spec = vmSpec(desired({}), release, layout);
+  assert.equal(spec.machine, undefined);
+});
+
+test('uefi + tpm: the vars store and TPM state sit beside the data volume; the TPM key is derived, the data volume stays plain', () => {
+  const vm = desired({
+    machine: { firmware: 'uefi', secureBoot: true, tpm: true, os: 'windows', devices: 'compat' },
+    dataKey: DATA_KEY.toString('base64'),
+  });
+  const spec = vmSpec(vm, release, layout);
+  assert.equal(spec.machine?.varsPath, '/var/lib/bulkhead/vms/work/efi-vars.fd');
+  assert.equal(spec.machine?.tpm?.stateDir, '/var/lib/bulkhead/vms/work/tpm');
+  assert.equal(spec.machine?.tpm?.key.length, 32);
+  assert.ok(!spec.machine?.tpm?.key.equals(DATA_KEY), 'derived, not the data key itself');
+  assert.deepEqual(
+    vmSpec(vm, release, layout).machine?.tpm?.key,
+    spec.machine?.tpm?.key,
+    'the same key at every start',
+  );
+  const data = spec.disks.find((d) => d.role === 'data');
+  assert.equal(data?.encryptionKey, undefined, 'policy does not encrypt data');
+  assert.equal(spec.machine?.os, 'windows');
+  assert.equal(spec.machine?.devices, 'compat');
+});
+
+test('a TPM without a data key is refused with a clear error', () => {
+  const vm = desired({
+    machine: { firmware: 'bios', secureBoot: false, tpm: true, os: 'linux', devices: 'virtio' },
+  });
+  assert.throws(() => vmSpec(vm, release, layout), {
+    code: 'ERR_VALIDATION',
+    message: /has a TPM but its desired state carries no data key/,
+  });
+});
