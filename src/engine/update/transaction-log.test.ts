@@ -62,15 +62,13 @@ function desired(version: string, revision: number): DesiredState {
   };
 }
 
-test('the log tells every step of a good update and of a rollback, by version name', async (t) => {
-  await tool('qemu-img', ['--version'], 'qemu-utils');
-  const dataDir = await tempDir(t);
-  const log = recordingLog();
-  const clock = systemClock;
-  const hypervisor = createSimDriver();
-  // Goldens: a small raw file per version, "downloaded" the first time it is asked for.
+/**
+ * Goldens that are small local raw files, "downloaded" the first time each version is asked
+ * for.
+ */
+function localGoldens(dataDir: string): GoldenStore {
   const pulled = new Set<string>();
-  const goldens = {
+  return {
     ensure: async (v: VolumeRef) => {
       const path = join(dataDir, `golden-${v.versionId}.raw`);
       const isNew = !pulled.has(v.versionId);
@@ -86,13 +84,22 @@ test('the log tells every step of a good update and of a rollback, by version na
     list: async () => [],
     gc: async () => [],
   } as unknown as GoldenStore;
-  // os@3 is broken: its health check command fails; the agent answers for the version booted.
-  let running = '';
-  const start = hypervisor.start.bind(hypervisor);
-  hypervisor.start = async (spec) => {
-    running = spec.version ?? '';
-    return start(spec);
-  };
+}
+
+type ReconcilerDeps = Parameters<typeof createReconciler>[0];
+
+/**
+ * The real reconciler, update transaction, records and overlays on `hypervisor`, logging to a
+ * recording log; `deps` adds or replaces what a test needs (the guest agent, a stop signal…).
+ */
+function engineOn(
+  dataDir: string,
+  hypervisor: ReturnType<typeof createSimDriver>,
+  goldens: GoldenStore,
+  deps: Partial<ReconcilerDeps> = {},
+) {
+  const clock = systemClock;
+  const log = recordingLog();
   const reconciler = createReconciler({
     dataDir,
     goldens,
@@ -102,7 +109,7 @@ test('the log tells every step of a good update and of a rollback, by version na
     report: async () => {},
     connectAgent: async () => ({
       ping: async () => {},
-      exec: async () => ({ exitCode: running === 'os@3' ? 1 : 0 }),
+      exec: async () => ({ exitCode: 0 }),
       close: () => {},
     }),
     clock,
@@ -110,6 +117,34 @@ test('the log tells every step of a good update and of a rollback, by version na
     dataVolumeBytes: 1 << 20,
     switchDeadlineMs: 0,
     stopTimeoutMs: 1000,
+    ...deps,
+  });
+  return { reconciler, log };
+}
+
+/** Records the version each start of `hypervisor` boots; returns a getter for the last one. */
+function tracksVersion(hypervisor: ReturnType<typeof createSimDriver>): () => string {
+  let running = '';
+  const start = hypervisor.start.bind(hypervisor);
+  hypervisor.start = async (spec) => {
+    running = spec.version ?? '';
+    return start(spec);
+  };
+  return () => running;
+}
+
+test('the log tells every step of a good update and of a rollback, by version name', async (t) => {
+  await tool('qemu-img', ['--version'], 'qemu-utils');
+  const dataDir = await tempDir(t);
+  const hypervisor = createSimDriver();
+  // os@3 is broken: its health check command fails; the agent answers for the version booted.
+  const running = tracksVersion(hypervisor);
+  const { reconciler, log } = engineOn(dataDir, hypervisor, localGoldens(dataDir), {
+    connectAgent: async () => ({
+      ping: async () => {},
+      exec: async () => ({ exitCode: running() === 'os@3' ? 1 : 0 }),
+      close: () => {},
+    }),
   });
   const infos = (from: number) =>
     log.entries.slice(from).filter((e: LogEntry) => e.level === 'info' || e.level === 'warn');
@@ -159,7 +194,7 @@ test('the log tells every step of a good update and of a rollback, by version na
   assert.equal(rollback[6]!.fields['reason'], 'health check command exited 1');
   // No line carries the data volume's key, in any field.
   assert.ok(!JSON.stringify(log.entries).includes(DATA_KEY));
-  assert.equal(running, 'os@2', 'the VM runs the previous version again');
+  assert.equal(running(), 'os@2', 'the VM runs the previous version again');
 });
 
 test('Engine stopping during a health check does not roll back: the next start resumes the update', async (t) => {
@@ -167,24 +202,9 @@ test('Engine stopping during a health check does not roll back: the next start r
   const dataDir = await tempDir(t);
   const clock = systemClock;
   const hypervisor = createSimDriver();
-  const goldens = {
-    ensure: async (v: VolumeRef) => {
-      const path = join(dataDir, `golden-${v.versionId}.raw`);
-      await writeFile(path, Buffer.alloc(v.size));
-      return { golden: { path }, pulled: true, downloadedBytes: v.size, reusedBytes: 0 };
-    },
-    list: async () => [],
-    gc: async () => [],
-  } as unknown as GoldenStore;
-  const engine = (signal: AbortSignal | undefined, agentAnswers: boolean) => {
-    const log = recordingLog();
-    const reconciler = createReconciler({
-      dataDir,
-      goldens,
-      hypervisor,
-      records: new VmRecords(engineFiles(dataDir, { clock, log }).engineState, clock),
-      transactions: new TransactionFiles(dataDir, clock, log),
-      report: async () => {},
+  const goldens = localGoldens(dataDir);
+  const engine = (signal: AbortSignal | undefined, agentAnswers: boolean) =>
+    engineOn(dataDir, hypervisor, goldens, {
       // The guest agent of os@2 has not answered yet when Engine is told to stop.
       connectAgent: async () => ({
         ping: () =>
@@ -198,15 +218,8 @@ test('Engine stopping during a health check does not roll back: the next start r
         exec: async () => ({ exitCode: 0 }),
         close: () => {},
       }),
-      clock,
-      log,
-      dataVolumeBytes: 1 << 20,
-      switchDeadlineMs: 0,
-      stopTimeoutMs: 1000,
       ...(signal ? { signal } : {}),
     });
-    return { reconciler, log };
-  };
 
   const first = engine(undefined, true);
   await first.reconciler.reconcile(desired('1', 1));
@@ -239,47 +252,15 @@ test('Engine stopping during a health check does not roll back: the next start r
 test('a health check with the screen: a version whose screen stays blank is rolled back, saying so', async (t) => {
   await tool('qemu-img', ['--version'], 'qemu-utils');
   const dataDir = await tempDir(t);
-  const log = recordingLog();
-  const clock = systemClock;
   const hypervisor = createSimDriver();
-  const goldens = {
-    ensure: async (v: VolumeRef) => {
-      const path = join(dataDir, `golden-${v.versionId}.raw`);
-      await writeFile(path, Buffer.alloc(v.size));
-      return { golden: { path }, pulled: true, downloadedBytes: v.size, reusedBytes: 0 };
-    },
-    list: async () => [],
-    gc: async () => [],
-  } as unknown as GoldenStore;
   // os@2 answers its agent but its screen stays black.
-  let running = '';
-  const start = hypervisor.start.bind(hypervisor);
-  hypervisor.start = async (spec) => {
-    running = spec.version ?? '';
-    return start(spec);
-  };
+  const running = tracksVersion(hypervisor);
   const looked: string[] = [];
-  const reconciler = createReconciler({
-    dataDir,
-    goldens,
-    hypervisor,
-    records: new VmRecords(engineFiles(dataDir, { clock, log }).engineState, clock),
-    transactions: new TransactionFiles(dataDir, clock, log),
-    report: async () => {},
-    connectAgent: async () => ({
-      ping: async () => {},
-      exec: async () => ({ exitCode: 0 }),
-      close: () => {},
-    }),
+  const { reconciler, log } = engineOn(dataDir, hypervisor, localGoldens(dataDir), {
     screenVariance: async (vm) => {
       looked.push(vm);
-      return running === 'os@2' ? 0 : 420;
+      return running() === 'os@2' ? 0 : 420;
     },
-    clock,
-    log,
-    dataVolumeBytes: 1 << 20,
-    switchDeadlineMs: 0,
-    stopTimeoutMs: 1000,
   });
   const withScreen = (version: string, revision: number): DesiredState => {
     const state = desired(version, revision);
@@ -292,7 +273,7 @@ test('a health check with the screen: a version whose screen stays blank is roll
   const reason = 'the screen was still blank 5 s after boot (pixel variance 0.00, at most 0.5)';
   assert.ok(said.includes(`work: health check of os@2 failed: ${reason}`), said.join('\n'));
   assert.ok(said.includes(`work: rolled back to os@1; os@2 is marked bad (${reason})`));
-  assert.equal(running, 'os@1', 'the VM runs the previous version again');
+  assert.equal(running(), 'os@1', 'the VM runs the previous version again');
   assert.ok(
     looked.length >= 2 && looked.every((vm) => vm === 'work'),
     'the screen of work was looked at',
