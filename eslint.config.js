@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'bench/.cache/', 'bench/out/', 'data/'] },
+  { ignores: ['node_modules/', 'bench/.cache/', 'bench/out/', 'data/', 'guest/.cache/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

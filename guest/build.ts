@@ -35,6 +35,8 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { createGzip } from 'node:zlib';
 
+import { buildDebianGuest } from './debian.ts';
+
 const execFileAsync = promisify(execFile);
 
 const GUEST_DIR = dirname(fileURLToPath(import.meta.url));
@@ -566,11 +568,18 @@ export async function buildTestVolumes(options: { cacheDir?: string } = {}): Pro
 async function main(argv: string[]): Promise<void> {
   const i = argv.indexOf('--out');
   const cacheDir = i >= 0 ? argv[i + 1] : undefined;
-  if (i >= 0 && (cacheDir === undefined || cacheDir.startsWith('--'))) {
-    process.stderr.write('usage: npm run -s guest [-- --out DIR]\n');
+  const unknown = argv.filter((a, j) => a !== '--debian' && a !== '--out' && j !== i + 1);
+  if ((i >= 0 && (cacheDir === undefined || cacheDir.startsWith('--'))) || unknown.length > 0) {
+    process.stderr.write('usage: npm run -s guest [-- [--debian] [--out DIR]]\n');
     process.exit(2);
   }
   const options = cacheDir === undefined ? {} : { cacheDir };
+  if (argv.includes('--debian')) {
+    const log = (line: string) => process.stderr.write(`${line}\n`);
+    const debian = await buildDebianGuest({ ...options, log });
+    process.stdout.write(`${JSON.stringify(debian, null, 2)}\n`);
+    return;
+  }
   const guest = await buildGuest(options);
   const volumes = await buildTestVolumes(options);
   process.stdout.write(`${JSON.stringify({ ...guest, volumes }, null, 2)}\n`);

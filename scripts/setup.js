@@ -39,6 +39,12 @@ const packages = {
     ['qemu-guest-agent', 'qemu-ga'],
     ['cpio', 'cpio'],
     ['kmod', 'depmod'],
+    // The full Debian guest (guest/debian.ts): a system bootstrapped from Debian's packages,
+    // on a GPT disk with a FAT EFI system partition.
+    ['mmdebstrap', 'mmdebstrap'],
+    ['fdisk', 'sfdisk'],
+    ['dosfstools', 'mkfs.vfat'],
+    ['mtools', 'mcopy'],
     // The README's commands, which a test runs as written, use them.
     ['curl', 'curl'],
     ['openssl', 'openssl'],
