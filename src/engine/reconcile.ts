@@ -1,6 +1,12 @@
 import { exists } from '../durable/index.ts';
-import type { DesiredState, DesiredVm } from '../protocol/index.ts';
-import type { VmRunState } from './hypervisor/types.ts';
+import {
+  ErrorCodes,
+  isBulkheadError,
+  type BulkheadError,
+  type DesiredState,
+  type DesiredVm,
+} from '../protocol/index.ts';
+import type { VmRunState, VmSpec } from './hypervisor/types.ts';
 import {
   persistTransaction,
   releaseLabel,
@@ -157,6 +163,21 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
         ...extra,
       },
     });
+  /**
+   * A VM that cannot boot as configured (its spec is refused): the reason becomes the VM's
+   * last error, reported once per reason (every pass plans the start again until the profile or
+   * Engine's configuration changes).
+   */
+  const refuseStart = async (vm: string, err: BulkheadError) => {
+    const before = await deps.records.get(vm);
+    if (before.lastError?.message === err.message) return;
+    await deps.records.update(vm, (r) => ({
+      ...r,
+      lastError: { code: err.code, message: err.message, at: deps.clock.now() },
+    }));
+    deps.log.warn({ component: 'hypervisor', vm, reason: err.message }, `${vm}: not started`);
+    await vmState(vm, 'failed', { reason: err.message });
+  };
   return {
     async resumeUpdate(step) {
       const tx = await deps.transactions.read(step.vm);
@@ -190,12 +211,24 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
       const record = await deps.records.get(step.vm);
       if (!record.current) return;
       const layout = volumeLayout(deps.dataDir, vm.name);
+      let spec: VmSpec;
+      try {
+        spec = vmSpec(vm, record.current, layout, deps.kernel);
+      } catch (err) {
+        if (!isBulkheadError(err, ErrorCodes.VALIDATION)) throw err;
+        await refuseStart(step.vm, err);
+        return;
+      }
       const isMissing = !(await exists(layout.overlay('system')));
       // on-boot: the system overlay is discarded at every boot, not only at updates.
       if (vm.resetPolicy === 'on-boot' || isMissing) {
         await prepareRelease(deps, vm, record.current, deps.target(vm.name));
       }
-      const status = await deps.hypervisor.start(vmSpec(vm, record.current, layout, deps.kernel));
+      const status = await deps.hypervisor.start(spec);
+      // A start refused earlier (refuseStart) is over once the VM starts.
+      if (record.lastError?.code === ErrorCodes.VALIDATION) {
+        await deps.records.update(step.vm, (r) => ({ ...r, lastError: null }));
+      }
       deps.log.info(
         {
           component: 'hypervisor',

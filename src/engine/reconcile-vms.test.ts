@@ -1,0 +1,178 @@
+// The reconciler's VM lifecycle beyond updates, on real files: a VM that cannot boot as
+// configured (Secure Boot with a directly booted kernel) fails with that reason instead of
+// booting, and a VM that leaves the desired state is stopped and its disks and firmware state
+// removed. The real reconciler, update transaction, records and overlays (qemu-img) on the
+// simulated hypervisor; goldens are small local files.
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { recordingLog } from '../../test/support/engine.ts';
+import { tempDir, tool } from '../../test/support/fixtures.ts';
+import type { DesiredState, DesiredVm, VmMachineHint, VolumeRef } from '../protocol/index.ts';
+import { systemClock } from './clock.ts';
+import { createSimDriver } from './hypervisor/sim.ts';
+import type { NewEvent } from './queue.ts';
+import { createReconciler } from './reconcile.ts';
+import { engineFiles } from './state.ts';
+import { TransactionFiles, VmRecords } from './update/records.ts';
+import type { GoldenStore } from './volumes/index.ts';
+
+const DATA_KEY = Buffer.alloc(32, 7).toString('base64');
+const KERNEL = { path: '/boot/vmlinuz-test', initrd: '/boot/initrd-test' };
+
+function ref(version: string): VolumeRef {
+  return {
+    image: 'os',
+    imageId: 'img-os',
+    version,
+    versionId: `ver-${version}`,
+    manifestId: version.repeat(64).slice(0, 64),
+    size: 65536,
+  };
+}
+
+function desiredVm(name: string, machine?: VmMachineHint): DesiredVm {
+  return {
+    name,
+    profileId: `p-${name}`,
+    system: ref('1'),
+    apps: [],
+    policy: {
+      network: 'nat',
+      allowedEndpoints: [],
+      clipboard: false,
+      usbDevices: [],
+      encryptData: false,
+    },
+    healthCheck: { timeoutSeconds: 30 },
+    resources: { cpus: 1, memoryMib: 256 },
+    resetPolicy: 'on-update',
+    lease: { days: 30, expiresAt: Date.now() + 86_400_000 },
+    ...(machine ? { machine } : {}),
+    dataKey: DATA_KEY,
+  };
+}
+
+/** One field of an event's data, whatever its type. */
+const field = (e: NewEvent, key: string) => (e.data as Record<string, unknown>)[key];
+
+let revision = 0;
+function desired(vms: DesiredVm[], state: DesiredState['device']['state'] = 'active') {
+  return {
+    deviceId: 'd',
+    revision: ++revision,
+    generatedAt: Date.now(),
+    expiresAt: Date.now() + 86_400_000,
+    device: { state },
+    mirrors: ['http://mirror.invalid/'],
+    publishers: [],
+    vms,
+    commands: [],
+  } satisfies DesiredState;
+}
+
+const UEFI_TPM: VmMachineHint = {
+  firmware: 'uefi',
+  secureBoot: false,
+  tpm: true,
+  os: 'linux',
+  devices: 'virtio',
+};
+const SECURE_BOOT: VmMachineHint = { ...UEFI_TPM, secureBoot: true, tpm: false };
+
+/** The real reconciler on the simulated hypervisor; goldens are local files, counted. */
+function engineOn(dataDir: string, kernel?: typeof KERNEL) {
+  const clock = systemClock;
+  const log = recordingLog();
+  const hypervisor = createSimDriver();
+  const starts: string[] = [];
+  const start = hypervisor.start.bind(hypervisor);
+  hypervisor.start = async (spec) => {
+    starts.push(spec.name);
+    return start(spec);
+  };
+  const fetched: string[] = [];
+  const goldens = {
+    ensure: async (v: VolumeRef) => {
+      fetched.push(v.versionId);
+      const path = join(dataDir, `golden-${v.versionId}.raw`);
+      await writeFile(path, Buffer.alloc(v.size));
+      return { golden: { path }, pulled: true, downloadedBytes: v.size, reusedBytes: 0 };
+    },
+    list: async () => [],
+    gc: async () => [],
+  } as unknown as GoldenStore;
+  const events: NewEvent[] = [];
+  const records = new VmRecords(engineFiles(dataDir, { clock, log }).engineState, clock);
+  const transactions = new TransactionFiles(dataDir, clock, log);
+  const reconciler = createReconciler({
+    dataDir,
+    goldens,
+    hypervisor,
+    records,
+    transactions,
+    report: async (e) => events.push(e),
+    connectAgent: async () => ({
+      ping: async () => {},
+      exec: async () => ({ exitCode: 0 }),
+      close: () => {},
+    }),
+    clock,
+    log,
+    dataVolumeBytes: 1 << 20,
+    switchDeadlineMs: 0,
+    stopTimeoutMs: 1000,
+    ...(kernel ? { kernel } : {}),
+  });
+  return { reconciler, hypervisor, records, transactions, events, starts, fetched, log };
+}
+
+test('Secure Boot with a directly booted kernel: the first install fails before any download, with the reason', async (t) => {
+  await tool('qemu-img', ['--version'], 'qemu-utils');
+  const dataDir = await tempDir(t);
+  const e = engineOn(dataDir, KERNEL);
+  await e.reconciler.reconcile(desired([desiredVm('work', SECURE_BOOT)]));
+
+  assert.deepEqual(e.starts, [], 'nothing booted');
+  assert.deepEqual(e.fetched, [], 'nothing downloaded');
+  const failed = e.events.find((x) => x.type === 'failed');
+  assert.ok(failed, `events: ${e.events.map((x) => x.type).join(', ')}`);
+  const reason = (failed.data as { reason: string }).reason;
+  assert.match(reason, /VM work cannot boot: its profile turns Secure Boot on/);
+  assert.match(reason, /Remove kernel/);
+  const record = await e.records.get('work');
+  assert.equal(record.currentVersionId, null);
+  assert.match(record.lastError?.message ?? '', /Secure Boot/);
+  assert.equal(await e.transactions.read('work'), undefined, 'the transaction is over');
+});
+
+test('an installed VM whose profile turns Secure Boot on is not started with a direct kernel; the reason is recorded and reported once', async (t) => {
+  await tool('qemu-img', ['--version'], 'qemu-utils');
+  const dataDir = await tempDir(t);
+  const e = engineOn(dataDir, KERNEL);
+  await e.reconciler.reconcile(desired([desiredVm('work', { ...SECURE_BOOT, secureBoot: false })]));
+  assert.equal((await e.records.get('work')).currentVersionId, 'ver-1');
+  assert.deepEqual(e.starts, ['work']);
+  await e.hypervisor.stop('work');
+
+  // The same version, now with Secure Boot on: two passes, one report.
+  await e.reconciler.reconcile(desired([desiredVm('work', SECURE_BOOT)]));
+  await e.reconciler.pass();
+  assert.deepEqual(e.starts, ['work'], 'not started again');
+  assert.equal((await e.hypervisor.status('work')).state, 'stopped');
+  const refused = e.events.filter((x) => x.type === 'vm-state' && field(x, 'state') === 'failed');
+  assert.equal(refused.length, 1, 'reported once');
+  assert.match(
+    String(refused[0] && field(refused[0], 'reason')),
+    /cannot boot: its profile turns Secure Boot on/,
+  );
+  const record = await e.records.get('work');
+  assert.equal(record.lastError?.code, 'ERR_VALIDATION');
+  assert.match(record.lastError?.message ?? '', /--secure-boot off/);
+
+  // Secure Boot off again: it starts, and the refusal is forgotten.
+  await e.reconciler.reconcile(desired([desiredVm('work', { ...SECURE_BOOT, secureBoot: false })]));
+  assert.deepEqual(e.starts, ['work', 'work']);
+  assert.equal((await e.records.get('work')).lastError, null);
+});
