@@ -4,7 +4,7 @@
 // removed. The real reconciler, update transaction, records and overlays (qemu-img) on the
 // simulated hypervisor; goldens are small local files.
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { recordingLog } from '../../test/support/engine.ts';
@@ -16,7 +16,7 @@ import type { NewEvent } from './queue.ts';
 import { createReconciler } from './reconcile.ts';
 import { engineFiles } from './state.ts';
 import { TransactionFiles, VmRecords } from './update/records.ts';
-import type { GoldenStore } from './volumes/index.ts';
+import { volumeLayout, type GoldenStore } from './volumes/index.ts';
 
 const DATA_KEY = Buffer.alloc(32, 7).toString('base64');
 const KERNEL = { path: '/boot/vmlinuz-test', initrd: '/boot/initrd-test' };
@@ -175,4 +175,75 @@ test('an installed VM whose profile turns Secure Boot on is not started with a d
   await e.reconciler.reconcile(desired([desiredVm('work', { ...SECURE_BOOT, secureBoot: false })]));
   assert.deepEqual(e.starts, ['work', 'work']);
   assert.equal((await e.records.get('work')).lastError, null);
+});
+
+/** What QEMU and swtpm leave in a VM's directory after it ran (the sim driver makes none). */
+async function leaveFirmwareState(dataDir: string, vm: string): Promise<void> {
+  const layout = volumeLayout(dataDir, vm);
+  await writeFile(layout.efiVars, Buffer.alloc(4096, 1));
+  await mkdir(layout.tpmState, { recursive: true });
+  await writeFile(join(layout.tpmState, 'tpm2-00.permall'), Buffer.alloc(4096, 2));
+  await mkdir(layout.consoleDir, { recursive: true });
+  await writeFile(join(layout.consoleDir, 'boot.log'), 'console\n');
+}
+
+test('a VM no longer assigned is stopped, then its overlays, UEFI variables, TPM state and logs are deleted; its data volume is kept', async (t) => {
+  await tool('qemu-img', ['--version'], 'qemu-utils');
+  const dataDir = await tempDir(t);
+  const e = engineOn(dataDir);
+  await e.reconciler.reconcile(
+    desired([desiredVm('work', UEFI_TPM), desiredVm('personal', UEFI_TPM)]),
+  );
+  for (const vm of ['work', 'personal']) {
+    assert.equal((await e.hypervisor.status(vm)).state, 'running');
+    await leaveFirmwareState(dataDir, vm);
+  }
+  const work = volumeLayout(dataDir, 'work');
+  const dataVolume = (await stat(work.data)).ino;
+  assert.deepEqual((await readdir(work.vmDir)).sort(), [
+    'consoles',
+    'data.qcow2',
+    'efi-vars.fd',
+    'run',
+    'system.qcow2',
+    'tpm',
+  ]);
+
+  // A locked device keeps every VM's files: it only stops them.
+  await e.reconciler.reconcile(desired([desiredVm('personal', UEFI_TPM)], 'locked'));
+  assert.equal((await e.hypervisor.status('work')).state, 'stopped');
+  assert.ok((await readdir(work.vmDir)).includes('tpm'), 'kept while locked');
+
+  // Active again, without work: work is removed, personal runs on untouched.
+  await e.reconciler.reconcile(desired([desiredVm('personal', UEFI_TPM)]));
+  assert.deepEqual(await readdir(work.vmDir), ['data.qcow2'], 'only the data volume is left');
+  assert.equal((await stat(work.data)).ino, dataVolume);
+  assert.equal((await e.hypervisor.status('personal')).state, 'running');
+  assert.ok((await readdir(volumeLayout(dataDir, 'personal').vmDir)).includes('tpm'));
+  assert.deepEqual(
+    (await e.records.all()).map((r) => r.name),
+    ['personal'],
+    'work is forgotten',
+  );
+  const removed = e.events.filter((x) => x.type === 'vm-state' && field(x, 'state') === 'removed');
+  assert.deepEqual(
+    removed.map((x) => field(x, 'vm')),
+    ['work'],
+  );
+  assert.ok(
+    e.log.entries.some((l) => l.msg === 'work: removed (no longer assigned); kept data.qcow2'),
+  );
+
+  // A running VM is stopped first, then removed in the same pass.
+  await e.reconciler.reconcile(desired([]));
+  assert.equal((await e.hypervisor.status('personal')).state, 'stopped');
+  assert.deepEqual(await readdir(volumeLayout(dataDir, 'personal').vmDir), ['data.qcow2']);
+  assert.deepEqual(await e.records.all(), []);
+
+  // The same profile coming back gets its data volume again, and fresh firmware state.
+  await e.reconciler.reconcile(desired([desiredVm('work', UEFI_TPM)]));
+  assert.equal((await e.hypervisor.status('work')).state, 'running');
+  assert.equal((await e.records.get('work')).currentVersionId, 'ver-1');
+  assert.equal((await stat(work.data)).ino, dataVolume, 'the same data volume');
+  assert.ok(!(await readdir(work.vmDir)).includes('tpm'), 'no TPM state of the removed VM');
 });
