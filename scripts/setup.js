@@ -39,6 +39,10 @@ const packages = {
     ['qemu-guest-agent', 'qemu-ga'],
     ['cpio', 'cpio'],
     ['kmod', 'depmod'],
+    // Hand-made GPT disks with an EFI system partition (test/qemu/boot-failure.test.ts).
+    ['fdisk', 'sfdisk'],
+    ['dosfstools', 'mkfs.vfat'],
+    ['mtools', 'mcopy'],
     // The README's commands, which a test runs as written, use them.
     ['curl', 'curl'],
     ['openssl', 'openssl'],

@@ -32,11 +32,11 @@ function ref(version: string): VolumeRef {
   };
 }
 
-function desiredVm(name: string, machine?: VmMachineHint): DesiredVm {
+function desiredVm(name: string, machine?: VmMachineHint, version = '1'): DesiredVm {
   return {
     name,
     profileId: `p-${name}`,
-    system: ref('1'),
+    system: ref(version),
     apps: [],
     policy: {
       network: 'nat',
@@ -81,8 +81,15 @@ const UEFI_TPM: VmMachineHint = {
 };
 const SECURE_BOOT: VmMachineHint = { ...UEFI_TPM, secureBoot: true, tpm: false };
 
-/** The real reconciler on the simulated hypervisor; goldens are local files, counted. */
-function engineOn(dataDir: string, kernel?: typeof KERNEL) {
+/**
+ * The real reconciler on the simulated hypervisor; goldens are local files, counted; `extra`
+ * replaces or adds dependencies.
+ */
+function engineOn(
+  dataDir: string,
+  kernel?: typeof KERNEL,
+  extra: Partial<Parameters<typeof createReconciler>[0]> = {},
+) {
   const clock = systemClock;
   const log = recordingLog();
   const hypervisor = createSimDriver();
@@ -124,6 +131,7 @@ function engineOn(dataDir: string, kernel?: typeof KERNEL) {
     switchDeadlineMs: 0,
     stopTimeoutMs: 1000,
     ...(kernel ? { kernel } : {}),
+    ...extra,
   });
   return { reconciler, hypervisor, records, transactions, events, starts, fetched, log };
 }
@@ -246,4 +254,46 @@ test('a VM no longer assigned is stopped, then its overlays, UEFI variables, TPM
   assert.equal((await e.records.get('work')).currentVersionId, 'ver-1');
   assert.equal((await stat(work.data)).ino, dataVolume, 'the same data volume');
   assert.ok(!(await readdir(work.vmDir)).includes('tpm'), 'no TPM state of the removed VM');
+});
+
+test("a version whose firmware gives up is rolled back at once, with the firmware's reason", async (t) => {
+  await tool('qemu-img', ['--version'], 'qemu-utils');
+  const dataDir = await tempDir(t);
+  // os@2 does not boot: its agent never answers and its firmware says why.
+  let running = '';
+  const firmwareAsked: string[] = [];
+  const e = engineOn(dataDir, undefined, {
+    connectAgent: async () => ({
+      ping: async () => {
+        if (running === 'os@2') throw new Error('no answer');
+      },
+      exec: async () => ({ exitCode: 0 }),
+      close: () => {},
+    }),
+    bootVerdict: async (vm) => {
+      firmwareAsked.push(vm);
+      return running === 'os@2'
+        ? { reason: "the firmware found nothing to boot: 'No bootable device.'", isFinal: true }
+        : null;
+    },
+  });
+  const start = e.hypervisor.start.bind(e.hypervisor);
+  e.hypervisor.start = async (spec) => {
+    running = spec.version ?? '';
+    return start(spec);
+  };
+  await e.reconciler.reconcile(desired([desiredVm('work', undefined, '1')]));
+  assert.equal((await e.records.get('work')).currentVersionId, 'ver-1');
+
+  const began = Date.now();
+  await e.reconciler.reconcile(desired([desiredVm('work', undefined, '2')]));
+  // The health check's timeout is 30 s; the firmware's verdict ends it long before.
+  assert.ok(Date.now() - began < 20_000, `${Date.now() - began} ms`);
+  const rolledBack = e.events.find((x) => x.type === 'rolled-back');
+  assert.equal(
+    rolledBack && field(rolledBack, 'reason'),
+    "the firmware found nothing to boot: 'No bootable device.'",
+  );
+  assert.equal(running, 'os@1', 'back on the previous version');
+  assert.ok(firmwareAsked.includes('work'));
 });

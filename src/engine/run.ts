@@ -6,7 +6,7 @@ import { createCommandHandler } from './commands.ts';
 import type { EngineConfig } from './config.ts';
 import { GuestAgent } from './guest-agent.ts';
 import type { Fetch } from '../protocol/index.ts';
-import { createQemuDriver, createSimDriver } from './hypervisor/index.ts';
+import { createQemuDriver, createSimDriver, readBootVerdict } from './hypervisor/index.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from './hypervisor/types.ts';
 import { loadIdentity } from './identity.ts';
 import { lockDataDir } from './lock.ts';
@@ -124,6 +124,10 @@ export async function createEngineReconciler(
       : {
           screenVariance: async (vm: string) =>
             (await takeScreenshot(dataDir, vm, { timeoutMs: 10_000 })).variance,
+          bootVerdict: (vm: string) => {
+            const { runDir, consoleDir } = volumeLayout(dataDir, vm);
+            return readBootVerdict(runDir, consoleDir);
+          },
         }),
     clock,
     log,

@@ -29,6 +29,12 @@ export {
 } from './qemu-args.ts';
 export { QmpClient, QmpError, type QmpEvent } from './qmp.ts';
 export {
+  FIRMWARE_LOG_TAIL,
+  parseFirmwareLogs,
+  readBootVerdict,
+  type BootVerdict,
+} from './firmware-log.ts';
+export {
   BLANK_VARIANCE,
   brightnessVariance,
   decodePng,

@@ -34,6 +34,11 @@ export interface RunFiles {
   guestAgent: string;
   vnc: string;
   console: string;
+  /**
+   * What the firmware writes to the ISA debug port 0x402 (SeaBIOS's boot messages; see
+   * firmware-log.ts), replaced at every start.
+   */
+  firmwareLog: string;
   /** QEMU's own stdout/stderr. */
   log: string;
   pidfile: string;
@@ -54,6 +59,7 @@ export function runFiles(runDir: string): RunFiles {
     guestAgent: join(runDir, 'qga.sock'),
     vnc: join(runDir, 'vnc.sock'),
     console: join(runDir, 'console.log'),
+    firmwareLog: join(runDir, 'firmware.log'),
     log: join(runDir, 'qemu.log'),
     pidfile: join(runDir, 'qemu.pid'),
     meta: join(runDir, 'vm.json'),
@@ -191,6 +197,11 @@ export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuComma
     `unix:${opt(files.vnc)}`,
     '-serial',
     `file:${opt(options.consoleLog ?? files.console)}`,
+    // The firmware's debug port: why a boot went nowhere, in SeaBIOS's words (firmware-log.ts).
+    '-chardev',
+    `file,id=fwlog,path=${opt(files.firmwareLog)}`,
+    '-device',
+    'isa-debugcon,iobase=0x402,chardev=fwlog',
     '-pidfile',
     files.pidfile,
     '-qmp',

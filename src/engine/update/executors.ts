@@ -11,6 +11,7 @@ import {
   type ReleaseVolume,
 } from '../../protocol/index.ts';
 import type { Clock } from '../clock.ts';
+import type { BootVerdict } from '../hypervisor/index.ts';
 import type { HypervisorDriver, VmMachine, VmSpec, VmStatus } from '../hypervisor/types.ts';
 import type { Log } from '../log.ts';
 import type { NewEvent } from '../queue.ts';
@@ -26,7 +27,12 @@ import {
   type VolumeDeps,
   type VolumeLayout,
 } from '../volumes/index.ts';
-import { checkHealth, type GuestAgentLink, type HealthResult } from './health.ts';
+import {
+  checkHealth,
+  type CheckHealthOptions,
+  type GuestAgentLink,
+  type HealthResult,
+} from './health.ts';
 import {
   runTransaction,
   type Transaction,
@@ -57,6 +63,12 @@ export interface UpdateDeps extends VolumeDeps {
    * check with `screen`; absent where VMs have no screen (the simulated hypervisor).
    */
   screenVariance?: (vm: string) => Promise<number>;
+  /**
+   * What the firmware of a running VM says about its boot (firmware-log.ts), so that a health
+   * check ends early, with the firmware's reason, when the VM cannot boot; absent where VMs have
+   * no firmware logs (the simulated hypervisor).
+   */
+  bootVerdict?: (vm: string) => Promise<BootVerdict | null>;
   clock: Clock;
   log: Log;
   /** Direct kernel boot for appliance-style images and the test guest. */
@@ -202,14 +214,21 @@ async function bootHealthy(
     check: vm.healthCheck,
     startedAt,
     clock: deps.clock,
-    ...screenOf(deps, vm.name),
+    ...checksOf(deps, vm.name),
     ...(deps.signal ? { signal: deps.signal } : {}),
   });
 }
 
-function screenOf(deps: UpdateDeps, vm: string): { screenVariance?: () => Promise<number> } {
-  const variance = deps.screenVariance;
-  return variance ? { screenVariance: () => variance(vm) } : {};
+/** What a health check of `vm` looks at besides its agent: its screen and its firmware. */
+function checksOf(
+  deps: UpdateDeps,
+  vm: string,
+): Pick<CheckHealthOptions, 'screenVariance' | 'bootVerdict'> {
+  const { screenVariance, bootVerdict } = deps;
+  return {
+    ...(screenVariance ? { screenVariance: () => screenVariance(vm) } : {}),
+    ...(bootVerdict ? { bootVerdict: () => bootVerdict(vm) } : {}),
+  };
 }
 
 function desiredVm(deps: UpdateDeps, tx: Transaction): DesiredVm {
@@ -378,7 +397,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
         check: vm.healthCheck,
         startedAt: tx.since,
         clock: deps.clock,
-        ...screenOf(deps, vm.name),
+        ...checksOf(deps, vm.name),
         ...(deps.signal ? { signal: deps.signal } : {}),
       });
       if (!result.healthy && deps.signal?.aborted) {
