@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { GuestAgent } from '../../src/engine/guest-agent.ts';
 import {
+  absoluteAxis,
   BLANK_VARIANCE,
   brightnessVariance,
   createQemuDriver,
@@ -17,14 +18,35 @@ import { tempDir, tool } from '../support/fixtures.ts';
 import { requireQemu, testGuest } from '../support/guest.ts';
 import { PATIENCE_MS, waitFor } from '../support/wait.ts';
 
+/** Linux input event types and codes (linux/input-event-codes.h). */
+const EV_KEY = 1;
+const EV_ABS = 3;
+const ABS_X = 0;
+const ABS_Y = 1;
+const BTN_LEFT = 0x110;
+
+/** The `struct input_event`s (64-bit: 16 bytes of time, type, code, value) in `bytes`. */
+function inputEvents(bytes: Buffer): { type: number; code: number; value: number }[] {
+  const events = [];
+  for (let o = 0; o + 24 <= bytes.length; o += 24) {
+    events.push({
+      type: bytes.readUInt16LE(o + 16),
+      code: bytes.readUInt16LE(o + 18),
+      value: bytes.readInt32LE(o + 20),
+    });
+  }
+  return events;
+}
+
 /*
  * A VM's screen on real QEMU (TCG here): the test guest shows a shell on its VGA console (tty1);
  * `bulkhead engine screenshot` captures it as a separate process while the driver (as `engine
- * run` would) holds the VM's QMP connection, and text typed through the screen's input path
- * reaches that shell.
+ * run` would) holds the VM's QMP connection, text typed through the screen's input path
+ * reaches that shell, and a click through it reaches the guest's USB tablet at the pixel asked
+ * for.
  */
 
-test('the screen of a running VM: a screenshot through the CLI shows it, typed text reaches the guest', async (t) => {
+test('the screen of a running VM: a screenshot through the CLI shows it, typed text and a click reach the guest', async (t) => {
   await requireQemu();
   const { guest, volumes } = await testGuest();
   const dataDir = await tempDir(t);
@@ -92,6 +114,33 @@ test('the screen of a running VM: a screenshot through the CLI shows it, typed t
     return text === '' ? undefined : text;
   });
   assert.equal(typed, 'Typed!\n');
+
+  // The mouse: the VM's USB tablet is an input device of the guest, and a click through the
+  // screen lands on the pixel asked for (absolute axes scaled from the screen's size).
+  const devices = await waitFor('the USB tablet in the guest', async () => {
+    const text = await sh('cat /proc/bus/input/devices');
+    return /USB Tablet/.test(text) ? text : undefined;
+  });
+  const tablet = devices.split('\n\n').find((d) => /USB Tablet/.test(d)) ?? '';
+  const event = /H: Handlers=.*\b(event\d+)\b/.exec(tablet)?.[1];
+  assert.ok(event, `the tablet's event device: ${tablet}`);
+  // Reading the device makes the guest poll the tablet, and QEMU routes pointer events to it.
+  await sh(`cat /dev/input/${event} >/tmp/pointer </dev/null 2>/dev/null &`);
+  const size = await screen.size();
+  assert.deepEqual(size, { width: image.width, height: image.height });
+  const at = { x: Math.floor(size.width / 3), y: Math.floor(size.height / 4) };
+  const seen = await waitFor('the click to reach the guest', async () => {
+    await screen.pointer(at.x, at.y, 'left');
+    const events = inputEvents(
+      (await agent.exec(['/bin/cat', '/tmp/pointer'], { timeoutMs: PATIENCE_MS })).stdout,
+    );
+    return events.some((e) => e.type === EV_KEY && e.code === BTN_LEFT) ? events : undefined;
+  });
+  const last = (code: number) => seen.findLast((e) => e.type === EV_ABS && e.code === code)?.value;
+  assert.equal(last(ABS_X), absoluteAxis(at.x, size.width));
+  assert.equal(last(ABS_Y), absoluteAxis(at.y, size.height));
+  const button = seen.filter((e) => e.type === EV_KEY && e.code === BTN_LEFT).map((e) => e.value);
+  assert.deepEqual(button.slice(0, 2), [1, 0], 'pressed, then released');
 
   // --json keeps every field.
   const json = await runCli([

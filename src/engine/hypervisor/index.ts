@@ -35,6 +35,8 @@ export {
   type BootVerdict,
 } from './firmware-log.ts';
 export {
+  ABS_MAX,
+  absoluteAxis,
   BLANK_VARIANCE,
   brightnessVariance,
   decodePng,
