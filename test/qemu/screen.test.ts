@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { readFile, stat } from 'node:fs/promises';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { systemClock } from '../../src/engine/clock.ts';
 import { GuestAgent } from '../../src/engine/guest-agent.ts';
 import {
   absoluteAxis,
@@ -11,6 +13,15 @@ import {
   decodePng,
   Screen,
 } from '../../src/engine/hypervisor/index.ts';
+import {
+  localApiSocket,
+  qemuScreens,
+  startLocalApi,
+  statusVms,
+} from '../../src/engine/local-api.ts';
+import { silentLog } from '../../src/engine/log.ts';
+import { engineFiles } from '../../src/engine/state.ts';
+import { VmRecords } from '../../src/engine/update/records.ts';
 import { ensureDataVolume } from '../../src/engine/volumes/overlays.ts';
 import { IsolationPolicySchema } from '../../src/protocol/index.ts';
 import { runCli } from '../support/cli.ts';
@@ -43,10 +54,10 @@ function inputEvents(bytes: Buffer): { type: number; code: number; value: number
  * `bulkhead engine screenshot` captures it as a separate process while the driver (as `engine
  * run` would) holds the VM's QMP connection, text typed through the screen's input path
  * reaches that shell, and a click through it reaches the guest's USB tablet at the pixel asked
- * for.
+ * for. The switcher's local API (a unix socket) shows the same screen and types into it.
  */
 
-test('the screen of a running VM: a screenshot through the CLI shows it, typed text and a click reach the guest', async (t) => {
+test('the screen of a running VM: the CLI and the local API show it, typed text and a click reach the guest', async (t) => {
   await requireQemu();
   const { guest, volumes } = await testGuest();
   const dataDir = await tempDir(t);
@@ -179,4 +190,56 @@ test('the screen of a running VM: a screenshot through the CLI shows it, typed t
     'width',
   ]);
   assert.ok((result['variance'] as number) > BLANK_VARIANCE);
+
+  // The switcher's local API over its unix socket: the screen and typing, on the real VM.
+  await new VmRecords(engineFiles(dataDir).engineState, systemClock).update('work', (r) => r);
+  const api = await startLocalApi(localApiSocket(dataDir), {
+    vms: statusVms(dataDir),
+    screens: qemuScreens(dataDir),
+    log: silentLog,
+  });
+  t.after(() => api.close());
+  const png = await overSocket(api.path, 'GET', '/v1/vms/work/screen.png');
+  assert.equal(png.status, 200);
+  assert.ok(brightnessVariance(decodePng(png.body)) > BLANK_VARIANCE, 'the API shows the screen');
+  const typedThroughApi = await overSocket(
+    api.path,
+    'POST',
+    '/v1/vms/work/input',
+    JSON.stringify({ text: 'echo API >/data/api\n' }),
+  );
+  assert.equal(typedThroughApi.status, 204, typedThroughApi.body.toString());
+  assert.equal(
+    await waitFor('the command typed through the API to run', async () => {
+      const text = await sh('cat /data/api 2>/dev/null');
+      return text === '' ? undefined : text;
+    }),
+    'API\n',
+  );
 });
+
+/** One request to the local API's unix socket. */
+function overSocket(
+  socketPath: string,
+  method: string,
+  path: string,
+  body?: string,
+): Promise<{ status: number; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        socketPath,
+        method,
+        path,
+        headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      },
+      (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (p: Buffer) => parts.push(p));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(parts) }));
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}

@@ -6,6 +6,7 @@ import {
   absoluteAxis,
   brightnessVariance,
   decodePng,
+  keyComboEvents,
   keyEvents,
   keyStrokes,
   pointerEvents,
@@ -205,4 +206,19 @@ test('ppmSize reads the size from a screendump header', () => {
   assert.deepEqual(ppmSize(Buffer.from('P6\n720 400\n255\n\0\0\0')), { width: 720, height: 400 });
   assert.deepEqual(ppmSize(Buffer.from('P6 1024 768 255\n')), { width: 1024, height: 768 });
   assert.equal(ppmSize(Buffer.from('\x89PNG')), null);
+});
+
+test('keyComboEvents: pressed in order, released in reverse', () => {
+  const ev = (qcode: string, down: boolean) => ({
+    type: 'key',
+    data: { down, key: { type: 'qcode', data: qcode } },
+  });
+  assert.deepEqual(keyComboEvents(['ctrl', 'alt', 'f2']), [
+    ev('ctrl', true),
+    ev('alt', true),
+    ev('f2', true),
+    ev('f2', false),
+    ev('alt', false),
+    ev('ctrl', false),
+  ]);
 });

@@ -218,6 +218,18 @@ export function keyEvents(stroke: KeyStroke): Record<string, unknown>[] {
     : [key(stroke.qcode, true), key(stroke.qcode, false)];
 }
 
+/**
+ * The `input-send-event` events of a key combination (`['ctrl', 'alt', 'f2']`, QEMU key codes):
+ * every key pressed in order, then released in reverse.
+ */
+export function keyComboEvents(keys: readonly string[]): Record<string, unknown>[] {
+  const key = (qcode: string, down: boolean) => ({
+    type: 'key',
+    data: { down, key: { type: 'qcode', data: qcode } },
+  });
+  return [...keys.map((k) => key(k, true)), ...[...keys].reverse().map((k) => key(k, false))];
+}
+
 export type MouseButton = 'left' | 'middle' | 'right';
 
 /** The largest value of QEMU's absolute pointer axes (`abs` events run 0..32767 on each). */
@@ -313,6 +325,11 @@ export class Screen {
       await this.#qmp.execute('input-send-event', { events: keyEvents(stroke) });
       await sleep(options.pauseMs ?? 30);
     }
+  }
+
+  /** Presses a key combination (QEMU key codes), then releases it (see keyComboEvents). */
+  async pressKeys(keys: readonly string[]): Promise<void> {
+    await this.#qmp.execute('input-send-event', { events: keyComboEvents(keys) });
   }
 
   /**
