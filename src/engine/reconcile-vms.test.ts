@@ -4,7 +4,7 @@
 // removed. The real reconciler, update transaction, records and overlays (qemu-img) on the
 // simulated hypervisor; goldens are small local files.
 import assert from 'node:assert/strict';
-import { mkdir, readdir, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { recordingLog } from '../../test/support/engine.ts';
@@ -221,6 +221,14 @@ test('a VM no longer assigned is stopped, then its overlays, UEFI variables, TPM
   await e.reconciler.reconcile(desired([desiredVm('personal', UEFI_TPM)], 'locked'));
   assert.equal((await e.hypervisor.status('work')).state, 'stopped');
   assert.ok((await readdir(work.vmDir)).includes('tpm'), 'kept while locked');
+
+  // A QEMU the driver lost track of still runs in work's run directory: nothing is deleted.
+  const pidfile = join(work.runDir, 'qemu.pid');
+  await writeFile(pidfile, `${process.pid}\n`);
+  await e.reconciler.reconcile(desired([desiredVm('personal', UEFI_TPM)]));
+  assert.ok((await readdir(work.vmDir)).includes('tpm'), 'kept while its QEMU runs');
+  assert.ok(e.log.warnings.includes('work: not removed: its QEMU still runs'));
+  await rm(pidfile);
 
   // Active again, without work: work is removed, personal runs on untouched.
   await e.reconciler.reconcile(desired([desiredVm('personal', UEFI_TPM)]));

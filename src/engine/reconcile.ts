@@ -10,6 +10,7 @@ import {
   type DesiredVm,
 } from '../protocol/index.ts';
 import type { VmRunState, VmSpec } from './hypervisor/types.ts';
+import { runStateOf } from './status.ts';
 import {
   persistTransaction,
   releaseLabel,
@@ -260,9 +261,17 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
       await vmState(step.vm, 'stopped', { reason: step.reason });
     },
     async removeVm(step) {
-      // Planned only for a stopped VM; a start since then (another pass) wins.
+      // Planned only for a stopped VM; a start since then (another pass) wins. A QEMU still
+      // alive in its run directory (one the driver lost track of) keeps its files too.
       const run = (await deps.hypervisor.status(step.vm)).state;
       if (run !== 'stopped' && run !== 'crashed') return;
+      if ((await runStateOf(volumeLayout(deps.dataDir, step.vm).runDir)) === 'running') {
+        deps.log.warn(
+          { component: 'hypervisor', vm: step.vm },
+          `${step.vm}: not removed: its QEMU still runs`,
+        );
+        return;
+      }
       const kept = await removeVmFiles(deps.dataDir, step.vm);
       // The transaction and the record go last: until then the next pass plans this again.
       await deps.transactions.write(step.vm, null);
