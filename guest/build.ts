@@ -53,6 +53,10 @@ const MODULES = [
   'ext4',
   'button',
   'evdev',
+  // The VM's USB tablet (its absolute pointer): xHCI, then HID.
+  'xhci_pci',
+  'usbhid',
+  'hid_generic',
 ];
 
 /** Kernel command line for the test guest: console on the serial port, reboot on panic. */

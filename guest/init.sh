@@ -20,7 +20,8 @@ echo 1 >/proc/sys/kernel/printk 2>/dev/null
 
 log() { echo "bulkhead-guest: $*" >/dev/console; }
 
-for m in virtio_pci virtio_blk virtio_console crc32c_generic ext4 virtio_net button evdev; do
+for m in virtio_pci virtio_blk virtio_console crc32c_generic ext4 virtio_net button evdev \
+  xhci_pci usbhid hid_generic; do
   modprobe "$m" 2>/dev/null || log "module $m not loaded"
 done
 

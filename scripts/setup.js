@@ -39,8 +39,9 @@ const packages = {
     ['qemu-guest-agent', 'qemu-ga'],
     ['cpio', 'cpio'],
     ['kmod', 'depmod'],
-    // The full Debian guest (guest/debian.ts): a system bootstrapped from Debian's packages,
-    // on a GPT disk with a FAT EFI system partition.
+    // The full Debian guest (guest/debian.ts), a system bootstrapped from Debian's packages,
+    // and the hand-made disks of test/qemu/boot-failure.test.ts: GPT disks with a FAT EFI
+    // system partition.
     ['mmdebstrap', 'mmdebstrap'],
     ['fdisk', 'sfdisk'],
     ['dosfstools', 'mkfs.vfat'],

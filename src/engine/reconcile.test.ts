@@ -163,6 +163,16 @@ const cases: { name: string; input: PlanInput; expect: string[] }[] = [
     expect: ['stopVm:work'],
   },
   {
+    name: 'a VM no longer assigned is removed once it is down',
+    input: input(desired([]), [vm({ current: rel('1'), run: 'crashed' })]),
+    expect: ['removeVm:work'],
+  },
+  {
+    name: 'a locked device removes no VM, assigned or not',
+    input: input(desired([], 'locked'), [vm({ current: rel('1'), run: 'stopped' })]),
+    expect: [],
+  },
+  {
     name: 'goldens beyond current and previous are collected',
     input: input(
       desired([desiredVm('3')]),

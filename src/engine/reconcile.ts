@@ -1,6 +1,16 @@
 import { exists } from '../durable/index.ts';
-import type { DesiredState, DesiredVm } from '../protocol/index.ts';
-import type { VmRunState } from './hypervisor/types.ts';
+import { readdir, rm } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import {
+  ErrorCodes,
+  errnoCode,
+  isBulkheadError,
+  type BulkheadError,
+  type DesiredState,
+  type DesiredVm,
+} from '../protocol/index.ts';
+import type { VmRunState, VmSpec } from './hypervisor/types.ts';
+import { runStateOf } from './status.ts';
 import {
   persistTransaction,
   releaseLabel,
@@ -43,6 +53,8 @@ export type Step =
   | { action: 'beginUpdate'; vm: string; profileId: string; from: Release | null; to: Release }
   | { action: 'startVm'; vm: string }
   | { action: 'stopVm'; vm: string; reason: string }
+  /** A VM no longer assigned, once it is down: its disks and firmware state go (see removeVm). */
+  | { action: 'removeVm'; vm: string }
   | { action: 'collectGoldens'; keep: { image: string; versionId: string }[] };
 
 export type StepAction = Step['action'];
@@ -77,6 +89,12 @@ export function plan(input: PlanInput): Step[] {
         vm: v.name,
         reason: !wanted ? 'no longer assigned' : `device ${desired.device.state}`,
       });
+    }
+    // Once down it is removed; only by an active device's desired state (a locked or killed
+    // device keeps everything as it is: a kill's crypto-erase is its own step).
+    const isDown = v.run === 'stopped' || v.run === 'crashed';
+    if (desired && deviceActive && !wanted && isDown) {
+      steps.push({ action: 'removeVm', vm: v.name });
     }
   }
   if (!desired || !deviceActive) return steps;
@@ -157,6 +175,21 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
         ...extra,
       },
     });
+  /**
+   * A VM that cannot boot as configured (its spec is refused): the reason becomes the VM's
+   * last error, reported once per reason (every pass plans the start again until the profile or
+   * Engine's configuration changes).
+   */
+  const refuseStart = async (vm: string, err: BulkheadError) => {
+    const before = await deps.records.get(vm);
+    if (before.lastError?.message === err.message) return;
+    await deps.records.update(vm, (r) => ({
+      ...r,
+      lastError: { code: err.code, message: err.message, at: deps.clock.now() },
+    }));
+    deps.log.warn({ component: 'hypervisor', vm, reason: err.message }, `${vm}: not started`);
+    await vmState(vm, 'failed', { reason: err.message });
+  };
   return {
     async resumeUpdate(step) {
       const tx = await deps.transactions.read(step.vm);
@@ -190,12 +223,24 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
       const record = await deps.records.get(step.vm);
       if (!record.current) return;
       const layout = volumeLayout(deps.dataDir, vm.name);
+      let spec: VmSpec;
+      try {
+        spec = vmSpec(vm, record.current, layout, deps.kernel);
+      } catch (err) {
+        if (!isBulkheadError(err, ErrorCodes.VALIDATION)) throw err;
+        await refuseStart(step.vm, err);
+        return;
+      }
       const isMissing = !(await exists(layout.overlay('system')));
       // on-boot: the system overlay is discarded at every boot, not only at updates.
       if (vm.resetPolicy === 'on-boot' || isMissing) {
         await prepareRelease(deps, vm, record.current, deps.target(vm.name));
       }
-      const status = await deps.hypervisor.start(vmSpec(vm, record.current, layout, deps.kernel));
+      const status = await deps.hypervisor.start(spec);
+      // A start refused earlier (refuseStart) is over once the VM starts.
+      if (record.lastError?.code === ErrorCodes.VALIDATION) {
+        await deps.records.update(step.vm, (r) => ({ ...r, lastError: null }));
+      }
       deps.log.info(
         {
           component: 'hypervisor',
@@ -215,6 +260,28 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
       await deps.hypervisor.stop(step.vm, { timeoutMs: deps.stopTimeoutMs });
       await vmState(step.vm, 'stopped', { reason: step.reason });
     },
+    async removeVm(step) {
+      // Planned only for a stopped VM; a start since then (another pass) wins. A QEMU still
+      // alive in its run directory (one the driver lost track of) keeps its files too.
+      const run = (await deps.hypervisor.status(step.vm)).state;
+      if (run !== 'stopped' && run !== 'crashed') return;
+      if ((await runStateOf(volumeLayout(deps.dataDir, step.vm).runDir)) === 'running') {
+        deps.log.warn(
+          { component: 'hypervisor', vm: step.vm },
+          `${step.vm}: not removed: its QEMU still runs`,
+        );
+        return;
+      }
+      const kept = await removeVmFiles(deps.dataDir, step.vm);
+      // The transaction and the record go last: until then the next pass plans this again.
+      await deps.transactions.write(step.vm, null);
+      await deps.records.remove(step.vm);
+      deps.log.info(
+        { component: 'hypervisor', vm: step.vm, kept },
+        `${step.vm}: removed (no longer assigned)${kept.length ? `; kept ${kept.join(', ')}` : ''}`,
+      );
+      await vmState(step.vm, 'removed', { reason: 'no longer assigned' });
+    },
     async collectGoldens(step) {
       const removed = await deps.goldens.gc(step.keep);
       if (removed.length) {
@@ -222,6 +289,44 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
       }
     },
   };
+}
+
+/**
+ * Deletes what a VM that left the desired state had on this PC: its overlays, its UEFI
+ * variable store, its TPM state (which holds the guest's sealed keys), its console logs and
+ * its run directory. Its data volume is kept on purpose, and only it: it holds the user's
+ * files, the one thing on the PC Center cannot give back, and a VM leaves the desired state for
+ * reasons that may be undone (a profile whose image has no released version is left out, a
+ * device moved to another group and back); the same profile coming back finds it (its key is
+ * derived from the device and the profile, so it opens again). Deleting the user's files is a
+ * deliberate act (a kill's crypto-erase), not a side effect of a profile change. The firmware
+ * and TPM state do not stay with it: they belong to the VM that was removed, and a guest's
+ * secrets must not outlive the VM they were sealed for. Idempotent.
+ * @returns the names of what was kept (the data volume, when there is one).
+ */
+export async function removeVmFiles(dataDir: string, vm: string): Promise<string[]> {
+  const layout = volumeLayout(dataDir, vm);
+  const dataName = basename(layout.data);
+  let names: string[];
+  try {
+    names = await readdir(layout.vmDir);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return [];
+    throw err;
+  }
+  // The TPM state and variable store first: they are what must not be left behind.
+  const order = [basename(layout.tpmState), basename(layout.efiVars)];
+  names.sort((a, b) => rank(order, a) - rank(order, b));
+  for (const name of names) {
+    if (name === dataName) continue;
+    await rm(join(layout.vmDir, name), { recursive: true, force: true });
+  }
+  return names.includes(dataName) ? [dataName] : [];
+}
+
+function rank(order: string[], name: string): number {
+  const i = order.indexOf(name);
+  return i < 0 ? order.length : i;
 }
 
 /** Gathers the facts the planner needs from disk and the hypervisor. */

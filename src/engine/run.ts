@@ -5,10 +5,17 @@ import { systemClock, type Clock } from './clock.ts';
 import { createCommandHandler } from './commands.ts';
 import type { EngineConfig } from './config.ts';
 import { GuestAgent } from './guest-agent.ts';
-import type { Fetch } from '../protocol/index.ts';
-import { createQemuDriver, createSimDriver } from './hypervisor/index.ts';
+import { BulkheadError, ErrorCodes, type Fetch } from '../protocol/index.ts';
+import { createQemuDriver, createSimDriver, readBootVerdict } from './hypervisor/index.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from './hypervisor/types.ts';
 import { loadIdentity } from './identity.ts';
+import {
+  localApiSocket,
+  qemuScreens,
+  startLocalApi,
+  statusVms,
+  type VmScreens,
+} from './local-api.ts';
 import { lockDataDir } from './lock.ts';
 import { takeScreenshot } from './screenshot.ts';
 import type { Log } from './log.ts';
@@ -63,8 +70,23 @@ export interface RunningEngine {
   engine: Engine;
   reconciler: Reconciler;
   log: Log;
+  /** The unix socket of the local API (local-api.ts); null when it could not start. */
+  localApi: string | null;
   /** Stops syncing and reconciling; the VMs keep running. */
   stop(): Promise<void>;
+}
+
+/** The simulated hypervisor's VMs have no screen. */
+const simScreens: VmScreens = {
+  screenshot: (vm) => Promise.reject(noScreen(vm)),
+  input: (vm) => Promise.reject(noScreen(vm)),
+};
+
+function noScreen(vm: string): BulkheadError {
+  return new BulkheadError(
+    ErrorCodes.VM_NOT_RUNNING,
+    `VM ${vm} runs on the simulated hypervisor, which has no screens`,
+  );
 }
 
 /** The simulated hypervisor's guest agent: answers while the VM runs, every command exits 0. */
@@ -124,6 +146,10 @@ export async function createEngineReconciler(
       : {
           screenVariance: async (vm: string) =>
             (await takeScreenshot(dataDir, vm, { timeoutMs: 10_000 })).variance,
+          bootVerdict: (vm: string) => {
+            const { runDir, consoleDir } = volumeLayout(dataDir, vm);
+            return readBootVerdict(runDir, consoleDir);
+          },
         }),
     clock,
     log,
@@ -200,13 +226,25 @@ async function startLocked(
   holder.engine = running;
   await running.start();
   const loop = reconciler.loop(controller.signal, config.reconcileIntervalSeconds * 1000);
+  // The switcher's API. Without it the PC's VMs still run and update: a failure is logged.
+  const api = await startLocalApi(localApiSocket(config.dataDir), {
+    vms: statusVms(config.dataDir),
+    screens: config.hypervisor === 'sim' ? simScreens : qemuScreens(config.dataDir),
+    log,
+  }).catch((err: unknown) => {
+    log.error({ component: 'http', err }, `the local API could not start: ${String(err)}`);
+    return null;
+  });
+  if (api) log.info({ component: 'http', socket: api.path }, `local API on ${api.path}`);
   return {
     engine: running,
     reconciler,
     log,
+    localApi: api?.path ?? null,
     async stop() {
       controller.abort();
       try {
+        await api?.close();
         await running.stop();
         await loop;
       } finally {

@@ -156,6 +156,18 @@ test('engine status says in words what each VM is doing, versions by name', () =
     ],
     ['stopped', facts({ run: 'stopped' }), 'stopped', 'work: stopped on os@2'],
     [
+      'not started as configured: says why',
+      facts({
+        run: 'stopped',
+        record: {
+          ...facts().record,
+          lastError: { code: 'ERR_VALIDATION', message: 'VM work cannot boot: …', at: 1 },
+        },
+      }),
+      'stopped',
+      'work: stopped on os@2 — not started: VM work cannot boot: …',
+    ],
+    [
       'crashed',
       facts({ run: 'crashed' }),
       'crashed',

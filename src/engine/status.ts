@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { DesiredVm } from '../protocol/index.ts';
+import { ErrorCodes, type DesiredVm } from '../protocol/index.ts';
 import { systemClock } from './clock.ts';
 import { isAlive } from './hypervisor/alive.ts';
 import { listConsoleLogs } from './hypervisor/consoles.ts';
@@ -305,7 +305,9 @@ export function describeVm(f: VmFacts): { activity: VmActivity; summary: string 
   if (f.run === 'crashed') {
     return say('crashed', `crashed ${on} (its QEMU is gone; see its console log)`);
   }
-  return say('stopped', `stopped ${on}`);
+  // A VM whose start is refused as configured (Secure Boot with a direct kernel, …) says why.
+  const refused = f.record.lastError?.code === ErrorCodes.VALIDATION ? f.record.lastError : null;
+  return say('stopped', `stopped ${on}${refused ? ` — not started: ${refused.message}` : ''}`);
 }
 
 /** The step of a running transaction, in words. */

@@ -80,6 +80,8 @@ export const ErrorCodes = {
   IDENTITY_EXISTS: 'ERR_IDENTITY_EXISTS',
   IDENTITY_MISSING: 'ERR_IDENTITY_MISSING',
   STATE_CORRUPT: 'ERR_STATE_CORRUPT',
+  // Engine's local API: a VM that must run for what was asked (its screen, input) does not.
+  VM_NOT_RUNNING: 'ERR_VM_NOT_RUNNING',
   // Rollouts: an action its state does not allow (pause a halted one, say).
   ROLLOUT_STATE: 'ERR_ROLLOUT_STATE',
 } as const;

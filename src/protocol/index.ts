@@ -9,6 +9,7 @@ export * from './policy.ts';
 export * from './images.ts';
 export * from './fleet.ts';
 export * from './rollouts.ts';
+export * from './engine-local.ts';
 export * from './endpoint.ts';
 export * from './endpoints/index.ts';
 export * from './client.ts';

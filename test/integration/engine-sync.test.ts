@@ -4,7 +4,12 @@
 import assert from 'node:assert/strict';
 import { createPrivateKey } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import {
+  createServer,
+  request as httpRequest,
+  type IncomingMessage,
+  type ServerResponse,
+} from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -35,6 +40,7 @@ import { generateKeyPair } from '../../src/signing/index.ts';
 import {
   DEVICE_SIGNATURE_DOMAINS,
   isBulkheadError,
+  LocalVmsResponseSchema,
   type DeviceCommand,
 } from '../../src/protocol/index.ts';
 import { runCli as cli } from '../support/cli.ts';
@@ -548,10 +554,16 @@ test('engine run: built from one configuration, it syncs, follows the poll inter
     assert.equal(running.engine.sync.current()?.document.state.pollIntervalSeconds, 45);
     const { lastContactAt, nextAttemptAt } = running.engine.sync.connectivity();
     assert.equal(nextAttemptAt! - lastContactAt!, 45_000, 'the next poll is 45 s after contact');
+    // The switcher's local API answers on its unix socket.
+    assert.equal(running.localApi, join(dataDir, 'run', 'engine.sock'));
+    const vms = await getOverSocket(running.localApi!, '/v1/vms');
+    assert.equal(vms.status, 200);
+    assert.deepEqual(LocalVmsResponseSchema.parse(JSON.parse(vms.body)), { vms: [] });
   } finally {
     await withTimeout('engine run to stop', running.stop());
   }
   assert.equal((await readEngineStatus(dataDir)).desired?.deviceState, 'active');
+  await assert.rejects(stat(join(dataDir, 'run', 'engine.sock')), { code: 'ENOENT' });
 });
 
 test('bulkhead engine enroll and status as a real process', async (t) => {
@@ -597,6 +609,23 @@ test('bulkhead engine enroll and status as a real process', async (t) => {
   assert.equal(forced.code, 0, forced.stderr);
   assert.notEqual(JSON.parse(forced.stdout).deviceId, out.deviceId);
 });
+
+/** A GET over a unix socket: status and body as text. */
+function getOverSocket(
+  socketPath: string,
+  path: string,
+): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ socketPath, path }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (part: string) => (body += part));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
 
 function systemSleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {

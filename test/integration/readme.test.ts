@@ -36,6 +36,10 @@ const ELSEWHERE: [prefix: string, why: string][] = [
     'runs VMs until stopped; test/integration/engine-process.test.ts and test/qemu run it',
   ],
   ['bulkhead engine screenshot', 'needs a running VM: test/qemu/screen.test.ts runs it'],
+  [
+    'curl -s --unix-socket $S',
+    "needs engine run's local API and a running VM: test/qemu/screen.test.ts calls it",
+  ],
 ];
 
 interface Block {

@@ -29,6 +29,14 @@ export {
 } from './qemu-args.ts';
 export { QmpClient, QmpError, type QmpEvent } from './qmp.ts';
 export {
+  FIRMWARE_LOG_TAIL,
+  parseFirmwareLogs,
+  readBootVerdict,
+  type BootVerdict,
+} from './firmware-log.ts';
+export {
+  ABS_MAX,
+  absoluteAxis,
   BLANK_VARIANCE,
   brightnessVariance,
   decodePng,

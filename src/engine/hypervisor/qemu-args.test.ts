@@ -71,9 +71,9 @@ test('none: no network device at all', () => {
   assert.match(values(args, '-sandbox')[0]!, /spawn=deny/);
 });
 
-test('no clipboard, USB or shared folders unless the policy says so', () => {
+test('no clipboard, USB passthrough or shared folders unless the policy says so', () => {
   const plain = buildQemuArgs(spec(), { accelerator: 'tcg' }).args.join(' ');
-  for (const absent of ['vdagent', 'usb', 'virtfs', '9p', 'vhost-user-fs', 'spice']) {
+  for (const absent of ['vdagent', 'usb-host', 'virtfs', '9p', 'vhost-user-fs', 'spice']) {
     assert.ok(!plain.includes(absent), `no ${absent}`);
   }
   const { args } = buildQemuArgs(spec({ clipboard: true, usbDevices: ['046d:c52b'] }), {
@@ -297,7 +297,21 @@ test('windows: Hyper-V enlightenments on the CPU (KVM and TCG) and a local-time 
   assert.deepEqual(HYPERV_FLAGS, ['hv_relaxed', 'hv_vapic', 'hv_spinlocks=0x1fff', 'hv_time']);
 });
 
-test('compat devices: AHCI disks, an e1000 NIC and a USB tablet on xHCI', () => {
+test('every VM has a USB tablet on xHCI, its absolute pointer, whatever its devices', () => {
+  for (const devices of ['virtio', 'compat'] as const) {
+    const { args } = buildQemuArgs(machine({ devices }), { accelerator: 'tcg' });
+    const all = values(args, '-device');
+    assert.ok(all.includes('qemu-xhci,id=usb0'), devices);
+    assert.ok(all.includes('usb-tablet,bus=usb0.0,id=tablet'), devices);
+  }
+  assert.ok(
+    values(buildQemuArgs(spec(), { accelerator: 'tcg' }).args, '-device').includes(
+      'usb-tablet,bus=usb0.0,id=tablet',
+    ),
+  );
+});
+
+test('compat devices: AHCI disks and an e1000 NIC', () => {
   const { args } = buildQemuArgs(machine({ devices: 'compat' }), { accelerator: 'tcg' });
   const devices = values(args, '-device');
   assert.ok(
@@ -307,7 +321,6 @@ test('compat devices: AHCI disks, an e1000 NIC and a USB tablet on xHCI', () => 
   assert.ok(!devices.some((d) => d.startsWith('virtio-blk') || d.startsWith('virtio-net')));
   assert.ok(devices.includes('e1000,netdev=net0'));
   assert.ok(devices.includes('qemu-xhci,id=usb0'));
-  assert.ok(devices.includes('usb-tablet,bus=usb0.0'));
   // With USB passthrough too: one controller.
   const both = buildQemuArgs(
     spec(

@@ -18,8 +18,8 @@ import type { VmDisk, VmMachine, VmSpec } from './types.ts';
  *     would inherit it).
  *   - `none`: no network device at all (-nodefaults adds none).
  * No shared folders ever; a clipboard channel (QEMU's vdagent, served through the VNC client)
- * only when `policy.clipboard`; USB passthrough only of `policy.usbDevices`, on an xHCI
- * controller that exists only then.
+ * only when `policy.clipboard`; USB passthrough only of `policy.usbDevices`, on the xHCI
+ * controller that otherwise holds only the VM's tablet (its pointer).
  */
 
 /** Files and sockets of one VM in its run directory. */
@@ -34,6 +34,11 @@ export interface RunFiles {
   guestAgent: string;
   vnc: string;
   console: string;
+  /**
+   * What the firmware writes to the ISA debug port 0x402 (SeaBIOS's boot messages; see
+   * firmware-log.ts), replaced at every start.
+   */
+  firmwareLog: string;
   /** QEMU's own stdout/stderr. */
   log: string;
   pidfile: string;
@@ -54,6 +59,7 @@ export function runFiles(runDir: string): RunFiles {
     guestAgent: join(runDir, 'qga.sock'),
     vnc: join(runDir, 'vnc.sock'),
     console: join(runDir, 'console.log'),
+    firmwareLog: join(runDir, 'firmware.log'),
     log: join(runDir, 'qemu.log'),
     pidfile: join(runDir, 'qemu.pid'),
     meta: join(runDir, 'vm.json'),
@@ -191,6 +197,11 @@ export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuComma
     `unix:${opt(files.vnc)}`,
     '-serial',
     `file:${opt(options.consoleLog ?? files.console)}`,
+    // The firmware's debug port: why a boot went nowhere, in SeaBIOS's words (firmware-log.ts).
+    '-chardev',
+    `file,id=fwlog,path=${opt(files.firmwareLog)}`,
+    '-device',
+    'isa-debugcon,iobase=0x402,chardev=fwlog',
     '-pidfile',
     files.pidfile,
     '-qmp',
@@ -254,20 +265,21 @@ export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuComma
 
   args.push(...networkArgs(spec, options));
 
-  const tablet = machine.devices === 'compat';
-  if (spec.policy.usbDevices.length > 0 || tablet) {
-    args.push('-device', 'qemu-xhci,id=usb0');
-    if (tablet) args.push('-device', 'usb-tablet,bus=usb0.0');
-    for (const id of spec.policy.usbDevices) {
-      const [vendor, product] = id.split(':');
-      if (!/^[0-9a-f]{4}$/.test(vendor ?? '') || !/^[0-9a-f]{4}$/.test(product ?? '')) {
-        throw new BulkheadError(
-          ErrorCodes.VALIDATION,
-          `policy.usbDevices: ${JSON.stringify(id)} is not vendor:product in hex`,
-        );
-      }
-      args.push('-device', `usb-host,bus=usb0.0,vendorid=0x${vendor},productid=0x${product}`);
+  // Every VM has an absolute pointer, so a click lands where the screen shows it (the q35
+  // machine's PS/2 mouse moves only relatively): a USB tablet, which Windows (with or without
+  // virtio drivers, its installer too) and Linux drive with their in-box USB HID drivers, where
+  // virtio-tablet would need virtio-win's input driver in Windows. On xHCI, which the guest
+  // does not have to poll, so an idle tablet costs next to nothing.
+  args.push('-device', 'qemu-xhci,id=usb0', '-device', 'usb-tablet,bus=usb0.0,id=tablet');
+  for (const id of spec.policy.usbDevices) {
+    const [vendor, product] = id.split(':');
+    if (!/^[0-9a-f]{4}$/.test(vendor ?? '') || !/^[0-9a-f]{4}$/.test(product ?? '')) {
+      throw new BulkheadError(
+        ErrorCodes.VALIDATION,
+        `policy.usbDevices: ${JSON.stringify(id)} is not vendor:product in hex`,
+      );
     }
+    args.push('-device', `usb-host,bus=usb0.0,vendorid=0x${vendor},productid=0x${product}`);
   }
   return { args, secrets, files };
 }

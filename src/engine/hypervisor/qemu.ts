@@ -170,6 +170,8 @@ export class QemuDriver implements HypervisorDriver {
     await mkdir(spec.runDir, { recursive: true, mode: 0o700 });
     await chmod(spec.runDir, 0o700);
     await cleanRunDir(files, spec.runDir);
+    // The previous boot's firmware messages must not be taken for this one's.
+    await rm(files.firmwareLog, { force: true });
     if (consoleLog) {
       await mkdir(dirname(consoleLog), { recursive: true, mode: 0o700 });
       // Room for this boot's log among the last CONSOLES_KEPT.

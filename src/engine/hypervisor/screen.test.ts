@@ -1,7 +1,18 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { deflateSync } from 'node:zlib';
-import { brightnessVariance, decodePng, keyEvents, keyStrokes, type Image } from './screen.ts';
+import {
+  ABS_MAX,
+  absoluteAxis,
+  brightnessVariance,
+  decodePng,
+  keyComboEvents,
+  keyEvents,
+  keyStrokes,
+  pointerEvents,
+  ppmSize,
+  type Image,
+} from './screen.ts';
 
 /** A PNG of `image` whose row y uses filter `filters[y % filters.length]` (as libpng may). */
 function encodePng(image: Image, filters: number[]): Buffer {
@@ -164,4 +175,50 @@ test('keyEvents: shift wraps the key, presses before releases', () => {
     '-shift',
   ]);
   assert.deepEqual(keyEvents({ qcode: 'ret', shift: false }).map(ev), ['+ret', '-ret']);
+});
+
+test('pointer: pixels map onto the tablet axes 0..32767, corners to the ends', () => {
+  assert.equal(ABS_MAX, 32767);
+  assert.equal(absoluteAxis(0, 720), 0);
+  assert.equal(absoluteAxis(719, 720), 32767);
+  assert.equal(absoluteAxis(360, 721), 16384);
+  assert.equal(absoluteAxis(0, 1), 0, 'a one-pixel axis');
+  assert.deepEqual(pointerEvents(10, 399, { width: 720, height: 400 }), [
+    { type: 'abs', data: { axis: 'x', value: Math.round((10 * 32767) / 719) } },
+    { type: 'abs', data: { axis: 'y', value: 32767 } },
+  ]);
+});
+
+test('pointer: a point off the screen is refused, naming the axis and the bounds', () => {
+  assert.throws(() => pointerEvents(720, 0, { width: 720, height: 400 }), {
+    code: 'ERR_VALIDATION',
+    message:
+      'pointer x 720 is off the screen: it must be a whole pixel from 0 to 719 (the screen is 720 pixels wide)',
+  });
+  assert.throws(() => pointerEvents(0, -1, { width: 720, height: 400 }), {
+    code: 'ERR_VALIDATION',
+    message: /^pointer y -1 is off the screen: .* from 0 to 399 \(the screen is 400 pixels high\)$/,
+  });
+  assert.throws(() => absoluteAxis(1.5, 720), { code: 'ERR_VALIDATION' });
+});
+
+test('ppmSize reads the size from a screendump header', () => {
+  assert.deepEqual(ppmSize(Buffer.from('P6\n720 400\n255\n\0\0\0')), { width: 720, height: 400 });
+  assert.deepEqual(ppmSize(Buffer.from('P6 1024 768 255\n')), { width: 1024, height: 768 });
+  assert.equal(ppmSize(Buffer.from('\x89PNG')), null);
+});
+
+test('keyComboEvents: pressed in order, released in reverse', () => {
+  const ev = (qcode: string, down: boolean) => ({
+    type: 'key',
+    data: { down, key: { type: 'qcode', data: qcode } },
+  });
+  assert.deepEqual(keyComboEvents(['ctrl', 'alt', 'f2']), [
+    ev('ctrl', true),
+    ev('alt', true),
+    ev('f2', true),
+    ev('f2', false),
+    ev('alt', false),
+    ev('ctrl', false),
+  ]);
 });

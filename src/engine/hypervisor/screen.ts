@@ -1,4 +1,4 @@
-import { readFile, rm } from 'node:fs/promises';
+import { open, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { inflateSync } from 'node:zlib';
@@ -218,7 +218,56 @@ export function keyEvents(stroke: KeyStroke): Record<string, unknown>[] {
     : [key(stroke.qcode, true), key(stroke.qcode, false)];
 }
 
+/**
+ * The `input-send-event` events of a key combination (`['ctrl', 'alt', 'f2']`, QEMU key codes):
+ * every key pressed in order, then released in reverse.
+ */
+export function keyComboEvents(keys: readonly string[]): Record<string, unknown>[] {
+  const key = (qcode: string, down: boolean) => ({
+    type: 'key',
+    data: { down, key: { type: 'qcode', data: qcode } },
+  });
+  return [...keys.map((k) => key(k, true)), ...[...keys].reverse().map((k) => key(k, false))];
+}
+
 export type MouseButton = 'left' | 'middle' | 'right';
+
+/** The largest value of QEMU's absolute pointer axes (`abs` events run 0..32767 on each). */
+export const ABS_MAX = 32767;
+
+/**
+ * The absolute axis value of pixel `pixel` on an axis `size` pixels long: 0 at the first pixel,
+ * ABS_MAX at the last, so the guest's tablet (which scales 0..ABS_MAX to its screen) lands on
+ * that pixel.
+ * @throws BulkheadError ERR_VALIDATION for a pixel off the screen.
+ */
+export function absoluteAxis(pixel: number, size: number, axis: 'x' | 'y' = 'x'): number {
+  if (!Number.isInteger(pixel) || pixel < 0 || pixel >= size) {
+    throw new BulkheadError(
+      ErrorCodes.VALIDATION,
+      `pointer ${axis} ${pixel} is off the screen: it must be a whole pixel from 0 to ${size - 1} (the screen is ${size} pixels ${axis === 'x' ? 'wide' : 'high'})`,
+    );
+  }
+  return size <= 1 ? 0 : Math.round((pixel * ABS_MAX) / (size - 1));
+}
+
+/** The `input-send-event` events that put the pointer on pixel (x, y) of a screen of `size`. */
+export function pointerEvents(
+  x: number,
+  y: number,
+  size: { width: number; height: number },
+): Record<string, unknown>[] {
+  return [
+    { type: 'abs', data: { axis: 'x', value: absoluteAxis(x, size.width, 'x') } },
+    { type: 'abs', data: { axis: 'y', value: absoluteAxis(y, size.height, 'y') } },
+  ];
+}
+
+/** The width and height in a PPM header (`P6 <width> <height> <max>`), or null. */
+export function ppmSize(header: Buffer): { width: number; height: number } | null {
+  const m = /^P6\s+(\d+)\s+(\d+)\s+\d+\s/.exec(header.toString('latin1'));
+  return m ? { width: Number(m[1]), height: Number(m[2]) } : null;
+}
 
 /** The screen of one running VM, through its screen monitor. */
 export class Screen {
@@ -278,6 +327,49 @@ export class Screen {
     }
   }
 
+  /** Presses a key combination (QEMU key codes), then releases it (see keyComboEvents). */
+  async pressKeys(keys: readonly string[]): Promise<void> {
+    await this.#qmp.execute('input-send-event', { events: keyComboEvents(keys) });
+  }
+
+  /**
+   * The screen's size now, in pixels (the guest may change its resolution at any time): from a
+   * screendump in PPM, whose header says it.
+   */
+  async size(): Promise<{ width: number; height: number }> {
+    const file = join(this.#runDir, `size-${process.pid}-${Date.now()}.ppm`);
+    try {
+      await this.#qmp.execute('screendump', { filename: file, format: 'ppm' }, 30_000);
+      const handle = await open(file, 'r');
+      let header: Buffer;
+      try {
+        header = Buffer.alloc(64);
+        const { bytesRead } = await handle.read(header, 0, 64, 0);
+        header = header.subarray(0, bytesRead);
+      } finally {
+        await handle.close();
+      }
+      const size = ppmSize(header);
+      if (!size) {
+        throw new BulkheadError(ErrorCodes.INTERNAL, "QEMU's screendump is not a PPM image");
+      }
+      return size;
+    } finally {
+      await rm(file, { force: true });
+    }
+  }
+
+  /**
+   * Puts the pointer on pixel (x, y) of the screen as it is now (the VM's USB tablet, an
+   * absolute pointer), then clicks `button` there if one is given.
+   * @throws BulkheadError ERR_VALIDATION for a point off the screen.
+   */
+  async pointer(x: number, y: number, button?: MouseButton): Promise<void> {
+    const size = await this.size();
+    await this.#qmp.execute('input-send-event', { events: pointerEvents(x, y, size) });
+    if (button) await this.click(button);
+  }
+
   /** Moves the pointer by (dx, dy) (a relative mouse: the PS/2 mouse of the q35 machine). */
   async moveMouse(dx: number, dy: number): Promise<void> {
     await this.#qmp.execute('input-send-event', {
@@ -288,7 +380,7 @@ export class Screen {
     });
   }
 
-  /** Presses and releases a mouse button. */
+  /** Presses and releases a mouse button where the pointer is. */
   async click(button: MouseButton = 'left'): Promise<void> {
     for (const down of [true, false]) {
       await this.#qmp.execute('input-send-event', {

@@ -69,7 +69,10 @@ export interface VmMachine {
   tpm?: { stateDir: string; key: Buffer };
   /** `windows`: Hyper-V enlightenments and a local-time clock. */
   os: 'linux' | 'windows';
-  /** `compat`: AHCI disks, an e1000 NIC and a USB tablet, for guests without virtio drivers. */
+  /**
+   * `compat`: AHCI disks and an e1000 NIC, for guests without virtio drivers. Every VM has a
+   * USB tablet (its absolute pointer) either way.
+   */
   devices: 'virtio' | 'compat';
 }
 

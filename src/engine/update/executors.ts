@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { exists } from '../../durable/index.ts';
 import {
   BulkheadError,
+  ErrorCodes,
   isBulkheadError,
   type DesiredVm,
   type VmMachineHint,
@@ -10,6 +11,7 @@ import {
   type ReleaseVolume,
 } from '../../protocol/index.ts';
 import type { Clock } from '../clock.ts';
+import type { BootVerdict } from '../hypervisor/index.ts';
 import type { HypervisorDriver, VmMachine, VmSpec, VmStatus } from '../hypervisor/types.ts';
 import type { Log } from '../log.ts';
 import type { NewEvent } from '../queue.ts';
@@ -25,7 +27,12 @@ import {
   type VolumeDeps,
   type VolumeLayout,
 } from '../volumes/index.ts';
-import { checkHealth, type GuestAgentLink, type HealthResult } from './health.ts';
+import {
+  checkHealth,
+  type CheckHealthOptions,
+  type GuestAgentLink,
+  type HealthResult,
+} from './health.ts';
 import {
   runTransaction,
   type Transaction,
@@ -56,6 +63,12 @@ export interface UpdateDeps extends VolumeDeps {
    * check with `screen`; absent where VMs have no screen (the simulated hypervisor).
    */
   screenVariance?: (vm: string) => Promise<number>;
+  /**
+   * What the firmware of a running VM says about its boot (firmware-log.ts), so that a health
+   * check ends early, with the firmware's reason, when the VM cannot boot; absent where VMs have
+   * no firmware logs (the simulated hypervisor).
+   */
+  bootVerdict?: (vm: string) => Promise<BootVerdict | null>;
   clock: Clock;
   log: Log;
   /** Direct kernel boot for appliance-style images and the test guest. */
@@ -105,13 +118,18 @@ export function aboutRelease(tx: Pick<Transaction, 'profileId' | 'from' | 'to'>)
   };
 }
 
-/** The spec a VM boots with `release`. */
+/**
+ * The spec a VM boots with `release`.
+ * @throws BulkheadError ERR_VALIDATION when the VM cannot boot as configured: a TPM without a
+ * data key, or Secure Boot with a directly booted kernel (see `refuseUnverifiableBoot`).
+ */
 export function vmSpec(
   vm: DesiredVm,
   release: Release,
   layout: VolumeLayout,
   kernel?: VmSpec['kernel'],
 ): VmSpec {
+  refuseUnverifiableBoot(vm, kernel);
   const key = dataKeyOf(vm);
   return {
     name: vm.name,
@@ -125,6 +143,24 @@ export function vmSpec(
     version: releaseName(release),
     ...(vm.machine ? { machine: vmMachine(vm, vm.machine, layout) } : {}),
   };
+}
+
+/**
+ * Secure Boot promises that only signed code boots, but OVMF starts a kernel handed to QEMU
+ * (`-kernel`) without checking any signature (OVMF 2022.11 boots an unsigned one with Secure
+ * Boot on). A VM whose profile turns Secure Boot on while Engine's configuration boots a kernel
+ * directly would claim a protection it does not have, so it is refused.
+ * @throws BulkheadError ERR_VALIDATION saying why and what to change.
+ */
+export function refuseUnverifiableBoot(vm: DesiredVm, kernel: VmSpec['kernel'] | undefined): void {
+  if (!kernel || !vm.machine?.secureBoot) return;
+  // The whole remedy is in the message: it becomes the VM's failure reason, reported as is.
+  throw new BulkheadError(
+    ErrorCodes.VALIDATION,
+    `VM ${vm.name} cannot boot: its profile turns Secure Boot on, but Engine's configuration boots a kernel directly (${kernel.path}), which the firmware starts without checking a signature. ` +
+      `Remove kernel (with initrd and cmdline) from Engine's configuration so the image's own signed boot loader starts, ` +
+      `or turn Secure Boot off in the profile (bulkhead profiles edit ${vm.name} --secure-boot off)`,
+  );
 }
 
 /** The hypervisor's machine for a desired VM: its firmware and TPM files are its own. */
@@ -178,14 +214,21 @@ async function bootHealthy(
     check: vm.healthCheck,
     startedAt,
     clock: deps.clock,
-    ...screenOf(deps, vm.name),
+    ...checksOf(deps, vm.name),
     ...(deps.signal ? { signal: deps.signal } : {}),
   });
 }
 
-function screenOf(deps: UpdateDeps, vm: string): { screenVariance?: () => Promise<number> } {
-  const variance = deps.screenVariance;
-  return variance ? { screenVariance: () => variance(vm) } : {};
+/** What a health check of `vm` looks at besides its agent: its screen and its firmware. */
+function checksOf(
+  deps: UpdateDeps,
+  vm: string,
+): Pick<CheckHealthOptions, 'screenVariance' | 'bootVerdict'> {
+  const { screenVariance, bootVerdict } = deps;
+  return {
+    ...(screenVariance ? { screenVariance: () => screenVariance(vm) } : {}),
+    ...(bootVerdict ? { bootVerdict: () => bootVerdict(vm) } : {}),
+  };
 }
 
 function desiredVm(deps: UpdateDeps, tx: Transaction): DesiredVm {
@@ -211,6 +254,14 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
   return {
     async downloading(tx) {
       if (isSuperseded(deps, tx)) return 'cancel';
+      // A VM that cannot boot as configured fails here, before anything is fetched or switched:
+      // the version it runs stays as it is.
+      try {
+        refuseUnverifiableBoot(desiredVm(deps, tx), deps.kernel);
+      } catch (err) {
+        deps.log.info({ ...about(tx), reason: message(err) }, `${tx.vm}: update refused`);
+        return { event: 'download-failed', reason: message(err) };
+      }
       const { mirrors, publishers } = deps.target(tx.vm);
       let downloaded = 0;
       let reused = 0;
@@ -346,7 +397,7 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
         check: vm.healthCheck,
         startedAt: tx.since,
         clock: deps.clock,
-        ...screenOf(deps, vm.name),
+        ...checksOf(deps, vm.name),
         ...(deps.signal ? { signal: deps.signal } : {}),
       });
       if (!result.healthy && deps.signal?.aborted) {

@@ -143,3 +143,76 @@ test('health with screen: blank until the guest draws, then healthy; blank to th
     { healthy: false, reason: 'the health check looks at the screen, but this VM has none' },
   );
 });
+
+test('health: a firmware that gave up ends the check at once, with its reason', async () => {
+  const clock = manualClock();
+  const asked: number[] = [];
+  const r = await checkHealth({
+    connect: link(Infinity, clock),
+    check: { timeoutSeconds: 300 },
+    startedAt: 0,
+    clock,
+    // The firmware gives up 4 s into the boot.
+    bootVerdict: async () => {
+      asked.push(clock.t);
+      return clock.t < 4000
+        ? null
+        : {
+            reason: "Secure Boot refused the boot loader: 'BdsDxe: … Access Denied'",
+            isFinal: true,
+          };
+    },
+  });
+  assert.deepEqual(r, {
+    healthy: false,
+    reason: "Secure Boot refused the boot loader: 'BdsDxe: … Access Denied'",
+  });
+  assert.ok(clock.t <= 5000, `ended ${clock.t} ms into a 300 s timeout`);
+  assert.ok(asked.length >= 2, 'asked while waiting');
+});
+
+test('health: a firmware still trying at the timeout adds its words to the reason; a broken log says nothing', async () => {
+  const clock = manualClock();
+  assert.deepEqual(
+    await checkHealth({
+      connect: link(Infinity, clock),
+      check: { timeoutSeconds: 20 },
+      startedAt: 0,
+      clock,
+      bootVerdict: async () => ({
+        reason: "the firmware could not boot: 'Boot failed: not a bootable disk'",
+        isFinal: false,
+      }),
+    }),
+    {
+      healthy: false,
+      reason:
+        "guest agent did not answer within 20 s; the firmware could not boot: 'Boot failed: not a bootable disk'",
+    },
+  );
+  const clock2 = manualClock();
+  assert.deepEqual(
+    await checkHealth({
+      connect: link(Infinity, clock2),
+      check: { timeoutSeconds: 20 },
+      startedAt: 0,
+      clock: clock2,
+      bootVerdict: async () => {
+        throw new Error('EACCES');
+      },
+    }),
+    { healthy: false, reason: 'guest agent did not answer within 20 s' },
+  );
+});
+
+test('health: an agent that answers wins over anything the firmware logged', async () => {
+  const clock = manualClock();
+  const r = await checkHealth({
+    connect: link(3000, clock),
+    check: { timeoutSeconds: 30 },
+    startedAt: 0,
+    clock,
+    bootVerdict: async () => ({ reason: 'not final', isFinal: false }),
+  });
+  assert.deepEqual(r, { healthy: true });
+});

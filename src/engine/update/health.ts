@@ -1,5 +1,6 @@
 import type { HealthCheck } from '../../protocol/index.ts';
 import type { Clock } from '../clock.ts';
+import type { BootVerdict } from '../hypervisor/index.ts';
 import { BLANK_VARIANCE } from '../hypervisor/screen.ts';
 
 /**
@@ -34,6 +35,12 @@ export interface CheckHealthOptions {
   screenVariance?: () => Promise<number>;
   /** At or below this variance the screen counts as blank (default BLANK_VARIANCE). */
   blankVariance?: number;
+  /**
+   * The firmware's verdict on the VM's boot (firmware-log.ts), asked while the agent is silent:
+   * a final one ends the check at once with its reason, and any one is added to the reason of
+   * an agent that never answered. A hypervisor without firmware logs leaves it out.
+   */
+  bootVerdict?: () => Promise<BootVerdict | null>;
 }
 
 /**
@@ -59,6 +66,9 @@ export async function checkHealth(options: CheckHealthOptions): Promise<HealthRe
         link = candidate;
       } catch {
         await candidate?.close();
+        // A firmware that gave up will not start the guest however long the check waits.
+        const verdict = await verdictOf(options);
+        if (verdict?.isFinal) return { healthy: false, reason: verdict.reason };
         // A ping that timed out already waited; only a quick refusal needs a pause.
         const pause = retryMs - (clock.now() - tried);
         if (pause > 0)
@@ -66,9 +76,12 @@ export async function checkHealth(options: CheckHealthOptions): Promise<HealthRe
       }
     }
     if (!link) {
+      const verdict = await verdictOf(options);
       return {
         healthy: false,
-        reason: `guest agent did not answer within ${check.timeoutSeconds} s`,
+        reason:
+          `guest agent did not answer within ${check.timeoutSeconds} s` +
+          (verdict ? `; ${verdict.reason}` : ''),
       };
     }
     if (check.command) {
@@ -78,6 +91,15 @@ export async function checkHealth(options: CheckHealthOptions): Promise<HealthRe
     return check.screen ? await checkScreen(options, deadline) : { healthy: true };
   } finally {
     await link?.close();
+  }
+}
+
+/** The firmware's verdict, or null without one (a log that cannot be read says nothing). */
+async function verdictOf(options: CheckHealthOptions): Promise<BootVerdict | null> {
+  try {
+    return (await options.bootVerdict?.()) ?? null;
+  } catch {
+    return null;
   }
 }
 

@@ -60,6 +60,18 @@ export class VmRecords {
     this.#chain = run.catch(() => {});
     return run;
   }
+
+  /** Forgets one VM's record (a VM no longer on this PC); a VM without one is left as is. */
+  remove(vm: string): Promise<void> {
+    const run = this.#chain.then(async () => {
+      const state = await this.#file.read();
+      if (!state?.vms.some((v) => v.name === vm)) return;
+      const vms = state.vms.filter((v) => v.name !== vm);
+      await this.#file.write({ ...state, vms, updatedAt: this.#clock.now() });
+    });
+    this.#chain = run.catch(() => {});
+    return run;
+  }
 }
 
 function parseRecord(v: EngineVm): VmRecord {

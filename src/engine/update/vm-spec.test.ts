@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { IsolationPolicySchema, type DesiredVm } from '../../protocol/index.ts';
+import { BulkheadError, IsolationPolicySchema, type DesiredVm } from '../../protocol/index.ts';
 import { volumeLayout } from '../volumes/index.ts';
 import { vmSpec } from './executors.ts';
 
@@ -68,4 +68,29 @@ test('a TPM without a data key is refused with a clear error', () => {
     code: 'ERR_VALIDATION',
     message: /has a TPM but its desired state carries no data key/,
   });
+});
+
+test('Secure Boot with a directly booted kernel is refused, saying why and what to change', () => {
+  const kernel = { path: '/boot/vmlinuz', initrd: '/boot/initrd.img' };
+  const secure = desired({
+    machine: { firmware: 'uefi', secureBoot: true, tpm: false, os: 'linux', devices: 'virtio' },
+  });
+  assert.throws(
+    () => vmSpec(secure, release, layout, kernel),
+    (err: unknown) => {
+      assert.ok(err instanceof BulkheadError);
+      assert.equal(err.code, 'ERR_VALIDATION');
+      assert.match(err.message, /VM work cannot boot: its profile turns Secure Boot on/);
+      assert.match(err.message, /boots a kernel directly \(\/boot\/vmlinuz\)/);
+      assert.match(err.message, /Remove kernel .* from Engine's configuration/);
+      assert.match(err.message, /bulkhead profiles edit work --secure-boot off/);
+      return true;
+    },
+  );
+  // Either change alone makes it bootable.
+  assert.equal(vmSpec(secure, release, layout).kernel, undefined, 'its own loader');
+  const plain = desired({
+    machine: { firmware: 'uefi', secureBoot: false, tpm: false, os: 'linux', devices: 'virtio' },
+  });
+  assert.equal(vmSpec(plain, release, layout, kernel).kernel?.path, '/boot/vmlinuz');
 });

@@ -1,0 +1,103 @@
+import { z } from 'zod';
+import { NAME_PATTERN } from './names.ts';
+
+/*
+ * Engine's local API: what the switcher (the PC user's screen in front of the VMs, served by
+ * Engine) calls on `<dataDir>/run/engine.sock`, a unix socket (no TCP port): the VMs with their
+ * state, each running VM's screen as a PNG, and keyboard and pointer input to it. Errors answer
+ * with the one error body of every Bulkhead API (`ErrorBodySchema`): 400 for a bad request,
+ * 404 for a VM this PC does not have, 409 for one that is not running or whose screen another
+ * tool is using, 413 for a body over LOCAL_API_BODY_LIMIT, 415 for one that is not JSON.
+ */
+
+/** The routes, by what they do: `{vm}` is a VM's name. */
+export const LOCAL_API_ROUTES = {
+  vms: 'GET /v1/vms',
+  screen: 'GET /v1/vms/{vm}/screen.png',
+  input: 'POST /v1/vms/{vm}/input',
+} as const;
+
+/** Largest request body the local API reads, in bytes. */
+export const LOCAL_API_BODY_LIMIT = 64 * 1024;
+
+/** A VM as the switcher shows it: what `bulkhead engine status` says about it. */
+export const LocalVmSchema = z.object({
+  name: z.string(),
+  /** `running`, `updating`, `rolled-back`, `locked`, `killed`, `stopped`, `crashed`. */
+  activity: z.string(),
+  /** What the VM is doing, in one sentence naming versions as `image@version`. */
+  summary: z.string(),
+  currentVersionId: z.string().nullable(),
+  desiredVersionId: z.string().nullable(),
+  /** The update transaction's state (`idle` when none runs). */
+  transaction: z.string(),
+  lastError: z.string().nullable(),
+  /** Past this (ms since the epoch) without contact with Center, the VM does not start. */
+  leaseExpiresAt: z.number().nullable(),
+});
+export type LocalVm = z.infer<typeof LocalVmSchema>;
+
+export const LocalVmsResponseSchema = z.object({ vms: z.array(LocalVmSchema) });
+export type LocalVmsResponse = z.infer<typeof LocalVmsResponseSchema>;
+
+/** A VM's name in a path (a profile's name, as Engine names the VM's directory). */
+export const LocalVmNameSchema = z
+  .string()
+  .regex(NAME_PATTERN, 'must be a VM name: 1-128 characters of A-Z a-z 0-9 . _ + -');
+
+/**
+ * The keys a combination may name: QEMU's key codes (QKeyCode) of a PC keyboard, US layout:
+ * letters, digits, F1-F12, modifiers (`ctrl`, `alt`, `shift`, `meta_l` is the Windows key;
+ * `_r` the right-hand ones), `ret`, `esc`, `tab`, `spc`, `backspace`, `delete`, arrows and the
+ * keypad (`kp_*`).
+ */
+export const KEY_NAMES = [
+  ...'abcdefghijklmnopqrstuvwxyz0123456789'.split(''),
+  ...Array.from({ length: 12 }, (_, i) => `f${i + 1}`),
+  ...['shift', 'shift_r', 'ctrl', 'ctrl_r', 'alt', 'alt_r', 'meta_l', 'meta_r', 'menu'],
+  ...['esc', 'tab', 'ret', 'spc', 'backspace', 'caps_lock', 'num_lock', 'scroll_lock'],
+  ...['print', 'sysrq', 'pause', 'insert', 'delete', 'home', 'end', 'pgup', 'pgdn'],
+  ...['left', 'up', 'down', 'right'],
+  ...['minus', 'equal', 'bracket_left', 'bracket_right', 'backslash', 'semicolon'],
+  ...['apostrophe', 'grave_accent', 'comma', 'dot', 'slash', 'asterisk', 'less'],
+  ...['kp_divide', 'kp_multiply', 'kp_subtract', 'kp_add', 'kp_enter', 'kp_decimal'],
+  ...Array.from({ length: 10 }, (_, i) => `kp_${i}`),
+] as const;
+export type KeyName = (typeof KEY_NAMES)[number];
+
+/** Most characters one input may type (at a key each 30 ms, half a minute). */
+export const MAX_TYPED_TEXT = 1000;
+
+/** Largest pixel coordinate (beyond any screen a VM shows). */
+const MAX_PIXEL = 16_384;
+
+/**
+ * One input to a VM's screen: exactly one of
+ *   - `text`: typed key by key on a US layout (printable ASCII; `\n` is Enter, `\t` Tab);
+ *   - `keys`: one combination, pressed in order and released in reverse (`["ctrl", "alt",
+ *     "f2"]`);
+ *   - `pointer`: the pointer put on pixel (x, y) of the screen as it is now (the screenshot's
+ *     size), then a click of `button` there when one is given.
+ */
+export const ScreenInputSchema = z
+  .strictObject({
+    text: z
+      .string()
+      .min(1)
+      .max(MAX_TYPED_TEXT)
+      .regex(/^[\x20-\x7e\n\t]*$/, 'must be printable ASCII, newlines and tabs (a US keyboard)')
+      .optional(),
+    keys: z.array(z.enum(KEY_NAMES)).min(1).max(8).optional(),
+    pointer: z
+      .strictObject({
+        x: z.number().int().min(0).max(MAX_PIXEL),
+        y: z.number().int().min(0).max(MAX_PIXEL),
+        button: z.enum(['left', 'middle', 'right']).optional(),
+      })
+      .optional(),
+  })
+  .refine(
+    (i) => [i.text, i.keys, i.pointer].filter((v) => v !== undefined).length === 1,
+    'give exactly one of text, keys or pointer',
+  );
+export type ScreenInput = z.infer<typeof ScreenInputSchema>;
