@@ -5,6 +5,8 @@
 //
 //   node bench/run.ts [--pairs=v2,v2b] [--skip=bulkhead,casync,zsync,rsync,zstd,bound,chunkers]
 //   node bench/run.ts engine     (Engine's memory, download bytes and rollback time: engine.ts)
+//   node bench/run.ts guest      (the full Debian guest: boot per firmware, Engine's overhead
+//                                 over bare QEMU, v1 → v2 bytes: guest.ts)
 import { availableParallelism, cpus, release, totalmem } from 'node:os';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -454,6 +456,9 @@ async function main(): Promise<void> {
 if (import.meta.main && process.argv[2] === 'engine') {
   // `npm run bench -- engine`: Engine on QEMU (bench/engine.ts runs itself on import).
   await import('./engine.ts');
+} else if (import.meta.main && process.argv[2] === 'guest') {
+  // `npm run bench -- guest`: the full Debian guest on QEMU (bench/guest.ts runs itself too).
+  await import('./guest.ts');
 } else if (import.meta.main) {
   main().catch((err: unknown) => {
     log(`failed: ${errorMessage(err)}`);

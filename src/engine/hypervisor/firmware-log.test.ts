@@ -61,8 +61,14 @@ test('OVMF whose loader returns: final once it shows its boot manager', async ()
 });
 
 test('boots that went well have no verdict', async () => {
+  // A booted Linux writes on its serial console.
+  const console = '[    0.000000] Linux version 6.1.0-56-cloud-amd64\n';
   for (const firmware of ['seabios-disk-boots.log', 'seabios-kernel-boots.log']) {
-    assert.equal(parseFirmwareLogs({ firmware: await testdata(firmware) }), null, firmware);
+    assert.equal(
+      parseFirmwareLogs({ firmware: await testdata(firmware), console }),
+      null,
+      firmware,
+    );
   }
   assert.equal(
     parseFirmwareLogs({ console: await testdata('ovmf-kernel-boots.console') }),
@@ -70,6 +76,23 @@ test('boots that went well have no verdict', async () => {
     'a kernel booted directly under OVMF',
   );
   assert.equal(parseFirmwareLogs({}), null, 'no logs at all');
+});
+
+test('a UEFI-only disk under SeaBIOS: the boot sector runs and nothing follows, which the verdict says without calling it final', async () => {
+  // The full Debian guest's GPT disk under SeaBIOS: its protective MBR has the boot signature.
+  const firmware = await testdata('seabios-uefi-only-disk.log');
+  assert.deepEqual(parseFirmwareLogs({ firmware }), {
+    reason:
+      "the firmware started the disk's boot sector ('Booting from 0000:7c00') and nothing has " +
+      'shown on the serial console since: a disk with no BIOS boot loader (UEFI only) stops ' +
+      'there; if so, give its profile --firmware uefi',
+    isFinal: false,
+  });
+  assert.equal(
+    parseFirmwareLogs({ firmware, console: 'GRUB loading.\n' }),
+    null,
+    'a loader that writes on the console is under way',
+  );
 });
 
 test('a firmware still trying has a verdict that is not final', async () => {
@@ -92,7 +115,8 @@ test('a firmware still trying has a verdict that is not final', async () => {
 test('only the last SeaBIOS boot counts: a reset that then boots clears the verdict', async () => {
   const failed = await testdata('seabios-nothing-to-boot.log');
   const booted = await testdata('seabios-disk-boots.log');
-  assert.equal(parseFirmwareLogs({ firmware: failed + booted }), null);
+  const console = 'GRUB loading.\n';
+  assert.equal(parseFirmwareLogs({ firmware: failed + booted, console }), null);
   assert.equal(parseFirmwareLogs({ firmware: booted + failed })?.isFinal, true);
 });
 

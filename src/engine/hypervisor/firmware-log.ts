@@ -78,7 +78,7 @@ export function parseFirmwareLogs(logs: {
   firmware?: string;
   console?: string;
 }): BootVerdict | null {
-  const seabios = seabiosVerdict(logLines(logs.firmware ?? ''));
+  const seabios = seabiosVerdict(logLines(logs.firmware ?? ''), logLines(logs.console ?? ''));
   const ovmf = ovmfVerdict(logLines(logs.console ?? ''));
   // A final verdict wins over one that may still change.
   if (seabios?.isFinal) return seabios;
@@ -86,7 +86,7 @@ export function parseFirmwareLogs(logs: {
   return seabios ?? ovmf;
 }
 
-function seabiosVerdict(all: string[]): BootVerdict | null {
+function seabiosVerdict(all: string[], consoleLines: string[]): BootVerdict | null {
   // Only the last boot: a reset starts the log over with the banner.
   const start = all.findLastIndex((l) => l.startsWith('SeaBIOS (version'));
   const lines = start < 0 ? all : all.slice(start);
@@ -105,6 +105,20 @@ function seabiosVerdict(all: string[]): BootVerdict | null {
   const failed = diskFailure ?? lines.find((l) => l.startsWith('Boot failed:'));
   if (failed && !booted) {
     return { reason: `the firmware could not boot: ${quote(failed)}`, isFinal: false };
+  }
+  // A disk whose MBR has a boot signature but no BIOS loader (a UEFI-only GPT disk: its
+  // protective MBR) is "booted" all the same, and the CPU then runs whatever the sector holds.
+  // SeaBIOS cannot tell; what tells is that nothing follows. Not final: a loader that prints
+  // nothing on the serial console (Windows) looks the same until the guest agent answers.
+  const handedOver = lines.findLast((l) => /^Booting from [0-9a-f]{4}:7c00$/.test(l));
+  if (handedOver && disk >= 0 && consoleLines.length === 0) {
+    return {
+      reason:
+        `the firmware started the disk's boot sector (${quote(handedOver)}) and nothing has ` +
+        'shown on the serial console since: a disk with no BIOS boot loader (UEFI only) stops ' +
+        'there; if so, give its profile --firmware uefi',
+      isFinal: false,
+    };
   }
   return null;
 }
