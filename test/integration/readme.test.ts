@@ -31,7 +31,7 @@ const ELSEWHERE: [prefix: string, why: string][] = [
   ['npm run -s fuzz', 'its short runs are test/integration/fuzz-api.test.ts'],
   [
     'npm run -s guest -- --debian',
-    'bootstraps a Debian system as root: test/qemu/debian-guest.test.ts builds the same guest',
+    'bootstraps a Debian system as root: test/guest/debian-guest.test.ts builds the same guest',
   ],
   ['./bin/bulkhead.js demo pc', 'boots a VM under QEMU for minutes: test/qemu/demo-pc.test.ts'],
   ['bulkhead demo pc', 'boots a VM under QEMU for minutes: test/qemu/demo-pc.test.ts'],

@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdir, open, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { tempDir } from '../../../test/support/fixtures.ts';
-import { consoleLogName, listConsoleLogs, pruneConsoleLogs } from './consoles.ts';
+import { capGuestLog, consoleLogName, listConsoleLogs, pruneConsoleLogs } from './consoles.ts';
+import { guestLogsOf } from './qemu.ts';
 
 test('console log names sort by boot time and name the version', () => {
   const at = Date.parse('2026-11-27T19:20:00.123Z');
@@ -38,4 +40,45 @@ test('pruning keeps the newest console logs and nothing else is touched', async 
   );
   assert.ok((await readdir(consoles)).includes('notes.txt'));
   assert.deepEqual(await pruneConsoleLogs(consoles, 5), []);
+});
+
+test('a flooded guest log is cut at its cap, and the writer (appending, as QEMU does) starts it over', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'console.log');
+  // QEMU's chardev: a file opened for appending and kept open (append=on, qemu-args.ts).
+  const writer = await open(path, 'a');
+  t.after(() => writer.close());
+  const flood = Buffer.alloc(64 * 1024, 0x41);
+  for (let i = 0; i < 20; i++) await writer.write(flood);
+  assert.equal(await capGuestLog(path, 1024 * 1024), true, 'over the cap: emptied');
+  assert.equal((await stat(path)).size, 0);
+  await writer.write(Buffer.from('after the cut\n'));
+  const after = await stat(path);
+  assert.equal(after.size, 14, 'the next write starts the file over, no hole before it');
+  assert.equal(await readFile(path, 'utf8'), 'after the cut\n');
+  assert.equal(await capGuestLog(path, 1024 * 1024), false, 'under the cap: left alone');
+  assert.equal(await capGuestLog(join(dir, 'missing.log')), false);
+});
+
+test("an attached VM's logs are found on its QEMU's command line, commas unescaped", async (t) => {
+  const dir = await tempDir(t);
+  // A process whose command line has QEMU's log chardevs (sleep ignores the extra words).
+  const child = spawn(
+    'sh',
+    [
+      '-c',
+      'sleep 30',
+      'x',
+      '-chardev',
+      `file,id=console,path=${dir}/boot,,1.log,append=on`,
+      '-chardev',
+      `file,id=fwlog,path=${dir}/firmware.log,append=on`,
+      '-chardev',
+      'socket,id=qga,path=/tmp/qga.sock',
+    ],
+    { stdio: 'ignore' },
+  );
+  t.after(() => child.kill('SIGKILL'));
+  assert.deepEqual(await guestLogsOf(child.pid!), [`${dir}/boot,1.log`, `${dir}/firmware.log`]);
+  assert.deepEqual(await guestLogsOf(2 ** 22 + 12345), [], 'no such process: none');
 });

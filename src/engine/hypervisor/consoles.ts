@@ -1,4 +1,4 @@
-import { readdir, rm } from 'node:fs/promises';
+import { readdir, rm, stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /*
@@ -42,4 +42,26 @@ export async function pruneConsoleLogs(dir: string, keep: number): Promise<strin
   const removed = logs.slice(0, Math.max(0, logs.length - keep));
   for (const name of removed) await rm(join(dir, name), { force: true });
   return removed;
+}
+
+/**
+ * Most bytes a guest's log (serial console, firmware debug port) may hold. What a guest writes
+ * there is the guest's to choose: one that writes without end would otherwise fill the PC's
+ * disk. Boot messages take kilobytes.
+ */
+export const GUEST_LOG_CAP = 16 * 1024 * 1024;
+
+/**
+ * Empties the log at `path` when it holds more than `cap` bytes; answers whether it did. QEMU
+ * opens these logs for appending, so its next write starts the file over. Missing: nothing.
+ */
+export async function capGuestLog(path: string, cap = GUEST_LOG_CAP): Promise<boolean> {
+  try {
+    if ((await stat(path)).size <= cap) return false;
+    await truncate(path, 0);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
 }

@@ -362,3 +362,19 @@ test('every combination builds, with its key arguments', () => {
     }
   }
 });
+
+test("the guest's logs are appended to, so Engine can cut a flooded one (capGuestLog)", () => {
+  const { args } = buildQemuArgs(spec({ network: 'none' }), {
+    accelerator: 'tcg',
+    consoleLog: '/var/lib/bulkhead/vms/work/consoles/boot,1.log',
+  });
+  const chardevs = values(args, '-chardev');
+  assert.ok(
+    chardevs.includes(
+      'file,id=console,path=/var/lib/bulkhead/vms/work/consoles/boot,,1.log,append=on',
+    ),
+    chardevs.join(' '),
+  );
+  assert.ok(chardevs.some((c) => /^file,id=fwlog,path=.*firmware\.log,append=on$/.test(c)));
+  assert.deepEqual(values(args, '-serial'), ['chardev:console']);
+});

@@ -195,11 +195,15 @@ export function buildQemuArgs(spec: VmSpec, options: QemuArgsOptions): QemuComma
     // The VNC socket lives in the run directory, which only Engine's user may enter (0700).
     '-vnc',
     `unix:${opt(files.vnc)}`,
+    // Both logs are opened for appending, so that Engine can cut one a guest floods
+    // (capGuestLog): QEMU's next write then lands at the new end, not past a hole.
+    '-chardev',
+    `file,id=console,path=${opt(options.consoleLog ?? files.console)},append=on`,
     '-serial',
-    `file:${opt(options.consoleLog ?? files.console)}`,
+    'chardev:console',
     // The firmware's debug port: why a boot went nowhere, in SeaBIOS's words (firmware-log.ts).
     '-chardev',
-    `file,id=fwlog,path=${opt(files.firmwareLog)}`,
+    `file,id=fwlog,path=${opt(files.firmwareLog)},append=on`,
     '-device',
     'isa-debugcon,iobase=0x402,chardev=fwlog',
     '-pidfile',

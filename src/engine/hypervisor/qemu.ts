@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { BulkheadError, ErrorCodes, errnoCode } from '../../protocol/index.ts';
 import { isAlive } from './alive.ts';
-import { CONSOLES_KEPT, consoleLogName, pruneConsoleLogs } from './consoles.ts';
+import { capGuestLog, CONSOLES_KEPT, consoleLogName, pruneConsoleLogs } from './consoles.ts';
 import { chooseAccelerator, type Accelerator, type KvmProbeResult } from './kvm-probe.ts';
 import { buildQemuArgs, runFiles, type RunFiles } from './qemu-args.ts';
 import { QmpClient, type QmpEvent } from './qmp.ts';
@@ -238,6 +238,7 @@ export class QemuDriver implements HypervisorDriver {
         );
       }
       this.#wire(entry, entry.qmp);
+      this.#guardLogs(entry, [consoleLog ?? files.console, files.firmwareLog]);
       await writeFile(
         files.meta,
         `${JSON.stringify({ name: spec.name, accelerator, pid: entry.pid, startedAt: this.#now() })}\n`,
@@ -290,6 +291,7 @@ export class QemuDriver implements HypervisorDriver {
       const qmp = await QmpClient.connect(files.qmp, { timeoutMs: 5000 });
       entry.qmp = qmp;
       this.#wire(entry, qmp);
+      this.#guardLogs(entry, await guestLogsOf(pid));
       if (!entry.accelerator) {
         const kvm = (await qmp.execute('query-kvm')) as { enabled: boolean };
         entry.accelerator = kvm.enabled ? 'kvm' : 'tcg';
@@ -412,6 +414,18 @@ export class QemuDriver implements HypervisorDriver {
     });
   }
 
+  /**
+   * Keeps the guest's logs (serial console, firmware debug port) under GUEST_LOG_CAP while the
+   * VM runs: a guest that writes without end must not fill the PC's disk.
+   */
+  #guardLogs(entry: VmEntry, logs: string[]): void {
+    const timer = setInterval(() => {
+      if (entry.hasExited) clearInterval(timer);
+      else for (const path of logs) void capGuestLog(path).catch(() => {});
+    }, LOG_GUARD_MS);
+    timer.unref();
+  }
+
   #watchPid(entry: VmEntry): void {
     const pid = entry.pid;
     if (pid === undefined) return;
@@ -467,6 +481,28 @@ export class QemuDriver implements HypervisorDriver {
     if (!entry.child && (await readPid(entry.files.pidfile)) !== entry.pid) return;
     await cleanRunDir(entry.files, entry.runDir);
   }
+}
+
+/** How often a running VM's logs are measured against GUEST_LOG_CAP. */
+const LOG_GUARD_MS = 2000;
+
+/**
+ * The log files a running QEMU writes for its guest (the `file` chardevs `console` and `fwlog`
+ * of its command line, qemu-args.ts), for an Engine that attaches after a restart.
+ */
+export async function guestLogsOf(pid: number): Promise<string[]> {
+  let args: string[];
+  try {
+    args = (await readFile(`/proc/${pid}/cmdline`, 'latin1')).split('\0');
+  } catch {
+    return [];
+  }
+  const logs: string[] = [];
+  for (const arg of args) {
+    const m = /^file,id=(?:console|fwlog),path=((?:[^,]|,,)*)/.exec(arg);
+    if (m) logs.push(m[1]!.replace(/,,/g, ','));
+  }
+  return logs;
 }
 
 function newEntry(name: string, runDir: string, files: RunFiles): VmEntry {

@@ -3,9 +3,11 @@
 // UEFI with Secure Boot on and a TPM 2.0, with /home on the encrypted data volume; a login on
 // its screen typed through Engine's input path; a TPM NV index and a UEFI variable that
 // outlive the patch to v2 and the rollback from a v3 whose loader lost its signature, which
-// Secure Boot refuses. The steps share one VM and run in order.
+// Secure Boot refuses. The steps share one VM and run in order. The file runs in the suite's
+// first phase, beside the unit tests, which leave a core to spare for its TCG guest most of the
+// time (package.json).
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -175,6 +177,47 @@ after(async () => {
   await driver.stop('work', { timeoutMs: 10_000 }).catch(() => {});
   await center?.stop();
   if (w.dir) await rm(w.dir, { recursive: true, force: true });
+});
+
+/** The size of the PE security directory (the signature) of `path` on the disk's ESP. */
+function signatureBytes(disk: string, path: string): number {
+  // mtools reads the ESP in place: partition 1 starts at 1 MiB.
+  const r = spawnSync('mtype', ['-i', `${disk}@@1M`, path], {
+    env: { ...process.env, MTOOLS_SKIP_CHECK: '1' },
+    maxBuffer: 16 * 1024 * 1024,
+  });
+  assert.equal(r.status, 0, `mtype ${path}: ${r.stderr?.toString()}`);
+  const pe = r.stdout;
+  const header = pe.readUInt32LE(0x3c);
+  return pe.readUInt32LE(header + 24 + 112 + 32 + 4);
+}
+
+test('0. the disks: GPT with an ESP and a root, a signed loader but in v3, and v2 a real upgrade', async () => {
+  await tool('mtype', ['--version'], 'mtools');
+  const guest = w.guest!;
+  for (const version of ['v1', 'v2', 'v3-unsigned'] as const) {
+    const dump = spawnSync('sfdisk', ['--dump', guest.disks[version]], { encoding: 'utf8' });
+    assert.equal(dump.status, 0, dump.stderr);
+    assert.match(dump.stdout, /^label: gpt$/m, `${version} is a GPT disk`);
+    assert.match(dump.stdout, /type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B/, `${version} has an ESP`);
+    assert.match(dump.stdout, /type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709/, `${version} has a root`);
+  }
+  assert.ok(signatureBytes(guest.disks.v1, '::/EFI/BOOT/BOOTX64.EFI') > 0, 'v1: shim is signed');
+  assert.ok(signatureBytes(guest.disks.v1, '::/EFI/BOOT/grubx64.efi') > 0, 'v1: grub is signed');
+  assert.equal(signatureBytes(guest.disks['v3-unsigned'], '::/EFI/BOOT/BOOTX64.EFI'), 0);
+  assert.ok(
+    guest.changes.added.some((p) => p.startsWith('less ')),
+    `v2 adds less: ${guest.changes.added.join(', ')}`,
+  );
+  assert.deepEqual(guest.changes.etc, [
+    '/etc/motd',
+    '/etc/systemd/journald.conf.d/50-size.conf',
+    '/etc/sysctl.d/90-swappiness.conf',
+  ]);
+  assert.deepEqual(
+    guest.changes.removed.filter((p) => !p.startsWith('linux-image-')),
+    [],
+  );
 });
 
 test('1. v1 boots from its own disk under UEFI with Secure Boot on and a TPM; /home is the data volume', async () => {
