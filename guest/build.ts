@@ -572,7 +572,9 @@ export async function buildTestVolumes(options: { cacheDir?: string } = {}): Pro
 async function main(argv: string[]): Promise<void> {
   const i = argv.indexOf('--out');
   const cacheDir = i >= 0 ? argv[i + 1] : undefined;
-  const unknown = argv.filter((a, j) => a !== '--debian' && a !== '--out' && j !== i + 1);
+  const unknown = argv.filter(
+    (a, j) => a !== '--debian' && a !== '--out' && !(i >= 0 && j === i + 1),
+  );
   if ((i >= 0 && (cacheDir === undefined || cacheDir.startsWith('--'))) || unknown.length > 0) {
     process.stderr.write('usage: npm run -s guest [-- [--debian] [--out DIR]]\n');
     process.exit(2);

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { debianMirrors, DebianBuildError, stripSignature } from '../../guest/debian.ts';
 
 test('the Debian guest fetches from the archive apt is configured with, deb822 or one-line', () => {
@@ -61,4 +63,13 @@ test('stripSignature clears the security directory and cuts the certificate tabl
   assert.equal(stripped.readUInt32LE(security + 4), 0);
   assert.equal(signed.readUInt32LE(security + 4), 1024, 'the input is left as it was');
   assert.throws(() => stripSignature(Buffer.alloc(512)), /not a PE image/);
+});
+
+test('the guest build command refuses what it does not know, with its usage', () => {
+  const script = fileURLToPath(new URL('../../guest/build.ts', import.meta.url));
+  for (const args of [['--bogus'], ['--debian', '--out'], ['--debian', 'extra']]) {
+    const r = spawnSync(process.execPath, [script, ...args], { encoding: 'utf8' });
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, /^usage: npm run -s guest \[-- \[--debian\] \[--out DIR\]\]$/m);
+  }
 });
