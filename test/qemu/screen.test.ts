@@ -99,16 +99,10 @@ test('the screen of a running VM: the CLI and the local API show it, typed text 
   );
 
   const out = join(dataDir, 'screen.png');
-  const shot = await runCli([
-    'engine',
-    'screenshot',
-    '--vm',
-    'work',
-    '--out',
-    out,
-    '--data',
-    dataDir,
-  ]);
+  // `bulkhead engine screenshot` of the VM, as a person at the PC runs it.
+  const screenshot = (...extra: string[]) =>
+    runCli(['engine', 'screenshot', '--vm', 'work', '--out', out, '--data', dataDir, ...extra]);
+  const shot = await screenshot();
   assert.equal(shot.code, 0, shot.stderr);
   assert.match(shot.stdout, /^Saved the screen of work \(\d+×\d+\) to .*screen\.png\n$/);
   const image = decodePng(await readFile(out));
@@ -154,31 +148,11 @@ test('the screen of a running VM: the CLI and the local API show it, typed text 
   assert.deepEqual(button.slice(0, 2), [1, 0], 'pressed, then released');
 
   // --json keeps every field.
-  const json = await runCli([
-    'engine',
-    'screenshot',
-    '--vm',
-    'work',
-    '--out',
-    out,
-    '--data',
-    dataDir,
-    '--json',
-  ]);
+  const json = await screenshot('--json');
   assert.equal(json.code, 1, 'the screen monitor is held by the open Screen: busy, not a hang');
   assert.match(json.stderr, /busy/);
   screen.close();
-  const again = await runCli([
-    'engine',
-    'screenshot',
-    '--vm',
-    'work',
-    '--out',
-    out,
-    '--data',
-    dataDir,
-    '--json',
-  ]);
+  const again = await screenshot('--json');
   assert.equal(again.code, 0, again.stderr);
   const result = JSON.parse(again.stdout) as Record<string, unknown>;
   assert.deepEqual(Object.keys(result).sort(), [
