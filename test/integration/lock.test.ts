@@ -68,10 +68,7 @@ test('lock: an online PC stops its work VM over the push channel; locked, it doe
       starts.push(Date.now());
       return realStart(spec);
     };
-    const running = await startEngineRun(config, {
-      hypervisor,
-      ...(process.env.LOCK_DEBUG ? {} : { log: recordingLog() }),
-    });
+    const running = await startEngineRun(config, { hypervisor, log: recordingLog() });
     t.after(() => running.stop().catch(() => {}));
     return { running, hypervisor, events, starts };
   };
