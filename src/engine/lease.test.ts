@@ -12,6 +12,7 @@ import type { DesiredState, DesiredVm, VolumeRef } from '../protocol/index.ts';
 import { createSimDriver } from './hypervisor/sim.ts';
 import type { VmEvent } from './hypervisor/types.ts';
 import { leaseStatus, leaseWarningMs } from './lease.ts';
+import { statusVms } from './local-api.ts';
 import type { NewEvent } from './queue.ts';
 import { createReconciler } from './reconcile.ts';
 import { engineFiles } from './state.ts';
@@ -211,4 +212,27 @@ test('the clock set back while Engine runs is noticed from running time, before 
   await e.reconciler.pass();
   assert.equal(await state(e, 'work'), 'stopped');
   assert.equal(e.events.filter((x) => x.type === 'lease-expired').length, 1);
+});
+
+test('the local API shows the lease by the time mark: a warning in its window, expired past it, whatever the clock says', async (t) => {
+  const dataDir = await tempDir(t);
+  const now = Date.now();
+  const state = document(now - 2 * DAY + 2 * HOUR, 1);
+  await engineFiles(dataDir).desiredState.write({
+    etag: null,
+    document: { state, keyid: 'k', signature: 's' },
+    verifiedAt: now,
+  });
+  const vms = async () => {
+    const list = await statusVms(dataDir)();
+    return Object.fromEntries(list.map((v) => [v.name, [v.leaseWarning, v.leaseExpired]]));
+  };
+  // Two hours left of a 2-day lease: in its warning window.
+  assert.deepEqual(await vms(), { personal: [false, false], work: [true, false] });
+  // The mark (a later time Engine saw) is past the lease: expired, though the clock is not.
+  const clock = fixedClock(now + 3 * DAY);
+  const mark = createTimeMark({ dataDir, clock, log: recordingLog() });
+  await mark.load();
+  await mark.observe(clock.now(), 'center');
+  assert.deepEqual(await vms(), { personal: [false, false], work: [true, true] });
 });
