@@ -11,3 +11,11 @@ export {
   type PublicKeyInfo,
 } from './keys.ts';
 export { canonicalJson } from './canonical.ts';
+export {
+  parseEncryptionPublicKey,
+  rawX25519,
+  unwrapDataKey,
+  wrapDataKey,
+  type WrapContext,
+  type WrapRandomness,
+} from './wrap.ts';
