@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { testKeyRing, wrapForTest } from '../../test/support/keys.ts';
 import { test } from 'node:test';
 import { recordingLog } from '../../test/support/engine.ts';
 import { tempDir, tool } from '../../test/support/fixtures.ts';
@@ -18,7 +19,7 @@ import { engineFiles } from './state.ts';
 import { TransactionFiles, VmRecords } from './update/records.ts';
 import { volumeLayout, type GoldenStore } from './volumes/index.ts';
 
-const DATA_KEY = Buffer.alloc(32, 7).toString('base64');
+const DATA_KEY_BYTES = Buffer.alloc(32, 7);
 const KERNEL = { path: '/boot/vmlinuz-test', initrd: '/boot/initrd-test' };
 
 function ref(version: string): VolumeRef {
@@ -44,13 +45,14 @@ function desiredVm(name: string, machine?: VmMachineHint, version = '1'): Desire
       clipboard: false,
       usbDevices: [],
       encryptData: false,
+      requireTpm: false,
     },
     healthCheck: { timeoutSeconds: 30 },
     resources: { cpus: 1, memoryMib: 256 },
     resetPolicy: 'on-update',
     lease: { days: 30, expiresAt: Date.now() + 86_400_000 },
     ...(machine ? { machine } : {}),
-    dataKey: DATA_KEY,
+    wrappedDataKey: wrapForTest(DATA_KEY_BYTES, `p-${name}`),
   };
 }
 
@@ -114,6 +116,7 @@ function engineOn(
   const records = new VmRecords(engineFiles(dataDir, { clock, log }).engineState, clock);
   const transactions = new TransactionFiles(dataDir, clock, log);
   const reconciler = createReconciler({
+    keys: testKeyRing(),
     dataDir,
     goldens,
     hypervisor,

@@ -65,7 +65,7 @@ const activeState: DesiredState = {
       resources: { cpus: 1, memoryMib: 512 },
       resetPolicy: 'on-update',
       lease: { days: 14, expiresAt: NOW + 14 * 86_400_000 },
-      dataKey: Buffer.alloc(32, 7).toString('base64'),
+      wrappedDataKey: 'bhwk1.a.b.c',
     },
   ],
   commands: [],
@@ -238,7 +238,7 @@ test('a signed kill notice stops every VM for good; only the kill’s result goe
     ['work'],
   );
   assert.ok(
-    killedState.vms.every((vm) => vm.dataKey === undefined),
+    killedState.vms.every((vm) => vm.wrappedDataKey === undefined),
     'no data key in what it runs',
   );
   // The planner starts nothing under it, though the VM is installed and stopped.

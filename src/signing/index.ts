@@ -16,6 +16,7 @@ export {
   rawX25519,
   unwrapDataKey,
   wrapDataKey,
+  x25519PrivateFromSeed,
   type WrapContext,
   type WrapRandomness,
 } from './wrap.ts';

@@ -89,7 +89,8 @@ function x25519PublicFromRaw(raw: Buffer): KeyObject {
   });
 }
 
-function x25519PrivateFromSeed(seed: Buffer): KeyObject {
+/** An X25519 private key from its raw 32 bytes. */
+export function x25519PrivateFromSeed(seed: Buffer): KeyObject {
   // PKCS#8 DER of an X25519 private key: a fixed 16-byte prefix, then the 32 raw bytes.
   const prefix = Buffer.from('302e020100300506032b656e04220420', 'hex');
   return createPrivateKey({ key: Buffer.concat([prefix, seed]), format: 'der', type: 'pkcs8' });

@@ -94,12 +94,13 @@ forEachDatabase("Center's database", async (t, databases) => {
             '0008_admin_user_disabled',
             '0009_rollout_release',
             '0010_profile_machine',
+            '0011_device_encryption_key',
           ],
-          latest: '0010_profile_machine',
+          latest: '0011_device_encryption_key',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0010_profile_machine',
+          latest: '0011_device_encryption_key',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { encryptionKeyPem } from '../support/keys.ts';
 import { generateKeyPairSync } from 'node:crypto';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -69,7 +70,12 @@ async function center(t: TestContext, url: string) {
     });
     const publicPem = publicKey.export({ type: 'spki', format: 'pem' }).toString();
     const enrolled = await send('POST', '/api/v1/device/enrol', {
-      body: { token, publicKey: publicPem, inventory: { hostname: 'pc-1' } },
+      body: {
+        token,
+        publicKey: publicPem,
+        encryptionKey: encryptionKeyPem(),
+        inventory: { hostname: 'pc-1' },
+      },
     });
     assert.equal(enrolled.status, 200, JSON.stringify(enrolled.body));
     const id = (enrolled.body as { deviceId: string }).deviceId;
