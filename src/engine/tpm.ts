@@ -10,7 +10,8 @@ import { BulkheadError, ErrorCodes } from '../protocol/index.ts';
  * is never stored), `tpm2_create` seals the secret read from stdin, and only the two blobs it
  * returns (`sealed.pub`, `sealed.priv`, encrypted by the TPM) are kept. `tpm2_load` +
  * `tpm2_unseal` give the secret back on stdout. The secret is never in argv, in the
- * environment or in a file; transient objects are flushed after use.
+ * environment or in a file; transient objects are flushed after use. No persistent object is
+ * made (nothing for `tpm2_evictcontrol` to remove at a kill): deleting the blobs is the erase.
  */
 
 /** Engine's `tpm` setting: `auto` (the PC's TPM when there is one), `off`, or a TCTI. */
@@ -80,10 +81,17 @@ async function withWorkDir<T>(dir: string, body: (work: string) => Promise<T>): 
 
 async function createPrimary(tcti: string, ctx: string): Promise<void> {
   await tpm2(tcti, 'tpm2_createprimary', ['-Q', '-C', 'o', '-g', 'sha256', '-G', 'ecc', '-c', ctx]);
+  await flushTransient(tcti);
 }
 
-async function flush(tcti: string, ctx: string): Promise<void> {
-  await tpm2(tcti, 'tpm2_flushcontext', [ctx]).catch(() => undefined);
+/**
+ * Flushes the transient objects the tools left loaded. Behind the kernel's resource manager
+ * (/dev/tpmrm0) a connection sees only its own, which go at its close anyway; on a TPM reached
+ * directly (a TCP simulator, /dev/tpm0) they would fill its few object slots otherwise. The
+ * saved context files stay loadable after this.
+ */
+async function flushTransient(tcti: string): Promise<void> {
+  await tpm2(tcti, 'tpm2_flushcontext', ['-t']).catch(() => undefined);
 }
 
 /** The blobs a sealed secret is kept as, in `dir`. */
@@ -113,7 +121,7 @@ export async function tpmSeal(
         secret,
       );
     } finally {
-      await flush(tcti, primary);
+      await flushTransient(tcti);
     }
   });
 }
@@ -143,13 +151,10 @@ export async function tpmUnseal(
         '-c',
         sealed,
       ]);
-      try {
-        return await tpm2(tcti, 'tpm2_unseal', ['-c', sealed]);
-      } finally {
-        await flush(tcti, sealed);
-      }
+      await flushTransient(tcti);
+      return await tpm2(tcti, 'tpm2_unseal', ['-c', sealed]);
     } finally {
-      await flush(tcti, primary);
+      await flushTransient(tcti);
     }
   });
 }
