@@ -154,6 +154,7 @@ export async function enroll(options: EnrollOptions): Promise<Identity> {
     centerKey: answer.centerKey,
     publicKey: publicPem,
     enrolledAt: clock.now(),
+    keyProtection: encryption.protection,
   };
   await files.identity.write(identity);
   return identity;

@@ -188,6 +188,29 @@ test('an installed VM whose profile turns Secure Boot on is not started with a d
   assert.equal((await e.records.get('work')).lastError, null);
 });
 
+test('a profile requiring a TPM is refused on a PC keeping its key in a file, with the reason reported; the other VM runs', async (t) => {
+  await tool('qemu-img', ['--version'], 'qemu-utils');
+  const strict = (): DesiredVm => {
+    const vm = desiredVm('work');
+    return { ...vm, policy: { ...vm.policy, encryptData: true, requireTpm: true } };
+  };
+  const withFile = engineOn(await tempDir(t), undefined, { keys: testKeyRing('file') });
+  await withFile.reconciler.reconcile(desired([strict(), desiredVm('personal')]));
+  assert.deepEqual(withFile.starts, ['personal'], 'the other VM runs');
+  const failed = withFile.events.find((x) => x.type === 'failed');
+  assert.ok(failed, `events: ${withFile.events.map((x) => x.type).join(', ')}`);
+  assert.match(
+    (failed.data as { reason: string }).reason,
+    /VM work requires a TPM and this PC keeps its keys in a key file/,
+  );
+  assert.equal((await withFile.records.get('work')).currentVersionId, null);
+
+  // The same desired state on a PC whose key the TPM seals: both run, the data volume encrypted.
+  const withTpm = engineOn(await tempDir(t), undefined, { keys: testKeyRing('tpm') });
+  await withTpm.reconciler.reconcile(desired([strict(), desiredVm('personal')]));
+  assert.deepEqual([...withTpm.starts].sort(), ['personal', 'work']);
+});
+
 /** What QEMU and swtpm leave in a VM's directory after it ran (the sim driver makes none). */
 async function leaveFirmwareState(dataDir: string, vm: string): Promise<void> {
   const layout = volumeLayout(dataDir, vm);
