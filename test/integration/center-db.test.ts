@@ -559,6 +559,7 @@ function seedRows(): SeedRows {
         id: pc1,
         name: 'pc-1',
         public_key: 'MCowBQYDK2VwAyEA',
+        encryption_key: 'bW9jayB4MjU1MTkga2V5IGZvciB0aGUgdGVzdCBkYg==',
         inventory: '{}',
         group_id: office,
         current_versions: '{}',
@@ -571,6 +572,8 @@ function seedRows(): SeedRows {
         id: pc2,
         name: 'pc-2',
         public_key: 'MCowBQYDK2VwAyEB',
+        // Enrolled before devices had encryption keys (migration 0011).
+        encryption_key: null,
         inventory: JSON.stringify({ cpu: 'i5', memoryMiB: 16384 }),
         group_id: office,
         current_versions: JSON.stringify({ work: { system: '1', apps: {} } }),
