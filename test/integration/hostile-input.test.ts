@@ -120,7 +120,13 @@ forEachDatabase('strings with NUL, control characters or unpaired surrogates', a
   const device = await c.deviceToken();
   const enrol = (inventory: object, name?: string) =>
     c.send('POST', '/api/v1/device/enrol', {
-      body: { token: 'bhe_unused', publicKey: 'unused', inventory, ...(name ? { name } : {}) },
+      body: {
+        token: 'bhe_unused',
+        publicKey: 'unused',
+        encryptionKey: 'unused',
+        inventory,
+        ...(name ? { name } : {}),
+      },
     });
   const { admin } = c;
   const cases: [string, () => Promise<Answer>, RegExp][] = [
