@@ -132,6 +132,8 @@ async function opens(volume: string, secretFile: string): Promise<boolean> {
   try {
     await exec('qemu-img', [
       'convert',
+      // The running VM holds the image's lock: read it anyway (only reads).
+      '-U',
       '--object',
       `secret,id=k,file=${secretFile}`,
       '--image-opts',
