@@ -588,6 +588,7 @@ function printProfile(ctx: CommandContext, p: Profile, catalog: Catalog): void {
     ['clipboard', net.clipboard ? 'shared' : 'off'],
     ['usb devices', net.usbDevices.join(', ') || '-'],
     ['data volume', net.encryptData ? 'encrypted (LUKS, key escrowed at Center)' : 'not encrypted'],
+    ['host TPM', net.requireTpm ? 'required (PCs without one refuse this VM)' : 'not required'],
     ['health check', health],
     ['offline lease', `${p.leaseDays} days`],
     ['resources', `${p.cpus} CPU${p.cpus === 1 ? '' : 's'}, ${p.memoryMib} MiB`],
