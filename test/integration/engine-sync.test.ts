@@ -3,7 +3,7 @@
 // through an outage, push, and `bulkhead engine enroll|status` as a real process.
 import assert from 'node:assert/strict';
 import { createPrivateKey } from 'node:crypto';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import {
   createServer,
   request as httpRequest,
@@ -48,6 +48,8 @@ import { fixedClock, recordingLog } from '../support/engine.ts';
 import { sampleEvent } from '../support/events.ts';
 import { tempDir } from '../support/fixtures.ts';
 import { startTestTpm } from '../support/swtpm.ts';
+import { qcow2LuksHeader } from '../../src/engine/crypto-erase.ts';
+import { ensureDataVolume, volumeLayout } from '../../src/engine/volumes/index.ts';
 import { PATIENCE_MS, waitFor, withTimeout } from '../support/wait.ts';
 
 const START = Date.parse('2026-03-02T09:15:00Z');
@@ -566,6 +568,43 @@ test('engine run: built from one configuration, it syncs, follows the poll inter
   }
   assert.equal((await readEngineStatus(dataDir)).desired?.deviceState, 'active');
   await assert.rejects(stat(join(dataDir, 'run', 'engine.sock')), { code: 'ENOENT' });
+});
+
+test('engine run finishes a kill cut short before anything else (crypto-erase resumes)', async (t) => {
+  const center = await startCenter(t);
+  const dataDir = join(await tempDir(t, 'bulkhead-engine-erase-'), 'engine');
+  const identity = await enroll({
+    centerUrl: center.url,
+    token: await center.token(),
+    dataDir,
+    inventory,
+    tpm: 'off',
+  });
+  // As a kill -9 right after the notice was stored leaves the PC: keys, a LUKS data volume.
+  const layout = volumeLayout(dataDir, 'work');
+  await ensureDataVolume(layout.data, { key: Buffer.alloc(32, 3), sizeBytes: 64 * 1024 ** 2 });
+  await writeFile(layout.overlay('system'), 'overlay');
+  const files = engineFiles(dataDir);
+  await files.killNotice.write({
+    notice: {
+      notice: { deviceId: identity.deviceId, killedAt: START, issuedAt: START, commandId: null },
+      keyid: 'k',
+      signature: 's',
+    },
+    verifiedAt: START,
+  });
+  const luks = Buffer.from('LUKS\xba\xbe', 'latin1');
+  const header = await qcow2LuksHeader(layout.data);
+  assert.ok(header, 'an encrypted volume');
+  const magicAt = async () =>
+    (await readFile(layout.data)).subarray(header.offset, header.offset + luks.length);
+  assert.deepEqual(await magicAt(), luks, 'a LUKS header before');
+  const config = resolveEngineConfig([{ dataDir, hypervisor: 'sim', tpm: 'off' }]);
+  const running = await startEngineRun(config, { log: recordingLog() });
+  await withTimeout('engine run to stop', running.stop());
+  await assert.rejects(stat(join(dataDir, 'keys')), { code: 'ENOENT' });
+  await assert.rejects(stat(layout.overlay('system')), { code: 'ENOENT' });
+  assert.notDeepEqual(await magicAt(), luks, 'the LUKS header is overwritten');
 });
 
 test('bulkhead engine enroll and status as a real process', async (t) => {
