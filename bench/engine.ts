@@ -21,6 +21,7 @@ import { volumeLayout } from '../src/engine/volumes/overlays.ts';
 import { DirectoryStore, importImage, type ImportResult } from '../src/image/index.ts';
 import type { DesiredState, PublicKeyRef, VolumeRef } from '../src/protocol/index.ts';
 import { osVersionRef, workDesiredState } from '../test/support/desired.ts';
+import { testKeyRing } from '../test/support/keys.ts';
 import { startStaticServer } from './http-server.ts';
 import { round } from './util.ts';
 
@@ -255,7 +256,9 @@ async function measureEngine(env: Env & { guest: Awaited<ReturnType<typeof build
     const vm = desired('2').vms[0]!;
     const kernel = { path: env.guest.kernel, initrd: env.guest.initrd, cmdline: env.guest.cmdline };
     const bootStarted = performance.now();
-    const status = await driver.start(vmSpec(vm, { system: vm.system, apps: [] }, layout, kernel));
+    const status = await driver.start(
+      vmSpec(vm, { system: vm.system, apps: [] }, layout, testKeyRing(), kernel),
+    );
     const agent = await GuestAgent.waitUntilResponsive(status.guestAgentSocket!, 120_000);
     const check = await agent.exec(['/usr/libexec/health-check'], 30_000);
     agent.close();

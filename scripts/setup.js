@@ -26,6 +26,8 @@ const packages = {
     // UEFI firmware for profiles with `--firmware uefi`; a per-VM TPM for `--tpm on`.
     ['ovmf', '/usr/share/OVMF/OVMF_CODE_4M.fd'],
     ['swtpm', 'swtpm'],
+    // Sealing the device's encryption key with the PC's TPM (docs/keys.md).
+    ['tpm2-tools', 'tpm2_unseal'],
   ],
   test: [
     // Reflink (shared-extent) copies are tested on a loop-mounted XFS file system.

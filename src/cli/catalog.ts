@@ -335,6 +335,7 @@ const PROFILE_FLAGS = `  --image NAME              its system image, one of Cent
   --clipboard on|off        a clipboard shared with the user's other VMs (default off)
   --usb VENDOR:PRODUCT      a USB device given to this VM, in hex (repeatable)
   --encrypt-data on|off     LUKS-encrypt the VM's data volume, key escrowed at Center
+  --require-tpm on|off      run only on PCs that seal their keys with a TPM (docs/keys.md)
   --health-timeout SECONDS  how long the guest agent has to answer after a switch (default 120)
   --health-command "CMD ARGS"
                             run in the guest after it answers; must exit 0 (split at spaces,
@@ -361,6 +362,7 @@ const profileOptions = {
   clipboard: { type: 'string' },
   usb: { type: 'string', multiple: true },
   'encrypt-data': { type: 'string' },
+  'require-tpm': { type: 'string' },
   'health-timeout': { type: 'string' },
   'health-command': { type: 'string' },
   'health-screen': { type: 'string' },
@@ -520,6 +522,7 @@ function isolationFrom(
     clipboard: onOff(inv, 'clipboard') ?? current.clipboard,
     usbDevices: [...new Set(usb)],
     encryptData: onOff(inv, 'encrypt-data') ?? current.encryptData,
+    requireTpm: onOff(inv, 'require-tpm') ?? current.requireTpm,
   };
 }
 
@@ -585,6 +588,7 @@ function printProfile(ctx: CommandContext, p: Profile, catalog: Catalog): void {
     ['clipboard', net.clipboard ? 'shared' : 'off'],
     ['usb devices', net.usbDevices.join(', ') || '-'],
     ['data volume', net.encryptData ? 'encrypted (LUKS, key escrowed at Center)' : 'not encrypted'],
+    ['host TPM', net.requireTpm ? 'required (PCs without one refuse this VM)' : 'not required'],
     ['health check', health],
     ['offline lease', `${p.leaseDays} days`],
     ['resources', `${p.cpus} CPU${p.cpus === 1 ? '' : 's'}, ${p.memoryMib} MiB`],

@@ -19,21 +19,27 @@ const enrollCommand: Command = {
   name: 'engine enroll',
   summary: 'Enrol this PC with Center using a one-time enrolment token.',
   usage: `Usage: bulkhead engine enroll --center URL --token TOKEN [--name NAME] [--data DIR]
-         [--force]
+         [--tpm auto|off|TCTI] [--force]
 
   Makes the device's Ed25519 key pair (the private key stays in DIR, mode 0600), reports the
   hardware inventory and stores the identity with Center's key pinned.
   DIR defaults to $BULKHEAD_ENGINE_DATA or ${DEFAULT_ENGINE_DATA_DIR}.
-  --force enrols an already enrolled PC again, as a new device with a new key.`,
+  --force enrols an already enrolled PC again, as a new device with a new key.
+  --tpm chooses where the device's encryption key (which Center wraps data keys to) is kept:
+  auto (default, or $BULKHEAD_TPM) seals it with the PC's TPM (/dev/tpmrm0) when there is one,
+  off keeps it in a key file (mode 0600, the weaker fallback), any other value is a tpm2-tools
+  TCTI. Use the same setting for engine run. See docs/keys.md.`,
   options: {
     center: { type: 'string' },
     token: { type: 'string' },
     name: { type: 'string' },
     data: { type: 'string' },
     force: { type: 'boolean' },
+    tpm: { type: 'string' },
   },
   async run(inv, ctx) {
     const identity = await enroll({
+      tpm: optionalString(inv, 'tpm') ?? process.env.BULKHEAD_TPM ?? 'auto',
       centerUrl: requireString(inv, 'center'),
       token: requireString(inv, 'token'),
       name: optionalString(inv, 'name'),
@@ -45,10 +51,16 @@ const enrollCommand: Command = {
       centerUrl: identity.centerUrl,
       centerKeyId: identity.centerKey.keyid,
       dataDir: dataDir(inv),
+      keyProtection: identity.keyProtection,
     };
     if (!inv.json) {
       ctx.out(`Enrolled with ${identity.centerUrl} as device ${identity.deviceId}`);
       ctx.out(`Center's key ${identity.centerKey.keyid} is pinned; data in ${result.dataDir}`);
+      ctx.out(
+        identity.keyProtection === 'tpm'
+          ? "The device's encryption key is sealed by the TPM"
+          : "The device's encryption key is in a key file (no TPM: the weaker fallback, docs/keys.md)",
+      );
     }
     return result;
   },

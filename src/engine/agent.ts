@@ -6,6 +6,7 @@ import { loadIdentity } from './identity.ts';
 import { silentLog, type Log } from './log.ts';
 import { EventQueue } from './queue.ts';
 import { engineFiles, type EngineFiles } from './state.ts';
+import { destroyIdentityKey } from './crypto-erase.ts';
 import { createSyncLoop, type CommandHandler, type SyncLoop } from './sync.ts';
 
 /*
@@ -97,6 +98,11 @@ export async function createEngine(deps: EngineDeps): Promise<Engine> {
     handleCommand: deps.handleCommand,
     pollIntervalMs: deps.pollIntervalMs,
     push: deps.push,
+    // The last act of a killed device: without its identity key it can never speak again.
+    onKillReported: async () => {
+      await destroyIdentityKey(deps.dataDir);
+      log.warn({ component: 'sync' }, 'kill reported; the identity key is destroyed');
+    },
   });
 
   return {

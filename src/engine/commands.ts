@@ -38,6 +38,11 @@ export interface CommandDeps {
   settleTimeoutMs?: number;
   /** Longest wait for a restarted VM to run again (default 5 min). */
   restartTimeoutMs?: number;
+  /**
+   * Crypto-erases the PC once a kill has stopped every VM (crypto-erase.ts); answers what it
+   * did, for the kill's result. Without it a kill only stops the VMs (simulated fleets).
+   */
+  erase?: () => Promise<string>;
 }
 
 /** Update states in which the VM is being switched, booted or judged: let them finish. */
@@ -112,10 +117,13 @@ export function createCommandHandler(deps: CommandDeps): CommandHandler {
     if (up.length > 0) {
       return { ok: false, message: `VMs still running after the stop: ${list(up)}` };
     }
-    const what =
+    let what =
       state === 'killed'
         ? 'the device is killed; no VM starts again'
         : 'the device is locked; no VM starts until it is unlocked';
+    if (kind === 'kill' && state === 'killed' && deps.erase) {
+      what += `; ${await deps.erase()}`;
+    }
     return { ok: true, message: `every VM is stopped (stopped now: ${list(stopped)}); ${what}` };
   }
 

@@ -61,6 +61,13 @@ export const EngineConfigSchema = z
      * waiting for their window and crashed VMs need it.
      */
     reconcileIntervalSeconds: seconds(3600).min(1).default(5),
+    /**
+     * The host TPM that seals the device's encryption key (docs/keys.md): `auto` uses
+     * /dev/tpmrm0 when the PC has one, `off` keeps the key in a file (the weaker fallback), any
+     * other value is a tpm2-tools TCTI (`device:/dev/tpm0`, `swtpm:host=127.0.0.1,port=2321`).
+     * Read at enrolment (which chooses the protection) and at every start (which unseals).
+     */
+    tpm: z.string().min(1).max(500).default('auto'),
     /** Log level of the structured (pino) log, written to stderr. */
     logLevel: z
       .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
@@ -93,6 +100,7 @@ const ENV: Record<string, keyof EngineConfigInput> = {
   BULKHEAD_POLL_INTERVAL_SECONDS: 'pollIntervalSeconds',
   BULKHEAD_RECONCILE_INTERVAL_SECONDS: 'reconcileIntervalSeconds',
   BULKHEAD_LOG_LEVEL: 'logLevel',
+  BULKHEAD_TPM: 'tpm',
 };
 
 const NUMERIC_KEYS: ReadonlySet<keyof EngineConfigInput> = new Set([

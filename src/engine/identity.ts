@@ -23,7 +23,9 @@ import {
 } from '../protocol/index.ts';
 import { systemClock, type Clock } from './clock.ts';
 import { engineFiles, type Identity } from './state.ts';
-import { fsyncDir } from '../durable/index.ts';
+import { exists, fsyncDir } from '../durable/index.ts';
+import { createEncryptionKey, destroyEncryptionKey } from './device-keys.ts';
+import type { TpmSetting } from './tpm.ts';
 
 export interface EnrollOptions {
   /** Center's base URL (`https://center.example.org`). */
@@ -40,6 +42,11 @@ export interface EnrollOptions {
   inventory?: Inventory;
   clock?: Clock;
   timeoutMs?: number;
+  /**
+   * Engine's `tpm` setting: where the device's encryption key is sealed (`auto`, `off`, or a
+   * TCTI; default `auto`). Without a TPM the key is kept in a key file (docs/keys.md).
+   */
+  tpm?: TpmSetting;
 }
 
 /** A base URL without a trailing slash, or a usage error naming the flag. */
@@ -96,6 +103,7 @@ export async function enroll(options: EnrollOptions): Promise<Identity> {
     // What belonged to the old identity goes with it; the VMs on this PC stay.
     await files.identity.remove();
     await rm(files.privateKeyPath, { force: true });
+    await destroyEncryptionKey(options.dataDir);
     await files.desiredState.remove();
     await files.killNotice.remove();
     await files.sync.remove();
@@ -104,6 +112,7 @@ export async function enroll(options: EnrollOptions): Promise<Identity> {
 
   const privateKey = await createOrReuseKey(files.privateKeyPath);
   const publicPem = createPublicKey(privateKey).export({ type: 'spki', format: 'pem' }).toString();
+  const encryption = await createEncryptionKey(options.dataDir, options.tpm ?? 'auto');
   const inventory = InventorySchema.parse(options.inventory ?? (await gatherInventory()));
 
   const center = createApiClient({
@@ -115,6 +124,7 @@ export async function enroll(options: EnrollOptions): Promise<Identity> {
     body: {
       token: options.token,
       publicKey: publicPem,
+      encryptionKey: encryption.publicKey.export({ type: 'spki', format: 'pem' }).toString(),
       inventory,
       ...(options.name === undefined ? {} : { name: options.name }),
     },
@@ -144,6 +154,7 @@ export async function enroll(options: EnrollOptions): Promise<Identity> {
     centerKey: answer.centerKey,
     publicKey: publicPem,
     enrolledAt: clock.now(),
+    keyProtection: encryption.protection,
   };
   await files.identity.write(identity);
   return identity;
@@ -197,6 +208,16 @@ export async function loadIdentity(
 ): Promise<{ identity: Identity; privateKey: KeyObject }> {
   const files = engineFiles(dataDir, deps);
   const identity = await files.identity.read();
+  if (
+    (await files.killNotice.read({ repair: false })) !== undefined &&
+    !(await exists(files.privateKeyPath))
+  ) {
+    throw new BulkheadError(
+      ErrorCodes.DEVICE_KILLED,
+      `this device was killed by Center: its keys and work data are erased and it no longer contacts Center (${dataDir})`,
+      { hint: 'to use this PC again, enrol it as a new device: bulkhead engine enroll --force' },
+    );
+  }
   if (identity === undefined) {
     throw new BulkheadError(ErrorCodes.IDENTITY_MISSING, `no device identity in ${dataDir}`, {
       hint: 'enrol the device first: bulkhead engine enroll --center URL --token TOKEN',

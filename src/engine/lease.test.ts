@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { fixedClock, recordingLog } from '../../test/support/engine.ts';
 import { tempDir, tool } from '../../test/support/fixtures.ts';
+import { testKeyRing } from '../../test/support/keys.ts';
 import type { DesiredState, DesiredVm, VolumeRef } from '../protocol/index.ts';
 import { createSimDriver } from './hypervisor/sim.ts';
 import type { VmEvent } from './hypervisor/types.ts';
@@ -45,6 +46,7 @@ function vm(name: string, lease: DesiredVm['lease']): DesiredVm {
       clipboard: false,
       usbDevices: [],
       encryptData: false,
+      requireTpm: false,
     },
     healthCheck: { timeoutSeconds: 30 },
     resources: { cpus: 1, memoryMib: 256 },
@@ -113,6 +115,7 @@ async function engineOn(dataDir: string, clock: ReturnType<typeof fixedClock>) {
     switchDeadlineMs: 0,
     stopTimeoutMs: 1000,
     timeMark,
+    keys: testKeyRing(),
   });
   /** What the sync loop does with a verified document (run.ts wires the same). */
   const deliver = async (desired: DesiredState, source: 'center' | 'disk') => {

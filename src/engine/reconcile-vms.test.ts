@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { testKeyRing, wrapForTest } from '../../test/support/keys.ts';
 import { test } from 'node:test';
 import { recordingLog } from '../../test/support/engine.ts';
 import { tempDir, tool } from '../../test/support/fixtures.ts';
@@ -18,7 +19,7 @@ import { engineFiles } from './state.ts';
 import { TransactionFiles, VmRecords } from './update/records.ts';
 import { volumeLayout, type GoldenStore } from './volumes/index.ts';
 
-const DATA_KEY = Buffer.alloc(32, 7).toString('base64');
+const DATA_KEY_BYTES = Buffer.alloc(32, 7);
 const KERNEL = { path: '/boot/vmlinuz-test', initrd: '/boot/initrd-test' };
 
 function ref(version: string): VolumeRef {
@@ -44,13 +45,14 @@ function desiredVm(name: string, machine?: VmMachineHint, version = '1'): Desire
       clipboard: false,
       usbDevices: [],
       encryptData: false,
+      requireTpm: false,
     },
     healthCheck: { timeoutSeconds: 30 },
     resources: { cpus: 1, memoryMib: 256 },
     resetPolicy: 'on-update',
     lease: { days: 30, expiresAt: Date.now() + 86_400_000 },
     ...(machine ? { machine } : {}),
-    dataKey: DATA_KEY,
+    wrappedDataKey: wrapForTest(DATA_KEY_BYTES, `p-${name}`),
   };
 }
 
@@ -114,6 +116,7 @@ function engineOn(
   const records = new VmRecords(engineFiles(dataDir, { clock, log }).engineState, clock);
   const transactions = new TransactionFiles(dataDir, clock, log);
   const reconciler = createReconciler({
+    keys: testKeyRing(),
     dataDir,
     goldens,
     hypervisor,
@@ -183,6 +186,29 @@ test('an installed VM whose profile turns Secure Boot on is not started with a d
   await e.reconciler.reconcile(desired([desiredVm('work', { ...SECURE_BOOT, secureBoot: false })]));
   assert.deepEqual(e.starts, ['work', 'work']);
   assert.equal((await e.records.get('work')).lastError, null);
+});
+
+test('a profile requiring a TPM is refused on a PC keeping its key in a file, with the reason reported; the other VM runs', async (t) => {
+  await tool('qemu-img', ['--version'], 'qemu-utils');
+  const strict = (): DesiredVm => {
+    const vm = desiredVm('work');
+    return { ...vm, policy: { ...vm.policy, encryptData: true, requireTpm: true } };
+  };
+  const withFile = engineOn(await tempDir(t), undefined, { keys: testKeyRing('file') });
+  await withFile.reconciler.reconcile(desired([strict(), desiredVm('personal')]));
+  assert.deepEqual(withFile.starts, ['personal'], 'the other VM runs');
+  const failed = withFile.events.find((x) => x.type === 'failed');
+  assert.ok(failed, `events: ${withFile.events.map((x) => x.type).join(', ')}`);
+  assert.match(
+    (failed.data as { reason: string }).reason,
+    /VM work requires a TPM and this PC keeps its keys in a key file/,
+  );
+  assert.equal((await withFile.records.get('work')).currentVersionId, null);
+
+  // The same desired state on a PC whose key the TPM seals: both run, the data volume encrypted.
+  const withTpm = engineOn(await tempDir(t), undefined, { keys: testKeyRing('tpm') });
+  await withTpm.reconciler.reconcile(desired([strict(), desiredVm('personal')]));
+  assert.deepEqual([...withTpm.starts].sort(), ['personal', 'work']);
 });
 
 /** What QEMU and swtpm leave in a VM's directory after it ran (the sim driver makes none). */

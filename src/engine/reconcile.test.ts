@@ -22,6 +22,7 @@ function desiredVm(v: string, over: Partial<DesiredVm> = {}): DesiredVm {
       clipboard: false,
       usbDevices: [],
       encryptData: false,
+      requireTpm: false,
     },
     healthCheck: { timeoutSeconds: 30 },
     resources: { cpus: 1, memoryMib: 256 },

@@ -6,6 +6,7 @@ import {
   errnoCode,
   isBulkheadError,
   type BulkheadError,
+  type ErrorCode,
   type DesiredState,
   type DesiredVm,
 } from '../protocol/index.ts';
@@ -194,6 +195,17 @@ export function plan(input: PlanInput): Step[] {
 }
 
 /** Everything the reconcile executors use: the update deps plus the current desired state. */
+/**
+ * Why a VM may not start here, each reported as the VM's failure reason: it cannot boot as
+ * configured, it requires a TPM this PC lacks, or its data key is missing or does not open.
+ */
+const START_REFUSALS: ReadonlySet<ErrorCode> = new Set([
+  ErrorCodes.VALIDATION,
+  ErrorCodes.TPM_REQUIRED,
+  ErrorCodes.DATA_KEY_UNAVAILABLE,
+  ErrorCodes.DATA_KEY_UNWRAP,
+]);
+
 export interface ReconcileDeps extends UpdateDeps {
   desired: () => DesiredState | null;
   /**
@@ -275,9 +287,9 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
       const layout = volumeLayout(deps.dataDir, vm.name);
       let spec: VmSpec;
       try {
-        spec = vmSpec(vm, record.current, layout, deps.kernel);
+        spec = vmSpec(vm, record.current, layout, deps.keys, deps.kernel);
       } catch (err) {
-        if (!isBulkheadError(err, ErrorCodes.VALIDATION)) throw err;
+        if (!isBulkheadError(err) || !START_REFUSALS.has(err.code)) throw err;
         await refuseStart(step.vm, err);
         return;
       }
@@ -288,7 +300,7 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
       }
       const status = await deps.hypervisor.start(spec);
       // A start refused earlier (refuseStart) is over once the VM starts.
-      if (record.lastError?.code === ErrorCodes.VALIDATION) {
+      if (record.lastError && START_REFUSALS.has(record.lastError.code as ErrorCode)) {
         await deps.records.update(step.vm, (r) => ({ ...r, lastError: null }));
       }
       deps.log.info(

@@ -3,6 +3,8 @@ import { pino } from 'pino';
 import { createEngine, type Engine } from './agent.ts';
 import { systemClock, type Clock } from './clock.ts';
 import { createCommandHandler } from './commands.ts';
+import { cryptoErase } from './crypto-erase.ts';
+import { keyRing, loadEncryptionKey, type KeyRing } from './device-keys.ts';
 import type { EngineConfig } from './config.ts';
 import { GuestAgent } from './guest-agent.ts';
 import { BulkheadError, ErrorCodes, type Fetch } from '../protocol/index.ts';
@@ -18,7 +20,7 @@ import {
 } from './local-api.ts';
 import { lockDataDir } from './lock.ts';
 import { takeScreenshot } from './screenshot.ts';
-import type { Log } from './log.ts';
+import { silentLog, type Log } from './log.ts';
 import type { NewEvent } from './queue.ts';
 import { createReconciler, type Reconciler } from './reconcile.ts';
 import { engineFiles } from './state.ts';
@@ -48,6 +50,11 @@ export interface EngineParts {
   connectAgent?: (status: VmStatus) => Promise<GuestAgentLink>;
   /** Test hook: called after each persisted update step (the crash tests kill the process there). */
   afterPersist?: (state: UpdateState) => void;
+  /**
+   * The device's keys. Default: the encryption key in the data directory, unsealed with the
+   * configured TPM (none when the device has none: its VMs that need a key do not start).
+   */
+  keys?: KeyRing;
 }
 
 export interface EngineReconcilerParts extends EngineParts {
@@ -138,9 +145,19 @@ export async function createEngineReconciler(
   const kernel = kernelOf(config);
   const timeMark = createTimeMark({ dataDir, clock, log });
   await timeMark.load();
+  const keys = parts.keys ?? (await loadKeyRing(config));
+  log.info(
+    { component: 'engine', protection: keys.protection },
+    keys.protection === 'tpm'
+      ? "the device's encryption key is sealed by the TPM"
+      : keys.protection === 'file'
+        ? "the device's encryption key is in a key file (no TPM: the weaker fallback)"
+        : 'this device has no encryption key: VMs with encrypted data do not start',
+  );
   const reconciler = createReconciler({
     timeMark,
     dataDir,
+    keys,
     goldens: new GoldenStore({ dir: join(dataDir, 'goldens') }),
     hypervisor,
     records,
@@ -179,6 +196,13 @@ export async function createEngineReconciler(
   return { reconciler, hypervisor, records, transactions, clock, log, timeMark };
 }
 
+/** The key ring of the enrolled device in `config.dataDir` (none before enrolment). */
+async function loadKeyRing(config: EngineConfig): Promise<KeyRing> {
+  const identity = await engineFiles(config.dataDir).identity.read({ repair: false });
+  const keys = identity ? await loadEncryptionKey(config.dataDir, config.tpm) : undefined;
+  return keyRing(identity?.deviceId, keys);
+}
+
 /** Starts Engine: the sync loop with Center feeding the reconciler, until `stop()`. */
 export async function startEngineRun(
   config: EngineConfig,
@@ -204,6 +228,11 @@ async function startLocked(
   const controller = new AbortController();
   // The queue belongs to the engine, which needs the reconciler first: reports go through this.
   const holder: { engine?: Engine } = {};
+  // A kill cut short (a crash, a power cut) is finished before anything else: crypto-erase is
+  // idempotent, and a killed device runs nothing.
+  if ((await engineFiles(config.dataDir).killNotice.read()) !== undefined) {
+    await cryptoErase(config.dataDir, parts.log ?? silentLog);
+  }
   const { reconciler, hypervisor, records, transactions, clock, log, timeMark } =
     await createEngineReconciler(config, {
       ...parts,
@@ -225,6 +254,14 @@ async function startLocked(
       clock,
       log,
       stopTimeoutMs: config.stopTimeoutSeconds * 1000,
+      ...(config.hypervisor === 'sim'
+        ? {}
+        : {
+            erase: async () => {
+              const { erasedVolumes } = await cryptoErase(config.dataDir, log);
+              return `crypto-erased: keys destroyed, LUKS headers overwritten (${erasedVolumes.join(', ') || 'no encrypted volume'}), goldens and overlays deleted`;
+            },
+          }),
     }),
     ...(parts.fetch ? { fetch: parts.fetch } : {}),
     ...(config.pollIntervalSeconds !== undefined

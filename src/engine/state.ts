@@ -37,6 +37,11 @@ export const IdentitySchema = z.strictObject({
   /** The device's public key (SPKI PEM); the private one is in `device.key`. */
   publicKey: z.string(),
   enrolledAt: EpochMs,
+  /**
+   * How the device's encryption key is kept (docs/keys.md): sealed by the TPM, or in a key file
+   * (no TPM). Absent for a device enrolled before encryption keys.
+   */
+  keyProtection: z.enum(['tpm', 'file']).optional(),
 });
 export type Identity = z.infer<typeof IdentitySchema>;
 

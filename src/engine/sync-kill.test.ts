@@ -65,7 +65,7 @@ const activeState: DesiredState = {
       resources: { cpus: 1, memoryMib: 512 },
       resetPolicy: 'on-update',
       lease: { days: 14, expiresAt: NOW + 14 * 86_400_000 },
-      dataKey: Buffer.alloc(32, 7).toString('base64'),
+      wrappedDataKey: 'bhwk1.a.b.c',
     },
   ],
   commands: [],
@@ -147,7 +147,10 @@ function fakeCenter() {
 }
 
 /** An enrolled Engine's files and queue, a hypervisor with `work` running, and a loop maker. */
-async function engine(t: TestContext) {
+async function engine(
+  t: TestContext,
+  hooks: { erase?: () => Promise<string>; onKillReported?: () => Promise<void> } = {},
+) {
   const dataDir = join(await tempDir(t, 'bulkhead-sync-'), 'engine');
   // Between contacts the loop sleeps until it is woken or stopped: the test makes each contact.
   const clock = {
@@ -185,6 +188,7 @@ async function engine(t: TestContext) {
     clock,
     log,
     stopTimeoutMs: 1000,
+    ...(hooks.erase ? { erase: hooks.erase } : {}),
   });
   const handed: { desired: DesiredState; source: string }[] = [];
   const makeLoop = () =>
@@ -202,6 +206,7 @@ async function engine(t: TestContext) {
       clock,
       log,
       push: false,
+      ...(hooks.onKillReported ? { onKillReported: hooks.onKillReported } : {}),
       onDesiredState: (desired, source) => void handed.push({ desired, source }),
       handleCommand: async (command, desired) => {
         commands.push(command);
@@ -238,7 +243,7 @@ test('a signed kill notice stops every VM for good; only the kill’s result goe
     ['work'],
   );
   assert.ok(
-    killedState.vms.every((vm) => vm.dataKey === undefined),
+    killedState.vms.every((vm) => vm.wrappedDataKey === undefined),
     'no data key in what it runs',
   );
   // The planner starts nothing under it, though the VM is installed and stopped.
@@ -372,4 +377,39 @@ test('a kill notice that does not verify changes nothing', async (t) => {
       );
     });
   }
+});
+
+test('a kill crypto-erases once every VM is stopped, then destroys the identity key once its result reached Center', async (t) => {
+  const steps: string[] = [];
+  const box: { e?: Awaited<ReturnType<typeof engine>> } = {};
+  const e = await engine(t, {
+    erase: async () => {
+      const { vms, center } = box.e!;
+      steps.push(`erase (work ${vms.get('work')}, results sent: ${center.killResults.length})`);
+      return 'crypto-erased';
+    },
+    onKillReported: async () => {
+      steps.push(`identity key destroyed (results sent: ${box.e!.center.killResults.length})`);
+    },
+  });
+  box.e = e;
+  const loop = e.makeLoop();
+  await loop.start();
+  t.after(() => loop.stop());
+  await loop.syncNow();
+  e.center.killed = true;
+  assert.equal((await loop.syncNow()).ok, true);
+  assert.deepEqual(steps, [
+    'erase (work stopped, results sent: 0)',
+    'identity key destroyed (results sent: 1)',
+  ]);
+  assert.match(
+    (e.center.killResults[0]!.event.data as { message: string }).message,
+    /the device is killed; no VM starts again; crypto-erased$/,
+  );
+  // Nothing more: no contact, and the key is not destroyed twice.
+  const asked = e.center.requests.length;
+  await loop.syncNow();
+  assert.equal(e.center.requests.length, asked);
+  assert.equal(steps.length, 2);
 });

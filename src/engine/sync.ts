@@ -92,6 +92,11 @@ export interface SyncLoopDeps {
   random?: () => number;
   /** Hold Center's push channel (default true). */
   push?: boolean;
+  /**
+   * Called once the kill's result has reached Center (or Center refused it for good), before
+   * it leaves the queue: Engine destroys its identity key then, and speaks to Center no more.
+   */
+  onKillReported?: () => Promise<void>;
 }
 
 export interface SyncOutcome {
@@ -121,10 +126,10 @@ export interface SyncLoop {
   killed(): StoredKillNotice | undefined;
 }
 
-/** A VM as the killed state keeps it: without its data key. */
+/** A VM as the killed state keeps it: without its wrapped data key. */
 function withoutKey(vm: DesiredVm): DesiredVm {
   const copy = { ...vm };
-  delete copy.dataKey;
+  delete copy.wrappedDataKey;
   return copy;
 }
 
@@ -316,6 +321,7 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
         try {
           await client.sendKillResult(event);
           delivered += 1;
+          await deps.onKillReported?.();
         } catch (err) {
           // Center read it and said no (a result it no longer wants): sending it again would
           // not change that. Anything else is tried again at the next contact.
@@ -324,6 +330,7 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
             { component: 'sync', code: (err as { code: string }).code },
             `Center refused the kill's result: ${(err as Error).message}`,
           );
+          await deps.onKillReported?.();
         }
       }
       await queue.ack(batch.map((e) => e.id));

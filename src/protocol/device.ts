@@ -68,6 +68,12 @@ export const EnrolRequestSchema = z.strictObject({
   /** The device's Ed25519 public key: SPKI PEM, or base64 of the raw 32 bytes. */
   publicKey: text({ min: 1, max: 1024 }),
   inventory: InventorySchema,
+  /**
+   * The device's X25519 encryption public key (SPKI PEM, or base64 of the raw 32 bytes): Center
+   * wraps the VMs' data keys to it (docs/keys.md). Required: an Engine that cannot receive
+   * wrapped keys is not enrolled.
+   */
+  encryptionKey: text({ min: 1, max: 1024 }),
   /** Label shown to administrators; the host name when omitted. */
   name: name({ min: 1, max: 200 }).optional(),
 });
@@ -167,14 +173,18 @@ export const DesiredVmSchema = z.object({
    */
   lease: z.object({ days: z.number().int().min(1), expiresAt: EpochMsSchema }).optional(),
   /**
-   * Key of the VM's encrypted data volume (base64, 32 bytes), escrowed at Center; present only
-   * when the policy encrypts data or the machine has a TPM (whose state is encrypted with a
-   * key derived from it; the data volume is encrypted only when the policy says so). It travels in the signed document unwrapped, and
-   * Engine keeps that document as it came, key included, in `desired-state.json` (mode 0600)
-   * in its data directory, so VMs start offline; from there it reaches qemu-img and QEMU only
-   * through named pipes. Not yet wrapped to the device's key or sealed by the TPM (DESIGN §4).
+   * Key of the VM's encrypted data volume (32 bytes), escrowed at Center, wrapped to the
+   * device's X25519 encryption key and bound to its device id and profile id (`bhwk1.…`, see
+   * `wrapDataKey` and docs/keys.md); present only when the policy encrypts data or the machine
+   * has a TPM (whose state is encrypted with a key derived from it). Engine keeps the document
+   * as it came and unwraps the key only in memory, when it creates the volume or starts the VM.
    */
-  dataKey: z.string().optional(),
+  wrappedDataKey: z.string().max(512).optional(),
+  /**
+   * Why the VM needs a key and none was sent (a device enrolled before encryption keys: it must
+   * enrol again). Engine refuses to start such a VM and reports this reason.
+   */
+  keyUnavailable: z.string().max(500).optional(),
 });
 export type DesiredVm = z.infer<typeof DesiredVmSchema>;
 

@@ -84,6 +84,12 @@ export const ErrorCodes = {
   VM_NOT_RUNNING: 'ERR_VM_NOT_RUNNING',
   // Rollouts: an action its state does not allow (pause a halted one, say).
   ROLLOUT_STATE: 'ERR_ROLLOUT_STATE',
+  // Keys (docs/keys.md): a wrapped data key that does not open with this device's key, a VM
+  // whose key Center could not send, a profile that needs a TPM this PC lacks, a TPM that fails.
+  DATA_KEY_UNWRAP: 'ERR_DATA_KEY_UNWRAP',
+  DATA_KEY_UNAVAILABLE: 'ERR_DATA_KEY_UNAVAILABLE',
+  TPM_REQUIRED: 'ERR_TPM_REQUIRED',
+  TPM: 'ERR_TPM',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -36,6 +36,11 @@ export const IsolationPolicySchema = z.strictObject({
     .default([]),
   /** Whether the VM's data volume is encrypted (LUKS, key escrowed at Center). */
   encryptData: z.boolean().default(false),
+  /**
+   * Whether the VM runs only on a PC whose Engine seals its keys with a TPM (docs/keys.md); a
+   * PC without one refuses it with ERR_TPM_REQUIRED and runs its other VMs.
+   */
+  requireTpm: z.boolean().default(false),
 });
 export type IsolationPolicy = z.infer<typeof IsolationPolicySchema>;
 

@@ -11,3 +11,12 @@ export {
   type PublicKeyInfo,
 } from './keys.ts';
 export { canonicalJson } from './canonical.ts';
+export {
+  parseEncryptionPublicKey,
+  rawX25519,
+  unwrapDataKey,
+  wrapDataKey,
+  x25519PrivateFromSeed,
+  type WrapContext,
+  type WrapRandomness,
+} from './wrap.ts';

@@ -203,6 +203,8 @@ test('publishers, images and profiles are managed by name from the CLI', async (
     'nat',
     '--clipboard',
     'on',
+    '--require-tpm',
+    'on',
     '--usb',
     '046d:c52b',
     '--health-command',
@@ -217,8 +219,13 @@ test('publishers, images and profiles are managed by name from the CLI', async (
     clipboard: true,
     usbDevices: ['046d:c52b'],
     encryptData: true,
+    requireTpm: true,
   });
   assert.deepEqual(edited.healthCheck, { timeoutSeconds: 60 });
+  assert.match(
+    await ok(['profiles', 'show', 'work']),
+    /^ {2}host TPM +required \(PCs without one refuse this VM\)$/m,
+  );
   assert.equal(edited.leaseDays, 14, 'what was not given stays');
   assert.match(await ok(['profiles', 'list']), /^work\s+os\s+nat\s+encrypted\s+14 d\s/m);
 

@@ -94,12 +94,13 @@ forEachDatabase("Center's database", async (t, databases) => {
             '0008_admin_user_disabled',
             '0009_rollout_release',
             '0010_profile_machine',
+            '0011_device_encryption_key',
           ],
-          latest: '0010_profile_machine',
+          latest: '0011_device_encryption_key',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0010_profile_machine',
+          latest: '0011_device_encryption_key',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);
@@ -558,6 +559,7 @@ function seedRows(): SeedRows {
         id: pc1,
         name: 'pc-1',
         public_key: 'MCowBQYDK2VwAyEA',
+        encryption_key: 'bW9jayB4MjU1MTkga2V5IGZvciB0aGUgdGVzdCBkYg==',
         inventory: '{}',
         group_id: office,
         current_versions: '{}',
@@ -570,6 +572,8 @@ function seedRows(): SeedRows {
         id: pc2,
         name: 'pc-2',
         public_key: 'MCowBQYDK2VwAyEB',
+        // Enrolled before devices had encryption keys (migration 0011).
+        encryption_key: null,
         inventory: JSON.stringify({ cpu: 'i5', memoryMiB: 16384 }),
         group_id: office,
         current_versions: JSON.stringify({ work: { system: '1', apps: {} } }),

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { encryptionKeyPem } from '../support/keys.ts';
 import { generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -38,6 +39,7 @@ async function enrolPc(url: string, token: string, name: string, inventory: Inve
       token,
       name,
       publicKey: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+      encryptionKey: encryptionKeyPem(),
       inventory,
     },
   });

@@ -3,7 +3,7 @@
 // through an outage, push, and `bulkhead engine enroll|status` as a real process.
 import assert from 'node:assert/strict';
 import { createPrivateKey } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import {
   createServer,
   request as httpRequest,
@@ -48,6 +48,9 @@ import { runCli as cli } from '../support/cli.ts';
 import { fixedClock, recordingLog } from '../support/engine.ts';
 import { sampleEvent } from '../support/events.ts';
 import { tempDir } from '../support/fixtures.ts';
+import { startTestTpm } from '../support/swtpm.ts';
+import { qcow2LuksHeader } from '../../src/engine/crypto-erase.ts';
+import { ensureDataVolume, volumeLayout } from '../../src/engine/volumes/index.ts';
 import { PATIENCE_MS, waitFor, withTimeout } from '../support/wait.ts';
 
 const START = Date.parse('2026-03-02T09:15:00Z');
@@ -134,6 +137,7 @@ async function startCenter(t: TestContext) {
       push.notify([deviceId]);
       return id;
     },
+    database,
     events: (deviceId: string) =>
       database.db
         .selectFrom('device_events')
@@ -227,7 +231,7 @@ test('enrol → token → verified desired state → 304 → reports accepted; r
   assert.equal((await stat(d.files.privateKeyPath)).mode & 0o777, 0o600);
   assert.equal((await stat(d.dataDir)).mode & 0o777, 0o700);
   assert.equal(d.identity.centerKey.keyid, center.signingKey.keyid);
-  const row = await center.db
+  const row = await center.database.db
     .selectFrom('devices')
     .select(['name', 'inventory'])
     .where('id', '=', d.identity.deviceId)
@@ -618,6 +622,43 @@ test('engine run: built from one configuration, it syncs, follows the poll inter
   await assert.rejects(stat(join(dataDir, 'run', 'engine.sock')), { code: 'ENOENT' });
 });
 
+test('engine run finishes a kill cut short before anything else (crypto-erase resumes)', async (t) => {
+  const center = await startCenter(t);
+  const dataDir = join(await tempDir(t, 'bulkhead-engine-erase-'), 'engine');
+  const identity = await enroll({
+    centerUrl: center.url,
+    token: await center.token(),
+    dataDir,
+    inventory,
+    tpm: 'off',
+  });
+  // As a kill -9 right after the notice was stored leaves the PC: keys, a LUKS data volume.
+  const layout = volumeLayout(dataDir, 'work');
+  await ensureDataVolume(layout.data, { key: Buffer.alloc(32, 3), sizeBytes: 64 * 1024 ** 2 });
+  await writeFile(layout.overlay('system'), 'overlay');
+  const files = engineFiles(dataDir);
+  await files.killNotice.write({
+    notice: {
+      notice: { deviceId: identity.deviceId, killedAt: START, issuedAt: START, commandId: null },
+      keyid: 'k',
+      signature: 's',
+    },
+    verifiedAt: START,
+  });
+  const luks = Buffer.from('LUKS\xba\xbe', 'latin1');
+  const header = await qcow2LuksHeader(layout.data);
+  assert.ok(header, 'an encrypted volume');
+  const magicAt = async () =>
+    (await readFile(layout.data)).subarray(header.offset, header.offset + luks.length);
+  assert.deepEqual(await magicAt(), luks, 'a LUKS header before');
+  const config = resolveEngineConfig([{ dataDir, hypervisor: 'sim', tpm: 'off' }]);
+  const running = await startEngineRun(config, { log: recordingLog() });
+  await withTimeout('engine run to stop', running.stop());
+  await assert.rejects(stat(join(dataDir, 'keys')), { code: 'ENOENT' });
+  await assert.rejects(stat(layout.overlay('system')), { code: 'ENOENT' });
+  assert.notDeepEqual(await magicAt(), luks, 'the LUKS header is overwritten');
+});
+
 test('bulkhead engine enroll and status as a real process', async (t) => {
   const center = await startCenter(t);
   const dataDir = join(await tempDir(t, 'bulkhead-engine-cli-'), 'engine');
@@ -660,6 +701,49 @@ test('bulkhead engine enroll and status as a real process', async (t) => {
   const forced = await enrol('--token', await center.token(), '--force', '--json');
   assert.equal(forced.code, 0, forced.stderr);
   assert.notEqual(JSON.parse(forced.stdout).deviceId, out.deviceId);
+});
+
+test('bulkhead engine enroll --tpm seals the encryption key with the TPM; --tpm off keeps a key file', async (t) => {
+  const center = await startCenter(t);
+  const tpm = await startTestTpm(t);
+  const dataDir = join(await tempDir(t, 'bulkhead-engine-tpm-'), 'engine');
+  const enrol = async (...more: string[]) =>
+    cli([
+      'engine',
+      'enroll',
+      '--center',
+      center.url,
+      '--data',
+      dataDir,
+      '--token',
+      await center.token(),
+      ...more,
+    ]);
+  const sealed = await enrol('--tpm', tpm.tcti, '--json');
+  assert.equal(sealed.code, 0, sealed.stderr);
+  assert.equal(JSON.parse(sealed.stdout).keyProtection, 'tpm');
+  assert.deepEqual((await readdir(join(dataDir, 'keys'))).sort(), [
+    'encryption.json',
+    'sealed.priv',
+    'sealed.pub',
+  ]);
+  const filed = await enrol('--tpm', 'off', '--force');
+  assert.equal(filed.code, 0, filed.stderr);
+  assert.match(filed.stdout, /encryption key is in a key file \(no TPM: the weaker fallback/);
+  assert.deepEqual((await readdir(join(dataDir, 'keys'))).sort(), [
+    'encryption.json',
+    'encryption.key',
+  ]);
+  const row = await center.database.db
+    .selectFrom('devices')
+    .select('encryption_key')
+    .where(
+      'id',
+      '=',
+      JSON.parse((await cli(['engine', 'status', '--data', dataDir, '--json'])).stdout).deviceId,
+    )
+    .executeTakeFirstOrThrow();
+  assert.match(row.encryption_key ?? '', /^[A-Za-z0-9+/]{43}=$/, 'Center keeps the public key');
 });
 
 /** A GET over a unix socket: status and body as text. */

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { encryptionKeyPem } from '../support/keys.ts';
 import { generateKeyPairSync } from 'node:crypto';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -69,7 +70,12 @@ async function center(t: TestContext, url: string) {
     });
     const publicPem = publicKey.export({ type: 'spki', format: 'pem' }).toString();
     const enrolled = await send('POST', '/api/v1/device/enrol', {
-      body: { token, publicKey: publicPem, inventory: { hostname: 'pc-1' } },
+      body: {
+        token,
+        publicKey: publicPem,
+        encryptionKey: encryptionKeyPem(),
+        inventory: { hostname: 'pc-1' },
+      },
     });
     assert.equal(enrolled.status, 200, JSON.stringify(enrolled.body));
     const id = (enrolled.body as { deviceId: string }).deviceId;
@@ -114,7 +120,13 @@ forEachDatabase('strings with NUL, control characters or unpaired surrogates', a
   const device = await c.deviceToken();
   const enrol = (inventory: object, name?: string) =>
     c.send('POST', '/api/v1/device/enrol', {
-      body: { token: 'bhe_unused', publicKey: 'unused', inventory, ...(name ? { name } : {}) },
+      body: {
+        token: 'bhe_unused',
+        publicKey: 'unused',
+        encryptionKey: 'unused',
+        inventory,
+        ...(name ? { name } : {}),
+      },
     });
   const { admin } = c;
   const cases: [string, () => Promise<Answer>, RegExp][] = [

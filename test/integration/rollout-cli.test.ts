@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { encryptionKeyPem } from '../support/keys.ts';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -100,6 +101,7 @@ test('rollout create, list and status: names, release on completion, usage error
     const { deviceId } = await api('POST', '/api/v1/device/enrol', {
       token: enrolment,
       publicKey: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+      encryptionKey: encryptionKeyPem(),
       name,
       inventory: { hostname: name },
     });

@@ -127,7 +127,7 @@ function desired(
     system: { ...ref(version), ...over.system },
     mirrors: over.mirrors ?? [ctx.server.url],
     publishers: [{ keyid: ctx.keyid, publicKey: ctx.publicPem }],
-    dataKey: Buffer.alloc(32, 7).toString('base64'),
+    dataKey: Buffer.alloc(32, 7),
   });
 }
 

@@ -1,9 +1,10 @@
 import { createPrivateKey, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { encryptionKeyPem, TEST_DEVICE_KEYS } from './keys.ts';
 import { Writable } from 'node:stream';
 import type { TestContext } from 'node:test';
 import type { Insertable, Kysely } from 'kysely';
 import { pino, type Level } from 'pino';
-import { generateKeyPair, signPayload } from '../../src/signing/index.ts';
+import { generateKeyPair, rawX25519, signPayload } from '../../src/signing/index.ts';
 import { createEnrolmentToken, DEVICE_SIGNATURE_DOMAINS } from '../../src/center/devices/index.ts';
 import { hashSecret } from '../../src/center/admin/credentials.ts';
 import { resolveConfig, type CenterConfigInput } from '../../src/center/config.ts';
@@ -135,6 +136,7 @@ export async function enrolTestDevice(c: {
     body: {
       token: enrolmentToken,
       publicKey: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+      encryptionKey: encryptionKeyPem(),
       inventory: { hostname: 'pc' },
     },
   });
@@ -389,6 +391,8 @@ export async function insertDevices(
           id,
           name: `pc-${id.slice(-6)}`,
           public_key: randomBytes(32).toString('base64'),
+          // Every inserted device shares the fixed test encryption key (test/support/keys.ts).
+          encryption_key: rawX25519(TEST_DEVICE_KEYS.publicKey).toString('base64'),
           inventory: '{}',
           group_id: groupId,
           current_versions: '{}',

@@ -1,3 +1,4 @@
+import { TEST_DEVICE_ID, wrapForTest } from './keys.ts';
 import type { ImportResult } from '../../src/image/index.ts';
 import type { DesiredState, PublicKeyRef, VolumeRef } from '../../src/protocol/index.ts';
 
@@ -12,12 +13,15 @@ export function workDesiredState(options: {
   system: VolumeRef;
   mirrors: string[];
   publishers: PublicKeyRef[];
-  /** A LUKS key for the data volume; without it the data volume is not encrypted. */
-  dataKey?: string;
+  /**
+   * A LUKS key for the data volume (wrapped for the test device, test/support/keys.ts); without
+   * it the data volume is not encrypted.
+   */
+  dataKey?: Buffer;
 }): DesiredState {
   const now = Date.now();
   return {
-    deviceId: '01890000-0000-7000-8000-000000000001',
+    deviceId: TEST_DEVICE_ID,
     revision: 1,
     generatedAt: now,
     expiresAt: now + DAY,
@@ -36,6 +40,7 @@ export function workDesiredState(options: {
           clipboard: false,
           usbDevices: [],
           encryptData: options.dataKey !== undefined,
+          requireTpm: false,
         },
         // A TCG guest on a busy machine can take minutes to answer; a broken version fails its
         // check command at once, so the bound costs nothing when the test passes.
@@ -43,7 +48,9 @@ export function workDesiredState(options: {
         resources: { cpus: 1, memoryMib: 256 },
         resetPolicy: 'on-update',
         lease: { days: 30, expiresAt: now + 30 * DAY },
-        ...(options.dataKey === undefined ? {} : { dataKey: options.dataKey }),
+        ...(options.dataKey === undefined
+          ? {}
+          : { wrappedDataKey: wrapForTest(options.dataKey, 'profile-work') }),
       },
     ],
     commands: [],

@@ -1,4 +1,5 @@
 import { createHash, generateKeyPairSync, randomInt, type KeyObject } from 'node:crypto';
+import { encryptionKeyPem } from './keys.ts';
 import { validateHeaderValue } from 'node:http';
 import { zstdCompressSync } from 'node:zlib';
 import { hashPassword } from '../../src/center/auth/index.ts';
@@ -1095,7 +1096,12 @@ export async function fuzzCenter(cleanups: Cleanups, options: FuzzOptions): Prom
         const res = await inject({
           method: 'POST',
           url: '/api/v1/device/enrol',
-          payload: { token, publicKey: keys.publicPem, inventory: { hostname: 'fuzz-pc' } },
+          payload: {
+            token,
+            publicKey: keys.publicPem,
+            encryptionKey: encryptionKeyPem(),
+            inventory: { hostname: 'fuzz-pc' },
+          },
         });
         if (res.statusCode !== 200) throw new Error(`fuzz set-up: enrolment answered ${res.body}`);
         device = { id: res.json().deviceId, key: keys.privateKey };

@@ -546,6 +546,14 @@ async function profileMachine(db: AnyDb): Promise<void> {
 }
 
 /**
+ * Each device's X25519 encryption key, to which Center wraps its VMs' data keys. Devices
+ * enrolled before have none (null) and get no key until they enrol again.
+ */
+async function deviceEncryptionKey(db: AnyDb): Promise<void> {
+  await db.schema.alterTable('devices').addColumn('encryption_key', 'text').execute();
+}
+
+/**
  * Every migration, by name; the Migrator runs them in name order. Names are recorded in every
  * database, so none is ever renamed: 0003 was never shipped, and the gap stays. New ones take
  * the next number with no gap (a test checks).
@@ -560,6 +568,7 @@ const migrations: Record<string, Migration> = {
   '0008_admin_user_disabled': { up: adminUserDisabled },
   '0009_rollout_release': { up: rolloutRelease },
   '0010_profile_machine': { up: profileMachine },
+  '0011_device_encryption_key': { up: deviceEncryptionKey },
 };
 
 /** The names of every migration, in the order they run. */

@@ -228,6 +228,11 @@ export interface DevicesTable {
   name: string;
   /** The device's Ed25519 public key (base64 of the raw 32 bytes); unique. */
   public_key: string;
+  /**
+   * The device's X25519 encryption key (base64 of the raw 32 bytes) that data keys are wrapped
+   * to; null for a device enrolled before migration 0011 (it gets no key until it re-enrols).
+   */
+  encryption_key: string | null;
   /** Hardware inventory as JSON, as the device last reported it. */
   inventory: JsonText;
   /** The device's group; a group with devices cannot be deleted. */

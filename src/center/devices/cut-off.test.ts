@@ -3,6 +3,8 @@
 // kill; a killed or retired device's tokens die with it on every device route and every
 // replica; its open push channel closes.
 import assert from 'node:assert/strict';
+import { rawX25519 } from '../../signing/index.ts';
+import { TEST_DEVICE_KEYS } from '../../../test/support/keys.ts';
 import {
   createPrivateKey,
   createPublicKey,
@@ -96,6 +98,7 @@ async function insertKeyedDevice(
         .export({ type: 'spki', format: 'der' })
         .subarray(-32)
         .toString('base64'),
+      encryption_key: rawX25519(TEST_DEVICE_KEYS.publicKey).toString('base64'),
       inventory: '{}',
       group_id: groupId,
       current_versions: '{}',
@@ -248,7 +251,11 @@ for (const target of CENTER_TARGETS) {
         const auth = c.bearer(pc.id);
         const before = await c.desired(auth);
         assert.equal(before.statusCode, 200, before.body);
-        assert.match(before.body, /"dataKey"/, 'the work VM gets its data key while active');
+        assert.match(
+          before.body,
+          /"wrappedDataKey"/,
+          'the work VM gets its wrapped data key while active',
+        );
 
         // The PC holds its push channel; the kill closes it at once.
         const stream = c.push(auth);

@@ -2,7 +2,12 @@ import { hash, hkdfSync, type KeyObject } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import { machineOfRow, type Database, type DeviceState, type Row } from '../db/index.ts';
-import { signPayload, canonicalJson } from '../../signing/index.ts';
+import {
+  signPayload,
+  canonicalJson,
+  parseEncryptionPublicKey,
+  wrapDataKey,
+} from '../../signing/index.ts';
 import {
   DEFAULT_VM_MACHINE,
   HealthCheckSchema,
@@ -67,6 +72,8 @@ export interface DesiredStateHead {
   pendingCommands: number;
   generatedAt: number;
   etag: string;
+  /** The device's X25519 encryption key (raw, base64), null when it enrolled without one. */
+  encryptionKey: string | null;
 }
 
 /** The device's revision and ETag now, or undefined for an unknown device. */
@@ -82,6 +89,7 @@ export async function readDesiredStateHead(
       'd.state',
       'd.group_id',
       'd.updated_at',
+      'd.encryption_key',
       eb
         .selectFrom('commands as c')
         .select((c) => c.fn.max('c.updated_at').as('m'))
@@ -128,6 +136,7 @@ export async function readDesiredStateHead(
     pendingCommands,
     generatedAt,
     etag,
+    encryptionKey: row.encryption_key,
   };
 }
 
@@ -160,6 +169,46 @@ export function deriveDataKey(signingKey: KeyObject, deviceId: string, profileId
 }
 
 const DAY_MS = 86_400_000;
+
+/**
+ * The data key of one VM as its desired state carries it: wrapped to the device's encryption
+ * key, or, for a device enrolled before it had one, no key and the reason. The wrapping's
+ * ephemeral key and nonce are derived (HKDF of Center's signing key over device, profile and
+ * the device's key), so the same key wraps to the same text: documents, and so ETags and
+ * caches, stay stable. Equal texts reveal only that the key did not change, which the profile
+ * id says already.
+ */
+function vmKey(
+  signingKey: KeyObject,
+  head: DesiredStateHead,
+  profileId: string,
+): { wrappedDataKey: string } | { keyUnavailable: string } {
+  if (head.encryptionKey === null) {
+    return {
+      keyUnavailable:
+        'this device enrolled before devices had encryption keys, so Center cannot send the VM its data key; enrol the device again (bulkhead engine enroll --force)',
+    };
+  }
+  const ikm = signingKey.export({ type: 'pkcs8', format: 'der' });
+  const seed = (label: string, n: number) =>
+    Buffer.from(
+      hkdfSync(
+        'sha256',
+        ikm,
+        Buffer.alloc(0),
+        `bulkhead wrap ${label} v1:${head.deviceId}:${profileId}:${head.encryptionKey}`,
+        n,
+      ),
+    );
+  return {
+    wrappedDataKey: wrapDataKey(
+      parseEncryptionPublicKey(head.encryptionKey),
+      Buffer.from(deriveDataKey(signingKey, head.deviceId, profileId), 'base64'),
+      { deviceId: head.deviceId, profileId },
+      { ephemeralSeed: seed('ephemeral', 32), nonce: seed('nonce', 12) },
+    ),
+  };
+}
 
 /** A volume a profile resolves to for one device (a `VolumeRef`). */
 type ResolvedVolume = Omit<AppVolumeRef, 'appId' | 'name'>;
@@ -318,9 +367,7 @@ async function buildVms(
       // one stay as they were.
       ...(isDefaultMachine(machine) ? {} : { machine }),
       // The TPM's state is encrypted with a key derived from the data key (Engine).
-      ...(policy.data.encryptData || machine.tpm
-        ? { dataKey: deriveDataKey(signingKey, head.deviceId, p.id) }
-        : {}),
+      ...(policy.data.encryptData || machine.tpm ? vmKey(signingKey, head, p.id) : {}),
     });
   }
   return vms;

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { encryptionKeyPem } from '../../../test/support/keys.ts';
 import {
   createPrivateKey,
   createPublicKey,
@@ -86,7 +87,11 @@ forEachDatabase('device API', async (t, databases) => {
         now: now(),
       }).then((r) => r.token);
     const enrol = (body: Record<string, unknown>) =>
-      app.inject({ method: 'POST', url: '/api/v1/device/enrol', payload: body });
+      app.inject({
+        method: 'POST',
+        url: '/api/v1/device/enrol',
+        payload: { encryptionKey: encryptionKeyPem(), ...body },
+      });
 
     /** A freshly enrolled device with a bearer token. */
     async function device() {

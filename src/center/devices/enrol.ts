@@ -2,6 +2,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import { constraintViolation, newId, type Database } from '../db/index.ts';
 import { BulkheadError, ErrorCodes, type EnrolRequest } from '../../protocol/index.ts';
+import { parseEncryptionPublicKey, rawX25519 } from '../../signing/index.ts';
 import { hashEnrolmentToken } from './enrolment-tokens.ts';
 
 /** The raw 32 bytes of an Ed25519 public key, as the `devices.public_key` column stores them. */
@@ -54,6 +55,9 @@ export async function enrolDevice(
   now: Date,
 ): Promise<{ deviceId: string }> {
   const publicKey = rawPublicKey(parseDevicePublicKey(request.publicKey)).toString('base64');
+  const encryptionKey = rawX25519(parseEncryptionPublicKey(request.encryptionKey)).toString(
+    'base64',
+  );
   const nowMs = now.getTime();
   const tokenHash = hashEnrolmentToken(request.token);
   try {
@@ -80,6 +84,7 @@ export async function enrolDevice(
           id: deviceId,
           name: request.name ?? request.inventory.hostname,
           public_key: publicKey,
+          encryption_key: encryptionKey,
           inventory: JSON.stringify(request.inventory),
           group_id: token.group_id,
           current_versions: '{}',

@@ -1,6 +1,7 @@
 // A device that reports too much (one wrote 86 MB in 7 s) is held to its quota of events and
 // bytes per minute: 429 with Retry-After, nothing past the quota stored, other devices unhurt.
 import assert from 'node:assert/strict';
+import { encryptionKeyPem } from '../../../test/support/keys.ts';
 import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
 import type { TestContext } from 'node:test';
 import { pino } from 'pino';
@@ -60,6 +61,7 @@ forEachDatabase('device report quota', async (t, databases) => {
         payload: {
           token,
           publicKey: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+          encryptionKey: encryptionKeyPem(),
           inventory: { hostname: 'pc-quota' },
         },
       });

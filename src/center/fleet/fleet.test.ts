@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { encryptionKeyPem } from '../../../test/support/keys.ts';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { get, type IncomingMessage } from 'node:http';
 import { test, type TestContext } from 'node:test';
@@ -67,6 +68,7 @@ async function center(t: TestContext, url: string) {
       body: {
         token: created.body.token,
         publicKey: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+        encryptionKey: encryptionKeyPem(),
         inventory: { hostname: name },
         name,
       },
@@ -385,9 +387,12 @@ for (const target of CENTER_TARGETS) {
           devices: 'virtio',
         });
         assert.equal(winVm.policy.encryptData, false);
-        assert.ok(winVm.dataKey, 'a VM with a TPM gets the key its TPM state is encrypted with');
+        assert.ok(
+          winVm.wrappedDataKey,
+          'a VM with a TPM gets the key its TPM state is encrypted with',
+        );
         assert.equal(plainVm.machine, undefined, 'a default machine leaves the document as it was');
-        assert.equal(plainVm.dataKey, undefined);
+        assert.equal(plainVm.wrappedDataKey, undefined);
       },
     );
 
@@ -415,6 +420,7 @@ for (const target of CENTER_TARGETS) {
           publicKey: generateKeyPairSync('ed25519')
             .publicKey.export({ type: 'spki', format: 'pem' })
             .toString(),
+          encryptionKey: encryptionKeyPem(),
           inventory: { hostname: 'x' },
         },
       });

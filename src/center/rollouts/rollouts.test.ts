@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { unwrapDataKey } from '../../signing/index.ts';
+import { TEST_DEVICE_KEYS } from '../../../test/support/keys.ts';
 import { createPublicKey, hkdfSync, randomUUID } from 'node:crypto';
 import { test, type TestContext } from 'node:test';
 import { sql } from 'kysely';
@@ -15,7 +17,11 @@ import {
   insertVersion,
   startTestCenter,
 } from '../../../test/support/center.ts';
-import { SignedDesiredStateSchema, type UpdateEventType } from '../../protocol/index.ts';
+import {
+  SignedDesiredStateSchema,
+  type DesiredVm,
+  type UpdateEventType,
+} from '../../protocol/index.ts';
 import { canonicalJson, verifyPayload } from '../../signing/index.ts';
 import { newId } from '../db/index.ts';
 import { releaseVersion, retireVersion } from '../images/images.ts';
@@ -268,9 +274,18 @@ for (const target of CENTER_TARGETS) {
           32,
         ),
       ).toString('base64');
-      assert.equal(work.dataKey, expected);
+      // Only wrapped to the device's encryption key, bound to device and profile.
+      assert.ok(work.wrappedDataKey, 'the work VM gets its key wrapped');
+      assert.ok(!JSON.stringify(state).includes(expected), 'never the key in the clear');
+      assert.equal(
+        unwrapDataKey(TEST_DEVICE_KEYS.privateKey, work.wrappedDataKey, {
+          deviceId: device!,
+          profileId: catalog.work,
+        }).toString('base64'),
+        expected,
+      );
       const personal = state.vms.find((vm) => vm.name === 'personal')!;
-      assert.equal(personal.dataKey, undefined);
+      assert.equal(personal.wrappedDataKey, undefined);
       assert.deepEqual(personal.apps, []);
       assert.equal(personal.policy.network, 'nat');
 
@@ -285,6 +300,25 @@ for (const target of CENTER_TARGETS) {
         1,
       );
       assert.ok(!c.logs().includes(expected));
+      assert.equal(
+        JSON.stringify(first.body!.state).includes(work.wrappedDataKey!),
+        true,
+        'the same wrapped key in every document (stable ETags)',
+      );
+
+      // A device enrolled before encryption keys gets no key, and the reason.
+      const [old] = await insertDevices(db, group, 1, [catalog.work], c.clock.ms);
+      await db
+        .updateTable('devices')
+        .set({ encryption_key: null })
+        .where('id', '=', old!)
+        .execute();
+      const oldWork = (await c.desiredState(old!)).body!.state.vms.find(
+        (vm: DesiredVm) => vm.name === 'work',
+      ) as DesiredVm;
+      assert.equal(oldWork.wrappedDataKey, undefined);
+      assert.match(oldWork.keyUnavailable ?? '', /enrolled before devices had encryption keys/);
+      assert.match(oldWork.keyUnavailable ?? '', /bulkhead engine enroll --force/);
 
       // Releasing another version changes the ETag and the document.
       c.clock.ms += MINUTE;

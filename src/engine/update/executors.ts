@@ -11,6 +11,7 @@ import {
   type ReleaseVolume,
 } from '../../protocol/index.ts';
 import type { Clock } from '../clock.ts';
+import type { KeyRing } from '../device-keys.ts';
 import type { BootVerdict } from '../hypervisor/index.ts';
 import type { HypervisorDriver, VmMachine, VmSpec, VmStatus } from '../hypervisor/types.ts';
 import type { Log } from '../log.ts';
@@ -127,10 +128,11 @@ export function vmSpec(
   vm: DesiredVm,
   release: Release,
   layout: VolumeLayout,
+  keys: KeyRing,
   kernel?: VmSpec['kernel'],
 ): VmSpec {
   refuseUnverifiableBoot(vm, kernel);
-  const key = dataKeyOf(vm);
+  const key = dataKeyOf(vm, keys);
   return {
     name: vm.name,
     cpus: vm.resources.cpus,
@@ -141,7 +143,7 @@ export function vmSpec(
     runDir: layout.runDir,
     consoleDir: layout.consoleDir,
     version: releaseName(release),
-    ...(vm.machine ? { machine: vmMachine(vm, vm.machine, layout) } : {}),
+    ...(vm.machine ? { machine: vmMachine(vm, vm.machine, layout, keys) } : {}),
   };
 }
 
@@ -164,14 +166,19 @@ export function refuseUnverifiableBoot(vm: DesiredVm, kernel: VmSpec['kernel'] |
 }
 
 /** The hypervisor's machine for a desired VM: its firmware and TPM files are its own. */
-function vmMachine(vm: DesiredVm, m: VmMachineHint, layout: VolumeLayout): VmMachine {
+function vmMachine(
+  vm: DesiredVm,
+  m: VmMachineHint,
+  layout: VolumeLayout,
+  keys: KeyRing,
+): VmMachine {
   return {
     firmware: m.firmware,
     secureBoot: m.secureBoot,
     os: m.os,
     devices: m.devices,
     ...(m.firmware === 'uefi' ? { varsPath: layout.efiVars } : {}),
-    ...(m.tpm ? { tpm: { stateDir: layout.tpmState, key: tpmKeyOf(vm) } } : {}),
+    ...(m.tpm ? { tpm: { stateDir: layout.tpmState, key: tpmKeyOf(vm, keys) } } : {}),
   };
 }
 
@@ -208,7 +215,7 @@ async function bootHealthy(
   await deps.hypervisor.stop(vm.name, { timeoutMs: deps.stopTimeoutMs });
   const layout = await prepareRelease(deps, vm, release, deps.target(vm.name));
   const startedAt = deps.clock.now();
-  const status = await deps.hypervisor.start(vmSpec(vm, release, layout, deps.kernel));
+  const status = await deps.hypervisor.start(vmSpec(vm, release, layout, deps.keys, deps.kernel));
   return checkHealth({
     connect: () => deps.connectAgent(status),
     check: vm.healthCheck,
@@ -258,6 +265,9 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
       // the version it runs stays as it is.
       try {
         refuseUnverifiableBoot(desiredVm(deps, tx), deps.kernel);
+        // Its key must be usable here (a TPM when the profile requires one, a key Center could
+        // send): refused now, with the reason, rather than after the download.
+        dataKeyOf(desiredVm(deps, tx), deps.keys)?.fill(0);
       } catch (err) {
         deps.log.info({ ...about(tx), reason: message(err) }, `${tx.vm}: update refused`);
         return { event: 'download-failed', reason: message(err) };
@@ -371,7 +381,9 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
       try {
         const vm = desiredVm(deps, tx);
         const layout = volumeLayout(deps.dataDir, vm.name);
-        const status = await deps.hypervisor.start(vmSpec(vm, tx.to, layout, deps.kernel));
+        const status = await deps.hypervisor.start(
+          vmSpec(vm, tx.to, layout, deps.keys, deps.kernel),
+        );
         deps.log.info(
           { ...about(tx), pid: status.pid, attempt: tx.attempt },
           `${tx.vm}: booted ${releaseLabel(tx.to)}; checking its health`,

@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { testKeyRing, wrapForTest } from '../../../test/support/keys.ts';
 import { test } from 'node:test';
 import { recordingLog, type LogEntry } from '../../../test/support/engine.ts';
 import { tempDir, tool } from '../../../test/support/fixtures.ts';
@@ -17,7 +18,8 @@ import { engineFiles } from '../state.ts';
 import type { GoldenStore } from '../volumes/index.ts';
 import { TransactionFiles, VmRecords } from './records.ts';
 
-const DATA_KEY = Buffer.alloc(32, 7).toString('base64');
+const DATA_KEY_BYTES = Buffer.alloc(32, 7);
+const DATA_KEY = DATA_KEY_BYTES.toString('base64');
 
 function ref(version: string): VolumeRef {
   return {
@@ -42,12 +44,13 @@ function desired(version: string, revision: number): DesiredState {
       clipboard: false,
       usbDevices: [],
       encryptData: false,
+      requireTpm: false,
     },
     healthCheck: { timeoutSeconds: 30, command: ['/bin/true'] },
     resources: { cpus: 1, memoryMib: 256 },
     resetPolicy: 'on-update',
     lease: { days: 30, expiresAt: Date.now() + 30 * 86_400_000 },
-    dataKey: DATA_KEY,
+    wrappedDataKey: wrapForTest(DATA_KEY_BYTES, 'p1'),
   };
   return {
     deviceId: 'd',
@@ -101,6 +104,7 @@ function engineOn(
   const clock = systemClock;
   const log = recordingLog();
   const reconciler = createReconciler({
+    keys: testKeyRing(),
     dataDir,
     goldens,
     hypervisor,

@@ -2,7 +2,10 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BulkheadError, IsolationPolicySchema, type DesiredVm } from '../../protocol/index.ts';
 import { volumeLayout } from '../volumes/index.ts';
+import { testKeyRing, wrapForTest } from '../../../test/support/keys.ts';
 import { vmSpec } from './executors.ts';
+
+const ring = testKeyRing();
 
 /* The VM spec Engine hands the hypervisor for a desired VM: its machine and the keys. */
 
@@ -35,22 +38,22 @@ const layout = volumeLayout('/var/lib/bulkhead', 'work');
 const release = { system: ref, apps: [] };
 
 test('no machine from Center: the spec has none (BIOS, virtio, no TPM)', () => {
-  const spec = vmSpec(desired({}), release, layout);
+  const spec = vmSpec(desired({}), release, layout, ring);
   assert.equal(spec.machine, undefined);
 });
 
 test('uefi + tpm: the vars store and TPM state sit beside the data volume; the TPM key is derived, the data volume stays plain', () => {
   const vm = desired({
     machine: { firmware: 'uefi', secureBoot: true, tpm: true, os: 'windows', devices: 'compat' },
-    dataKey: DATA_KEY.toString('base64'),
+    wrappedDataKey: wrapForTest(DATA_KEY, 'p'),
   });
-  const spec = vmSpec(vm, release, layout);
+  const spec = vmSpec(vm, release, layout, ring);
   assert.equal(spec.machine?.varsPath, '/var/lib/bulkhead/vms/work/efi-vars.fd');
   assert.equal(spec.machine?.tpm?.stateDir, '/var/lib/bulkhead/vms/work/tpm');
   assert.equal(spec.machine?.tpm?.key.length, 32);
   assert.ok(!spec.machine?.tpm?.key.equals(DATA_KEY), 'derived, not the data key itself');
   assert.deepEqual(
-    vmSpec(vm, release, layout).machine?.tpm?.key,
+    vmSpec(vm, release, layout, ring).machine?.tpm?.key,
     spec.machine?.tpm?.key,
     'the same key at every start',
   );
@@ -64,9 +67,9 @@ test('a TPM without a data key is refused with a clear error', () => {
   const vm = desired({
     machine: { firmware: 'bios', secureBoot: false, tpm: true, os: 'linux', devices: 'virtio' },
   });
-  assert.throws(() => vmSpec(vm, release, layout), {
-    code: 'ERR_VALIDATION',
-    message: /has a TPM but its desired state carries no data key/,
+  assert.throws(() => vmSpec(vm, release, layout, ring), {
+    code: 'ERR_DATA_KEY_UNAVAILABLE',
+    message: /VM work needs its data key and none came/,
   });
 });
 
@@ -76,7 +79,7 @@ test('Secure Boot with a directly booted kernel is refused, saying why and what 
     machine: { firmware: 'uefi', secureBoot: true, tpm: false, os: 'linux', devices: 'virtio' },
   });
   assert.throws(
-    () => vmSpec(secure, release, layout, kernel),
+    () => vmSpec(secure, release, layout, ring, kernel),
     (err: unknown) => {
       assert.ok(err instanceof BulkheadError);
       assert.equal(err.code, 'ERR_VALIDATION');
@@ -88,9 +91,47 @@ test('Secure Boot with a directly booted kernel is refused, saying why and what 
     },
   );
   // Either change alone makes it bootable.
-  assert.equal(vmSpec(secure, release, layout).kernel, undefined, 'its own loader');
+  assert.equal(vmSpec(secure, release, layout, ring).kernel, undefined, 'its own loader');
   const plain = desired({
     machine: { firmware: 'uefi', secureBoot: false, tpm: false, os: 'linux', devices: 'virtio' },
   });
-  assert.equal(vmSpec(plain, release, layout, kernel).kernel?.path, '/boot/vmlinuz');
+  assert.equal(vmSpec(plain, release, layout, ring, kernel).kernel?.path, '/boot/vmlinuz');
+});
+
+test('an encrypted data volume gets the key unwrapped in memory; the document holds only the wrapped one', () => {
+  const vm = desired({
+    policy: IsolationPolicySchema.parse({ encryptData: true }),
+    wrappedDataKey: wrapForTest(DATA_KEY, 'p'),
+  });
+  const data = vmSpec(vm, release, layout, ring).disks.find((d) => d.role === 'data');
+  assert.deepEqual(data?.encryptionKey, DATA_KEY);
+  assert.ok(!JSON.stringify(vm).includes(DATA_KEY.toString('base64')));
+  // Wrapped for another device: refused, with the reason.
+  assert.throws(() => vmSpec(vm, release, layout, testKeyRing('file', 'another-device')), {
+    code: 'ERR_DATA_KEY_UNWRAP',
+  });
+});
+
+test('a VM Center could send no key for is refused with Center’s reason (re-enrol)', () => {
+  const vm = desired({
+    policy: IsolationPolicySchema.parse({ encryptData: true }),
+    keyUnavailable: 'this device enrolled before devices had encryption keys; enrol again',
+  });
+  assert.throws(() => vmSpec(vm, release, layout, ring), {
+    code: 'ERR_DATA_KEY_UNAVAILABLE',
+    message: /enrolled before devices had encryption keys/,
+  });
+});
+
+test('a profile that requires a TPM is refused on a PC keeping its key in a file, runs with a TPM', () => {
+  const vm = desired({
+    policy: IsolationPolicySchema.parse({ encryptData: true, requireTpm: true }),
+    wrappedDataKey: wrapForTest(DATA_KEY, 'p'),
+  });
+  assert.throws(() => vmSpec(vm, release, layout, testKeyRing('file')), {
+    code: 'ERR_TPM_REQUIRED',
+    message: /VM work requires a TPM and this PC keeps its keys in a key file/,
+  });
+  const spec = vmSpec(vm, release, layout, testKeyRing('tpm'));
+  assert.deepEqual(spec.disks.find((d) => d.role === 'data')?.encryptionKey, DATA_KEY);
 });

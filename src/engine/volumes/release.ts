@@ -10,6 +10,7 @@ import {
   type PublicKeyRef,
   type VolumeRef,
 } from '../../protocol/index.ts';
+import type { KeyRing } from '../device-keys.ts';
 import type { GoldenStore } from './goldens.ts';
 import { ensureDataVolume, freshOverlay, volumeLayout, type VolumeLayout } from './overlays.ts';
 
@@ -34,35 +35,47 @@ export function releaseVolumes(release: Release): VolumeRef[] {
 }
 
 /**
- * The data volume's LUKS key a desired VM carries (base64 on the wire); none: not encrypted.
- * Center also sends the key for a VM with a TPM whose policy does not encrypt data: then the
- * volume stays plain (the key is only the TPM's, see `tpmKeyOf`).
+ * The data volume's LUKS key, unwrapped in memory from the desired VM's wrapped key; none: not
+ * encrypted. Center also sends the key for a VM with a TPM whose policy does not encrypt data:
+ * then the volume stays plain (the key is only the TPM's, see `tpmKeyOf`).
+ * @throws BulkheadError ERR_TPM_REQUIRED, ERR_DATA_KEY_UNAVAILABLE, ERR_DATA_KEY_UNWRAP.
  */
-export function dataKeyOf(vm: DesiredVm | undefined): Buffer | undefined {
-  return vm?.dataKey && vm.policy.encryptData ? Buffer.from(vm.dataKey, 'base64') : undefined;
+export function dataKeyOf(vm: DesiredVm | undefined, keys: KeyRing): Buffer | undefined {
+  if (vm === undefined) return undefined;
+  refuseWithoutTpm(vm, keys);
+  return vm.policy.encryptData ? keys.dataKey(vm) : undefined;
+}
+
+/**
+ * A profile that requires a TPM runs only where Engine seals its keys with one.
+ * @throws BulkheadError ERR_TPM_REQUIRED, the reason reported for the VM.
+ */
+export function refuseWithoutTpm(vm: DesiredVm, keys: KeyRing): void {
+  if (!vm.policy.requireTpm || keys.protection === 'tpm') return;
+  throw new BulkheadError(
+    ErrorCodes.TPM_REQUIRED,
+    `VM ${vm.name} requires a TPM and this PC keeps its keys ${keys.protection === 'file' ? 'in a key file (no TPM)' : 'without a device key'}: it does not run here`,
+    {
+      hint: "run it on a PC with a TPM (Engine's tpm setting auto or a TCTI, then enrol again), or turn requireTpm off in the profile",
+    },
+  );
 }
 
 /**
  * The key the VM's TPM state is encrypted with at rest: derived from its data key (HKDF-SHA256,
  * its own label, so neither key reveals the other).
- * @throws BulkheadError ERR_VALIDATION when the desired VM has a TPM but no data key.
+ * @throws BulkheadError ERR_DATA_KEY_UNAVAILABLE when the desired VM has a TPM but no data key.
  */
-export function tpmKeyOf(vm: DesiredVm): Buffer {
-  if (!vm.dataKey) {
-    throw new BulkheadError(
-      ErrorCodes.VALIDATION,
-      `VM ${vm.name} has a TPM but its desired state carries no data key to encrypt the TPM's state with`,
-      { hint: 'update Center: it sends the key with every VM that has a TPM' },
-    );
-  }
-  return Buffer.from(
-    hkdfSync('sha256', Buffer.from(vm.dataKey, 'base64'), '', 'bulkhead tpm state v1', 32),
-  );
+export function tpmKeyOf(vm: DesiredVm, keys: KeyRing): Buffer {
+  refuseWithoutTpm(vm, keys);
+  return Buffer.from(hkdfSync('sha256', keys.dataKey(vm), '', 'bulkhead tpm state v1', 32));
 }
 
 /** Where a VM's volumes live and how new ones are made. */
 export interface VolumeDeps {
   dataDir: string;
+  /** The device's keys: data keys are unwrapped from the desired state only when needed. */
+  keys: KeyRing;
   goldens: GoldenStore;
   /** Virtual size of a new VM's data volume. */
   dataVolumeBytes: number;
@@ -95,7 +108,7 @@ export async function prepareRelease(
     const golden = await deps.goldens.ensure(ref, { mirrors, publishers });
     await freshOverlay(golden.golden.path, layout.overlay(role));
   }
-  const key = dataKeyOf(vm);
+  const key = dataKeyOf(vm, deps.keys);
   await ensureDataVolume(layout.data, {
     ...(key ? { key } : {}),
     sizeBytes: deps.dataVolumeBytes,
