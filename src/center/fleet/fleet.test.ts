@@ -391,6 +391,77 @@ for (const target of CENTER_TARGETS) {
       },
     );
 
+    await t.test(
+      "an optional app added or removed changes that device's desired state alone",
+      async (t) => {
+        const c = await center(t, await newUrl(t));
+        await insertVersion(c.db, c.images.system, '1', c.clock.ms, { release: true });
+        await insertVersion(c.db, c.images.app2, '1', c.clock.ms, { release: true });
+        const { cad } = await c.catalogApps();
+        const work = await c.admin(
+          'POST',
+          '/profiles',
+          {
+            name: 'work',
+            systemImageId: c.images.system,
+            apps: [{ appId: cad.body.id, mode: 'optional' }],
+          },
+          201,
+        );
+        const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+        const [pc, other] = [await c.enrol(group.body.id, 'pc'), await c.enrol(group.body.id)];
+        for (const d of [pc, other]) {
+          await c.operator('PATCH', `/devices/${d.deviceId}`, { profiles: [work.body.id] }, 200);
+        }
+        const desired = (d: typeof pc, etag?: string) =>
+          c.app.inject({
+            method: 'GET',
+            url: '/api/v1/device/desired-state',
+            headers: { ...device(d.bearer.token), ...(etag ? { 'if-none-match': etag } : {}) },
+          });
+        const vmOf = (res: Awaited<ReturnType<typeof desired>>) =>
+          (res.json() as { state: { vms: DesiredVm[] } }).state.vms[0]!;
+        const systemAt = async () =>
+          c.db
+            .selectFrom('images')
+            .select(['updated_at', 'release_version_id'])
+            .where('id', '=', c.images.system)
+            .executeTakeFirstOrThrow();
+        const base = await systemAt();
+        const pcFirst = await desired(pc);
+        const otherFirst = await desired(other);
+        assert.deepEqual(vmOf(pcFirst).apps, []);
+        const otherEtag = otherFirst.headers.etag as string;
+
+        c.clock.ms += 1000;
+        await c.operator(
+          'PATCH',
+          `/devices/${pc.deviceId}`,
+          { apps: [{ profileId: work.body.id, appId: cad.body.id }] },
+          200,
+        );
+        const added = await desired(pc, pcFirst.headers.etag as string);
+        assert.equal(added.statusCode, 200, 'the device with the app gets a new document');
+        assert.deepEqual(
+          vmOf(added).apps.map((a) => `${a.name}=${a.image}@${a.version}`),
+          ['cad=cad-vol@1'],
+        );
+        assert.deepEqual(vmOf(added).system, vmOf(pcFirst).system, 'the same base version');
+        const untouched = await desired(other, otherEtag);
+        assert.equal(untouched.statusCode, 304, "the other device's document is unchanged");
+        assert.equal(untouched.headers.etag, otherEtag);
+
+        c.clock.ms += 1000;
+        await c.operator('PATCH', `/devices/${pc.deviceId}`, { apps: [] }, 200);
+        const removed = await desired(pc, added.headers.etag as string);
+        assert.equal(removed.statusCode, 200);
+        assert.deepEqual(vmOf(removed).apps, []);
+        assert.deepEqual(vmOf(removed).system, vmOf(pcFirst).system);
+        assert.equal((await desired(other, otherEtag)).statusCode, 304);
+        assert.deepEqual(await systemAt(), base, 'the base image was not republished');
+      },
+    );
+
     await t.test('enrolment tokens: shown once, listed without the secret, revoked', async (t) => {
       const c = await center(t, await newUrl(t));
       const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
