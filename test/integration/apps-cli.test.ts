@@ -122,7 +122,7 @@ test('apps: created from an app image, offered by profiles, added to and removed
   );
   assert.match(
     await ok(['devices', 'show', 'pc-a']),
-    /^  work .*demo-os@1, app editor@1 .* editor$/m,
+    /^ {2}work .*demo-os@1, app editor@1 .* editor$/m,
   );
   // Adding it again changes nothing.
   assert.equal(
