@@ -5,7 +5,7 @@ import { systemClock, type Clock } from './clock.ts';
 import { createCommandHandler } from './commands.ts';
 import type { EngineConfig } from './config.ts';
 import { GuestAgent } from './guest-agent.ts';
-import { BulkheadError, ErrorCodes, type Fetch } from '../protocol/index.ts';
+import { BulkheadError, ErrorCodes, type DesiredState, type Fetch } from '../protocol/index.ts';
 import { createQemuDriver, createSimDriver, readBootVerdict } from './hypervisor/index.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from './hypervisor/types.ts';
 import { loadIdentity } from './identity.ts';
@@ -197,7 +197,7 @@ async function startLocked(
 ): Promise<RunningEngine> {
   const controller = new AbortController();
   // The queue belongs to the engine, which needs the reconciler first: reports go through this.
-  const holder: { engine?: Engine } = {};
+  const holder: { engine?: Engine; desired?: DesiredState } = {};
   const { reconciler, hypervisor, records, transactions, clock, log } =
     await createEngineReconciler(config, {
       ...parts,
@@ -208,7 +208,10 @@ async function startLocked(
     dataDir: config.dataDir,
     clock,
     log,
-    reconcile: (desired) => reconciler.reconcile(desired),
+    reconcile: (desired) => {
+      holder.desired = desired;
+      return reconciler.reconcile(desired);
+    },
     handleCommand: createCommandHandler({
       hypervisor,
       transactions,
@@ -230,6 +233,15 @@ async function startLocked(
   const api = await startLocalApi(localApiSocket(config.dataDir), {
     vms: statusVms(config.dataDir),
     screens: config.hypervisor === 'sim' ? simScreens : qemuScreens(config.dataDir),
+    chooseApps: async (vm, apps) => {
+      const profileId = holder.desired?.vms.find((v) => v.name === vm)?.profileId;
+      if (profileId === undefined) {
+        throw new BulkheadError(ErrorCodes.NOT_FOUND, `Center gives this PC no VM named ${vm}`);
+      }
+      const answer = await running.client.chooseApps({ profileId, apps });
+      log.info({ component: 'sync', vm, apps: answer.chosen }, `${vm}: the user chose its apps`);
+      return answer;
+    },
     log,
   }).catch((err: unknown) => {
     log.error({ component: 'http', err }, `the local API could not start: ${String(err)}`);

@@ -92,6 +92,18 @@ test('apps: created from an app image, offered by profiles, added to and removed
     ]);
   }
   await ok(['profiles', 'create', '--name', 'kiosk', '--image', 'demo-os', '--app', 'editor']);
+  assertFails(
+    await cli(['profiles', 'edit', 'lab', '--user-chooses-apps', 'maybe']),
+    2,
+    /--user-chooses-apps must be on or off, not "maybe"/,
+  );
+  assert.match(await ok(['profiles', 'show', 'lab']), /^ {2}app choice +administrators$/m);
+  const lab = await json(['profiles', 'edit', 'lab', '--user-chooses-apps', 'on']);
+  assert.equal(lab.userChoosesApps, true);
+  assert.match(
+    await ok(['profiles', 'show', 'lab']),
+    /^ {2}app choice +administrators and the PC's user$/m,
+  );
   await ok(['groups', 'create', '--name', 'finance']);
   const token = await json(['tokens', 'create', '--group', 'finance', '--uses', '3']);
   const device = createApiClient({ baseUrl: info.url });

@@ -94,12 +94,13 @@ forEachDatabase("Center's database", async (t, databases) => {
             '0008_admin_user_disabled',
             '0009_rollout_release',
             '0010_profile_machine',
+            '0012_profile_user_apps',
           ],
-          latest: '0010_profile_machine',
+          latest: '0012_profile_user_apps',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0010_profile_machine',
+          latest: '0012_profile_user_apps',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);
@@ -529,6 +530,7 @@ function seedRows(): SeedRows {
         tpm: 'on',
         guest_os: 'windows',
         guest_devices: 'compat',
+        user_apps: 'on',
         created_at: NOW,
         updated_at: NOW,
       },
@@ -548,6 +550,7 @@ function seedRows(): SeedRows {
         tpm: 'off',
         guest_os: 'linux',
         guest_devices: 'virtio',
+        user_apps: 'off',
         created_at: NOW,
         updated_at: NOW,
       },

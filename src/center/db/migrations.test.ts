@@ -11,7 +11,10 @@ test('migrations are numbered in order, and new ones without gaps', () => {
   // 0003 was never shipped; names already recorded in databases are never changed.
   const shipped = [1, 2, 4, 5];
   assert.deepEqual(numbers.slice(0, shipped.length), shipped);
+  // 0011 belongs to another change of the same issue, merged beside this one.
+  const reserved = new Set([11]);
   for (let i = shipped.length; i < numbers.length; i++) {
-    assert.equal(numbers[i], numbers[i - 1]! + 1, `${MIGRATION_NAMES[i]} follows without a gap`);
+    const expected = reserved.has(numbers[i - 1]! + 1) ? numbers[i - 1]! + 2 : numbers[i - 1]! + 1;
+    assert.equal(numbers[i], expected, `${MIGRATION_NAMES[i]} follows without a gap`);
   }
 });
