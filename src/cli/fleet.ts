@@ -429,17 +429,30 @@ const groupsCreate: Command = {
   },
 };
 
-const appsList = listCommand(
-  'apps list',
-  endpoints.listApps,
-  'List the app catalog (app volumes profiles may offer).',
-  {
-    id: (a) => a.id,
-    name: (a) => a.name,
-    title: (a) => a.displayName,
-    image: (a) => a.imageId,
+const appsList: Command = {
+  name: 'apps list',
+  summary: 'List the app catalog (app volumes profiles may offer).',
+  usage: `Usage: bulkhead apps list\n\n  Each app with its image and that image's released version; --json adds the ids.\n\n${CONNECTION_USAGE}`,
+  options: { ...connectionOptions },
+  async run(inv, ctx) {
+    const api = await connect(inv);
+    const answer = await api.call(endpoints.listApps);
+    if (!inv.json) {
+      const { images } = await api.call(endpoints.listImages, { query: { kind: 'app' } });
+      const imageOf = (id: string) => images.find((i) => i.id === id);
+      printTable(ctx, answer.apps, {
+        name: (a) => a.name,
+        title: (a) => a.displayName,
+        image: (a) => imageOf(a.imageId)?.name ?? a.imageId,
+        released: (a) => {
+          const image = imageOf(a.imageId);
+          return image?.release ? `${image.name}@${image.release.version}` : '-';
+        },
+      });
+    }
+    return answer;
   },
-);
+};
 
 const appsCreate: Command = {
   name: 'apps create',

@@ -76,7 +76,10 @@ test('apps: created from an app image, offered by profiles, added to and removed
     await ok(['apps', 'create', '--name', 'editor', '--image', 'editor', '--title', 'Editor']),
     'Created app editor (image editor).\n',
   );
-  assert.match(await ok(['apps', 'list']), /^\S+\s+editor\s+Editor\s/m);
+  const listed = await ok(['apps', 'list']);
+  assert.match(listed, /^NAME\s+TITLE\s+IMAGE\s+RELEASED$/m);
+  assert.match(listed, /^editor\s+Editor\s+editor\s+editor@1$/m);
+  assert.doesNotMatch(listed, /[0-9a-f]{8}-[0-9a-f]{4}-7/, 'no ids');
 
   // Two profiles offer it as optional; a third every device of it gets.
   for (const name of ['work', 'lab']) {
