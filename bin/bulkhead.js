@@ -3,6 +3,7 @@
 // PATH is older, re-run this command with the Node pinned in node_modules.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import module from 'node:module';
 import { constants } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +12,9 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const major = Number(process.versions.node.split('.')[0]);
 
 if (major >= 24) {
+  // Keep the compiled (and type-stripped) modules between runs, in the user's temporary
+  // directory: a command starts in about half the time. NODE_COMPILE_CACHE, when set, wins.
+  module.enableCompileCache?.();
   const { main } = await import('../src/cli/main.ts');
   process.exitCode = await main(process.argv.slice(2));
 } else {

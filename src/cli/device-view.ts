@@ -218,6 +218,12 @@ function describeEvent(
         versions: named(str(data, 'versionId')),
         reason,
       };
+    case 'lease-expired':
+      return {
+        event: 'lease expired',
+        versions: '-',
+        reason: `${str(data, 'vm') ?? '?'}: no contact with Center before its lease ran out${data['wasRunning'] === true ? '; shut down' : ''}`,
+      };
     case 'command-result':
       return {
         event: `${str(data, 'kind') ?? 'command'} ${data['ok'] === true ? 'done' : 'failed'}`,

@@ -8,6 +8,10 @@ import {
   type Rollout,
   type RolloutDetail,
   type RolloutStateName,
+  type TrailEvent,
+  RolloutDeviceStatusSchema,
+  type RolloutDevicePage,
+  type DeviceEventPage,
 } from '../protocol/index.ts';
 import {
   integerOption,
@@ -16,6 +20,7 @@ import {
   type CommandContext,
   type Invocation,
 } from './command.ts';
+import { resolveDevice } from './device-view.ts';
 import { printTable, when } from './remote.ts';
 import { CONNECTION_USAGE, connect, connectionOptions } from './session.ts';
 
@@ -476,10 +481,186 @@ function action(name: 'pause' | 'resume' | 'abort' | 'promote', summary: string)
   };
 }
 
+const STATUSES = RolloutDeviceStatusSchema.options;
+
+/**
+ * One trail event in a line: time, type, the version it is about (when `names` is given: the
+ * rollout's trail names its version once, above), the reason.
+ */
+function trailLine(e: TrailEvent, names?: Record<string, string>): string {
+  const data = (e.data ?? {}) as Record<string, unknown>;
+  const versionId = typeof data['versionId'] === 'string' ? data['versionId'] : undefined;
+  const version =
+    names === undefined || versionId === undefined
+      ? ''
+      : ` ${names[versionId] ?? `${String(data['image'] ?? '?')}@${String(data['version'] ?? '?')}`}`;
+  return `${when(e.occurredAt)}  ${e.type}${version}${e.reason ? `: ${e.reason}` : ''}`;
+}
+
+const devices: Command = {
+  name: 'rollout devices',
+  summary: "List a rollout's devices by phase, each with its outcome trail.",
+  usage: `Usage: bulkhead rollout devices ROLLOUT-ID|IMAGE@VERSION [--status STATUS] [--limit N] [--all]
+
+  Each device the rollout included, by phase: its status (${STATUSES.join(', ')}),
+  the reason it failed or rolled back, and what it reported about the version, in order
+  (downloaded, staged, switched, healthy or rolled back). IMAGE@VERSION names the rollout of
+  that version under way, or else its newest one.
+  --status    only the devices in this status
+  --limit N   devices per page (default 50, at most 200); --all follows every page
+
+${CONNECTION_USAGE}`,
+  options: {
+    ...connectionOptions,
+    status: { type: 'string' },
+    limit: { type: 'string' },
+    all: { type: 'boolean' },
+  },
+  async run(inv, ctx) {
+    const reference = rolloutId(inv, 'devices');
+    const statusText = optionalString(inv, 'status');
+    const parsed = RolloutDeviceStatusSchema.safeParse(statusText);
+    if (statusText !== undefined && !parsed.success) {
+      throw usage(`--status must be one of ${STATUSES.join(', ')}; not "${statusText}"`);
+    }
+    const limit = integerOption(inv, 'limit', 1, 200);
+    const api = await connect(inv);
+    const id = await resolveRollout(api, reference);
+    let page: RolloutDevicePage | undefined;
+    const found: RolloutDevicePage['devices'] = [];
+    let cursor: string | undefined;
+    do {
+      page = await aboutRollout(id, () =>
+        api.call(endpoints.listRolloutDevices, {
+          params: { id },
+          query: {
+            ...(parsed.success && parsed.data ? { status: parsed.data } : {}),
+            ...(limit !== undefined ? { limit } : {}),
+            ...(cursor ? { cursor } : {}),
+          },
+        }),
+      );
+      found.push(...page.devices);
+      cursor = page.next ?? undefined;
+    } while (inv.values['all'] === true && cursor !== undefined);
+    const result = { ...page, devices: found, next: cursor ?? null };
+    if (!inv.json) {
+      ctx.out(`Rollout ${id} of ${result.image}@${result.version}: ${found.length} device(s)`);
+      for (const d of found) {
+        ctx.out(`${d.device}  phase ${d.phase + 1}  ${d.status}${d.reason ? `: ${d.reason}` : ''}`);
+        if (d.trailTruncated) ctx.out('    … older events: bulkhead devices events DEVICE');
+        for (const e of d.trail) ctx.out(`    ${trailLine(e)}`);
+        if (d.trail.length === 0) ctx.out('    (nothing reported about this version yet)');
+      }
+      if (result.next) ctx.err('More devices follow: add --all.');
+    }
+    return result;
+  },
+};
+
+const deviceEvents: Command = {
+  name: 'devices events',
+  summary: "List a device's events, newest first: updates and their outcomes with reasons.",
+  usage: `Usage: bulkhead devices events DEVICE [--version IMAGE@VERSION | --rollout ROLLOUT-ID]
+         [--type TYPE] [--limit N] [--all]
+
+  DEVICE is the device's name or id.
+  --version   only events about this image version
+  --rollout   only events about this rollout's version since it was created
+  --type      only events of this type (staged, healthy, rolled-back, vm-state, …)
+  --limit N   events per page (default 100, at most 500); --all follows every page
+
+${CONNECTION_USAGE}`,
+  options: {
+    ...connectionOptions,
+    version: { type: 'string' },
+    rollout: { type: 'string' },
+    type: { type: 'string' },
+    limit: { type: 'string' },
+    all: { type: 'boolean' },
+  },
+  async run(inv, ctx) {
+    const ref = inv.positionals[0];
+    if (!ref) throw usage('give the device name or id: bulkhead devices events DEVICE');
+    if (inv.positionals.length > 1) {
+      throw usage(`unexpected "${inv.positionals[1]}"; every other value is given with its flag`);
+    }
+    const versionRef = optionalString(inv, 'version');
+    const rolloutRef = optionalString(inv, 'rollout');
+    if (versionRef !== undefined && rolloutRef !== undefined) {
+      throw usage('give --version or --rollout, not both (a rollout names its version)');
+    }
+    let versionParts: { image: string; version: string } | undefined;
+    if (versionRef !== undefined) {
+      const at = versionRef.lastIndexOf('@');
+      if (at <= 0 || at === versionRef.length - 1) {
+        throw usage(`--version must be IMAGE@VERSION, not "${versionRef}"`);
+      }
+      versionParts = { image: versionRef.slice(0, at), version: versionRef.slice(at + 1) };
+    }
+    const type = optionalString(inv, 'type');
+    const limit = integerOption(inv, 'limit', 1, 500);
+    const api = await connect(inv);
+    const { id } = await resolveDevice(api, ref);
+    const versionFilter = versionParts
+      ? await anyVersionId(api, versionParts.image, versionParts.version)
+      : undefined;
+    const rollout = rolloutRef ? await resolveRollout(api, rolloutRef) : undefined;
+    const events: DeviceEventPage['events'] = [];
+    const names: Record<string, string> = {};
+    let page: DeviceEventPage;
+    let cursor: string | undefined;
+    do {
+      page = await api.call(endpoints.listDeviceEvents, {
+        params: { id },
+        query: {
+          ...(versionFilter ? { versionId: versionFilter } : {}),
+          ...(rollout ? { rolloutId: rollout } : {}),
+          ...(type ? { type } : {}),
+          ...(limit !== undefined ? { limit } : {}),
+          ...(cursor ? { cursor } : {}),
+        },
+      });
+      events.push(...page.events);
+      Object.assign(names, page.versionNames);
+      cursor = page.next ?? undefined;
+    } while (inv.values['all'] === true && cursor !== undefined);
+    const result = { ...page, events, versionNames: names, next: cursor ?? null };
+    if (!inv.json) {
+      if (events.length === 0) ctx.out(`No events of ${page.device} match.`);
+      else ctx.out(`Events of ${page.device}, newest first:`);
+      for (const e of events) {
+        ctx.out(`  ${trailLine(e, names)}${e.vm ? `  (vm ${e.vm})` : ''}`);
+      }
+      if (result.next) ctx.err('More events follow: add --all.');
+    }
+    return result;
+  },
+};
+
+/** The id of IMAGE@VERSION whatever its state (a device may report about any version). */
+async function anyVersionId(api: ApiClient, image: string, version: string): Promise<string> {
+  const { images } = await api.call(endpoints.listImages);
+  const found = images.find((i) => i.name === image || i.id === image);
+  if (!found) throw new BulkheadError(ErrorCodes.NOT_FOUND, `--version: no image "${image}"`);
+  const detail = await api.call(endpoints.getImage, { params: { id: found.id } });
+  const v = detail.versions.find((x) => x.version === version || x.id === version);
+  if (!v) {
+    throw new BulkheadError(
+      ErrorCodes.NOT_FOUND,
+      `--version: image ${found.name} has no version ${version}`,
+    );
+  }
+  return v.id;
+}
+
 export const rolloutCommands: Command[] = [
   create,
   list,
   status,
+  { ...status, name: 'rollout show', summary: 'Show a rollout (the same as rollout status).' },
+  devices,
+  deviceEvents,
   action('pause', 'Pause a rollout: devices already in keep the version, no new ones join.'),
   action('resume', 'Start a pending rollout, or resume a paused one.'),
   action('abort', 'Abort a rollout: its devices go back to the released version.'),

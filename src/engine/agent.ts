@@ -27,6 +27,11 @@ export interface EngineDeps {
   reconcile(desired: DesiredState): Promise<void>;
   /** Carries out lock, unlock, kill and restart-vm commands. */
   handleCommand?: CommandHandler;
+  /**
+   * Told each verified desired state before it is scheduled, with where it came from (the time
+   * mark takes its `generatedAt`, time-mark.ts).
+   */
+  onVerified?(desired: DesiredState, source: 'center' | 'disk'): Promise<void> | void;
   /** Poll interval (default 60 s). */
   pollIntervalMs?: number;
   /** Hold the push channel (default true). */
@@ -85,7 +90,10 @@ export async function createEngine(deps: EngineDeps): Promise<Engine> {
     store: files,
     clock,
     log,
-    onDesiredState: schedule,
+    onDesiredState: async (desired, source) => {
+      await deps.onVerified?.(desired, source);
+      schedule(desired);
+    },
     handleCommand: deps.handleCommand,
     pollIntervalMs: deps.pollIntervalMs,
     push: deps.push,

@@ -36,6 +36,8 @@ function vm(name: string, activity: string): LocalVm {
     transaction: 'idle',
     lastError: null,
     leaseExpiresAt: 1_900_000_000_000,
+    leaseWarning: false,
+    leaseExpired: false,
   };
 }
 

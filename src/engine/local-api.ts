@@ -75,6 +75,8 @@ export function statusVms(dataDir: string): () => Promise<LocalVm[]> {
       transaction: v.transaction,
       lastError: v.lastError,
       leaseExpiresAt: v.leaseExpiresAt,
+      leaseWarning: v.lease === 'warning' || v.lease === 'expired',
+      leaseExpired: v.lease === 'expired',
     }));
 }
 

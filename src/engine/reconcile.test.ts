@@ -26,7 +26,7 @@ function desiredVm(v: string, over: Partial<DesiredVm> = {}): DesiredVm {
     healthCheck: { timeoutSeconds: 30 },
     resources: { cpus: 1, memoryMib: 256 },
     resetPolicy: 'on-update',
-    lease: { days: 30, expiresAt: NOW + 1000 },
+    lease: { days: 30, expiresAt: NOW + 30 * 86_400_000 },
     ...over,
   };
 }
@@ -61,6 +61,10 @@ function vm(
     },
     transaction: over.transaction ?? null,
     run: over.run ?? 'stopped',
+    ...(over.leaseExpiryHandled !== undefined
+      ? { leaseExpiryHandled: over.leaseExpiryHandled }
+      : {}),
+    ...(over.leaseWarningGiven !== undefined ? { leaseWarningGiven: over.leaseWarningGiven } : {}),
   };
 }
 
@@ -141,11 +145,57 @@ const cases: { name: string; input: PlanInput; expect: string[] }[] = [
     expect: ['resumeUpdate:work'],
   },
   {
-    name: 'an expired lease: the VM does not start and is not updated',
+    name: 'an expired lease: the VM does not start and is not updated; Center is told',
     input: input(desired([desiredVm('2', { lease: { days: 1, expiresAt: NOW - 1 } })]), [
       vm({ current: rel('1') }),
     ]),
+    expect: ['leaseExpired:work'],
+  },
+  {
+    name: 'an expired lease: a running VM is shut down and Center told',
+    input: input(desired([desiredVm('1', { lease: { days: 1, expiresAt: NOW - 1 } })]), [
+      vm({ current: rel('1'), run: 'running' }),
+    ]),
+    expect: ['leaseExpired:work'],
+  },
+  {
+    name: 'an expired lease already acted on: nothing more, no start',
+    input: input(desired([desiredVm('1', { lease: { days: 1, expiresAt: NOW - 1 } })]), [
+      vm({ current: rel('1'), leaseExpiryHandled: NOW - 1 }),
+    ]),
     expect: [],
+  },
+  {
+    name: 'a lease checked against the time mark: the clock set back does not extend it',
+    input: {
+      ...input(desired([desiredVm('1', { lease: { days: 1, expiresAt: NOW + 1000 } })]), [
+        vm({ current: rel('1'), run: 'running' }),
+      ]),
+      leaseNow: NOW + 1000,
+    },
+    expect: ['leaseExpired:work'],
+  },
+  {
+    name: 'a lease in its warning window: the user is warned, the VM starts',
+    input: input(desired([desiredVm('1', { lease: { days: 10, expiresAt: NOW + 3_600_000 } })]), [
+      vm({ current: rel('1') }),
+    ]),
+    expect: ['leaseWarning:work', 'startVm:work'],
+  },
+  {
+    name: 'a warning already given is not repeated',
+    input: input(desired([desiredVm('1', { lease: { days: 10, expiresAt: NOW + 3_600_000 } })]), [
+      vm({ current: rel('1'), run: 'running', leaseWarningGiven: NOW + 3_600_000 }),
+    ]),
+    expect: [],
+  },
+  {
+    name: 'a VM without a lease (the personal VM) starts whatever the time',
+    input: {
+      ...input(desired([desiredVm('1', { lease: undefined })]), [vm({ current: rel('1') })]),
+      leaseNow: Number.POSITIVE_INFINITY,
+    },
+    expect: ['startVm:work'],
   },
   {
     name: 'a locked device stops its VMs and starts none',

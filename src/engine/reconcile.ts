@@ -10,6 +10,8 @@ import {
   type DesiredVm,
 } from '../protocol/index.ts';
 import type { VmRunState, VmSpec } from './hypervisor/types.ts';
+import { leaseStatus } from './lease.ts';
+import type { TimeMark } from './time-mark.ts';
 import { runStateOf } from './status.ts';
 import {
   persistTransaction,
@@ -35,10 +37,20 @@ export interface VmFacts {
   /** The persisted update transaction, if one is under way. */
   transaction: Transaction | null;
   run: VmRunState;
+  /** The lease expiry this run already acted on (shut down, reported); see `leaseExpired`. */
+  leaseExpiryHandled?: number;
+  /** The lease expiry whose warning window this run already announced. */
+  leaseWarningGiven?: number;
 }
 
 export interface PlanInput {
   now: number;
+  /**
+   * The time leases are checked against: the later of the clock and Engine's monotonic record
+   * of the latest time it has seen (time-mark.ts), so a clock set back extends no lease.
+   * Default `now`.
+   */
+  leaseNow?: number;
   /** The last verified desired state; null before the first one. */
   desired: DesiredState | null;
   vms: readonly VmFacts[];
@@ -53,6 +65,13 @@ export type Step =
   | { action: 'beginUpdate'; vm: string; profileId: string; from: Release | null; to: Release }
   | { action: 'startVm'; vm: string }
   | { action: 'stopVm'; vm: string; reason: string }
+  /** The VM's lease is in its warning window: the user is told (log, local API). */
+  | { action: 'leaseWarning'; vm: string; expiresAt: number }
+  /**
+   * The VM's lease ran out without a newer document: it is shut down gracefully (ACPI, then
+   * forced after the stop timeout) if it runs, and Center is told once (`lease-expired`).
+   */
+  | { action: 'leaseExpired'; vm: string; expiresAt: number; isRunning: boolean }
   /** A VM no longer assigned, once it is down: its disks and firmware state go (see removeVm). */
   | { action: 'removeVm'; vm: string }
   | { action: 'collectGoldens'; keep: { image: string; versionId: string }[] };
@@ -75,6 +94,7 @@ function volumes(release: Release | null | undefined): { image: string; versionI
 export function plan(input: PlanInput): Step[] {
   const steps: Step[] = [];
   const { desired, now } = input;
+  const leaseNow = input.leaseNow ?? now;
   const retryAfter = input.retryFailedAfterMs ?? 10 * 60_000;
   const facts = new Map(input.vms.map((v) => [v.name, v]));
   const deviceActive = desired?.device.state === 'active';
@@ -101,7 +121,30 @@ export function plan(input: PlanInput): Step[] {
 
   for (const vm of desired.vms) {
     const f = facts.get(vm.name);
-    const leaseValid = now < vm.lease.expiresAt;
+    // A VM without a lease (the personal VM) is never held back by one.
+    const lease = leaseStatus(vm, leaseNow);
+    const leaseValid = lease !== 'expired';
+    const isUpNow = f !== undefined && isUp(f.run);
+    if (
+      lease === 'expired' &&
+      vm.lease &&
+      (isUpNow || f?.leaseExpiryHandled !== vm.lease.expiresAt)
+    ) {
+      // A transaction under way is let finish its step: the VM is shut down once it is up, and
+      // no update begins (below).
+      if (!f?.transaction) {
+        steps.push({
+          action: 'leaseExpired',
+          vm: vm.name,
+          expiresAt: vm.lease.expiresAt,
+          isRunning: isUpNow,
+        });
+        continue;
+      }
+    }
+    if (lease === 'warning' && vm.lease && f?.leaseWarningGiven !== vm.lease.expiresAt) {
+      steps.push({ action: 'leaseWarning', vm: vm.name, expiresAt: vm.lease.expiresAt });
+    }
     if (f?.transaction) {
       busy = true;
       steps.push({ action: 'resumeUpdate', vm: vm.name });
@@ -153,6 +196,13 @@ export function plan(input: PlanInput): Step[] {
 /** Everything the reconcile executors use: the update deps plus the current desired state. */
 export interface ReconcileDeps extends UpdateDeps {
   desired: () => DesiredState | null;
+  /**
+   * The time leases are checked against (time-mark.ts), told the clock at each pass; the clock
+   * alone when absent.
+   */
+  timeMark?: Pick<TimeMark, 'now' | 'observe'>;
+  /** What this run already did about each VM's lease (in memory; see VmFacts). */
+  leaseNotes?: Map<string, { expiryHandled?: number; warningGiven?: number }>;
 }
 
 type StepOf<A extends StepAction> = Extract<Step, { action: A }>;
@@ -252,6 +302,40 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
       );
       await vmState(step.vm, status.state, { versionId: record.current.system.versionId });
     },
+    async leaseWarning(step) {
+      const note = deps.leaseNotes?.get(step.vm) ?? {};
+      deps.leaseNotes?.set(step.vm, { ...note, warningGiven: step.expiresAt });
+      deps.log.warn(
+        { component: 'sync', vm: step.vm, leaseExpiresAt: step.expiresAt },
+        `${step.vm}: its lease runs out at ${new Date(step.expiresAt).toISOString()}; ` +
+          'connect the PC to the network to renew it, or the VM shuts down then',
+      );
+    },
+    async leaseExpired(step) {
+      if (step.isRunning) {
+        deps.log.warn(
+          { component: 'hypervisor', vm: step.vm, leaseExpiresAt: step.expiresAt },
+          `${step.vm}: its lease ran out without contact with Center: shutting it down`,
+        );
+        // Graceful first: the driver sends ACPI power-down and forces only after the timeout.
+        await deps.hypervisor.stop(step.vm, { timeoutMs: deps.stopTimeoutMs });
+        await vmState(step.vm, 'stopped', { reason: 'lease expired' });
+      }
+      const note = deps.leaseNotes?.get(step.vm);
+      if (note?.expiryHandled === step.expiresAt) return;
+      // A fixed id: reported again after a restart, Center counts it once.
+      await deps.report({
+        id: `lease-expired-${step.vm}-${step.expiresAt}`,
+        type: 'lease-expired',
+        data: {
+          vm: step.vm,
+          profileId: deps.desired()?.vms.find((v) => v.name === step.vm)?.profileId ?? null,
+          expiresAt: step.expiresAt,
+          wasRunning: step.isRunning,
+        },
+      });
+      deps.leaseNotes?.set(step.vm, { ...note, expiryHandled: step.expiresAt });
+    },
     async stopVm(step) {
       deps.log.info(
         { component: 'hypervisor', vm: step.vm, reason: step.reason },
@@ -341,13 +425,22 @@ export async function gatherFacts(deps: ReconcileDeps): Promise<PlanInput> {
     const record = await deps.records.get(name);
     const transaction = (await deps.transactions.read(name)) ?? null;
     const run = (await deps.hypervisor.status(name)).state;
-    vms.push({ name, record, transaction, run });
+    const note = deps.leaseNotes?.get(name);
+    vms.push({
+      name,
+      record,
+      transaction,
+      run,
+      ...(note?.expiryHandled !== undefined ? { leaseExpiryHandled: note.expiryHandled } : {}),
+      ...(note?.warningGiven !== undefined ? { leaseWarningGiven: note.warningGiven } : {}),
+    });
   }
   const goldens = (await deps.goldens.list()).map((g) => ({
     image: g.image,
     versionId: g.versionId,
   }));
-  return { now: deps.clock.now(), desired, vms, goldens };
+  const now = deps.clock.now();
+  return { now, leaseNow: deps.timeMark?.now() ?? now, desired, vms, goldens };
 }
 
 /**
@@ -394,6 +487,7 @@ export interface Reconciler {
 export function createReconciler(deps: Omit<ReconcileDeps, 'desired' | 'target'>): Reconciler {
   let desired: DesiredState | null = null;
   const full: ReconcileDeps = {
+    leaseNotes: new Map(),
     ...deps,
     desired: () => desired,
     target: (name) => ({
@@ -406,6 +500,8 @@ export function createReconciler(deps: Omit<ReconcileDeps, 'desired' | 'target'>
   let chain: Promise<void> = Promise.resolve();
   const pass = () => {
     const run = chain.then(async () => {
+      // The clock moves the time mark forward (written at most once a minute).
+      await deps.timeMark?.observe(deps.clock.now(), 'clock');
       await reconcileOnce(full);
     });
     chain = run.catch((err: unknown) => {

@@ -22,6 +22,7 @@ import type { Log } from './log.ts';
 import type { NewEvent } from './queue.ts';
 import { createReconciler, type Reconciler } from './reconcile.ts';
 import { engineFiles } from './state.ts';
+import { createTimeMark, type TimeMark } from './time-mark.ts';
 import type { GuestAgentLink } from './update/health.ts';
 import type { UpdateState } from './update/machine.ts';
 import { TransactionFiles, VmRecords } from './update/records.ts';
@@ -64,6 +65,8 @@ export interface EngineReconciler {
   transactions: TransactionFiles;
   clock: Clock;
   log: Log;
+  /** The latest time Engine has seen (time-mark.ts), loaded; lease checks use it. */
+  timeMark: TimeMark;
 }
 
 export interface RunningEngine {
@@ -133,7 +136,10 @@ export async function createEngineReconciler(
   const records = new VmRecords(engineFiles(dataDir, { clock, log }).engineState, clock);
   const transactions = new TransactionFiles(dataDir, clock, log);
   const kernel = kernelOf(config);
+  const timeMark = createTimeMark({ dataDir, clock, log });
+  await timeMark.load();
   const reconciler = createReconciler({
+    timeMark,
     dataDir,
     goldens: new GoldenStore({ dir: join(dataDir, 'goldens') }),
     hypervisor,
@@ -170,7 +176,7 @@ export async function createEngineReconciler(
       found.state === 'stopped' ? 'VM not running' : 'VM found running; attached',
     );
   }
-  return { reconciler, hypervisor, records, transactions, clock, log };
+  return { reconciler, hypervisor, records, transactions, clock, log, timeMark };
 }
 
 /** Starts Engine: the sync loop with Center feeding the reconciler, until `stop()`. */
@@ -198,7 +204,7 @@ async function startLocked(
   const controller = new AbortController();
   // The queue belongs to the engine, which needs the reconciler first: reports go through this.
   const holder: { engine?: Engine; desired?: DesiredState } = {};
-  const { reconciler, hypervisor, records, transactions, clock, log } =
+  const { reconciler, hypervisor, records, transactions, clock, log, timeMark } =
     await createEngineReconciler(config, {
       ...parts,
       report: (event) => holder.engine!.queue.append(event),
@@ -212,6 +218,8 @@ async function startLocked(
       holder.desired = desired;
       return reconciler.reconcile(desired);
     },
+    // Every verified document moves the time mark to its `generatedAt` (signed by Center).
+    onVerified: (desired, source) => timeMark.observe(desired.generatedAt, source),
     handleCommand: createCommandHandler({
       hypervisor,
       transactions,

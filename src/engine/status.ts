@@ -3,9 +3,11 @@ import { join } from 'node:path';
 import { ErrorCodes, type DesiredVm } from '../protocol/index.ts';
 import { systemClock } from './clock.ts';
 import { isAlive } from './hypervisor/alive.ts';
+import { leaseStatus, type LeaseState } from './lease.ts';
 import { listConsoleLogs } from './hypervisor/consoles.ts';
 import { readQueueDepth } from './queue.ts';
 import { engineFiles, initialConnectivity, type Connectivity } from './state.ts';
+import { timeMarkFile } from './time-mark.ts';
 import { releaseLabel, releaseName } from './update/executors.ts';
 import type { Transaction } from './update/machine.ts';
 import { TransactionFiles, type VmRecord } from './update/records.ts';
@@ -43,6 +45,11 @@ export interface EngineStatus {
     badVersions: string[];
     lastError: string | null;
     leaseExpiresAt: number | null;
+    /**
+     * Where its lease stands by Engine's record of time (time-mark.ts): `none` (no lease),
+     * `valid`, `warning` (in the window before it runs out) or `expired`.
+     */
+    lease: LeaseState;
     /** Where each boot's serial console log is kept, and the logs there, oldest first. */
     consoleDir: string;
     consoleLogs: string[];
@@ -62,14 +69,20 @@ export interface EngineStatus {
 export async function readEngineStatus(dataDir: string): Promise<EngineStatus> {
   const files = engineFiles(dataDir);
   const readOnly = { repair: false };
-  const [identity, desired, killed, sync, engineState, queueDepth] = await Promise.all([
+  const [identity, desired, killed, sync, engineState, queueDepth, mark] = await Promise.all([
     files.identity.read(readOnly),
     files.desiredState.read(readOnly),
     files.killNotice.read(readOnly),
     files.sync.read(readOnly),
     files.engineState.read(readOnly),
     readQueueDepth(files.queueDir),
+    // An unreadable mark counts every lease as expired, as engine run does.
+    timeMarkFile(dataDir)
+      .read(readOnly)
+      .then((m) => m?.mark ?? 0)
+      .catch(() => Number.POSITIVE_INFINITY),
   ]);
+  const leaseNow = Math.max(systemClock.now(), mark);
   const state = desired?.document.state;
   const desiredVms = new Map((state?.vms ?? []).map((vm) => [vm.name, vm]));
   const names = [
@@ -108,7 +121,8 @@ export async function readEngineStatus(dataDir: string): Promise<EngineStatus> {
         transaction: local?.transaction.state ?? 'idle',
         badVersions: local?.badVersions ?? [],
         lastError: local?.lastError ? `${local.lastError.code}: ${local.lastError.message}` : null,
-        leaseExpiresAt: want?.lease.expiresAt ?? null,
+        leaseExpiresAt: want?.lease?.expiresAt ?? null,
+        lease: want ? leaseStatus(want, leaseNow) : ('none' as const),
         consoleDir,
         consoleLogs: await listConsoleLogs(consoleDir),
         summary,
@@ -182,7 +196,7 @@ export function formatEngineStatus(s: EngineStatus, now: number): string[] {
   for (const vm of s.vms) {
     lines.push(vm.summary);
     lines.push(
-      `  lease         ${vm.leaseExpiresAt === null ? 'none' : `until ${when(vm.leaseExpiresAt)}`}`,
+      `  lease         ${vm.leaseExpiresAt === null ? 'none' : `${vm.lease === 'expired' ? 'expired' : 'until'} ${when(vm.leaseExpiresAt)}${vm.lease === 'warning' ? ' (runs out soon: go online to renew it)' : ''}`}`,
     );
     const latest = vm.consoleLogs.at(-1);
     lines.push(

@@ -160,8 +160,12 @@ export const DesiredVmSchema = z.object({
   resetPolicy: ResetPolicySchema,
   /** Firmware, TPM and guest OS hint; absent (from an older Center): the defaults. */
   machine: VmMachineSchema.optional(),
-  /** The offline lease: past `expiresAt` without a newer document, the VM does not start. */
-  lease: z.object({ days: z.number().int().min(1), expiresAt: EpochMsSchema }),
+  /**
+   * The offline lease: past `expiresAt` (by Engine's monotonic record of time) without a newer
+   * document, the VM is shut down and does not start. Absent for a VM that runs without one
+   * (the user's personal VM).
+   */
+  lease: z.object({ days: z.number().int().min(1), expiresAt: EpochMsSchema }).optional(),
   /**
    * Key of the VM's encrypted data volume (base64, 32 bytes), escrowed at Center; present only
    * when the policy encrypts data or the machine has a TPM (whose state is encrypted with a

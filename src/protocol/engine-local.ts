@@ -46,6 +46,14 @@ export const LocalVmSchema = z.object({
   lastError: z.string().nullable(),
   /** Past this (ms since the epoch) without contact with Center, the VM does not start. */
   leaseExpiresAt: z.number().nullable(),
+  /**
+   * True from the lease's warning window on (a tenth of the lease, at most a day, before it
+   * runs out) until a newer document from Center renews it: the switcher tells the user to go
+   * online. Stays true once the lease ran out (`leaseExpired`).
+   */
+  leaseWarning: z.boolean(),
+  /** The lease ran out: the VM was shut down and starts again once Center renews it. */
+  leaseExpired: z.boolean(),
 });
 export type LocalVm = z.infer<typeof LocalVmSchema>;
 

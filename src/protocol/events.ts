@@ -50,6 +50,9 @@ const UpdateEventShape = {
 
 const Reason = Text(2000);
 
+/** Milliseconds since the Unix epoch. */
+const EpochMsSchema = z.number().int().min(0).max(8.64e15);
+
 export const COMMAND_KINDS = ['lock', 'unlock', 'kill', 'restart-vm'] as const;
 export const CommandKindSchema = z.enum(COMMAND_KINDS);
 
@@ -87,6 +90,14 @@ export const DEVICE_EVENT_DATA = {
     versionId: Id.optional(),
     reason: Reason.optional(),
   }),
+  /** The VM's offline lease ran out without contact with Center: it was shut down. */
+  'lease-expired': z.strictObject({
+    vm: Text(64),
+    profileId: Id.nullable(),
+    expiresAt: EpochMsSchema,
+    /** Whether it was running (and so was shut down) when the lease ran out. */
+    wasRunning: z.boolean(),
+  }),
   /** The outcome of a command from Center. */
   'command-result': z.strictObject({
     commandId: Id,
@@ -116,9 +127,6 @@ export const UPDATE_EVENT_TYPES = [
   'failed',
 ] as const satisfies readonly DeviceEventType[];
 export type UpdateEventType = (typeof UPDATE_EVENT_TYPES)[number];
-
-/** Milliseconds since the Unix epoch. */
-const EpochMsSchema = z.number().int().min(0).max(8.64e15);
 
 /** Chosen by the device (a UUID, say); a replay with the same id is counted once. */
 export const DeviceEventIdSchema = z
@@ -166,6 +174,7 @@ export const DeviceEventSchema = z
     envelope('rolled-back'),
     envelope('failed'),
     envelope('vm-state'),
+    envelope('lease-expired'),
     CommandResultEventSchema,
     envelope('desired-state-refused'),
   ])

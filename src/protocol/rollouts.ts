@@ -202,3 +202,112 @@ export const CurrentVersionsSchema = z.record(
   }),
 );
 export type CurrentVersions = z.infer<typeof CurrentVersionsSchema>;
+
+/*
+ * Outcome trails: what each device reported about a version, in order. A rollout's trail lists
+ * its devices (the ones a phase included or that reported for it) with their phase, their status
+ * and the events they sent about the rollout's version since it was created; a device's trail is
+ * its events, newest first, optionally about one version or one rollout.
+ */
+
+/** A device's status in a rollout (`rollout_devices.status`). */
+export const RolloutDeviceStatusSchema = z.enum([
+  'pending',
+  'downloading',
+  'staged',
+  'switched',
+  'healthy',
+  'failed',
+  'rolled-back',
+]);
+
+/** One event of a trail, as the device reported it. */
+export const TrailEventSchema = z.object({
+  /** The device's id for the event. */
+  id: z.string(),
+  /** `download-progress`, `staged`, `switched`, `healthy`, `rolled-back`, `failed`, … */
+  type: z.string(),
+  /** When it happened, by the device's clock. */
+  occurredAt: z.number().int(),
+  /** When Center received it. */
+  receivedAt: z.number().int(),
+  /** The device's reason, for `failed` and `rolled-back` (and a VM's stop); null otherwise. */
+  reason: z.string().nullable(),
+  /** The event's whole payload. */
+  data: z.unknown(),
+});
+export type TrailEvent = z.infer<typeof TrailEventSchema>;
+
+/** Most events of one device's trail in a rollout's device list (the newest are kept). */
+export const MAX_TRAIL_EVENTS = 50;
+
+export const RolloutDeviceSchema = z.object({
+  deviceId: z.string(),
+  /** The device's name. */
+  device: z.string(),
+  /** Index of the phase that included it (0 is the first). */
+  phase: z.number().int(),
+  status: RolloutDeviceStatusSchema,
+  /** The device's reason for `failed` or `rolled-back`; null otherwise. */
+  reason: z.string().nullable(),
+  /** When `status` last changed. */
+  updatedAt: z.number().int(),
+  /**
+   * The events the device sent about the rollout's version since the rollout was created,
+   * oldest first (at most MAX_TRAIL_EVENTS, the newest; `trailTruncated` says when older ones
+   * were left out: `bulkhead devices events` pages through all of them).
+   */
+  trail: z.array(TrailEventSchema),
+  trailTruncated: z.boolean(),
+});
+export type RolloutDevice = z.infer<typeof RolloutDeviceSchema>;
+
+export const RolloutDevicesQuerySchema = z.strictObject({
+  /** Only devices with this status. */
+  status: RolloutDeviceStatusSchema.optional(),
+  limit: z.coerce.number().int().min(1).max(200).default(50),
+  /** The `next` of the previous page. */
+  cursor: text({ max: 200 }).optional(),
+});
+export type RolloutDevicesQuery = z.infer<typeof RolloutDevicesQuerySchema>;
+
+export const RolloutDevicePageSchema = z.object({
+  rolloutId: z.string(),
+  image: z.string(),
+  version: z.string(),
+  /** By phase, then device id. */
+  devices: z.array(RolloutDeviceSchema),
+  /** Pass as `cursor` for the next page; null at the end. */
+  next: z.string().nullable(),
+});
+export type RolloutDevicePage = z.infer<typeof RolloutDevicePageSchema>;
+
+export const DeviceEventsQuerySchema = z.strictObject({
+  /** Only events naming this image version (their release's volumes, or the VM's version). */
+  versionId: IdSchema.optional(),
+  /** Only events about this rollout's version, received since the rollout was created. */
+  rolloutId: IdSchema.optional(),
+  /** Only events of this type. */
+  type: text({ min: 1, max: 64 }).optional(),
+  limit: z.coerce.number().int().min(1).max(500).default(100),
+  /** The `next` of the previous page. */
+  cursor: text({ max: 200 }).optional(),
+});
+export type DeviceEventsQuery = z.infer<typeof DeviceEventsQuerySchema>;
+
+export const DeviceEventPageSchema = z.object({
+  deviceId: z.string(),
+  device: z.string(),
+  /** Newest first (by the device's clock, then id). */
+  events: z.array(
+    TrailEventSchema.extend({
+      /** The name of the profile (VM) the event is about, when it names one that exists. */
+      vm: z.string().nullable(),
+    }),
+  ),
+  /** `image@version` of every image version id the events of this page name. */
+  versionNames: z.record(z.string(), z.string()),
+  /** Pass as `cursor` for the next (older) page; null at the end. */
+  next: z.string().nullable(),
+});
+export type DeviceEventPage = z.infer<typeof DeviceEventPageSchema>;

@@ -43,6 +43,7 @@ import {
   LocalVmsResponseSchema,
   type DeviceCommand,
 } from '../../src/protocol/index.ts';
+import { insertImage, insertProfile, insertVersion } from '../support/center.ts';
 import { runCli as cli } from '../support/cli.ts';
 import { fixedClock, recordingLog } from '../support/engine.ts';
 import { sampleEvent } from '../support/events.ts';
@@ -257,6 +258,57 @@ test('enrol → token → verified desired state → 304 → reports accepted; r
   center.clock.ms += 16 * 60_000;
   const after = await client.getDesiredState({ etag: first.etag });
   assert.equal(after.changed, false);
+});
+
+test('lease: renewed on contact through the ETag cache: a 304 within the hour, a newer signed document with a later lease after it', async (t) => {
+  const center = await startCenter(t);
+  const d = await device(t, center);
+  const at = center.clock.ms;
+  const imageId = await insertImage(center.db, 'os', 'system', at);
+  await insertVersion(center.db, imageId, '1.0.0', at, { release: true });
+  const profileId = await insertProfile(
+    center.db,
+    { name: 'work', systemImageId: imageId, leaseDays: 3 },
+    at,
+  );
+  await center.db
+    .insertInto('device_profiles')
+    .values({ device_id: d.identity.deviceId, profile_id: profileId })
+    .execute();
+  await center.db
+    .updateTable('devices')
+    .set({ updated_at: at })
+    .where('id', '=', d.identity.deviceId)
+    .execute();
+  center.push.notify([d.identity.deviceId]);
+  center.clock.ms += 1000;
+
+  const client = d.client();
+  const first = await client.getDesiredState();
+  assert.ok(first.changed);
+  const lease = first.document.state.vms.find((v) => v.name === 'work')?.lease;
+  assert.equal(lease?.expiresAt, first.document.state.generatedAt + 3 * 24 * HOUR);
+
+  // Within the same hour nothing changed: a 304, the lease the PC holds stands.
+  center.clock.ms += 30 * 60_000;
+  d.clock.ms += 30 * 60_000;
+  const same = await client.getDesiredState({ etag: first.etag });
+  assert.equal(same.changed, false);
+
+  // Contact in the next hour, with the old ETag: a new document (verified by the client against
+  // Center's pinned key) whose lease runs from this hour: every contact renews the lease to
+  // within an hour, signed with the rest of the document.
+  center.clock.ms += HOUR;
+  d.clock.ms += HOUR;
+  const renewed = await client.getDesiredState({ etag: first.etag });
+  assert.ok(renewed.changed, 'not a 304');
+  const next = renewed.document.state.vms.find((v) => v.name === 'work')?.lease;
+  assert.ok(next && lease);
+  assert.ok(next.expiresAt > lease.expiresAt);
+  // The lease runs from the start of the hour of contact: at most an hour of it is lost.
+  assert.equal(next.expiresAt, renewed.document.state.generatedAt + 3 * 24 * HOUR);
+  assert.ok(center.clock.ms - renewed.document.state.generatedAt <= HOUR);
+  assert.equal(renewed.document.state.revision, first.document.state.revision);
 });
 
 test('tampered, replayed and stale desired states are refused, each with its code and an event', async (t) => {

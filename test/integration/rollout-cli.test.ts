@@ -290,6 +290,74 @@ test('rollout create, list and status: names, release on completion, usage error
   assert.match(halted, /reason\s+1 of 1 devices that reported failed or rolled back \(100%/);
   assert.match(halted, /\n1 \(100%\)\s+yes\s+1\s+1\s+0\s+0\s+1\s/);
   assert.doesNotMatch(halted, /on completion/);
+  // `rollout show` is `rollout status` by another name: the halt reason is there too.
+  assert.match(
+    await human(['rollout', 'show', halting.id]),
+    /reason\s+1 of 1 devices that reported failed or rolled back/,
+  );
+
+  // The outcome trail, per rollout: each device by phase with what it reported, by name.
+  const trail = await human(['rollout', 'devices', halting.id]);
+  assert.match(trail, new RegExp(`^Rollout ${halting.id} of os@2: 1 device\\(s\\)\n`));
+  assert.match(
+    trail,
+    /\npc-finance {2}phase 1 {2}rolled-back: qemu-ga did not answer within 300 s\n/,
+  );
+  assert.match(trail, /\n {4}\S+Z {2}rolled-back: qemu-ga did not answer within 300 s\n/);
+  assert.deepEqual([...new Set(trail.match(UUID))], [halting.id]);
+  const trailJson = await json(['rollout', 'devices', 'os@2', '--status', 'rolled-back']);
+  assert.equal(trailJson.rolloutId, halting.id);
+  assert.deepEqual(
+    trailJson.devices.map((d: { device: string; status: string; trail: unknown[] }) => [
+      d.device,
+      d.status,
+      d.trail.length,
+    ]),
+    [['pc-finance', 'rolled-back', 1]],
+  );
+  assert.deepEqual(
+    (await json(['rollout', 'devices', halting.id, '--status', 'healthy'])).devices,
+    [],
+  );
+  // … and per device: newest first, all of them or those of one version or rollout.
+  const events = await human(['devices', 'events', 'pc-finance']);
+  assert.match(
+    events,
+    /^Events of pc-finance, newest first:\n {2}\S+Z {2}rolled-back os@2: qemu-ga did not answer within 300 s {2}\(vm work\)\n {2}\S+Z {2}healthy os@3 {2}\(vm work\)\n {2}\S+Z {2}healthy os@2 {2}\(vm work\)\n$/,
+  );
+  assert.equal(events.match(UUID), null);
+  const ofThree = await json(['devices', 'events', 'pc-finance', '--version', 'os@3']);
+  assert.deepEqual(
+    ofThree.events.map((e: { type: string }) => e.type),
+    ['healthy'],
+  );
+  const ofRollout = await json(['devices', 'events', 'pc-finance', '--rollout', halting.id]);
+  assert.deepEqual(
+    ofRollout.events.map((e: { type: string; reason: string }) => [e.type, e.reason]),
+    [['rolled-back', 'qemu-ga did not answer within 300 s']],
+  );
+  for (const [args, code, message] of [
+    [
+      ['rollout', 'devices', halting.id, '--status', 'lost'],
+      2,
+      /--status must be one of pending, /,
+    ],
+    [['rollout', 'devices'], 2, /give the rollout/],
+    [['devices', 'events'], 2, /give the device name or id/],
+    [['devices', 'events', 'pc-finance', '--version', 'os'], 2, /--version must be IMAGE@VERSION/],
+    [
+      ['devices', 'events', 'pc-finance', '--version', 'os@2', '--rollout', halting.id],
+      2,
+      /not both/,
+    ],
+    [['devices', 'events', 'pc-finance', '--limit', '0'], 2, /--limit/],
+    [['devices', 'events', 'nobody'], 1, /no device/],
+    [['devices', 'events', 'pc-finance', '--version', 'os@9'], 1, /has no version 9/],
+  ] as const) {
+    const r = await cli([...args]);
+    assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, message);
+  }
 
   // The list: newest first, image@version, target, state, progress; no ids but each row's own.
   const [header, ...rows] = (await human(['rollout', 'list'])).trim().split('\n');

@@ -41,6 +41,8 @@ export function sampleEvent(type: DeviceEventType, tag: string, extra: Partial<N
         return { type, data: { ...update(tag), reason: 'failed' } };
       case 'vm-state':
         return { type, data: { vm: 'work', profileId: null, state: tag } };
+      case 'lease-expired':
+        return { type, data: { vm: tag, profileId: null, expiresAt: 1, wasRunning: true } };
       case 'command-result':
         return { type, data: { commandId: tag, kind: 'lock', ok: true, message: 'done' } };
       case 'desired-state-refused':
@@ -55,6 +57,8 @@ export function tagOf(e: DeviceEvent): string {
   switch (e.type) {
     case 'vm-state':
       return e.data.state;
+    case 'lease-expired':
+      return e.data.vm;
     case 'command-result':
       return e.data.commandId;
     case 'desired-state-refused':

@@ -5,6 +5,7 @@ import type { CenterContext } from '../context.ts';
 import { actOnRollout, createRollout } from './commands.ts';
 import type { RolloutContext } from './model.ts';
 import { getRollout, listRollouts } from './queries.ts';
+import { listDeviceEvents, listRolloutDevices } from './trails.ts';
 
 /**
  * The rollout admin routes, under `/api/v1/admin/rollouts`: viewers read, operators create and
@@ -29,4 +30,6 @@ export const rolloutRoutes: FastifyPluginAsync<CenterContext> = async (app, deps
     await actOnRollout(ctx, caller, req.params.id, req.params.action, req.body?.reason);
     return getRollout(ctx.db, req.params.id);
   });
+  route(app, e.listRolloutDevices, (req) => listRolloutDevices(ctx.db, req.params.id, req.query));
+  route(app, e.listDeviceEvents, (req) => listDeviceEvents(ctx.db, req.params.id, req.query));
 };

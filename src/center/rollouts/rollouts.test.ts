@@ -157,7 +157,8 @@ async function center(t: TestContext, url: string) {
   ) {
     const res = await app.inject({
       method,
-      url: `/api/v1/admin/rollouts${path}`,
+      // A path of its own (`/api/…`), else one under the rollouts.
+      url: path.startsWith('/api/') ? path : `/api/v1/admin/rollouts${path}`,
       headers: as === null ? {} : { authorization: `Bearer ${tokens[as]}` },
       ...(body === undefined ? {} : { payload: body as object }),
     });
@@ -580,6 +581,168 @@ for (const target of CENTER_TARGETS) {
         halts.map((h) => h.actor),
         ['system', 'system'],
       );
+    });
+
+    await t.test('outcome trails, per rollout and per device', async (t) => {
+      const c = await center(t, await newUrl(t));
+      const { db, catalog } = c;
+      const group = await insertGroup(db, 'office', c.clock.ms);
+      const devices = await insertDevices(db, group, 16, [catalog.work], c.clock.ms);
+      const work = { profileId: catalog.work };
+      // Before the rollout, each device reported about v2 (a failed try by another path) and
+      // about v1; neither is part of the rollout's trail.
+      for (const d of devices) {
+        await c.report(d, 'failed', { ...work, versionId: catalog.v2, reason: 'early' });
+      }
+      c.clock.ms += MINUTE;
+      for (const d of devices) await c.report(d, 'healthy', { ...work, versionId: catalog.v1 });
+      c.clock.ms += MINUTE;
+      const created = await c.admin('POST', '', {
+        imageVersionId: catalog.v2,
+        groupId: group,
+        phases: [50, 100],
+        soakMinutes: 30,
+        failureThreshold: 0,
+        start: true,
+      });
+      assert.equal(created.status, 201, JSON.stringify(created.body));
+      const id = created.body.id;
+      const inFirst = devices.filter((d) => bucketOf(id, d) < 5000).sort();
+      const later = devices.filter((d) => bucketOf(id, d) >= 5000);
+      assert.ok(inFirst.length >= 3 && later.length >= 1, 'a usable split');
+      const [good, bad] = [inFirst[0]!, inFirst[1]!];
+      for (const type of ['download-progress', 'staged', 'switched', 'healthy'] as const) {
+        c.clock.ms += 1000;
+        await c.report(good, type, { ...work, versionId: catalog.v2 });
+      }
+      for (const type of ['download-progress', 'staged', 'switched'] as const) {
+        c.clock.ms += 1000;
+        await c.report(bad, type, { ...work, versionId: catalog.v2 });
+      }
+      c.clock.ms += 1000;
+      await c.report(bad, 'rolled-back', {
+        ...work,
+        versionId: catalog.v2,
+        reason: 'health check command exited 1',
+      });
+      const rollout = (await c.admin('GET', `/${id}`, undefined, 'eve')).body;
+      assert.equal(rollout.state, 'halted');
+
+      // Per rollout: the devices of the first phase only, each with its trail in order.
+      const page = await c.admin('GET', `/${id}/devices`, undefined, 'eve');
+      assert.equal(page.status, 200, JSON.stringify(page.body));
+      assert.deepEqual(
+        [page.body.image, page.body.version, page.body.next],
+        ['debian-work', '2.0', null],
+      );
+      assert.deepEqual(
+        page.body.devices.map((d: { deviceId: string }) => d.deviceId),
+        inFirst,
+      );
+      const byId = new Map(
+        page.body.devices.map((d: { deviceId: string }) => [d.deviceId, d] as const),
+      );
+      type Trail = { trail: { type: string; reason: string | null }[] };
+      const trailOf = (d: string) =>
+        (byId.get(d) as Trail).trail.map((e) => (e.reason ? `${e.type}: ${e.reason}` : e.type));
+      assert.deepEqual(trailOf(good), ['download-progress', 'staged', 'switched', 'healthy']);
+      assert.deepEqual(trailOf(bad), [
+        'download-progress',
+        'staged',
+        'switched',
+        'rolled-back: health check command exited 1',
+      ]);
+      assert.deepEqual(trailOf(inFirst[2]!), []);
+      assert.deepEqual(
+        [byId.get(bad)].map((d) => {
+          const x = d as { status: string; reason: string; phase: number; device: string };
+          return [x.status, x.reason, x.phase, typeof x.device];
+        }),
+        [['rolled-back', 'health check command exited 1', 0, 'string']],
+      );
+      // Filtered by status, and paged.
+      const rolled = await c.admin('GET', `/${id}/devices?status=rolled-back`, undefined, 'eve');
+      assert.deepEqual(
+        rolled.body.devices.map((d: { deviceId: string }) => d.deviceId),
+        [bad],
+      );
+      const seen: string[] = [];
+      let cursor: string | null = '';
+      while (cursor !== null) {
+        const q: string = cursor ? `&cursor=${cursor}` : '';
+        const p = await c.admin('GET', `/${id}/devices?limit=2${q}`, undefined, 'eve');
+        assert.equal(p.status, 200, JSON.stringify(p.body));
+        seen.push(...p.body.devices.map((d: { deviceId: string }) => d.deviceId));
+        cursor = p.body.next;
+      }
+      assert.deepEqual(seen, inFirst);
+      for (const [path, status, code] of [
+        [`/${id}/devices?cursor=nonsense`, 400, 'ERR_VALIDATION'],
+        [`/${id}/devices?limit=0`, 400, 'ERR_VALIDATION'],
+        [`/${id}/devices?status=lost`, 400, 'ERR_VALIDATION'],
+        [`/${newId(START)}/devices`, 404, 'ERR_NOT_FOUND'],
+      ] as const) {
+        const res = await c.admin('GET', path, undefined, 'eve');
+        assert.deepEqual([res.status, res.body.error.code], [status, code], path);
+      }
+      assert.equal((await c.admin('GET', `/${id}/devices`, undefined, null)).status, 401);
+
+      // Per device: newest first; by rollout, by version, by type; paged.
+      const events = (d: string, query = '', as: 'eve' | null = 'eve') =>
+        c.admin('GET', `/api/v1/admin/devices/${d}/events${query}`, undefined, as);
+      const types = (body: { events: { type: string }[] }) => body.events.map((e) => e.type);
+      const all = await events(good);
+      assert.equal(all.status, 200, JSON.stringify(all.body));
+      assert.deepEqual(types(all.body), [
+        'healthy',
+        'switched',
+        'staged',
+        'download-progress',
+        'healthy',
+        'failed',
+      ]);
+      assert.equal(all.body.events[0].vm, 'work');
+      assert.equal(all.body.versionNames[catalog.v2], 'debian-work@2.0');
+      assert.equal(all.body.versionNames[catalog.v1], 'debian-work@1.0');
+      const ofRollout = await events(good, `?rolloutId=${id}`);
+      assert.deepEqual(types(ofRollout.body), [
+        'healthy',
+        'switched',
+        'staged',
+        'download-progress',
+      ]);
+      const ofV2 = await events(good, `?versionId=${catalog.v2}`);
+      assert.deepEqual(types(ofV2.body), [
+        'healthy',
+        'switched',
+        'staged',
+        'download-progress',
+        'failed',
+      ]);
+      assert.equal(ofV2.body.events.at(-1).reason, 'early');
+      const ofV1 = await events(good, `?versionId=${catalog.v1}`);
+      assert.deepEqual(types(ofV1.body), ['healthy']);
+      assert.deepEqual(types((await events(good, '?type=healthy')).body), ['healthy', 'healthy']);
+      assert.deepEqual(types((await events(later[0]!, `?rolloutId=${id}`)).body), []);
+      assert.deepEqual(types((await events(later[0]!)).body), ['healthy', 'failed']);
+      const paged: string[] = [];
+      let next: string | null = '';
+      while (next !== null) {
+        const p = await events(good, `?limit=4${next ? `&cursor=${next}` : ''}`);
+        paged.push(...types(p.body));
+        next = p.body.next;
+      }
+      assert.deepEqual(paged, types(all.body));
+      for (const [d, query, status] of [
+        [good, '?cursor=nonsense', 400],
+        [good, '?limit=501', 400],
+        [good, `?rolloutId=${newId(START)}`, 404],
+        [newId(START), '', 404],
+        ['not-an-id', '', 400],
+      ] as const) {
+        assert.equal((await events(d, query)).status, status, `${d}${query}`);
+      }
+      assert.equal((await events(good, '', null)).status, 401);
     });
 
     await t.test('a completed rollout releases its version, unless told not to', async (t) => {

@@ -46,7 +46,7 @@ function desired(version: string, revision: number): DesiredState {
     healthCheck: { timeoutSeconds: 30, command: ['/bin/true'] },
     resources: { cpus: 1, memoryMib: 256 },
     resetPolicy: 'on-update',
-    lease: { days: 30, expiresAt: Date.now() + 86_400_000 },
+    lease: { days: 30, expiresAt: Date.now() + 30 * 86_400_000 },
     dataKey: DATA_KEY,
   };
   return {

@@ -1,6 +1,7 @@
 import { defineEndpoints, endpoint } from '../endpoint.ts';
 import { ErrorCodes } from '../errors.ts';
 import { IdParamsSchema } from '../admin.ts';
+import { FleetIdParamsSchema } from '../fleet.ts';
 import * as rollouts from '../rollouts.ts';
 
 const R = '/api/v1/admin/rollouts';
@@ -40,4 +41,34 @@ export const rolloutEndpoints = defineEndpoints(['rollouts'], {
       'fall back to the released version), `promote` (the next phase now, without waiting ' +
       'for the soak). 409 names the state when the action does not apply (operator).',
   }),
+  listRolloutDevices: endpoint(
+    `GET ${R}/:id/devices`,
+    'viewer',
+    200,
+    rollouts.RolloutDevicePageSchema,
+    {
+      params: IdParamsSchema,
+      query: rollouts.RolloutDevicesQuerySchema,
+      errors: [ErrorCodes.NOT_FOUND],
+      description:
+        "A rollout's devices by phase (viewer): each one's status, reason and outcome trail " +
+        '(downloaded, staged, switched, healthy or rolled back with the reason), oldest event ' +
+        'first; pass `next` back as `cursor`.',
+    },
+  ),
+  listDeviceEvents: endpoint(
+    'GET /api/v1/admin/devices/:id/events',
+    'viewer',
+    200,
+    rollouts.DeviceEventPageSchema,
+    {
+      params: FleetIdParamsSchema,
+      query: rollouts.DeviceEventsQuerySchema,
+      errors: [ErrorCodes.NOT_FOUND],
+      description:
+        "A device's events, newest first (viewer), optionally about one image version " +
+        '(`versionId`) or one rollout (`rolloutId`), or of one `type`; pass `next` back as ' +
+        '`cursor`.',
+    },
+  ),
 });
