@@ -373,7 +373,11 @@ function systemFiles(version: SystemVersion): Map<string, { data: Buffer; mode: 
     'usr/libexec/health-check',
     version === 'v3-broken'
       ? '#!/bin/sh\necho "health-check: the service did not start" >&2\nexit 1\n'
-      : '#!/bin/sh\ntest -r /etc/os-release || exit 2\necho ok\nexit 0\n',
+      : // Each app volume's own check (/apps/<name>/check) runs too: a broken app fails the VM's
+        // health, so its update rolls back like a broken system.
+        '#!/bin/sh\ntest -r /etc/os-release || exit 2\n' +
+          'for c in /apps/*/check; do\n  test -x "$c" || continue\n  "$c" || exit 1\ndone\n' +
+          'echo ok\nexit 0\n',
     0o755,
   );
   // "Binaries" and "libraries": v2 changes a few, adds some, removes one.
@@ -429,7 +433,9 @@ export async function buildSystemVolume(version: SystemVersion, outPath: string)
 
 /**
  * Writes app volume `name` at `version` as a small raw ext4 image (8 MiB): /app.json naming
- * both, /bin/<name> (an executable script) and some deterministic data.
+ * both, /bin/<name> (an executable script), /check (the app's health check, which the system
+ * volume's health check runs: exits 0, or 1 for a version ending in `-broken`) and some
+ * deterministic data.
  */
 export async function buildAppVolume(
   name: string,
@@ -446,6 +452,13 @@ export async function buildAppVolume(
     await writeFile(join(root, 'app.json'), `${JSON.stringify({ name, version })}\n`);
     await writeFile(join(root, 'bin', name), `#!/bin/sh\necho "${name} ${version}"\n`);
     await chmod(join(root, 'bin', name), 0o755);
+    await writeFile(
+      join(root, 'check'),
+      version.endsWith('-broken')
+        ? `#!/bin/sh\necho "${name} ${version}: the app does not start" >&2\nexit 1\n`
+        : `#!/bin/sh\necho "${name} ${version}: ok"\n`,
+    );
+    await chmod(join(root, 'check'), 0o755);
     await writeFile(join(root, 'data.bin'), pseudoRandom(`${name}@${version}`, 256 * 1024));
   });
 }
@@ -520,10 +533,15 @@ export interface TestVolumes {
   system: Record<SystemVersion, string>;
   /** App volume `editor` at version 1. */
   appEditor: string;
+  /** App volume `editor` at versions 1, 2 and 2-broken (its /check exits 1). */
+  editor: Record<EditorVersion, string>;
 }
 
+export const EDITOR_VERSIONS = ['1', '2-broken', '2'] as const;
+export type EditorVersion = (typeof EDITOR_VERSIONS)[number];
+
 /**
- * Builds (or finds in `cacheDir`) the three system volumes and one app volume as raw images,
+ * Builds (or finds in `cacheDir`) the three system volumes and the app volumes as raw images,
  * keyed on this script and busybox. Safe to call from several processes at once.
  */
 export async function buildTestVolumes(options: { cacheDir?: string } = {}): Promise<TestVolumes> {
@@ -541,6 +559,11 @@ export async function buildTestVolumes(options: { cacheDir?: string } = {}): Pro
       'v3-broken': join(d, 'system-v3-broken.img'),
     },
     appEditor: join(d, 'app-editor-1.img'),
+    editor: {
+      '1': join(d, 'app-editor-1.img'),
+      '2-broken': join(d, 'app-editor-2-broken.img'),
+      '2': join(d, 'app-editor-2.img'),
+    },
   });
   try {
     await lstat(layout(dir).appEditor);
@@ -553,7 +576,7 @@ export async function buildTestVolumes(options: { cacheDir?: string } = {}): Pro
   try {
     const out = layout(join(work, 'out'));
     for (const v of ['v1', 'v2', 'v3-broken'] as const) await buildSystemVolume(v, out.system[v]);
-    await buildAppVolume('editor', '1', out.appEditor);
+    for (const v of EDITOR_VERSIONS) await buildAppVolume('editor', v, out.editor[v]);
     try {
       await rename(out.dir, dir);
     } catch (err) {

@@ -329,6 +329,9 @@ const PROFILE_FLAGS = `  --image NAME              its system image, one of Cent
   --description TEXT
   --app NAME                an app every device with the profile gets (repeatable)
   --optional-app NAME       an app offered, chosen per device (repeatable)
+  --user-chooses-apps on|off
+                            the PC's user may choose the optional apps too, through Engine
+                            (default off: administrators choose, \`bulkhead devices apps\`)
   --network nat|restricted|none
                             ordinary outbound access, only the --allow endpoints, or none
   --allow HOST:PORT         an endpoint a restricted VM may reach (repeatable)
@@ -357,6 +360,7 @@ const profileOptions = {
   description: { type: 'string' },
   app: { type: 'string', multiple: true },
   'optional-app': { type: 'string', multiple: true },
+  'user-chooses-apps': { type: 'string' },
   network: { type: 'string' },
   allow: { type: 'string', multiple: true },
   clipboard: { type: 'string' },
@@ -584,6 +588,7 @@ function printProfile(ctx: CommandContext, p: Profile, catalog: Catalog): void {
   const rows: [string, string][] = [
     ['system image', image ? `${image.name} (released: ${releasedOf(image)})` : p.systemImageId],
     ['apps', apps || '-'],
+    ['app choice', p.userChoosesApps ? "administrators and the PC's user" : 'administrators'],
     ['network', network],
     ['clipboard', net.clipboard ? 'shared' : 'off'],
     ['usb devices', net.usbDevices.join(', ') || '-'],
@@ -678,6 +683,7 @@ ${CONNECTION_USAGE}`,
         ...(memory === undefined ? {} : { memoryMib: memory }),
         ...(reset === undefined ? {} : { resetPolicy: reset }),
         machine: machineFrom(inv, DEFAULT_VM_MACHINE),
+        userChoosesApps: onOff(inv, 'user-chooses-apps') ?? false,
       },
     });
     if (!inv.json) {
@@ -726,6 +732,7 @@ ${CONNECTION_USAGE}`,
     const healthCheck = healthFrom(inv, current.healthCheck);
     const apps = appsFrom(inv, catalog, current.apps, stringList(inv, 'remove-app'));
     const machine = machineFrom(inv, current.machine);
+    const userChoosesApps = onOff(inv, 'user-chooses-apps');
     const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
     const body: UpdateProfileRequest = {
       ...(rename === undefined ? {} : { name: shortNameOf(rename, '--rename') }),
@@ -739,6 +746,9 @@ ${CONNECTION_USAGE}`,
       ...(memory === undefined ? {} : { memoryMib: memory }),
       ...(reset === undefined ? {} : { resetPolicy: reset }),
       ...(same(machine, current.machine) ? {} : { machine }),
+      ...(userChoosesApps === undefined || userChoosesApps === current.userChoosesApps
+        ? {}
+        : { userChoosesApps }),
     };
     if (Object.keys(body).length === 0) {
       throw new BulkheadError(

@@ -6,6 +6,7 @@ import {
   FleetIdSchema,
   isBulkheadError,
   type ApiClient,
+  type DeviceDetail,
   type DeviceStateName,
 } from '../protocol/index.ts';
 import {
@@ -242,6 +243,125 @@ ${CONNECTION_USAGE}`,
   },
 };
 
+/** The optional apps a device chose, by name with the profile (VM) each belongs to. */
+function chosenApps(d: DeviceDetail): string {
+  const vm = (id: string) => d.profiles.find((p) => p.id === id)?.name ?? id;
+  return d.apps.map((a) => `${a.name} (${vm(a.profileId)})`).join(', ') || 'none';
+}
+
+const devicesApps: Command = {
+  name: 'devices apps',
+  summary: "Add or remove a device's optional apps (the app volumes its VMs mount).",
+  usage: `Usage: bulkhead devices apps DEVICE [--add APP ...] [--remove APP ...] [--vm PROFILE]
+
+  DEVICE is the device's name or id; APP an app's name (\`bulkhead apps list\`) that a
+  profile the device runs offers as optional (\`bulkhead profiles edit P --optional-app APP\`).
+  Only this device's desired state changes: its VM gets the app at /apps/APP after its next
+  update, downloading the app's volume alone. --vm names the profile when several the device
+  runs offer APP. Without --add or --remove, shows the apps the device chose.
+
+${CONNECTION_USAGE}`,
+  options: {
+    ...connectionOptions,
+    add: { type: 'string', multiple: true },
+    remove: { type: 'string', multiple: true },
+    vm: { type: 'string' },
+  },
+  async run(inv, ctx) {
+    const ref = positional(inv, 'device name or id');
+    const added = stringList(inv, 'add');
+    const removed = stringList(inv, 'remove');
+    const vm = optionalString(inv, 'vm');
+    const api = await connect(inv);
+    const found = await resolveDevice(api, ref);
+    const current =
+      found.detail ??
+      (await asTyped(ref, () => api.call(endpoints.getDevice, { params: { id: found.id } })));
+    if (added.length === 0 && removed.length === 0) {
+      if (!inv.json) ctx.out(`${current.name}: optional apps ${chosenApps(current)}`);
+      return current;
+    }
+    const [{ apps: catalog }, { profiles }] = await Promise.all([
+      api.call(endpoints.listApps),
+      api.call(endpoints.listProfiles),
+    ]);
+    const held = profiles.filter((p) => current.profiles.some((dp) => dp.id === p.id));
+    const inVm = vm === undefined ? held : held.filter((p) => p.id === vm || p.name === vm);
+    if (inVm.length === 0) {
+      throw new BulkheadError(
+        ErrorCodes.USAGE,
+        vm === undefined
+          ? `${current.name} runs no profile, so it has no optional apps`
+          : `--vm: ${current.name} runs no profile "${vm}"`,
+        { hint: `see its profiles with \`bulkhead devices show ${ref}\`` },
+      );
+    }
+    const appNamed = (name: string, flag: string) => {
+      const app = catalog.find((a) => a.name === name || a.id === name);
+      if (!app) {
+        throw new BulkheadError(ErrorCodes.NOT_FOUND, `${flag}: no app "${name}"`, {
+          hint: 'list them with `bulkhead apps list`',
+        });
+      }
+      return app;
+    };
+    const chosen = new Map(
+      current.apps.map((a) => [
+        `${a.profileId}/${a.appId}`,
+        { profileId: a.profileId, appId: a.appId },
+      ]),
+    );
+    for (const name of removed) {
+      const app = appNamed(name, '--remove');
+      const keys = [...chosen].filter(
+        ([, a]) => a.appId === app.id && inVm.some((p) => p.id === a.profileId),
+      );
+      if (keys.length === 0) {
+        throw new BulkheadError(
+          ErrorCodes.NOT_FOUND,
+          `--remove: ${current.name} has not chosen app "${name}"`,
+          { hint: `see its apps with \`bulkhead devices apps ${ref}\`` },
+        );
+      }
+      for (const [key] of keys) chosen.delete(key);
+    }
+    for (const name of added) {
+      const app = appNamed(name, '--add');
+      const offering = inVm.filter((p) =>
+        p.apps.some((a) => a.appId === app.id && a.mode === 'optional'),
+      );
+      if (offering.length === 0) {
+        const isDefault = inVm.some((p) =>
+          p.apps.some((a) => a.appId === app.id && a.mode === 'default'),
+        );
+        throw new BulkheadError(
+          ErrorCodes.VALIDATION,
+          isDefault
+            ? `--add: app "${name}" is a default app of ${current.name}'s profile; it has it already`
+            : `--add: no profile ${current.name} runs offers app "${name}" as optional`,
+          { hint: `offer it with \`bulkhead profiles edit PROFILE --optional-app ${name}\`` },
+        );
+      }
+      if (offering.length > 1) {
+        throw new BulkheadError(
+          ErrorCodes.USAGE,
+          `--add: profiles ${offering.map((p) => p.name).join(', ')} all offer app "${name}"; name one with --vm`,
+        );
+      }
+      const profileId = offering[0]!.id;
+      chosen.set(`${profileId}/${app.id}`, { profileId, appId: app.id });
+    }
+    const d = await asTyped(ref, () =>
+      api.call(endpoints.updateDevice, {
+        params: { id: found.id },
+        body: { apps: [...chosen.values()] },
+      }),
+    );
+    if (!inv.json) ctx.out(`${d.name}: optional apps ${chosenApps(d)}`);
+    return d;
+  },
+};
+
 /** `devices lock|unlock|kill|restart-vm`: a command queued for the device. */
 function commandVerb(kind: 'lock' | 'unlock' | 'kill' | 'restart-vm', summary: string): Command {
   return {
@@ -309,17 +429,80 @@ const groupsCreate: Command = {
   },
 };
 
-const appsList = listCommand(
-  'apps list',
-  endpoints.listApps,
-  'List the app catalog (app volumes profiles may offer).',
-  {
-    id: (a) => a.id,
-    name: (a) => a.name,
-    title: (a) => a.displayName,
-    image: (a) => a.imageId,
+const appsList: Command = {
+  name: 'apps list',
+  summary: 'List the app catalog (app volumes profiles may offer).',
+  usage: `Usage: bulkhead apps list\n\n  Each app with its image and that image's released version; --json adds the ids.\n\n${CONNECTION_USAGE}`,
+  options: { ...connectionOptions },
+  async run(inv, ctx) {
+    const api = await connect(inv);
+    const answer = await api.call(endpoints.listApps);
+    if (!inv.json) {
+      const { images } = await api.call(endpoints.listImages, { query: { kind: 'app' } });
+      const imageOf = (id: string) => images.find((i) => i.id === id);
+      printTable(ctx, answer.apps, {
+        name: (a) => a.name,
+        title: (a) => a.displayName,
+        image: (a) => imageOf(a.imageId)?.name ?? a.imageId,
+        released: (a) => {
+          const image = imageOf(a.imageId);
+          return image?.release ? `${image.name}@${image.release.version}` : '-';
+        },
+      });
+    }
+    return answer;
   },
-);
+};
+
+const appsCreate: Command = {
+  name: 'apps create',
+  summary: 'Add an app to the catalog: an app image that profiles may offer.',
+  usage: `Usage: bulkhead apps create --name NAME --image IMAGE [--title TEXT] [--description TEXT]
+
+  NAME is the app's name and its mount point in the VM (/apps/NAME; 1-16 of a-z, 0-9, -).
+  IMAGE is an image of kind app (\`bulkhead images list --kind app\`), by name or id. --title
+  is what people read (default NAME). Offer it with \`bulkhead profiles edit PROFILE
+  --optional-app NAME\` (or --app NAME for every device of the profile).
+
+${CONNECTION_USAGE}`,
+  options: {
+    ...connectionOptions,
+    name: { type: 'string' },
+    image: { type: 'string' },
+    title: { type: 'string' },
+    description: { type: 'string' },
+  },
+  async run(inv, ctx) {
+    const name = requireString(inv, 'name');
+    const imageRef = requireString(inv, 'image');
+    const description = optionalString(inv, 'description');
+    const api = await connect(inv);
+    const { images } = await api.call(endpoints.listImages, { query: {} });
+    const image = images.find((i) => i.name === imageRef || i.id === imageRef);
+    if (!image) {
+      throw new BulkheadError(ErrorCodes.NOT_FOUND, `--image: no image "${imageRef}"`, {
+        hint: 'push one with `bulkhead image push` or list them with `bulkhead images list`',
+      });
+    }
+    const body = {
+      name,
+      displayName: optionalString(inv, 'title') ?? name,
+      ...(description === undefined ? {} : { description }),
+      imageId: image.id,
+    };
+    const app = await withFlags(
+      {
+        'body.name': '--name',
+        'body.displayName': '--title',
+        'body.description': '--description',
+        'body.imageId': '--image',
+      },
+      () => api.call(endpoints.createApp, { body }),
+    );
+    if (!inv.json) ctx.out(`Created app ${app.name} (image ${image.name}).`);
+    return app;
+  },
+};
 
 const tokensCreate: Command = {
   name: 'tokens create',
@@ -427,6 +610,7 @@ export const fleetCommands: Command[] = [
   devicesShow,
   devicesCommands,
   devicesAssign,
+  devicesApps,
   commandVerb('lock', 'Lock a device: its VMs stop and may not start until unlocked.'),
   commandVerb('unlock', 'Unlock a locked device.'),
   commandVerb('kill', 'Kill a device: crypto-erase its work data and cut it off for good.'),
@@ -434,6 +618,7 @@ export const fleetCommands: Command[] = [
   groupsList,
   groupsCreate,
   appsList,
+  appsCreate,
   tokensCreate,
   tokensList,
   tokensRevoke,

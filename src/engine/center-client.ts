@@ -15,6 +15,8 @@ import {
   SignedKillNoticeSchema,
   type ApiClient,
   type CallOptions,
+  type ChooseAppsRequest,
+  type ChooseAppsResponse,
   type DeviceEvent,
   type DeviceEventOf,
   type ErrorCode,
@@ -325,6 +327,17 @@ export class CenterClient {
     }
     return this.#authed((auth) =>
       this.#api.call(deviceEndpoints.reports, { body: { events: [...events] } }, { headers: auth }),
+    );
+  }
+
+  /**
+   * Sends the PC user's choice of one VM's optional apps; resolves with Center's answer.
+   * @throws BulkheadError as Center answers: `ERR_FORBIDDEN` where the profile leaves the choice
+   *   to administrators, `ERR_VALIDATION` naming an app it does not offer.
+   */
+  async chooseApps(body: ChooseAppsRequest): Promise<ChooseAppsResponse> {
+    return this.#authed((auth) =>
+      this.#api.call(deviceEndpoints.chooseApps, { body }, { headers: auth }),
     );
   }
 

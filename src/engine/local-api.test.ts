@@ -173,6 +173,72 @@ test('local API: text, a key combination and a click reach the screen', async (t
   ]);
 });
 
+test("local API: the user's choice of a VM's apps goes to Center; Center's refusal comes back", async (t) => {
+  const dataDir = await tempDir(t);
+  const chosen: { vm: string; apps: string[] }[] = [];
+  const server = await startLocalApi(localApiSocket(dataDir), {
+    vms: async () => [vm('work', 'running'), vm('kiosk', 'running')],
+    screens: fakeScreens([]),
+    chooseApps: async (name, apps) => {
+      if (name === 'kiosk') {
+        throw new BulkheadError(
+          ErrorCodes.FORBIDDEN,
+          'profile "kiosk" leaves the choice of apps to administrators',
+        );
+      }
+      if (apps.includes('cad')) {
+        throw new BulkheadError(
+          ErrorCodes.CENTER_UNREACHABLE,
+          'cannot reach Center at https://center.example: ECONNREFUSED',
+          { retryable: true },
+        );
+      }
+      chosen.push({ vm: name, apps });
+      return { profileId: 'p-work', chosen: apps, offered: ['editor', 'viewer'] };
+    },
+    log: recordingLog(),
+  });
+  t.after(() => server.close());
+  const post = (path: string, body: unknown) =>
+    call(server.path, 'POST', path, JSON.stringify(body));
+
+  const ok = await post('/v1/vms/work/apps', { apps: ['editor'] });
+  assert.equal(ok.status, 200, ok.body.toString());
+  assert.deepEqual(JSON.parse(ok.body.toString()), {
+    profileId: 'p-work',
+    chosen: ['editor'],
+    offered: ['editor', 'viewer'],
+  });
+  assert.deepEqual(chosen, [{ vm: 'work', apps: ['editor'] }]);
+
+  const refused = await post('/v1/vms/kiosk/apps', { apps: ['editor'] });
+  assert.equal(refused.status, 403);
+  assert.deepEqual(errorOf(refused), {
+    code: 'ERR_FORBIDDEN',
+    message: 'profile "kiosk" leaves the choice of apps to administrators',
+  });
+  const away = await post('/v1/vms/work/apps', { apps: ['cad'] });
+  assert.equal(away.status, 503);
+  assert.deepEqual(errorOf(away), {
+    code: 'ERR_CENTER_UNREACHABLE',
+    message: 'cannot reach Center at https://center.example: ECONNREFUSED',
+  });
+  const badBody = await post('/v1/vms/work/apps', { apps: 'editor' });
+  assert.equal(badBody.status, 400);
+  assert.match(errorOf(badBody).message, /^apps apps: /);
+  assert.equal((await post('/v1/vms/work/apps', { apps: [], more: 1 })).status, 400);
+  assert.equal((await post('/v1/vms/nope/apps', { apps: [] })).status, 404);
+  assert.equal((await call(server.path, 'GET', '/v1/vms/work/apps')).status, 404);
+  assert.deepEqual(chosen.length, 1, 'only the good request reached Center');
+});
+
+test('local API: without Center, the apps route is not there', async (t) => {
+  const { server } = await api(t);
+  const answer = await call(server.path, 'POST', '/v1/vms/work/apps', '{"apps":[]}');
+  assert.equal(answer.status, 404);
+  assert.match(errorOf(answer).message, /not a route of Engine's local API/);
+});
+
 test('local API: bad requests get a JSON error with a stable code and the right status', async (t) => {
   const { server, inputs, log } = await api(t);
   const input = (vm: string, body: string, type?: string) =>

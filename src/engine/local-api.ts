@@ -7,8 +7,10 @@ import {
   errorStatus,
   isBulkheadError,
   LOCAL_API_BODY_LIMIT,
+  LocalAppsRequestSchema,
   LocalVmNameSchema,
   ScreenInputSchema,
+  type ChooseAppsResponse,
   type ErrorBody,
   type LocalVm,
   type LocalVmsResponse,
@@ -51,6 +53,13 @@ export interface LocalApiDeps {
   /** The VMs of this PC with their state (what `engine status` computes). */
   vms: () => Promise<LocalVm[]>;
   screens: VmScreens;
+  /**
+   * Passes the PC user's choice of VM `vm`'s optional apps to Center and answers Center's reply.
+   * Absent where Engine has no Center (the route then answers 404).
+   * @throws BulkheadError as Center refuses it (`ERR_FORBIDDEN`, `ERR_VALIDATION`), or
+   *   ERR_NOT_FOUND when Center gives this PC no such VM.
+   */
+  chooseApps?: (vm: string, apps: string[]) => Promise<ChooseAppsResponse>;
   log: Log;
 }
 
@@ -121,7 +130,7 @@ function notRunning(vm: string, cause?: unknown): BulkheadError {
   });
 }
 
-const SCREEN_ROUTE = /^\/v1\/vms\/([^/]+)\/(screen\.png|input)$/;
+const SCREEN_ROUTE = /^\/v1\/vms\/([^/]+)\/(screen\.png|input|apps)$/;
 
 /** The request handler of the local API (node:http). */
 export function localApiHandler(
@@ -131,6 +140,11 @@ export function localApiHandler(
     void handle(deps, req, res).catch((err: unknown) => {
       if (isBulkheadError(err) && errorStatus(err.code) < 500) {
         send(res, errorStatus(err.code), errorBody(err.code, err.message));
+        return;
+      }
+      // Center out of reach: the caller may try again later.
+      if (isBulkheadError(err) && err.retryable) {
+        send(res, 503, errorBody(err.code, err.message));
         return;
       }
       deps.log.error({ component: 'http', err, url: req.url }, 'local API request failed');
@@ -149,11 +163,11 @@ async function handle(deps: LocalApiDeps, req: IncomingMessage, res: ServerRespo
   }
   const match = SCREEN_ROUTE.exec(path);
   const action = match?.[2];
-  const method = action === 'input' ? 'POST' : 'GET';
-  if (!match || req.method !== method) {
+  const method = action === 'screen.png' ? 'GET' : 'POST';
+  if (!match || req.method !== method || (action === 'apps' && !deps.chooseApps)) {
     throw new BulkheadError(
       ErrorCodes.NOT_FOUND,
-      `${route} is not a route of Engine's local API (GET /v1/vms, GET /v1/vms/{vm}/screen.png, POST /v1/vms/{vm}/input)`,
+      `${route} is not a route of Engine's local API (GET /v1/vms, GET /v1/vms/{vm}/screen.png, POST /v1/vms/{vm}/input, POST /v1/vms/{vm}/apps)`,
     );
   }
   const vm = vmName(match[1]!);
@@ -168,6 +182,19 @@ async function handle(deps: LocalApiDeps, req: IncomingMessage, res: ServerRespo
       'cache-control': 'no-store',
     });
     res.end(png);
+    return;
+  }
+  if (action === 'apps') {
+    const body = LocalAppsRequestSchema.safeParse(await readJsonBody(req));
+    if (!body.success) {
+      const issue = body.error.issues[0];
+      const where = issue?.path.length ? issue.path.join('.') : 'body';
+      throw new BulkheadError(
+        ErrorCodes.VALIDATION,
+        `apps ${where}: ${issue?.message ?? 'is not valid'}`,
+      );
+    }
+    send(res, 200, await deps.chooseApps!(vm, body.data.apps));
     return;
   }
   const input = parseInput(await readJsonBody(req));

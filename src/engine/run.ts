@@ -7,7 +7,7 @@ import { cryptoErase } from './crypto-erase.ts';
 import { keyRing, loadEncryptionKey, type KeyRing } from './device-keys.ts';
 import type { EngineConfig } from './config.ts';
 import { GuestAgent } from './guest-agent.ts';
-import { BulkheadError, ErrorCodes, type Fetch } from '../protocol/index.ts';
+import { BulkheadError, ErrorCodes, type DesiredState, type Fetch } from '../protocol/index.ts';
 import { createQemuDriver, createSimDriver, readBootVerdict } from './hypervisor/index.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from './hypervisor/types.ts';
 import { loadIdentity } from './identity.ts';
@@ -227,7 +227,7 @@ async function startLocked(
 ): Promise<RunningEngine> {
   const controller = new AbortController();
   // The queue belongs to the engine, which needs the reconciler first: reports go through this.
-  const holder: { engine?: Engine } = {};
+  const holder: { engine?: Engine; desired?: DesiredState } = {};
   // A kill cut short (a crash, a power cut) is finished before anything else: crypto-erase is
   // idempotent, and a killed device runs nothing.
   if ((await engineFiles(config.dataDir).killNotice.read()) !== undefined) {
@@ -243,7 +243,10 @@ async function startLocked(
     dataDir: config.dataDir,
     clock,
     log,
-    reconcile: (desired) => reconciler.reconcile(desired),
+    reconcile: (desired) => {
+      holder.desired = desired;
+      return reconciler.reconcile(desired);
+    },
     // Every verified document moves the time mark to its `generatedAt` (signed by Center).
     onVerified: (desired, source) => timeMark.observe(desired.generatedAt, source),
     handleCommand: createCommandHandler({
@@ -275,6 +278,15 @@ async function startLocked(
   const api = await startLocalApi(localApiSocket(config.dataDir), {
     vms: statusVms(config.dataDir),
     screens: config.hypervisor === 'sim' ? simScreens : qemuScreens(config.dataDir),
+    chooseApps: async (vm, apps) => {
+      const profileId = holder.desired?.vms.find((v) => v.name === vm)?.profileId;
+      if (profileId === undefined) {
+        throw new BulkheadError(ErrorCodes.NOT_FOUND, `Center gives this PC no VM named ${vm}`);
+      }
+      const answer = await running.client.chooseApps({ profileId, apps });
+      log.info({ component: 'sync', vm, apps: answer.chosen }, `${vm}: the user chose its apps`);
+      return answer;
+    },
     log,
   }).catch((err: unknown) => {
     log.error({ component: 'http', err }, `the local API could not start: ${String(err)}`);

@@ -331,3 +331,37 @@ export const DEVICE_SIGNATURE_DOMAINS = {
   /** The device's signature over `canonicalJson(killResultSigned(request))`. */
   killResult: 'device-kill-result',
 } as const;
+
+/** Most optional apps one choice names (a profile offers at most 64). */
+export const MAX_CHOSEN_APPS = 64;
+
+const AppNameSchema = z
+  .string()
+  .min(1)
+  .max(63)
+  .regex(/^[a-z][a-z0-9-]*$/, 'an app name: lower-case letters, digits and -');
+
+/**
+ * The user's choice of one VM's optional apps, sent by Engine for the PC's user: it replaces the
+ * apps chosen for that profile. Center takes it only for a profile the device runs whose
+ * `userChoosesApps` is on, and only apps that profile offers as optional.
+ */
+export const ChooseAppsRequestSchema = z.strictObject({
+  profileId: z
+    .string()
+    .regex(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'a profile id'),
+  apps: z
+    .array(AppNameSchema)
+    .max(MAX_CHOSEN_APPS)
+    .refine((a) => new Set(a).size === a.length, { message: 'an app may appear once' }),
+});
+export type ChooseAppsRequest = z.infer<typeof ChooseAppsRequestSchema>;
+
+export const ChooseAppsResponseSchema = z.object({
+  profileId: z.string(),
+  /** The optional apps chosen for the profile now, by name. */
+  chosen: z.array(z.string()),
+  /** The optional apps the profile offers, by name. */
+  offered: z.array(z.string()),
+});
+export type ChooseAppsResponse = z.infer<typeof ChooseAppsResponseSchema>;

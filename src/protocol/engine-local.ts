@@ -15,7 +15,19 @@ export const LOCAL_API_ROUTES = {
   vms: 'GET /v1/vms',
   screen: 'GET /v1/vms/{vm}/screen.png',
   input: 'POST /v1/vms/{vm}/input',
+  apps: 'POST /v1/vms/{vm}/apps',
 } as const;
+
+/**
+ * The PC user's choice of a VM's optional apps (`POST /v1/vms/{vm}/apps`): replaces the apps
+ * chosen for it. Engine passes it to Center, which takes it only where the VM's profile lets the
+ * user choose; the answer is Center's (`ChooseAppsResponse`: chosen and offered apps by name),
+ * and the VM gets the apps with its next update.
+ */
+export const LocalAppsRequestSchema = z.strictObject({
+  apps: z.array(z.string().max(63)).max(64),
+});
+export type LocalAppsRequest = z.infer<typeof LocalAppsRequestSchema>;
 
 /** Largest request body the local API reads, in bytes. */
 export const LOCAL_API_BODY_LIMIT = 64 * 1024;

@@ -117,6 +117,11 @@ export const ProfileSchema = z.object({
   resetPolicy: ResetPolicySchema,
   /** Firmware, Secure Boot, TPM and the guest OS hint. */
   machine: VmMachineSchema,
+  /**
+   * Whether a device's user may choose the profile's optional apps too (through Engine's local
+   * API); administrators always may.
+   */
+  userChoosesApps: z.boolean(),
   /** Devices holding the profile. */
   devices: z.number().int(),
   createdAt: EpochMsSchema,
@@ -145,6 +150,7 @@ export const CreateProfileRequestSchema = z.strictObject({
   memoryMib: VmResourcesSchema.shape.memoryMib.default(4096),
   resetPolicy: ResetPolicySchema.default('on-update'),
   machine: VmMachineSchema.default(DEFAULT_VM_MACHINE),
+  userChoosesApps: z.boolean().default(false),
 });
 export type CreateProfileRequest = z.infer<typeof CreateProfileRequestSchema>;
 
@@ -162,6 +168,7 @@ export const UpdateProfileRequestSchema = z
     resetPolicy: ResetPolicySchema.optional(),
     /** Replaces the whole machine (fields left out take their defaults). */
     machine: VmMachineSchema.optional(),
+    userChoosesApps: z.boolean().optional(),
   })
   .refine((b) => Object.keys(b).length > 0, { message: 'give at least one field to change' });
 export type UpdateProfileRequest = z.infer<typeof UpdateProfileRequestSchema>;

@@ -95,12 +95,13 @@ forEachDatabase("Center's database", async (t, databases) => {
             '0009_rollout_release',
             '0010_profile_machine',
             '0011_device_encryption_key',
+            '0012_profile_user_apps',
           ],
-          latest: '0011_device_encryption_key',
+          latest: '0012_profile_user_apps',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0011_device_encryption_key',
+          latest: '0012_profile_user_apps',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);
@@ -530,6 +531,7 @@ function seedRows(): SeedRows {
         tpm: 'on',
         guest_os: 'windows',
         guest_devices: 'compat',
+        user_apps: 'on',
         created_at: NOW,
         updated_at: NOW,
       },
@@ -549,6 +551,7 @@ function seedRows(): SeedRows {
         tpm: 'off',
         guest_os: 'linux',
         guest_devices: 'virtio',
+        user_apps: 'off',
         created_at: NOW,
         updated_at: NOW,
       },

@@ -554,6 +554,22 @@ async function deviceEncryptionKey(db: AnyDb): Promise<void> {
 }
 
 /**
+ * Whether the user of a device may pick a profile's optional apps (through Engine), beside the
+ * administrators who always may. Off for every profile that existed before.
+ */
+async function profileUserApps(db: AnyDb): Promise<void> {
+  await db.schema
+    .alterTable('profiles')
+    .addColumn('user_apps', 'text', (c) =>
+      c
+        .notNull()
+        .defaultTo('off')
+        .check(oneOf('user_apps', ['on', 'off'])),
+    )
+    .execute();
+}
+
+/**
  * Every migration, by name; the Migrator runs them in name order. Names are recorded in every
  * database, so none is ever renamed: 0003 was never shipped, and the gap stays. New ones take
  * the next number with no gap (a test checks).
@@ -569,6 +585,7 @@ const migrations: Record<string, Migration> = {
   '0009_rollout_release': { up: rolloutRelease },
   '0010_profile_machine': { up: profileMachine },
   '0011_device_encryption_key': { up: deviceEncryptionKey },
+  '0012_profile_user_apps': { up: profileUserApps },
 };
 
 /** The names of every migration, in the order they run. */

@@ -1,4 +1,4 @@
-import type { Insertable, Selectable, Updateable } from 'kysely';
+import type { Generated, Insertable, Selectable, Updateable } from 'kysely';
 import type { COMMAND_KINDS } from '../../protocol/index.ts';
 import { ROLLOUT_STATE_NAMES } from '../../protocol/index.ts';
 
@@ -190,6 +190,11 @@ export interface ProfilesTable {
   guest_os: 'linux' | 'windows';
   /** Paravirtual (`virtio`) or emulated (`compat`) disks, NIC and tablet. */
   guest_devices: 'virtio' | 'compat';
+  /**
+   * Whether the device's user may choose its optional apps too (`userChoosesApps`); `off`
+   * unless given.
+   */
+  user_apps: Generated<'on' | 'off'>;
   /** When it was created. */
   created_at: EpochMs;
   /** When a field of this row last changed. */

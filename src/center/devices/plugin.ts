@@ -10,6 +10,7 @@ import {
 } from '../../protocol/index.ts';
 import { route } from '../http/route.ts';
 import type { CenterApp, CenterContext } from '../context.ts';
+import { chooseApps } from './app-choice.ts';
 import { DOMAINS, TOKEN_TTL_MS } from './credentials.ts';
 import { EtagCache } from './etag-cache.ts';
 import {
@@ -265,6 +266,10 @@ export function deviceApi(deps: CenterContext) {
       reportQuota.charge(deviceId, req.body.events);
       return ingestReports({ db, push: deps.push }, deviceId, req.body, deps.now());
     });
+
+    route(app, e.chooseApps, (req, deviceId) =>
+      chooseApps({ db, push: deps.push, nowMs: deps.now().getTime() }, deviceId, req.body),
+    );
 
     route(app, e.killResult, async (req) => {
       const { signature, ...signed } = req.body;

@@ -396,6 +396,203 @@ for (const target of CENTER_TARGETS) {
       },
     );
 
+    await t.test(
+      "an optional app added or removed changes that device's desired state alone",
+      async (t) => {
+        const c = await center(t, await newUrl(t));
+        await insertVersion(c.db, c.images.system, '1', c.clock.ms, { release: true });
+        await insertVersion(c.db, c.images.app2, '1', c.clock.ms, { release: true });
+        const { cad } = await c.catalogApps();
+        const work = await c.admin(
+          'POST',
+          '/profiles',
+          {
+            name: 'work',
+            systemImageId: c.images.system,
+            apps: [{ appId: cad.body.id, mode: 'optional' }],
+          },
+          201,
+        );
+        const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+        const [pc, other] = [await c.enrol(group.body.id, 'pc'), await c.enrol(group.body.id)];
+        for (const d of [pc, other]) {
+          await c.operator('PATCH', `/devices/${d.deviceId}`, { profiles: [work.body.id] }, 200);
+        }
+        const desired = (d: typeof pc, etag?: string) =>
+          c.app.inject({
+            method: 'GET',
+            url: '/api/v1/device/desired-state',
+            headers: { ...device(d.bearer.token), ...(etag ? { 'if-none-match': etag } : {}) },
+          });
+        const vmOf = (res: Awaited<ReturnType<typeof desired>>) =>
+          (res.json() as { state: { vms: DesiredVm[] } }).state.vms[0]!;
+        const systemAt = async () =>
+          c.db
+            .selectFrom('images')
+            .select(['updated_at', 'release_version_id'])
+            .where('id', '=', c.images.system)
+            .executeTakeFirstOrThrow();
+        const base = await systemAt();
+        const pcFirst = await desired(pc);
+        const otherFirst = await desired(other);
+        assert.deepEqual(vmOf(pcFirst).apps, []);
+        const otherEtag = otherFirst.headers.etag as string;
+
+        c.clock.ms += 1000;
+        await c.operator(
+          'PATCH',
+          `/devices/${pc.deviceId}`,
+          { apps: [{ profileId: work.body.id, appId: cad.body.id }] },
+          200,
+        );
+        const added = await desired(pc, pcFirst.headers.etag as string);
+        assert.equal(added.statusCode, 200, 'the device with the app gets a new document');
+        assert.deepEqual(
+          vmOf(added).apps.map((a) => `${a.name}=${a.image}@${a.version}`),
+          ['cad=cad-vol@1'],
+        );
+        assert.deepEqual(vmOf(added).system, vmOf(pcFirst).system, 'the same base version');
+        const untouched = await desired(other, otherEtag);
+        assert.equal(untouched.statusCode, 304, "the other device's document is unchanged");
+        assert.equal(untouched.headers.etag, otherEtag);
+
+        c.clock.ms += 1000;
+        await c.operator('PATCH', `/devices/${pc.deviceId}`, { apps: [] }, 200);
+        const removed = await desired(pc, added.headers.etag as string);
+        assert.equal(removed.statusCode, 200);
+        assert.deepEqual(vmOf(removed).apps, []);
+        assert.deepEqual(vmOf(removed).system, vmOf(pcFirst).system);
+        assert.equal((await desired(other, otherEtag)).statusCode, 304);
+        assert.deepEqual(await systemAt(), base, 'the base image was not republished');
+      },
+    );
+
+    await t.test(
+      "the PC's user chooses optional apps only where the profile lets them, audited as the device",
+      async (t) => {
+        const c = await center(t, await newUrl(t));
+        await insertVersion(c.db, c.images.system, '1', c.clock.ms, { release: true });
+        await insertVersion(c.db, c.images.app2, '1', c.clock.ms, { release: true });
+        await insertVersion(c.db, c.images.app, '1', c.clock.ms, { release: true });
+        const { office, cad } = await c.catalogApps();
+        const work = await c.admin(
+          'POST',
+          '/profiles',
+          {
+            name: 'work',
+            systemImageId: c.images.system,
+            apps: [
+              { appId: cad.body.id, mode: 'optional' },
+              { appId: office.body.id, mode: 'default' },
+            ],
+          },
+          201,
+        );
+        assert.equal(work.body.userChoosesApps, false, 'administrators choose unless told');
+        const other = await c.admin(
+          'POST',
+          '/profiles',
+          { name: 'other', systemImageId: c.images.system, userChoosesApps: true },
+          201,
+        );
+        const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+        const [pc, neighbour] = [await c.enrol(group.body.id, 'pc'), await c.enrol(group.body.id)];
+        for (const d of [pc, neighbour]) {
+          await c.operator('PATCH', `/devices/${d.deviceId}`, { profiles: [work.body.id] }, 200);
+        }
+        const choose = (body: unknown, token = pc.bearer.token) =>
+          c.app.inject({
+            method: 'PUT',
+            url: '/api/v1/device/apps',
+            headers: device(token),
+            payload: body as Record<string, unknown>,
+          });
+        const desired = (d: typeof pc, etag?: string) =>
+          c.app.inject({
+            method: 'GET',
+            url: '/api/v1/device/desired-state',
+            headers: { ...device(d.bearer.token), ...(etag ? { 'if-none-match': etag } : {}) },
+          });
+        const appsOf = (res: Awaited<ReturnType<typeof desired>>) =>
+          (res.json() as { state: { vms: DesiredVm[] } }).state.vms[0]!.apps.map((a) => a.name);
+
+        const refused = await choose({ profileId: work.body.id, apps: ['cad'] });
+        assert.equal(refused.statusCode, 403, refused.body);
+        assert.equal(refused.json().error.code, 'ERR_FORBIDDEN');
+        assert.match(refused.json().error.message, /"work" leaves the choice of apps to admin/);
+        assert.equal(
+          (await c.app.inject({ method: 'PUT', url: '/api/v1/device/apps', payload: {} }))
+            .statusCode,
+          401,
+          'only a device, with its token',
+        );
+
+        const edited = await c.admin(
+          'PATCH',
+          `/profiles/${work.body.id}`,
+          { userChoosesApps: true },
+          200,
+        );
+        assert.equal(edited.body.userChoosesApps, true);
+        const pcFirst = await desired(pc);
+        assert.deepEqual(appsOf(pcFirst), ['office']);
+        const neighbourFirst = await desired(neighbour);
+
+        c.clock.ms += 1000;
+        const chosen = await choose({ profileId: work.body.id, apps: ['cad'] });
+        assert.equal(chosen.statusCode, 200, chosen.body);
+        assert.deepEqual(chosen.json(), {
+          profileId: work.body.id,
+          chosen: ['cad'],
+          offered: ['cad'],
+        });
+        const after = await desired(pc, pcFirst.headers.etag as string);
+        assert.equal(after.statusCode, 200);
+        assert.deepEqual(appsOf(after), ['cad', 'office']);
+        assert.equal(
+          (await desired(neighbour, neighbourFirst.headers.etag as string)).statusCode,
+          304,
+          "the neighbour's document is unchanged",
+        );
+        const detail = await c.viewer('GET', `/devices/${pc.deviceId}`, undefined, 200);
+        assert.deepEqual(
+          detail.body.apps.map((a: { name: string }) => a.name),
+          ['cad'],
+          'administrators see the choice',
+        );
+
+        const notOffered = await choose({ profileId: work.body.id, apps: ['office'] });
+        assert.equal(notOffered.statusCode, 400);
+        assert.match(
+          notOffered.json().error.message,
+          /body\.apps\.0: "office" is not an optional app of profile "work"; it offers cad/,
+        );
+        const notHeld = await choose({ profileId: other.body.id, apps: [] });
+        assert.equal(notHeld.statusCode, 400);
+        assert.match(notHeld.json().error.message, /body\.profileId: this device does not run/);
+        const tooMany = await choose({ profileId: work.body.id, apps: ['cad', 'cad'] });
+        assert.equal(tooMany.statusCode, 400);
+
+        assert.equal((await choose({ profileId: work.body.id, apps: [] })).statusCode, 200);
+        const audit = await c.viewer('GET', '/audit?limit=100', undefined, 200);
+        const entries = audit.body.entries.filter(
+          (e: { action: string }) => e.action === 'device.apps.choose',
+        );
+        assert.equal(entries.length, 2, 'one entry per change, none for refusals');
+        for (const entry of entries) {
+          assert.equal(entry.actor, `device:${pc.deviceId}`);
+          assert.equal(entry.targetId, pc.deviceId);
+        }
+        assert.ok(
+          entries.some(
+            (e: { before: unknown; after: unknown }) =>
+              JSON.stringify(e.before) === '{"profile":"work","apps":[]}' &&
+              JSON.stringify(e.after) === '{"profile":"work","apps":["cad"]}',
+          ),
+        );
+      },
+    );
+
     await t.test('enrolment tokens: shown once, listed without the secret, revoked', async (t) => {
       const c = await center(t, await newUrl(t));
       const group = await c.admin('POST', '/groups', { name: 'G' }, 201);

@@ -33,6 +33,7 @@ function presentProfile(
     memoryMib: row.memory_mib,
     resetPolicy: row.reset_policy,
     machine: machineOfRow(row),
+    userChoosesApps: row.user_apps === 'on',
     devices,
     createdAt: Number(row.created_at),
     updatedAt: Number(row.updated_at),
@@ -132,6 +133,7 @@ export async function createProfile(
     memory_mib: input.memoryMib,
     reset_policy: input.resetPolicy,
     ...machineColumns(input.machine),
+    user_apps: input.userChoosesApps ? 'on' : 'off',
     created_at: at,
     updated_at: at,
   };
@@ -189,6 +191,9 @@ export async function updateProfile(
           memory_mib: input.memoryMib ?? current.memory_mib,
           reset_policy: input.resetPolicy ?? current.reset_policy,
           ...(input.machine === undefined ? {} : machineColumns(input.machine)),
+          ...(input.userChoosesApps === undefined
+            ? {}
+            : { user_apps: input.userChoosesApps ? ('on' as const) : ('off' as const) }),
           updated_at: at,
         })
         .where('id', '=', id)

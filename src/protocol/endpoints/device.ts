@@ -72,6 +72,16 @@ export const deviceEndpoints = defineEndpoints(['device'], {
       'and bytes per minute: past it, the batch is refused whole (429 with Retry-After) and ' +
       'stores nothing.',
   }),
+  chooseApps: endpoint(`PUT ${D}/apps`, 'device', 200, device.ChooseAppsResponseSchema, {
+    body: device.ChooseAppsRequestSchema,
+    bodyLimit: 8 * 1024,
+    errors: [...CUT_OFF, ErrorCodes.FORBIDDEN],
+    description:
+      "The PC user's choice of one VM's optional apps, through Engine: replaces the apps chosen " +
+      'for that profile. Only for a profile the device runs whose `userChoosesApps` is on ' +
+      '(else 403 `ERR_FORBIDDEN`), and only apps it offers as optional (else 400 naming the ' +
+      "app). Audited as the device; only this device's desired state changes.",
+  }),
   killResult: endpoint(`POST ${D}/kill-result`, 'public', 200, device.ReportResponseSchema, {
     body: device.KillResultRequestSchema,
     bodyLimit: 8 * 1024,
