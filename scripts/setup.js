@@ -26,6 +26,9 @@ const packages = {
     // UEFI firmware for profiles with `--firmware uefi`; a per-VM TPM for `--tpm on`.
     ['ovmf', '/usr/share/OVMF/OVMF_CODE_4M.fd'],
     ['swtpm', 'swtpm'],
+    // A nat VM runs in its own network namespace behind nftables rules (netns.ts).
+    ['iproute2', 'ip'],
+    ['nftables', 'nft'],
   ],
   test: [
     // Reflink (shared-extent) copies are tested on a loop-mounted XFS file system.

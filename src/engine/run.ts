@@ -6,7 +6,12 @@ import { createCommandHandler } from './commands.ts';
 import type { EngineConfig } from './config.ts';
 import { GuestAgent } from './guest-agent.ts';
 import { BulkheadError, ErrorCodes, type Fetch } from '../protocol/index.ts';
-import { createQemuDriver, createSimDriver, readBootVerdict } from './hypervisor/index.ts';
+import {
+  createQemuDriver,
+  createSimDriver,
+  QemuDriver,
+  readBootVerdict,
+} from './hypervisor/index.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from './hypervisor/types.ts';
 import { loadIdentity } from './identity.ts';
 import {
@@ -123,6 +128,14 @@ export async function createEngineReconciler(
     pino({ level: config.logLevel, base: { component: 'engine' } }, pino.destination(2));
   const hypervisor =
     parts.hypervisor ?? (config.hypervisor === 'sim' ? createSimDriver() : createQemuDriver());
+  // Network namespaces of nat VMs that ended while no Engine watched them.
+  if (hypervisor instanceof QemuDriver) {
+    const removed = await hypervisor.removeStaleSandboxes().catch((err: unknown) => {
+      log.warn({ err }, 'could not remove stale VM network namespaces');
+      return [];
+    });
+    if (removed.length > 0) log.info({ removed }, 'removed stale VM network namespaces');
+  }
   const connectAgent =
     parts.connectAgent ??
     ((status: VmStatus): Promise<GuestAgentLink> =>
