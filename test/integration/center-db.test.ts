@@ -58,6 +58,7 @@ const EXPECTED_TABLES = [
   'images',
   'login_throttle',
   'profile_apps',
+  'profile_images',
   'profiles',
   'publisher_keys',
   'rate_limit_windows',
@@ -94,12 +95,13 @@ forEachDatabase("Center's database", async (t, databases) => {
             '0008_admin_user_disabled',
             '0009_rollout_release',
             '0010_profile_machine',
+            '0013_personal_profiles',
           ],
-          latest: '0010_profile_machine',
+          latest: '0013_personal_profiles',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0010_profile_machine',
+          latest: '0013_personal_profiles',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);
@@ -392,6 +394,7 @@ const INSERT_ORDER = [
   'apps',
   'profiles',
   'profile_apps',
+  'profile_images',
   'devices',
   'device_profiles',
   'device_apps',
@@ -529,6 +532,7 @@ function seedRows(): SeedRows {
         tpm: 'on',
         guest_os: 'windows',
         guest_devices: 'compat',
+        kind: 'work',
         created_at: NOW,
         updated_at: NOW,
       },
@@ -548,11 +552,13 @@ function seedRows(): SeedRows {
         tpm: 'off',
         guest_os: 'linux',
         guest_devices: 'virtio',
+        kind: 'personal',
         created_at: NOW,
         updated_at: NOW,
       },
     ],
     profile_apps: [{ profile_id: work, app_id: officeApp, mode: 'optional' }],
+    profile_images: [{ profile_id: personal, image_id: osImage }],
     devices: [
       {
         id: pc1,
