@@ -3,10 +3,11 @@ import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { tempDir } from '../../test/support/fixtures.ts';
-import type { DesiredVm, VolumeRef } from '../protocol/index.ts';
+import type { DesiredState, DesiredVm, VolumeRef } from '../protocol/index.ts';
 import {
   choosePersonal,
   KeyFileStore,
+  localizePersonal,
   PassphraseKeyStore,
   personalDir,
   personalSource,
@@ -118,4 +119,53 @@ test('a passphrase key: the same passphrase gives the same key, a wrong one is r
   assert.equal(kept.indexOf(key), -1, 'the key bytes');
   assert.equal(kept.indexOf(key.toString('base64')), -1, 'the key in base64');
   assert.equal(kept.indexOf('correct horse'), -1, 'the passphrase');
+});
+
+test("localized for this PC: the personal VM boots the user's choice with the user's key; Center's document is untouched", async (t) => {
+  const dataDir = await tempDir(t);
+  const warnings: string[] = [];
+  const deps = {
+    dataDir,
+    keys: new KeyFileStore(dataDir),
+    log: { warn: (_: object, msg: string) => warnings.push(msg) },
+  };
+  const work = {
+    name: 'work',
+    system: volume('debian', '12.1'),
+    policy: { network: 'restricted', encryptData: true },
+    dataKey: 'Y2VudGVy',
+  } as unknown as DesiredVm;
+  const mine = {
+    ...personalVm([volume('debian', '12.1'), volume('debian-next', '13.0')]),
+    policy: { network: 'nat', encryptData: false },
+  } as DesiredVm;
+  const desired = { vms: [work, mine] } as unknown as DesiredState;
+  const before = JSON.stringify(desired);
+
+  const byDefault = await localizePersonal(desired, deps);
+  assert.equal(byDefault.vms[0], work, 'the work VM as Center sent it');
+  const key = await deps.keys.key();
+  assert.deepEqual(byDefault.vms[1]!.system, volume('debian', '12.1'));
+  assert.equal(byDefault.vms[1]!.dataKey, key.toString('base64'));
+  assert.equal(byDefault.vms[1]!.policy.encryptData, true, "encrypted under the user's key");
+  assert.equal(JSON.stringify(desired), before, "Center's document is not changed");
+
+  await choosePersonal(dataDir, { image: 'debian-next' });
+  const chosen = await localizePersonal(desired, deps);
+  assert.deepEqual(chosen.vms[1]!.system, volume('debian-next', '13.0'));
+
+  await choosePersonal(dataDir, { image: 'gone' });
+  assert.deepEqual(
+    (await localizePersonal(desired, deps)).vms.map((v) => v.name),
+    ['work'],
+  );
+  assert.match(warnings.at(-1)!, /not offered/);
+  const disk = join(dataDir, 'mine.qcow2');
+  await writeFile(disk, 'x');
+  await choosePersonal(dataDir, { disk });
+  assert.deepEqual(
+    (await localizePersonal(desired, deps)).vms.map((v) => v.name),
+    ['work'],
+  );
+  assert.match(warnings.at(-1)!, /brought disk is not supported yet/);
 });

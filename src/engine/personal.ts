@@ -8,6 +8,7 @@ import {
   ErrorCodes,
   errnoCode,
   ImageNameSchema,
+  type DesiredState,
   type DesiredVm,
   type VolumeRef,
 } from '../protocol/index.ts';
@@ -259,4 +260,57 @@ export function personalSummary(
           ? 'local'
           : `${source.volume.image}@${source.volume.version}`,
   };
+}
+
+/** What `localizePersonal` needs. */
+export interface LocalizeDeps {
+  dataDir: string;
+  keys: PersonalKeyStore;
+  log: { warn(obj: object, msg: string): void };
+}
+
+/**
+ * The desired state as this PC runs it: a personal VM boots the user's choice among the offered
+ * versions, with its data volume encrypted under the user's key (never Center's: Center sends
+ * none). Returns a copy; the signed document Engine keeps is not changed, so the key stays in
+ * memory only. A personal VM whose choice cannot be run (an image no longer offered, or a disk
+ * the user brought, which Engine does not boot yet) is left out, with the reason logged.
+ */
+export async function localizePersonal(
+  desired: DesiredState,
+  deps: LocalizeDeps,
+): Promise<DesiredState> {
+  if (!desired.vms.some((vm) => vm.personal)) return desired;
+  const choice = await readPersonalChoice(deps.dataDir);
+  const vms: DesiredVm[] = [];
+  for (const vm of desired.vms) {
+    if (!vm.personal) {
+      vms.push(vm);
+      continue;
+    }
+    let source: PersonalSource;
+    try {
+      source = personalSource(vm, choice);
+    } catch (err) {
+      deps.log.warn({ vm: vm.name, err }, 'personal VM left out: its chosen image is not offered');
+      continue;
+    }
+    if (source.kind === 'disk') {
+      // TODO(issue 13): boot a disk the user brought (an overlay on it, no download).
+      deps.log.warn(
+        { vm: vm.name },
+        'personal VM left out: booting a brought disk is not supported yet',
+      );
+      continue;
+    }
+    const key = await deps.keys.key();
+    const copy: DesiredVm = {
+      ...vm,
+      system: source.volume,
+      policy: { ...vm.policy, encryptData: true },
+      dataKey: key.toString('base64'),
+    };
+    vms.push(copy);
+  }
+  return { ...desired, vms };
 }

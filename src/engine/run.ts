@@ -6,6 +6,7 @@ import { createCommandHandler } from './commands.ts';
 import type { EngineConfig } from './config.ts';
 import { GuestAgent } from './guest-agent.ts';
 import { BulkheadError, ErrorCodes, type Fetch } from '../protocol/index.ts';
+import { KeyFileStore, localizePersonal } from './personal.ts';
 import {
   createQemuDriver,
   createSimDriver,
@@ -166,6 +167,10 @@ export async function createEngineReconciler(
         }),
     clock,
     log,
+    // The personal VM boots the user's choice with the user's key (a 0600 key file until the
+    // TPM can seal it), both kept on this PC only.
+    localize: (desired) =>
+      localizePersonal(desired, { dataDir, keys: new KeyFileStore(dataDir), log }),
     dataVolumeBytes: config.dataVolumeBytes,
     switchDeadlineMs: config.switchDeadlineSeconds * 1000,
     stopTimeoutMs: config.stopTimeoutSeconds * 1000,
