@@ -1,18 +1,21 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFile, readlink, writeFile } from 'node:fs/promises';
+import { readFile, readdir, readlink, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { GuestAgent } from '../../src/engine/guest-agent.ts';
 import { createQemuDriver, type VmSpec } from '../../src/engine/hypervisor/index.ts';
 import { sandboxName } from '../../src/engine/hypervisor/netns.ts';
-import { ensureDataVolume } from '../../src/engine/volumes/overlays.ts';
+import { ensureDataVolume, volumeLayout } from '../../src/engine/volumes/overlays.ts';
+import { DirectoryStore, importImage } from '../../src/image/index.ts';
 import { IsolationPolicySchema } from '../../src/protocol/index.ts';
-import { exec, tempDir, tool } from '../support/fixtures.ts';
-import { requireQemu, testGuest, type GuestArtifacts } from '../support/guest.ts';
+import { BIN, cliJson, freePort, killProcess, startCenterProcess } from '../support/cli.ts';
+import { exec, makeKeys, tempDir, tool } from '../support/fixtures.ts';
+import { requireQemu, runInGuest, testGuest, type GuestArtifacts } from '../support/guest.ts';
 import { PATIENCE_MS, waitFor } from '../support/wait.ts';
 
 /*
@@ -253,4 +256,208 @@ test("the personal VM reaches the internet but none of the host's services; the 
   );
   const links = (await exec('ip', ['-o', 'link', 'show'])).stdout;
   assert.ok(!links.includes(sandboxName(personal.runDir)), 'the uplink is gone');
+});
+
+/** Every file under `dir`, concatenated (Center's database and its journal, say). */
+async function allBytes(dir: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile()) parts.push(await readFile(join(entry.parentPath, entry.name)));
+  }
+  return Buffer.concat(parts);
+}
+
+test('Engine runs the work and the personal VM from Center; Center holds nothing of the personal VM but its state', async (t) => {
+  await requireQemu();
+  await tool('nft', ['--version'], 'nftables');
+  const { guest, volumes } = await testGuest();
+  const dir = await tempDir(t);
+  const forwarding = await readFile('/proc/sys/net/ipv4/ip_forward', 'utf8');
+  t.after(() => writeFile('/proc/sys/net/ipv4/ip_forward', forwarding));
+  t.after(() => exec('nft', ['delete', 'table', 'inet', 'bhd-isolation']).catch(() => {}));
+  const nodeBin = fileURLToPath(new URL('../../node_modules/.bin/node', import.meta.url));
+
+  // Two system images: the personal profile offers both, the user picks the second.
+  const keys = await makeKeys(dir);
+  const storeDir = join(dir, 'store');
+  const store = new DirectoryStore(storeDir);
+  for (const [name, file] of [
+    ['os', volumes.system.v1],
+    ['os-next', volumes.system.v2],
+  ] as const) {
+    await importImage({
+      store,
+      name,
+      key: keys.key,
+      tempDir: join(dir, 'tmp'),
+      file,
+      version: '1',
+      parent: null,
+    });
+  }
+  const centerDir = join(dir, 'center');
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  // The URL Engine fetches the store from is the one Center says it is reached at.
+  const center = await startCenterProcess(
+    t,
+    ['--data', centerDir, '--listen', `127.0.0.1:${port}`, '--public-url', url],
+    { node: nodeBin },
+  );
+  const login = await fetch(`${url}/api/v1/admin/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(center.info.initialAdmin),
+  });
+  const token = ((await login.json()) as { token: string }).token;
+  const api = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
+    const res = await fetch(`${url}/api/v1/admin${path}`, {
+      method,
+      headers: {
+        authorization: `Bearer ${token}`,
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${text}`);
+    return (text ? JSON.parse(text) : null) as T;
+  };
+  await api('POST', '/publishers', {
+    name: 'test-publisher',
+    publicKey: await readFile(keys.publicPath, 'utf8'),
+  });
+  for (const name of ['os', 'os-next']) {
+    await cliJson(['image', 'push', '--center', url, '--store', storeDir, name, '1', '--release'], {
+      BULKHEAD_TOKEN: token,
+    });
+  }
+  const { images } = await api<{ images: { id: string; name: string }[] }>('GET', '/images');
+  const imageId = (name: string) => images.find((i) => i.name === name)!.id;
+  const health = { timeoutSeconds: 300, command: ['/usr/libexec/health-check'] };
+  const work = await api<{ id: string }>('POST', '/profiles', {
+    name: 'work',
+    systemImageId: imageId('os'),
+    isolation: { network: 'restricted', encryptData: true },
+    healthCheck: health,
+    cpus: 1,
+    memoryMib: 256,
+  });
+  const mine = await api<{ id: string }>('POST', '/profiles', {
+    name: 'mine',
+    kind: 'personal',
+    systemImageId: imageId('os'),
+    personalImageIds: [imageId('os-next')],
+    healthCheck: health,
+    cpus: 1,
+    memoryMib: 256,
+  });
+  const group = await api<{ id: string }>('POST', '/groups', { name: 'lab' });
+  const enrolment = await api<{ token: string }>('POST', '/enrolment-tokens', {
+    groupId: group.id,
+  });
+  const engineData = join(dir, 'engine');
+  const enrolled = (await cliJson([
+    'engine',
+    'enroll',
+    '--center',
+    url,
+    '--token',
+    enrolment.token,
+    '--data',
+    engineData,
+    '--personal-image',
+    'os-next',
+  ])) as { deviceId: string };
+  await api('PATCH', `/devices/${enrolled.deviceId}`, { profiles: [work.id, mine.id] });
+
+  const engine = spawn(
+    nodeBin,
+    [
+      BIN,
+      'engine',
+      'run',
+      '--data',
+      engineData,
+      '--kernel',
+      guest.kernel,
+      '--initrd',
+      guest.initrd,
+      '--cmdline',
+      guest.cmdline,
+      '--poll-interval',
+      '2',
+    ],
+    { env: { ...process.env, BULKHEAD_ACCEL: 'tcg' }, stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let engineLog = '';
+  engine.stderr.on('data', (b: Buffer) => (engineLog += b.toString()));
+  const observer = createQemuDriver({ observeOnly: true });
+  t.after(async () => {
+    await killProcess(engine);
+    // A driver that owns the VMs now: stopping them removes the personal VM's namespace.
+    const owner = createQemuDriver();
+    for (const vm of ['work', 'mine']) {
+      await owner.attach(vm, volumeLayout(engineData, vm).runDir).catch(() => {});
+      await owner.stop(vm, { timeoutMs: 5000 }).catch(() => {});
+    }
+  });
+
+  type Detail = { currentVersions: Record<string, { system?: string }> };
+  const versionsOf = async (name: string) =>
+    (await api<{ versions: { id: string }[] }>('GET', `/images/${imageId(name)}/versions`))
+      .versions[0]!.id;
+  const [osV1, nextV1] = [await versionsOf('os'), await versionsOf('os-next')];
+  await waitFor(
+    'Center to show both VMs healthy',
+    async () => {
+      const d = await api<Detail>('GET', `/devices/${enrolled.deviceId}`).catch(() => undefined);
+      return d?.currentVersions[work.id]?.system === osV1 &&
+        d.currentVersions[mine.id]?.system === nextV1
+        ? d
+        : undefined;
+    },
+    { intervalMs: 1000 },
+  ).catch((err: Error) => {
+    throw new Error(`${err.message}; Engine's log ends: ${engineLog.slice(-3000)}`);
+  });
+
+  // The user's VM booted the image the user chose, in its own network namespace.
+  const mineRun = volumeLayout(engineData, 'mine').runDir;
+  const marker = `personal-marker-${randomBytes(8).toString('hex')}`;
+  const wrote = await runInGuest(observer, 'mine', mineRun, [
+    '/bin/sh',
+    '-c',
+    `cat /etc/os-release; grep -q ' /data ' /proc/mounts && echo ${marker} > /data/marker && sync && cat /data/marker`,
+  ]);
+  assert.match(wrote.stdout, /VERSION_ID=2\n/, 'os-next was built from the v2 volume');
+  assert.match(wrote.stdout, new RegExp(marker));
+  const minePid = (await observer.status('mine')).pid!;
+  assert.notEqual(await readlink(`/proc/${minePid}/ns/net`), await readlink('/proc/self/ns/net'));
+  const workPid = (await observer.attach('work', volumeLayout(engineData, 'work').runDir)).pid!;
+  const mineData = volumeLayout(engineData, 'mine').data;
+  assert.ok(!(await cmdline(workPid)).includes(volumeLayout(engineData, 'mine').vmDir));
+  assert.ok(!(await cmdline(minePid)).includes(volumeLayout(engineData, 'work').vmDir));
+
+  // Center now holds every report of both VMs becoming healthy; Engine sends no more about
+  // an unchanged VM, so the marker search below covers what was reported before it existed.
+  await killProcess(engine);
+  await center.stop();
+
+  const key = await readFile(join(engineData, 'personal', 'data.key'));
+  assert.equal(key.length, 32);
+  const centerBytes = await allBytes(centerDir);
+  const desiredState = await readFile(join(engineData, 'desired-state.json'));
+  for (const [what, needle] of [
+    ['the marker written in the personal guest', marker],
+    ["the personal VM's key", key],
+    ["the personal VM's key in base64", key.toString('base64')],
+    ["the personal VM's data volume", mineData],
+    ["the user's choice file", join(engineData, 'personal')],
+  ] as const) {
+    assert.equal(centerBytes.indexOf(needle), -1, `Center's data holds ${what}`);
+    assert.equal(desiredState.indexOf(needle), -1, `the desired state holds ${what}`);
+  }
+  // The marker is not in the clear on the PC's disk either: the data volume is encrypted.
+  assert.equal((await readFile(mineData)).indexOf(marker), -1, 'the personal data volume');
 });
