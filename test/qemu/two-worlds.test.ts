@@ -119,6 +119,11 @@ async function namespaces(): Promise<string> {
 test("the personal VM reaches the internet but none of the host's services; the work VM only its endpoint; neither has the other's disks", async (t) => {
   await requireQemu();
   await tool('nft', ['--version'], 'nftables');
+  // Hooks run first in, first out: the VMs must be stopped before their directory goes.
+  const stops: (() => Promise<void>)[] = [];
+  t.after(async () => {
+    for (const stop of stops) await stop();
+  });
   const { guest, volumes } = await testGuest();
   const dir = await tempDir(t);
   // Engine turns IPv4 forwarding on for its VMs; the test leaves the machine as it found it.
@@ -169,7 +174,7 @@ test("the personal VM reaches the internet but none of the host's services; the 
   ]);
 
   const driver = createQemuDriver({ accel: 'tcg' });
-  t.after(async () => {
+  stops.push(async () => {
     await driver.stop('work', { force: true }).catch(() => {});
     await driver.stop('personal', { force: true }).catch(() => {});
   });
@@ -270,6 +275,11 @@ async function allBytes(dir: string): Promise<Buffer> {
 test('Engine runs the work and the personal VM from Center; Center holds nothing of the personal VM but its state', async (t) => {
   await requireQemu();
   await tool('nft', ['--version'], 'nftables');
+  // Hooks run first in, first out: the VMs must be stopped before their directory goes.
+  const stops: (() => Promise<void>)[] = [];
+  t.after(async () => {
+    for (const stop of stops) await stop();
+  });
   const { guest, volumes } = await testGuest();
   const dir = await tempDir(t);
   const forwarding = await readFile('/proc/sys/net/ipv4/ip_forward', 'utf8');
@@ -393,7 +403,7 @@ test('Engine runs the work and the personal VM from Center; Center holds nothing
   let engineLog = '';
   engine.stderr.on('data', (b: Buffer) => (engineLog += b.toString()));
   const observer = createQemuDriver({ observeOnly: true });
-  t.after(async () => {
+  stops.push(async () => {
     await killProcess(engine);
     // A driver that owns the VMs now: stopping them removes the personal VM's namespace.
     const owner = createQemuDriver();
@@ -443,6 +453,17 @@ test('Engine runs the work and the personal VM from Center; Center holds nothing
   // an unchanged VM, so the marker search below covers what was reported before it existed.
   await killProcess(engine);
   await center.stop();
+  // The VMs outlive Engine; stopped by a driver that takes them over, the personal VM's network
+  // namespace goes with it.
+  const owner = createQemuDriver();
+  for (const vm of ['work', 'mine']) {
+    await owner.attach(vm, volumeLayout(engineData, vm).runDir);
+    assert.equal((await owner.stop(vm, { timeoutMs: PATIENCE_MS })).state, 'stopped');
+  }
+  await waitFor(
+    'the personal namespace to go',
+    async () => !(await namespaces()).includes(sandboxName(mineRun)),
+  );
 
   const key = await readFile(join(engineData, 'personal', 'data.key'));
   assert.equal(key.length, 32);

@@ -512,7 +512,12 @@ export class QemuDriver implements HypervisorDriver {
    * still names the dead process.
    */
   async #cleanAfter(entry: VmEntry): Promise<void> {
-    if (!entry.child && (await readPid(entry.files.pidfile)) !== entry.pid) return;
+    if (!entry.child && (await readPid(entry.files.pidfile)) !== entry.pid) {
+      // QEMU removed its pidfile as it quit, or another QEMU runs there now: its network
+      // namespace goes only if no process is left in it (one that runs on keeps it).
+      await this.#sandbox?.removeStale().catch(() => {});
+      return;
+    }
     await cleanRunDir(entry.files, entry.runDir);
     await this.#sandbox?.leave(entry.runDir);
   }
