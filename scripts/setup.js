@@ -28,6 +28,9 @@ const packages = {
     ['swtpm', 'swtpm'],
     // Sealing the device's encryption key with the PC's TPM (docs/keys.md).
     ['tpm2-tools', 'tpm2_unseal'],
+    // A nat VM runs in its own network namespace behind nftables rules (netns.ts).
+    ['iproute2', 'ip'],
+    ['nftables', 'nft'],
   ],
   test: [
     // Reflink (shared-extent) copies are tested on a loop-mounted XFS file system.

@@ -8,6 +8,7 @@ import {
   HealthCheckSchema,
   IsolationPolicySchema,
   NetworkEndpointSchema,
+  ProfileKindSchema,
   PublisherNameSchema,
   ResetPolicySchema,
   ShortNameSchema,
@@ -585,8 +586,13 @@ function printProfile(ctx: CommandContext, p: Profile, catalog: Catalog): void {
         ? 'none'
         : 'nat (ordinary outbound access)';
   const health = `guest agent answers within ${p.healthCheck.timeoutSeconds} s${p.healthCheck.command ? `, then \`${p.healthCheck.command.join(' ')}\` exits 0` : ''}${p.healthCheck.screen ? ', and the screen is not blank' : ''}`;
+  const imageName = (id: string) => catalog.images.find((i) => i.id === id)?.name ?? id;
   const rows: [string, string][] = [
+    ['kind', p.kind === 'personal' ? "personal (the user's own VM)" : 'work (managed)'],
     ['system image', image ? `${image.name} (released: ${releasedOf(image)})` : p.systemImageId],
+    ...(p.kind === 'personal'
+      ? [['images offered', p.personalImageIds.map(imageName).join(', ')] as [string, string]]
+      : []),
     ['apps', apps || '-'],
     ['app choice', p.userChoosesApps ? "administrators and the PC's user" : 'administrators'],
     ['network', network],
@@ -655,13 +661,27 @@ const profilesCreate: Command = {
   usage: `Usage: bulkhead profiles create --name NAME --image NAME [options]
 
   --name NAME               the VM's name on the PC: lower-case letters, digits and -
+  --kind work|personal      work (default): managed by Center; personal: the user's own VM,
+                            its image chosen on the PC (--image is the default choice), nat
+                            network, no apps, a data key that never leaves the PC
+  --personal-image NAME     another system image a personal VM's user may choose (repeatable)
 ${PROFILE_FLAGS}
   Needs the admin role. Assign it with \`bulkhead devices assign DEVICE --profile NAME\`.
 
 ${CONNECTION_USAGE}`,
-  options: { ...profileOptions, name: { type: 'string' } },
+  options: {
+    ...profileOptions,
+    name: { type: 'string' },
+    kind: { type: 'string' },
+    'personal-image': { type: 'string', multiple: true },
+  },
   async run(inv, ctx) {
     const name = shortNameOf(requireString(inv, 'name'), '--name');
+    const kind = oneOf(inv, 'kind', ProfileKindSchema.options) ?? 'work';
+    const offered = stringList(inv, 'personal-image');
+    if (kind !== 'personal' && offered.length > 0) {
+      throw new BulkheadError(ErrorCodes.USAGE, '--personal-image needs --kind personal');
+    }
     const imageName = requireString(inv, 'image');
     const api = await connect(inv);
     const catalog = await catalogOf(api);
@@ -684,6 +704,8 @@ ${CONNECTION_USAGE}`,
         ...(reset === undefined ? {} : { resetPolicy: reset }),
         machine: machineFrom(inv, DEFAULT_VM_MACHINE),
         userChoosesApps: onOff(inv, 'user-chooses-apps') ?? false,
+        kind,
+        personalImageIds: offered.map((n) => systemImageId(catalog, n)),
       },
     });
     if (!inv.json) {

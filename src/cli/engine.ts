@@ -1,13 +1,15 @@
 import {
+  choosePersonal,
   DEFAULT_ENGINE_DATA_DIR,
   enroll,
   formatEngineStatus,
+  type PersonalChoice,
   readEngineStatus,
   acceptUpdate,
   takeScreenshot,
 } from '../engine/index.ts';
 import { writeFile } from 'node:fs/promises';
-import { BulkheadError, ErrorCodes } from '../protocol/index.ts';
+import { BulkheadError, ErrorCodes, ImageNameSchema } from '../protocol/index.ts';
 import { engineRunCommand } from './engine-run.ts';
 import { optionalString, requireString, type Command, type Invocation } from './command.ts';
 
@@ -19,7 +21,7 @@ const enrollCommand: Command = {
   name: 'engine enroll',
   summary: 'Enrol this PC with Center using a one-time enrolment token.',
   usage: `Usage: bulkhead engine enroll --center URL --token TOKEN [--name NAME] [--data DIR]
-         [--tpm auto|off|TCTI] [--force]
+         [--tpm auto|off|TCTI] [--force] [--personal-image NAME | --personal-disk FILE]
 
   Makes the device's Ed25519 key pair (the private key stays in DIR, mode 0600), reports the
   hardware inventory and stores the identity with Center's key pinned.
@@ -28,7 +30,11 @@ const enrollCommand: Command = {
   --tpm chooses where the device's encryption key (which Center wraps data keys to) is kept:
   auto (default, or $BULKHEAD_TPM) seals it with the PC's TPM (/dev/tpmrm0) when there is one,
   off keeps it in a key file (mode 0600, the weaker fallback), any other value is a tpm2-tools
-  TCTI. Use the same setting for engine run. See docs/keys.md.`,
+  TCTI. Use the same setting for engine run. See docs/keys.md.
+  --personal-image NAME     the system image the personal VM boots, among those its profile
+                            offers (default: the profile's first)
+  --personal-disk FILE      the personal VM boots a disk image you bring instead
+  The choice is kept on this PC only (DIR/personal); Center never learns it.`,
   options: {
     center: { type: 'string' },
     token: { type: 'string' },
@@ -36,8 +42,13 @@ const enrollCommand: Command = {
     data: { type: 'string' },
     force: { type: 'boolean' },
     tpm: { type: 'string' },
+    'personal-image': { type: 'string' },
+    'personal-disk': { type: 'string' },
   },
   async run(inv, ctx) {
+    // A brought disk that is not there fails before the token is spent.
+    const personal = personalChoiceOf(inv, false);
+    if (personal) await choosePersonal(dataDir(inv), personal);
     const identity = await enroll({
       tpm: optionalString(inv, 'tpm') ?? process.env.BULKHEAD_TPM ?? 'auto',
       centerUrl: requireString(inv, 'center'),
@@ -52,6 +63,7 @@ const enrollCommand: Command = {
       centerKeyId: identity.centerKey.keyid,
       dataDir: dataDir(inv),
       keyProtection: identity.keyProtection,
+      ...(personal ? { personal } : {}),
     };
     if (!inv.json) {
       ctx.out(`Enrolled with ${identity.centerUrl} as device ${identity.deviceId}`);
@@ -63,6 +75,57 @@ const enrollCommand: Command = {
       );
     }
     return result;
+  },
+};
+
+/** The --personal-image / --personal-disk (or, with `bare`, --image / --disk) choice, if any. */
+function personalChoiceOf(inv: Invocation, bare: boolean): PersonalChoice | undefined {
+  const [imageFlag, diskFlag] = bare ? ['image', 'disk'] : ['personal-image', 'personal-disk'];
+  const image = optionalString(inv, imageFlag);
+  const disk = optionalString(inv, diskFlag);
+  if (image !== undefined && disk !== undefined) {
+    throw new BulkheadError(
+      ErrorCodes.USAGE,
+      `give --${imageFlag} or --${diskFlag}, not both: the personal VM boots one of them`,
+    );
+  }
+  if (image !== undefined) {
+    const parsed = ImageNameSchema.safeParse(image);
+    if (!parsed.success) {
+      throw new BulkheadError(
+        ErrorCodes.USAGE,
+        `--${imageFlag} ${JSON.stringify(image)}: not an image name (letters, digits, . _ + -)`,
+      );
+    }
+    return { image };
+  }
+  return disk === undefined ? undefined : { disk };
+}
+
+const personalChooseCommand: Command = {
+  name: 'engine personal',
+  summary: 'Choose what the personal VM boots: an image its profile offers, or your own disk.',
+  usage: `Usage: bulkhead engine personal (--image NAME | --disk FILE) [--data DIR]
+
+  --image NAME   one of the system images the personal profile offers
+  --disk FILE    a raw or qcow2 disk image of your own on this PC
+  The choice is kept on this PC only (DIR/personal); Center never learns it. Engine boots it
+  from its next start of the personal VM.`,
+  options: { image: { type: 'string' }, disk: { type: 'string' }, data: { type: 'string' } },
+  async run(inv, ctx) {
+    const choice = personalChoiceOf(inv, true);
+    if (!choice) {
+      throw new BulkheadError(ErrorCodes.USAGE, 'give --image NAME or --disk FILE');
+    }
+    const kept = await choosePersonal(dataDir(inv), choice);
+    if (!inv.json) {
+      ctx.out(
+        'image' in kept
+          ? `The personal VM will boot the image ${kept.image}`
+          : `The personal VM will boot your disk ${kept.disk}`,
+      );
+    }
+    return kept;
   },
 };
 
@@ -134,6 +197,7 @@ const screenshotCommand: Command = {
 
 export const engineCommands: Command[] = [
   enrollCommand,
+  personalChooseCommand,
   statusCommand,
   acceptCommand,
   screenshotCommand,

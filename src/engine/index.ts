@@ -22,6 +22,19 @@ export {
 } from './config.ts';
 export { enroll, gatherInventory, loadIdentity, normalizeCenterUrl } from './identity.ts';
 export type { EnrollOptions } from './identity.ts';
+export {
+  choosePersonal,
+  KeyFileStore,
+  PassphraseKeyStore,
+  personalDir,
+  personalSource,
+  personalSummary,
+  readPersonalChoice,
+  type PersonalChoice,
+  type PersonalKeyStore,
+  type PersonalSource,
+  type PersonalSummary,
+} from './personal.ts';
 export { silentLog, type Log } from './log.ts';
 export {
   createEngineReconciler,

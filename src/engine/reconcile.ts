@@ -496,7 +496,15 @@ export interface Reconciler {
   loop(signal: AbortSignal, intervalMs: number): Promise<void>;
 }
 
-export function createReconciler(deps: Omit<ReconcileDeps, 'desired' | 'target'>): Reconciler {
+export function createReconciler(
+  deps: Omit<ReconcileDeps, 'desired' | 'target'> & {
+    /**
+     * Turns Center's desired state into the one this PC runs (the personal VM's local choice
+     * and key, personal.ts); default: as it came.
+     */
+    localize?: (desired: DesiredState) => Promise<DesiredState>;
+  },
+): Reconciler {
   let desired: DesiredState | null = null;
   const full: ReconcileDeps = {
     leaseNotes: new Map(),
@@ -524,8 +532,13 @@ export function createReconciler(deps: Omit<ReconcileDeps, 'desired' | 'target'>
     return chain;
   };
   return {
-    reconcile(next) {
-      desired = next;
+    async reconcile(next) {
+      desired = deps.localize
+        ? await deps.localize(next).catch((err: unknown) => {
+            deps.log.error({ err }, 'the personal VM could not be prepared; it is left out');
+            return { ...next, vms: next.vms.filter((v) => !v.personal) };
+          })
+        : next;
       return pass();
     },
     pass,

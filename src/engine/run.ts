@@ -8,7 +8,13 @@ import { keyRing, loadEncryptionKey, type KeyRing } from './device-keys.ts';
 import type { EngineConfig } from './config.ts';
 import { GuestAgent } from './guest-agent.ts';
 import { BulkheadError, ErrorCodes, type DesiredState, type Fetch } from '../protocol/index.ts';
-import { createQemuDriver, createSimDriver, readBootVerdict } from './hypervisor/index.ts';
+import { KeyFileStore, localizePersonal, withPersonalKeys } from './personal.ts';
+import {
+  createQemuDriver,
+  createSimDriver,
+  QemuDriver,
+  readBootVerdict,
+} from './hypervisor/index.ts';
 import type { HypervisorDriver, VmSpec, VmStatus } from './hypervisor/types.ts';
 import { loadIdentity } from './identity.ts';
 import {
@@ -133,6 +139,14 @@ export async function createEngineReconciler(
     pino({ level: config.logLevel, base: { component: 'engine' } }, pino.destination(2));
   const hypervisor =
     parts.hypervisor ?? (config.hypervisor === 'sim' ? createSimDriver() : createQemuDriver());
+  // Network namespaces of nat VMs that ended while no Engine watched them.
+  if (hypervisor instanceof QemuDriver) {
+    const removed = await hypervisor.removeStaleSandboxes().catch((err: unknown) => {
+      log.warn({ err }, 'could not remove stale VM network namespaces');
+      return [];
+    });
+    if (removed.length > 0) log.info({ removed }, 'removed stale VM network namespaces');
+  }
   const connectAgent =
     parts.connectAgent ??
     ((status: VmStatus): Promise<GuestAgentLink> =>
@@ -145,7 +159,9 @@ export async function createEngineReconciler(
   const kernel = kernelOf(config);
   const timeMark = createTimeMark({ dataDir, clock, log });
   await timeMark.load();
-  const keys = parts.keys ?? (await loadKeyRing(config));
+  // The personal VMs' keys are made and kept on this PC; Center's wrapped keys serve the rest.
+  const localKeys = new Map<string, Buffer>();
+  const keys = withPersonalKeys(parts.keys ?? (await loadKeyRing(config)), localKeys);
   log.info(
     { component: 'engine', protection: keys.protection },
     keys.protection === 'tpm'
@@ -176,6 +192,10 @@ export async function createEngineReconciler(
         }),
     clock,
     log,
+    // The personal VM boots the user's choice with the user's key (a 0600 key file until the
+    // TPM can seal it), both kept on this PC only.
+    localize: (desired) =>
+      localizePersonal(desired, { dataDir, keys: new KeyFileStore(dataDir), localKeys, log }),
     dataVolumeBytes: config.dataVolumeBytes,
     switchDeadlineMs: config.switchDeadlineSeconds * 1000,
     stopTimeoutMs: config.stopTimeoutSeconds * 1000,

@@ -185,6 +185,12 @@ export const DesiredVmSchema = z.object({
    * enrol again). Engine refuses to start such a VM and reports this reason.
    */
   keyUnavailable: z.string().max(500).optional(),
+  /**
+   * Present for the user's personal VM: the released (or rolled-out) version of each image the
+   * profile lets the user choose (`system` is the default one). Engine boots the user's choice,
+   * kept on the PC, or a disk the user brought; its data key is made on the PC and never sent.
+   */
+  personal: z.object({ images: z.array(VolumeRefSchema) }).optional(),
 });
 export type DesiredVm = z.infer<typeof DesiredVmSchema>;
 

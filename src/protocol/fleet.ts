@@ -103,11 +103,30 @@ export type ProfileApp = z.infer<typeof ProfileAppSchema>;
 
 const LeaseDaysSchema = z.number().int().min(1).max(365);
 
+/**
+ * `work`: managed by Center (system and apps, escrowed key, restricted network as its policy
+ * says); `personal`: the user's own VM, its system image chosen on the PC among the images the
+ * profile allows (or a disk the user brings), no apps, a nat network, a data key the user's
+ * alone that Center never sees.
+ */
+export const ProfileKindSchema = z.enum(['work', 'personal']);
+export type ProfileKindName = z.infer<typeof ProfileKindSchema>;
+
+/** The system images a personal profile offers: its user picks one on the PC. */
+const PersonalImageIdsSchema = z
+  .array(FleetIdSchema)
+  .max(32)
+  .refine((ids) => new Set(ids).size === ids.length, { message: 'an image may appear once' });
+
 export const ProfileSchema = z.object({
   id: z.string(),
   name: z.string(),
   description: z.string(),
+  kind: ProfileKindSchema,
+  /** For a personal profile, the default of its images. */
   systemImageId: z.string(),
+  /** A personal profile's images the user may choose from (the default first); else empty. */
+  personalImageIds: z.array(z.string()),
   apps: z.array(z.object({ appId: z.string(), mode: z.enum(['default', 'optional']) })),
   isolation: IsolationPolicySchema,
   healthCheck: HealthCheckSchema,
@@ -137,21 +156,38 @@ const ProfileAppsSchema = z
     message: 'an app may appear once',
   });
 
-export const CreateProfileRequestSchema = z.strictObject({
-  name: ShortNameSchema,
-  description: DescriptionSchema.default(''),
-  /** An image of kind `system`. */
-  systemImageId: FleetIdSchema,
-  apps: ProfileAppsSchema.default([]),
-  isolation: IsolationPolicySchema.default(IsolationPolicySchema.parse({})),
-  healthCheck: HealthCheckSchema.default(HealthCheckSchema.parse({})),
-  leaseDays: LeaseDaysSchema.default(30),
-  cpus: VmResourcesSchema.shape.cpus.default(2),
-  memoryMib: VmResourcesSchema.shape.memoryMib.default(4096),
-  resetPolicy: ResetPolicySchema.default('on-update'),
-  machine: VmMachineSchema.default(DEFAULT_VM_MACHINE),
-  userChoosesApps: z.boolean().default(false),
-});
+export const CreateProfileRequestSchema = z
+  .strictObject({
+    name: ShortNameSchema,
+    description: DescriptionSchema.default(''),
+    /** An image of kind `system`. */
+    systemImageId: FleetIdSchema,
+    apps: ProfileAppsSchema.default([]),
+    isolation: IsolationPolicySchema.default(IsolationPolicySchema.parse({})),
+    healthCheck: HealthCheckSchema.default(HealthCheckSchema.parse({})),
+    leaseDays: LeaseDaysSchema.default(30),
+    cpus: VmResourcesSchema.shape.cpus.default(2),
+    memoryMib: VmResourcesSchema.shape.memoryMib.default(4096),
+    resetPolicy: ResetPolicySchema.default('on-update'),
+    machine: VmMachineSchema.default(DEFAULT_VM_MACHINE),
+    kind: ProfileKindSchema.default('work'),
+    /** Only for `personal`: more images its user may choose (systemImageId is always one). */
+    personalImageIds: PersonalImageIdsSchema.default([]),
+    userChoosesApps: z.boolean().default(false),
+  })
+  .superRefine((b, ctx) => {
+    if (b.kind === 'work') {
+      if (b.personalImageIds.length > 0) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['personalImageIds'],
+          message: 'only a personal profile offers images to choose from: add kind personal',
+        });
+      }
+      return;
+    }
+    for (const issue of personalIssues(b)) ctx.addIssue({ code: 'custom', ...issue });
+  });
 export type CreateProfileRequest = z.infer<typeof CreateProfileRequestSchema>;
 
 export const UpdateProfileRequestSchema = z
@@ -169,9 +205,38 @@ export const UpdateProfileRequestSchema = z
     /** Replaces the whole machine (fields left out take their defaults). */
     machine: VmMachineSchema.optional(),
     userChoosesApps: z.boolean().optional(),
+    /** A personal profile's images besides systemImageId (replaces the list). */
+    personalImageIds: PersonalImageIdsSchema.optional(),
   })
   .refine((b) => Object.keys(b).length > 0, { message: 'give at least one field to change' });
 export type UpdateProfileRequest = z.infer<typeof UpdateProfileRequestSchema>;
+
+/**
+ * What a personal profile may not have, as issues naming the field: apps, a network other
+ * than nat, an escrowed data key (encryptData: its key is the user's, made on the PC).
+ */
+export function personalIssues(b: {
+  apps?: readonly unknown[] | undefined;
+  isolation?: { network: string; encryptData: boolean } | undefined;
+}): { path: string[]; message: string }[] {
+  const issues: { path: string[]; message: string }[] = [];
+  if (b.apps !== undefined && b.apps.length > 0) {
+    issues.push({ path: ['apps'], message: 'a personal profile has no apps' });
+  }
+  if (b.isolation !== undefined && b.isolation.network !== 'nat') {
+    issues.push({
+      path: ['isolation', 'network'],
+      message: 'a personal profile has a nat network (isolated from the host and the work VM)',
+    });
+  }
+  if (b.isolation?.encryptData) {
+    issues.push({
+      path: ['isolation', 'encryptData'],
+      message: "a personal VM's data key is the user's, never escrowed at Center: leave it off",
+    });
+  }
+  return issues;
+}
 
 // Devices
 

@@ -191,6 +191,40 @@ test('publishers, images and profiles are managed by name from the CLI', async (
   assert.match(work, /^ {2}offline lease +14 days$/m);
   assert.match(work, /^ {2}resources +1 CPU, 1024 MiB$/m);
   assert.doesNotMatch(work, /[0-9a-f]{8}-[0-9a-f]{4}-7/, 'no ids');
+  assert.match(work, /^ {2}kind +work \(managed\)$/m);
+
+  // A personal profile: the images its user may choose, no apps, nat only.
+  assertFails(
+    await cli(['profiles', 'create', '--name', 'mine', '--image', 'os', '--kind', 'own']),
+    2,
+    /--kind must be one of work, personal, not "own"/,
+  );
+  assertFails(
+    await cli(['profiles', 'create', '--name', 'mine', '--image', 'os', '--personal-image', 'os']),
+    2,
+    /--personal-image needs --kind personal/,
+  );
+  assertFails(
+    await cli([
+      'profiles',
+      'create',
+      '--name',
+      'mine',
+      '--image',
+      'os',
+      '--kind',
+      'personal',
+      '--network',
+      'restricted',
+    ]),
+    1,
+    /isolation\.network: a personal profile has a nat network/,
+  );
+  await ok(['profiles', 'create', '--name', 'mine', '--image', 'os', '--kind', 'personal']);
+  const mine = await ok(['profiles', 'show', 'mine']);
+  assert.match(mine, /^ {2}kind +personal \(the user's own VM\)$/m);
+  assert.match(mine, /^ {2}images offered +os$/m);
+  assert.equal((await json(['profiles', 'show', 'mine'])).kind, 'personal');
 
   assertFails(await cli(['profiles', 'edit', 'work']), 2, /nothing to change/);
   assertFails(await cli(['profiles', 'edit', 'home', '--cpus', '2']), 1, /no profile home/);

@@ -58,6 +58,7 @@ const EXPECTED_TABLES = [
   'images',
   'login_throttle',
   'profile_apps',
+  'profile_images',
   'profiles',
   'publisher_keys',
   'rate_limit_windows',
@@ -96,12 +97,13 @@ forEachDatabase("Center's database", async (t, databases) => {
             '0010_profile_machine',
             '0011_device_encryption_key',
             '0012_profile_user_apps',
+            '0013_personal_profiles',
           ],
-          latest: '0012_profile_user_apps',
+          latest: '0013_personal_profiles',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0012_profile_user_apps',
+          latest: '0013_personal_profiles',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);
@@ -394,6 +396,7 @@ const INSERT_ORDER = [
   'apps',
   'profiles',
   'profile_apps',
+  'profile_images',
   'devices',
   'device_profiles',
   'device_apps',
@@ -532,6 +535,7 @@ function seedRows(): SeedRows {
         guest_os: 'windows',
         guest_devices: 'compat',
         user_apps: 'on',
+        kind: 'work',
         created_at: NOW,
         updated_at: NOW,
       },
@@ -552,11 +556,13 @@ function seedRows(): SeedRows {
         guest_os: 'linux',
         guest_devices: 'virtio',
         user_apps: 'off',
+        kind: 'personal',
         created_at: NOW,
         updated_at: NOW,
       },
     ],
     profile_apps: [{ profile_id: work, app_id: officeApp, mode: 'optional' }],
+    profile_images: [{ profile_id: personal, image_id: osImage }],
     devices: [
       {
         id: pc1,

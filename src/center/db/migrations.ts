@@ -570,6 +570,36 @@ async function profileUserApps(db: AnyDb): Promise<void> {
 }
 
 /**
+ * Personal profiles (issue 13): a profile's `kind` is `work` (managed: what every profile was)
+ * or `personal` (the user's own VM), and a personal profile lists the system images its user
+ * may choose from (`profile_images`).
+ */
+async function personalProfiles(db: AnyDb): Promise<void> {
+  await db.schema
+    .alterTable('profiles')
+    .addColumn('kind', 'text', (c) =>
+      c
+        .notNull()
+        .defaultTo('work')
+        .check(oneOf('kind', ['work', 'personal'])),
+    )
+    .execute();
+  await db.schema
+    .createTable('profile_images')
+    .addColumn('profile_id', 'text', (c) =>
+      c.notNull().references('profiles.id').onDelete('cascade'),
+    )
+    .addColumn('image_id', 'text', (c) => c.notNull().references('images.id').onDelete('restrict'))
+    .addPrimaryKeyConstraint('profile_images_pk', ['profile_id', 'image_id'])
+    .execute();
+  await db.schema
+    .createIndex('profile_images_image')
+    .on('profile_images')
+    .column('image_id')
+    .execute();
+}
+
+/**
  * Every migration, by name; the Migrator runs them in name order. Names are recorded in every
  * database, so none is ever renamed: 0003 was never shipped, and the gap stays. New ones take
  * the next number with no gap (a test checks).
@@ -586,6 +616,7 @@ const migrations: Record<string, Migration> = {
   '0010_profile_machine': { up: profileMachine },
   '0011_device_encryption_key': { up: deviceEncryptionKey },
   '0012_profile_user_apps': { up: profileUserApps },
+  '0013_personal_profiles': { up: personalProfiles },
 };
 
 /** The names of every migration, in the order they run. */

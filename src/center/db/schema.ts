@@ -1,4 +1,4 @@
-import type { Generated, Insertable, Selectable, Updateable } from 'kysely';
+import type { ColumnType, Generated, Insertable, Selectable, Updateable } from 'kysely';
 import type { COMMAND_KINDS } from '../../protocol/index.ts';
 import { ROLLOUT_STATE_NAMES } from '../../protocol/index.ts';
 
@@ -45,6 +45,10 @@ export type ResetPolicy = (typeof RESET_POLICIES)[number];
 export const PROFILE_APP_MODES = ['default', 'optional'] as const;
 /** `default`: every device with the profile gets the app; `optional`: the user may choose it. */
 export type ProfileAppMode = (typeof PROFILE_APP_MODES)[number];
+
+export const PROFILE_KINDS = ['work', 'personal'] as const;
+/** `work`: managed by Center; `personal`: the user's own VM (see `ProfilesTable.kind`). */
+export type ProfileKind = (typeof PROFILE_KINDS)[number];
 
 export const DEVICE_STATES = ['active', 'locked', 'killed', 'retired'] as const;
 /**
@@ -188,6 +192,12 @@ export interface ProfilesTable {
   tpm: 'on' | 'off';
   /** The guest OS hint. */
   guest_os: 'linux' | 'windows';
+  /**
+   * `work`: managed (system and apps from Center); `personal`: the user's own VM, its system
+   * image chosen on the PC among `profile_images` (or a disk the user brings), no apps, its
+   * data key the user's alone. Defaults to `work` on insert (what every profile was before).
+   */
+  kind: ColumnType<ProfileKind, ProfileKind | undefined, ProfileKind>;
   /** Paravirtual (`virtio`) or emulated (`compat`) disks, NIC and tablet. */
   guest_devices: 'virtio' | 'compat';
   /**
@@ -199,6 +209,14 @@ export interface ProfilesTable {
   created_at: EpochMs;
   /** When a field of this row last changed. */
   updated_at: EpochMs;
+}
+
+/** The system images a personal profile's user may choose from (`profile_images`). */
+export interface ProfileImagesTable {
+  /** The profile; deleting it removes these rows. */
+  profile_id: string;
+  /** A system image; one a profile offers cannot be deleted. */
+  image_id: string;
 }
 
 /** The apps a profile installs by default or offers as options (`profile_apps`). */
@@ -525,6 +543,7 @@ export interface Database {
   apps: AppsTable;
   profiles: ProfilesTable;
   profile_apps: ProfileAppsTable;
+  profile_images: ProfileImagesTable;
   device_groups: DeviceGroupsTable;
   devices: DevicesTable;
   device_profiles: DeviceProfilesTable;

@@ -220,6 +220,8 @@ export interface ResolvedProfile {
   system: ResolvedVolume | undefined;
   /** Its default apps and the optional ones the device chose, in name order. */
   apps: { appId: string; name: string; imageId: string; volume: ResolvedVolume | undefined }[];
+  /** A personal profile's images (default first) that resolve to a version; else empty. */
+  personalImages: ResolvedVolume[];
 }
 
 /**
@@ -261,8 +263,21 @@ export async function resolveDeviceProfiles(
     )
     .orderBy('a.name')
     .execute();
+  const personal = profiles.filter((p) => p.kind === 'personal').map((p) => p.id);
+  const offered =
+    personal.length === 0
+      ? []
+      : await db
+          .selectFrom('profile_images')
+          .select(['profile_id', 'image_id'])
+          .where('profile_id', 'in', personal)
+          .execute();
   const imageIds = [
-    ...new Set([...profiles.map((p) => p.system_image_id), ...apps.map((a) => a.image_id)]),
+    ...new Set([
+      ...profiles.map((p) => p.system_image_id),
+      ...apps.map((a) => a.image_id),
+      ...offered.map((o) => o.image_id),
+    ]),
   ];
   const resolved = await resolveVersions(
     db,
@@ -296,6 +311,18 @@ export async function resolveDeviceProfiles(
   return profiles.map((profile) => ({
     profile,
     system: volumeOf(profile.system_image_id),
+    personalImages:
+      profile.kind === 'personal'
+        ? [
+            profile.system_image_id,
+            ...offered
+              .filter((o) => o.profile_id === profile.id && o.image_id !== profile.system_image_id)
+              .map((o) => o.image_id)
+              .sort(),
+          ]
+            .map(volumeOf)
+            .filter((v) => v !== undefined)
+        : [],
     apps: apps
       .filter((a) => a.profile_id === profile.id)
       .map((a) => ({
@@ -320,7 +347,7 @@ async function buildVms(
 ): Promise<DesiredVm[]> {
   const resolved = await resolveDeviceProfiles(db, head);
   const vms: DesiredVm[] = [];
-  for (const { profile: p, system, apps } of resolved) {
+  for (const { profile: p, system, apps, personalImages } of resolved) {
     if (system === undefined) {
       warn(
         `${p.id}:${p.system_image_id}`,
@@ -366,8 +393,12 @@ async function buildVms(
       // Only a machine other than the default is sent: documents of profiles that never chose
       // one stay as they were.
       ...(isDefaultMachine(machine) ? {} : { machine }),
+      // The personal VM's key is the user's, made on the PC: Center never has one to send.
+      ...(p.kind === 'personal' ? { personal: { images: personalImages } } : {}),
       // The TPM's state is encrypted with a key derived from the data key (Engine).
-      ...(policy.data.encryptData || machine.tpm ? vmKey(signingKey, head, p.id) : {}),
+      ...(p.kind !== 'personal' && (policy.data.encryptData || machine.tpm)
+        ? vmKey(signingKey, head, p.id)
+        : {}),
     });
   }
   return vms;

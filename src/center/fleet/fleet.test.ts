@@ -593,6 +593,129 @@ for (const target of CENTER_TARGETS) {
       },
     );
 
+    await t.test(
+      'personal profiles: images offered, refused apps and networks, no key in the desired state',
+      async (t) => {
+        const c = await center(t, await newUrl(t));
+        const { office } = await c.catalogApps();
+        const mine = await c.admin(
+          'POST',
+          '/profiles',
+          {
+            name: 'mine',
+            kind: 'personal',
+            systemImageId: c.images.system,
+            personalImageIds: [c.images.system2],
+          },
+          201,
+        );
+        assert.equal(mine.body.kind, 'personal');
+        assert.deepEqual(mine.body.personalImageIds, [c.images.system, c.images.system2]);
+        const listed = await c.viewer('GET', `/profiles/${mine.body.id}`, undefined, 200);
+        assert.deepEqual(listed.body.personalImageIds, [c.images.system, c.images.system2]);
+        const work = await c.admin(
+          'POST',
+          '/profiles',
+          { name: 'work', systemImageId: c.images.system, isolation: { encryptData: true } },
+          201,
+        );
+        assert.equal(work.body.kind, 'work');
+        assert.deepEqual(work.body.personalImageIds, []);
+
+        // What a personal profile may not have, each named.
+        for (const [body, field] of [
+          [{ apps: [{ appId: office.body.id, mode: 'default' }] }, 'apps'],
+          [{ isolation: { network: 'restricted' } }, 'isolation.network'],
+          [{ isolation: { encryptData: true } }, 'isolation.encryptData'],
+        ] as const) {
+          const res = await c.admin('POST', '/profiles', {
+            name: 'bad',
+            kind: 'personal',
+            systemImageId: c.images.system,
+            ...body,
+          });
+          assert.equal(res.status, 400, JSON.stringify(res.body));
+          assert.equal(res.body.error.code, 'ERR_VALIDATION');
+          assert.match(res.body.error.message, new RegExp(field.replace('.', '\\.')));
+        }
+        const offeredToWork = await c.admin('POST', '/profiles', {
+          name: 'bad',
+          systemImageId: c.images.system,
+          personalImageIds: [c.images.system2],
+        });
+        assert.equal(offeredToWork.status, 400);
+        assert.match(offeredToWork.body.error.message, /personalImageIds.*kind personal/);
+        const appImage = await c.admin('POST', '/profiles', {
+          name: 'bad',
+          kind: 'personal',
+          systemImageId: c.images.system,
+          personalImageIds: [c.images.app],
+        });
+        assert.equal(appImage.status, 400);
+        assert.match(appImage.body.error.message, /^body\.personalImageIds\.0: /);
+        const editNet = await c.admin('PATCH', `/profiles/${mine.body.id}`, {
+          isolation: { network: 'none' },
+        });
+        assert.equal(editNet.status, 400);
+        assert.match(editNet.body.error.message, /^body\.isolation\.network: /);
+        const editWork = await c.admin('PATCH', `/profiles/${work.body.id}`, {
+          personalImageIds: [c.images.system2],
+        });
+        assert.equal(editWork.status, 400);
+        const narrowed = await c.admin(
+          'PATCH',
+          `/profiles/${mine.body.id}`,
+          { personalImageIds: [] },
+          200,
+        );
+        assert.deepEqual(narrowed.body.personalImageIds, [c.images.system]);
+        await c.admin(
+          'PATCH',
+          `/profiles/${mine.body.id}`,
+          { personalImageIds: [c.images.system2] },
+          200,
+        );
+
+        // The desired state lists the offered images' released versions, and no key.
+        await insertVersion(c.db, c.images.system, '12.1', c.clock.ms, { release: true });
+        await insertVersion(c.db, c.images.system2, '13.0', c.clock.ms, { release: true });
+        const group = await c.admin('POST', '/groups', { name: 'G' }, 201);
+        const pc = await c.enrol(group.body.id);
+        await c.operator(
+          'PATCH',
+          `/devices/${pc.deviceId}`,
+          { profiles: [mine.body.id, work.body.id] },
+          200,
+        );
+        const res = await c.app.inject({
+          method: 'GET',
+          url: '/api/v1/device/desired-state',
+          headers: device(pc.bearer.token),
+        });
+        assert.equal(res.statusCode, 200);
+        const vms = (res.json() as { state: { vms: DesiredVm[] } }).state.vms;
+        const personalVm = vms.find((v) => v.name === 'mine');
+        const workVm = vms.find((v) => v.name === 'work');
+        assert.ok(personalVm && workVm);
+        assert.deepEqual(
+          personalVm.personal?.images.map((i) => `${i.image}@${i.version}`),
+          ['debian@12.1', 'debian-next@13.0'],
+        );
+        assert.equal(
+          personalVm.wrappedDataKey,
+          undefined,
+          "the personal VM's key is never Center's",
+        );
+        assert.equal(personalVm.keyUnavailable, undefined, 'nor is one said to be missing');
+        assert.equal(personalVm.policy.network, 'nat');
+        assert.equal(workVm.personal, undefined);
+        assert.ok(
+          workVm.wrappedDataKey ?? workVm.keyUnavailable,
+          'the work VM still gets its escrowed key (or the reason it cannot)',
+        );
+      },
+    );
+
     await t.test('enrolment tokens: shown once, listed without the secret, revoked', async (t) => {
       const c = await center(t, await newUrl(t));
       const group = await c.admin('POST', '/groups', { name: 'G' }, 201);

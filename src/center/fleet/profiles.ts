@@ -2,6 +2,7 @@ import type { Kysely, Transaction } from 'kysely';
 import {
   HealthCheckSchema,
   IsolationPolicySchema,
+  personalIssues,
   type CreateProfileRequest,
   type Profile,
   type ProfileApp,
@@ -18,12 +19,15 @@ function presentProfile(
   row: Row<'profiles'>,
   apps: readonly ProfileApp[],
   devices: number,
+  images: readonly string[] = [],
 ): Profile {
   return {
     id: row.id,
     name: row.name,
     description: row.description,
+    kind: row.kind,
     systemImageId: row.system_image_id,
+    personalImageIds: personalImages(row.kind, row.system_image_id, images),
     apps: [...apps].sort((a, b) => (a.appId < b.appId ? -1 : a.appId > b.appId ? 1 : 0)),
     // Stored by this module from validated input; parsed again so a hand-edited row fails loudly.
     isolation: IsolationPolicySchema.parse(JSON.parse(row.isolation_policy)),
@@ -66,13 +70,48 @@ async function presentRows(db: Kysely<Database>, rows: Row<'profiles'>[]): Promi
     .where('profile_id', 'in', ids)
     .groupBy('profile_id')
     .execute();
+  const images = await db
+    .selectFrom('profile_images')
+    .select(['profile_id', 'image_id'])
+    .where('profile_id', 'in', ids)
+    .orderBy('image_id')
+    .execute();
   return rows.map((row) =>
     presentProfile(
       row,
       apps.filter((a) => a.profile_id === row.id).map((a) => ({ appId: a.app_id, mode: a.mode })),
       Number(counts.find((c) => c.profile_id === row.id)?.n ?? 0),
+      images.filter((i) => i.profile_id === row.id).map((i) => i.image_id),
     ),
   );
+}
+
+/** A personal profile's images, its default first, each once; none for a work profile. */
+function personalImages(
+  kind: Row<'profiles'>['kind'],
+  systemImageId: string,
+  others: readonly string[],
+): string[] {
+  return kind === 'personal' ? [...new Set([systemImageId, ...others])] : [];
+}
+
+/** Replaces a personal profile's images after checking each is a system image. */
+async function replaceImages(
+  trx: Transaction<Database>,
+  profileId: string,
+  images: readonly string[],
+  field: string,
+): Promise<void> {
+  for (const [i, id] of images.entries()) {
+    await assertImageKind(trx, id, 'system', i === 0 ? 'body.systemImageId' : `${field}.${i - 1}`);
+  }
+  await trx.deleteFrom('profile_images').where('profile_id', '=', profileId).execute();
+  if (images.length > 0) {
+    await trx
+      .insertInto('profile_images')
+      .values(images.map((image_id) => ({ profile_id: profileId, image_id })))
+      .execute();
+  }
 }
 
 export async function listProfiles(db: Kysely<Database>): Promise<Profile[]> {
@@ -134,15 +173,18 @@ export async function createProfile(
     reset_policy: input.resetPolicy,
     ...machineColumns(input.machine),
     user_apps: input.userChoosesApps ? 'on' : 'off',
+    kind: input.kind,
     created_at: at,
     updated_at: at,
   };
-  const profile = presentProfile(row, input.apps, 0);
+  const images = personalImages(input.kind, input.systemImageId, input.personalImageIds);
+  const profile = presentProfile(row, input.apps, 0, images);
   return refuseNameTaken('profile', input.name, () =>
     runCommand(deps, actor, PROFILE('create'), async (trx) => {
       await assertImageKind(trx, input.systemImageId, 'system', 'body.systemImageId');
       await assertApps(trx, input.apps);
       await trx.insertInto('profiles').values(row).execute();
+      await replaceImages(trx, row.id, images, 'body.personalImageIds');
       if (input.apps.length > 0) {
         await trx
           .insertInto('profile_apps')
@@ -171,6 +213,23 @@ export async function updateProfile(
       const before = await getProfile(trx, id);
       if (input.systemImageId !== undefined) {
         await assertImageKind(trx, input.systemImageId, 'system', 'body.systemImageId');
+      }
+      if (current.kind === 'personal') {
+        const [issue] = personalIssues(input);
+        if (issue) throw badReference(`body.${issue.path.join('.')}`, issue.message);
+        if (input.systemImageId !== undefined || input.personalImageIds !== undefined) {
+          const next = personalImages(
+            'personal',
+            input.systemImageId ?? current.system_image_id,
+            input.personalImageIds ?? before.personalImageIds,
+          );
+          await replaceImages(trx, id, next, 'body.personalImageIds');
+        }
+      } else if (input.personalImageIds !== undefined) {
+        throw badReference(
+          'body.personalImageIds',
+          `profile "${current.name}" is a work profile; only a personal profile offers images to choose from`,
+        );
       }
       await trx
         .updateTable('profiles')

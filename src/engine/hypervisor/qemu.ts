@@ -8,6 +8,7 @@ import { BulkheadError, ErrorCodes, errnoCode } from '../../protocol/index.ts';
 import { isAlive } from './alive.ts';
 import { capGuestLog, CONSOLES_KEPT, consoleLogName, pruneConsoleLogs } from './consoles.ts';
 import { chooseAccelerator, type Accelerator, type KvmProbeResult } from './kvm-probe.ts';
+import { createNetnsSandbox, type NetworkSandbox } from './netns.ts';
 import { buildQemuArgs, runFiles, type RunFiles } from './qemu-args.ts';
 import { QmpClient, type QmpEvent } from './qmp.ts';
 import { secretFifo, type SecretFifo } from '../secret-fifo.ts';
@@ -43,6 +44,12 @@ export interface QemuDriverOptions {
    * restarts; `stop` falls back to signals and `start` is refused.
    */
   observeOnly?: boolean;
+  /**
+   * Where a VM with a `nat` network runs: default, a network namespace of its own behind the
+   * host's isolation rules (netns.ts; needs root, `ip` and `nft`). `null` leaves nat VMs in
+   * the host's namespace, where they reach the host's services: only for tests of other things.
+   */
+  sandbox?: NetworkSandbox | null;
 }
 
 interface VmEntry {
@@ -89,9 +96,20 @@ export class QemuDriver implements HypervisorDriver {
   readonly #starting = new Set<string>();
   readonly #listeners = new Set<(event: VmEvent) => void>();
   #probe: Promise<KvmProbeResult> | null = null;
+  readonly #sandbox: NetworkSandbox | null;
 
   constructor(options: QemuDriverOptions = {}) {
     this.#options = options;
+    this.#sandbox = options.sandbox === undefined ? createNetnsSandbox() : options.sandbox;
+  }
+
+  /**
+   * Removes the network namespaces of nat VMs no process runs in any more (an Engine or a PC
+   * that went down without stopping them): call once when Engine starts.
+   */
+  async removeStaleSandboxes(): Promise<string[]> {
+    if (!this.#sandbox || this.#options.observeOnly) return [];
+    return this.#sandbox.removeStale();
   }
 
   get #now(): () => number {
@@ -181,6 +199,17 @@ export class QemuDriver implements HypervisorDriver {
     // stops what it started when it fails).
     if (spec.machine) await ensureVarsStore(spec.machine);
     await startSwtpm(spec, files);
+    // A nat VM's QEMU runs in its own network namespace (it and its slirp reach only the
+    // outside through the uplink); made before anything that must be undone on failure.
+    let prefix: string[] = [];
+    if (spec.policy.network === 'nat' && this.#sandbox) {
+      try {
+        prefix = await this.#sandbox.enter(spec.runDir);
+      } catch (err) {
+        await stopSwtpm(files);
+        throw err;
+      }
+    }
     const entry = newEntry(spec.name, spec.runDir, files);
     entry.state = 'starting';
     entry.accelerator = accelerator;
@@ -195,7 +224,8 @@ export class QemuDriver implements HypervisorDriver {
       const log = openSync(files.log, 'a', 0o600);
       let child: ChildProcess;
       try {
-        child = spawn(this.#binary, command.args, {
+        const argv = [...prefix, this.#binary, ...command.args];
+        child = spawn(argv[0]!, argv.slice(1), {
           detached: true,
           stdio: ['ignore', log, log],
           cwd: spec.runDir,
@@ -257,6 +287,7 @@ export class QemuDriver implements HypervisorDriver {
         await waitFor(entry, 5000);
       }
       await stopSwtpm(files);
+      await this.#sandbox?.leave(spec.runDir);
       if (err instanceof BulkheadError) throw err;
       throw new BulkheadError(
         ErrorCodes.INTERNAL,
@@ -276,7 +307,10 @@ export class QemuDriver implements HypervisorDriver {
     const pid = await readPid(files.pidfile);
     if (pid === undefined || !(await isQemuOf(pid, files))) {
       // An observer leaves the files to their owner, which may be starting the next QEMU.
-      if (!this.#options.observeOnly) await cleanRunDir(files, runDir);
+      if (!this.#options.observeOnly) {
+        await cleanRunDir(files, runDir);
+        await this.#sandbox?.leave(runDir);
+      }
       this.#vms.delete(name);
       return { name, state: 'stopped' };
     }
@@ -478,8 +512,14 @@ export class QemuDriver implements HypervisorDriver {
    * still names the dead process.
    */
   async #cleanAfter(entry: VmEntry): Promise<void> {
-    if (!entry.child && (await readPid(entry.files.pidfile)) !== entry.pid) return;
+    if (!entry.child && (await readPid(entry.files.pidfile)) !== entry.pid) {
+      // QEMU removed its pidfile as it quit, or another QEMU runs there now: its network
+      // namespace goes only if no process is left in it (one that runs on keeps it).
+      await this.#sandbox?.removeStale().catch(() => {});
+      return;
+    }
     await cleanRunDir(entry.files, entry.runDir);
+    await this.#sandbox?.leave(entry.runDir);
   }
 }
 
