@@ -330,7 +330,8 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
       );
     },
     async leaseExpired(step) {
-      const profileId = deps.desired()?.vms.find((v) => v.name === step.vm)?.profileId;
+      const desiredVm = deps.desired()?.vms.find((v) => v.name === step.vm);
+      const profileId = desiredVm?.profileId;
       let keyDestroyed = false;
       try {
         if (step.isRunning) {
@@ -348,7 +349,7 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
         // The document keeps its digest, so the next one from Center brings the key back.
         if (profileId !== undefined && deps.wrappedKeys) {
           const wasThere = await deps.wrappedKeys.destroy(profileId);
-          keyDestroyed = true;
+          keyDestroyed = desiredVm?.wrappedDataKeyDigest !== undefined;
           if (wasThere) {
             deps.log.warn(
               { component: 'sync', vm: step.vm, leaseExpiresAt: step.expiresAt },
