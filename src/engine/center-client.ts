@@ -1,6 +1,6 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import type { z } from 'zod';
-import { signPayload, verifyPayload, canonicalJson } from '../signing/index.ts';
+import { signPayload, verifyPayload, canonicalJson, wrappedKeyDigest } from '../signing/index.ts';
 import {
   BulkheadError,
   createApiClient,
@@ -45,6 +45,7 @@ export const DESIRED_STATE_REFUSALS: ReadonlySet<ErrorCode> = new Set([
   ErrorCodes.DESIRED_STATE_DEVICE,
   ErrorCodes.DESIRED_STATE_ROLLBACK,
   ErrorCodes.DESIRED_STATE_EXPIRED,
+  ErrorCodes.DESIRED_STATE_WRAPPED_KEY,
 ]);
 
 export interface VerifyDesiredStateOptions {
@@ -157,7 +158,45 @@ export function verifyDesiredState(
       { revision: state.revision, expiresAt: state.expiresAt },
     );
   }
+  checkWrappedKeys(document);
   return document;
+}
+
+/**
+ * The wrapped keys beside the signature must be exactly those the signed body vouches for: one
+ * per VM with a `wrappedDataKeyDigest`, whose SHA-256 it is. Anyone can wrap a key of their
+ * own to the device's public key, so a key the signature does not cover is refused, never used.
+ */
+function checkWrappedKeys(document: SignedDesiredState): void {
+  const keys = document.wrappedKeys ?? {};
+  const digests = new Map(
+    document.state.vms.flatMap((vm) =>
+      vm.wrappedDataKeyDigest === undefined ? [] : [[vm.profileId, vm] as const],
+    ),
+  );
+  for (const [profileId, wrapped] of Object.entries(keys)) {
+    const vm = digests.get(profileId);
+    if (vm === undefined) {
+      throw refuse(
+        ErrorCodes.DESIRED_STATE_WRAPPED_KEY,
+        `the desired state carries a wrapped key for profile ${profileId}, which none of its signed VMs names`,
+      );
+    }
+    if (wrappedKeyDigest(wrapped) !== vm.wrappedDataKeyDigest) {
+      throw refuse(
+        ErrorCodes.DESIRED_STATE_WRAPPED_KEY,
+        `the wrapped key of VM ${vm.name} does not match the digest its signed desired state carries (forged or swapped)`,
+      );
+    }
+  }
+  for (const vm of digests.values()) {
+    if (keys[vm.profileId] === undefined) {
+      throw refuse(
+        ErrorCodes.DESIRED_STATE_WRAPPED_KEY,
+        `the desired state names a wrapped key for VM ${vm.name} but carries none`,
+      );
+    }
+  }
 }
 
 /**

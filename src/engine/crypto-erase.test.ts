@@ -43,8 +43,9 @@ test('crypto-erase destroys the keys, the desired state, the LUKS header, TPM st
   await mkdir(join(dataDir, 'goldens', 'os'), { recursive: true });
   await writeFile(join(dataDir, 'goldens', 'os', 'v1.raw'), 'golden');
   const desired = engineFiles(dataDir).desiredState;
-  await writeFile(desired.path, '{"wrappedDataKey":"bhwk1.x"}');
-  await writeFile(desired.backupPath, '{"wrappedDataKey":"bhwk1.y"}');
+  await writeFile(desired.path, '{"wrappedDataKeyDigest":"00"}');
+  await writeFile(desired.backupPath, '{"wrappedDataKeyDigest":"01"}');
+  await engineFiles(dataDir).wrappedKeys.save({ 'profile-work': 'bhwk1.x' });
 
   const summary = await cryptoErase(dataDir, silentLog);
   assert.deepEqual(summary.erasedVolumes, ['work']);

@@ -12,8 +12,9 @@ import { volumeLayout } from './volumes/index.ts';
  * open the work data, in this order, each step idempotent so that a crash part-way is finished
  * by the next start (the kill notice on disk says the device is killed):
  *
- *   1. the device's encryption key (sealed TPM blobs, or the key file overwritten, then removed);
- *   2. the desired state that carried the wrapped data keys (file and backup);
+ *   1. the VMs' wrapped data keys (`keys/wrapped/`, each overwritten, then removed) and the
+ *      device's encryption key (sealed TPM blobs, or the key file overwritten, then removed);
+ *   2. the desired state (file and backup), which names the keys by digest only;
  *   3. the LUKS header inside each VM's encrypted data volume, overwritten with random bytes;
  *   4. each VM's TPM state, UEFI variables, overlays and run files, and every golden.
  *
@@ -103,6 +104,8 @@ export interface EraseSummary {
 
 /** Crypto-erases this PC's VMs (steps 1–4 above). Idempotent; every VM must be stopped. */
 export async function cryptoErase(dataDir: string, log: Log): Promise<EraseSummary> {
+  // The wrapped keys are overwritten one by one before the directory that holds them goes.
+  await engineFiles(dataDir).wrappedKeys.destroyAll();
   await destroyEncryptionKey(dataDir);
   await engineFiles(dataDir).desiredState.remove();
   const erasedVolumes: string[] = [];

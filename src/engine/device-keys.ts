@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { AtomicJsonFile, exists, fsyncDir, replaceFile } from '../durable/index.ts';
 import { BulkheadError, ErrorCodes, type DesiredVm } from '../protocol/index.ts';
 import { rawX25519, unwrapDataKey, x25519PrivateFromSeed } from '../signing/index.ts';
+import type { WrappedKeyFiles } from './wrapped-keys.ts';
 import { resolveTcti, sealedBlobs, tpmSeal, tpmUnseal, type TpmSetting } from './tpm.ts';
 
 /*
@@ -142,6 +143,9 @@ export async function destroyEncryptionKey(dataDir: string): Promise<void> {
   await fsyncDir(dataDir).catch(() => undefined);
 }
 
+/** Where the key ring finds a VM's wrapped key (`WrappedKeyFiles.get`). */
+export type WrappedKeySource = Pick<WrappedKeyFiles, 'get'>;
+
 /** What the volumes need of the device's keys: the VMs' data keys, unwrapped in memory. */
 export interface KeyRing {
   /** How the device key is protected at rest; `none`: the device has no encryption key. */
@@ -154,16 +158,32 @@ export interface KeyRing {
   dataKey(vm: DesiredVm): Buffer;
 }
 
-/** The key ring of device `deviceId` holding `keys` (none: a device without a key). */
-export function keyRing(deviceId: string | undefined, keys: DeviceKeys | undefined): KeyRing {
+/**
+ * The key ring of device `deviceId` holding `keys` (none: a device without a key), reading the
+ * VMs' wrapped keys from `wrapped` (wrapped-keys.ts: only a key whose digest the signed document
+ * carries comes back).
+ */
+export function keyRing(
+  deviceId: string | undefined,
+  keys: DeviceKeys | undefined,
+  wrapped: WrappedKeySource,
+): KeyRing {
   return {
     protection: keys?.protection ?? 'none',
     dataKey(vm) {
-      if (vm.wrappedDataKey === undefined) {
+      if (vm.wrappedDataKeyDigest === undefined) {
         throw new BulkheadError(
           ErrorCodes.DATA_KEY_UNAVAILABLE,
           `VM ${vm.name} needs its data key and none came: ${vm.keyUnavailable ?? 'the desired state carries no wrapped key'}`,
           { hint: 'enrol the device again (bulkhead engine enroll --force)' },
+        );
+      }
+      const text = wrapped.get(vm);
+      if (text === undefined) {
+        throw new BulkheadError(
+          ErrorCodes.DATA_KEY_UNAVAILABLE,
+          `VM ${vm.name} needs its data key and this PC holds none that its desired state vouches for (destroyed at its lease expiry, or missing): it comes back at the next contact with Center`,
+          { hint: 'connect the PC to the network so that Engine reaches Center' },
         );
       }
       if (keys === undefined || deviceId === undefined) {
@@ -173,7 +193,7 @@ export function keyRing(deviceId: string | undefined, keys: DeviceKeys | undefin
           { hint: 'enrol the device again (bulkhead engine enroll --force)' },
         );
       }
-      return unwrapDataKey(keys.privateKey, vm.wrappedDataKey, {
+      return unwrapDataKey(keys.privateKey, text, {
         deviceId,
         profileId: vm.profileId,
       });

@@ -3,12 +3,14 @@
 // window, the graceful shutdown at expiry, no restart (not even with the clock set back, not
 // even after an Engine restart) until a newer verified document renews the lease.
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fixedClock, recordingLog } from '../../test/support/engine.ts';
 import { tempDir, tool } from '../../test/support/fixtures.ts';
-import { testKeyRing } from '../../test/support/keys.ts';
+import { testKeyRing, wrapForTest } from '../../test/support/keys.ts';
+import { wrappedKeyDigest } from '../signing/index.ts';
+import { wrappedKeyFiles } from './wrapped-keys.ts';
 import type { DesiredState, DesiredVm, VolumeRef } from '../protocol/index.ts';
 import { createSimDriver } from './hypervisor/sim.ts';
 import type { VmEvent } from './hypervisor/types.ts';
@@ -115,7 +117,9 @@ async function engineOn(dataDir: string, clock: ReturnType<typeof fixedClock>) {
     switchDeadlineMs: 0,
     stopTimeoutMs: 1000,
     timeMark,
-    keys: testKeyRing(),
+    // The wrapped keys in their files, as `engine run` keeps them (wrapped-keys.ts).
+    keys: testKeyRing('file', undefined, wrappedKeyFiles(dataDir)),
+    wrappedKeys: wrappedKeyFiles(dataDir),
   });
   /** What the sync loop does with a verified document (run.ts wires the same). */
   const deliver = async (desired: DesiredState, source: 'center' | 'disk') => {
@@ -238,4 +242,75 @@ test('the local API shows the lease by the time mark: a warning in its window, e
   await mark.load();
   await mark.observe(clock.now(), 'center');
   assert.deepEqual(await vms(), { personal: [false, false], work: [true, true] });
+});
+
+/** Every file under `dir`, recursively. */
+async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name));
+}
+
+test("lease expiry destroys the work VM's wrapped key: nothing under the data directory holds it and the VM does not start; a renewing document brings it back and the VM starts on its data", async (t) => {
+  await tool('qemu-img', ['--version'], 'qemu-utils');
+  const dataDir = await tempDir(t);
+  const clock = fixedClock(T0);
+  const dataKey = Buffer.alloc(32, 0x3c);
+  const wrapped = wrapForTest(dataKey, 'p-work');
+  /** A document whose work VM has encrypted data, its key stored as the sync loop stores it. */
+  const encrypted = async (generatedAt: number, revision: number): Promise<DesiredState> => {
+    const d = document(generatedAt, revision);
+    const work = d.vms[1]!;
+    work.policy = { ...work.policy, encryptData: true };
+    work.wrappedDataKeyDigest = wrappedKeyDigest(wrapped);
+    await wrappedKeyFiles(dataDir).save({ [work.profileId]: wrapped });
+    return d;
+  };
+  let e = await engineOn(dataDir, clock);
+  const first = await encrypted(T0, 1);
+  await e.deliver(first, 'center');
+  assert.equal(await state(e, 'work'), 'running');
+  const dataPath = join(dataDir, 'vms', 'work', 'data.qcow2');
+  const before = await stat(dataPath);
+
+  // Past expiry: shut down, then the key file is overwritten and removed.
+  clock.ms = T0 + 2 * DAY + 1;
+  await e.reconciler.pass();
+  assert.equal(await state(e, 'work'), 'stopped');
+  for (const file of await filesUnder(dataDir)) {
+    const bytes = await readFile(file);
+    assert.ok(!bytes.includes(wrapped), `${file} holds the wrapped key`);
+    assert.ok(!bytes.includes(dataKey.toString('base64')), `${file} holds the data key`);
+  }
+  assert.ok(
+    e.log.warnings.some((w) =>
+      /work: its key material was destroyed at lease expiry; it comes back at the next contact/.test(
+        w,
+      ),
+    ),
+    e.log.warnings.join('\n'),
+  );
+  const expired = e.events.find((x) => x.type === 'lease-expired');
+  assert.equal((expired?.data as { keyDestroyed?: boolean }).keyDestroyed, true);
+
+  // Restarted from the stored document with the clock set back: the work VM does not start,
+  // and even a start asked for directly finds no key.
+  clock.ms = T0 + HOUR;
+  e = await engineOn(dataDir, clock);
+  await e.deliver(first, 'disk');
+  assert.equal(await state(e, 'work'), 'stopped');
+  assert.deepEqual(e.starts, ['personal']);
+  assert.throws(
+    () => testKeyRing('file', undefined, wrappedKeyFiles(dataDir)).dataKey(first.vms[1]!),
+    {
+      code: 'ERR_DATA_KEY_UNAVAILABLE',
+    },
+  );
+
+  // Center reached: the renewing document brings the key back; the VM starts on the same data.
+  clock.ms = T0 + 2 * DAY + HOUR;
+  await e.deliver(await encrypted(T0 + 2 * DAY + HOUR, 2), 'center');
+  assert.equal(await state(e, 'work'), 'running');
+  const after = await stat(dataPath);
+  assert.equal(after.ino, before.ino, 'the data volume is the one it had');
+  assert.equal(after.birthtimeMs, before.birthtimeMs);
 });

@@ -140,7 +140,7 @@ test("localized for this PC: the personal VM boots the user's choice with the us
     name: 'work',
     system: volume('debian', '12.1'),
     policy: { network: 'restricted', encryptData: true },
-    wrappedDataKey: 'bhwk1.from-center',
+    wrappedDataKeyDigest: 'a'.repeat(64),
   } as unknown as DesiredVm;
   const mine = {
     ...personalVm([volume('debian', '12.1'), volume('debian-next', '13.0')]),
@@ -158,7 +158,7 @@ test("localized for this PC: the personal VM boots the user's choice with the us
     key,
     "the user's key, kept for the key ring",
   );
-  assert.equal(byDefault.vms[1]!.wrappedDataKey, undefined, 'no key from Center');
+  assert.equal(byDefault.vms[1]!.wrappedDataKeyDigest, undefined, 'no key from Center');
   // The key ring hands the personal VM the user's key, and the work VM Center's as before.
   const center = { protection: 'file' as const, dataKey: () => Buffer.from('center') };
   const ring = withPersonalKeys(center, deps.localKeys);

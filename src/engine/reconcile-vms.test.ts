@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { testKeyRing, wrapForTest } from '../../test/support/keys.ts';
+import { testKeyRing, wrappedDigestForTest } from '../../test/support/keys.ts';
 import { test } from 'node:test';
 import { recordingLog } from '../../test/support/engine.ts';
 import { tempDir, tool } from '../../test/support/fixtures.ts';
@@ -52,7 +52,7 @@ function desiredVm(name: string, machine?: VmMachineHint, version = '1'): Desire
     resetPolicy: 'on-update',
     lease: { days: 30, expiresAt: Date.now() + 86_400_000 },
     ...(machine ? { machine } : {}),
-    wrappedDataKey: wrapForTest(DATA_KEY_BYTES, `p-${name}`),
+    wrappedDataKeyDigest: wrappedDigestForTest(DATA_KEY_BYTES, `p-${name}`),
   };
 }
 

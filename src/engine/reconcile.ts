@@ -13,6 +13,7 @@ import {
 import type { VmRunState, VmSpec } from './hypervisor/types.ts';
 import { leaseStatus } from './lease.ts';
 import type { TimeMark } from './time-mark.ts';
+import type { WrappedKeyFiles } from './wrapped-keys.ts';
 import { runStateOf } from './status.ts';
 import {
   persistTransaction,
@@ -213,6 +214,11 @@ export interface ReconcileDeps extends UpdateDeps {
    * alone when absent.
    */
   timeMark?: Pick<TimeMark, 'now' | 'observe'>;
+  /**
+   * The VMs' wrapped data keys on disk (wrapped-keys.ts): a VM's is destroyed at its lease
+   * expiry. Without it, nothing is destroyed (tests of the planner alone).
+   */
+  wrappedKeys?: Pick<WrappedKeyFiles, 'destroy'>;
   /** What this run already did about each VM's lease (in memory; see VmFacts). */
   leaseNotes?: Map<string, { expiryHandled?: number; warningGiven?: number }>;
 }
@@ -324,14 +330,33 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
       );
     },
     async leaseExpired(step) {
-      if (step.isRunning) {
-        deps.log.warn(
-          { component: 'hypervisor', vm: step.vm, leaseExpiresAt: step.expiresAt },
-          `${step.vm}: its lease ran out without contact with Center: shutting it down`,
-        );
-        // Graceful first: the driver sends ACPI power-down and forces only after the timeout.
-        await deps.hypervisor.stop(step.vm, { timeoutMs: deps.stopTimeoutMs });
-        await vmState(step.vm, 'stopped', { reason: 'lease expired' });
+      const desiredVm = deps.desired()?.vms.find((v) => v.name === step.vm);
+      const profileId = desiredVm?.profileId;
+      let keyDestroyed = false;
+      try {
+        if (step.isRunning) {
+          deps.log.warn(
+            { component: 'hypervisor', vm: step.vm, leaseExpiresAt: step.expiresAt },
+            `${step.vm}: its lease ran out without contact with Center: shutting it down`,
+          );
+          // Graceful first: the driver sends ACPI power-down and forces only after the timeout.
+          await deps.hypervisor.stop(step.vm, { timeoutMs: deps.stopTimeoutMs });
+          await vmState(step.vm, 'stopped', { reason: 'lease expired' });
+        }
+      } finally {
+        // After the stop (the guest shuts down with its disk open), and even if the stop failed:
+        // an offline PC holds no key to the work data past its lease (crypto-erase at expiry).
+        // The document keeps its digest, so the next one from Center brings the key back.
+        if (profileId !== undefined && deps.wrappedKeys) {
+          const wasThere = await deps.wrappedKeys.destroy(profileId);
+          keyDestroyed = desiredVm?.wrappedDataKeyDigest !== undefined;
+          if (wasThere) {
+            deps.log.warn(
+              { component: 'sync', vm: step.vm, leaseExpiresAt: step.expiresAt },
+              `${step.vm}: its key material was destroyed at lease expiry; it comes back at the next contact with Center`,
+            );
+          }
+        }
       }
       const note = deps.leaseNotes?.get(step.vm);
       if (note?.expiryHandled === step.expiresAt) return;
@@ -344,6 +369,7 @@ export function createStepExecutors(deps: ReconcileDeps): StepExecutors {
           profileId: deps.desired()?.vms.find((v) => v.name === step.vm)?.profileId ?? null,
           expiresAt: step.expiresAt,
           wasRunning: step.isRunning,
+          ...(keyDestroyed ? { keyDestroyed } : {}),
         },
       });
       deps.leaseNotes?.set(step.vm, { ...note, expiryHandled: step.expiresAt });

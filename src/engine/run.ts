@@ -30,6 +30,7 @@ import { silentLog, type Log } from './log.ts';
 import type { NewEvent } from './queue.ts';
 import { createReconciler, type Reconciler } from './reconcile.ts';
 import { engineFiles } from './state.ts';
+import { wrappedKeyFiles } from './wrapped-keys.ts';
 import { createTimeMark, type TimeMark } from './time-mark.ts';
 import type { GuestAgentLink } from './update/health.ts';
 import type { UpdateState } from './update/machine.ts';
@@ -174,6 +175,7 @@ export async function createEngineReconciler(
     timeMark,
     dataDir,
     keys,
+    wrappedKeys: wrappedKeyFiles(dataDir),
     goldens: new GoldenStore({ dir: join(dataDir, 'goldens') }),
     hypervisor,
     records,
@@ -220,7 +222,7 @@ export async function createEngineReconciler(
 async function loadKeyRing(config: EngineConfig): Promise<KeyRing> {
   const identity = await engineFiles(config.dataDir).identity.read({ repair: false });
   const keys = identity ? await loadEncryptionKey(config.dataDir, config.tpm) : undefined;
-  return keyRing(identity?.deviceId, keys);
+  return keyRing(identity?.deviceId, keys, wrappedKeyFiles(config.dataDir));
 }
 
 /** Starts Engine: the sync loop with Center feeding the reconciler, until `stop()`. */

@@ -9,6 +9,7 @@ import {
 import type { Clock } from './clock.ts';
 import type { Log } from './log.ts';
 import { AtomicJsonFile } from '../durable/index.ts';
+import { wrappedKeyFiles, type WrappedKeyFiles } from './wrapped-keys.ts';
 
 /*
  * Engine's files under its data directory (default /var/lib/bulkhead/engine, mode 0700):
@@ -16,6 +17,8 @@ import { AtomicJsonFile } from '../durable/index.ts';
  *   identity.json       who this device is and which Center key it pinned   (enroll)
  *   device.key          the device's Ed25519 private key, PKCS#8 PEM, 0600   (enroll)
  *   desired-state.json  the last desired state that verified, with its ETag  (sync)
+ *                       (signed; the VMs' wrapped keys only as digests)
+ *   keys/wrapped/       each VM's wrapped data key, destroyed at lease expiry (sync, reconcile)
  *   kill-notice.json    Center's signed notice that this device is killed    (sync)
  *   sync.json           connectivity and the commands already handled        (sync)
  *   engine-state.json   the VMs as they are on this PC                      (update/reconcile)
@@ -127,6 +130,8 @@ export interface EngineFiles {
   /** Path of the device's private key. */
   privateKeyPath: string;
   desiredState: AtomicJsonFile<StoredDesiredState>;
+  /** The VMs' wrapped data keys, apart from the document (wrapped-keys.ts). */
+  wrappedKeys: WrappedKeyFiles;
   killNotice: AtomicJsonFile<StoredKillNotice>;
   sync: AtomicJsonFile<SyncState>;
   engineState: AtomicJsonFile<EngineState>;
@@ -152,6 +157,7 @@ export function engineFiles(dataDir: string, deps: { clock?: Clock; log?: Log } 
       'the stored desired state',
       'remove the file; Engine fetches the desired state again at its next contact with Center',
     ),
+    wrappedKeys: wrappedKeyFiles(dataDir),
     killNotice: file(
       'kill-notice.json',
       StoredKillNoticeSchema,

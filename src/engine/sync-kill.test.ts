@@ -19,7 +19,13 @@ import {
   type KillNotice,
   type KillResultRequest,
 } from '../protocol/index.ts';
-import { canonicalJson, generateKeyPair, signPayload, verifyPayload } from '../signing/index.ts';
+import {
+  canonicalJson,
+  generateKeyPair,
+  signPayload,
+  verifyPayload,
+  wrappedKeyDigest,
+} from '../signing/index.ts';
 import { CenterClient } from './center-client.ts';
 import { createCommandHandler } from './commands.ts';
 import type { VmRunState } from './hypervisor/types.ts';
@@ -29,6 +35,7 @@ import { engineFiles, type Identity } from './state.ts';
 import { createSyncLoop } from './sync.ts';
 
 const NOW = Date.parse('2026-03-02T09:15:00Z');
+const WRAPPED = 'bhwk1.a.b.c';
 const DEVICE = '0195a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b';
 const KILL = '0195a1b2-c3d4-7e5f-8a9b-00000000000f';
 const CENTER_URL = 'http://center.test';
@@ -65,7 +72,7 @@ const activeState: DesiredState = {
       resources: { cpus: 1, memoryMib: 512 },
       resetPolicy: 'on-update',
       lease: { days: 14, expiresAt: NOW + 14 * 86_400_000 },
-      wrappedDataKey: 'bhwk1.a.b.c',
+      wrappedDataKeyDigest: wrappedKeyDigest(WRAPPED),
     },
   ],
   commands: [],
@@ -78,6 +85,9 @@ function signed(domain: string, body: object, key = centerPrivate, keyid = cente
 const desiredDocument = (state: DesiredState) => ({
   state,
   ...signed(DOMAINS.desiredState, state),
+  wrappedKeys: Object.fromEntries(
+    state.vms.flatMap((vm) => (vm.wrappedDataKeyDigest ? [[vm.profileId, WRAPPED]] : [])),
+  ),
 });
 
 /** A kill notice for this device, signed by Center. */
@@ -243,7 +253,7 @@ test('a signed kill notice stops every VM for good; only the kill’s result goe
     ['work'],
   );
   assert.ok(
-    killedState.vms.every((vm) => vm.wrappedDataKey === undefined),
+    killedState.vms.every((vm) => vm.wrappedDataKeyDigest === undefined),
     'no data key in what it runs',
   );
   // The planner starts nothing under it, though the VM is installed and stopped.

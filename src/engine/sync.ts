@@ -68,7 +68,7 @@ export interface SyncLoopDeps {
     'getDesiredState' | 'sendReports' | 'sendKillResult' | 'subscribePush'
   >;
   queue: EventQueue;
-  store: Pick<EngineFiles, 'desiredState' | 'killNotice' | 'sync'>;
+  store: Pick<EngineFiles, 'desiredState' | 'killNotice' | 'sync' | 'wrappedKeys'>;
   clock: Clock;
   log: Log;
   /**
@@ -129,7 +129,7 @@ export interface SyncLoop {
 /** A VM as the killed state keeps it: without its wrapped data key. */
 function withoutKey(vm: DesiredVm): DesiredVm {
   const copy = { ...vm };
-  delete copy.wrappedDataKey;
+  delete copy.wrappedDataKeyDigest;
   return copy;
 }
 
@@ -360,16 +360,27 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
         const answer =
           killed === undefined
             ? await client.getDesiredState({
-                etag: current?.etag ?? null,
+                // A VM's wrapped key destroyed at its lease expiry comes back only with a whole
+                // document: without the ETag, Center answers one even if nothing changed.
+                etag:
+                  current !== undefined && store.wrappedKeys.isComplete(current.document.state)
+                    ? current.etag
+                    : null,
                 revision: current?.document.state.revision,
               })
             : undefined;
         if (answer?.killed !== undefined) {
           await acceptKill(answer.killed);
         } else if (answer?.changed) {
+          // The wrapped keys go to their own files, each vouched for by the signed document's
+          // digests, which alone is stored as the desired state (it verifies without them).
+          // Keys first: a crash in between leaves the previous document, and so its ETag, and
+          // the next contact fetches this one again.
+          const { wrappedKeys, ...document } = answer.document;
+          await store.wrappedKeys.save(wrappedKeys ?? {});
           const stored: StoredDesiredState = {
             etag: answer.etag,
-            document: answer.document,
+            document,
             verifiedAt: clock.now(),
           };
           // Written before it is acted on: a restart resumes from what was acted on.
@@ -379,7 +390,7 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
             { component: 'sync', revision: answer.document.state.revision },
             'new desired state',
           );
-          await deliver(answer.document, 'center');
+          await deliver(document, 'center');
         }
       } catch (err) {
         // A refused document still means Center (or someone on the path) answered: report,

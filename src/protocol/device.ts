@@ -173,13 +173,16 @@ export const DesiredVmSchema = z.object({
    */
   lease: z.object({ days: z.number().int().min(1), expiresAt: EpochMsSchema }).optional(),
   /**
-   * Key of the VM's encrypted data volume (32 bytes), escrowed at Center, wrapped to the
-   * device's X25519 encryption key and bound to its device id and profile id (`bhwk1.…`, see
-   * `wrapDataKey` and docs/keys.md); present only when the policy encrypts data or the machine
-   * has a TPM (whose state is encrypted with a key derived from it). Engine keeps the document
-   * as it came and unwraps the key only in memory, when it creates the volume or starts the VM.
+   * SHA-256 (hex) of the text of the VM's wrapped data key (`wrappedKeyDigest`), present only
+   * when the policy encrypts data or the machine has a TPM (whose state is encrypted with a key
+   * derived from the data key). The wrapped key itself travels beside the signature
+   * (`SignedDesiredState.wrappedKeys`) so that Engine can keep the signed document and destroy
+   * the key apart (docs/keys.md); this digest is what makes the signature cover it.
    */
-  wrappedDataKey: z.string().max(512).optional(),
+  wrappedDataKeyDigest: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/, 'a SHA-256 digest (hex)')
+    .optional(),
   /**
    * Why the VM needs a key and none was sent (a device enrolled before encryption keys: it must
    * enrol again). Engine refuses to start such a VM and reports this reason.
@@ -222,6 +225,11 @@ export const DesiredStateSchema = z.object({
 });
 export type DesiredState = z.infer<typeof DesiredStateSchema>;
 
+/** A profile id that may name a wrapped key (and its file on the PC): no path separators. */
+export const WRAPPED_KEY_PROFILE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** Wrapped keys one document may carry (one per VM). */
+export const MAX_WRAPPED_KEYS = 64;
+
 /**
  * The signed document: `signature` is Center's Ed25519 signature (domain `desired-state`) over
  * `canonicalJson(state)`, by the key `keyid`.
@@ -230,6 +238,19 @@ export const SignedDesiredStateSchema = z.object({
   state: DesiredStateSchema,
   keyid: z.string(),
   signature: z.string(),
+  /**
+   * The VMs' data keys, wrapped to the device (`bhwk1.…`, see `wrapDataKey` and docs/keys.md),
+   * by profile id. Outside the signed body on purpose: Engine stores the document without them
+   * and each key in its own file, which it destroys at the VM's lease expiry. Each is
+   * authenticated by its VM's signed `wrappedDataKeyDigest`; a key without a matching digest is
+   * refused (anyone can wrap a key to the device's public key). Absent in a stored document.
+   */
+  wrappedKeys: z
+    .record(z.string().regex(WRAPPED_KEY_PROFILE_ID, 'a profile id'), z.string().max(512))
+    .refine((keys) => Object.keys(keys).length <= MAX_WRAPPED_KEYS, {
+      message: `at most ${MAX_WRAPPED_KEYS} wrapped keys`,
+    })
+    .optional(),
 });
 export type SignedDesiredState = z.infer<typeof SignedDesiredStateSchema>;
 

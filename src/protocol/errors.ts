@@ -73,6 +73,8 @@ export const ErrorCodes = {
   DESIRED_STATE_DEVICE: 'ERR_DESIRED_STATE_DEVICE',
   DESIRED_STATE_ROLLBACK: 'ERR_DESIRED_STATE_ROLLBACK',
   DESIRED_STATE_EXPIRED: 'ERR_DESIRED_STATE_EXPIRED',
+  // A wrapped data key beside the signature that the signed body's digest does not vouch for.
+  DESIRED_STATE_WRAPPED_KEY: 'ERR_DESIRED_STATE_WRAPPED_KEY',
   // Engine: talking to Center, and its own files.
   CENTER_UNREACHABLE: 'ERR_CENTER_UNREACHABLE',
   CENTER_UNAVAILABLE: 'ERR_CENTER_UNAVAILABLE',

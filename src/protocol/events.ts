@@ -97,6 +97,11 @@ export const DEVICE_EVENT_DATA = {
     expiresAt: EpochMsSchema,
     /** Whether it was running (and so was shut down) when the lease ran out. */
     wasRunning: z.boolean(),
+    /**
+     * Whether the VM's wrapped data key is destroyed on the PC (docs/keys.md): its data cannot
+     * be opened there until the next document from Center brings the key back.
+     */
+    keyDestroyed: z.boolean().optional(),
   }),
   /** The outcome of a command from Center. */
   'command-result': z.strictObject({

@@ -16,6 +16,7 @@ export {
   rawX25519,
   unwrapDataKey,
   wrapDataKey,
+  wrappedKeyDigest,
   x25519PrivateFromSeed,
   type WrapContext,
   type WrapRandomness,

@@ -1,5 +1,6 @@
 import {
   createCipheriv,
+  createHash,
   createDecipheriv,
   createPrivateKey,
   createPublicKey,
@@ -164,4 +165,12 @@ export function unwrapDataKey(deviceKey: KeyObject, wrapped: string, ctx: WrapCo
   } catch (err) {
     throw refuse('authentication failed', err);
   }
+}
+
+/**
+ * The digest a desired state signs in place of a wrapped key (`wrappedDataKeyDigest`): SHA-256
+ * of the wrapped key's text (UTF-8), lower-case hex.
+ */
+export function wrappedKeyDigest(wrapped: string): string {
+  return createHash('sha256').update(wrapped, 'utf8').digest('hex');
 }

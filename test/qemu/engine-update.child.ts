@@ -8,6 +8,7 @@
 // env: ENGINE_DATA, ENGINE_DESIRED, ENGINE_EVENTS, GUEST_KERNEL, GUEST_INITRD, GUEST_CMDLINE,
 //      ENGINE_CRASH_AT (optional), ENGINE_TRACE (optional: each persisted state and when)
 import { testKeyRing } from '../support/keys.ts';
+import { wrappedKeyFiles } from '../../src/engine/wrapped-keys.ts';
 import { appendFileSync } from 'node:fs';
 import { appendFile, readFile } from 'node:fs/promises';
 import {
@@ -57,8 +58,9 @@ const config = resolveEngineConfig([
 const crashAt = crashAtFromEnv();
 const tracePath = process.env.ENGINE_TRACE;
 const { reconciler } = await createEngineReconciler(config, {
-  // Not enrolled: the data key is wrapped for the test device's fixed key.
-  keys: testKeyRing(),
+  // Not enrolled: the data key is wrapped for the test device's fixed key; the test stores it
+  // in the data directory as Engine's sync would.
+  keys: testKeyRing('file', undefined, wrappedKeyFiles(env('ENGINE_DATA'))),
   clock,
   log,
   report: (event) => appendFile(eventsPath, `${JSON.stringify({ at: clock.now(), ...event })}\n`),

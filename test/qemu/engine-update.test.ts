@@ -17,6 +17,8 @@ import { DirectoryStore, importImage, type ImportResult } from '../../src/image/
 import type { DesiredState, VolumeRef } from '../../src/protocol/index.ts';
 import { killProcess } from '../support/cli.ts';
 import { osVersionRef, workDesiredState } from '../support/desired.ts';
+import { testWrappedKey } from '../support/keys.ts';
+import { wrappedKeyFiles } from '../../src/engine/wrapped-keys.ts';
 import { makeKeys } from '../support/fixtures.ts';
 import { requireQemu, runInGuest, testGuest } from '../support/guest.ts';
 import { waitFor, withTimeout } from '../support/wait.ts';
@@ -138,7 +140,15 @@ async function setDesired(
   // Written whole and renamed into place: the Engine child reads it on every pass and must
   // never see it half-written.
   const next = `${ctx.desiredPath}.next`;
-  await writeFile(next, JSON.stringify(desired(version, over)));
+  const state = desired(version, over);
+  // The wrapped key is stored beside the document, as Engine's sync stores it.
+  for (const vm of state.vms) {
+    const wrapped = testWrappedKey(vm.wrappedDataKeyDigest ?? '');
+    if (wrapped !== undefined) {
+      await wrappedKeyFiles(ctx.dataDir).save({ [vm.profileId]: wrapped });
+    }
+  }
+  await writeFile(next, JSON.stringify(state));
   await rename(next, ctx.desiredPath);
 }
 

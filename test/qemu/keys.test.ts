@@ -347,7 +347,7 @@ test('2. kill from the CLI crypto-erases: nothing Engine had opens the volume, a
     !left.some((p) => p.startsWith('keys/') || p === 'device.key' || p.startsWith('goldens/')),
     left.join(', '),
   );
-  assert.ok(!left.some((p) => p.startsWith('desired-state.json')), 'no wrapped key kept');
+  assert.ok(!left.some((p) => p.startsWith('desired-state.json')), 'no desired state kept');
   assert.ok(
     !left.some((p) => p.startsWith('vms/work/') && p !== 'vms/work/data.qcow2'),
     left.join(', '),

@@ -1,4 +1,4 @@
-import { TEST_DEVICE_ID, wrapForTest } from './keys.ts';
+import { TEST_DEVICE_ID, wrappedDigestForTest } from './keys.ts';
 import type { ImportResult } from '../../src/image/index.ts';
 import type { DesiredState, PublicKeyRef, VolumeRef } from '../../src/protocol/index.ts';
 
@@ -50,7 +50,7 @@ export function workDesiredState(options: {
         lease: { days: 30, expiresAt: now + 30 * DAY },
         ...(options.dataKey === undefined
           ? {}
-          : { wrappedDataKey: wrapForTest(options.dataKey, 'profile-work') }),
+          : { wrappedDataKeyDigest: wrappedDigestForTest(options.dataKey, 'profile-work') }),
       },
     ],
     commands: [],

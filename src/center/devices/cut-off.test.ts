@@ -253,7 +253,7 @@ for (const target of CENTER_TARGETS) {
         assert.equal(before.statusCode, 200, before.body);
         assert.match(
           before.body,
-          /"wrappedDataKey"/,
+          /"wrappedKeys":\{"[^"]+":"bhwk1\./,
           'the work VM gets its wrapped data key while active',
         );
 

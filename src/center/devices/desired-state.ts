@@ -7,6 +7,7 @@ import {
   canonicalJson,
   parseEncryptionPublicKey,
   wrapDataKey,
+  wrappedKeyDigest,
 } from '../../signing/index.ts';
 import {
   DEFAULT_VM_MACHINE,
@@ -49,7 +50,10 @@ import { DOMAINS } from './credentials.ts';
  * The ETag is a hash of (device, revision, pending-command count, generatedAt, signing key id),
  * computed without building the document. Ed25519 signatures are deterministic, so while
  * Center's configuration stays the same those determine the bytes and the ETag is a strong
- * validator. Two inputs of the document are not in it: the mirror list and the poll interval
+ * validator. That covers the whole envelope, wrapped keys included: a wrapping is derived from
+ * the signing key, the device, the profile and the device's encryption key, so the same inputs
+ * give the same text, and its digest is inside the signed body. Two inputs of the document are
+ * not in it: the mirror list and the poll interval
  * come from Center's configuration, so a change to either reaches a device that holds a current
  * ETag only with the next change of its revision or at the next hourly window.
  */
@@ -182,7 +186,7 @@ function vmKey(
   signingKey: KeyObject,
   head: DesiredStateHead,
   profileId: string,
-): { wrappedDataKey: string } | { keyUnavailable: string } {
+): { wrapped: string } | { keyUnavailable: string } {
   if (head.encryptionKey === null) {
     return {
       keyUnavailable:
@@ -201,7 +205,7 @@ function vmKey(
       ),
     );
   return {
-    wrappedDataKey: wrapDataKey(
+    wrapped: wrapDataKey(
       parseEncryptionPublicKey(head.encryptionKey),
       Buffer.from(deriveDataKey(signingKey, head.deviceId, profileId), 'base64'),
       { deviceId: head.deviceId, profileId },
@@ -344,9 +348,10 @@ async function buildVms(
   head: DesiredStateHead,
   signingKey: KeyObject,
   warn: VmWarning,
-): Promise<DesiredVm[]> {
+): Promise<{ vms: DesiredVm[]; wrappedKeys: Record<string, string> }> {
   const resolved = await resolveDeviceProfiles(db, head);
   const vms: DesiredVm[] = [];
+  const wrappedKeys: Record<string, string> = {};
   for (const { profile: p, system, apps, personalImages } of resolved) {
     if (system === undefined) {
       warn(
@@ -380,6 +385,14 @@ async function buildVms(
     }
     const leaseDays = Number(p.lease_days);
     const machine = machineOfRow(p);
+    // The TPM's state is encrypted with a key derived from the data key (Engine). The personal
+    // VM's key is the user's, made on the PC: Center never has one to send.
+    const key: ReturnType<typeof vmKey> | Record<string, never> =
+      p.kind !== 'personal' && (policy.data.encryptData || machine.tpm)
+        ? vmKey(signingKey, head, p.id)
+        : {};
+    // The wrapped key goes beside the signature, its digest inside the signed body.
+    if ('wrapped' in key) wrappedKeys[p.id] = key.wrapped;
     vms.push({
       name: p.name,
       profileId: p.id,
@@ -393,15 +406,12 @@ async function buildVms(
       // Only a machine other than the default is sent: documents of profiles that never chose
       // one stay as they were.
       ...(isDefaultMachine(machine) ? {} : { machine }),
-      // The personal VM's key is the user's, made on the PC: Center never has one to send.
       ...(p.kind === 'personal' ? { personal: { images: personalImages } } : {}),
-      // The TPM's state is encrypted with a key derived from the data key (Engine).
-      ...(p.kind !== 'personal' && (policy.data.encryptData || machine.tpm)
-        ? vmKey(signingKey, head, p.id)
-        : {}),
+      ...('wrapped' in key ? { wrappedDataKeyDigest: wrappedKeyDigest(key.wrapped) } : {}),
+      ...('keyUnavailable' in key ? { keyUnavailable: key.keyUnavailable } : {}),
     });
   }
-  return vms;
+  return { vms, wrappedKeys };
 }
 
 function isDefaultMachine(m: VmMachineHint): boolean {
@@ -430,8 +440,9 @@ export async function readPublishers(db: Kysely<Database>): Promise<PublicKeyRef
 }
 
 /**
- * Builds and signs the document `head` describes. The document holds the VMs' data keys: it
- * goes only to the device it names, and is never logged.
+ * Builds and signs the document `head` describes. The envelope carries the VMs' data keys,
+ * wrapped to the device, beside the signature (`wrappedKeys`), and the signed body their
+ * digests: it goes only to the device it names, and is never logged.
  */
 export async function buildDesiredState(
   db: Kysely<Database>,
@@ -445,7 +456,7 @@ export async function buildDesiredState(
   } = {},
 ): Promise<SignedDesiredState> {
   // Independent reads: on PostgreSQL they go out on separate pooled connections at once.
-  const [commands, publishers, vms] = await Promise.all([
+  const [commands, publishers, { vms, wrappedKeys }] = await Promise.all([
     db
       .selectFrom('commands')
       .select(['id', 'kind', 'profile_id', 'created_at'])
@@ -480,6 +491,7 @@ export async function buildDesiredState(
     state,
     keyid: signer.keyid,
     signature: signPayload(DOMAINS.desiredState, canonicalJson(state), signer.key),
+    ...(Object.keys(wrappedKeys).length > 0 ? { wrappedKeys } : {}),
   };
 }
 

@@ -375,7 +375,11 @@ for (const target of CENTER_TARGETS) {
           headers: device(pc.bearer.token),
         });
         assert.equal(res.statusCode, 200);
-        const vms = (res.json() as { state: { vms: DesiredVm[] } }).state.vms;
+        const body = res.json() as {
+          state: { vms: DesiredVm[] };
+          wrappedKeys?: Record<string, string>;
+        };
+        const vms = body.state.vms;
         const winVm = vms.find((v) => v.name === 'win');
         const plainVm = vms.find((v) => v.name === 'plain');
         assert.ok(winVm && plainVm, `both VMs: ${vms.map((v) => v.name).join(', ')}`);
@@ -388,11 +392,12 @@ for (const target of CENTER_TARGETS) {
         });
         assert.equal(winVm.policy.encryptData, false);
         assert.ok(
-          winVm.wrappedDataKey,
+          winVm.wrappedDataKeyDigest && body.wrappedKeys?.[winVm.profileId],
           'a VM with a TPM gets the key its TPM state is encrypted with',
         );
         assert.equal(plainVm.machine, undefined, 'a default machine leaves the document as it was');
-        assert.equal(plainVm.wrappedDataKey, undefined);
+        assert.equal(plainVm.wrappedDataKeyDigest, undefined);
+        assert.equal(body.wrappedKeys?.[plainVm.profileId], undefined);
       },
     );
 
@@ -702,7 +707,7 @@ for (const target of CENTER_TARGETS) {
           ['debian@12.1', 'debian-next@13.0'],
         );
         assert.equal(
-          personalVm.wrappedDataKey,
+          personalVm.wrappedDataKeyDigest,
           undefined,
           "the personal VM's key is never Center's",
         );
@@ -710,7 +715,7 @@ for (const target of CENTER_TARGETS) {
         assert.equal(personalVm.policy.network, 'nat');
         assert.equal(workVm.personal, undefined);
         assert.ok(
-          workVm.wrappedDataKey ?? workVm.keyUnavailable,
+          workVm.wrappedDataKeyDigest ?? workVm.keyUnavailable,
           'the work VM still gets its escrowed key (or the reason it cannot)',
         );
       },

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { unwrapDataKey } from '../../signing/index.ts';
+import { unwrapDataKey, wrappedKeyDigest } from '../../signing/index.ts';
 import { TEST_DEVICE_KEYS } from '../../../test/support/keys.ts';
 import { createPublicKey, hkdfSync, randomUUID } from 'node:crypto';
 import { test, type TestContext } from 'node:test';
@@ -274,24 +274,29 @@ for (const target of CENTER_TARGETS) {
           32,
         ),
       ).toString('base64');
-      // Only wrapped to the device's encryption key, bound to device and profile.
-      assert.ok(work.wrappedDataKey, 'the work VM gets its key wrapped');
-      assert.ok(!JSON.stringify(state).includes(expected), 'never the key in the clear');
+      // Only wrapped to the device's encryption key, bound to device and profile; beside the
+      // signature, vouched for by the digest the signed body carries.
+      const wrapped = signed.wrappedKeys?.[catalog.work];
+      assert.ok(wrapped, 'the work VM gets its key wrapped');
+      assert.equal(work.wrappedDataKeyDigest, wrappedKeyDigest(wrapped));
+      assert.ok(!JSON.stringify(state).includes(wrapped), 'the signed body has only the digest');
+      assert.ok(!JSON.stringify(signed).includes(expected), 'never the key in the clear');
       assert.equal(
-        unwrapDataKey(TEST_DEVICE_KEYS.privateKey, work.wrappedDataKey, {
+        unwrapDataKey(TEST_DEVICE_KEYS.privateKey, wrapped, {
           deviceId: device!,
           profileId: catalog.work,
         }).toString('base64'),
         expected,
       );
       const personal = state.vms.find((vm) => vm.name === 'personal')!;
-      assert.equal(personal.wrappedDataKey, undefined);
+      assert.equal(personal.wrappedDataKeyDigest, undefined);
+      assert.deepEqual(Object.keys(signed.wrappedKeys ?? {}), [catalog.work]);
       assert.deepEqual(personal.apps, []);
       assert.equal(personal.policy.network, 'nat');
 
       // 304 while nothing changes; the kiosk warning was logged once, and no key was logged.
       assert.equal((await c.desiredState(device!, first.etag)).status, 304);
-      await c.desiredState(device!);
+      const again = await c.desiredState(device!);
       assert.equal(
         c
           .logs()
@@ -301,8 +306,8 @@ for (const target of CENTER_TARGETS) {
       );
       assert.ok(!c.logs().includes(expected));
       assert.equal(
-        JSON.stringify(first.body!.state).includes(work.wrappedDataKey!),
-        true,
+        again.body!.wrappedKeys?.[catalog.work],
+        wrapped,
         'the same wrapped key in every document (stable ETags)',
       );
 
@@ -316,7 +321,7 @@ for (const target of CENTER_TARGETS) {
       const oldWork = (await c.desiredState(old!)).body!.state.vms.find(
         (vm: DesiredVm) => vm.name === 'work',
       ) as DesiredVm;
-      assert.equal(oldWork.wrappedDataKey, undefined);
+      assert.equal(oldWork.wrappedDataKeyDigest, undefined);
       assert.match(oldWork.keyUnavailable ?? '', /enrolled before devices had encryption keys/);
       assert.match(oldWork.keyUnavailable ?? '', /bulkhead engine enroll --force/);
 

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { testKeyRing, wrapForTest } from '../../../test/support/keys.ts';
+import { testKeyRing, wrappedDigestForTest } from '../../../test/support/keys.ts';
 import { test } from 'node:test';
 import { recordingLog, type LogEntry } from '../../../test/support/engine.ts';
 import { tempDir, tool } from '../../../test/support/fixtures.ts';
@@ -50,7 +50,7 @@ function desired(version: string, revision: number): DesiredState {
     resources: { cpus: 1, memoryMib: 256 },
     resetPolicy: 'on-update',
     lease: { days: 30, expiresAt: Date.now() + 30 * 86_400_000 },
-    wrappedDataKey: wrapForTest(DATA_KEY_BYTES, 'p1'),
+    wrappedDataKeyDigest: wrappedDigestForTest(DATA_KEY_BYTES, 'p1'),
   };
   return {
     deviceId: 'd',

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BulkheadError, IsolationPolicySchema, type DesiredVm } from '../../protocol/index.ts';
 import { volumeLayout } from '../volumes/index.ts';
-import { testKeyRing, wrapForTest } from '../../../test/support/keys.ts';
+import { testKeyRing, wrappedDigestForTest } from '../../../test/support/keys.ts';
 import { vmSpec } from './executors.ts';
 
 const ring = testKeyRing();
@@ -45,7 +45,7 @@ test('no machine from Center: the spec has none (BIOS, virtio, no TPM)', () => {
 test('uefi + tpm: the vars store and TPM state sit beside the data volume; the TPM key is derived, the data volume stays plain', () => {
   const vm = desired({
     machine: { firmware: 'uefi', secureBoot: true, tpm: true, os: 'windows', devices: 'compat' },
-    wrappedDataKey: wrapForTest(DATA_KEY, 'p'),
+    wrappedDataKeyDigest: wrappedDigestForTest(DATA_KEY, 'p'),
   });
   const spec = vmSpec(vm, release, layout, ring);
   assert.equal(spec.machine?.varsPath, '/var/lib/bulkhead/vms/work/efi-vars.fd');
@@ -101,7 +101,7 @@ test('Secure Boot with a directly booted kernel is refused, saying why and what 
 test('an encrypted data volume gets the key unwrapped in memory; the document holds only the wrapped one', () => {
   const vm = desired({
     policy: IsolationPolicySchema.parse({ encryptData: true }),
-    wrappedDataKey: wrapForTest(DATA_KEY, 'p'),
+    wrappedDataKeyDigest: wrappedDigestForTest(DATA_KEY, 'p'),
   });
   const data = vmSpec(vm, release, layout, ring).disks.find((d) => d.role === 'data');
   assert.deepEqual(data?.encryptionKey, DATA_KEY);
@@ -126,7 +126,7 @@ test('a VM Center could send no key for is refused with Center’s reason (re-en
 test('a profile that requires a TPM is refused on a PC keeping its key in a file, runs with a TPM', () => {
   const vm = desired({
     policy: IsolationPolicySchema.parse({ encryptData: true, requireTpm: true }),
-    wrappedDataKey: wrapForTest(DATA_KEY, 'p'),
+    wrappedDataKeyDigest: wrappedDigestForTest(DATA_KEY, 'p'),
   });
   assert.throws(() => vmSpec(vm, release, layout, testKeyRing('file')), {
     code: 'ERR_TPM_REQUIRED',
