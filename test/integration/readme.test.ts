@@ -13,7 +13,8 @@ import { PATIENCE_MS, waitFor } from '../support/wait.ts';
 //
 // What the test provides is what a reader's machine provides: a shell with `bulkhead` on its
 // PATH and as ./bin/bulkhead.js (this checkout's launcher), an empty working directory and home, the disk images
-// the tour imports (`debian-12.1.raw`, `debian-12.2.qcow2`, which a reader brings), and the
+// the tour imports (`debian-12.1.raw`, `debian-12.2.qcow2`, `editor-1.raw`, `editor-2.raw`,
+// which a reader brings), and the
 // Center `npm start` runs (`bulkhead center serve --demo`, in that directory). Center listens
 // on a free port rather than 8080, which other tests or programs may hold; that address is the
 // one text the test replaces in a command. The few commands that cannot run inside a test are
@@ -209,6 +210,12 @@ test('every command in the README runs as written', { timeout: 20 * 60_000 }, as
     ['convert', '-f', 'raw', '-O', 'qcow2', v2, join(dir, 'debian-12.2.qcow2')],
     'qemu-utils',
   );
+  // And an app layer in two versions, for the optional applications.
+  for (const version of [1, 2]) {
+    const app = { 'app.json': Buffer.from(`{"name":"editor","version":"${version}"}\n`) };
+    const image = await ext4Image(images, `editor${version}`, app, '8M');
+    await exec('cp', [image, join(dir, `editor-${version}.raw`)]);
+  }
 
   const env: NodeJS.ProcessEnv = {
     PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}`,
