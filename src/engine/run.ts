@@ -8,6 +8,7 @@ import { keyRing, loadEncryptionKey, type KeyRing } from './device-keys.ts';
 import type { EngineConfig } from './config.ts';
 import { GuestAgent } from './guest-agent.ts';
 import { BulkheadError, ErrorCodes, type DesiredState, type Fetch } from '../protocol/index.ts';
+import { removeLegacyKeyFiles } from './legacy-keys.ts';
 import { KeyFileStore, localizePersonal, withPersonalKeys } from './personal.ts';
 import {
   createQemuDriver,
@@ -255,6 +256,8 @@ async function startLocked(
   if ((await engineFiles(config.dataDir).killNotice.read()) !== undefined) {
     await cryptoErase(config.dataDir, parts.log ?? silentLog);
   }
+  // A desired state an older Engine kept with a data key inside does not outlive the upgrade.
+  await removeLegacyKeyFiles(config.dataDir, parts.log ?? silentLog);
   const { reconciler, hypervisor, records, transactions, clock, log, timeMark } =
     await createEngineReconciler(config, {
       ...parts,
