@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createPrivateKey, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,7 +26,7 @@ import {
   startCenterProcess,
   type CenterProcess,
 } from '../support/cli.ts';
-import { exec, makeKeys } from '../support/fixtures.ts';
+import { exec, filesUnder, makeKeys } from '../support/fixtures.ts';
 import { requireQemu, runInGuest, testGuest } from '../support/guest.ts';
 import { startTestTpm, type TestTpm } from '../support/swtpm.ts';
 import { waitFor } from '../support/wait.ts';
@@ -115,17 +115,6 @@ async function pushConnections(): Promise<number> {
 
 const until = <T>(what: string, fn: () => Promise<T | undefined | false>) =>
   waitFor(what, () => fn().catch(() => undefined), { intervalMs: 500 });
-
-/** Every file under `dir`, with its bytes. */
-async function filesUnder(dir: string): Promise<{ path: string; bytes: Buffer }[]> {
-  const out: { path: string; bytes: Buffer }[] = [];
-  for (const e of await readdir(dir, { recursive: true, withFileTypes: true })) {
-    if (!e.isFile()) continue;
-    const path = join(e.parentPath, e.name);
-    out.push({ path, bytes: await readFile(path) });
-  }
-  return out;
-}
 
 /** Whether qemu-img can read the whole encrypted volume with the passphrase in `secretFile`. */
 async function opens(volume: string, secretFile: string): Promise<boolean> {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFile, readdir, readlink, writeFile } from 'node:fs/promises';
+import { readFile, readlink, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
@@ -14,7 +14,7 @@ import { ensureDataVolume, volumeLayout } from '../../src/engine/volumes/overlay
 import { DirectoryStore, importImage } from '../../src/image/index.ts';
 import { IsolationPolicySchema } from '../../src/protocol/index.ts';
 import { BIN, cliJson, freePort, killProcess, startCenterProcess } from '../support/cli.ts';
-import { exec, makeKeys, tempDir, tool } from '../support/fixtures.ts';
+import { exec, filesUnder, makeKeys, tempDir, tool } from '../support/fixtures.ts';
 import { requireQemu, runInGuest, testGuest, type GuestArtifacts } from '../support/guest.ts';
 import { PATIENCE_MS, waitFor } from '../support/wait.ts';
 
@@ -263,15 +263,6 @@ test("the personal VM reaches the internet but none of the host's services; the 
   assert.ok(!links.includes(sandboxName(personal.runDir)), 'the uplink is gone');
 });
 
-/** Every file under `dir`, concatenated (Center's database and its journal, say). */
-async function allBytes(dir: string): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (entry.isFile()) parts.push(await readFile(join(entry.parentPath, entry.name)));
-  }
-  return Buffer.concat(parts);
-}
-
 test('Engine runs the work and the personal VM from Center; Center holds nothing of the personal VM but its state', async (t) => {
   await requireQemu();
   await tool('nft', ['--version'], 'nftables');
@@ -467,7 +458,7 @@ test('Engine runs the work and the personal VM from Center; Center holds nothing
 
   const key = await readFile(join(engineData, 'personal', 'data.key'));
   assert.equal(key.length, 32);
-  const centerBytes = await allBytes(centerDir);
+  const centerBytes = Buffer.concat((await filesUnder(centerDir)).map((f) => f.bytes));
   const desiredState = await readFile(join(engineData, 'desired-state.json'));
   for (const [what, needle] of [
     ['the marker written in the personal guest', marker],

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -137,4 +137,27 @@ export async function publishPair(dir: string) {
   const r1 = await importImage({ ...common, file: v1, version: '1' });
   const r2 = await importImage({ ...common, file: v2, version: '2' });
   return { dir, keys, store, v1, v2, r1, r2 };
+}
+
+/**
+ * Every file under `dir`, with its bytes. The program that owns them may run meanwhile and write
+ * by rename (or keep a journal), so a file may go between the listing and the read: such a scan is done again (its
+ * content is in the file it was renamed to), up to five times.
+ */
+export async function filesUnder(dir: string): Promise<{ path: string; bytes: Buffer }[]> {
+  for (let attempt = 1; ; attempt++) {
+    const out: { path: string; bytes: Buffer }[] = [];
+    let vanished = false;
+    for (const e of await readdir(dir, { recursive: true, withFileTypes: true })) {
+      if (!e.isFile()) continue;
+      const path = join(e.parentPath, e.name);
+      try {
+        out.push({ path, bytes: await readFile(path) });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        vanished = true;
+      }
+    }
+    if (!vanished || attempt === 5) return out;
+  }
 }
