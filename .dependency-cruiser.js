@@ -17,6 +17,15 @@ const SOURCE = { path: '^src/', pathNot: '\\.test\\.ts$' };
 export default {
   forbidden: [
     {
+      name: 'web-speaks-the-protocol-only',
+      severity: 'error',
+      comment:
+        'The console and the switcher run in the browser: of src/ they import only the wire ' +
+        'contract, src/protocol/index.ts.',
+      from: { path: '^web/' },
+      to: { path: '^src/', pathNot: '^src/protocol/index\\.ts$' },
+    },
+    {
       name: 'no-circular',
       severity: 'error',
       comment:
@@ -95,6 +104,7 @@ export default {
   ],
   options: {
     doNotFollow: { path: 'node_modules' },
+    exclude: { path: '^web/[^/]+/dist/' },
     // Type-only imports count: a cycle through types is still two modules that need each other.
     tsPreCompilationDeps: true,
     tsConfig: { fileName: 'tsconfig.json' },

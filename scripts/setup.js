@@ -8,7 +8,7 @@
 //   node scripts/setup.js --test     plus what the test suite needs
 //   node scripts/setup.js --bench    plus the peers the benchmarks compare against
 import { spawnSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -54,6 +54,8 @@ const packages = {
     // The README's commands, which a test runs as written, use them.
     ['curl', 'curl'],
     ['openssl', 'openssl'],
+    // The console's and the switcher's browser tests drive Debian's Chromium (playwright-core).
+    ['chromium', 'chromium'],
   ],
   bench: [
     ['debootstrap', 'debootstrap'],
@@ -63,6 +65,8 @@ const packages = {
     ['rsync', 'rsync'],
     // Load generator for Center's device API.
     ['wrk', 'wrk'],
+    // The console's page-load benchmark measures in a real browser.
+    ['chromium', 'chromium'],
   ],
 };
 
@@ -133,9 +137,50 @@ function ensureDebianPackages(wanted) {
   }
 }
 
+/** Newest modification time under `path` (a file or a directory tree), in ms. */
+function newest(path) {
+  if (!existsSync(path)) return 0;
+  const stat = statSync(path);
+  if (!stat.isDirectory()) return stat.mtimeMs;
+  let latest = stat.mtimeMs;
+  for (const entry of readdirSync(path)) latest = Math.max(latest, newest(join(path, entry)));
+  return latest;
+}
+
+/**
+ * Builds the browser apps (web/console, served by Center; web/switcher, served by Engine) with
+ * Vite into their dist/ folders, when a source is newer than the last build. They import the
+ * wire contract from src/protocol, so that counts as a source too.
+ */
+function buildWebApps() {
+  const vite = join(root, 'node_modules', 'vite', 'bin', 'vite.js');
+  const pinnedNode = join(root, 'node_modules', 'node', 'bin', 'node');
+  for (const app of ['console', 'switcher']) {
+    const dir = join(root, 'web', app);
+    const built = join(dir, 'dist', 'index.html');
+    const sources = [join(dir, 'src'), join(dir, 'index.html'), join(dir, 'vite.config.ts')];
+    sources.push(join(root, 'src', 'protocol'), join(root, 'package-lock.json'));
+    const stale = !existsSync(built) || Math.max(...sources.map(newest)) > statSync(built).mtimeMs;
+    if (!stale) continue;
+    console.error(`setup: building web/${app}`);
+    const ok = run(
+      pinnedNode,
+      [vite, 'build', '--logLevel', 'warn', '--config', join(dir, 'vite.config.ts')],
+      {
+        cwd: root,
+      },
+    );
+    if (!ok) {
+      console.error(`setup: building web/${app} failed; see the messages above.`);
+      process.exit(1);
+    }
+  }
+}
+
 const args = new Set(process.argv.slice(2));
 const wanted = [...packages.base];
 if (args.has('--test')) wanted.push(...packages.test);
 if (args.has('--bench')) wanted.push(...packages.bench);
 ensureNpmPackages();
+buildWebApps();
 ensureDebianPackages(wanted);

@@ -1,0 +1,7 @@
+import { createRoot } from 'react-dom/client';
+
+function App() {
+  return <h1>Bulkhead Console</h1>;
+}
+
+createRoot(document.getElementById('root') as HTMLElement).render(<App />);

@@ -1,0 +1,9 @@
+import { defineConfig } from 'vite';
+
+// Built by scripts/setup.js into dist/, which the server serves as static files. No inline
+// scripts or styles end up in the output, so the server's Content-Security-Policy can stay strict.
+export default defineConfig({
+  root: import.meta.dirname,
+  base: './',
+  build: { outDir: 'dist', emptyOutDir: true, target: 'es2022', assetsInlineLimit: 0 },
+});
