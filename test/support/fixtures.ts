@@ -19,10 +19,21 @@ export interface Cleanups {
   after(release: () => unknown): void;
 }
 
-/** A temp dir removed when the test ends. */
+/**
+ * A temp dir removed when the test ends. Its removal never fails the test: node:test runs a
+ * test's `after` hooks in the order they were registered, so this one (registered first, as the
+ * dir is made first) runs while a process the test started later may still be writing into the
+ * dir, and an error here would skip the hooks that stop those processes, leaving the test file
+ * waiting on them for ever. What cannot be removed now is removed once the hooks have run.
+ */
 export async function tempDir(t: Cleanups, prefix = 'bulkhead-test-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const remove = () => rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+  t.after(() =>
+    remove().catch(() => {
+      process.once('beforeExit', () => void remove().catch(() => {}));
+    }),
+  );
   return dir;
 }
 
