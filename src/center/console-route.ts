@@ -13,6 +13,7 @@ import type { CenterApp } from './context.ts';
  * - `index.html` for `/` and for any other GET that asks for HTML and is not an API, store,
  *   metrics or documentation path, so a client-side route (`/devices/abc`) reloads; never
  *   cached, so a new build is picked up at once.
+ * - `/favicon.ico` from the build, or an empty answer when it has none.
  * - Without a build, a 503 page saying how to make one; Center itself runs on.
  */
 
@@ -115,6 +116,25 @@ export function registerConsoleRoutes(app: CenterApp, dir: string): ConsoleRoute
         .type(TYPES[extname(name).toLowerCase()] ?? 'application/octet-stream');
       if (req.method === 'HEAD') return reply.send();
       return reply.send(createReadStream(path));
+    },
+  });
+
+  // Browsers ask for it on every page; a build without one answers with nothing rather than a
+  // 404 each browser logs as an error.
+  app.route({
+    method: ['GET', 'HEAD'],
+    url: '/favicon.ico',
+    schema: { hide: true },
+    handler: async (req, reply) => {
+      const path = join(dir, 'favicon.ico');
+      const found = await stat(path).then(
+        (st) => st.isFile(),
+        () => false,
+      );
+      reply.header('cache-control', 'public, max-age=86400');
+      if (!found) return reply.code(204).send();
+      reply.type('image/x-icon');
+      return req.method === 'HEAD' ? reply.send() : reply.send(createReadStream(path));
     },
   });
 
