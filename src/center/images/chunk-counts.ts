@@ -61,7 +61,9 @@ export async function countChunks(
   const added = [...own].filter((d) => !parent.has(d));
   let bytes = 0;
   await eachLimit(added, 64, async (d) => {
-    bytes += await store.sizeOf(chunkKey(d));
+    // Read first, then add: `bytes += await …` would add to the total read before the wait.
+    const size = await store.sizeOf(chunkKey(d));
+    bytes += size;
   });
   return { chunks: own.size, added_chunks: added.length, added_bytes: bytes };
 }
