@@ -19,7 +19,7 @@ import { describeEvent } from './sentences.ts';
  * rows; an event is about a version when its payload names the version's id (the release's
  * `versionId`, a volume's, the version a VM runs), matched in the JSON text, which needs no
  * index of its own: both reads walk one device's events at a time, through the (device_id,
- * occurred_at) index, so a read costs O(events of the devices on the page), bounded by the
+ * occurred_at, event_id) index, so a read costs O(events of the devices on the page), bounded by the
  * page size, and never the whole table.
  */
 
