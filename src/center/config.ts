@@ -11,6 +11,9 @@ import {
 } from '../config/index.ts';
 import { MAX_REPORT_BYTES, MAX_REPORT_EVENTS } from '../protocol/index.ts';
 
+/** Where the set-up builds the console: web/console/dist of this checkout. */
+const BUILT_CONSOLE = resolve(import.meta.dirname, '../../web/console/dist');
+
 const hostPort = z
   .string()
   .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/, 'must be HOST:PORT, e.g. 127.0.0.1:8080')
@@ -158,6 +161,11 @@ export const CenterConfigSchema = z.strictObject({
    * the config file or `BULKHEAD_METRICS_TOKEN`, not a flag (others on the host see flags).
    */
   metricsToken: z.string().min(32).max(256).optional(),
+  /**
+   * Directory of the built web console (`index.html` and `assets/`) that Center serves at `/`;
+   * by default the one the set-up builds, `web/console/dist` beside Center's code.
+   */
+  consoleDir: z.string().min(1).optional(),
 });
 
 export type CenterConfigInput = z.input<typeof CenterConfigSchema>;
@@ -190,6 +198,8 @@ export interface CenterConfig {
   readonly metricsToken: string | null;
   /** The chunk store Center owns and serves. */
   readonly storeDir: string;
+  /** The built web console Center serves at `/`. */
+  readonly consoleDir: string;
 }
 
 /** Environment variables Center reads, and the key each sets. */
@@ -217,6 +227,7 @@ const ENV: Record<string, keyof CenterConfigInput> = {
   BULKHEAD_PASSWORD_HASH_QUEUE: 'passwordHashQueue',
   BULKHEAD_METRICS_LISTEN: 'metricsListen',
   BULKHEAD_METRICS_TOKEN: 'metricsToken',
+  BULKHEAD_CONSOLE_DIR: 'consoleDir',
 };
 
 /** Keys whose variable holds a number. */
@@ -298,6 +309,12 @@ export function resolveConfig(sources: CenterConfigInput[], cwd = process.cwd())
     metricsListen: c.metricsListen === undefined ? null : splitHostPort(c.metricsListen),
     metricsToken: c.metricsToken ?? null,
     storeDir: join(dataDir, 'store'),
+    consoleDir:
+      c.consoleDir === undefined
+        ? BUILT_CONSOLE
+        : isAbsolute(c.consoleDir)
+          ? c.consoleDir
+          : resolve(cwd, c.consoleDir),
   });
 }
 

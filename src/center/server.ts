@@ -30,6 +30,7 @@ import { imagesAdmin } from './images/index.ts';
 import { rolloutRoutes } from './rollouts/index.ts';
 import { centerErrorHandler, centerNotFoundHandler } from './http-errors.ts';
 import { registerBodyParsers } from './http/body.ts';
+import { registerAdminEtags } from './http/etag.ts';
 import {
   admitUnderPressure,
   addressMatcher,
@@ -43,6 +44,7 @@ import {
 import { createLocalPushBus } from './push.ts';
 import { createRateLimitStore } from './http/rate-limit-store.ts';
 import { registerStoreRoute } from './store-route.ts';
+import { registerConsoleRoutes } from './console-route.ts';
 
 /** Client addresses each rate-limited route remembers. */
 const RATE_LIMIT_KEYS = 10_000;
@@ -167,7 +169,6 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   app.setErrorHandler(centerErrorHandler);
-  app.setNotFoundHandler(centerNotFoundHandler);
   registerBodyParsers(app);
   // Before any route, so that every route sheds load.
   await registerLoadShedding(app, deps.config);
@@ -176,6 +177,7 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
   app.addHook('onClose', async () => deps.passwords.close());
 
   await registerSecurityHeaders(app);
+  registerAdminEtags(app);
 
   // Per-address limits of the anonymous routes, keyed by req.ip (an IPv6 address by its /64),
   // refused with 429 and Retry-After before the body is read. The table below gives each route
@@ -342,6 +344,11 @@ export async function createCenterApp(given: CenterDeps): Promise<CenterApp> {
   app.get('/api/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   registerStoreRoute(app, deps.config.storeDir);
+  // Pages of the console that match no route (client-side routes) get its page.
+  const consolePages = registerConsoleRoutes(app, deps.config.consoleDir);
+  app.setNotFoundHandler((req, reply) =>
+    consolePages.isPage(req) ? consolePages.sendPage(reply) : centerNotFoundHandler(req, reply),
+  );
   // Authentication first: its hooks reach every route the domains below register.
   registerAuthentication(app, {
     db: deps.database.db,

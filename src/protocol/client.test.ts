@@ -14,6 +14,9 @@ const probe = defineEndpoints(['test'], {
   remove: endpoint('DELETE /api/v1/things/:id', 'admin', 204, z.null(), {
     params: z.strictObject({ id: z.string() }),
   }),
+  summary: endpoint('GET /api/v1/summary', 'viewer', 200, z.object({ n: z.number() }), {
+    query: z.strictObject({ days: z.coerce.number().optional() }),
+  }),
   upload: endpoint('PUT /api/v1/blobs/:digest', 'operator', 201, z.object({ ok: z.boolean() }), {
     params: z.strictObject({ digest: z.string() }),
     body: BYTES,
@@ -173,5 +176,41 @@ test('the client says when Center cannot be reached, and refuses a URL that is n
   assert.throws(
     () => createApiClient({ baseUrl: 'ftp://x' }),
     (err) => isBulkheadError(err, 'ERR_USAGE'),
+  );
+});
+
+test('polling: If-None-Match when an ETag is held, 304 as nothing new, errors as call', async () => {
+  const seen: (string | null)[] = [];
+  const answers = [
+    answer(200, { n: 1 }, { etag: 'W/"a"' }),
+    new Response(null, { status: 304, headers: { etag: 'W/"a"' } }),
+    answer(200, { n: 2 }, { etag: 'W/"b"' }),
+    answer(200, { n: 'not a number' }, { etag: 'W/"c"' }),
+    answer(401, { error: { code: 'ERR_UNAUTHENTICATED', message: 'log in' } }),
+  ];
+  const fetch: Fetch = async (_url, init) => {
+    seen.push(new Headers(init?.headers).get('if-none-match'));
+    return answers.shift()!;
+  };
+  const api = createApiClient({ baseUrl: 'http://center.test', fetch });
+  const first = await api.poll(probe.summary, { query: { days: 3 } }, null);
+  assert.deepEqual(first, { notModified: false, etag: 'W/"a"', body: { n: 1 } });
+  assert.deepEqual(await api.poll(probe.summary, {}, 'W/"a"'), { notModified: true });
+  const changed = await api.poll(probe.summary, {}, 'W/"a"');
+  assert.deepEqual(changed, { notModified: false, etag: 'W/"b"', body: { n: 2 } });
+  assert.deepEqual(seen, [null, 'W/"a"', 'W/"a"']);
+  await assert.rejects(api.poll(probe.summary, {}, 'W/"b"'), (err) =>
+    isBulkheadError(err, 'ERR_CENTER_PROTOCOL'),
+  );
+  await assert.rejects(api.poll(probe.summary, {}, 'W/"b"'), (err) =>
+    isBulkheadError(err, 'ERR_UNAUTHENTICATED'),
+  );
+  // `call` still refuses a 304 the endpoint does not promise.
+  const strict = createApiClient({
+    baseUrl: 'http://center.test',
+    fetch: async () => new Response(null, { status: 304 }),
+  });
+  await assert.rejects(strict.call(probe.summary), (err) =>
+    isBulkheadError(err, 'ERR_CENTER_PROTOCOL'),
   );
 });

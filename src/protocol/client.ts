@@ -62,7 +62,22 @@ export interface ApiClient {
     request: RequestOf<E>,
     options?: CallOptions,
   ): Promise<RawAnswer<E>>;
+  /**
+   * A conditional GET for polling: sends `If-None-Match: etag` when `etag` is given, and
+   * resolves with `notModified: true` when Center answers 304, else with the typed body and the
+   * answer's ETag (to pass to the next poll). Errors as `call`.
+   */
+  poll<E extends Endpoint>(
+    endpoint: E,
+    request: RequestOf<E>,
+    etag: string | null,
+    options?: CallOptions,
+  ): Promise<PollAnswer<E>>;
 }
+
+/** What a poll resolves with: nothing new, or the new body and its ETag. */
+export type PollAnswer<E extends Endpoint> =
+  { notModified: true } | { notModified: false; etag: string | null; body: ResponseOf<E> };
 
 /**
  * A client of Center at `baseUrl`.
@@ -82,11 +97,12 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
   const doFetch = options.fetch ?? fetch;
   const timeoutMs = options.timeoutMs ?? 30_000;
 
-  async function exchange<E extends Endpoint>(
+  /** Sends the request; resolves with whatever HTTP answer came back, parsed as JSON if it is. */
+  async function send<E extends Endpoint>(
     endpoint: E,
     request: RequestOf<E>,
-    callOptions: CallOptions = {},
-  ): Promise<RawAnswer<E>> {
+    callOptions: CallOptions,
+  ): Promise<{ res: Response; json: unknown; what: string }> {
     const req = (request ?? {}) as { params?: object; query?: object; body?: unknown };
     const target = new URL(`${baseUrl}${pathOf(endpoint, req.params as Record<string, unknown>)}`);
     for (const [k, v] of Object.entries(req.query ?? {})) {
@@ -144,15 +160,46 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
         json = undefined;
       }
     }
+    return { res, json, what };
+  }
+
+  /**
+   * The success answer of a sent request, or undefined for a 304 when `notModified` allows one;
+   * anything else is thrown as the BulkheadError it means.
+   */
+  function settle<E extends Endpoint>(
+    endpoint: E,
+    sent: { res: Response; json: unknown; what: string },
+    notModified: boolean,
+  ): RawAnswer<E> | undefined {
+    const { res, json, what } = sent;
     if (res.status in endpoint.response) {
       return { status: res.status as StatusOf<E>, headers: res.headers, json };
     }
+    if (notModified && res.status === 304) return undefined;
     // A success the API does not promise is a protocol error (decodeAnswer throws it).
     if (res.status < 400) decodeAnswer(endpoint, res.status, json);
     throw decodeErrorAnswer(
       { status: res.status, headers: res.headers, json, what },
       options.hints,
     );
+  }
+
+  async function exchange<E extends Endpoint>(
+    endpoint: E,
+    request: RequestOf<E>,
+    callOptions: CallOptions = {},
+  ): Promise<RawAnswer<E>> {
+    return settle(endpoint, await send(endpoint, request, callOptions), false)!;
+  }
+
+  /** The typed body of a success answer. */
+  function bodyOf<E extends Endpoint>(endpoint: E, answer: RawAnswer<E>): ResponseOf<E> {
+    // An empty answer (204, 304) is `null` or `undefined` as its schema says.
+    const schema = endpoint.response[answer.status];
+    const json =
+      answer.json === undefined && schema?.safeParse(null).success === true ? null : answer.json;
+    return decodeAnswer(endpoint, answer.status, json);
   }
 
   return {
@@ -163,12 +210,26 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
       request?: RequestOf<E>,
       callOptions?: CallOptions,
     ): Promise<ResponseOf<E>> {
-      const answer = await exchange(endpoint, request as RequestOf<E>, callOptions);
-      // An empty answer (204, 304) is `null` or `undefined` as its schema says.
-      const schema = endpoint.response[answer.status];
-      const json =
-        answer.json === undefined && schema?.safeParse(null).success === true ? null : answer.json;
-      return decodeAnswer(endpoint, answer.status, json);
+      return bodyOf(endpoint, await exchange(endpoint, request as RequestOf<E>, callOptions));
+    },
+    async poll<E extends Endpoint>(
+      endpoint: E,
+      request: RequestOf<E>,
+      etag: string | null,
+      callOptions: CallOptions = {},
+    ): Promise<PollAnswer<E>> {
+      const conditional: CallOptions = {
+        ...callOptions,
+        headers: { ...callOptions.headers, ...(etag === null ? {} : { 'if-none-match': etag }) },
+      };
+      // 304 is an answer of every conditional GET, whatever the endpoint declares.
+      const answer = settle(endpoint, await send(endpoint, request, conditional), true);
+      if (answer === undefined) return { notModified: true };
+      return {
+        notModified: false,
+        etag: answer.headers.get('etag'),
+        body: bodyOf(endpoint, answer),
+      };
     },
   } as ApiClient;
 }

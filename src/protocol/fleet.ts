@@ -256,8 +256,35 @@ export const DeviceSummarySchema = z.object({
 });
 export type DeviceSummary = z.infer<typeof DeviceSummarySchema>;
 
+/**
+ * One word for where a device stands, as the console shows it. From its state first
+ * (`killed`, `retired`, `locked`); else `failed` when its newest update outcome is a failure or
+ * rollback not yet followed by a healthy report; else `updating` while an update is downloaded,
+ * staged or switched with no outcome yet; else `online` when its last contact is within Center's
+ * online window (a device token's lifetime, 15 minutes, plus three poll intervals: a device in
+ * contact renews its token before it expires), else `offline`.
+ */
+export const DEVICE_STATUS_NAMES = [
+  'online',
+  'offline',
+  'updating',
+  'failed',
+  'locked',
+  'killed',
+  'retired',
+] as const;
+export const DeviceStatusSchema = z.enum(DEVICE_STATUS_NAMES);
+export type DeviceStatusName = z.infer<typeof DeviceStatusSchema>;
+
+/** Orders of the device list: by name, newest contact first, or oldest enrolment first. */
+export const DeviceSortSchema = z.enum(['name', 'lastContact', 'enrolled']);
+export type DeviceSortName = z.infer<typeof DeviceSortSchema>;
+
 export const DeviceListQuerySchema = z.strictObject({
   limit: z.coerce.number().int().min(1).max(500).default(100),
+  /** `name` (then id) by default; a cursor belongs to the order it was made in. */
+  sort: DeviceSortSchema.default('name'),
+  status: DeviceStatusSchema.optional(),
   /** The `next` of the previous page. */
   cursor: text({ max: 200 }).optional(),
   groupId: FleetIdSchema.optional(),
@@ -290,7 +317,19 @@ export const VmVersionsSchema = z.object({
 export type VmVersions = z.infer<typeof VmVersionsSchema>;
 
 /** A device in a list, with the names a table shows. */
+/** What the console shows of a device's standing beside its summary. */
+const DeviceStandingShape = {
+  status: DeviceStatusSchema,
+  /**
+   * When the lease Center last sent the device runs out (its earliest VM's): past it without
+   * contact its work VM does not start. Null before its first desired state, without VMs, and
+   * for a killed or retired device.
+   */
+  leaseExpiresAt: EpochMsSchema.nullable(),
+};
+
 export const DeviceListItemSchema = DeviceSummarySchema.extend({
+  ...DeviceStandingShape,
   group: z.object({ id: z.string(), name: z.string() }),
   /** Its profiles by name, each with the system version it last reported healthy (or null). */
   profiles: z.array(
@@ -300,10 +339,12 @@ export const DeviceListItemSchema = DeviceSummarySchema.extend({
 export type DeviceListItem = z.infer<typeof DeviceListItemSchema>;
 
 export const DevicePageSchema = z.object({
-  /** Oldest enrolment first (then by id). */
+  /** In the order `sort` asked for (ties by id). */
   devices: z.array(DeviceListItemSchema),
   /** Pass as `cursor` for the next page; null at the end. */
   next: z.string().nullable(),
+  /** Devices matching the filter, on every page (counted exactly). */
+  total: z.number().int(),
 });
 export type DevicePage = z.infer<typeof DevicePageSchema>;
 
@@ -363,9 +404,30 @@ export const DeviceProfileSchema = z.object({
 });
 export type DeviceProfile = z.infer<typeof DeviceProfileSchema>;
 
+/** A device's hardware as it reported it at enrolment; a field it did not report is absent. */
+export const DeviceHardwareSchema = z.object({
+  hostname: z.string().optional(),
+  cpu: z.object({ model: z.string(), cores: z.number().int() }).optional(),
+  memoryBytes: z.number().int().optional(),
+  disks: z
+    .array(z.object({ name: z.string(), model: z.string().optional(), sizeBytes: z.number() }))
+    .optional(),
+  firmware: z.object({ vendor: z.string(), version: z.string() }).optional(),
+  vendor: z.string().optional(),
+  model: z.string().optional(),
+  serial: z.string().optional(),
+  hypervisor: z.string().optional(),
+  /** The version of the Engine that enrolled. */
+  engineVersion: z.string().optional(),
+});
+export type DeviceHardware = z.infer<typeof DeviceHardwareSchema>;
+
 /** One device in full. */
 export const DeviceDetailSchema = DeviceSummarySchema.extend({
+  ...DeviceStandingShape,
+  /** The inventory as stored (see `hardware` for its typed reading). */
   inventory: z.unknown(),
+  hardware: DeviceHardwareSchema,
   group: z.object({ id: z.string(), name: z.string() }),
   profiles: z.array(DeviceProfileSchema),
   /** The optional apps chosen per profile. */
@@ -383,6 +445,74 @@ export const DeviceDetailSchema = DeviceSummarySchema.extend({
   versionNames: z.record(z.string(), z.string()),
 });
 export type DeviceDetail = z.infer<typeof DeviceDetailSchema>;
+
+// The fleet at a glance
+
+const DeviceRefSchema = z.object({ id: z.string(), name: z.string() });
+
+export const FleetSummarySchema = z.object({
+  generatedAt: EpochMsSchema,
+  /** Devices by status (see `DEVICE_STATUS_NAMES`); the words partition `total`. */
+  devices: z.object({
+    total: z.number().int(),
+    online: z.number().int(),
+    offline: z.number().int(),
+    updating: z.number().int(),
+    failed: z.number().int(),
+    locked: z.number().int(),
+    killed: z.number().int(),
+    retired: z.number().int(),
+  }),
+  /**
+   * Per profile (by name), the system versions its VMs last reported healthy on, most devices
+   * first; `version` null for VMs with no healthy report yet. Killed and retired devices are not
+   * counted.
+   */
+  versionsByProfile: z.array(
+    z.object({
+      profile: DeviceRefSchema,
+      versions: z.array(z.object({ version: VersionNameSchema.nullable(), devices: z.number() })),
+    }),
+  ),
+  /**
+   * The 50 active devices whose lease runs out soonest, within three days (those already run
+   * out first).
+   */
+  leasesExpiringSoon: z.array(z.object({ device: DeviceRefSchema, expiresAt: EpochMsSchema })),
+  /** The 20 newest failed or rolled-back updates, newest first. */
+  recentFailures: z.array(
+    z.object({
+      device: DeviceRefSchema,
+      at: EpochMsSchema,
+      /** `failed` or `rolled-back`. */
+      type: z.string(),
+      reason: z.string().nullable(),
+      /** The release it was about, as `image@version`. */
+      version: z.string().nullable(),
+    }),
+  ),
+});
+export type FleetSummary = z.infer<typeof FleetSummarySchema>;
+
+export const FleetHistoryQuerySchema = z.strictObject({
+  days: z.coerce.number().int().min(1).max(90).default(30),
+});
+export type FleetHistoryQuery = z.infer<typeof FleetHistoryQuerySchema>;
+
+export const FleetHistorySchema = z.object({
+  /**
+   * One point a day, oldest first, the last one now: devices per system version
+   * (`image@version`) as Center's hourly snapshot nearest before the point counted them (VMs
+   * of devices not killed or retired, one per VM). Empty before the first snapshot.
+   */
+  points: z.array(
+    z.object({
+      at: EpochMsSchema,
+      versions: z.array(z.object({ version: z.string(), devices: z.number().int() })),
+    }),
+  ),
+});
+export type FleetHistory = z.infer<typeof FleetHistorySchema>;
 
 export const UpdateDeviceRequestSchema = z
   .strictObject({

@@ -76,6 +76,12 @@ export const ImageVersionInfoSchema = z.object({
   state: ImageVersionStateSchema,
   /** True for the image's released version. */
   released: z.boolean(),
+  /** Distinct stored chunks of the version (all-zero runs are holes, not chunks). */
+  chunks: z.number().int(),
+  /** Chunks its parent version does not have (all of them for a version without a parent). */
+  addedChunks: z.number().int(),
+  /** Stored (compressed) bytes of those chunks: what a PC on the parent version downloads. */
+  addedBytes: z.number().int(),
   createdAt: z.number().int(),
   publishedAt: z.number().int().nullable(),
   retiredAt: z.number().int().nullable(),

@@ -303,6 +303,10 @@ export const DeviceEventPageSchema = z.object({
     TrailEventSchema.extend({
       /** The name of the profile (VM) the event is about, when it names one that exists. */
       vm: z.string().nullable(),
+      /** That profile, by id and name. */
+      profile: z.object({ id: z.string(), name: z.string() }).nullable(),
+      /** One sentence a person reads, naming versions as `image@version`. */
+      summary: z.string(),
     }),
   ),
   /** `image@version` of every image version id the events of this page name. */

@@ -54,6 +54,7 @@ const EXPECTED_TABLES = [
   'device_profiles',
   'devices',
   'enrolment_tokens',
+  'fleet_version_snapshots',
   'image_versions',
   'images',
   'login_throttle',
@@ -98,12 +99,13 @@ forEachDatabase("Center's database", async (t, databases) => {
             '0011_device_encryption_key',
             '0012_profile_user_apps',
             '0013_personal_profiles',
+            '0014_console',
           ],
-          latest: '0013_personal_profiles',
+          latest: '0014_console',
         });
         assert.deepEqual(await migrateToLatest(db), {
           applied: [],
-          latest: '0013_personal_profiles',
+          latest: '0014_console',
         });
         const tables = (await db.introspection.getTables()).map((table) => table.name).sort();
         assert.deepEqual(tables, EXPECTED_TABLES);
@@ -409,6 +411,7 @@ const INSERT_ORDER = [
   'publisher_keys',
   'login_throttle',
   'rate_limit_windows',
+  'fleet_version_snapshots',
 ] as const satisfies readonly (keyof Database)[];
 
 type SeedRows = { [T in (typeof INSERT_ORDER)[number]]: NewRow<T>[] };
@@ -487,6 +490,9 @@ function seedRows(): SeedRows {
         created_at: NOW,
         published_at: NOW,
         retired_at: null,
+        chunks: 120_000,
+        added_chunks: 120_000,
+        added_bytes: 3_000_000_000,
       },
       {
         id: v2,
@@ -501,6 +507,9 @@ function seedRows(): SeedRows {
         created_at: NOW,
         published_at: null,
         retired_at: null,
+        chunks: null,
+        added_chunks: null,
+        added_bytes: null,
       },
     ],
     apps: [
@@ -576,6 +585,8 @@ function seedRows(): SeedRows {
         enrolled_at: NOW - 5000,
         last_contact_at: NOW,
         updated_at: NOW,
+        update_status: 'updating',
+        lease_expires_at: NOW + 30 * 86_400_000,
       },
       {
         id: pc2,
@@ -590,12 +601,14 @@ function seedRows(): SeedRows {
         enrolled_at: NOW - 4000,
         last_contact_at: NOW - 60_000,
         updated_at: NOW,
+        update_status: 'failed',
+        lease_expires_at: null,
       },
     ],
     device_profiles: [
-      { device_id: pc1, profile_id: work },
-      { device_id: pc1, profile_id: personal },
-      { device_id: pc2, profile_id: work },
+      { device_id: pc1, profile_id: work, system_version_id: v1 },
+      { device_id: pc1, profile_id: personal, system_version_id: null },
+      { device_id: pc2, profile_id: work, system_version_id: null },
     ],
     device_apps: [{ device_id: pc1, profile_id: work, app_id: officeApp }],
     enrolment_tokens: [
@@ -730,6 +743,10 @@ function seedRows(): SeedRows {
         window_end: NOW,
         count: 2_000_000_000,
       },
+    ],
+    fleet_version_snapshots: [
+      { at: NOW - 3_600_000, version_id: v1, devices: 100_000 },
+      { at: NOW, version_id: v1, devices: 1 },
     ],
   };
 }

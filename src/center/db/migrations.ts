@@ -600,6 +600,109 @@ async function personalProfiles(db: AnyDb): Promise<void> {
 }
 
 /**
+ * What the web console reads at 100,000 devices without scanning events (issue 14):
+ *
+ * - `devices.update_status` (idle, updating, failed), kept by report ingestion, and
+ *   `devices.lease_expires_at`, the earliest VM lease of the desired state Center last sent the
+ *   device (null until it fetches one), with indexes for the status filters and sorts of the
+ *   device list and the leases running out;
+ * - `device_profiles.system_version_id`: the system version each VM last reported healthy, so
+ *   that versions per profile are a grouped index scan;
+ * - `image_versions.chunks`, `added_chunks`, `added_bytes`: counted when a version is pushed
+ *   (null for versions pushed before; Center counts those the first time it lists them);
+ * - `fleet_version_snapshots`: devices per system version, at most one snapshot an hour;
+ * - device events by type and time (the fleet's recent failures), and a device's timeline by
+ *   (time, id) so that its pages have a total order.
+ *
+ * Existing rows are brought up to date here: the update status from each device's newest
+ * update events, the versions from `current_versions`.
+ */
+async function console14(db: AnyDb): Promise<void> {
+  await db.schema
+    .alterTable('devices')
+    .addColumn('update_status', 'text', (c) =>
+      c
+        .notNull()
+        .defaultTo('idle')
+        .check(oneOf('update_status', ['idle', 'updating', 'failed'])),
+    )
+    .execute();
+  await db.schema.alterTable('devices').addColumn('lease_expires_at', 'bigint').execute();
+  await db.schema.alterTable('device_profiles').addColumn('system_version_id', 'text').execute();
+  for (const column of ['chunks', 'added_chunks', 'added_bytes']) {
+    await db.schema.alterTable('image_versions').addColumn(column, 'bigint').execute();
+  }
+  await db.schema
+    .createTable('fleet_version_snapshots')
+    .addColumn('at', 'bigint', (c) => c.notNull())
+    .addColumn('version_id', 'text', (c) => c.notNull())
+    .addColumn('devices', 'bigint', (c) => c.notNull())
+    .addPrimaryKeyConstraint('fleet_version_snapshots_pk', ['at', 'version_id'])
+    .execute();
+
+  // The list's name order ignores case, as people read names: by lower(name), then id.
+  const byName: [string, string[]][] = [
+    ['devices_name', []],
+    ['devices_group_name', ['group_id']],
+    ['devices_state_name', ['state']],
+    ['devices_status_name', ['state', 'update_status']],
+  ];
+  for (const [name, first] of byName) {
+    const columns = [...first.map((c) => sql.ref(c)), sql`lower(name)`, sql.ref('id')];
+    await sql`create index ${sql.id(name)} on devices (${sql.join(columns)})`.execute(db);
+  }
+  const indexes: [string, string, string[]][] = [
+    ['devices_status_contact', 'devices', ['state', 'update_status', 'last_contact_at', 'id']],
+    ['devices_state_lease', 'devices', ['state', 'lease_expires_at']],
+    ['device_profiles_version', 'device_profiles', ['profile_id', 'system_version_id']],
+    ['device_events_type_time', 'device_events', ['type', 'occurred_at']],
+    ['device_events_timeline', 'device_events', ['device_id', 'occurred_at', 'event_id']],
+  ];
+  for (const [name, table, columns] of indexes) {
+    await db.schema.createIndex(name).on(table).columns(columns).execute();
+  }
+  // The timeline index serves everything this one did.
+  await db.schema.dropIndex('device_events_device_time').execute();
+
+  const outcomes = sql.join(['healthy', 'failed', 'rolled-back'].map((v) => sql.lit(v)));
+  const progress = sql.join(['download-progress', 'staged', 'switched'].map((v) => sql.lit(v)));
+  await sql`update devices set update_status = 'failed' where (
+      select e.type from device_events e
+      where e.device_id = devices.id and e.type in (${outcomes})
+      order by e.occurred_at desc limit 1) in ('failed', 'rolled-back')`.execute(db);
+  await sql`update devices set update_status = 'updating'
+    where update_status = 'idle' and exists (
+      select 1 from device_events e
+      where e.device_id = devices.id and e.type in (${progress})
+        and e.occurred_at > coalesce((
+          select max(o.occurred_at) from device_events o
+          where o.device_id = devices.id and o.type in (${outcomes})), -1))`.execute(db);
+
+  // JSON functions differ between the two databases: read current_versions here instead.
+  let after = '';
+  for (;;) {
+    const rows = await sql<{ id: string; current_versions: string }>`
+      select id, current_versions from devices
+      where id > ${after} and current_versions <> '{}' order by id limit 1000`.execute(db);
+    if (rows.rows.length === 0) break;
+    for (const row of rows.rows) {
+      let current: Record<string, { system?: unknown }> = {};
+      try {
+        current = JSON.parse(row.current_versions) as typeof current;
+      } catch {
+        // An unreadable row stays without versions until the device reports again.
+      }
+      for (const [profileId, runs] of Object.entries(current)) {
+        if (typeof runs?.system !== 'string') continue;
+        await sql`update device_profiles set system_version_id = ${runs.system}
+          where device_id = ${row.id} and profile_id = ${profileId}`.execute(db);
+      }
+    }
+    after = rows.rows.at(-1)!.id;
+  }
+}
+
+/**
  * Every migration, by name; the Migrator runs them in name order. Names are recorded in every
  * database, so none is ever renamed: 0003 was never shipped, and the gap stays. New ones take
  * the next number with no gap (a test checks).
@@ -617,6 +720,7 @@ const migrations: Record<string, Migration> = {
   '0011_device_encryption_key': { up: deviceEncryptionKey },
   '0012_profile_user_apps': { up: profileUserApps },
   '0013_personal_profiles': { up: personalProfiles },
+  '0014_console': { up: console14 },
 };
 
 /** The names of every migration, in the order they run. */

@@ -142,6 +142,15 @@ export interface ImageVersionsTable {
   published_at: EpochMs | null;
   /** When it was retired; null unless retired. */
   retired_at: EpochMs | null;
+  /**
+   * Distinct stored chunks of the version (holes are not chunks); counted at push. Null for a
+   * version pushed before migration 0014 until Center first lists it.
+   */
+  chunks: ColumnType<number | null, number | null | undefined, number | null>;
+  /** Chunks of this version its parent version does not have (all of them without a parent). */
+  added_chunks: ColumnType<number | null, number | null | undefined, number | null>;
+  /** Stored (compressed) bytes of those chunks: what a PC on the parent version downloads. */
+  added_bytes: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
 /** An app catalog entry: an app volume image that profiles offer (`apps`). */
@@ -243,6 +252,14 @@ export interface DeviceGroupsTable {
   updated_at: EpochMs;
 }
 
+export const DEVICE_UPDATE_STATUSES = ['idle', 'updating', 'failed'] as const;
+/**
+ * Where a device's updates stand, from the update events it reported, in order: `failed` after
+ * a failure or rollback until a VM next reports healthy; else `updating` after download, staging
+ * or a switch until an outcome; else `idle` (migration 0014).
+ */
+export type DeviceUpdateStatus = (typeof DEVICE_UPDATE_STATUSES)[number];
+
 /** An enrolled PC (`devices`). */
 export interface DevicesTable {
   /** UUIDv7, handed to the device at enrolment. */
@@ -273,6 +290,16 @@ export interface DevicesTable {
   last_contact_at: EpochMs;
   /** When a field of this row other than `last_contact_at` last changed. */
   updated_at: EpochMs;
+  /**
+   * Where its updates stand, kept by report ingestion (src/center/devices/update-status.ts);
+   * `idle` on insert unless given. Not part of the desired state: `updated_at` does not move.
+   */
+  update_status: ColumnType<DeviceUpdateStatus, DeviceUpdateStatus | undefined, DeviceUpdateStatus>;
+  /**
+   * The earliest VM lease expiry of the last desired state Center sent the device (a 200, not
+   * a 304); null before its first document, or when that document had no VM.
+   */
+  lease_expires_at: ColumnType<EpochMs | null, EpochMs | null | undefined, EpochMs | null>;
 }
 
 /** The profiles (VMs) assigned to a device (`device_profiles`). */
@@ -281,6 +308,11 @@ export interface DeviceProfilesTable {
   device_id: string;
   /** The profile; a profile assigned to a device cannot be deleted. */
   profile_id: string;
+  /**
+   * The system version (`image_versions.id`) the VM last reported healthy on, as
+   * `devices.current_versions` has it; null before its first healthy report.
+   */
+  system_version_id: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 /**
@@ -536,6 +568,19 @@ export interface RateLimitWindowTable {
   count: number;
 }
 
+/**
+ * How many devices ran each system version, at most once an hour (`fleet_version_snapshots`):
+ * the console's chart of versions over time (src/center/fleet/history.ts).
+ */
+export interface FleetVersionSnapshotsTable {
+  /** The start of the hour the snapshot was taken in. */
+  at: EpochMs;
+  /** The system version (`image_versions.id`; no foreign key: history outlives versions). */
+  version_id: string;
+  /** Devices (not killed or retired) whose VMs last reported healthy on it, one per VM. */
+  devices: number;
+}
+
 /** Every table of Center's database, for `Kysely<Database>`. */
 export interface Database {
   images: ImagesTable;
@@ -559,6 +604,7 @@ export interface Database {
   publisher_keys: PublisherKeysTable;
   login_throttle: LoginThrottleTable;
   rate_limit_windows: RateLimitWindowTable;
+  fleet_version_snapshots: FleetVersionSnapshotsTable;
 }
 
 /** A row as read: `Row<'devices'>`. */

@@ -495,6 +495,15 @@ export async function buildDesiredState(
   };
 }
 
+/**
+ * When the lease of a document runs out for the device: its earliest VM's (past it, that VM
+ * does not start without contact); null without a VM that has a lease.
+ */
+export function leaseExpiry(state: DesiredState): number | null {
+  const ends = state.vms.flatMap((vm) => (vm.lease === undefined ? [] : [vm.lease.expiresAt]));
+  return ends.length === 0 ? null : Math.min(...ends);
+}
+
 /** Whether an If-None-Match header names `etag` (weak comparison, as RFC 9110 asks). */
 export function matchesEtag(ifNoneMatch: string | undefined, etag: string): boolean {
   if (ifNoneMatch === undefined) return false;

@@ -16,6 +16,7 @@ import { EtagCache } from './etag-cache.ts';
 import {
   buildDesiredState,
   desiredStateWindow,
+  leaseExpiry,
   matchesEtag,
   readPublishers,
   readDesiredStateHead,
@@ -192,11 +193,20 @@ export function deviceApi(deps: CenterContext) {
         return reply.code(304).send();
       }
       checks?.inc({ result: '200' });
-      return buildDesiredState(db, head, deps.signingKey, storeUrls, {
+      const document = await buildDesiredState(db, head, deps.signingKey, storeUrls, {
         warn,
         publishers: currentPublishers,
         pollIntervalSeconds: deps.config.pollIntervalSeconds,
       });
+      // The lease the device now holds, for the console: a write per new document (at most
+      // hourly per device, or on a change), never per 304. Not `updated_at`, which is the
+      // document's revision.
+      await db
+        .updateTable('devices')
+        .set({ lease_expires_at: leaseExpiry(document.state) })
+        .where('id', '=', deviceId)
+        .execute();
+      return document;
     });
 
     // Open push streams by device, and how to end each (Center's shutdown ends them all).

@@ -3,6 +3,7 @@ import { markChanged, transact, type ChangeDeps } from '../changes/index.ts';
 import type { Database } from '../db/index.ts';
 import { recordRolloutReports } from '../rollouts/reports.ts';
 import { cutOffError } from './standing.ts';
+import { recordUpdateStatus } from './update-status.ts';
 import {
   BulkheadError,
   ErrorCodes,
@@ -66,12 +67,9 @@ export async function ingestReports(
       .returning('event_id')
       .execute();
     const fresh = new Set(inserted.map((r) => r.event_id));
-    await recordRolloutReports(
-      tx,
-      deviceId,
-      report.events.filter((e) => fresh.has(e.id)),
-      nowMs,
-    );
+    const freshEvents = report.events.filter((e) => fresh.has(e.id));
+    await recordRolloutReports(tx, deviceId, freshEvents, nowMs);
+    await recordUpdateStatus(tx, deviceId, freshEvents);
     await settleCommands(
       tx,
       deviceId,

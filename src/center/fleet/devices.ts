@@ -1,4 +1,4 @@
-import { sql, type Kysely, type Transaction } from 'kysely';
+import { sql, type Kysely, type RawBuilder, type Transaction } from 'kysely';
 import {
   BulkheadError,
   ErrorCodes,
@@ -6,11 +6,14 @@ import {
   type DeviceListQuery,
   type DeviceListItem,
   type DevicePage,
+  type DeviceSortName,
   type DeviceSummary,
   type UpdateDeviceRequest,
   type VersionName,
   CurrentVersionsSchema,
+  DeviceHardwareSchema,
   type CurrentVersions,
+  type DeviceHardware,
 } from '../../protocol/index.ts';
 import type { Actor } from '../admin/audit.ts';
 import { markChanged, runCommand } from '../changes/index.ts';
@@ -18,10 +21,19 @@ import { hasRow, type Database, type Row } from '../db/index.ts';
 import { resolveDeviceProfiles } from '../devices/index.ts';
 import { cancelOpenCommands, presentCommand } from './commands.ts';
 import { badReference, notFound, parseJson, type FleetDeps } from './common.ts';
+import { hasStatus, leaseOf, statusOf, type StatusClock } from './status.ts';
 
 type SummaryRow = Pick<
   Row<'devices'>,
-  'id' | 'name' | 'group_id' | 'state' | 'enrolled_at' | 'last_contact_at' | 'updated_at'
+  | 'id'
+  | 'name'
+  | 'group_id'
+  | 'state'
+  | 'enrolled_at'
+  | 'last_contact_at'
+  | 'updated_at'
+  | 'update_status'
+  | 'lease_expires_at'
 >;
 
 const SUMMARY_COLUMNS = [
@@ -32,6 +44,8 @@ const SUMMARY_COLUMNS = [
   'enrolled_at',
   'last_contact_at',
   'updated_at',
+  'update_status',
+  'lease_expires_at',
 ] as const;
 
 function presentSummary(row: SummaryRow): DeviceSummary {
@@ -46,30 +60,68 @@ function presentSummary(row: SummaryRow): DeviceSummary {
   };
 }
 
-/** The opaque cursor of a page: the sort key of its last row. */
-function encodeCursor(row: SummaryRow): string {
-  return Buffer.from(JSON.stringify([Number(row.enrolled_at), row.id])).toString('base64url');
+function presentStanding(row: SummaryRow, clock: StatusClock) {
+  return { status: statusOf(row, clock), leaseExpiresAt: leaseOf(row) };
 }
 
-function decodeCursor(cursor: string): [number, string] {
+/**
+ * The keyset of each order: its columns and direction. A cursor carries the order's tag and the
+ * key of the page's last row, so a cursor made in one order is refused in another. The
+ * enrolment order's cursors keep their first form (`[enrolledAt, id]`), which scripts may hold.
+ */
+const ORDERS = {
+  enrolled: { key: sql<number>`enrolled_at`, direction: 'asc', tag: null, text: false },
+  // Case ignored, as people read names; the database's lower() (SQLite's folds ASCII only)
+  // makes the key, so the cursor carries the key as the index holds it.
+  name: { key: sql<string>`lower(name)`, direction: 'asc', tag: 'n', text: true },
+  lastContact: { key: sql<number>`last_contact_at`, direction: 'desc', tag: 'c', text: false },
+} as const satisfies Record<
+  DeviceSortName,
+  {
+    key: RawBuilder<number | string>;
+    direction: 'asc' | 'desc';
+    tag: string | null;
+    text: boolean;
+  }
+>;
+
+/** The opaque cursor of a page: the sort key of its last row. */
+function encodeCursor(sort: DeviceSortName, row: SummaryRow & { sort_key: unknown }): string {
+  const { tag, text } = ORDERS[sort];
+  const value = text ? String(row.sort_key) : Number(row.sort_key);
+  const key = tag === null ? [value, row.id] : [tag, value, row.id];
+  return Buffer.from(JSON.stringify(key)).toString('base64url');
+}
+
+function decodeCursor(sort: DeviceSortName, cursor: string): [number | string, string] {
   const invalid = () =>
-    new BulkheadError(ErrorCodes.VALIDATION, 'querystring.cursor: not a cursor from this API');
+    new BulkheadError(
+      ErrorCodes.VALIDATION,
+      `querystring.cursor: not a cursor of this API for sort=${sort}`,
+    );
   let key: unknown;
   try {
     key = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
   } catch {
     throw invalid();
   }
+  const { text, tag } = ORDERS[sort];
+  if (!Array.isArray(key)) throw invalid();
+  if (tag !== null) {
+    if (key[0] !== tag) throw invalid();
+    key = key.slice(1);
+  }
+  const [value, id] = key as unknown[];
+  const valueOk = text ? typeof value === 'string' : Number.isSafeInteger(value);
   if (
-    !Array.isArray(key) ||
-    key.length !== 2 ||
-    !Number.isSafeInteger(key[0]) ||
-    typeof key[1] !== 'string' ||
-    !/^[0-9a-f-]{36}$/.test(key[1])
+    (key as unknown[]).length !== 2 ||
+    !valueOk ||
+    typeof id !== 'string' ||
+    !/^[0-9a-f-]{36}$/.test(id)
   ) {
     throw invalid();
   }
-  return [key[0] as number, key[1]];
+  return [value as number | string, id];
 }
 
 /** `%`, `_` and the escape itself taken literally in a LIKE pattern. */
@@ -77,22 +129,12 @@ function likePrefix(text: string): string {
   return `${text.toLowerCase().replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
 }
 
-/**
- * The statement of one page of the device list: oldest enrolment first, by keyset on
- * (enrolled_at, id). Migration 0004 gives each filter shape (none, group, state, group and
- * state) an index in this order, so the database walks the index from the cursor and stops
- * after `limit + 1` matching rows; profile, name and last-contact filters are checked on the
- * rows walked. Exported so tests can check the plan.
- */
-export function deviceListQuery(db: Kysely<Database>, query: DeviceListQuery) {
-  let q = db
-    .selectFrom('devices')
-    .select(SUMMARY_COLUMNS)
-    .orderBy('enrolled_at')
-    .orderBy('id')
-    .limit(query.limit + 1);
+/** The devices a list query's filters match, in no order (for the page and for its total). */
+function filteredDevices(db: Kysely<Database>, query: DeviceListQuery, clock: StatusClock) {
+  let q = db.selectFrom('devices');
   if (query.groupId !== undefined) q = q.where('group_id', '=', query.groupId);
   if (query.state !== undefined) q = q.where('state', '=', query.state);
+  if (query.status !== undefined) q = q.where(hasStatus(query.status, clock));
   if (query.lastContactBefore !== undefined) {
     q = q.where('last_contact_at', '<', query.lastContactBefore);
   }
@@ -110,23 +152,55 @@ export function deviceListQuery(db: Kysely<Database>, query: DeviceListQuery) {
       ),
     );
   }
+  return q;
+}
+
+/**
+ * The statement of one page of the device list, by keyset on (sort column, id) in the order
+ * `sort` asks for. Migrations 0004 and 0014 give the common filter shapes an index in each
+ * order (none, group, state and status by name; state and status by last contact; none, group,
+ * state by enrolment), so the database walks the index from the cursor and stops after
+ * `limit + 1` matching rows; the other filters are checked on the rows walked. Exported so
+ * tests can check the plan.
+ */
+export function deviceListQuery(db: Kysely<Database>, query: DeviceListQuery, clock: StatusClock) {
+  const { direction } = ORDERS[query.sort];
+  const key: RawBuilder<number | string> = ORDERS[query.sort].key;
+  let q = filteredDevices(db, query, clock)
+    .select([...SUMMARY_COLUMNS, key.as('sort_key')])
+    .orderBy(key, direction)
+    .orderBy('id', direction)
+    .limit(query.limit + 1);
   if (query.cursor !== undefined) {
-    const [enrolledAt, id] = decodeCursor(query.cursor);
-    q = q.where((eb) => eb(eb.refTuple('enrolled_at', 'id'), '>', eb.tuple(enrolledAt, id)));
+    const [value, id] = decodeCursor(query.sort, query.cursor);
+    const after = direction === 'asc' ? sql`>` : sql`<`;
+    q = q.where(sql<boolean>`(${key}, id) ${after} (${value}, ${id})`);
   }
   return q;
 }
 
+/**
+ * One page of the device list and the number of devices its filters match. The count walks the
+ * same indexes as the page, the whole range rather than one page of it: exact, and a few tens of
+ * milliseconds at 100,000 devices.
+ */
 export async function listDevices(
   db: Kysely<Database>,
   query: DeviceListQuery,
+  clock: StatusClock,
 ): Promise<DevicePage> {
-  const rows = await deviceListQuery(db, query).execute();
+  const [rows, counted] = await Promise.all([
+    deviceListQuery(db, query, clock).execute(),
+    filteredDevices(db, query, clock)
+      .select(sql<number>`count(*)`.as('n'))
+      .executeTakeFirstOrThrow(),
+  ]);
   const page = rows.slice(0, query.limit);
   const last = page.at(-1);
   return {
-    devices: await nameListed(db, page),
-    next: rows.length > query.limit && last ? encodeCursor(last) : null,
+    devices: await nameListed(db, page, clock),
+    next: rows.length > query.limit && last ? encodeCursor(query.sort, last) : null,
+    total: Number(counted.n),
   };
 }
 
@@ -134,7 +208,11 @@ export async function listDevices(
  * A page of devices with the names a table shows: group, profiles and the system version each
  * profile last reported healthy. Four statements per page, whatever its length.
  */
-async function nameListed(db: Kysely<Database>, page: SummaryRow[]): Promise<DeviceListItem[]> {
+async function nameListed(
+  db: Kysely<Database>,
+  page: SummaryRow[],
+  clock: StatusClock,
+): Promise<DeviceListItem[]> {
   if (page.length === 0) return [];
   const ids = page.map((d) => d.id);
   const groups = await db
@@ -166,6 +244,7 @@ async function nameListed(db: Kysely<Database>, page: SummaryRow[]): Promise<Dev
     const current = currentOf.get(d.id) ?? {};
     return {
       ...presentSummary(d),
+      ...presentStanding(d, clock),
       group: groupOf.get(d.group_id) ?? { id: d.group_id, name: d.group_id },
       profiles: held
         .filter((p) => p.device_id === d.id)
@@ -241,7 +320,11 @@ const DAY_MS = 86_400_000;
  * group, profiles, the versions it runs, should run and its events speak of), so a reader needs
  * no other request. @throws `ERR_NOT_FOUND`.
  */
-export async function getDevice(db: Kysely<Database>, id: string): Promise<DeviceDetail> {
+export async function getDevice(
+  db: Kysely<Database>,
+  id: string,
+  clock: StatusClock,
+): Promise<DeviceDetail> {
   const row = await findDevice(db, id);
   const group = await db
     .selectFrom('device_groups')
@@ -306,9 +389,12 @@ export async function getDevice(db: Kysely<Database>, id: string): Promise<Devic
     version: v.version,
   });
   const versionIdsNamed = new Set(eventData.flatMap(versionIdsOf));
+  const inventory = parseJson(row.inventory);
   return {
     ...presentSummary(row),
-    inventory: parseJson(row.inventory),
+    ...presentStanding(row, clock),
+    inventory,
+    hardware: hardwareOf(inventory),
     group,
     profiles: resolved.map(({ profile, system, apps: profileApps }) => {
       const runs = current[profile.id];
@@ -354,6 +440,21 @@ export async function getDevice(db: Kysely<Database>, id: string): Promise<Devic
   };
 }
 
+/**
+ * The hardware a device's stored inventory describes: each field kept when it has the shape the
+ * enrolment schema gives it, so an inventory stored by an older Engine still shows what it can.
+ */
+function hardwareOf(inventory: unknown): DeviceHardware {
+  if (typeof inventory !== 'object' || inventory === null) return {};
+  const fields = DeviceHardwareSchema.shape;
+  const hardware: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(inventory)) {
+    const schema = fields[key as keyof typeof fields];
+    if (schema !== undefined && schema.safeParse(value).success) hardware[key] = value;
+  }
+  return hardware as DeviceHardware;
+}
+
 /** What the audit trail records of a device's assignment. */
 async function assignment(trx: Transaction<Database>, id: string) {
   const row = await findDevice(trx, id);
@@ -395,6 +496,7 @@ export async function updateDevice(
   actor: Actor,
   id: string,
   input: UpdateDeviceRequest,
+  clock: StatusClock,
 ): Promise<DeviceDetail> {
   await runCommand(deps, actor, DEVICE('update', id), async (trx, at) => {
     const before = await assignment(trx, id);
@@ -480,7 +582,7 @@ export async function updateDevice(
     const after = await assignment(trx, id);
     return { result: undefined, before: before.audit, after: after.audit };
   });
-  return getDevice(deps.db, id);
+  return getDevice(deps.db, id, clock);
 }
 
 /**

@@ -7,7 +7,10 @@ import { issueCommand, listCommands } from './commands.ts';
 import type { FleetDeps } from './common.ts';
 import { getDevice, listDevices, retireDevice, updateDevice } from './devices.ts';
 import { createGroup, deleteGroup, getGroup, listGroups, updateGroup } from './groups.ts';
+import { fleetHistory, SNAPSHOT_CHECK_MS, takeSnapshotIfDue } from './history.ts';
 import { registerFleetMetrics } from './metrics.ts';
+import { onlineWindowMs, type StatusClock } from './status.ts';
+import { fleetSummary } from './summary.ts';
 import {
   createProfile,
   deleteProfile,
@@ -47,10 +50,24 @@ export const fleetRoutes: FastifyPluginAsync<CenterContext> = async (app, deps) 
   );
   route(app, e.deleteProfile, (req, caller) => deleteProfile(fleet(), caller, req.params.id));
 
-  route(app, e.listDevices, (req) => listDevices(db, req.query));
-  route(app, e.getDevice, (req) => getDevice(db, req.params.id));
+  const windowMs = onlineWindowMs(deps.config.pollIntervalSeconds);
+  const clock = (): StatusClock => ({ nowMs: nowMs(), onlineWindowMs: windowMs });
+
+  route(app, e.fleetSummary, () => fleetSummary(db, clock()));
+  route(app, e.fleetHistory, (req) => fleetHistory(db, req.query.days, nowMs()));
+  // Snapshots for the chart are taken hourly whether or not anyone looks (see history.ts).
+  const snapshots = setInterval(() => {
+    takeSnapshotIfDue(db, nowMs()).catch((err: unknown) => {
+      app.log.warn({ err }, 'fleet version snapshot failed; the next request or hour retries');
+    });
+  }, SNAPSHOT_CHECK_MS);
+  snapshots.unref();
+  app.addHook('onClose', async () => clearInterval(snapshots));
+
+  route(app, e.listDevices, (req) => listDevices(db, req.query, clock()));
+  route(app, e.getDevice, (req) => getDevice(db, req.params.id, clock()));
   route(app, e.updateDevice, (req, caller) =>
-    updateDevice(fleet(), caller, req.params.id, req.body),
+    updateDevice(fleet(), caller, req.params.id, req.body, clock()),
   );
   route(app, e.retireDevice, (req, caller) => retireDevice(fleet(), caller, req.params.id));
   route(app, e.issueCommand, (req, caller) =>

@@ -408,6 +408,52 @@ for (const target of CENTER_TARGETS) {
       },
     );
 
+    await t.test('each version counts its chunks and what it adds over its parent', async (t) => {
+      const c = await center(t, await newUrl(t));
+      await trust(c, local.keys);
+      const digestsOf = async (version: string) => {
+        const body = parseManifest(await local.store.read(manifestKey('os', version), 1 << 20));
+        return new Set((await readIndex(local.store, body.signed)).flatMap((e) => e.digest ?? []));
+      };
+      const [one, two] = [await digestsOf('1'), await digestsOf('2')];
+      const added = [...two].filter((d) => !one.has(d));
+      assert.ok(added.length > 0 && added.length < two.size, 'os@2 changes a few chunks');
+      let addedBytes = 0;
+      for (const d of added) addedBytes += (await local.store.read(chunkKey(d), 1 << 21)).length;
+      for (const version of ['1', '2']) {
+        const manifest = await uploadObjects(c, local, version);
+        const res = await c.call('PUT', `/store/images/os/${version}`, {
+          token: c.tokens.operator,
+          raw: manifest,
+        });
+        assert.equal(res.status, 201, JSON.stringify(res.body));
+      }
+      const { versions } = (await c.call('GET', '/images/os/versions', { token: c.tokens.viewer }))
+        .body;
+      const counts = (v: { chunks: number; addedChunks: number; addedBytes: number }) => [
+        v.chunks,
+        v.addedChunks,
+        v.addedBytes,
+      ];
+      const v1 = versions.find((v: { version: string }) => v.version === '1');
+      const v2 = versions.find((v: { version: string }) => v.version === '2');
+      let allBytes = 0;
+      for (const d of one) allBytes += (await local.store.read(chunkKey(d), 1 << 21)).length;
+      // Without a parent, a PC downloads every chunk.
+      assert.deepEqual(counts(v1), [one.size, one.size, allBytes]);
+      assert.deepEqual(counts(v2), [two.size, added.length, addedBytes]);
+
+      // A version counted before Center kept counts is counted at its first listing.
+      await c.db
+        .updateTable('image_versions')
+        .set({ chunks: null, added_chunks: null, added_bytes: null })
+        .execute();
+      const image = (await c.call('GET', '/images/os', { token: c.tokens.viewer })).body;
+      assert.deepEqual(image.versions.map(counts), [v1, v2].map(counts));
+      const stored = await c.db.selectFrom('image_versions').select('chunks').execute();
+      assert.ok(stored.every((r) => r.chunks !== null));
+    });
+
     await t.test('publish, release and retire follow the version states', async (t) => {
       const c = await center(t, await newUrl(t));
       await trust(c, local.keys);

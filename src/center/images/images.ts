@@ -41,6 +41,10 @@ export function presentVersion(
     parentVersion: row.parent_version,
     state: row.state,
     released: row.id === releaseVersionId,
+    // Null only until the first listing counts a version pushed before counts were kept.
+    chunks: Number(row.chunks ?? 0),
+    addedChunks: Number(row.added_chunks ?? 0),
+    addedBytes: Number(row.added_bytes ?? 0),
     createdAt: Number(row.created_at),
     publishedAt: row.published_at === null ? null : Number(row.published_at),
     retiredAt: row.retired_at === null ? null : Number(row.retired_at),

@@ -15,6 +15,7 @@ import {
   retireVersion,
   updateImage,
 } from './images.ts';
+import { fillChunkCounts } from './chunk-counts.ts';
 import { createPublisher, listPublishers, revokePublisher } from './publishers.ts';
 import { findMissing, pushVersion, putChunk, putIndex } from './upload.ts';
 
@@ -50,7 +51,10 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (app, deps) 
 
   route(app, e.listImages, async (req) => ({ images: await listImages(db, req.query.kind) }));
   route(app, e.createImage, (req, caller) => createImage(command(), caller, req.body));
-  route(app, e.getImage, (req) => imageDetail(db, req.params.id));
+  route(app, e.getImage, async (req) => {
+    await fillChunkCounts(db, store, (await findImage(db, req.params.id)).id);
+    return imageDetail(db, req.params.id);
+  });
   route(app, e.updateImage, (req, caller) =>
     updateImage(command(), caller, req.params.id, req.body),
   );
@@ -61,9 +65,11 @@ export const imagesAdmin: FastifyPluginAsync<CenterContext> = async (app, deps) 
     for (const v of deleted.versions) await store.remove(manifestKey(deleted.name, v));
     await rebuildCatalog(store);
   });
-  route(app, e.listVersions, async (req) => ({
-    versions: await listVersions(db, await findImage(db, req.params.id)),
-  }));
+  route(app, e.listVersions, async (req) => {
+    const image = await findImage(db, req.params.id);
+    await fillChunkCounts(db, store, image.id);
+    return { versions: await listVersions(db, image) };
+  });
   route(app, e.publishVersion, (req, caller) => {
     const { id, version } = req.params;
     const release = req.body?.release ?? false;

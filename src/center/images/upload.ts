@@ -30,6 +30,7 @@ import {
 import type { Actor } from '../admin/audit.ts';
 import { runCommand } from '../changes/index.ts';
 import { constraintViolation, newId, type Database, type Row } from '../db/index.ts';
+import { countChunks } from './chunk-counts.ts';
 import { imageInfo, insertImage, presentVersion, versionRow } from './images.ts';
 import { publisherTrust } from './publishers.ts';
 
@@ -174,8 +175,8 @@ async function verifyUpload(
   }
 }
 
-/** Every distinct chunk the version's index names must be in the store. */
-async function checkChunks(store: DirectoryStore, body: ManifestBody): Promise<void> {
+/** Every distinct chunk the version's index names must be in the store; returns them. */
+async function checkChunks(store: DirectoryStore, body: ManifestBody): Promise<Set<string>> {
   if (!(await store.has(indexKey(body.index.digest)))) {
     throw new BulkheadError(
       ErrorCodes.CHUNKS_MISSING,
@@ -192,6 +193,7 @@ async function checkChunks(store: DirectoryStore, body: ManifestBody): Promise<v
       { details: { missing: missing.length, total: digests.length } },
     );
   }
+  return new Set(digests);
 }
 
 async function storedManifestId(
@@ -249,7 +251,8 @@ export async function pushVersion(
   }
   const inStore = await storedManifestId(store, name, version);
   if (inStore !== null && inStore !== id) throw conflict(name, version);
-  await checkChunks(store, body);
+  const digests = await checkChunks(store, body);
+  const counts = await countChunks(store, body, digests);
   // Chunks and the index are on stable storage before the manifest that names them appears.
   await store.sync();
 
@@ -293,6 +296,7 @@ export async function pushVersion(
         created_at: at,
         published_at: null,
         retired_at: null,
+        ...counts,
       };
       // The row first: a concurrent push of another manifest for this version fails here,
       // before it could overwrite the file.

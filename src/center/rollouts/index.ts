@@ -11,3 +11,4 @@ export { resolveVersions } from './resolve.ts';
 export { recordRolloutReports } from './reports.ts';
 export { bucketOf, isInPhase, firstPhaseOf, BUCKETS } from './bucket.ts';
 export type { RolloutContext } from './model.ts';
+export { describeEvent, releaseOf } from './sentences.ts';

@@ -11,6 +11,7 @@ import {
   type TrailEvent,
 } from '../../protocol/index.ts';
 import type { Database, Row } from '../db/index.ts';
+import { describeEvent } from './sentences.ts';
 
 /*
  * Outcome trails (DESIGN §3: every device outcome is in an audit trail): what each device
@@ -18,7 +19,7 @@ import type { Database, Row } from '../db/index.ts';
  * rows; an event is about a version when its payload names the version's id (the release's
  * `versionId`, a volume's, the version a VM runs), matched in the JSON text, which needs no
  * index of its own: both reads walk one device's events at a time, through the (device_id,
- * occurred_at) index, so a read costs O(events of the devices on the page), bounded by the
+ * occurred_at, event_id) index, so a read costs O(events of the devices on the page), bounded by the
  * page size, and never the whole table.
  */
 
@@ -275,17 +276,23 @@ export async function listDeviceEvents(
         ).map((p) => [p.id, p.name]),
   );
   const last = page.at(-1);
+  const versionNames = Object.fromEntries(versions.map((v) => [v.id, `${v.name}@${v.version}`]));
   return {
     deviceId: device.id,
     device: device.name,
     events: events.map((e) => {
       const profileId = (e.data as Record<string, unknown> | null)?.['profileId'];
+      const name = typeof profileId === 'string' ? profiles.get(profileId) : undefined;
+      const profile =
+        typeof profileId === 'string' && name !== undefined ? { id: profileId, name } : null;
       return {
         ...e,
-        vm: (typeof profileId === 'string' ? profiles.get(profileId) : undefined) ?? null,
+        vm: name ?? null,
+        profile,
+        summary: describeEvent(e.type, e.data, name ?? null, versionNames),
       };
     }),
-    versionNames: Object.fromEntries(versions.map((v) => [v.id, `${v.name}@${v.version}`])),
+    versionNames,
     next:
       rows.length > query.limit && last !== undefined
         ? encodeCursor(Number(last.occurred_at), last.event_id)

@@ -95,11 +95,22 @@ export const fleetEndpoints = defineEndpoints(['fleet'], {
     description: 'Deletes a profile (admin); 409 while devices hold it.',
   }),
 
+  fleetSummary: endpoint(`GET ${A}/fleet/summary`, 'viewer', 200, fleet.FleetSummarySchema, {
+    description:
+      'The fleet at a glance (viewer): devices by status, versions per profile, leases ' +
+      'running out, recent failures and rollbacks.',
+  }),
+  fleetHistory: endpoint(`GET ${A}/fleet/history`, 'viewer', 200, fleet.FleetHistorySchema, {
+    query: fleet.FleetHistoryQuerySchema,
+    description: 'Devices per system version over the last `days` days, one point a day (viewer).',
+  }),
+
   listDevices: endpoint(`GET ${A}/devices`, 'viewer', 200, fleet.DevicePageSchema, {
     query: fleet.DeviceListQuerySchema,
     description:
-      'Devices, oldest enrolment first (viewer); filter by group, state, profile, name ' +
-      'prefix `q` or `lastContactBefore`; pass `next` back as `cursor` for the next page.',
+      'Devices by name (or `sort` lastContact, enrolled) (viewer); filter by group, state, ' +
+      'status, profile, name prefix `q` or `lastContactBefore`; pass `next` back as `cursor` ' +
+      'for the next page; `total` counts the matches.',
   }),
   getDevice: endpoint(`GET ${A}/devices/:id`, 'viewer', 200, fleet.DeviceDetailSchema, {
     params,
