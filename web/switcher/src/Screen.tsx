@@ -30,6 +30,8 @@ export function Screen({ vm, rfbRef }: { vm: string; rfbRef: RefObject<RFB | nul
     const target = box.current;
     if (!target) return;
     let retry: ReturnType<typeof setTimeout> | undefined;
+    // noVNC complains about disconnecting a connection that already ended.
+    let ended = false;
     setState('connecting');
     const rfb = new RFB(target, displayUrl(vm), { shared: true });
     rfb.scaleViewport = true;
@@ -40,14 +42,17 @@ export function Screen({ vm, rfbRef }: { vm: string; rfbRef: RefObject<RFB | nul
       rfb.focus();
     });
     rfb.addEventListener('disconnect', () => {
+      ended = true;
       setState('lost');
       retry = setTimeout(() => setAttempt((n) => n + 1), RETRY_MS);
     });
     rfbRef.current = rfb;
     return () => {
       clearTimeout(retry);
-      releaseShortcutKeys(rfb);
-      rfb.disconnect();
+      if (!ended) {
+        releaseShortcutKeys(rfb);
+        rfb.disconnect();
+      }
       if (rfbRef.current === rfb) rfbRef.current = null;
     };
   }, [vm, attempt, rfbRef]);

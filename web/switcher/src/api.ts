@@ -49,12 +49,17 @@ export interface Snapshot {
   vms: LocalVm[];
 }
 
-/** Engine's state and the VMs, read together. */
+/**
+ * Engine's state and the VMs, read together; the work VMs first, then the personal one, each by
+ * name: the order of the cards and of the Ctrl+Alt+digit shortcuts.
+ */
 export async function readSnapshot(): Promise<Snapshot> {
   const [engine, vms] = await Promise.all([
     get('/v1/engine', (j) => LocalEngineSchema.parse(j)),
     get('/v1/vms', (j) => LocalVmsResponseSchema.parse(j).vms),
   ]);
+  const rank = (vm: LocalVm) => (vm.kind === 'work' ? 0 : 1);
+  vms.sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name));
   return { engine, vms };
 }
 
