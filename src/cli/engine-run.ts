@@ -1,5 +1,6 @@
 import {
   DEFAULT_ENGINE_DATA_DIR,
+  DEFAULT_SWITCHER_PORT,
   engineConfigFromEnv,
   engineConfigValue,
   readEngineConfigFile,
@@ -20,6 +21,7 @@ const FLAGS = {
   'switch-deadline': 'switchDeadlineSeconds',
   'stop-timeout': 'stopTimeoutSeconds',
   'poll-interval': 'pollIntervalSeconds',
+  'switcher-port': 'switcherPort',
   'log-level': 'logLevel',
 } as const satisfies Record<string, keyof EngineConfigInput>;
 
@@ -41,7 +43,7 @@ export const engineRunCommand: Command = {
   usage: `Usage: bulkhead engine run [--data DIR] [--hypervisor qemu|sim]
          [--kernel PATH [--initrd PATH] [--cmdline TEXT]] [--bandwidth BYTES_PER_SEC]
          [--switch-deadline SECONDS] [--stop-timeout SECONDS] [--poll-interval SECONDS]
-         [--config FILE] [--log-level LEVEL]
+         [--switcher-port PORT] [--config FILE] [--log-level LEVEL]
 
   Syncs with Center (offline-first), downloads new versions, switches VMs when they are off,
   when the user accepts (\`bulkhead engine accept\`) or at the switch deadline (default: at
@@ -51,6 +53,9 @@ export const engineRunCommand: Command = {
   --stop-timeout is how long a VM has to shut down before it is stopped hard (default 30 s).
   --poll-interval sets how often Center is asked for news when no push arrives (default: what
   Center says, else 60 s).
+  --switcher-port is the port of the switcher, the page for the person at this PC, on
+  127.0.0.1 only (default ${DEFAULT_SWITCHER_PORT}; 0 takes a free one): \`bulkhead engine switcher\`
+  prints the URL to open, with this boot's secret.
   Settings may also come from BULKHEAD_* environment variables or a JSON --config file.
   --hypervisor sim is for fleet simulation only. Stops on SIGTERM or SIGINT within seconds
   (at once on a second one); VMs keep running. One engine run per data directory.`,

@@ -6,6 +6,7 @@ import {
   type PersonalChoice,
   readEngineStatus,
   acceptUpdate,
+  readSwitcherUrl,
   takeScreenshot,
 } from '../engine/index.ts';
 import { writeFile } from 'node:fs/promises';
@@ -160,6 +161,24 @@ const acceptCommand: Command = {
   },
 };
 
+const switcherCommand: Command = {
+  name: 'engine switcher',
+  summary: "Print the switcher's address: the page where the person at this PC uses its VMs.",
+  usage: `Usage: bulkhead engine switcher [--data DIR]
+
+  Prints the address (http://127.0.0.1:PORT/?key=…) of the switcher \`engine run\` serves: the
+  PC's VMs, their screens, update prompts and the lease. Open it in the PC's own browser (the
+  kiosk or desktop session opens it at login). The key changes every time Engine starts and
+  lets anyone on this PC who has it use the VMs: do not share it.
+  DIR defaults to $BULKHEAD_ENGINE_DATA or ${DEFAULT_ENGINE_DATA_DIR}.`,
+  options: { data: { type: 'string' } },
+  async run(inv, ctx) {
+    const url = await readSwitcherUrl(dataDir(inv));
+    if (!inv.json) ctx.out(url);
+    return { url };
+  },
+};
+
 const screenshotCommand: Command = {
   name: 'engine screenshot',
   summary: "Save a VM's screen as a PNG.",
@@ -200,6 +219,7 @@ export const engineCommands: Command[] = [
   personalChooseCommand,
   statusCommand,
   acceptCommand,
+  switcherCommand,
   screenshotCommand,
   engineRunCommand,
 ];

@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import { tempDir } from '../../test/support/fixtures.ts';
 import { ErrorCodes } from '../protocol/index.ts';
 import {
+  DEFAULT_SWITCHER_PORT,
   engineConfigFromEnv,
   engineConfigValue,
   readEngineConfigFile,
@@ -23,7 +24,18 @@ test('defaults: QEMU on the default data directory, 30 s to stop a VM, Center se
   assert.equal(c.logLevel, 'info');
   assert.equal(c.pollIntervalSeconds, undefined, 'absent: the interval Center sends is used');
   assert.equal(c.kernel, undefined);
+  assert.equal(c.switcherPort, DEFAULT_SWITCHER_PORT);
   assert.ok(Object.isFrozen(c));
+});
+
+test("the switcher's port: from BULKHEAD_SWITCHER_PORT, 0 for any free one, never beyond 65535", () => {
+  const env = engineConfigFromEnv({ BULKHEAD_SWITCHER_PORT: '0' });
+  assert.equal(resolveEngineConfig([env]).switcherPort, 0);
+  assert.throws(
+    () => resolveEngineConfig([{ switcherPort: 70_000 }]),
+    (err: Error & { code?: string }) =>
+      err.code === ErrorCodes.CONFIG_INVALID && /switcherPort/.test(err.message),
+  );
 });
 
 test('later sources win: file, then environment, then flags; a relative data dir is resolved', async (t) => {

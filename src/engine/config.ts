@@ -8,6 +8,9 @@ import {
 } from '../config/index.ts';
 import { DEFAULT_ENGINE_DATA_DIR } from './state.ts';
 
+/** The switcher's port on 127.0.0.1 unless configured otherwise. */
+export const DEFAULT_SWITCHER_PORT = 7470;
+
 const seconds = (max: number) => z.number().int().min(0).max(max);
 
 /**
@@ -68,6 +71,12 @@ export const EngineConfigSchema = z
      * Read at enrolment (which chooses the protection) and at every start (which unseals).
      */
     tpm: z.string().min(1).max(500).default('auto'),
+    /**
+     * TCP port of the switcher (the PC user's page: VMs, screens, update prompts, lease), served
+     * on 127.0.0.1 only, behind a per-boot secret (`bulkhead engine switcher` prints its URL);
+     * 0 takes any free port.
+     */
+    switcherPort: z.number().int().min(0).max(65_535).default(DEFAULT_SWITCHER_PORT),
     /** Log level of the structured (pino) log, written to stderr. */
     logLevel: z
       .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
@@ -101,6 +110,7 @@ const ENV: Record<string, keyof EngineConfigInput> = {
   BULKHEAD_RECONCILE_INTERVAL_SECONDS: 'reconcileIntervalSeconds',
   BULKHEAD_LOG_LEVEL: 'logLevel',
   BULKHEAD_TPM: 'tpm',
+  BULKHEAD_SWITCHER_PORT: 'switcherPort',
 };
 
 const NUMERIC_KEYS: ReadonlySet<keyof EngineConfigInput> = new Set([
@@ -110,6 +120,7 @@ const NUMERIC_KEYS: ReadonlySet<keyof EngineConfigInput> = new Set([
   'stopTimeoutSeconds',
   'pollIntervalSeconds',
   'reconcileIntervalSeconds',
+  'switcherPort',
 ]);
 
 /** Reads the `--config` file: a JSON object of the schema's keys. */

@@ -12,6 +12,7 @@ export {
 } from './center-client.ts';
 export { systemClock, type Clock } from './clock.ts';
 export {
+  DEFAULT_SWITCHER_PORT,
   EngineConfigSchema,
   engineConfigFromEnv,
   engineConfigValue,
@@ -48,6 +49,16 @@ export { EventQueue, PROTECTED_EVENT_TYPES, readQueueDepth, type NewEvent } from
 export * from './state.ts';
 export { formatEngineStatus, readEngineStatus, type EngineStatus } from './status.ts';
 export { takeScreenshot, type Screenshot } from './screenshot.ts';
+export {
+  qemuDisplays,
+  readSwitcherUrl,
+  startSwitcher,
+  switcherUrlFile,
+  SWITCHER_WEB_DIR,
+  type Switcher,
+  type SwitcherDeps,
+  type SwitcherOptions,
+} from './switcher.ts';
 export { acceptUpdate } from './update/accept.ts';
 export { UPDATE_STATES, type UpdateState } from './update/machine.ts';
 export {

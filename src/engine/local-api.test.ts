@@ -10,6 +10,7 @@ import {
   ErrorBodySchema,
   ErrorCodes,
   LOCAL_API_BODY_LIMIT,
+  LocalEngineSchema,
   LocalVmsResponseSchema,
   type LocalVm,
   type ScreenInput,
@@ -29,6 +30,8 @@ const PNG = Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex');
 function vm(name: string, activity: string): LocalVm {
   return {
     name,
+    kind: name === 'personal' ? 'personal' : 'work',
+    version: 'os@1',
     activity,
     summary: `${name}: ${activity} on os@1`,
     currentVersionId: 'ver-1',
@@ -38,6 +41,8 @@ function vm(name: string, activity: string): LocalVm {
     leaseExpiresAt: 1_900_000_000_000,
     leaseWarning: false,
     leaseExpired: false,
+    update: null,
+    lastOutcome: null,
   };
 }
 
@@ -376,4 +381,53 @@ test('local API: the VMs are those `engine status` shows', async (t) => {
   assert.equal(work?.currentVersionId, 'ver-1');
   assert.equal(work?.activity, 'stopped');
   assert.match(work?.summary ?? '', /^work: stopped/);
+});
+
+test("local API: Engine's state, and the user's restart now for a staged update only", async (t) => {
+  const dataDir = await tempDir(t);
+  const accepted: string[] = [];
+  const engine = {
+    online: true,
+    lastContactAt: 1_800_000_000_000,
+    push: 'open' as const,
+    locked: false,
+    killed: false,
+    lease: null,
+    now: 1_800_000_000_500,
+  };
+  const server = await startLocalApi(localApiSocket(dataDir), {
+    vms: async () => [
+      { ...vm('work', 'updating'), update: { to: 'os@2', stagedAt: 1, deadlineAt: 2 } },
+      vm('personal', 'running'),
+    ],
+    screens: fakeScreens([]),
+    engine: async () => engine,
+    accept: async (name) => {
+      accepted.push(name);
+    },
+    log: recordingLog(),
+  });
+  t.after(() => server.close());
+  const state = await call(server.path, 'GET', '/v1/engine');
+  assert.equal(state.status, 200);
+  assert.deepEqual(LocalEngineSchema.parse(JSON.parse(state.body.toString())), engine);
+
+  const now = await call(server.path, 'POST', '/v1/vms/work/accept');
+  assert.equal(now.status, 204, now.body.toString());
+  assert.deepEqual(accepted, ['work']);
+  const nothing = await call(server.path, 'POST', '/v1/vms/personal/accept');
+  assert.equal(nothing.status, 409);
+  assert.deepEqual(errorOf(nothing), {
+    code: 'ERR_NO_UPDATE_WAITING',
+    message: 'no update of personal is waiting for a restart',
+  });
+  assert.equal((await call(server.path, 'GET', '/v1/vms/work/accept')).status, 404);
+  assert.equal((await call(server.path, 'POST', '/v1/vms/nosuch/accept')).status, 404);
+  assert.deepEqual(accepted, ['work'], 'no marker for a VM without a staged update');
+});
+
+test('local API: without an Engine to describe, GET /v1/engine and accept are not there', async (t) => {
+  const { server } = await api(t);
+  assert.equal((await call(server.path, 'GET', '/v1/engine')).status, 404);
+  assert.equal((await call(server.path, 'POST', '/v1/vms/work/accept')).status, 404);
 });

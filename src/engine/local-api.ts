@@ -7,16 +7,19 @@ import {
   errorStatus,
   isBulkheadError,
   LOCAL_API_BODY_LIMIT,
+  LOCAL_API_ROUTES,
   LocalAppsRequestSchema,
   LocalVmNameSchema,
   ScreenInputSchema,
   type ChooseAppsResponse,
   type ErrorBody,
+  type LocalEngine,
   type LocalVm,
   type LocalVmsResponse,
   type ScreenInput,
 } from '../protocol/index.ts';
 import { Screen } from './hypervisor/index.ts';
+import type { Clock } from './clock.ts';
 import type { Log } from './log.ts';
 import { takeScreenshot } from './screenshot.ts';
 import { readEngineStatus, runStateOf } from './status.ts';
@@ -60,14 +63,26 @@ export interface LocalApiDeps {
    *   ERR_NOT_FOUND when Center gives this PC no such VM.
    */
   chooseApps?: (vm: string, apps: string[]) => Promise<ChooseAppsResponse>;
+  /** Engine's connection, lock and lease. Absent: `GET /v1/engine` answers 404. */
+  engine?: () => Promise<LocalEngine>;
+  /**
+   * The user accepts VM `vm`'s staged update (the handler has checked that one waits): it
+   * switches at the update's next pass. Absent: the route answers 404.
+   */
+  accept?: (vm: string) => Promise<void>;
   log: Log;
 }
 
-/** The VMs as `engine status` reads them from the data directory. */
-export function statusVms(dataDir: string): () => Promise<LocalVm[]> {
+/**
+ * The VMs as `engine status` reads them from the data directory; a staged update's deadline is
+ * `switchDeadlineMs` after it was staged (Engine's `switchDeadlineSeconds`).
+ */
+export function statusVms(dataDir: string, switchDeadlineMs = 0): () => Promise<LocalVm[]> {
   return async () =>
     (await readEngineStatus(dataDir)).vms.map((v) => ({
       name: v.name,
+      kind: v.kind,
+      version: v.currentVersion,
       activity: v.activity,
       summary: v.summary,
       currentVersionId: v.currentVersionId,
@@ -77,7 +92,46 @@ export function statusVms(dataDir: string): () => Promise<LocalVm[]> {
       leaseExpiresAt: v.leaseExpiresAt,
       leaseWarning: v.lease === 'warning' || v.lease === 'expired',
       leaseExpired: v.lease === 'expired',
+      update: v.staged && {
+        to: v.staged.to,
+        stagedAt: v.staged.since,
+        deadlineAt: v.staged.since + switchDeadlineMs,
+      },
+      lastOutcome: v.lastOutcome,
     }));
+}
+
+/**
+ * Engine as `engine status` reads it from the data directory, with the push channel's state
+ * from the running sync loop (it is kept in memory only).
+ */
+export function statusEngine(
+  dataDir: string,
+  push: () => LocalEngine['push'],
+  clock: Clock,
+): () => Promise<LocalEngine> {
+  return async () => {
+    const status = await readEngineStatus(dataDir);
+    const leased = status.vms
+      .filter((v) => v.leaseExpiresAt !== null)
+      .sort((a, b) => a.leaseExpiresAt! - b.leaseExpiresAt!)[0];
+    return {
+      online: status.connectivity.online,
+      lastContactAt: status.connectivity.lastContactAt,
+      push: push(),
+      locked: status.desired?.deviceState === 'locked',
+      killed: status.killedAt !== null || status.desired?.deviceState === 'killed',
+      lease: leased
+        ? {
+            expiresAt: leased.leaseExpiresAt!,
+            vm: leased.name,
+            warning: leased.lease === 'warning' || leased.lease === 'expired',
+            expired: leased.lease === 'expired',
+          }
+        : null,
+      now: clock.now(),
+    };
+  };
 }
 
 /** How long a request waits for a screen another tool is using. */
@@ -130,7 +184,7 @@ function notRunning(vm: string, cause?: unknown): BulkheadError {
   });
 }
 
-const SCREEN_ROUTE = /^\/v1\/vms\/([^/]+)\/(screen\.png|input|apps)$/;
+const VM_ROUTE = /^\/v1\/vms\/([^/]+)\/(screen\.png|input|apps|accept)$/;
 
 /** The request handler of the local API (node:http). */
 export function localApiHandler(
@@ -161,18 +215,43 @@ async function handle(deps: LocalApiDeps, req: IncomingMessage, res: ServerRespo
     send(res, 200, body);
     return;
   }
-  const match = SCREEN_ROUTE.exec(path);
+  if (route === 'GET /v1/engine' && deps.engine) {
+    send(res, 200, await deps.engine());
+    return;
+  }
+  const match = VM_ROUTE.exec(path);
   const action = match?.[2];
   const method = action === 'screen.png' ? 'GET' : 'POST';
-  if (!match || req.method !== method || (action === 'apps' && !deps.chooseApps)) {
+  if (
+    !match ||
+    req.method !== method ||
+    (action === 'apps' && !deps.chooseApps) ||
+    (action === 'accept' && !deps.accept)
+  ) {
     throw new BulkheadError(
       ErrorCodes.NOT_FOUND,
-      `${route} is not a route of Engine's local API (GET /v1/vms, GET /v1/vms/{vm}/screen.png, POST /v1/vms/{vm}/input, POST /v1/vms/{vm}/apps)`,
+      `${route} is not a route of Engine's local API (${Object.values(LOCAL_API_ROUTES).join(', ')})`,
     );
   }
   const vm = vmName(match[1]!);
-  if (!(await deps.vms()).some((v) => v.name === vm)) {
+  const found = (await deps.vms()).find((v) => v.name === vm);
+  if (!found) {
     throw new BulkheadError(ErrorCodes.NOT_FOUND, `this PC has no VM named ${vm}`);
+  }
+  if (action === 'accept') {
+    req.resume();
+    // A marker left without a staged update would switch the next one at once, unasked.
+    if (!found.update) {
+      throw new BulkheadError(
+        ErrorCodes.NO_UPDATE_WAITING,
+        `no update of ${vm} is waiting for a restart`,
+      );
+    }
+    await deps.accept!(vm);
+    deps.log.info({ component: 'http', vm }, `${vm}: the user accepted its staged update`);
+    res.writeHead(204);
+    res.end();
+    return;
   }
   if (action === 'screen.png') {
     const png = await deps.screens.screenshot(vm);

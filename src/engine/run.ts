@@ -22,9 +22,13 @@ import {
   localApiSocket,
   qemuScreens,
   startLocalApi,
+  statusEngine,
   statusVms,
+  type LocalApiDeps,
   type VmScreens,
 } from './local-api.ts';
+import { qemuDisplays, startSwitcher, type SwitcherDeps } from './switcher.ts';
+import { acceptUpdate } from './update/accept.ts';
 import { lockDataDir } from './lock.ts';
 import { takeScreenshot } from './screenshot.ts';
 import { silentLog, type Log } from './log.ts';
@@ -90,6 +94,11 @@ export interface RunningEngine {
   log: Log;
   /** The unix socket of the local API (local-api.ts); null when it could not start. */
   localApi: string | null;
+  /**
+   * The switcher (switcher.ts): its port on 127.0.0.1 and the URL with this start's key;
+   * null when it could not start.
+   */
+  switcher: { port: number; url: string } | null;
   /** Stops syncing and reconciling; the VMs keep running. */
   stop(): Promise<void>;
 }
@@ -99,6 +108,7 @@ const simScreens: VmScreens = {
   screenshot: (vm) => Promise.reject(noScreen(vm)),
   input: (vm) => Promise.reject(noScreen(vm)),
 };
+const simDisplays: SwitcherDeps['display'] = (vm) => Promise.reject(noScreen(vm));
 
 function noScreen(vm: string): BulkheadError {
   return new BulkheadError(
@@ -299,9 +309,10 @@ async function startLocked(
   holder.engine = running;
   await running.start();
   const loop = reconciler.loop(controller.signal, config.reconcileIntervalSeconds * 1000);
-  // The switcher's API. Without it the PC's VMs still run and update: a failure is logged.
-  const api = await startLocalApi(localApiSocket(config.dataDir), {
-    vms: statusVms(config.dataDir),
+  // The switcher's API, on the unix socket and on the switcher's loopback port. Without them
+  // the PC's VMs still run and update: a failure is logged.
+  const localDeps: LocalApiDeps = {
+    vms: statusVms(config.dataDir, config.switchDeadlineSeconds * 1000),
     screens: config.hypervisor === 'sim' ? simScreens : qemuScreens(config.dataDir),
     chooseApps: async (vm, apps) => {
       const profileId = holder.desired?.vms.find((v) => v.name === vm)?.profileId;
@@ -312,20 +323,49 @@ async function startLocked(
       log.info({ component: 'sync', vm, apps: answer.chosen }, `${vm}: the user chose its apps`);
       return answer;
     },
+    engine: statusEngine(config.dataDir, () => running.sync.pushState(), clock),
+    accept: async (vm) => {
+      await acceptUpdate(config.dataDir, vm);
+      // The switch starts now rather than at the next periodic pass; it runs for minutes.
+      reconciler.pass().catch((err: unknown) => {
+        log.warn(
+          { component: 'rollout', err, vm },
+          `${vm}: the pass after the user's accept failed`,
+        );
+      });
+    },
     log,
-  }).catch((err: unknown) => {
-    log.error({ component: 'http', err }, `the local API could not start: ${String(err)}`);
+  };
+  const api = await startLocalApi(localApiSocket(config.dataDir), localDeps).catch(
+    (err: unknown) => {
+      log.error({ component: 'http', err }, `the local API could not start: ${String(err)}`);
+      return null;
+    },
+  );
+  if (api) log.info({ component: 'http', socket: api.path }, `local API on ${api.path}`);
+  const switcher = await startSwitcher(
+    { dataDir: config.dataDir, port: config.switcherPort },
+    {
+      ...localDeps,
+      display: config.hypervisor === 'sim' ? simDisplays : qemuDisplays(config.dataDir),
+    },
+  ).catch((err: unknown) => {
+    log.error(
+      { component: 'http', err, port: config.switcherPort },
+      `the switcher could not start on 127.0.0.1:${config.switcherPort}: ${String(err)}`,
+    );
     return null;
   });
-  if (api) log.info({ component: 'http', socket: api.path }, `local API on ${api.path}`);
   return {
     engine: running,
     reconciler,
     log,
     localApi: api?.path ?? null,
+    switcher: switcher && { port: switcher.port, url: switcher.url },
     async stop() {
       controller.abort();
       try {
+        await switcher?.close();
         await api?.close();
         await running.stop();
         await loop;

@@ -9,7 +9,8 @@ import { engineFiles } from './state.ts';
 import type { DesiredVm } from '../protocol/index.ts';
 import { describeVm, formatEngineStatus, readEngineStatus, type VmFacts } from './status.ts';
 import type { Transaction } from './update/machine.ts';
-import { VmRecords } from './update/records.ts';
+import { statusVms } from './local-api.ts';
+import { TransactionFiles, VmRecords } from './update/records.ts';
 import { releaseKey, type Release } from './volumes/index.ts';
 
 test('engine status names where each VM’s console logs are, and the latest one', async (t) => {
@@ -202,4 +203,50 @@ test('engine status reads a VM’s run state from its QEMU pidfile', async (t) =
   // A pid that cannot be alive: the QEMU is gone and nobody cleaned up after it.
   await writeFile(join(runDir, 'qemu.pid'), '2147483646\n');
   assert.equal((await read()).activity, 'crashed');
+});
+
+test("the switcher's view of a VM: its version, a staged update's prompt and its last outcome", async (t) => {
+  const dataDir = await tempDir(t);
+  const clock = fixedClock();
+  const records = new VmRecords(engineFiles(dataDir).engineState, clock);
+  await records.update('work', (r) => ({
+    ...r,
+    current: os2,
+    currentVersionId: os2.system.versionId,
+    lastOutcome: {
+      result: 'rolled-back',
+      version: 'os@2',
+      failed: 'os@3',
+      reason: 'the guest agent did not answer',
+      at: clock.ms - 60_000,
+    },
+  }));
+  const transactions = new TransactionFiles(dataDir, clock);
+  await transactions.write('work', {
+    vm: 'work',
+    profileId: 'p',
+    from: os2,
+    to: os3,
+    state: 'staged',
+    attempt: 0,
+    reason: null,
+    startedAt: clock.ms - 5000,
+    since: clock.ms - 1000,
+  });
+  const [vm] = await statusVms(dataDir, 3_600_000)();
+  assert.equal(vm!.kind, 'work');
+  assert.equal(vm!.version, 'os@2');
+  assert.deepEqual(vm!.update, {
+    to: 'os@3',
+    stagedAt: clock.ms - 1000,
+    deadlineAt: clock.ms - 1000 + 3_600_000,
+  });
+  assert.equal(vm!.lastOutcome?.reason, 'the guest agent did not answer');
+  // Once it switches, the prompt goes.
+  await transactions.write('work', {
+    ...(await transactions.read('work'))!,
+    state: 'booting',
+    attempt: 1,
+  });
+  assert.equal((await statusVms(dataDir)())[0]!.update, null);
 });

@@ -1,6 +1,11 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ErrorCodes, type DesiredVm } from '../protocol/index.ts';
+import {
+  ErrorCodes,
+  LocalUpdateOutcomeSchema,
+  type DesiredVm,
+  type LocalUpdateOutcome,
+} from '../protocol/index.ts';
 import { systemClock } from './clock.ts';
 import { isAlive } from './hypervisor/alive.ts';
 import { leaseStatus, type LeaseState } from './lease.ts';
@@ -38,6 +43,10 @@ export interface EngineStatus {
   } | null;
   vms: {
     name: string;
+    /** `personal` for the user's own VM, `work` for every VM the organisation manages. */
+    kind: 'work' | 'personal';
+    /** What it runs, `image@version`; null before its first install. */
+    currentVersion: string | null;
     currentVersionId: string | null;
     previousVersionId: string | null;
     desiredVersionId: string | null;
@@ -56,6 +65,10 @@ export interface EngineStatus {
     /** What the VM is doing, in one sentence naming versions as `image@version`. */
     summary: string;
     activity: VmActivity;
+    /** A staged update waiting for its switch window (the VM off, the user, the deadline). */
+    staged: { to: string; since: number } | null;
+    /** How the last update that switched it ended. */
+    lastOutcome: LocalUpdateOutcome | null;
   }[];
   queueDepth: number;
   /** The earliest lease expiry among the desired VMs: past it, they do not start offline. */
@@ -95,6 +108,10 @@ export async function readEngineStatus(dataDir: string): Promise<EngineStatus> {
       const local = engineState?.vms.find((v) => v.name === name);
       const want = desiredVms.get(name);
       const current = ReleaseSchema.safeParse((local as VmRecord | undefined)?.current);
+      // An unreadable transaction file is shown as none: status never repairs or throws.
+      const transaction = await Promise.resolve()
+        .then(() => transactions.file(name).read(readOnly))
+        .catch(() => undefined);
       const { summary, activity } = describeVm({
         name,
         record: {
@@ -104,17 +121,19 @@ export async function readEngineStatus(dataDir: string): Promise<EngineStatus> {
           lastError: local?.lastError ?? null,
           transaction: local?.transaction ?? { state: 'idle', targetVersionId: null },
         },
-        // An unreadable transaction file is shown as none: status never repairs or throws.
-        transaction: await Promise.resolve()
-          .then(() => transactions.file(name).read(readOnly))
-          .catch(() => undefined),
+        transaction,
         desired: want,
         deviceState: state?.device.state ?? null,
         killed: killed !== undefined,
         run: await runStateOf(runDir),
       });
+      const outcome = LocalUpdateOutcomeSchema.safeParse(
+        (local as VmRecord | undefined)?.lastOutcome,
+      );
       return {
         name,
+        kind: want?.personal ? ('personal' as const) : ('work' as const),
+        currentVersion: current.success && current.data ? releaseName(current.data) : null,
         currentVersionId: local?.currentVersionId ?? null,
         previousVersionId: local?.previousVersionId ?? null,
         desiredVersionId: want?.system.versionId ?? null,
@@ -127,6 +146,11 @@ export async function readEngineStatus(dataDir: string): Promise<EngineStatus> {
         consoleLogs: await listConsoleLogs(consoleDir),
         summary,
         activity,
+        staged:
+          transaction?.state === 'staged' && activity === 'updating'
+            ? { to: releaseName(transaction.to), since: transaction.since }
+            : null,
+        lastOutcome: outcome.success ? outcome.data : null,
       };
     }),
   );

@@ -11,7 +11,11 @@ import {
   type SignedDesiredState,
   type SignedKillNotice,
 } from '../protocol/index.ts';
-import { DESIRED_STATE_REFUSALS, type CenterClient } from './center-client.ts';
+import {
+  DESIRED_STATE_REFUSALS,
+  type CenterClient,
+  type PushSubscription,
+} from './center-client.ts';
 import type { Clock } from './clock.ts';
 import type { Log } from './log.ts';
 import type { EventQueue } from './queue.ts';
@@ -120,6 +124,8 @@ export interface SyncLoop {
   /** Center may tune the poll interval. */
   setPollIntervalMs(ms: number): void;
   connectivity(): Connectivity;
+  /** Center's push channel: its state, or `off` when the loop holds none (stopped, killed). */
+  pushState(): Exclude<PushSubscription['state'], 'closed'> | 'off';
   /** The last verified desired state. */
   current(): StoredDesiredState | undefined;
   /** Center's verified notice that this device is killed, once there is one. */
@@ -156,7 +162,7 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
   let stopped = false;
   let sleeping: AbortController | undefined;
   let wakeRequested = false;
-  let push: { close(): void } | undefined;
+  let push: Pick<PushSubscription, 'state' | 'close'> | undefined;
   let chain: Promise<unknown> = Promise.resolve();
   /** No report is sent before this time (Center's Retry-After on its report quota). */
   let reportsHeldUntil = 0;
@@ -505,6 +511,7 @@ export function createSyncLoop(deps: SyncLoopDeps): SyncLoop {
       pollIntervalMs = Math.max(1_000, ms);
     },
     connectivity: () => connectivity,
+    pushState: () => (push === undefined || push.state === 'closed' ? 'off' : push.state),
     current: () => current,
     killed: () => killed,
   };

@@ -114,10 +114,11 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
       ...options.headers,
       ...callOptions.headers,
     };
-    let body: string | Uint8Array | undefined;
+    // Bytes over an ArrayBuffer: what the browser's fetch takes as well as Node's.
+    let body: string | Uint8Array<ArrayBuffer> | undefined;
     if (endpoint.body === BYTES) {
       headers['content-type'] = 'application/octet-stream';
-      body = req.body as Uint8Array;
+      body = req.body as Uint8Array<ArrayBuffer>;
     } else if (req.body !== undefined) {
       headers['content-type'] = 'application/json';
       body = JSON.stringify(req.body);

@@ -191,6 +191,7 @@ const ERROR_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.IN_USE]: 409,
   [ErrorCodes.ROLLOUT_STATE]: 409,
   [ErrorCodes.VM_NOT_RUNNING]: 409,
+  [ErrorCodes.NO_UPDATE_WAITING]: 409,
   [ErrorCodes.OBJECT_TOO_LARGE]: 413,
   [ErrorCodes.RATE_LIMITED]: 429,
   [ErrorCodes.OVERLOADED]: 503,

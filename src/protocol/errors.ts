@@ -84,6 +84,8 @@ export const ErrorCodes = {
   STATE_CORRUPT: 'ERR_STATE_CORRUPT',
   // Engine's local API: a VM that must run for what was asked (its screen, input) does not.
   VM_NOT_RUNNING: 'ERR_VM_NOT_RUNNING',
+  // The switcher's "restart now" for a VM with no staged update waiting for the user.
+  NO_UPDATE_WAITING: 'ERR_NO_UPDATE_WAITING',
   // Rollouts: an action its state does not allow (pause a halted one, say).
   ROLLOUT_STATE: 'ERR_ROLLOUT_STATE',
   // Keys (docs/keys.md): a wrapped data key that does not open with this device's key, a VM

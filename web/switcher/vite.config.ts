@@ -5,5 +5,13 @@ import { defineConfig } from 'vite';
 export default defineConfig({
   root: import.meta.dirname,
   base: './',
-  build: { outDir: 'dist', emptyOutDir: true, target: 'es2022', assetsInlineLimit: 0 },
+  build: {
+    outDir: 'dist',
+    emptyOutDir: true,
+    target: 'es2022',
+    assetsInlineLimit: 0,
+    // One bundle with noVNC, served from the PC's own loopback: its size costs no network, and
+    // a split would only add a round trip before the first screen.
+    chunkSizeWarningLimit: 1024,
+  },
 });

@@ -440,6 +440,16 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
         previousVersionId: tx.from?.system.versionId ?? r.previousVersionId,
         lastError: null,
         lastFailure: null,
+        // A first install is no update to tell the user about.
+        lastOutcome: tx.from
+          ? {
+              result: 'updated',
+              version: releaseName(tx.to),
+              failed: null,
+              reason: null,
+              at: deps.clock.now(),
+            }
+          : (r.lastOutcome ?? null),
       }));
       await deps.report({ id: eventId(tx, 'healthy'), type: 'healthy', data: aboutRelease(tx) });
       deps.log.info(about(tx), `${tx.vm}: committed ${releaseLabel(tx.to)}`);
@@ -473,7 +483,17 @@ export function createUpdateExecutors(deps: UpdateDeps): UpdateExecutors {
 
     async 'rolled-back'(tx) {
       const reason = tx.reason ?? 'unhealthy';
-      await deps.records.update(tx.vm, (r) => markBad(r, tx, reason, deps.clock.now()));
+      const now = deps.clock.now();
+      await deps.records.update(tx.vm, (r) => ({
+        ...markBad(r, tx, reason, now),
+        lastOutcome: {
+          result: 'rolled-back',
+          version: releaseLabel(tx.from) ?? 'nothing',
+          failed: releaseName(tx.to),
+          reason,
+          at: now,
+        },
+      }));
       await deps.report({
         id: eventId(tx, 'rolled-back'),
         type: 'rolled-back',

@@ -6,7 +6,11 @@ import type { EngineState, EngineVm } from '../state.ts';
 import { AtomicJsonFile } from '../../durable/index.ts';
 import { ReleaseSchema, type Release } from '../volumes/index.ts';
 import { TransactionSchema, type Transaction } from './machine.ts';
-import { isValidName } from '../../protocol/index.ts';
+import {
+  isValidName,
+  LocalUpdateOutcomeSchema,
+  type LocalUpdateOutcome,
+} from '../../protocol/index.ts';
 
 /**
  * What the update engine keeps per VM in `engine-state.json` beyond the fields `engine status`
@@ -18,6 +22,8 @@ export interface VmRecord extends EngineVm {
   current?: Release | null;
   previous?: Release | null;
   lastFailure?: { releaseKey: string; at: number } | null;
+  /** How the last update that switched the VM ended, for the switcher to tell the user. */
+  lastOutcome?: LocalUpdateOutcome | null;
 }
 
 /** Engine's per-VM records, read-modify-written one update at a time. */
@@ -81,7 +87,13 @@ function parseRecord(v: EngineVm): VmRecord {
     const p = ReleaseSchema.safeParse(x);
     return p.success ? p.data : null;
   };
-  return { ...r, current: release(r.current), previous: release(r.previous) };
+  const outcome = LocalUpdateOutcomeSchema.safeParse(r.lastOutcome);
+  return {
+    ...r,
+    current: release(r.current),
+    previous: release(r.previous),
+    lastOutcome: outcome.success ? outcome.data : null,
+  };
 }
 
 export function emptyRecord(vm: string, now: number): VmRecord {
@@ -95,6 +107,7 @@ export function emptyRecord(vm: string, now: number): VmRecord {
     current: null,
     previous: null,
     lastFailure: null,
+    lastOutcome: null,
   };
 }
 
