@@ -123,6 +123,7 @@ const serve: Command = {
     if (inv.json) ctx.out(JSON.stringify(result));
     else {
       ctx.out(`Center listening on ${center.url} (data in ${config.dataDir})`);
+      ctx.out(`Console: open ${center.url}/ in a browser and log in as an administrator`);
       if (center.metricsUrl) ctx.out(`Metrics at ${center.metricsUrl}/metrics`);
       if (demoStore) {
         ctx.out(

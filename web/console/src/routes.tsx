@@ -1,0 +1,39 @@
+import type { ReactNode } from 'react';
+import type { AdminRoleName } from '../../../src/protocol/index.ts';
+import type { RouteContext } from './page-context.ts';
+import { Dashboard } from './pages/Dashboard.tsx';
+import { DevicePage, Devices } from './pages/Devices.tsx';
+
+export type { RouteContext };
+
+export interface RouteEntry {
+  /** Its label in the navigation; none for pages reached from another (a device). */
+  nav?: string;
+  href?: string;
+  /** The least role that sees it in the navigation. */
+  role?: AdminRoleName;
+  match: (path: string) => boolean;
+  render: (ctx: RouteContext) => ReactNode;
+}
+
+/** `/devices/:id` → the id, for a path of that shape. */
+export function param(path: string, prefix: string): string | null {
+  const m = new RegExp(`^${prefix}/([^/]+)/?$`).exec(path);
+  return m ? decodeURIComponent(m[1]!) : null;
+}
+
+const exactly = (p: string) => (path: string) => path === p || path === `${p}/`;
+
+export const routes: RouteEntry[] = [
+  { nav: 'Dashboard', href: '/', match: (p) => p === '/', render: (c) => <Dashboard {...c} /> },
+  {
+    nav: 'Devices',
+    href: '/devices',
+    match: exactly('/devices'),
+    render: (c) => <Devices {...c} />,
+  },
+  {
+    match: (p) => param(p, '/devices') !== null,
+    render: (c) => <DevicePage {...c} id={param(c.route.path, '/devices')!} />,
+  },
+];
