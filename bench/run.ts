@@ -5,6 +5,7 @@
 //
 //   node bench/run.ts [--pairs=v2,v2b] [--skip=bulkhead,casync,zsync,rsync,zstd,bound,chunkers]
 //   node bench/run.ts engine     (Engine's memory, download bytes and rollback time: engine.ts)
+//   node bench/run.ts console    (the console's pages in Chromium with 100,000 devices: console.ts)
 //   node bench/run.ts guest      (the full Debian guest: boot per firmware, Engine's overhead
 //                                 over bare QEMU, v1 → v2 bytes: guest.ts)
 import { availableParallelism, cpus, release, totalmem } from 'node:os';
@@ -456,6 +457,9 @@ async function main(): Promise<void> {
 if (import.meta.main && process.argv[2] === 'engine') {
   // `npm run bench -- engine`: Engine on QEMU (bench/engine.ts runs itself on import).
   await import('./engine.ts');
+} else if (import.meta.main && process.argv[2] === 'console') {
+  // `npm run bench -- console`: the console in Chromium at 100,000 devices (bench/console.ts).
+  await (await import('./console.ts')).main();
 } else if (import.meta.main && process.argv[2] === 'guest') {
   // `npm run bench -- guest`: the full Debian guest on QEMU (bench/guest.ts runs itself too).
   await import('./guest.ts');
