@@ -1,3 +1,5 @@
+// First: it configures zod before the protocol's modules load (see csp.ts).
+import './csp.ts';
 import { StrictMode } from 'react';
 import { createRoot } from 'react-dom/client';
 import { App } from './App.tsx';

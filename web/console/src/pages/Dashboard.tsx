@@ -7,7 +7,7 @@ import {
   type VersionName,
 } from '../../../../src/protocol/index.ts';
 import type { RouteContext } from '../page-context.ts';
-import { Badge, dateTime, Empty, ErrorText, Page, relative } from '../components.tsx';
+import { Badge, count, dateTime, Empty, ErrorText, Page, relative } from '../components.tsx';
 import { Link, withQuery } from '../router.tsx';
 import { useQuery } from '../api.ts';
 
@@ -85,7 +85,7 @@ function StatusCards({ devices }: { devices: FleetSummary['devices'] }) {
             <Link
               className={`stat stat-${status}`}
               to={withQuery('/devices', { status })}
-              aria-label={`${STATUS_WORDS[status]}: ${devices[status].toLocaleString()} devices`}
+              aria-label={`${STATUS_WORDS[status]}: ${count(devices[status], 'device')}`}
             >
               <strong>{devices[status].toLocaleString()}</strong>
               {STATUS_WORDS[status]}

@@ -1,5 +1,6 @@
 import { useEffect, useRef, useState } from 'react';
 import {
+  adminEndpoints,
   DEVICE_STATUS_NAMES,
   fleetEndpoints,
   rolloutEndpoints,
@@ -362,6 +363,9 @@ const EVENTS_PER_PAGE = 25;
 
 export function DevicePage({ client, session, id }: RouteContext & { id: string }) {
   const device = useQuery(client, fleetEndpoints.getDevice, { params: { id } }, { pollMs: 3000 });
+  // Commands name their sender by id; the administrators' names for them (any role may list).
+  const users = useQuery(client, adminEndpoints.listUsers, {}, { pollMs: 60_000 });
+  const usernames = new Map(users.data?.users.map((u) => [u.id, u.username]));
   const d = device.data;
   const [asking, setAsking] = useState<CommandKind | null>(null);
   const [done, setDone] = useState<string | null>(null);
@@ -429,7 +433,7 @@ export function DevicePage({ client, session, id }: RouteContext & { id: string 
           <Vms device={d} />
           <div className="grid">
             <Hardware device={d} />
-            <PendingCommands commands={d.pendingCommands} />
+            <PendingCommands commands={d.pendingCommands} usernames={usernames} />
           </div>
           <Timeline client={client} id={id} />
         </>
@@ -591,7 +595,8 @@ function Hardware({ device: d }: { device: DeviceDetail }) {
   );
 }
 
-function PendingCommands({ commands }: { commands: Command[] }) {
+function PendingCommands(props: { commands: Command[]; usernames: Map<string, string> }) {
+  const { commands, usernames } = props;
   return (
     <section className="card" aria-labelledby="commands-title">
       <h2 id="commands-title">Pending commands</h2>
@@ -614,7 +619,9 @@ function PendingCommands({ commands }: { commands: Command[] }) {
                 <td>
                   <Badge value={c.state} />
                 </td>
-                <td>{c.createdBy ?? '—'}</td>
+                <td>
+                  {c.createdBy === null ? '—' : (usernames.get(c.createdBy) ?? 'an administrator')}
+                </td>
                 <td title={dateTime(c.createdAt)}>{relative(c.createdAt)}</td>
               </tr>
             ))}
