@@ -414,4 +414,3 @@ export async function main(): Promise<void> {
     await rm(dir, { recursive: true, force: true });
   }
 }
-
