@@ -1,6 +1,7 @@
-import { sql, type Kysely } from 'kysely';
+import type { Kysely } from 'kysely';
 import type { FleetHistory } from '../../protocol/index.ts';
 import type { Database } from '../db/index.ts';
+import { countVersions } from './version-counts.ts';
 
 /*
  * Versions across the fleet over time (the console's chart). Counting what 100,000 devices run
@@ -31,15 +32,12 @@ export async function takeSnapshotIfDue(db: Kysely<Database>, nowMs: number): Pr
     .limit(1)
     .executeTakeFirst();
   if (taken !== undefined) return;
-  const counts = await db
-    .selectFrom('device_profiles as dp')
-    .innerJoin('devices as d', 'd.id', 'dp.device_id')
-    .select(['dp.system_version_id', sql<number>`count(*)`.as('n')])
-    .where('d.state', 'in', ['active', 'locked'])
-    .where('dp.system_version_id', 'is not', null)
-    .groupBy('dp.system_version_id')
-    .execute();
-  const rows = counts.map((c) => ({ at: hour, version_id: c.system_version_id!, devices: c.n }));
+  const perVersion = new Map<string, number>();
+  for (const c of await countVersions(db)) {
+    if (c.system_version_id === null) continue;
+    perVersion.set(c.system_version_id, (perVersion.get(c.system_version_id) ?? 0) + c.n);
+  }
+  const rows = [...perVersion].map(([version_id, devices]) => ({ at: hour, version_id, devices }));
   await db
     .insertInto('fleet_version_snapshots')
     .values(rows.length > 0 ? rows : [{ at: hour, version_id: NOTHING, devices: 0 }])
