@@ -66,6 +66,7 @@ interface Seeded {
   deviceIds: string[];
   versionIds: string[];
   groupIds: string[];
+  rolloutIds: string[];
 }
 
 /** Writes the fleet straight into Center's database, as months of enrolments and reports would. */
@@ -224,7 +225,64 @@ export async function seed(url: string, count: number): Promise<Seeded> {
       });
       if (i % 20_000 === 0) log(`seeded ${i + rows.length} devices`);
     }
-    return { deviceIds, versionIds, groupIds };
+    // Two rollouts of the newest version: one running through a site of 5,000 PCs (its first
+    // phases done, devices at every step), one halted by its failure threshold.
+    const rolloutIds = [newId(now - 3 * DAY), newId(now - 2 * DAY)];
+    for (const [i, state] of (['running', 'halted'] as const).entries()) {
+      await db
+        .insertInto('rollouts')
+        .values({
+          id: rolloutIds[i]!,
+          image_version_id: versionIds[2]!,
+          group_id: groupIds[i]!,
+          profile_id: null,
+          phases: JSON.stringify([1, 10, 50, 100]),
+          current_phase: i === 0 ? 2 : 0,
+          phase_started_at: now - DAY,
+          soak_ms: 3_600_000,
+          failure_threshold: 0.1,
+          min_reports: 1,
+          state,
+          state_reason:
+            state === 'halted'
+              ? '3 of 18 devices failed or rolled back in phase 1 (17 %, over the 10 % threshold)'
+              : null,
+          on_completion: 'release',
+          released_at: null,
+          created_by: null,
+          created_at: now - (3 - i) * DAY,
+          updated_at: now - DAY,
+        })
+        .execute();
+      const members = deviceIds.filter((_, j) => j % groupIds.length === i);
+      const statuses = ['healthy', 'healthy', 'healthy', 'switched', 'staged', 'downloading'];
+      for (let k = 0; k < members.length; k += BATCH) {
+        await db
+          .insertInto('rollout_devices')
+          .values(
+            members.slice(k, k + BATCH).map((id, n) => {
+              const j = k + n;
+              const phase = j < 50 ? 0 : j < 500 ? 1 : j < 2500 ? 2 : 3;
+              const inPlay = i === 0 ? phase <= 2 : phase === 0;
+              const status = !inPlay
+                ? 'pending'
+                : i === 1 && j % 6 === 0
+                  ? 'rolled-back'
+                  : statuses[j % statuses.length]!;
+              return {
+                rollout_id: rolloutIds[i]!,
+                device_id: id,
+                phase,
+                status: status as 'pending',
+                reason: status === 'rolled-back' ? 'health check failed' : null,
+                updated_at: now - DAY,
+              };
+            }),
+          )
+          .execute();
+      }
+    }
+    return { deviceIds, versionIds, groupIds, rolloutIds };
   } finally {
     await database.close();
   }
@@ -300,15 +358,6 @@ export async function main(): Promise<void> {
       if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${await res.text()}`);
       return res.json() as Promise<Record<string, unknown>>;
     };
-    // A rollout of the newest version to one site, so the rollouts page has one to show.
-    const rollout = await api('POST', '/rollouts', {
-      imageVersionId: seeded.versionIds[2],
-      groupId: seeded.groupIds[0],
-      phases: [10, 50, 100],
-    }).catch((err: Error) => {
-      log(`no rollout: ${err.message}`);
-      return null;
-    });
     const device = seeded.deviceIds[Math.floor(seeded.deviceIds.length / 2)]!;
     // The API answers the pages wait for, timed alone (the second of two: caches warm).
     const apiMs: Record<string, number> = {};
@@ -341,7 +390,8 @@ export async function main(): Promise<void> {
       ['device', `/devices/${device}`],
       ['images', '/images'],
       ['rollouts', '/rollouts'],
-      ...(rollout ? [['rollout', `/rollouts/${String(rollout.id)}`] as [string, string]] : []),
+      ['rollout, running', `/rollouts/${seeded.rolloutIds[0]}`],
+      ['rollout, halted', `/rollouts/${seeded.rolloutIds[1]}`],
       ['audit', '/audit'],
     ];
     const results: PageTiming[] = [];
