@@ -41,6 +41,7 @@ const ELSEWHERE: [prefix: string, why: string][] = [
     'runs VMs until stopped; test/integration/engine-process.test.ts and test/qemu run it',
   ],
   ['bulkhead engine screenshot', 'needs a running VM: test/qemu/screen.test.ts runs it'],
+  ['bulkhead engine switcher', 'needs engine run: test/qemu/switcher.test.ts runs it'],
   [
     'curl -s --unix-socket $S',
     "needs engine run's local API and a running VM: test/qemu/screen.test.ts calls it",
