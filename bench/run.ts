@@ -6,6 +6,8 @@
 //   node bench/run.ts [--pairs=v2,v2b] [--skip=bulkhead,casync,zsync,rsync,zstd,bound,chunkers]
 //   node bench/run.ts engine     (Engine's memory, download bytes and rollback time: engine.ts)
 //   node bench/run.ts console    (the console's pages in Chromium with 100,000 devices: console.ts)
+//   node bench/run.ts switcher   (the switcher in Chromium: click or shortcut to a VM's screen,
+//                                 Engine's two VMs on QEMU: switcher.ts)
 //   node bench/run.ts guest      (the full Debian guest: boot per firmware, Engine's overhead
 //                                 over bare QEMU, v1 → v2 bytes: guest.ts)
 import { availableParallelism, cpus, release, totalmem } from 'node:os';
@@ -460,6 +462,9 @@ if (import.meta.main && process.argv[2] === 'engine') {
 } else if (import.meta.main && process.argv[2] === 'console') {
   // `npm run bench -- console`: the console in Chromium at 100,000 devices (bench/console.ts).
   await (await import('./console.ts')).main();
+} else if (import.meta.main && process.argv[2] === 'switcher') {
+  // `npm run bench -- switcher`: a VM's screen after a click in the switcher (bench/switcher.ts).
+  await (await import('./switcher.ts')).main();
 } else if (import.meta.main && process.argv[2] === 'guest') {
   // `npm run bench -- guest`: the full Debian guest on QEMU (bench/guest.ts runs itself too).
   await import('./guest.ts');
