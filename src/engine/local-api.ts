@@ -112,8 +112,9 @@ export function statusEngine(
 ): () => Promise<LocalEngine> {
   return async () => {
     const status = await readEngineStatus(dataDir);
+    // The lease governs the work VMs; a personal VM runs on whatever Center last said.
     const leased = status.vms
-      .filter((v) => v.leaseExpiresAt !== null)
+      .filter((v) => v.kind === 'work' && v.leaseExpiresAt !== null)
       .sort((a, b) => a.leaseExpiresAt! - b.leaseExpiresAt!)[0];
     return {
       online: status.connectivity.online,

@@ -64,6 +64,9 @@ test('the user sees both VMs, uses the work VM through its screen, and restarts 
   assert.match(await workCard.innerText(), /Work[\s\S]*Running[\s\S]*os@1/);
   assert.match(await mineCard.innerText(), /Personal[\s\S]*Running[\s\S]*home@1/);
   assert.match(await page.locator('.connection').innerText(), /^Online$/);
+  // The lease is the work VM's: the personal VM does not stop when it runs out.
+  await page.getByText(/works offline for/).waitFor();
+  assert.match(await page.getByText(/works offline for/).innerText(), /^work works offline/);
 
   // One click: the work VM's screen, full-page, not blank.
   const ms = await timeToScreen(page, 'work', { timeoutMs: PATIENCE_MS });
