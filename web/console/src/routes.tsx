@@ -3,6 +3,7 @@ import type { AdminRoleName } from '../../../src/protocol/index.ts';
 import type { RouteContext } from './page-context.ts';
 import { Dashboard } from './pages/Dashboard.tsx';
 import { DevicePage, Devices } from './pages/Devices.tsx';
+import { ImagePage, Images } from './pages/Images.tsx';
 
 export type { RouteContext };
 
@@ -35,5 +36,10 @@ export const routes: RouteEntry[] = [
   {
     match: (p) => param(p, '/devices') !== null,
     render: (c) => <DevicePage {...c} id={param(c.route.path, '/devices')!} />,
+  },
+  { nav: 'Images', href: '/images', match: exactly('/images'), render: (c) => <Images {...c} /> },
+  {
+    match: (p) => param(p, '/images') !== null,
+    render: (c) => <ImagePage {...c} id={param(c.route.path, '/images')!} />,
   },
 ];
