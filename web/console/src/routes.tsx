@@ -3,7 +3,11 @@ import type { AdminRoleName } from '../../../src/protocol/index.ts';
 import type { RouteContext } from './page-context.ts';
 import { Dashboard } from './pages/Dashboard.tsx';
 import { DevicePage, Devices } from './pages/Devices.tsx';
+import { Apps } from './pages/Apps.tsx';
+import { Groups } from './pages/Groups.tsx';
 import { ImagePage, Images } from './pages/Images.tsx';
+import { Publishers } from './pages/Publishers.tsx';
+import { Tokens } from './pages/Tokens.tsx';
 
 export type { RouteContext };
 
@@ -41,5 +45,19 @@ export const routes: RouteEntry[] = [
   {
     match: (p) => param(p, '/images') !== null,
     render: (c) => <ImagePage {...c} id={param(c.route.path, '/images')!} />,
+  },
+  {
+    nav: 'Keys',
+    href: '/publishers',
+    match: exactly('/publishers'),
+    render: (c) => <Publishers {...c} />,
+  },
+  { nav: 'Apps', href: '/apps', match: exactly('/apps'), render: (c) => <Apps {...c} /> },
+  { nav: 'Groups', href: '/groups', match: exactly('/groups'), render: (c) => <Groups {...c} /> },
+  {
+    nav: 'Enrolment',
+    href: '/tokens',
+    match: exactly('/tokens'),
+    render: (c) => <Tokens {...c} />,
   },
 ];
