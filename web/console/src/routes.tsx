@@ -6,6 +6,7 @@ import { DevicePage, Devices } from './pages/Devices.tsx';
 import { Apps } from './pages/Apps.tsx';
 import { Groups } from './pages/Groups.tsx';
 import { ImagePage, Images } from './pages/Images.tsx';
+import { ProfilePage, Profiles } from './pages/Profiles.tsx';
 import { Publishers } from './pages/Publishers.tsx';
 import { Tokens } from './pages/Tokens.tsx';
 
@@ -53,6 +54,16 @@ export const routes: RouteEntry[] = [
     render: (c) => <Publishers {...c} />,
   },
   { nav: 'Apps', href: '/apps', match: exactly('/apps'), render: (c) => <Apps {...c} /> },
+  {
+    nav: 'Profiles',
+    href: '/profiles',
+    match: exactly('/profiles'),
+    render: (c) => <Profiles {...c} />,
+  },
+  {
+    match: (p) => param(p, '/profiles') !== null,
+    render: (c) => <ProfilePage {...c} id={param(c.route.path, '/profiles')!} />,
+  },
   { nav: 'Groups', href: '/groups', match: exactly('/groups'), render: (c) => <Groups {...c} /> },
   {
     nav: 'Enrolment',
