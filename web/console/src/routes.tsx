@@ -7,6 +7,7 @@ import { Apps } from './pages/Apps.tsx';
 import { Groups } from './pages/Groups.tsx';
 import { ImagePage, Images } from './pages/Images.tsx';
 import { ProfilePage, Profiles } from './pages/Profiles.tsx';
+import { NewRollout, RolloutPage, Rollouts } from './pages/Rollouts.tsx';
 import { Publishers } from './pages/Publishers.tsx';
 import { Tokens } from './pages/Tokens.tsx';
 
@@ -70,5 +71,16 @@ export const routes: RouteEntry[] = [
     href: '/tokens',
     match: exactly('/tokens'),
     render: (c) => <Tokens {...c} />,
+  },
+  {
+    nav: 'Rollouts',
+    href: '/rollouts',
+    match: exactly('/rollouts'),
+    render: (c) => <Rollouts {...c} />,
+  },
+  { match: exactly('/rollouts/new'), render: (c) => <NewRollout {...c} /> },
+  {
+    match: (p) => param(p, '/rollouts') !== null,
+    render: (c) => <RolloutPage {...c} id={param(c.route.path, '/rollouts')!} />,
   },
 ];
