@@ -3,6 +3,7 @@ import type { AdminRoleName } from '../../../src/protocol/index.ts';
 import type { RouteContext } from './page-context.ts';
 import { Dashboard } from './pages/Dashboard.tsx';
 import { DevicePage, Devices } from './pages/Devices.tsx';
+import { Audit } from './pages/Audit.tsx';
 import { Apps } from './pages/Apps.tsx';
 import { Groups } from './pages/Groups.tsx';
 import { ImagePage, Images } from './pages/Images.tsx';
@@ -83,4 +84,5 @@ export const routes: RouteEntry[] = [
     match: (p) => param(p, '/rollouts') !== null,
     render: (c) => <RolloutPage {...c} id={param(c.route.path, '/rollouts')!} />,
   },
+  { nav: 'Audit', href: '/audit', match: exactly('/audit'), render: (c) => <Audit {...c} /> },
 ];
