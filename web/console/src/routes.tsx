@@ -10,6 +10,7 @@ import { ImagePage, Images } from './pages/Images.tsx';
 import { ProfilePage, Profiles } from './pages/Profiles.tsx';
 import { NewRollout, RolloutPage, Rollouts } from './pages/Rollouts.tsx';
 import { Publishers } from './pages/Publishers.tsx';
+import { Users } from './pages/Users.tsx';
 import { Tokens } from './pages/Tokens.tsx';
 
 export type { RouteContext };
@@ -85,4 +86,11 @@ export const routes: RouteEntry[] = [
     render: (c) => <RolloutPage {...c} id={param(c.route.path, '/rollouts')!} />,
   },
   { nav: 'Audit', href: '/audit', match: exactly('/audit'), render: (c) => <Audit {...c} /> },
+  {
+    nav: 'People',
+    href: '/users',
+    role: 'admin',
+    match: exactly('/users'),
+    render: (c) => <Users {...c} />,
+  },
 ];
