@@ -24,7 +24,7 @@ const ROOT = join(import.meta.dirname, '../..');
 const MUTATING =
   /^(Trust key|Revoke|Create|Publish|Release|Retire|Delete|Rename|Add|Disable|Enable|Pause|Resume|Abort|Promote|New rollout)/;
 
-type Groups = { groups: { name: string }[] };
+type Groups = { groups: { id: string; name: string }[] };
 
 async function signIn(page: Page, url: string, username: string, password: string) {
   await page.goto(url);
@@ -139,7 +139,11 @@ test('the catalog pages in Chromium: an admin trusts, publishes and enrols; a vi
     await admin.getByRole('row', { name: /^2 / }).getByRole('button', { name: 'Publish' }).count(),
     1,
   );
-  const image = await api<{ release: { version: string } | null }>('GET', '/images/os', adminToken);
+  const image = await api<{ release: { id: string; version: string } | null }>(
+    'GET',
+    '/images/os',
+    adminToken,
+  );
   assert.equal(image.body.release?.version, '1');
 
   // A group; the same name again shows the API's own sentence beside the form.
@@ -189,6 +193,94 @@ test('the catalog pages in Chromium: an admin trusts, publishes and enrols; a vi
   assert.equal(await admin.getByLabel('Enrolment token', { exact: true }).count(), 0);
   assert.doesNotMatch((await admin.locator('main').textContent()) ?? '', new RegExp(token));
 
+  // A profile, then a rollout of os@1 to the group: a field's error beside the field, then a
+  // rollout paused, resumed and aborted with a reason.
+  await openSection(admin, 'Profiles', 'Profiles');
+  await admin.getByLabel('Name').fill('work');
+  await admin.getByLabel('System image').selectOption({ label: 'os' });
+  await admin.getByLabel('Lease (days offline)').fill('14');
+  await admin.getByRole('button', { name: 'Create profile' }).click();
+  await admin.getByRole('heading', { level: 1, name: 'Profile work' }).waitFor();
+  await admin.getByText('Lease: 14 days offline').waitFor();
+  await admin.getByText('Internet through NAT').waitFor();
+  const profileUrl = admin.url();
+
+  await openSection(admin, 'Rollouts', 'Rollouts');
+  await admin.getByRole('link', { name: 'New rollout' }).click();
+  await admin.getByRole('heading', { level: 1, name: 'New rollout' }).waitFor();
+  await admin.locator('main[aria-busy="false"]').waitFor();
+  await admin.getByLabel('Image version').selectOption({ label: 'os@1 (released)' });
+  await admin.getByLabel('Target group').selectOption({ label: 'lab (0 devices)' });
+  await admin.getByLabel('Phases (%)').fill('50, 10');
+  await admin.getByRole('button', { name: 'Create rollout' }).click();
+  const phasesError = admin.getByRole('alert');
+  await phasesError.waitFor();
+  assert.match((await phasesError.textContent()) ?? '', /phases.*strictly increasing/);
+  // Beside the phases field: the next row after it holds the error, not the foot of the form.
+  assert.equal(
+    await admin.locator('.form-row:has(input[value="50, 10"]) + [role="alert"]').count(),
+    1,
+  );
+  await admin.getByLabel('Phases (%)').fill('1, 10, 100');
+  await admin.getByLabel('Soak (minutes)').fill('30');
+  await admin.getByRole('button', { name: 'Create rollout' }).click();
+  await admin.getByRole('heading', { level: 1, name: 'Rollout of os@1' }).waitFor();
+  const rolloutUrl = admin.url();
+  const rolloutId = rolloutUrl.split('/').at(-1)!;
+  const facts = admin.getByRole('region', { name: /Phase 1 of 3/ });
+  await facts.getByText('running').waitFor();
+  assert.equal(await admin.locator('ol.phases > li').count(), 3);
+  await admin.getByRole('button', { name: 'Pause' }).click();
+  await admin
+    .getByRole('region', { name: /Phase 1 of 3/ })
+    .getByText('paused')
+    .waitFor();
+  await admin.getByRole('button', { name: 'Resume' }).click();
+  await admin
+    .getByRole('region', { name: /Phase 1 of 3/ })
+    .getByText('running')
+    .waitFor();
+  await admin.getByRole('button', { name: 'Abort' }).click();
+  const abort = admin.getByRole('dialog', { name: 'Abort the rollout of os@1?' });
+  await abort.getByLabel('Reason').fill('wrong version chosen');
+  await abort.getByRole('button', { name: 'Abort rollout' }).click();
+  await admin.getByText('wrong version chosen').waitFor();
+  // One more, not started: its page offers Resume and Abort to the admin, to nobody else.
+  const pending = await api<{ id: string }>('POST', '/rollouts', adminToken, {
+    imageVersionId: image.body.release!.id,
+    groupId: (await api<Groups>('GET', '/groups', adminToken)).body.groups[0]!.id,
+  });
+  assert.equal(pending.status, 201, JSON.stringify(pending.body));
+  await admin.goto(`${url}/rollouts/${pending.body.id}`);
+  await admin.locator('main[aria-busy="false"]').waitFor();
+  await admin.getByRole('button', { name: 'Resume' }).waitFor();
+
+  const rollout = await api<{ state: string; stateReason: string; phases: number[] }>(
+    'GET',
+    `/rollouts/${rolloutId}`,
+    adminToken,
+  );
+  assert.deepEqual(
+    [rollout.body.state, rollout.body.stateReason, rollout.body.phases],
+    ['aborted', 'wrong version chosen', [1, 10, 100]],
+  );
+
+  // The audit log filters on the server, the filter in the URL.
+  await openSection(admin, 'Audit', 'Audit log');
+  await admin.getByLabel('Action').fill('rollout');
+  await admin.getByRole('button', { name: 'Filter' }).click();
+  await admin.waitForURL(/\/audit\?action=rollout$/);
+  await admin.locator('main[aria-busy="false"]').waitFor();
+  await admin.getByRole('cell', { name: 'rollout.abort' }).waitFor();
+  const actions = await admin.locator('tbody tr td:nth-child(3)').allTextContents();
+  assert.deepEqual(actions, [
+    'rollout.create',
+    'rollout.abort',
+    'rollout.resume',
+    'rollout.pause',
+    'rollout.create',
+  ]);
+
   // A viewer, in a page of their own: every page reads, none offers a change.
   const viewerPassword = 'a viewer password, long enough';
   const made = await api<unknown>('POST', '/users', adminToken, {
@@ -208,8 +300,12 @@ test('the catalog pages in Chromium: an admin trusts, publishes and enrols; a vi
     '/groups': /lab/,
     '/tokens': /lab/,
     '/apps': /No apps/,
-    '/profiles': /No profiles/,
-    '/rollouts': /No rollouts/,
+    '/profiles': /work/,
+    '/rollouts': /os@1/,
+    [new URL(rolloutUrl).pathname]: /wrong version chosen/,
+    [new URL(profileUrl).pathname]: /Clipboard: off/,
+    '/users': /vera/,
+    [`/rollouts/${pending.body.id}`]: /Not started/,
     '/audit': /group\.create/,
   };
   for (const [path, content] of Object.entries(seen)) {

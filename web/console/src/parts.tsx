@@ -1,4 +1,6 @@
 import { useId, useState, type ReactNode } from 'react';
+import { adminEndpoints, type ApiClient } from '../../../src/protocol/index.ts';
+import { useQuery } from './api.ts';
 import { Link, withQuery } from './router.tsx';
 
 /*
@@ -85,4 +87,10 @@ export function Secret(props: { label: string; value: string }) {
       </span>
     </div>
   );
+}
+
+/** Administrators' usernames by id, for the `createdBy` of rollouts and tokens. */
+export function useUserNames(client: ApiClient): ReadonlyMap<string, string> {
+  const users = useQuery(client, adminEndpoints.listUsers, {}, { pollMs: 0 });
+  return new Map((users.data?.users ?? []).map((u) => [u.id, u.username]));
 }

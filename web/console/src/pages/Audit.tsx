@@ -1,5 +1,10 @@
 import { useState, type FormEvent } from 'react';
-import { adminEndpoints, type AuditEntry } from '../../../../src/protocol/index.ts';
+import {
+  adminEndpoints,
+  fleetEndpoints,
+  imageEndpoints,
+  type AuditEntry,
+} from '../../../../src/protocol/index.ts';
 import { useQuery } from '../api.ts';
 import { dateTime, Empty, ErrorText, Page, relative } from '../components.tsx';
 import type { RouteContext } from '../page-context.ts';
@@ -9,17 +14,22 @@ import { Field, Pager } from '../parts.tsx';
 const FILTERS = ['actor', 'action', 'targetType', 'targetId'] as const;
 type Filters = Record<(typeof FILTERS)[number], string>;
 
-/** What an entry is about, as a person names it: its name when the change carried one. */
-function subject(e: AuditEntry): string {
+/**
+ * What an entry is about, as a person names it (as `bulkhead audit` does): `rollout os@2`,
+ * `group lab`, `user alice`; only a target with no name of its own shows (the start of) its id.
+ */
+function subject(e: AuditEntry, names: ReadonlyMap<string, string>): string {
   const state = (e.after ?? e.before ?? {}) as Record<string, unknown>;
   const str = (k: string) => (typeof state[k] === 'string' ? (state[k] as string) : undefined);
   const type = e.targetType.replace(/_/g, ' ');
-  const image = str('image');
+  const image = str('image') ?? names.get(str('imageId') ?? '');
   const version = str('version');
-  if (image && version) return `${type} ${image}@${version}`;
-  const name = str('name') ?? str('username') ?? str('displayName');
-  if (name) return `${type} ${name}`;
-  return e.targetId ? `${type} ${e.targetId.slice(0, 8)}…` : type;
+  if (image !== undefined && version !== undefined) return `${type} ${image}@${version}`;
+  const name = str('name') ?? str('username');
+  if (name !== undefined) return `${type} ${name}`;
+  const group = names.get(str('groupId') ?? '');
+  const id = e.targetId === null ? '' : ` ${e.targetId.slice(0, 8)}…`;
+  return group !== undefined ? `${type}${id} (group ${group})` : `${type}${id}`;
 }
 
 /** The audit trail, newest first: filtered on the server by what the URL says, paged by cursor. */
@@ -37,12 +47,22 @@ export function Audit({ client, route }: RouteContext) {
     { query },
     { pollMs: cursor ? 0 : 5000 },
   );
+  const images = useQuery(client, imageEndpoints.listImages, { query: {} }, { pollMs: 0 });
+  const groups = useQuery(client, fleetEndpoints.listGroups, {}, { pollMs: 0 });
+  const names = new Map(
+    [...(images.data?.images ?? []), ...(groups.data?.groups ?? [])].map((x) => [x.id, x.name]),
+  );
   const entries = audit.data?.entries ?? [];
+  const types = [...new Set(entries.map((e) => e.targetType))].sort();
   const filtered = FILTERS.some((k) => current[k]);
   const only = (patch: Partial<Filters>) => withQuery('/audit', { ...current, ...patch });
   return (
     <Page title="Audit log" busy={audit.loading}>
-      <AuditFilters key={FILTERS.map((k) => current[k]).join('\n')} current={current} />
+      <AuditFilters
+        key={FILTERS.map((k) => current[k]).join('\n')}
+        current={current}
+        types={types}
+      />
       {current.targetId && (
         <p>
           Only entries about the target <code>{current.targetId}</code>.{' '}
@@ -84,10 +104,10 @@ export function Audit({ client, route }: RouteContext) {
                         to={only({ targetType: e.targetType, targetId: e.targetId })}
                         title="Only this target's entries"
                       >
-                        {subject(e)}
+                        {subject(e, names)}
                       </Link>
                     ) : (
-                      subject(e)
+                      subject(e, names)
                     )}
                   </td>
                 </tr>
@@ -102,14 +122,14 @@ export function Audit({ client, route }: RouteContext) {
 }
 
 /** The filter form, made afresh whenever the URL's filters change (back, a link in the table). */
-function AuditFilters(props: { current: Filters }) {
+function AuditFilters(props: { current: Filters; types: string[] }) {
   const [draft, setDraft] = useState<Filters>(props.current);
   const apply = (e: FormEvent) => {
     e.preventDefault();
     navigate(withQuery('/audit', { ...draft }));
   };
   return (
-    <form className="filters" onSubmit={apply} aria-label="Filter the audit log">
+    <form className="filters audit-filters" onSubmit={apply} aria-label="Filter the audit log">
       <Field label="Actor" hint="user:alice, system">
         {(id) => (
           <input
@@ -128,7 +148,7 @@ function AuditFilters(props: { current: Filters }) {
           />
         )}
       </Field>
-      <Field label="Target type" hint="group, rollout, device…">
+      <Field label="Target type" hint="group, rollout, image_version…">
         {(id) => (
           <input
             id={id}
@@ -137,7 +157,12 @@ function AuditFilters(props: { current: Filters }) {
           />
         )}
       </Field>
-      <p className="field">
+      <datalist id="audit-target-types">
+        {props.types.map((t) => (
+          <option key={t} value={t} />
+        ))}
+      </datalist>
+      <p className="field field-button">
         <button type="submit" className="primary">
           Filter
         </button>{' '}

@@ -26,10 +26,12 @@ import {
 } from '../components.tsx';
 import type { RouteContext } from '../page-context.ts';
 import { Link, navigate, withQuery } from '../router.tsx';
-import { Field, Pager } from '../parts.tsx';
+import { Field, Pager, useUserNames } from '../parts.tsx';
 
 /** Rollouts still moving, whose numbers change while one looks. */
 const LIVE = new Set(['pending', 'running', 'paused']);
+/** States in which a rollout has a current phase. */
+const MOVING = new Set(['running', 'paused', 'halted']);
 
 function target(r: Rollout): string {
   if (r.group && r.profile) return `${r.group} · ${r.profile}`;
@@ -444,6 +446,7 @@ export function RolloutPage({ client, session, route, id }: RouteContext & { id:
     }),
   );
   const r = rollout.data;
+  const userNames = useUserNames(client);
   const mayAct = can(session.role, 'operator');
   const run = async (action: RolloutAction, why?: string) => {
     const done = await act.mutate(action, why);
@@ -487,7 +490,7 @@ export function RolloutPage({ client, session, route, id }: RouteContext & { id:
               {mayAct && 'Abort it to send its devices back to the released version.'}
             </div>
           )}
-          <RolloutFacts r={r} />
+          <RolloutFacts r={r} userNames={userNames} />
           <section className="card" aria-labelledby="phases">
             <h2 id="phases">Phases</h2>
             <Legend />
@@ -496,7 +499,7 @@ export function RolloutPage({ client, session, route, id }: RouteContext & { id:
                 <PhaseRow
                   key={p.index}
                   phase={p}
-                  current={r.state !== 'pending' && p.index === r.currentPhase}
+                  current={MOVING.has(r.state) && p.index === r.currentPhase}
                 />
               ))}
             </ol>
@@ -554,7 +557,13 @@ export function RolloutPage({ client, session, route, id }: RouteContext & { id:
   );
 }
 
-function RolloutFacts({ r }: { r: RolloutDetail }) {
+function RolloutFacts({
+  r,
+  userNames,
+}: {
+  r: RolloutDetail;
+  userNames: ReadonlyMap<string, string>;
+}) {
   return (
     <section className="card" aria-labelledby="rollout-facts">
       <h2 id="rollout-facts">
@@ -597,7 +606,7 @@ function RolloutFacts({ r }: { r: RolloutDetail }) {
         <dt>Created</dt>
         <dd>
           {dateTime(r.createdAt)}
-          {r.createdBy && ` by ${r.createdBy}`}
+          {r.createdBy && ` by ${userNames.get(r.createdBy) ?? 'an administrator'}`}
         </dd>
       </dl>
     </section>
@@ -638,7 +647,7 @@ function PhaseRow({ phase, current }: { phase: RolloutPhase; current: boolean })
         ) : (
           !phase.reached && <span className="muted">not reached</span>
         )}
-        <span className="muted"> {count(phase.targeted, 'device')} targeted</span>
+        <span className="muted"> · {count(phase.targeted, 'device')} targeted</span>
       </div>
       <div
         className="bar"

@@ -11,7 +11,7 @@ import {
   relative,
 } from '../components.tsx';
 import type { RouteContext } from '../page-context.ts';
-import { Field, Secret } from '../parts.tsx';
+import { Field, Secret, useUserNames } from '../parts.tsx';
 
 /** Enrolment tokens: the one-time secrets a PC enrols into a group with. */
 export function Tokens({ client, session }: RouteContext) {
@@ -22,6 +22,7 @@ export function Tokens({ client, session }: RouteContext) {
   const revoke = useMutation((id: string) =>
     client.call(fleetEndpoints.revokeEnrolmentToken, { params: { id } }),
   );
+  const userNames = useUserNames(client);
   const groupNames = new Map((groups.data?.groups ?? []).map((g) => [g.id, g.name]));
   const list = tokens.data?.tokens ?? [];
   const now = Date.now();
@@ -70,7 +71,7 @@ export function Tokens({ client, session }: RouteContext) {
                       <Badge value={state} />
                     </td>
                     <td className="muted">{t.note}</td>
-                    <td>{t.createdBy ?? '—'}</td>
+                    <td>{t.createdBy === null ? '—' : (userNames.get(t.createdBy) ?? '…')}</td>
                     {mayAct && (
                       <td className="actions">
                         <button
