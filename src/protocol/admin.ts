@@ -150,8 +150,21 @@ export type AuditEntry = z.infer<typeof AuditEntrySchema>;
 
 export const AuditQuerySchema = z.strictObject({
   limit: z.coerce.number().int().min(1).max(500).default(100),
-  /** The `next` of the previous page. */
+  /** The `next` of the previous page (made with the same filters). */
   cursor: text({ max: 200 }).optional(),
+  /** Only entries by this actor, as the trail names it (`user:alice`, `system`). */
+  actor: text({ min: 1, max: 200 }).optional(),
+  /** Only this action (`group.create`), or every action under a prefix (`group`). */
+  action: z
+    .string()
+    .min(1)
+    .max(100)
+    .regex(/^[a-z][a-z0-9-]*(\.[a-z0-9-]+)*$/, 'an action such as group.create, or its start')
+    .optional(),
+  /** Only entries about this kind of target (`device_group`, `rollout`, …). */
+  targetType: text({ min: 1, max: 100 }).optional(),
+  /** Only entries about this target (its id). */
+  targetId: text({ min: 1, max: 200 }).optional(),
 });
 
 export const AuditPageSchema = z.object({

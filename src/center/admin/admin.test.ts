@@ -423,6 +423,40 @@ for (const target of CENTER_TARGETS) {
       assert.deepEqual((seen[1]!.after as { username: string }).username, 'a3');
       const trail = JSON.stringify(seen);
       assert.doesNotMatch(trail, /password_hash|scrypt\$|a long enough password|bh_/);
+
+      // Filters narrow the trail on the server, and page within what they match.
+      const audit = async (query: string) => {
+        const res = await c.call('GET', `/audit?${query}`, { token: root });
+        assert.equal(res.status, 200, JSON.stringify(res.body));
+        return res.body as { entries: typeof seen; next: string | null };
+      };
+      const byAction = (await audit('action=user.create')).entries.map((e) => e.action);
+      assert.deepEqual(byAction, Array(4).fill('user.create'));
+      // A prefix takes the actions under it, not every action that starts with its letters.
+      assert.equal((await audit('action=user')).entries.length, 4);
+      assert.equal((await audit('action=use')).entries.length, 0);
+      assert.deepEqual(
+        (await audit('actor=system')).entries.map((e) => e.action),
+        ['user.create'],
+      );
+      const first = await audit('action=user.create&actor=user:root&limit=2');
+      assert.equal(first.entries.length, 2);
+      assert.ok(first.next);
+      const rest = await audit(`action=user.create&actor=user:root&limit=2&cursor=${first.next}`);
+      assert.equal(rest.entries.length, 1);
+      assert.equal(rest.next, null);
+      const target = seen.find((e) => e.action === 'token.create') as unknown as {
+        targetType: string;
+        targetId: string;
+      };
+      const about = await audit(`targetType=${target.targetType}&targetId=${target.targetId}`);
+      assert.deepEqual(
+        about.entries.map((e) => e.action),
+        ['token.create'],
+      );
+      const bad = await c.call('GET', '/audit?action=user%25', { token: root });
+      assert.equal(bad.status, 400);
+      assert.match(bad.body.error.message, /action/);
     });
 
     await t.test('a fault of the server is a bare 500, logged, never shown', async (t) => {

@@ -43,13 +43,21 @@ export async function writeAudit(
 
 /**
  * One page of the trail, newest first, by keyset on (at, id): a page costs the same however
- * deep it is, and rows written meanwhile never shift it.
+ * deep it is, and rows written meanwhile never shift it. Filters narrow it to one actor, one
+ * action (or the actions under a prefix) and one target type or target.
  *
  * @throws BulkheadError `ERR_VALIDATION` for a cursor this function did not make.
  */
 export async function listAudit(
   db: Kysely<Database>,
-  query: { limit: number; cursor?: string | undefined },
+  query: {
+    limit: number;
+    cursor?: string | undefined;
+    actor?: string | undefined;
+    action?: string | undefined;
+    targetType?: string | undefined;
+    targetId?: string | undefined;
+  },
 ): Promise<{ entries: AuditEntry[]; next: string | null }> {
   let q = db
     .selectFrom('audit_log')
@@ -57,6 +65,14 @@ export async function listAudit(
     .orderBy('at', 'desc')
     .orderBy('id', 'desc')
     .limit(query.limit + 1);
+  if (query.actor !== undefined) q = q.where('actor', '=', query.actor);
+  if (query.targetType !== undefined) q = q.where('target_type', '=', query.targetType);
+  if (query.targetId !== undefined) q = q.where('target_id', '=', query.targetId);
+  const { action } = query;
+  if (action !== undefined) {
+    // The schema allows no LIKE wildcard in an action, so `group` matches `group.*` only.
+    q = q.where((eb) => eb.or([eb('action', '=', action), eb('action', 'like', `${action}.%`)]));
+  }
   if (query.cursor !== undefined) {
     const { at, id } = decodeCursor(query.cursor);
     q = q.where((eb) => eb.or([eb('at', '<', at), eb.and([eb('at', '=', at), eb('id', '<', id)])]));
