@@ -22,7 +22,7 @@ const ROOT = join(import.meta.dirname, '../..');
 
 /** Buttons and links that change something; a viewer must see none of them. */
 const MUTATING =
-  /^(Trust key|Revoke|Create|Publish|Release|Retire|Delete|Rename|Add|Disable|Enable|Pause|Resume|Abort|Promote|New rollout)/;
+  /^(Trust key|Revoke|Create|Publish|Release|Retire|Delete|Rename|Add|Disable|Enable|Pause|Resume|Abort|Promote|New rollout|Roll out)/;
 
 type Groups = { groups: { id: string; name: string }[] };
 
@@ -205,11 +205,14 @@ test('the catalog pages in Chromium: an admin trusts, publishes and enrols; a vi
   await admin.getByText('Internet through NAT').waitFor();
   const profileUrl = admin.url();
 
-  await openSection(admin, 'Rollouts', 'Rollouts');
-  await admin.getByRole('link', { name: 'New rollout' }).click();
+  // From the version's row of its image: the form opens with that version chosen.
+  await openSection(admin, 'Images', 'Images');
+  await admin.getByRole('link', { name: 'os' }).click();
+  await admin.locator('main[aria-busy="false"]').waitFor();
+  await admin.getByRole('row', { name: /^1 / }).getByRole('link', { name: 'Roll out' }).click();
   await admin.getByRole('heading', { level: 1, name: 'New rollout' }).waitFor();
   await admin.locator('main[aria-busy="false"]').waitFor();
-  await admin.getByLabel('Image version').selectOption({ label: 'os@1 (released)' });
+  assert.equal(await admin.getByLabel('Image version').inputValue(), image.body.release!.id);
   await admin.getByLabel('Target group').selectOption({ label: 'lab (0 devices)' });
   await admin.getByLabel('Phases (%)').fill('50, 10');
   await admin.getByRole('button', { name: 'Create rollout' }).click();
