@@ -441,6 +441,25 @@ test('the catalog pages in Chromium: an admin trusts, publishes and enrols; a vi
     .waitFor();
   assert.deepEqual(await admin.locator('main .page-actions button').allTextContents(), ['Abort']);
 
+  // A group that holds a device is not deleted: the dialog says why, in the API's words.
+  await openSection(admin, 'Groups', 'Groups');
+  await admin.getByRole('button', { name: 'Delete lab' }).click();
+  const deleting = admin.getByRole('dialog', { name: 'Delete the group lab?' });
+  await deleting.getByText('It still holds 1 device').waitFor();
+  await deleting.getByRole('button', { name: 'Delete group' }).click();
+  const inUse = await api<{ error: { code: string; message: string } }>(
+    'DELETE',
+    `/groups/${(await api<Groups>('GET', '/groups', adminToken)).body.groups[0]!.id}`,
+    adminToken,
+  );
+  assert.equal(inUse.body.error.code, 'ERR_IN_USE');
+  const refusal = deleting.getByRole('alert');
+  await refusal.waitFor();
+  assert.equal(
+    await refusal.textContent(),
+    `${inUse.body.error.message.charAt(0).toUpperCase()}${inUse.body.error.message.slice(1)}.`,
+  );
+
   assert.deepEqual(await admin.evaluate<string[]>(`window.violations`), [], 'CSP violations');
   assert.deepEqual(problems, []);
   assert.equal(await center.stop(), 0);

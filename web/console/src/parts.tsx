@@ -76,7 +76,14 @@ export function Secret(props: { label: string; value: string }) {
   };
   return (
     <div className="secret-row">
-      <code className="secret" aria-label={props.label}>
+      {/* A read-only text box: named, focusable, and its text selectable by keyboard. */}
+      <code
+        className="secret"
+        role="textbox"
+        aria-readonly="true"
+        aria-label={props.label}
+        tabIndex={0}
+      >
         {props.value}
       </code>
       <button type="button" onClick={() => void copy()}>
