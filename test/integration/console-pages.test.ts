@@ -224,7 +224,7 @@ test('the catalog pages in Chromium: an admin trusts, publishes and enrols; a vi
   await admin.getByRole('button', { name: 'Create rollout' }).click();
   const phasesError = admin.getByRole('alert');
   await phasesError.waitFor();
-  assert.match((await phasesError.textContent()) ?? '', /phases.*strictly increasing/);
+  assert.match((await phasesError.textContent()) ?? '', /^Phases must be strictly increasing/);
   // Beside the phases field: the next row after it holds the error, not the foot of the form.
   assert.equal(
     await admin.locator('.form-row:has(input[value="50, 10"]) + [role="alert"]').count(),
