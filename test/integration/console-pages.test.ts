@@ -1,28 +1,34 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { Page } from 'playwright-core';
 import { build } from 'vite';
+import { DEVICE_SIGNATURE_DOMAINS } from '../../src/center/devices/index.ts';
+import { signPayload } from '../../src/signing/index.ts';
 import { launchBrowser } from '../support/browser.ts';
 import { runCli, startCenterProcess } from '../support/cli.ts';
+import { updateEvent } from '../support/events.ts';
 import { tempDir } from '../support/fixtures.ts';
+import { encryptionKeyPem } from '../support/keys.ts';
 
 /*
- * The console's catalog pages in Debian's Chromium against a real `center serve`, driven by
- * clicks as an administrator would: trust a publisher key, publish a pushed version, create a
- * group (and see the API's own sentence beside the form when the name is taken), create an
- * enrolment token shown once with the command a PC enrols with. Then a viewer, signed in in a
- * page of their own, sees no button that changes anything, and a request forged with their
- * token is refused.
+ * The console's catalog, rollout and audit pages in Debian's Chromium against a real `center
+ * serve`, driven by clicks as an administrator would: trust a publisher key, publish a pushed
+ * version, create a group (and see the API's own sentence beside the form when the name is
+ * taken), create an enrolment token shown once with the command a PC enrols with, a profile and
+ * a rollout by their forms, and filter the audit log. A viewer, signed in in a page of their own,
+ * sees no button that changes anything, and a request forged with their token is refused. Last,
+ * the token from the page enrols a PC through the device API, whose rollback halts a rollout:
+ * its page, left open, shows the reason without a reload.
  */
 
 const ROOT = join(import.meta.dirname, '../..');
 
 /** Buttons and links that change something; a viewer must see none of them. */
 const MUTATING =
-  /^(Trust key|Revoke|Create|Publish|Release|Retire|Delete|Rename|Add|Disable|Enable|Pause|Resume|Abort|Promote|New rollout)/;
+  /^(Trust key|Revoke|Create|Publish|Release|Retire|Delete|Rename|Add|Disable|Enable|Pause|Resume|Abort|Promote|New rollout|Roll out)/;
 
 type Groups = { groups: { id: string; name: string }[] };
 
@@ -139,7 +145,7 @@ test('the catalog pages in Chromium: an admin trusts, publishes and enrols; a vi
     await admin.getByRole('row', { name: /^2 / }).getByRole('button', { name: 'Publish' }).count(),
     1,
   );
-  const image = await api<{ release: { id: string; version: string } | null }>(
+  const image = await api<{ id: string; release: { id: string; version: string } | null }>(
     'GET',
     '/images/os',
     adminToken,
@@ -205,17 +211,20 @@ test('the catalog pages in Chromium: an admin trusts, publishes and enrols; a vi
   await admin.getByText('Internet through NAT').waitFor();
   const profileUrl = admin.url();
 
-  await openSection(admin, 'Rollouts', 'Rollouts');
-  await admin.getByRole('link', { name: 'New rollout' }).click();
+  // From the version's row of its image: the form opens with that version chosen.
+  await openSection(admin, 'Images', 'Images');
+  await admin.getByRole('link', { name: 'os' }).click();
+  await admin.locator('main[aria-busy="false"]').waitFor();
+  await admin.getByRole('row', { name: /^1 / }).getByRole('link', { name: 'Roll out' }).click();
   await admin.getByRole('heading', { level: 1, name: 'New rollout' }).waitFor();
   await admin.locator('main[aria-busy="false"]').waitFor();
-  await admin.getByLabel('Image version').selectOption({ label: 'os@1 (released)' });
+  assert.equal(await admin.getByLabel('Image version').inputValue(), image.body.release!.id);
   await admin.getByLabel('Target group').selectOption({ label: 'lab (0 devices)' });
   await admin.getByLabel('Phases (%)').fill('50, 10');
   await admin.getByRole('button', { name: 'Create rollout' }).click();
   const phasesError = admin.getByRole('alert');
   await phasesError.waitFor();
-  assert.match((await phasesError.textContent()) ?? '', /phases.*strictly increasing/);
+  assert.match((await phasesError.textContent()) ?? '', /^Phases must be strictly increasing/);
   // Beside the phases field: the next row after it holds the error, not the foot of the form.
   assert.equal(
     await admin.locator('.form-row:has(input[value="50, 10"]) + [role="alert"]').count(),
@@ -341,6 +350,114 @@ test('the catalog pages in Chromium: an admin trusts, publishes and enrols; a vi
       (g: { name: string }) => g.name,
     ),
     ['lab'],
+  );
+
+  // The token the page showed enrols a PC; a rollout of os@2 to its group halts on the PC's
+  // rollback, and the rollout's page, left open, shows why without a reload.
+  const { privateKey, publicKey: deviceKey } = generateKeyPairSync('ed25519');
+  const enrol = await fetch(`${url}/api/v1/device/enrol`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      token,
+      publicKey: deviceKey.export({ type: 'spki', format: 'pem' }).toString(),
+      encryptionKey: encryptionKeyPem(),
+      name: 'pc-lab-1',
+      inventory: { hostname: 'pc-lab-1' },
+    }),
+  });
+  assert.equal(enrol.status, 200, await enrol.clone().text());
+  const { deviceId } = (await enrol.json()) as { deviceId: string };
+  const device = async (path: string, body: unknown, bearer?: string) => {
+    const res = await fetch(`${url}/api/v1/device${path}`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        ...(bearer ? { authorization: `Bearer ${bearer}` } : {}),
+      },
+      body: JSON.stringify(body),
+    });
+    assert.equal(res.status, 200, `${path}: ${await res.clone().text()}`);
+    return (await res.json()) as Record<string, string>;
+  };
+  const { challenge } = await device('/auth/challenge', { deviceId });
+  const signature = signPayload(DEVICE_SIGNATURE_DOMAINS.deviceAuth, challenge!, privateKey);
+  const deviceToken = (await device('/auth/token', { deviceId, challenge, signature })).token!;
+  const profileId = new URL(profileUrl).pathname.split('/').at(-1)!;
+  const assigned = await api('PATCH', `/devices/${deviceId}`, adminToken, {
+    profiles: [profileId],
+  });
+  assert.equal(assigned.status, 200, JSON.stringify(assigned.body));
+  const published = await api<{ id: string }>(
+    'POST',
+    '/images/os/versions/2/publish',
+    adminToken,
+    {},
+  );
+  assert.equal(published.status, 200, JSON.stringify(published.body));
+  const halting = await api<{ id: string }>('POST', '/rollouts', adminToken, {
+    imageVersionId: published.body.id,
+    groupId: (await api<Groups>('GET', '/groups', adminToken)).body.groups[0]!.id,
+    phases: [100],
+    failureThreshold: 0,
+    start: true,
+  });
+  assert.equal(halting.status, 201, JSON.stringify(halting.body));
+  await admin.goto(`${url}/rollouts/${halting.body.id}`);
+  await admin.locator('main[aria-busy="false"]').waitFor();
+  await admin
+    .getByRole('region', { name: /Phase 1 of 1/ })
+    .getByText('running')
+    .waitFor();
+  assert.equal(await admin.locator('.halt').count(), 0);
+  const reason = 'qemu-ga did not answer within 300 s';
+  await device(
+    '/reports',
+    {
+      events: [
+        {
+          id: randomUUID(),
+          at: Date.now(),
+          ...updateEvent('rolled-back', {
+            profileId,
+            versionId: published.body.id,
+            reason,
+            volumes: [
+              { role: 'system', versionId: published.body.id, imageId: image.body.id, isNew: true },
+            ],
+          }),
+        },
+      ],
+    },
+    deviceToken,
+  );
+  const halt = admin.locator('.halt[role="alert"]');
+  await halt.waitFor();
+  assert.match((await halt.textContent()) ?? '', /Halted by Center: .*rolled back/);
+  await admin.getByRole('img', { name: /Phase 1: 0 healthy, 0 failed, 1 rolled back/ }).waitFor();
+  await admin
+    .getByRole('row', { name: /pc-lab-1/ })
+    .getByText(reason)
+    .waitFor();
+  assert.deepEqual(await admin.locator('main .page-actions button').allTextContents(), ['Abort']);
+
+  // A group that holds a device is not deleted: the dialog says why, in the API's words.
+  await openSection(admin, 'Groups', 'Groups');
+  await admin.getByRole('button', { name: 'Delete lab' }).click();
+  const deleting = admin.getByRole('dialog', { name: 'Delete the group lab?' });
+  await deleting.getByText('It still holds 1 device').waitFor();
+  await deleting.getByRole('button', { name: 'Delete group' }).click();
+  const inUse = await api<{ error: { code: string; message: string } }>(
+    'DELETE',
+    `/groups/${(await api<Groups>('GET', '/groups', adminToken)).body.groups[0]!.id}`,
+    adminToken,
+  );
+  assert.equal(inUse.body.error.code, 'ERR_IN_USE');
+  const refusal = deleting.getByRole('alert');
+  await refusal.waitFor();
+  assert.equal(
+    await refusal.textContent(),
+    `${inUse.body.error.message.charAt(0).toUpperCase()}${inUse.body.error.message.slice(1)}.`,
   );
 
   assert.deepEqual(await admin.evaluate<string[]>(`window.violations`), [], 'CSP violations');

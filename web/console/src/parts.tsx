@@ -1,6 +1,6 @@
 import { useId, useState, type ReactNode } from 'react';
 import { adminEndpoints, type ApiClient } from '../../../src/protocol/index.ts';
-import { useQuery } from './api.ts';
+import { sentence, useQuery } from './api.ts';
 import { Link, withQuery } from './router.tsx';
 
 /*
@@ -76,7 +76,14 @@ export function Secret(props: { label: string; value: string }) {
   };
   return (
     <div className="secret-row">
-      <code className="secret" aria-label={props.label}>
+      {/* A read-only text box: named, focusable, and its text selectable by keyboard. */}
+      <code
+        className="secret"
+        role="textbox"
+        aria-readonly="true"
+        aria-label={props.label}
+        tabIndex={0}
+      >
         {props.value}
       </code>
       <button type="button" onClick={() => void copy()}>
@@ -93,4 +100,17 @@ export function Secret(props: { label: string; value: string }) {
 export function useUserNames(client: ApiClient): ReadonlyMap<string, string> {
   const users = useQuery(client, adminEndpoints.listUsers, {}, { pollMs: 0 });
   return new Map((users.data?.users ?? []).map((u) => [u.id, u.username]));
+}
+
+/**
+ * A validation error beside the field it names: the sentence without the field's path
+ * (`body.phases: must be …` reads `Must be …` under the phases field).
+ */
+export function FieldError({ error }: { error: unknown }) {
+  const text = sentence(error).replace(/^(?:body\.)?[A-Za-z.]+: /i, '');
+  return (
+    <p className="error" role="alert">
+      {text.charAt(0).toUpperCase() + text.slice(1)}
+    </p>
+  );
 }

@@ -17,7 +17,7 @@ import {
   Page,
 } from '../components.tsx';
 import type { RouteContext } from '../page-context.ts';
-import { Link } from '../router.tsx';
+import { Link, withQuery } from '../router.tsx';
 
 /** The images list: what each one is, what devices get, how many versions it has. */
 export function Images({ client }: RouteContext) {
@@ -206,6 +206,14 @@ export function ImagePage({ client, session, id }: RouteContext & { id: string }
                             >
                               Release
                             </button>
+                          )}
+                          {v.state === 'published' && (
+                            <Link
+                              to={withQuery('/rollouts/new', { version: v.id })}
+                              className="button"
+                            >
+                              Roll out
+                            </Link>
                           )}
                           {v.state !== 'retired' && !v.released && (
                             <button

@@ -26,7 +26,7 @@ import {
 } from '../components.tsx';
 import type { RouteContext } from '../page-context.ts';
 import { Link, navigate, withQuery } from '../router.tsx';
-import { Field, Pager, useUserNames } from '../parts.tsx';
+import { Field, FieldError, Pager, useUserNames } from '../parts.tsx';
 
 /** Rollouts still moving, whose numbers change while one looks. */
 const LIVE = new Set(['pending', 'running', 'paused']);
@@ -246,7 +246,7 @@ export function NewRollout({ client, session, route }: RouteContext) {
   // A field's own error goes beside it; any other under the form.
   const field = fieldOf(create.error);
   const errorAt = (name: string | string[]): ReactNode =>
-    field !== null && [name].flat().includes(field) ? <ErrorText error={create.error} /> : null;
+    field !== null && [name].flat().includes(field) ? <FieldError error={create.error} /> : null;
   const known = [
     'imageVersionId',
     'groupId',
