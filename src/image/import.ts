@@ -17,8 +17,9 @@ import { DEFAULT_CHUNKER } from './chunker.ts';
 import { forEachLimit, sha256File } from './digest-file.ts';
 import { writeError } from './fs-errors.ts';
 import { encodeManifest, manifestId, parseManifest, signManifest } from './manifest.ts';
-import { WorkerPool } from './pool.ts';
-import { readChunk, readIndex, readManifestBytes } from './read.ts';
+import { WorkerPool, type StoredChunks } from './pool.ts';
+import { readChunk, readIndex, readManifestBytes, zstdBound } from './read.ts';
+import { MAX_DICTIONARY_BYTES, ResemblanceIndex, SUPER_FEATURES } from './resemblance.ts';
 import { scanImage } from './scan.ts';
 import { openRawSource } from './source.ts';
 import {
@@ -60,6 +61,11 @@ export interface ImportOptions {
   packLevel?: number;
   /** Raw bytes per pack frame: bigger compresses better, smaller wastes less on a partial fetch. */
   packFrameBytes?: number;
+  /**
+   * Compress each pack frame against the parent's chunks its chunks resemble (default true): a
+   * PC holding the parent has them, and most of a patch's new chunks are near-copies of them.
+   */
+  delta?: boolean;
   tempDir?: string;
   pool?: WorkerPool;
   now?: () => Date;
@@ -90,6 +96,9 @@ export interface ImportResult {
     rawBytes: number;
     bytes: number;
     frames: number;
+    /** Chunks compressed against a resembling chunk of the parent, and those references. */
+    deltaChunks: number;
+    refs: number;
     seconds: number;
   } | null;
   seconds: number;
@@ -148,6 +157,7 @@ export async function importImage(opts: ImportOptions): Promise<ImportResult> {
             parentEntries,
             level: opts.packLevel ?? DEFAULT_PACK_LEVEL,
             frameBytes: opts.packFrameBytes ?? 8 * 1024 * 1024,
+            delta: opts.delta !== false,
             tempDir,
             onProgress: progress,
           })
@@ -311,6 +321,7 @@ interface PackInput {
   parentEntries: ChunkEntry[];
   level: number;
   frameBytes: number;
+  delta: boolean;
   tempDir: string;
   onProgress?: ImportOptions['onProgress'];
 }
@@ -337,6 +348,7 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
   const count = Math.max(1, Math.ceil(Math.round(rawTotal / p.frameBytes) / workers) * workers);
   const target = Math.ceil(rawTotal / count);
   const frames = cutRuns(wanted, target);
+  const refOf = p.delta ? await chooseReferences(p, wanted) : new Map<string, ChunkEntry>();
 
   await mkdir(p.tempDir, { recursive: true });
   const tmp = join(p.tempDir, `pack-${randomBytes(6).toString('hex')}`);
@@ -345,7 +357,9 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
   });
   const index: PackIndex = {
     type: 'bulkhead.pack-index',
-    formatVersion: 1,
+    // Version 2 frames may name references; readers of version 1 ignore such a pack and fetch
+    // chunks one by one, so a pack without any stays readable by them.
+    formatVersion: refOf.size > 0 ? 2 : 1,
     name: p.name,
     version: p.version,
     from: p.from,
@@ -356,8 +370,20 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
   const totalBytes = rawTotal;
   let doneBytes = 0;
   try {
+    // The references of each frame: the parent's chunks its chunks resemble, once each.
+    const frameRefs = frames.map((f) => {
+      const refs = new Set<string>();
+      let bytes = 0;
+      for (const r of f.flatMap((e) => refOf.get(e.digest!) ?? [])) {
+        if (refs.has(r.digest!) || bytes + r.length > MAX_DICTIONARY_BYTES) continue;
+        refs.add(r.digest!);
+        bytes += r.length;
+      }
+      return [...refs];
+    });
+    const lengthOf = new Map(p.parentEntries.map((e) => [e.digest, e.length]));
     // Compress frames in parallel but append them in order.
-    const compressed = frames.map((f) =>
+    const compressed = frames.map(async (f, i) =>
       p.pool.run(
         {
           op: 'compress',
@@ -365,6 +391,7 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
           spans: new Float64Array(f.flatMap((e) => [e.offset, e.length])),
           level: p.level,
           joined: true,
+          refs: await storedChunks(p.store, frameRefs[i]!, lengthOf),
         },
         { background: true },
       ),
@@ -385,6 +412,7 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
         bytes: data.length,
         rawBytes: f.reduce((n, e) => n + e.length, 0),
         chunks: f.map((e) => e.digest!),
+        ...(frameRefs[i]!.length > 0 ? { refs: frameRefs[i] } : {}),
       });
       offset += data.length;
       doneBytes += index.frames[i]!.rawBytes;
@@ -403,12 +431,103 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
       rawBytes: totalBytes,
       bytes: offset,
       frames: frames.length,
+      deltaChunks: refOf.size,
+      refs: new Set(frameRefs.flat()).size,
       seconds: (performance.now() - started) / 1000,
     };
   } finally {
     await fh.close().catch(() => {});
     await rm(tmp, { force: true });
   }
+}
+
+const SKETCH_BATCH = 512;
+
+/**
+ * For each chunk of `wanted` that resembles chunks of the parent (resemblance.ts, block by
+ * block), those chunks.
+ * The candidates are the parent's chunks this version no longer holds: the old versions of what
+ * changed, which a PC on the parent still has in its golden copy.
+ */
+async function chooseReferences(
+  p: PackInput,
+  wanted: readonly ChunkEntry[],
+): Promise<Map<string, ChunkEntry[]>> {
+  const current = new Set(p.entries.map((e) => e.digest));
+  const seen = new Set<string>();
+  const candidates = p.parentEntries.filter(
+    (e) => e.digest !== null && !current.has(e.digest) && !seen.has(e.digest) && seen.add(e.digest),
+  );
+  const lengthOf = new Map(candidates.map((e) => [e.digest, e.length]));
+  const candidateBatches = batches(candidates, SKETCH_BATCH);
+  const wantedBatches = batches(wanted, SKETCH_BATCH);
+  const candidateSketches: SketchResult[] = [];
+  const wantedSketches: SketchResult[] = [];
+  await Promise.all([
+    forEachLimit(candidateBatches, p.pool.size * 2, async (b, i) => {
+      const chunks = await storedChunks(
+        p.store,
+        b.map((e) => e.digest!),
+        lengthOf,
+      );
+      candidateSketches[i] = await p.pool.run({ op: 'sketch', chunks });
+    }),
+    forEachLimit(wantedBatches, p.pool.size * 2, async (b, i) => {
+      const spans = new Float64Array(b.flatMap((e) => [e.offset, e.length]));
+      wantedSketches[i] = await p.pool.run({ op: 'sketch', path: p.path, spans });
+    }),
+  ]);
+  const index = new ResemblanceIndex<ChunkEntry>();
+  forEachSketch(candidateSketches, (s, i) => index.add(s, candidates[i]!));
+  const refOf = new Map<string, ChunkEntry[]>();
+  forEachSketch(wantedSketches, (s, i) => {
+    const ref = index.find(s);
+    if (!ref) return;
+    const digest = wanted[i]!.digest!;
+    const refs = refOf.get(digest);
+    if (!refs) refOf.set(digest, [ref]);
+    else if (!refs.includes(ref)) refs.push(ref);
+  });
+  return refOf;
+}
+
+type SketchResult = { sketches: Uint32Array; sampled: Uint8Array; blocks: Uint32Array };
+
+/** Calls `fn` with each sampled block's sketch and the index of the input it belongs to. */
+function forEachSketch(
+  results: readonly SketchResult[],
+  fn: (sketch: Uint32Array, input: number) => void,
+): void {
+  let input = 0;
+  for (const r of results) {
+    let block = 0;
+    for (let k = 0; k < r.blocks.length; k++, input++) {
+      for (let b = 0; b < r.blocks[k]!; b++, block++) {
+        if (!r.sampled[block]) continue;
+        fn(r.sketches.subarray(block * SUPER_FEATURES, (block + 1) * SUPER_FEATURES), input);
+      }
+    }
+  }
+}
+
+function batches<T>(items: readonly T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+/** Chunks of the store as it holds them, for a worker to decompress and check. */
+async function storedChunks(
+  store: WritableChunkStore,
+  digests: readonly string[],
+  lengthOf: ReadonlyMap<string | null, number>,
+): Promise<StoredChunks> {
+  const lengths = digests.map((d) => lengthOf.get(d)!);
+  const compressed: Buffer[] = [];
+  await forEachLimit(digests, 16, async (d, i) => {
+    compressed[i] = await store.read(chunkKey(d), zstdBound(lengths[i]!));
+  });
+  return { compressed, lengths, digests: [...digests] };
 }
 
 /** Cuts `entries` in order into runs of at least `bytes` bytes each; the last may be shorter. */

@@ -100,7 +100,22 @@ export async function verifyImage(
   if (m.body.parent) {
     const from = m.body.parent.version;
     const index = await readPackIndex(store, name, version, from);
-    if (index) packs.push({ from, ...(await verifyPack(store, m.body, from, index, unique)) });
+    if (index) {
+      // Chunks of `from` that frames are compressed against; none when it is gone from the
+      // store, and then such frames are reported.
+      const needsFrom = index.frames.some((f) => (f.refs ?? []).length > 0);
+      const fromLengths = needsFrom
+        ? await inspectAndIndex(store, name, from, trusted).then(
+            (a) => uniqueChunks(a.entries),
+            (err: unknown) => {
+              if (isBulkheadError(err, ErrorCodes.IMAGE_NOT_FOUND))
+                return new Map<string, number>();
+              throw err;
+            },
+          )
+        : new Map<string, number>();
+      packs.push({ from, ...(await verifyPack(store, m.body, from, index, unique, fromLengths)) });
+    }
   }
   let file: VerifyReport['file'];
   if (options.file) {
@@ -138,12 +153,36 @@ async function verifyPack(
   from: string,
   index: NonNullable<Awaited<ReturnType<typeof readPackIndex>>>,
   lengths: Map<string, number>,
+  fromLengths: ReadonlyMap<string, number>,
 ): Promise<{ ok: boolean; problem?: string }> {
   const key = packKey(body.name, body.version, from);
   for (const f of index.frames) {
-    const raw = zstdDecompressSync(await store.readRange(key, f.offset, f.bytes), {
-      maxOutputLength: Math.max(1, f.rawBytes),
-    });
+    // A frame compressed against chunks of `from` needs them, from the store, to decode.
+    const refs: Buffer[] = [];
+    for (const d of f.refs ?? []) {
+      const length = fromLengths.get(d);
+      if (length === undefined) {
+        return {
+          ok: false,
+          problem: `frame at ${f.offset} is compressed against chunk ${d.slice(0, 16)}…, which ${from} does not hold`,
+        };
+      }
+      try {
+        refs.push(await readChunk(store, d, length));
+      } catch (err) {
+        if (!isBulkheadError(err)) throw err;
+        return { ok: false, problem: `frame at ${f.offset}: ${err.message}` };
+      }
+    }
+    let raw: Buffer;
+    try {
+      raw = zstdDecompressSync(await store.readRange(key, f.offset, f.bytes), {
+        maxOutputLength: Math.max(1, f.rawBytes),
+        ...(refs.length > 0 ? { dictionary: Buffer.concat(refs) } : {}),
+      });
+    } catch {
+      return { ok: false, problem: `frame at ${f.offset} does not decompress` };
+    }
     let pos = 0;
     for (const digest of f.chunks) {
       const length = lengths.get(digest);
@@ -202,7 +241,9 @@ export async function diffImages(
   let usesPack = false;
   const pack = b.body.parent?.version === from ? await readPackIndex(store, name, to, from) : null;
   if (pack) {
-    for (const f of chooseFrames(pack.frames, missing, wanted)) {
+    // A holder of `from` has every chunk a frame can be compressed against.
+    const decodable = pack.frames.filter((f) => (f.refs ?? []).every((d) => have.has(d)));
+    for (const f of chooseFrames(decodable, missing, wanted)) {
       usesPack = true;
       packBytes += f.bytes;
       for (const d of f.chunks) missing.delete(d);

@@ -5,12 +5,35 @@ export type WorkerRequest =
   | { op: 'fingerprint'; path: string; start: number; end: number; blockSize: number }
   /** spans: [offset0, length0, offset1, length1, …] */
   | { op: 'digest'; path: string; spans: Float64Array }
-  | { op: 'compress'; path: string; spans: Float64Array; level: number; joined: boolean };
+  | {
+      op: 'compress';
+      path: string;
+      spans: Float64Array;
+      level: number;
+      joined: boolean;
+      /** For a joined frame: the chunks whose raw bytes, concatenated, are its dictionary. */
+      refs?: StoredChunks;
+    }
+  /** Sketches (resemblance.ts) of spans of a file, or of chunks as the store holds them. */
+  | { op: 'sketch'; path: string; spans: Float64Array }
+  | { op: 'sketch'; chunks: StoredChunks };
+
+/** Chunks as a store holds them (zstd frames), with what they must decompress to. */
+export interface StoredChunks {
+  compressed: Uint8Array[];
+  lengths: number[];
+  digests: string[];
+}
 
 export type WorkerResponse =
   | { op: 'fingerprint'; fingerprints: Uint32Array; isZero: Uint8Array }
   | { op: 'digest'; digests: Uint8Array; isZero: Uint8Array }
-  | { op: 'compress'; compressed: Uint8Array[]; digests: Uint8Array };
+  | { op: 'compress'; compressed: Uint8Array[]; digests: Uint8Array }
+  /**
+   * SUPER_FEATURES values per block of SKETCH_BLOCK bytes, `blocks[i]` blocks for input i;
+   * `sampled[b]` is 0 where block b had too little content to sample.
+   */
+  | { op: 'sketch'; sketches: Uint32Array; sampled: Uint8Array; blocks: Uint32Array };
 
 type ResponseOf<Op extends WorkerRequest['op']> = Extract<WorkerResponse, { op: Op }>;
 

@@ -1,5 +1,6 @@
 import type { ChunkEntry } from './chunk-index.ts';
 import { chooseFrames, type PackFrame } from './pack-plan.ts';
+import { MAX_DICTIONARY_BYTES } from './resemblance.ts';
 
 /*
  * Where every chunk of a pulled image comes from (DESIGN §2), as a pure plan: given what
@@ -59,11 +60,16 @@ export interface Placement {
   at: number[];
 }
 
-/** A chunk to copy from a seed, read at `offset` of `seed`. */
-export interface SeedCopy extends Placement {
+/** Where a seed holds a chunk: `length` bytes at `offset` of `seed`. */
+export interface SeedChunk {
+  digest: string;
+  length: number;
   seed: string;
   offset: number;
 }
+
+/** A chunk to copy from a seed. */
+export interface SeedCopy extends Placement, SeedChunk {}
 
 export type PullStep =
   /** Continue the partial file an interrupted pull left, with what its journal lists. */
@@ -74,8 +80,11 @@ export type PullStep =
   | { action: 'zeroHoles'; at: number[] }
   | { action: 'copyFromSeeds'; chunks: SeedCopy[] }
   | { action: 'readPackIndex' }
-  /** Fetch whole frames of the pack; `chunks` are the wanted ones among theirs. */
-  | { action: 'fetchFrames'; frames: PackFrame[]; chunks: Placement[] }
+  /**
+   * Fetch whole frames of the pack; `chunks` are the wanted ones among theirs, `refs` where the
+   * seeds hold the chunks the frames were compressed against.
+   */
+  | { action: 'fetchFrames'; frames: PackFrame[]; chunks: Placement[]; refs: SeedChunk[] }
   | { action: 'fetchChunks'; chunks: Placement[] };
 
 export type PullAction = PullStep['action'];
@@ -127,15 +136,31 @@ export function planPull(facts: PullFacts): PullStep[] {
     steps.push({ action: 'readPackIndex' });
     return steps;
   }
+  // A frame compressed against chunks of the parent decodes only where the seeds hold them all.
+  const decodable = (facts.pack ?? []).filter((f) => {
+    let bytes = 0;
+    for (const d of f.refs ?? []) {
+      const at = local.get(d);
+      if (!at) return false;
+      bytes += at.length;
+    }
+    return bytes <= MAX_DICTIONARY_BYTES;
+  });
   const frames = chooseFrames(
-    facts.pack ?? [],
+    decodable,
     new Set(missing.map((m) => m.digest)),
     new Map(missing.map((m) => [m.digest, m.length])),
   );
   const inFrames = new Set(frames.flatMap((f) => f.chunks));
   const fromPack = missing.filter((m) => inFrames.has(m.digest));
   const single = missing.filter((m) => !inFrames.has(m.digest));
-  if (frames.length > 0) steps.push({ action: 'fetchFrames', frames, chunks: fromPack });
+  if (frames.length > 0) {
+    const refs = [...new Set(frames.flatMap((f) => f.refs ?? []))].map((d) => {
+      const at = local.get(d)!;
+      return { digest: d, length: at.length, seed: at.path, offset: at.offset };
+    });
+    steps.push({ action: 'fetchFrames', frames, chunks: fromPack, refs });
+  }
   if (single.length > 0) steps.push({ action: 'fetchChunks', chunks: single });
   return steps;
 }
@@ -210,12 +235,14 @@ function sameOffsets(target: readonly ChunkEntry[], seed: readonly ChunkEntry[])
 }
 
 /** Where each digest the seeds hold can be read; the first seed that holds it wins. */
-function seedIndex(seeds: readonly SeedScan[]): Map<string, { path: string; offset: number }> {
-  const local = new Map<string, { path: string; offset: number }>();
+function seedIndex(
+  seeds: readonly SeedScan[],
+): Map<string, { path: string; offset: number; length: number }> {
+  const local = new Map<string, { path: string; offset: number; length: number }>();
   for (const s of seeds) {
     for (const e of s.entries) {
       if (e.digest !== null && !local.has(e.digest)) {
-        local.set(e.digest, { path: s.path, offset: e.offset });
+        local.set(e.digest, { path: s.path, offset: e.offset, length: e.length });
       }
     }
   }

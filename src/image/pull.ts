@@ -10,7 +10,7 @@ import { exists } from '../durable/index.ts';
 import type { PublicKeyInfo } from '../signing/index.ts';
 import { forEachLimit, sha256File } from './digest-file.ts';
 import { writeError } from './fs-errors.ts';
-import { consistentFrames } from './pack-plan.ts';
+import { consistentFrames, type PackFrame } from './pack-plan.ts';
 import {
   JOURNAL_SUFFIX,
   cloneFile,
@@ -373,50 +373,78 @@ function createPullExecutors(ctx: PullContext): PullExecutors {
     async fetchFrames(step) {
       const key = packKey(ctx.body.name, ctx.body.version, ctx.body.parent!.version);
       const wanted = new Map(step.chunks.map((c) => [c.digest, c]));
-      await forEachLimit(step.frames, opts.parallel ?? 4, async (f) => {
-        let data: Buffer;
-        try {
-          data = await ctx.withRetry(`pack frame at ${f.offset}`, () =>
-            opts.store.readRange(key, f.offset, f.bytes),
-          );
-        } catch (err) {
-          // A pack is an optimisation: when it cannot be read, its chunks come one by one.
-          if (!isBulkheadError(err)) throw err;
-          opts.onWarning?.(
-            `cannot read the frame at byte ${f.offset} of ${key} (${err.message}); fetching its chunks one by one`,
-          );
-          return;
+      const refs = new Map(step.refs.map((r) => [r.digest, r]));
+      const seedFiles = new Map<string, FileHandle>();
+      try {
+        for (const r of step.refs) {
+          if (!seedFiles.has(r.seed)) seedFiles.set(r.seed, await open(r.seed, 'r'));
         }
-        ctx.packFrames++;
-        let raw: Buffer;
-        try {
-          raw = decompress(
-            data,
-            f.rawBytes,
-            () => new BulkheadError(ErrorCodes.PACK_CORRUPT, 'frame does not decompress'),
-          );
-        } catch {
-          opts.onWarning?.(
-            `pack frame at byte ${f.offset} of ${key} is damaged; fetching its chunks one by one`,
-          );
-          return;
+      } catch (err) {
+        for (const h of seedFiles.values()) await h.close();
+        throw err;
+      }
+      // A frame's dictionary: the seed's copies of the chunks it was compressed against. A seed
+      // that changed since it was scanned only spoils the frame: its chunks fail their digests.
+      const dictionaryOf = async (f: PackFrame): Promise<Buffer | undefined> => {
+        if (!f.refs || f.refs.length === 0) return undefined;
+        const parts: Buffer[] = [];
+        for (const d of f.refs) {
+          const r = refs.get(d)!;
+          const data = Buffer.allocUnsafe(r.length);
+          await seedFiles.get(r.seed)!.read(data, 0, r.length, r.offset);
+          parts.push(data);
         }
-        let pos = 0;
-        for (const digest of f.chunks) {
-          const length = ctx.lengthOf.get(digest)!;
-          const slice = raw.subarray(pos, pos + length);
-          pos += length;
-          // Wanted once: a chunk that two frames hold is written from the first to arrive.
-          const c = wanted.get(digest);
-          if (!c) continue;
-          if (createHash('sha256').update(slice).digest('hex') !== digest) {
-            opts.onWarning?.(corruptChunk(digest, `pack ${key}`).message);
-            continue;
+        return Buffer.concat(parts);
+      };
+      try {
+        await forEachLimit(step.frames, opts.parallel ?? 4, async (f) => {
+          let data: Buffer;
+          try {
+            data = await ctx.withRetry(`pack frame at ${f.offset}`, () =>
+              opts.store.readRange(key, f.offset, f.bytes),
+            );
+          } catch (err) {
+            // A pack is an optimisation: when it cannot be read, its chunks come one by one.
+            if (!isBulkheadError(err)) throw err;
+            opts.onWarning?.(
+              `cannot read the frame at byte ${f.offset} of ${key} (${err.message}); fetching its chunks one by one`,
+            );
+            return;
           }
-          wanted.delete(digest);
-          await writeDownloaded(c, Buffer.from(slice));
-        }
-      });
+          ctx.packFrames++;
+          let raw: Buffer;
+          try {
+            raw = decompress(
+              data,
+              f.rawBytes,
+              () => new BulkheadError(ErrorCodes.PACK_CORRUPT, 'frame does not decompress'),
+              await dictionaryOf(f),
+            );
+          } catch {
+            opts.onWarning?.(
+              `pack frame at byte ${f.offset} of ${key} is damaged; fetching its chunks one by one`,
+            );
+            return;
+          }
+          let pos = 0;
+          for (const digest of f.chunks) {
+            const length = ctx.lengthOf.get(digest)!;
+            const slice = raw.subarray(pos, pos + length);
+            pos += length;
+            // Wanted once: a chunk that two frames hold is written from the first to arrive.
+            const c = wanted.get(digest);
+            if (!c) continue;
+            if (createHash('sha256').update(slice).digest('hex') !== digest) {
+              opts.onWarning?.(corruptChunk(digest, `pack ${key}`).message);
+              continue;
+            }
+            wanted.delete(digest);
+            await writeDownloaded(c, Buffer.from(slice));
+          }
+        });
+      } finally {
+        for (const h of seedFiles.values()) await h.close();
+      }
       // Used: what it did not deliver comes from the store chunk by chunk.
       facts.pack = [];
     },

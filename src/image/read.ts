@@ -129,11 +129,22 @@ export function zstdBound(length: number): number {
   return length + (length >> 7) + 1024;
 }
 
-/** Decompresses exactly `length` bytes; anything else (or a bomb) is the given error. */
-export function decompress(data: Uint8Array, length: number, error: () => BulkheadError): Buffer {
+/**
+ * Decompresses exactly `length` bytes, with the raw-content `dictionary` a pack frame was
+ * compressed against if any; anything else (or a bomb) is the given error.
+ */
+export function decompress(
+  data: Uint8Array,
+  length: number,
+  error: () => BulkheadError,
+  dictionary?: Buffer,
+): Buffer {
   let raw: Buffer;
   try {
-    raw = zstdDecompressSync(data, { maxOutputLength: Math.max(1, length) });
+    raw = zstdDecompressSync(data, {
+      maxOutputLength: Math.max(1, length),
+      ...(dictionary ? { dictionary } : {}),
+    });
   } catch {
     throw error();
   }

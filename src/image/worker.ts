@@ -3,8 +3,9 @@
 import { hash } from 'node:crypto';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
-import { constants, zstdCompressSync } from 'node:zlib';
-import type { WorkerRequest, WorkerResponse } from './pool.ts';
+import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
+import type { StoredChunks, WorkerRequest, WorkerResponse } from './pool.ts';
+import { DICTIONARY_WINDOW_LOG, SKETCH_BLOCK, SUPER_FEATURES, sketch } from './resemblance.ts';
 
 const READ_SLICE = 8 * 1024 * 1024;
 
@@ -75,11 +76,19 @@ function digestSpans(path: string, spans: Float64Array) {
 }
 
 /**
- * Compresses each span on its own, or (`joined`) all of them as one frame, as a pack does.
- * Digests are taken again from the very bytes compressed, so a file changed under us between
- * passes is caught instead of storing a chunk under the wrong name.
+ * Compresses each span on its own, or (`joined`) all of them as one frame, as a pack does; a
+ * joined frame with `refs` is compressed with their raw bytes as its dictionary, so what it
+ * shares with them costs a few bytes. Digests are taken again from the very bytes compressed, so
+ * a file changed under us between passes is caught instead of storing a chunk under the wrong
+ * name.
  */
-function compressSpans(path: string, spans: Float64Array, level: number, joined: boolean) {
+function compressSpans(
+  path: string,
+  spans: Float64Array,
+  level: number,
+  joined: boolean,
+  refs: StoredChunks | undefined,
+) {
   const out: Uint8Array[] = [];
   const n = spans.length / 2;
   const digests = new Uint8Array(n * 32);
@@ -92,21 +101,71 @@ function compressSpans(path: string, spans: Float64Array, level: number, joined:
       if (joined) parts.push(buf);
       else out.push(compress(buf, level));
     }
-    if (joined) out.push(compress(Buffer.concat(parts), level));
+    if (joined) {
+      const dictionary = refs && refs.digests.length > 0 ? Buffer.concat(rawChunks(refs)) : null;
+      out.push(compress(Buffer.concat(parts), level, dictionary));
+    }
   } finally {
     closeSync(fd);
   }
   return { compressed: out, digests };
 }
 
-function compress(buf: Uint8Array, level: number): Uint8Array {
-  return zstdCompressSync(buf, {
-    params: {
-      [constants.ZSTD_c_compressionLevel]: level,
-      [constants.ZSTD_c_checksumFlag]: 0,
-      [constants.ZSTD_c_contentSizeFlag]: 1,
-    },
+/** The raw bytes of chunks as the store holds them, each checked against its digest. */
+function rawChunks(chunks: StoredChunks): Buffer[] {
+  return chunks.compressed.map((c, i) => {
+    const length = chunks.lengths[i]!;
+    const raw = zstdDecompressSync(c, { maxOutputLength: Math.max(1, length) });
+    if (raw.length !== length || hash('sha256', raw) !== chunks.digests[i]) {
+      throw new Error(`chunk ${chunks.digests[i]!.slice(0, 16)}… in the store is damaged`);
+    }
+    return raw;
   });
+}
+
+function compress(buf: Uint8Array, level: number, dictionary: Buffer | null = null): Uint8Array {
+  const params: Record<number, number> = {
+    [constants.ZSTD_c_compressionLevel]: level,
+    [constants.ZSTD_c_checksumFlag]: 0,
+    [constants.ZSTD_c_contentSizeFlag]: 1,
+  };
+  if (!dictionary) return zstdCompressSync(buf, { params });
+  params[constants.ZSTD_c_windowLog] = DICTIONARY_WINDOW_LOG;
+  return zstdCompressSync(buf, { params, dictionary });
+}
+
+/** Sketches of every SKETCH_BLOCK-byte block of each input (the last of each may be shorter). */
+function sketchAll(inputs: Iterable<Uint8Array>, n: number) {
+  const blocks = new Uint32Array(n);
+  const sketches: Uint32Array[] = [];
+  const sampled: number[] = [];
+  let i = 0;
+  for (const data of inputs) {
+    for (let at = 0; at < data.length; at += SKETCH_BLOCK) {
+      const s = sketch(data.subarray(at, at + SKETCH_BLOCK));
+      sketches.push(s ?? new Uint32Array(SUPER_FEATURES));
+      sampled.push(s ? 1 : 0);
+      blocks[i]!++;
+    }
+    i++;
+  }
+  const all = new Uint32Array(sketches.length * SUPER_FEATURES);
+  sketches.forEach((s, k) => all.set(s, k * SUPER_FEATURES));
+  return { sketches: all, sampled: Uint8Array.from(sampled), blocks };
+}
+
+function* readSpans(path: string, spans: Float64Array): Generator<Buffer> {
+  const fd = openSync(path, 'r');
+  try {
+    let scratch = Buffer.allocUnsafe(1 << 20);
+    for (let i = 0; i < spans.length / 2; i++) {
+      const length = spans[2 * i + 1]!;
+      if (scratch.length < length) scratch = Buffer.allocUnsafe(length);
+      yield readRange(fd, spans[2 * i]!, length, scratch);
+    }
+  } finally {
+    closeSync(fd);
+  }
 }
 
 function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffer[] } {
@@ -123,8 +182,18 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
       return { res: { op: 'digest', ...r }, transfer: [r.digests.buffer, r.isZero.buffer] };
     }
     case 'compress': {
-      const r = compressSpans(req.path, req.spans, req.level, req.joined);
+      const r = compressSpans(req.path, req.spans, req.level, req.joined, req.refs);
       return { res: { op: 'compress', ...r }, transfer: [r.digests.buffer] };
+    }
+    case 'sketch': {
+      const r =
+        'chunks' in req
+          ? sketchAll(rawChunks(req.chunks), req.chunks.digests.length)
+          : sketchAll(readSpans(req.path, req.spans), req.spans.length / 2);
+      return {
+        res: { op: 'sketch', ...r },
+        transfer: [r.sketches.buffer, r.sampled.buffer, r.blocks.buffer],
+      };
     }
   }
 }

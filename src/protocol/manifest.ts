@@ -113,10 +113,14 @@ export const MAX_MANIFEST_BYTES = 64 * 1024;
  * Index of a pack: the new chunks of `version` relative to `from`, as zstd frames in one file.
  * Not signed — every chunk taken from a pack is checked against the signed index — so a bad
  * pack can only cost bandwidth, never corrupt an image.
+ *
+ * Format 2 adds a frame's `refs`: chunks of `from` whose raw bytes, concatenated in that order,
+ * are the frame's zstd dictionary (delta encoding against what a holder of `from` has). Readers
+ * of format 1 do not parse a format 2 index and fetch the chunks one by one instead.
  */
 export const PackIndexSchema = z.strictObject({
   type: z.literal('bulkhead.pack-index'),
-  formatVersion: z.literal(1),
+  formatVersion: z.union([z.literal(1), z.literal(2)]),
   name: ImageNameSchema,
   version: ImageVersionSchema,
   from: ImageVersionSchema,
@@ -130,6 +134,8 @@ export const PackIndexSchema = z.strictObject({
         /** Uncompressed bytes of the frame: the chunks' bytes, concatenated in this order. */
         rawBytes: count,
         chunks: z.array(DigestSchema).max(1 << 16),
+        /** Format 2: the frame's dictionary, as chunks of `from` (absent: none). */
+        refs: z.array(DigestSchema).max(1 << 16).optional(),
       }),
     )
     .max(1 << 20),

@@ -1,0 +1,164 @@
+import assert from 'node:assert/strict';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import {
+  DirectoryStore,
+  chunkKey,
+  diffImages,
+  importImage,
+  packIndexKey,
+  pullImage,
+  verifyImage,
+} from '../../src/image/index.ts';
+import type { PackIndex } from '../../src/protocol/index.ts';
+import { bytesFrom, ext4Image, makeKeys, sha256Of, tempDir } from '../support/fixtures.ts';
+
+/*
+ * A patch whose new chunks are near-copies of old ones, as a package's next version is: the
+ * libraries are incompressible, so only a pack frame compressed against the old chunks (which
+ * a PC on v1 holds) can send less than their size.
+ */
+function libraries(version: 1 | 2): Record<string, Buffer> {
+  const files: Record<string, Buffer> = {};
+  for (let i = 0; i < 12; i++) {
+    const lib = bytesFrom(`lib${i}`, 160 * 1024);
+    if (version === 2 && i % 2 === 0) {
+      // A rebuilt library: a few bytes differ every few KiB, and 100 bytes are new mid-file.
+      for (let at = 700; at < lib.length; at += 5000) lib.writeUInt32LE((0xdeadbeef ^ at) >>> 0, at);
+      files[`usr/lib/lib${i}.so`] = Buffer.concat([
+        lib.subarray(0, 80_000),
+        bytesFrom(`inserted${i}`, 100),
+        lib.subarray(80_000),
+      ]);
+    } else files[`usr/lib/lib${i}.so`] = lib;
+  }
+  if (version === 2) files['usr/lib/libnew.so'] = bytesFrom('libnew', 64 * 1024);
+  return files;
+}
+
+async function publish(dir: string, delta: boolean) {
+  const keys = await makeKeys(dir);
+  const store = new DirectoryStore(join(dir, 'store'));
+  const v1 = await ext4Image(dir, 'v1', libraries(1));
+  const v2 = await ext4Image(dir, 'v2', libraries(2));
+  const common = { store, name: 'os', key: keys.key, tempDir: join(dir, 'tmp'), delta };
+  await importImage({ ...common, file: v1, version: '1' });
+  const r2 = await importImage({ ...common, file: v2, version: '2' });
+  return { keys, store, v1, v2, r2 };
+}
+
+async function packIndexOf(store: DirectoryStore): Promise<PackIndex> {
+  return JSON.parse(
+    await readFile(join(store.location, packIndexKey('os', '2', '1')), 'utf8'),
+  ) as PackIndex;
+}
+
+test('new chunks that resemble the parent are compressed against it and pulled from a seed that holds it', async (t) => {
+  const plain = await publish(await tempDir(t), false);
+  const dir = await tempDir(t);
+  const { keys, store, v1, v2, r2 } = await publish(dir, true);
+
+  assert.ok(r2.pack, 'a pack from v1 was built');
+  assert.ok(
+    r2.pack.deltaChunks > r2.pack.chunks / 2,
+    `${r2.pack.deltaChunks} chunks have a reference`,
+  );
+  assert.ok(
+    r2.pack.bytes < plain.r2.pack!.bytes / 3,
+    `delta pack ${r2.pack.bytes} bytes, plain ${plain.r2.pack!.bytes}`,
+  );
+  const index = await packIndexOf(store);
+  assert.equal(index.formatVersion, 2, 'frames with references need format 2');
+  assert.ok(index.frames.some((f) => (f.refs ?? []).length > 0));
+  assert.equal((await packIndexOf(plain.store)).formatVersion, 1);
+
+  const pulled = await pullImage({
+    store: new DirectoryStore(store.location),
+    name: 'os',
+    version: '2',
+    trusted: keys.trusted,
+    out: join(dir, 'pulled.raw'),
+    seeds: [v1],
+  });
+  assert.equal(await sha256Of(join(dir, 'pulled.raw')), await sha256Of(v2));
+  assert.ok(pulled.packFrames > 0, 'the pack was used');
+  assert.ok(
+    pulled.downloadedBytes < r2.pack.bytes + r2.indexBytes + 64 * 1024,
+    `downloaded ${pulled.downloadedBytes}, pack ${r2.pack.bytes}`,
+  );
+
+  const report = await verifyImage(store, 'os', '2', keys.trusted);
+  assert.deepEqual(report.packs, [{ from: '1', ok: true }]);
+  const diff = await diffImages(store, 'os', '1', '2', keys.trusted);
+  assert.equal(diff.usesPack, true);
+  assert.ok(diff.downloadBytes < plain.r2.pack!.bytes / 2);
+});
+
+test('without the references at hand a pull fetches those chunks one by one, and gets the same image', async (t) => {
+  const dir = await tempDir(t);
+  const { keys, store, v2 } = await publish(dir, true);
+  const warnings: string[] = [];
+  const pulled = await pullImage({
+    store: new DirectoryStore(store.location),
+    name: 'os',
+    version: '2',
+    trusted: keys.trusted,
+    out: join(dir, 'pulled.raw'),
+    onWarning: (m) => warnings.push(m),
+  });
+  assert.equal(await sha256Of(join(dir, 'pulled.raw')), await sha256Of(v2));
+  const index = await packIndexOf(store);
+  const withRefs = index.frames.filter((f) => (f.refs ?? []).length > 0).length;
+  assert.ok(withRefs > 0);
+  assert.ok(
+    pulled.packFrames <= index.frames.length - withRefs,
+    `${pulled.packFrames} frames fetched; ${withRefs} of ${index.frames.length} need v1's chunks`,
+  );
+  assert.deepEqual(warnings, [], 'nothing went wrong: the frames were never tried');
+});
+
+test('a pack index that names the wrong references spoils only its frames: their chunks come one by one', async (t) => {
+  const dir = await tempDir(t);
+  const { keys, store, v1, v2 } = await publish(dir, true);
+  const index = await packIndexOf(store);
+  // Each frame's references rotated: every one still a chunk of v1, none the right one.
+  const all = index.frames.flatMap((f) => f.refs ?? []);
+  assert.ok(all.length > 1);
+  const lying: PackIndex = {
+    ...index,
+    frames: index.frames.map((f) => ({
+      ...f,
+      ...(f.refs ? { refs: f.refs.map((d) => all[(all.indexOf(d) + 1) % all.length]!) } : {}),
+    })),
+  };
+  await writeFile(join(store.location, packIndexKey('os', '2', '1')), JSON.stringify(lying));
+  const warnings: string[] = [];
+  await pullImage({
+    store: new DirectoryStore(store.location),
+    name: 'os',
+    version: '2',
+    trusted: keys.trusted,
+    out: join(dir, 'pulled.raw'),
+    seeds: [v1],
+    onWarning: (m) => warnings.push(m),
+  });
+  assert.equal(await sha256Of(join(dir, 'pulled.raw')), await sha256Of(v2));
+  assert.ok(
+    warnings.some((w) => /damaged|does not match its digest/.test(w)),
+    `warned: ${warnings.join(' | ')}`,
+  );
+
+  const report = await verifyImage(store, 'os', '2', keys.trusted);
+  assert.equal(report.packs[0]?.ok, false, 'verify notices the lying index');
+});
+
+test('verify names a reference the store no longer holds', async (t) => {
+  const dir = await tempDir(t);
+  const { keys, store } = await publish(dir, true);
+  const ref = (await packIndexOf(store)).frames.find((f) => f.refs?.length)!.refs![0]!;
+  await rm(join(store.location, chunkKey(ref)));
+  const report = await verifyImage(store, 'os', '2', keys.trusted);
+  assert.equal(report.packs[0]?.ok, false);
+  assert.match(report.packs[0]?.problem ?? '', new RegExp(ref.slice(0, 16)));
+});
