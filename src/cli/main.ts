@@ -93,7 +93,9 @@ function program(ctx: CommandContext, choose: (c: Chosen) => void): CommanderCom
     leaf.helpInformation = () =>
       `${command.usage}\n\n${command.summary}\n` +
       (subcommands.length > 0 ? `\n${groupHelp(command.name)}` : '');
-    const names = new Map<string, { original: string; negated: boolean }>();
+    // `--parent <v>` and `--no-parent` share commander's attribute `parent`: keep both.
+    const names: { attribute: string; original: string; negated: boolean; takesValue: boolean }[] =
+      [];
     for (const [name, o] of Object.entries(withJson(command.options))) {
       const short = o.short === undefined ? '' : `-${o.short}, `;
       const option = new Option(`${short}--${name}${o.type === 'string' ? ' <value>' : ''}`);
@@ -104,15 +106,20 @@ function program(ctx: CommandContext, choose: (c: Chosen) => void): CommanderCom
         ]);
       }
       leaf.addOption(option);
-      names.set(option.attributeName(), { original: name, negated: option.negate });
+      names.push({
+        attribute: option.attributeName(),
+        original: name,
+        negated: option.negate,
+        takesValue: o.type === 'string',
+      });
     }
     leaf.action((positionals: string[], options: Record<string, unknown>) => {
       const values: Invocation['values'] = {};
-      for (const [attribute, { original, negated }] of names) {
+      for (const { attribute, original, negated, takesValue } of names) {
         const v = options[attribute];
         if (negated) {
           if (v === false) values[original] = true;
-        } else if (v !== undefined) {
+        } else if (v !== undefined && (!takesValue || v !== false)) {
           values[original] = v as string | boolean | string[];
         }
       }

@@ -294,6 +294,23 @@ test('importing v2 stores fewer new chunks than it has and builds a pack from v1
   assert.ok(num(d, 'storedBytes') < num(w.import1, 'storedBytes'));
 });
 
+test('image import --parent picks the version a pack leads from; --no-parent builds none', async (t) => {
+  const w = await world();
+  const store = join(await tempDir(t), 'store');
+  const imp = (file: string, version: string, ...more: string[]) =>
+    ok([
+      ...['image', 'import', file, '--store', store, '--name', 'os', '--version', version],
+      ...['--key', w.privateKey, ...more],
+    ]);
+  await imp(w.v1, '1');
+  const orphan = await imp(w.v2, '2', '--no-parent');
+  assert.equal(orphan.parent, null);
+  assert.equal(orphan.pack, null);
+  const chosen = await imp(w.v2, '3', '--parent', '1');
+  assert.equal(chosen.parent, '1', 'not the newest version, 2');
+  assert.equal((chosen.pack as Record<string, unknown> | null)?.from, '1');
+});
+
 test('importing an existing version again fails with exit 1 and ERR_IMAGE_EXISTS', async () => {
   const w = await world();
   const manifestPath = join(w.store, 'manifests', 'os', '1.json');
