@@ -605,7 +605,14 @@ test('engine run: built from one configuration, it syncs, follows the poll inter
   const config = resolveEngineConfig([{ dataDir, hypervisor: 'sim' }]);
   const running = await startEngineRun(config, { clock, log: recordingLog() });
   try {
-    await waitFor('a desired state', () => running.engine.sync.current() !== undefined);
+    // The document is stored before the contact ends (its events are flushed after it): wait
+    // for the contact to be recorded too.
+    await waitFor(
+      'a desired state and the contact recorded',
+      () =>
+        running.engine.sync.current() !== undefined &&
+        running.engine.sync.connectivity().lastContactAt != null,
+    );
     assert.equal(running.engine.sync.connectivity().online, true);
     assert.equal(running.engine.sync.current()?.document.state.pollIntervalSeconds, 45);
     const { lastContactAt, nextAttemptAt } = running.engine.sync.connectivity();
