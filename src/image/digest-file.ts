@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 
-/** SHA-256 of a file's first `size` bytes, streamed. */
+/** SHA-256 of a file's first `size` bytes, streamed: the next slice is read while one is hashed. */
 export async function sha256File(
   path: string,
   size?: number,
@@ -11,12 +11,26 @@ export async function sha256File(
   const fh = await open(path, 'r');
   try {
     const total = size ?? (await fh.stat()).size;
-    const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
-    for (let pos = 0; pos < total;) {
-      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, total - pos), pos);
-      if (bytesRead === 0) throw new Error(`${path} ended at byte ${pos}, expected ${total}`);
-      h.update(buf.subarray(0, bytesRead));
-      pos += bytesRead;
+    const slice = 8 * 1024 * 1024;
+    const buffers = [Buffer.allocUnsafe(slice), Buffer.allocUnsafe(slice)];
+    const readAt = async (pos: number, buf: Buffer) => {
+      const length = Math.min(slice, total - pos);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await fh.read(buf, done, length - done, pos + done);
+        if (bytesRead === 0)
+          throw new Error(`${path} ended at byte ${pos + done}, expected ${total}`);
+        done += bytesRead;
+      }
+      return buf.subarray(0, length);
+    };
+    let next = total > 0 ? readAt(0, buffers[0]!) : null;
+    for (let pos = 0, k = 0; next; k ^= 1) {
+      const data = await next;
+      const after = pos + data.length;
+      next = after < total ? readAt(after, buffers[k ^ 1]!) : null;
+      h.update(data);
+      pos = after;
       onProgress?.(pos);
     }
   } finally {

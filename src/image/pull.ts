@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { open, rename, rm, type FileHandle } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import {
   BulkheadError,
   ErrorCodes,
@@ -149,6 +150,7 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
     lengthOf: new Map(
       entries.flatMap((e) => (e.digest === null ? [] : [[e.digest, e.length] as const])),
     ),
+    seedStats: new Map(),
     files: null,
     resumed: false,
     chunksDownloaded: 0,
@@ -156,6 +158,11 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
     download: null,
   };
   try {
+    for (const seed of opts.seeds ?? []) {
+      // A seed that cannot be read is reported by the scan, with the reason.
+      const st = await stat(seed).catch(() => undefined);
+      if (st) ctx.seedStats.set(seed, st);
+    }
     ctx.facts.seeds = await scanSeeds(opts.seeds ?? [], body, pool, opts.onProgress);
     ctx.facts.journal = await loadJournal(journalPath, partial, manifest.id, body.size);
     await applyPlan(ctx);
@@ -262,6 +269,8 @@ interface PullContext {
   facts: PullFacts & { placed: Set<number> };
   /** Length of every data chunk of the target, from its signed index. */
   lengthOf: ReadonlyMap<string, number>;
+  /** Each seed as it was before it was scanned. */
+  seedStats: Map<string, Stats>;
   /** The partial file and its journal, open once the partial file is set up. */
   files: { image: FileHandle; journal: FileHandle } | null;
   resumed: boolean;
@@ -339,20 +348,21 @@ function createPullExecutors(ctx: PullContext): PullExecutors {
         await forEachLimit(step.chunks, 8, async (c) => {
           const data = Buffer.allocUnsafe(c.length);
           await seedFiles.get(c.seed)!.read(data, 0, c.length, c.offset);
-          // The final image digest covers seed bytes; checking here too names the culprit.
-          if (createHash('sha256').update(data).digest('hex') !== c.digest) {
-            throw new BulkheadError(
-              ErrorCodes.INPUT_UNREADABLE,
-              `seed ${c.seed} changed while it was in use (at byte ${c.offset})`,
-              {
-                hint: 'use a seed that nothing is writing to',
-              },
-            );
-          }
           await write(c, data);
           copied += c.length;
           opts.onProgress?.({ phase: 'assemble', doneBytes: copied, totalBytes: total });
         });
+        // The copies are not hashed again: the final image digest covers them. A seed that
+        // changed since it was scanned is named here, before that digest fails.
+        for (const [path, h] of seedFiles) {
+          if (!sameFile(ctx.seedStats.get(path), await h.stat())) {
+            throw new BulkheadError(
+              ErrorCodes.INPUT_UNREADABLE,
+              `seed ${path} changed while it was in use`,
+              { hint: 'use a seed that nothing is writing to (shut its VM down first)' },
+            );
+          }
+        }
       } finally {
         for (const h of seedFiles.values()) await h.close();
       }
@@ -499,6 +509,18 @@ async function scanSeeds(
     scans.push({ path: seed, entries });
   }
   return scans;
+}
+
+/** Whether `after` is still the file `before` was, unmodified. */
+function sameFile(before: Stats | undefined, after: Stats): boolean {
+  return (
+    before !== undefined &&
+    before.dev === after.dev &&
+    before.ino === after.ino &&
+    before.size === after.size &&
+    before.mtimeMs === after.mtimeMs &&
+    before.ctimeMs === after.ctimeMs
+  );
 }
 
 async function retry<T>(
