@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { readFile, stat } from 'node:fs/promises';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { copyFile, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { zstdDecompressSync } from 'node:zlib';
@@ -268,4 +269,37 @@ test('a chunk left half-written by a crash is found and rewritten by the next im
   assert.equal(again.newChunks, 1);
   assert.ok(first.newChunks > 1);
   assert.equal((await verifyImage(store, 'os', '1', keys.trusted)).ok, true);
+});
+
+test('a seed written to while it is copied from fails the pull, naming the seed, and leaves no image', async (t) => {
+  const dir = await tempDir(t);
+  const { keys, store, v1 } = await publishPair(dir);
+  const seed = join(dir, 'seed.raw');
+  await copyFile(v1, seed);
+  let touched = false;
+  await assert.rejects(
+    pullImage({
+      store: new DirectoryStore(store.location),
+      name: 'os',
+      version: '2',
+      trusted: keys.trusted,
+      out: join(dir, 'out.raw'),
+      seeds: [seed],
+      onProgress: (p) => {
+        if (p.phase !== 'assemble' || touched) return;
+        touched = true;
+        // As a VM still running on it would: a write, in place.
+        const fd = openSync(seed, 'r+');
+        writeSync(fd, Buffer.from('x'), 0, 1, 4096);
+        closeSync(fd);
+      },
+    }),
+    (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'ERR_INPUT_UNREADABLE');
+      assert.match(err.message, new RegExp(`seed ${seed} changed while it was in use`));
+      return true;
+    },
+  );
+  assert.ok(touched, 'the seed was copied from');
+  assert.equal(await stat(join(dir, 'out.raw')).catch(() => null), null, 'no image appeared');
 });
