@@ -3,6 +3,7 @@ import { BulkheadError, ErrorCodes } from '../protocol/index.ts';
 import { loadPrivateKey, loadPublicKey, type PublicKeyInfo } from '../signing/index.ts';
 import {
   DEFAULT_CHUNKER,
+  DEFAULT_PACK_LEVEL,
   DEFAULT_FASTCDC,
   DirectoryStore,
   describeChunker,
@@ -58,12 +59,13 @@ const importCmd: Command = {
     'Cut a disk image (raw, qcow2, vmdk, vhdx, …) into chunks, store the new ones, and publish a signed manifest; builds a pack of the new chunks since the parent version.',
   usage: `Usage: bulkhead image import FILE --store DIR --name NAME --version VER --key KEYFILE
          [--parent VER | --no-parent] [--format FMT] [--chunker block-cdc|fastcdc]
-         [--level N] [--pack-level N | --no-pack] [--json]
+         [--level N] [--pack-level N | --no-pack] [--no-delta] [--json]
 
   --parent VER     the version this one follows (default: the newest of NAME in the store)
   --level N        zstd level of single chunks (default 3)
-  --pack-level N   zstd level of the pack (default 18)
-  --no-pack        do not build a pack (PCs then fetch new chunks one by one)`,
+  --pack-level N   zstd level of the pack (default ${DEFAULT_PACK_LEVEL})
+  --no-pack        do not build a pack (PCs then fetch new chunks one by one)
+  --no-delta       compress the pack without the parent's resembling chunks as references`,
   options: {
     store: { type: 'string' },
     name: { type: 'string' },
@@ -76,6 +78,7 @@ const importCmd: Command = {
     level: { type: 'string' },
     'pack-level': { type: 'string' },
     'no-pack': { type: 'boolean' },
+    'no-delta': { type: 'boolean' },
   },
   async run(inv, ctx) {
     const file = inv.positionals[0];
@@ -105,6 +108,7 @@ const importCmd: Command = {
       chunkLevel: integerOption(inv, 'level', 1, 22),
       packLevel: integerOption(inv, 'pack-level', 1, 22),
       pack: inv.values['no-pack'] !== true,
+      delta: inv.values['no-delta'] !== true,
       tempDir: resolve(store.location, '.tmp'),
       onProgress: (p) => progress.update(p.phase, p.doneBytes, p.totalBytes),
     }).finally(() => progress.done());
@@ -121,7 +125,7 @@ const importCmd: Command = {
       );
       if (result.pack) {
         ctx.out(
-          `  pack      from ${result.pack.from}: ${result.pack.chunks} chunks, ${formatBytes(result.pack.rawBytes)} → ${formatBytes(result.pack.bytes)}`,
+          `  pack      from ${result.pack.from}: ${result.pack.chunks} chunks, ${formatBytes(result.pack.rawBytes)} → ${formatBytes(result.pack.bytes)}; ${result.pack.deltaChunks} compressed against ${result.pack.refs} chunks of ${result.pack.from}`,
         );
       }
     }

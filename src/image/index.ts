@@ -1,5 +1,6 @@
 // The image pipeline: chunked, signed disk images that travel as deltas (DESIGN §2).
 export {
+  DEFAULT_PACK_LEVEL,
   importImage,
   type ImportOptions,
   type ImportProgress,
