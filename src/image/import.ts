@@ -14,12 +14,21 @@ import {
 import { rebuildCatalog, scanCatalog } from './catalog.ts';
 import { encodeChunkIndex, type ChunkEntry } from './chunk-index.ts';
 import { DEFAULT_CHUNKER } from './chunker.ts';
-import { forEachLimit, sha256File } from './digest-file.ts';
+import { forEachLimit } from './digest-file.ts';
 import { writeError } from './fs-errors.ts';
 import { encodeManifest, manifestId, parseManifest, signManifest } from './manifest.ts';
-import { WorkerPool, type StoredChunks } from './pool.ts';
-import { readChunk, readIndex, readManifestBytes, zstdBound } from './read.ts';
-import { MAX_DICTIONARY_BYTES, ResemblanceIndex, SUPER_FEATURES } from './resemblance.ts';
+import { WorkerPool } from './pool.ts';
+import { readChunk, readIndex, readManifestBytes } from './read.ts';
+import { MAX_DICTIONARY_BYTES } from './resemblance.ts';
+import {
+  chooseReferences,
+  readSketches,
+  sketchFromFile,
+  sketchFromStore,
+  storedChunks,
+  writeSketches,
+  type Sketches,
+} from './sketches.ts';
 import { scanImage } from './scan.ts';
 import { openRawSource } from './source.ts';
 import {
@@ -134,14 +143,27 @@ export async function importImage(opts: ImportOptions): Promise<ImportResult> {
   try {
     const { path, size } = source;
     const progress = opts.onProgress;
-    // The whole-image digest streams on this thread while the workers chunk.
-    const imageDigest = sha256File(path, size);
+    // The whole-image digest streams on a thread of its own while the workers chunk: this one
+    // has the store's files to write.
+    const digestPool = new WorkerPool(1);
+    const imageDigest = digestPool
+      .run({ op: 'sha256', path, size })
+      .then((r) => r.sha256)
+      .finally(() => digestPool.close());
+    imageDigest.catch(() => {});
     const entries = await scanImage(path, size, chunker, pool, (p) => progress?.({ ...p }));
 
     // Chunks of the parent are in the store and whole: its manifest was published only after
     // they were on stable storage. Others found there are checked before being trusted.
     const parentEntries = parent ? await readIndex(store, parent.body) : [];
     const published = new Set(parentEntries.map((e) => e.digest));
+    // What each chunk resembles: for this pack's references and the next version's.
+    const sketches =
+      opts.delta !== false
+        ? sketchVersion(store, pool, path, name, parent?.body.version ?? null, entries)
+        : null;
+    // Awaited below; a failure before then must not go unhandled.
+    sketches?.catch(() => {});
     // The pack compresses (slowly, for every PC's sake) while new chunks are stored.
     const [stored, pack] = await Promise.all([
       storeChunks(entries, path, store, pool, opts.chunkLevel ?? 3, published, progress),
@@ -157,13 +179,14 @@ export async function importImage(opts: ImportOptions): Promise<ImportResult> {
             parentEntries,
             level: opts.packLevel ?? DEFAULT_PACK_LEVEL,
             frameBytes: opts.packFrameBytes ?? 8 * 1024 * 1024,
-            delta: opts.delta !== false,
+            sketches,
             tempDir,
             onProgress: progress,
           })
         : null,
     ]);
     const sha256 = await imageDigest;
+    if (sketches) await writeSketches(store, name, version, (await sketches).own);
 
     const indexBytes = encodeChunkIndex(entries);
     const indexDigest = createHash('sha256').update(indexBytes).digest('hex');
@@ -321,7 +344,8 @@ interface PackInput {
   parentEntries: ChunkEntry[];
   level: number;
   frameBytes: number;
-  delta: boolean;
+  /** Sketches of this version's chunks and its parent's, when the pack is delta-encoded. */
+  sketches: Promise<VersionSketches> | null;
   tempDir: string;
   onProgress?: ImportOptions['onProgress'];
 }
@@ -348,7 +372,7 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
   const count = Math.max(1, Math.ceil(Math.round(rawTotal / p.frameBytes) / workers) * workers);
   const target = Math.ceil(rawTotal / count);
   const frames = cutRuns(wanted, target);
-  const refOf = p.delta ? await chooseReferences(p, wanted) : new Map<string, ChunkEntry>();
+  const refOf = p.sketches ? await referencesOf(p, wanted, await p.sketches) : new Map();
 
   await mkdir(p.tempDir, { recursive: true });
   const tmp = join(p.tempDir, `pack-${randomBytes(6).toString('hex')}`);
@@ -441,93 +465,64 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
   }
 }
 
-const SKETCH_BATCH = 512;
+interface VersionSketches {
+  own: Sketches;
+  /** The parent's, when it kept them; null: its chunks are sketched from the store as needed. */
+  parent: Sketches | null;
+}
 
 /**
- * For each chunk of `wanted` that resembles chunks of the parent (resemblance.ts, block by
- * block), those chunks.
- * The candidates are the parent's chunks this version no longer holds: the old versions of what
- * changed, which a PC on the parent still has in its golden copy.
+ * Sketches of every distinct chunk of this version: those the parent had from its sketch file,
+ * the rest read from the image.
  */
-async function chooseReferences(
+async function sketchVersion(
+  store: WritableChunkStore,
+  pool: WorkerPool,
+  path: string,
+  name: string,
+  parent: string | null,
+  entries: readonly ChunkEntry[],
+): Promise<VersionSketches> {
+  const parentSketches = parent ? await readSketches(store, name, parent) : null;
+  const unique = firstOfEach(entries);
+  const known = parentSketches ?? new Map<string, Uint32Array>();
+  const computed = await sketchFromFile(
+    pool,
+    path,
+    unique.filter((e) => !known.has(e.digest!)),
+  );
+  const own: Sketches = new Map(
+    unique.map((e) => [e.digest!, known.get(e.digest!) ?? computed.get(e.digest!)!]),
+  );
+  return { own, parent: parentSketches };
+}
+
+/**
+ * The parent's chunks each new chunk resembles. The candidates are the parent's chunks this
+ * version no longer holds: the old versions of what changed, which a PC on the parent still has
+ * in its golden copy.
+ */
+async function referencesOf(
   p: PackInput,
   wanted: readonly ChunkEntry[],
+  sketches: VersionSketches,
 ): Promise<Map<string, ChunkEntry[]>> {
   const current = new Set(p.entries.map((e) => e.digest));
+  const candidates = firstOfEach(p.parentEntries).filter((e) => !current.has(e.digest));
+  const candidateSketches = sketches.parent ?? (await sketchFromStore(p.pool, p.store, candidates));
+  return chooseReferences(candidates, candidateSketches, wanted, sketches.own);
+}
+
+/** The first entry of each distinct data chunk, in order. */
+function firstOfEach(entries: readonly ChunkEntry[]): ChunkEntry[] {
   const seen = new Set<string>();
-  const candidates = p.parentEntries.filter(
-    (e) => e.digest !== null && !current.has(e.digest) && !seen.has(e.digest) && seen.add(e.digest),
-  );
-  const lengthOf = new Map(candidates.map((e) => [e.digest, e.length]));
-  const candidateBatches = batches(candidates, SKETCH_BATCH);
-  const wantedBatches = batches(wanted, SKETCH_BATCH);
-  const candidateSketches: SketchResult[] = [];
-  const wantedSketches: SketchResult[] = [];
-  await Promise.all([
-    forEachLimit(candidateBatches, p.pool.size * 2, async (b, i) => {
-      const chunks = await storedChunks(
-        p.store,
-        b.map((e) => e.digest!),
-        lengthOf,
-      );
-      candidateSketches[i] = await p.pool.run({ op: 'sketch', chunks });
-    }),
-    forEachLimit(wantedBatches, p.pool.size * 2, async (b, i) => {
-      const spans = new Float64Array(b.flatMap((e) => [e.offset, e.length]));
-      wantedSketches[i] = await p.pool.run({ op: 'sketch', path: p.path, spans });
-    }),
-  ]);
-  const index = new ResemblanceIndex<ChunkEntry>();
-  forEachSketch(candidateSketches, (s, i) => index.add(s, candidates[i]!));
-  const refOf = new Map<string, ChunkEntry[]>();
-  forEachSketch(wantedSketches, (s, i) => {
-    const ref = index.find(s);
-    if (!ref) return;
-    const digest = wanted[i]!.digest!;
-    const refs = refOf.get(digest);
-    if (!refs) refOf.set(digest, [ref]);
-    else if (!refs.includes(ref)) refs.push(ref);
-  });
-  return refOf;
-}
-
-type SketchResult = { sketches: Uint32Array; sampled: Uint8Array; blocks: Uint32Array };
-
-/** Calls `fn` with each sampled block's sketch and the index of the input it belongs to. */
-function forEachSketch(
-  results: readonly SketchResult[],
-  fn: (sketch: Uint32Array, input: number) => void,
-): void {
-  let input = 0;
-  for (const r of results) {
-    let block = 0;
-    for (let k = 0; k < r.blocks.length; k++, input++) {
-      for (let b = 0; b < r.blocks[k]!; b++, block++) {
-        if (!r.sampled[block]) continue;
-        fn(r.sketches.subarray(block * SUPER_FEATURES, (block + 1) * SUPER_FEATURES), input);
-      }
-    }
+  const out: ChunkEntry[] = [];
+  for (const e of entries) {
+    if (e.digest === null || seen.has(e.digest)) continue;
+    seen.add(e.digest);
+    out.push(e);
   }
-}
-
-function batches<T>(items: readonly T[], size: number): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
   return out;
-}
-
-/** Chunks of the store as it holds them, for a worker to decompress and check. */
-async function storedChunks(
-  store: WritableChunkStore,
-  digests: readonly string[],
-  lengthOf: ReadonlyMap<string | null, number>,
-): Promise<StoredChunks> {
-  const lengths = digests.map((d) => lengthOf.get(d)!);
-  const compressed: Buffer[] = [];
-  await forEachLimit(digests, 16, async (d, i) => {
-    compressed[i] = await store.read(chunkKey(d), zstdBound(lengths[i]!));
-  });
-  return { compressed, lengths, digests: [...digests] };
 }
 
 /** Cuts `entries` in order into runs of at least `bytes` bytes each; the last may be shorter. */

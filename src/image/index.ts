@@ -36,5 +36,6 @@ export { readManifest, readIndex, readChunk } from './read.ts';
 export { scanImage } from './scan.ts';
 export { WorkerPool } from './pool.ts';
 export * from './store/index.ts';
+export { decodeSketches } from './sketches.ts';
 export { rebuildCatalog } from './catalog.ts';
 export { sha256File } from './digest-file.ts';

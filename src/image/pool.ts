@@ -14,21 +14,25 @@ export type WorkerRequest =
       /** For a joined frame: the chunks whose raw bytes, concatenated, are its dictionary. */
       refs?: StoredChunks;
     }
+  /** SHA-256 of a file's first `size` bytes. */
+  | { op: 'sha256'; path: string; size: number }
   /** Sketches (resemblance.ts) of spans of a file, or of chunks as the store holds them. */
   | { op: 'sketch'; path: string; spans: Float64Array }
   | { op: 'sketch'; chunks: StoredChunks };
 
-/** Chunks as a store holds them (zstd frames), with what they must decompress to. */
-export interface StoredChunks {
-  compressed: Uint8Array[];
-  lengths: number[];
-  digests: string[];
-}
+/**
+ * Chunks as a store holds them (zstd frames), with what they must decompress to: the frames
+ * themselves, or the files they are in (a local store).
+ */
+export type StoredChunks = { lengths: number[]; digests: string[] } & (
+  { compressed: Uint8Array[] } | { files: string[] }
+);
 
 export type WorkerResponse =
   | { op: 'fingerprint'; fingerprints: Uint32Array; isZero: Uint8Array }
   | { op: 'digest'; digests: Uint8Array; isZero: Uint8Array }
   | { op: 'compress'; compressed: Uint8Array[]; digests: Uint8Array }
+  | { op: 'sha256'; sha256: string }
   /**
    * SUPER_FEATURES values per block of SKETCH_BLOCK bytes, `blocks[i]` blocks for input i;
    * `sampled[b]` is 0 where block b had too little content to sample.

@@ -1,7 +1,7 @@
 // Worker thread of the image pipeline: the CPU-heavy, embarrassingly parallel steps
 // (block fingerprints, chunk digests, compression) on byte ranges of a file it opens itself.
-import { hash } from 'node:crypto';
-import { closeSync, openSync, readSync } from 'node:fs';
+import { createHash, hash } from 'node:crypto';
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import type { StoredChunks, WorkerRequest, WorkerResponse } from './pool.ts';
@@ -113,7 +113,20 @@ function compressSpans(
 
 /** The raw bytes of chunks as the store holds them, each checked against its digest. */
 function rawChunks(chunks: StoredChunks): Buffer[] {
-  return chunks.compressed.map((c, i) => {
+  const compressed =
+    'files' in chunks
+      ? chunks.files.map((f, i) => {
+          try {
+            return readFileSync(f);
+          } catch (err) {
+            const code = (err as NodeJS.ErrnoException).code ?? String(err);
+            throw new Error(
+              `cannot read chunk ${chunks.digests[i]!.slice(0, 16)}… of the store (${code}); \`bulkhead image verify\` the parent version`,
+            );
+          }
+        })
+      : chunks.compressed;
+  return compressed.map((c, i) => {
     const length = chunks.lengths[i]!;
     const raw = zstdDecompressSync(c, { maxOutputLength: Math.max(1, length) });
     if (raw.length !== length || hash('sha256', raw) !== chunks.digests[i]) {
@@ -168,6 +181,21 @@ function* readSpans(path: string, spans: Float64Array): Generator<Buffer> {
   }
 }
 
+/** SHA-256 of a file's first `size` bytes. */
+function sha256Of(path: string, size: number): string {
+  const h = createHash('sha256');
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(READ_SLICE);
+    for (let pos = 0; pos < size; pos += READ_SLICE) {
+      h.update(readRange(fd, pos, Math.min(READ_SLICE, size - pos), buf));
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return h.digest('hex');
+}
+
 function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffer[] } {
   switch (req.op) {
     case 'fingerprint': {
@@ -185,6 +213,8 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
       const r = compressSpans(req.path, req.spans, req.level, req.joined, req.refs);
       return { res: { op: 'compress', ...r }, transfer: [r.digests.buffer] };
     }
+    case 'sha256':
+      return { res: { op: 'sha256', sha256: sha256Of(req.path, req.size) }, transfer: [] };
     case 'sketch': {
       const r =
         'chunks' in req

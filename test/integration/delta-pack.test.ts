@@ -5,10 +5,12 @@ import { test } from 'node:test';
 import {
   DirectoryStore,
   chunkKey,
+  decodeSketches,
   diffImages,
   importImage,
   packIndexKey,
   pullImage,
+  sketchesKey,
   verifyImage,
 } from '../../src/image/index.ts';
 import type { PackIndex } from '../../src/protocol/index.ts';
@@ -25,7 +27,8 @@ function libraries(version: 1 | 2): Record<string, Buffer> {
     const lib = bytesFrom(`lib${i}`, 160 * 1024);
     if (version === 2 && i % 2 === 0) {
       // A rebuilt library: a few bytes differ every few KiB, and 100 bytes are new mid-file.
-      for (let at = 700; at < lib.length; at += 5000) lib.writeUInt32LE((0xdeadbeef ^ at) >>> 0, at);
+      for (let at = 700; at < lib.length; at += 5000)
+        lib.writeUInt32LE((0xdeadbeef ^ at) >>> 0, at);
       files[`usr/lib/lib${i}.so`] = Buffer.concat([
         lib.subarray(0, 80_000),
         bytesFrom(`inserted${i}`, 100),
@@ -161,4 +164,33 @@ test('verify names a reference the store no longer holds', async (t) => {
   const report = await verifyImage(store, 'os', '2', keys.trusted);
   assert.equal(report.packs[0]?.ok, false);
   assert.match(report.packs[0]?.problem ?? '', new RegExp(ref.slice(0, 16)));
+});
+
+test("an import keeps its chunks' sketches for the next one; a damaged sketch file changes nothing but the time", async (t) => {
+  const dir = await tempDir(t);
+  const keys = await makeKeys(dir);
+  const v1 = await ext4Image(dir, 'v1', libraries(1));
+  const v2 = await ext4Image(dir, 'v2', libraries(2));
+  const packOf = async (store: DirectoryStore) => {
+    const common = { store, name: 'os', key: keys.key, tempDir: join(dir, 'tmp') };
+    await importImage({ ...common, file: v1, version: '1' });
+    const sketches = join(store.location, sketchesKey('os', '1'));
+    const kept = decodeSketches(await readFile(sketches));
+    assert.ok(kept, 'v1 kept a sketch file');
+    assert.ok(kept.size > 10, `${kept.size} chunks sketched`);
+    return { sketches, import2: () => importImage({ ...common, file: v2, version: '2' }) };
+  };
+
+  const good = await packOf(new DirectoryStore(join(dir, 'good')));
+  const fromFile = (await good.import2()).pack!;
+  const damagedStore = new DirectoryStore(join(dir, 'damaged'));
+  const damaged = await packOf(damagedStore);
+  await writeFile(damaged.sketches, 'not a sketch file');
+  assert.equal(decodeSketches(await readFile(damaged.sketches)), null);
+  const fromStore = (await damaged.import2()).pack!;
+  // Without the file, the parent's chunks are sketched from the store: the same references.
+  assert.equal(fromStore.deltaChunks, fromFile.deltaChunks);
+  assert.equal(fromStore.refs, fromFile.refs);
+  assert.equal(fromStore.bytes, fromFile.bytes);
+  assert.ok(decodeSketches(await readFile(join(damagedStore.location, sketchesKey('os', '2')))));
 });

@@ -26,6 +26,10 @@ export class DirectoryStore implements WritableChunkStore {
     return join(this.location, key);
   }
 
+  localPath(key: StoreKey): string {
+    return this.path(key);
+  }
+
   async read(key: StoreKey, maxBytes: number): Promise<Buffer> {
     const path = this.path(key);
     let fh;

@@ -10,6 +10,7 @@ import { BulkheadError, ErrorCodes, isValidDigest, isValidName } from '../../pro
  *   chunks/ab/cd/<sha256>                         zstd-compressed chunk, named by its raw bytes
  *   packs/<name>/<version>/from-<parent>.pack     the new chunks since <parent>, zstd frames
  *   packs/<name>/<version>/from-<parent>.json     which chunks each frame holds
+ *   sketches/<name>/<version>.bin                 what the chunks resemble (for imports only)
  *
  * Keys are only ever built here from validated names and digests, so no key can climb out of
  * the store (`..`, `/`, absolute paths are impossible by construction).
@@ -65,6 +66,12 @@ export function packKey(name: string, version: string, from: string): StoreKey {
 
 export function packIndexKey(name: string, version: string, from: string): StoreKey {
   return packKey(name, version, from).replace(/\.pack$/, '.json') as StoreKey;
+}
+
+export function sketchesKey(name: string, version: string): StoreKey {
+  checkName(name, 'image name');
+  checkName(version, 'image version');
+  return `sketches/${name}/${version}.bin` as StoreKey;
 }
 
 export const CATALOG_KEY = 'catalog.json' as StoreKey;

@@ -45,6 +45,11 @@ export interface WritableChunkStore extends ChunkStore {
    * Throws ERR_DISK_FULL when the disk is full (the partial object is removed).
    */
   write(key: StoreKey, data: Uint8Array, options?: WriteOptions): Promise<void>;
+  /**
+   * The file an object is in, when the store is a local directory: worker threads read chunks
+   * from there directly, without a round trip through this thread per chunk.
+   */
+  localPath?(key: StoreKey): string;
   /** Writes an object from a file by moving or copying it in; same guarantees as write. */
   writeFromFile(key: StoreKey, path: string, options?: WriteOptions): Promise<void>;
   /** Flushes every earlier write to stable storage. */
