@@ -135,7 +135,10 @@ export const PackIndexSchema = z.strictObject({
         rawBytes: count,
         chunks: z.array(DigestSchema).max(1 << 16),
         /** Format 2: the frame's dictionary, as chunks of `from` (absent: none). */
-        refs: z.array(DigestSchema).max(1 << 16).optional(),
+        refs: z
+          .array(DigestSchema)
+          .max(1 << 16)
+          .optional(),
       }),
     )
     .max(1 << 20),
