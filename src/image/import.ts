@@ -9,6 +9,8 @@ import {
   isBulkheadError,
   type ChunkerParams,
   type ManifestBody,
+  REF_PREFIX_HEX,
+  type PackFrame,
   type PackIndex,
 } from '../protocol/index.ts';
 import { rebuildCatalog, scanCatalog } from './catalog.ts';
@@ -18,7 +20,7 @@ import { forEachLimit } from './digest-file.ts';
 import { writeError } from './fs-errors.ts';
 import { encodeManifest, manifestId, parseManifest, signManifest } from './manifest.ts';
 import { WorkerPool } from './pool.ts';
-import { readChunk, readIndex, readManifestBytes } from './read.ts';
+import { readChunk, readIndex, readManifestBytes, refPrefixes } from './read.ts';
 import { MAX_DICTIONARY_BYTES } from './resemblance.ts';
 import {
   chooseReferences,
@@ -379,27 +381,19 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
   const fh = await open(tmp, 'w', 0o644).catch((err: unknown) => {
     throw writeError(err, tmp);
   });
-  const index: PackIndex = {
-    type: 'bulkhead.pack-index',
-    // Version 2 frames may name references; readers of version 1 ignore such a pack and fetch
-    // chunks one by one, so a pack without any stays readable by them.
-    formatVersion: refOf.size > 0 ? 2 : 1,
-    name: p.name,
-    version: p.version,
-    from: p.from,
-    pack: { bytes: 0, sha256: '' },
-    frames: [],
-  };
   const packHash = createHash('sha256');
   const totalBytes = rawTotal;
   let doneBytes = 0;
   try {
-    // The references of each frame: the parent's chunks its chunks resemble, once each.
+    // The references of each frame: the parent's chunks its chunks resemble, once each, named
+    // by a prefix of their digest that no other chunk of the parent shares.
+    const prefixes = refPrefixes(p.parentEntries.flatMap((e) => (e.digest ? [e.digest] : [])));
     const frameRefs = frames.map((f) => {
       const refs = new Set<string>();
       let bytes = 0;
       for (const r of f.flatMap((e) => refOf.get(e.digest!) ?? [])) {
         if (refs.has(r.digest!) || bytes + r.length > MAX_DICTIONARY_BYTES) continue;
+        if (prefixes.get(r.digest!.slice(0, REF_PREFIX_HEX)) !== r.digest) continue;
         refs.add(r.digest!);
         bytes += r.length;
       }
@@ -420,6 +414,7 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
         { background: true },
       ),
     );
+    const written: PackFrame[] = [];
     let offset = 0;
     for (let i = 0; i < frames.length; i++) {
       const r = await compressed[i]!;
@@ -431,19 +426,19 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
       }
       packHash.update(data);
       const f = frames[i]!;
-      index.frames.push({
+      written.push({
         offset,
         bytes: data.length,
         rawBytes: f.reduce((n, e) => n + e.length, 0),
         chunks: f.map((e) => e.digest!),
-        ...(frameRefs[i]!.length > 0 ? { refs: frameRefs[i] } : {}),
+        refs: frameRefs[i]!.map((d) => d.slice(0, REF_PREFIX_HEX)),
       });
       offset += data.length;
-      doneBytes += index.frames[i]!.rawBytes;
+      doneBytes += written[i]!.rawBytes;
       p.onProgress?.({ phase: 'pack', doneBytes, totalBytes });
     }
     await fh.close();
-    index.pack = { bytes: offset, sha256: packHash.digest('hex') };
+    const index = packIndex(p, { bytes: offset, sha256: packHash.digest('hex') }, written);
     await p.store.writeFromFile(packKey(p.name, p.version, p.from), tmp);
     await p.store.write(
       packIndexKey(p.name, p.version, p.from),
@@ -523,6 +518,50 @@ function firstOfEach(entries: readonly ChunkEntry[]): ChunkEntry[] {
     out.push(e);
   }
   return out;
+}
+
+/**
+ * The pack's index. Format 2 when a frame has references, its chunks named by their place in
+ * the signed chunk index; format 1 (by digest, readable by every reader) otherwise.
+ */
+function packIndex(p: PackInput, pack: PackIndex['pack'], frames: PackFrame[]): PackIndex {
+  const head = {
+    type: 'bulkhead.pack-index' as const,
+    name: p.name,
+    version: p.version,
+    from: p.from,
+    pack,
+  };
+  if (frames.every((f) => f.refs.length === 0)) {
+    return {
+      ...head,
+      formatVersion: 1,
+      frames: frames.map(({ offset, bytes, rawBytes, chunks }) => ({
+        offset,
+        bytes,
+        rawBytes,
+        chunks,
+      })),
+    };
+  }
+  const position = new Map<string, number>();
+  p.entries.forEach((e, i) => {
+    if (e.digest !== null && !position.has(e.digest)) position.set(e.digest, i);
+  });
+  return {
+    ...head,
+    formatVersion: 2,
+    frames: frames.map(({ offset, bytes, rawBytes, chunks, refs }) => {
+      let last = -1;
+      const at = chunks.map((d) => {
+        const i = position.get(d)!;
+        const step = i - last;
+        last = i;
+        return step;
+      });
+      return { offset, bytes, rawBytes, at, refs };
+    }),
+  };
 }
 
 /** Cuts `entries` in order into runs of at least `bytes` bytes each; the last may be shorter. */

@@ -13,7 +13,14 @@ import { forEachLimit, sha256File } from './digest-file.ts';
 import type { PublicKeyInfo } from '../signing/index.ts';
 import { manifestId, parseManifest } from './manifest.ts';
 import { chooseFrames } from './pack-plan.ts';
-import { readChunk, readIndex, readManifest, readManifestBytes, readPackIndex } from './read.ts';
+import {
+  readChunk,
+  readIndex,
+  readManifest,
+  readManifestBytes,
+  readPackIndex,
+  refPrefixes,
+} from './read.ts';
 import {
   DirectoryStore,
   chunkKey,
@@ -99,11 +106,11 @@ export async function verifyImage(
   const packs: VerifyReport['packs'] = [];
   if (m.body.parent) {
     const from = m.body.parent.version;
-    const index = await readPackIndex(store, name, version, from);
+    const index = await readPackIndex(store, name, version, from, entries);
     if (index) {
       // Chunks of `from` that frames are compressed against; none when it is gone from the
       // store, and then such frames are reported.
-      const needsFrom = index.frames.some((f) => (f.refs ?? []).length > 0);
+      const needsFrom = index.frames.some((f) => f.refs.length > 0);
       const fromLengths = needsFrom
         ? await inspectAndIndex(store, name, from, trusted).then(
             (a) => uniqueChunks(a.entries),
@@ -156,15 +163,17 @@ async function verifyPack(
   fromLengths: ReadonlyMap<string, number>,
 ): Promise<{ ok: boolean; problem?: string }> {
   const key = packKey(body.name, body.version, from);
+  const prefixes = refPrefixes(fromLengths.keys());
   for (const f of index.frames) {
     // A frame compressed against chunks of `from` needs them, from the store, to decode.
     const refs: Buffer[] = [];
-    for (const d of f.refs ?? []) {
-      const length = fromLengths.get(d);
-      if (length === undefined) {
+    for (const p of f.refs) {
+      const d = prefixes.get(p);
+      const length = d ? fromLengths.get(d) : undefined;
+      if (!d || length === undefined) {
         return {
           ok: false,
-          problem: `frame at ${f.offset} is compressed against chunk ${d.slice(0, 16)}…, which ${from} does not hold`,
+          problem: `frame at ${f.offset} is compressed against chunk ${p}…, which ${from} does not hold`,
         };
       }
       try {
@@ -239,10 +248,12 @@ export async function diffImages(
   const indexBytes = await store.sizeOf(indexKey(b.body.index.digest));
   let packBytes = 0;
   let usesPack = false;
-  const pack = b.body.parent?.version === from ? await readPackIndex(store, name, to, from) : null;
+  const pack =
+    b.body.parent?.version === from ? await readPackIndex(store, name, to, from, b.entries) : null;
   if (pack) {
     // A holder of `from` has every chunk a frame can be compressed against.
-    const decodable = pack.frames.filter((f) => (f.refs ?? []).every((d) => have.has(d)));
+    const held = refPrefixes(a.entries.flatMap((e) => (e.digest ? [e.digest] : [])));
+    const decodable = pack.frames.filter((f) => f.refs.every((p) => held.get(p)));
     for (const f of chooseFrames(decodable, missing, wanted)) {
       usesPack = true;
       packBytes += f.bytes;

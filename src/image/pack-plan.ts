@@ -1,7 +1,7 @@
-import type { PackIndex } from '../protocol/index.ts';
+import type { PackFrame } from '../protocol/index.ts';
 import { zstdBound } from './read.ts';
 
-export type PackFrame = PackIndex['frames'][number];
+export type { PackFrame };
 
 /** Single fetches cost more than their share of a frame: worse compression, a request each. */
 const SINGLE_FETCH_PENALTY = 1.6;

@@ -22,6 +22,7 @@ function frame(chunks: string, offset = 0): PackFrame {
     offset,
     bytes: (chunks.length * K) / 2,
     rawBytes: chunks.length * K,
+    refs: [],
     chunks: [...chunks],
   };
 }
@@ -216,7 +217,13 @@ test('a chunk is fetched once and written everywhere it occurs', () => {
 });
 
 test('a pack frame that holds little of what is missing is not worth its download', () => {
-  const big = { offset: 0, bytes: 40 * K, rawBytes: 100 * K, chunks: [...'Bxxxxxxxxx'] };
+  const big = {
+    offset: 0,
+    bytes: 40 * K,
+    rawBytes: 100 * K,
+    chunks: [...'Bxxxxxxxxx'],
+    refs: [],
+  };
   const steps = planPull(
     facts({ target: 'AB', partial: sparse, hasParent: true, pack: [big, frame('A', 50 * K)] }),
   );

@@ -1,5 +1,6 @@
 import type { ChunkEntry } from './chunk-index.ts';
 import { chooseFrames, type PackFrame } from './pack-plan.ts';
+import { refPrefixes } from './read.ts';
 import { MAX_DICTIONARY_BYTES } from './resemblance.ts';
 
 /*
@@ -137,13 +138,18 @@ export function planPull(facts: PullFacts): PullStep[] {
     return steps;
   }
   // A frame compressed against chunks of the parent decodes only where the seeds hold them all.
+  const byPrefix = facts.pack?.some((f) => f.refs.length > 0) ? refPrefixes(local.keys()) : null;
+  const refsOf = new Map<PackFrame, string[]>();
   const decodable = (facts.pack ?? []).filter((f) => {
     let bytes = 0;
-    for (const d of f.refs ?? []) {
-      const at = local.get(d);
-      if (!at) return false;
-      bytes += at.length;
+    const refs: string[] = [];
+    for (const p of f.refs) {
+      const d = byPrefix?.get(p);
+      if (!d) return false;
+      bytes += local.get(d)!.length;
+      refs.push(d);
     }
+    refsOf.set(f, refs);
     return bytes <= MAX_DICTIONARY_BYTES;
   });
   const frames = chooseFrames(
@@ -155,7 +161,7 @@ export function planPull(facts: PullFacts): PullStep[] {
   const fromPack = missing.filter((m) => inFrames.has(m.digest));
   const single = missing.filter((m) => !inFrames.has(m.digest));
   if (frames.length > 0) {
-    const refs = [...new Set(frames.flatMap((f) => f.refs ?? []))].map((d) => {
+    const refs = [...new Set(frames.flatMap((f) => refsOf.get(f)!))].map((d) => {
       const at = local.get(d)!;
       return { digest: d, length: at.length, seed: at.path, offset: at.offset };
     });

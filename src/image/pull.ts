@@ -4,6 +4,7 @@ import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import {
   BulkheadError,
   ErrorCodes,
+  REF_PREFIX_HEX,
   isBulkheadError,
   type ManifestBody,
 } from '../protocol/index.ts';
@@ -370,7 +371,7 @@ function createPullExecutors(ctx: PullContext): PullExecutors {
     async readPackIndex() {
       const from = ctx.body.parent!.version;
       const index = await ctx.withRetry('pack index', () =>
-        readPackIndex(opts.store, ctx.body.name, ctx.body.version, from),
+        readPackIndex(opts.store, ctx.body.name, ctx.body.version, from, ctx.facts.target),
       );
       const frames = index ? consistentFrames(index.frames, ctx.lengthOf) : [];
       if (index && frames.length < index.frames.length) {
@@ -383,7 +384,7 @@ function createPullExecutors(ctx: PullContext): PullExecutors {
     async fetchFrames(step) {
       const key = packKey(ctx.body.name, ctx.body.version, ctx.body.parent!.version);
       const wanted = new Map(step.chunks.map((c) => [c.digest, c]));
-      const refs = new Map(step.refs.map((r) => [r.digest, r]));
+      const refs = new Map(step.refs.map((r) => [r.digest.slice(0, REF_PREFIX_HEX), r]));
       const seedFiles = new Map<string, FileHandle>();
       try {
         for (const r of step.refs) {
@@ -396,7 +397,7 @@ function createPullExecutors(ctx: PullContext): PullExecutors {
       // A frame's dictionary: the seed's copies of the chunks it was compressed against. A seed
       // that changed since it was scanned only spoils the frame: its chunks fail their digests.
       const dictionaryOf = async (f: PackFrame): Promise<Buffer | undefined> => {
-        if (!f.refs || f.refs.length === 0) return undefined;
+        if (f.refs.length === 0) return undefined;
         const parts: Buffer[] = [];
         for (const d of f.refs) {
           const r = refs.get(d)!;

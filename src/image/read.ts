@@ -6,8 +6,10 @@ import {
   MAX_MANIFEST_BYTES,
   MAX_PACK_INDEX_BYTES,
   PackIndexSchema,
+  REF_PREFIX_HEX,
   isBulkheadError,
   type ManifestBody,
+  type PackFrame,
   type PackIndex,
 } from '../protocol/index.ts';
 import { decodeChunkIndex, type ChunkEntry } from './chunk-index.ts';
@@ -100,13 +102,17 @@ export function corruptChunk(digest: string, location: string): BulkheadError {
   );
 }
 
-/** Reads a pack index if the store has one for `from` → `version`; null otherwise. */
+/**
+ * Reads a pack index if the store has one for `from` → `version`, its frames as readers use them
+ * (chunks by digest, from the version's signed `entries`); null otherwise.
+ */
 export async function readPackIndex(
   store: ChunkStore,
   name: string,
   version: string,
   from: string,
-): Promise<PackIndex | null> {
+  entries: readonly ChunkEntry[],
+): Promise<{ formatVersion: number; frames: PackFrame[] } | null> {
   let bytes: Buffer;
   try {
     bytes = await store.read(packIndexKey(name, version, from), MAX_PACK_INDEX_BYTES);
@@ -114,14 +120,35 @@ export async function readPackIndex(
     if (isBulkheadError(err, ErrorCodes.OBJECT_NOT_FOUND)) return null;
     throw err;
   }
+  let parsed: PackIndex;
   try {
-    const parsed = PackIndexSchema.parse(JSON.parse(bytes.toString('utf8')));
-    if (parsed.name !== name || parsed.version !== version || parsed.from !== from) return null;
-    return parsed;
+    parsed = PackIndexSchema.parse(JSON.parse(bytes.toString('utf8')));
   } catch {
     // A bad pack index only costs the fast path: chunks are fetched one by one instead.
     return null;
   }
+  if (parsed.name !== name || parsed.version !== version || parsed.from !== from) return null;
+  if (parsed.formatVersion === 1) {
+    return { formatVersion: 1, frames: parsed.frames.map((f) => ({ ...f, refs: [] })) };
+  }
+  const frames = parsed.frames.map((f) => {
+    let at = -1;
+    // A position off the index, or at a hole, names no chunk: the frame is inconsistent.
+    const chunks = f.at.map((step) => entries[(at += step)]?.digest ?? '');
+    return { offset: f.offset, bytes: f.bytes, rawBytes: f.rawBytes, chunks, refs: f.refs };
+  });
+  return { formatVersion: 2, frames };
+}
+
+/** Where each reference prefix leads among `digests`; null where two chunks share it. */
+export function refPrefixes(digests: Iterable<string>): Map<string, string | null> {
+  const out = new Map<string, string | null>();
+  for (const d of digests) {
+    const p = d.slice(0, REF_PREFIX_HEX);
+    const seen = out.get(p);
+    out.set(p, seen === undefined || seen === d ? d : null);
+  }
+  return out;
 }
 
 /** Largest compressed size zstd may produce for `length` bytes, with room for framing. */

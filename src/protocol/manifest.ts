@@ -109,41 +109,73 @@ export type SignedManifest = z.infer<typeof SignedManifestSchema>;
 /** Largest manifest a reader accepts; real ones are well under 4 KiB. */
 export const MAX_MANIFEST_BYTES = 64 * 1024;
 
-/**
- * Index of a pack: the new chunks of `version` relative to `from`, as zstd frames in one file.
- * Not signed — every chunk taken from a pack is checked against the signed index — so a bad
- * pack can only cost bandwidth, never corrupt an image.
- *
- * Format 2 adds a frame's `refs`: chunks of `from` whose raw bytes, concatenated in that order,
- * are the frame's zstd dictionary (delta encoding against what a holder of `from` has). Readers
- * of format 1 do not parse a format 2 index and fetch the chunks one by one instead.
- */
-export const PackIndexSchema = z.strictObject({
+const packIndexHead = {
   type: z.literal('bulkhead.pack-index'),
-  formatVersion: z.union([z.literal(1), z.literal(2)]),
   name: ImageNameSchema,
   version: ImageVersionSchema,
   from: ImageVersionSchema,
   /** Digest of the pack file, so a reader can tell a stale one. */
   pack: z.strictObject({ bytes: count, sha256: DigestSchema }),
-  frames: z
-    .array(
-      z.strictObject({
-        offset: count,
-        bytes: count,
-        /** Uncompressed bytes of the frame: the chunks' bytes, concatenated in this order. */
-        rawBytes: count,
-        chunks: z.array(DigestSchema).max(1 << 16),
-        /** Format 2: the frame's dictionary, as chunks of `from` (absent: none). */
-        refs: z
-          .array(DigestSchema)
-          .max(1 << 16)
-          .optional(),
-      }),
-    )
-    .max(1 << 20),
-});
+};
+
+/** Hex digits of a chunk digest that name a reference: unambiguous among a seed's chunks. */
+export const REF_PREFIX_HEX = 16;
+
+/**
+ * Index of a pack: the new chunks of `version` relative to `from`, as zstd frames in one file.
+ * Not signed — every chunk taken from a pack is checked against the signed index — so a bad
+ * pack can only cost bandwidth, never corrupt an image.
+ *
+ * Format 1 names each frame's chunks by digest. Format 2 names them by their place in the
+ * version's signed chunk index (`at`: each entry's position minus the previous one's, the first
+ * counted from -1), and adds `refs`: chunks of `from`, by the first REF_PREFIX_HEX hex digits of
+ * their digest, whose raw bytes concatenated in that order are the frame's zstd dictionary
+ * (delta encoding against what a holder of `from` has). Readers of format 1 do not parse a
+ * format 2 index and fetch the chunks one by one instead.
+ */
+export const PackIndexSchema = z.discriminatedUnion('formatVersion', [
+  z.strictObject({
+    ...packIndexHead,
+    formatVersion: z.literal(1),
+    frames: z
+      .array(
+        z.strictObject({
+          offset: count,
+          bytes: count,
+          /** Uncompressed bytes of the frame: the chunks' bytes, concatenated in this order. */
+          rawBytes: count,
+          chunks: z.array(DigestSchema).max(1 << 16),
+        }),
+      )
+      .max(1 << 20),
+  }),
+  z.strictObject({
+    ...packIndexHead,
+    formatVersion: z.literal(2),
+    frames: z
+      .array(
+        z.strictObject({
+          offset: count,
+          bytes: count,
+          rawBytes: count,
+          at: z.array(z.number().int().min(1).max(Number.MAX_SAFE_INTEGER)).max(1 << 16),
+          refs: z.array(z.string().regex(new RegExp(`^[0-9a-f]{${REF_PREFIX_HEX}}$`))).max(1 << 16),
+        }),
+      )
+      .max(1 << 20),
+  }),
+]);
 export type PackIndex = z.infer<typeof PackIndexSchema>;
+
+/** A frame as readers use it, whatever the format: its chunks by digest, its references. */
+export interface PackFrame {
+  offset: number;
+  bytes: number;
+  rawBytes: number;
+  chunks: string[];
+  /** Digest prefixes (REF_PREFIX_HEX) of the chunks of `from` it was compressed against. */
+  refs: string[];
+}
 export const MAX_PACK_INDEX_BYTES = 64 * 1024 * 1024;
 
 /** `catalog.json` at a store's root: what the store holds, for listing over plain HTTP. */

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import {
@@ -51,10 +51,18 @@ async function publish(dir: string, delta: boolean) {
   return { keys, store, v1, v2, r2 };
 }
 
+type PackIndexV2 = Extract<PackIndex, { formatVersion: 2 }>;
+
 async function packIndexOf(store: DirectoryStore): Promise<PackIndex> {
   return JSON.parse(
     await readFile(join(store.location, packIndexKey('os', '2', '1')), 'utf8'),
   ) as PackIndex;
+}
+
+async function deltaIndexOf(store: DirectoryStore): Promise<PackIndexV2> {
+  const index = await packIndexOf(store);
+  assert.equal(index.formatVersion, 2, 'frames with references need format 2');
+  return index;
 }
 
 test('new chunks that resemble the parent are compressed against it and pulled from a seed that holds it', async (t) => {
@@ -71,9 +79,8 @@ test('new chunks that resemble the parent are compressed against it and pulled f
     r2.pack.bytes < plain.r2.pack!.bytes / 3,
     `delta pack ${r2.pack.bytes} bytes, plain ${plain.r2.pack!.bytes}`,
   );
-  const index = await packIndexOf(store);
-  assert.equal(index.formatVersion, 2, 'frames with references need format 2');
-  assert.ok(index.frames.some((f) => (f.refs ?? []).length > 0));
+  const index = await deltaIndexOf(store);
+  assert.ok(index.frames.some((f) => f.refs.length > 0));
   assert.equal((await packIndexOf(plain.store)).formatVersion, 1);
 
   const pulled = await pullImage({
@@ -111,8 +118,8 @@ test('without the references at hand a pull fetches those chunks one by one, and
     onWarning: (m) => warnings.push(m),
   });
   assert.equal(await sha256Of(join(dir, 'pulled.raw')), await sha256Of(v2));
-  const index = await packIndexOf(store);
-  const withRefs = index.frames.filter((f) => (f.refs ?? []).length > 0).length;
+  const index = await deltaIndexOf(store);
+  const withRefs = index.frames.filter((f) => f.refs.length > 0).length;
   assert.ok(withRefs > 0);
   assert.ok(
     pulled.packFrames <= index.frames.length - withRefs,
@@ -124,15 +131,15 @@ test('without the references at hand a pull fetches those chunks one by one, and
 test('a pack index that names the wrong references spoils only its frames: their chunks come one by one', async (t) => {
   const dir = await tempDir(t);
   const { keys, store, v1, v2 } = await publish(dir, true);
-  const index = await packIndexOf(store);
+  const index = await deltaIndexOf(store);
   // Each frame's references rotated: every one still a chunk of v1, none the right one.
-  const all = index.frames.flatMap((f) => f.refs ?? []);
+  const all = index.frames.flatMap((f) => f.refs);
   assert.ok(all.length > 1);
-  const lying: PackIndex = {
+  const lying: PackIndexV2 = {
     ...index,
     frames: index.frames.map((f) => ({
       ...f,
-      ...(f.refs ? { refs: f.refs.map((d) => all[(all.indexOf(d) + 1) % all.length]!) } : {}),
+      refs: f.refs.map((d) => all[(all.indexOf(d) + 1) % all.length]!),
     })),
   };
   await writeFile(join(store.location, packIndexKey('os', '2', '1')), JSON.stringify(lying));
@@ -159,7 +166,10 @@ test('a pack index that names the wrong references spoils only its frames: their
 test('verify names a reference the store no longer holds', async (t) => {
   const dir = await tempDir(t);
   const { keys, store } = await publish(dir, true);
-  const ref = (await packIndexOf(store)).frames.find((f) => f.refs?.length)!.refs![0]!;
+  const prefix = (await deltaIndexOf(store)).frames.find((f) => f.refs.length)!.refs[0]!;
+  // The index names a reference by a prefix of its digest: the chunk file starts with it.
+  const folder = join(store.location, 'chunks', prefix.slice(0, 2), prefix.slice(2, 4));
+  const ref = (await readdir(folder)).find((n) => n.startsWith(prefix))!;
   await rm(join(store.location, chunkKey(ref)));
   const report = await verifyImage(store, 'os', '2', keys.trusted);
   assert.equal(report.packs[0]?.ok, false);
