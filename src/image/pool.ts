@@ -16,6 +16,23 @@ export type WorkerRequest =
     }
   /** SHA-256 of a file's first `size` bytes. */
   | { op: 'sha256'; path: string; size: number }
+  /** Copies ranges of `from` into `to`; spans: [fromOffset0, toOffset0, length0, …] */
+  | { op: 'copy'; from: string; to: string; spans: Float64Array }
+  /**
+   * Decompresses a pack frame (with its dictionary, read from `refs`: [path, offset, length]
+   * each, concatenated), checks each chunk and writes the wanted ones into `out` at their
+   * offsets (`at[k]`, empty for a chunk not wanted).
+   */
+  | {
+      op: 'unpack';
+      frame: Uint8Array;
+      rawBytes: number;
+      refs: { path: string; offset: number; length: number }[];
+      digests: string[];
+      lengths: number[];
+      at: number[][];
+      out: string;
+    }
   /** Sketches (resemblance.ts) of spans of a file, or of chunks as the store holds them. */
   | { op: 'sketch'; path: string; spans: Float64Array }
   | { op: 'sketch'; chunks: StoredChunks };
@@ -33,6 +50,9 @@ export type WorkerResponse =
   | { op: 'digest'; digests: Uint8Array; isZero: Uint8Array }
   | { op: 'compress'; compressed: Uint8Array[]; digests: Uint8Array }
   | { op: 'sha256'; sha256: string }
+  | { op: 'copy' }
+  /** Per chunk: 1 written, 0 its bytes did not match its digest, 2 not wanted. */
+  | { op: 'unpack'; damaged: boolean; written: Uint8Array }
   /**
    * SUPER_FEATURES values per block of SKETCH_BLOCK bytes, `blocks[i]` blocks for input i;
    * `sampled[b]` is 0 where block b had too little content to sample.

@@ -1,6 +1,5 @@
-import { createHash } from 'node:crypto';
 import type { Stats } from 'node:fs';
-import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import {
   BulkheadError,
   ErrorCodes,
@@ -12,7 +11,7 @@ import { exists } from '../durable/index.ts';
 import type { PublicKeyInfo } from '../signing/index.ts';
 import { forEachLimit, sha256File } from './digest-file.ts';
 import { writeError } from './fs-errors.ts';
-import { consistentFrames, type PackFrame } from './pack-plan.ts';
+import { consistentFrames } from './pack-plan.ts';
 import {
   JOURNAL_SUFFIX,
   cloneFile,
@@ -30,17 +29,11 @@ import {
   type PullAction,
   type PullFacts,
   type PullStep,
+  type SeedCopy,
   type SeedScan,
 } from './pull-plan.ts';
 import { WorkerPool } from './pool.ts';
-import {
-  corruptChunk,
-  decompress,
-  readChunk,
-  readIndex,
-  readManifest,
-  readPackIndex,
-} from './read.ts';
+import { corruptChunk, readChunk, readIndex, readManifest, readPackIndex } from './read.ts';
 import { scanImage } from './scan.ts';
 import { detectFormat } from './source.ts';
 import { packKey, type ChunkStore } from './store/index.ts';
@@ -151,6 +144,7 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
     lengthOf: new Map(
       entries.flatMap((e) => (e.digest === null ? [] : [[e.digest, e.length] as const])),
     ),
+    pool,
     seedStats: new Map(),
     files: null,
     resumed: false,
@@ -232,6 +226,9 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
  */
 const MAX_ROUNDS = 8;
 
+/** Bytes of seed copies one worker request makes. */
+const COPY_BATCH = 16 * 1024 * 1024;
+
 /** Plans and executes until the plan is empty. */
 async function applyPlan(ctx: PullContext): Promise<void> {
   const executors = createPullExecutors(ctx);
@@ -270,6 +267,7 @@ interface PullContext {
   facts: PullFacts & { placed: Set<number> };
   /** Length of every data chunk of the target, from its signed index. */
   lengthOf: ReadonlyMap<string, number>;
+  pool: WorkerPool;
   /** Each seed as it was before it was scanned. */
   seedStats: Map<string, Stats>;
   /** The partial file and its journal, open once the partial file is set up. */
@@ -297,22 +295,29 @@ function createPullExecutors(ctx: PullContext): PullExecutors {
   };
   // Downloaded chunks are journaled once written, so a retry need not fetch them again; seed
   // copies are cheap to redo and are not. (The final digest check covers both.)
-  const writeDownloaded = async (c: Placement, data: Buffer) => {
-    await write(c, data);
+  const recordDownloaded = async (chunks: readonly Placement[]) => {
+    if (chunks.length === 0) return;
     await filesOf()
-      .journal.write(`${c.digest}\n`)
+      .journal.write(chunks.map((c) => `${c.digest}\n`).join(''))
       .catch((err: unknown) => {
         throw writeError(err, journalPath);
       });
-    ctx.chunksDownloaded++;
+    for (const c of chunks) {
+      for (const i of c.at) facts.placed.add(i);
+      ctx.chunksDownloaded++;
+      if (ctx.download) ctx.download.done += c.length;
+    }
     if (ctx.download) {
-      ctx.download.done += c.length;
       opts.onProgress?.({
         phase: 'download',
         doneBytes: ctx.download.done,
         totalBytes: ctx.download.total,
       });
     }
+  };
+  const writeDownloaded = async (c: Placement, data: Buffer) => {
+    await write(c, data);
+    await recordDownloaded([c]);
   };
 
   return {
@@ -340,32 +345,48 @@ function createPullExecutors(ctx: PullContext): PullExecutors {
       }
     },
     async copyFromSeeds(step) {
-      const seedFiles = new Map<string, FileHandle>();
-      try {
-        for (const s of facts.seeds) seedFiles.set(s.path, await open(s.path, 'r'));
-        let copied = 0;
-        let total = 0;
-        for (const c of step.chunks) total += c.length;
-        await forEachLimit(step.chunks, 8, async (c) => {
-          const data = Buffer.allocUnsafe(c.length);
-          await seedFiles.get(c.seed)!.read(data, 0, c.length, c.offset);
-          await write(c, data);
-          copied += c.length;
-          opts.onProgress?.({ phase: 'assemble', doneBytes: copied, totalBytes: total });
-        });
-        // The copies are not hashed again: the final image digest covers them. A seed that
-        // changed since it was scanned is named here, before that digest fails.
-        for (const [path, h] of seedFiles) {
-          if (!sameFile(ctx.seedStats.get(path), await h.stat())) {
-            throw new BulkheadError(
-              ErrorCodes.INPUT_UNREADABLE,
-              `seed ${path} changed while it was in use`,
-              { hint: 'use a seed that nothing is writing to (shut its VM down first)' },
-            );
-          }
+      let copied = 0;
+      let total = 0;
+      for (const c of step.chunks) total += c.length;
+      // In batches of about COPY_BATCH bytes per seed, on the workers: a read and a write per
+      // chunk are system calls there, not round trips through this thread.
+      const batches: { seed: string; chunks: SeedCopy[]; bytes: number }[] = [];
+      const filling = new Map<string, (typeof batches)[number]>();
+      for (const c of step.chunks) {
+        let b = filling.get(c.seed);
+        if (!b || b.bytes >= COPY_BATCH) {
+          b = { seed: c.seed, chunks: [], bytes: 0 };
+          batches.push(b);
+          filling.set(c.seed, b);
         }
-      } finally {
-        for (const h of seedFiles.values()) await h.close();
+        b.chunks.push(c);
+        b.bytes += c.length;
+      }
+      await forEachLimit(batches, ctx.pool.size * 2, async (b) => {
+        const spans = new Float64Array(
+          b.chunks.flatMap((c) =>
+            c.at.flatMap((i) => [c.offset, facts.target[i]!.offset, c.length]),
+          ),
+        );
+        await ctx.pool
+          .run({ op: 'copy', from: b.seed, to: partial, spans })
+          .catch((err: unknown) => {
+            throw writeError(err, partial);
+          });
+        for (const c of b.chunks) for (const i of c.at) facts.placed.add(i);
+        copied += b.bytes;
+        opts.onProgress?.({ phase: 'assemble', doneBytes: copied, totalBytes: total });
+      });
+      // The copies are not hashed again: the final image digest covers them. A seed that
+      // changed since it was scanned is named here, before that digest fails.
+      for (const seed of new Set(step.chunks.map((c) => c.seed))) {
+        if (!sameFile(ctx.seedStats.get(seed), await stat(seed))) {
+          throw new BulkheadError(
+            ErrorCodes.INPUT_UNREADABLE,
+            `seed ${seed} changed while it was in use`,
+            { hint: 'use a seed that nothing is writing to (shut its VM down first)' },
+          );
+        }
       }
     },
     async readPackIndex() {
@@ -385,77 +406,61 @@ function createPullExecutors(ctx: PullContext): PullExecutors {
       const key = packKey(ctx.body.name, ctx.body.version, ctx.body.parent!.version);
       const wanted = new Map(step.chunks.map((c) => [c.digest, c]));
       const refs = new Map(step.refs.map((r) => [r.digest.slice(0, REF_PREFIX_HEX), r]));
-      const seedFiles = new Map<string, FileHandle>();
-      try {
-        for (const r of step.refs) {
-          if (!seedFiles.has(r.seed)) seedFiles.set(r.seed, await open(r.seed, 'r'));
+      await forEachLimit(step.frames, opts.parallel ?? 4, async (f) => {
+        let data: Buffer;
+        try {
+          data = await ctx.withRetry(`pack frame at ${f.offset}`, () =>
+            opts.store.readRange(key, f.offset, f.bytes),
+          );
+        } catch (err) {
+          // A pack is an optimisation: when it cannot be read, its chunks come one by one.
+          if (!isBulkheadError(err)) throw err;
+          opts.onWarning?.(
+            `cannot read the frame at byte ${f.offset} of ${key} (${err.message}); fetching its chunks one by one`,
+          );
+          return;
         }
-      } catch (err) {
-        for (const h of seedFiles.values()) await h.close();
-        throw err;
-      }
-      // A frame's dictionary: the seed's copies of the chunks it was compressed against. A seed
-      // that changed since it was scanned only spoils the frame: its chunks fail their digests.
-      const dictionaryOf = async (f: PackFrame): Promise<Buffer | undefined> => {
-        if (f.refs.length === 0) return undefined;
-        const parts: Buffer[] = [];
-        for (const d of f.refs) {
-          const r = refs.get(d)!;
-          const data = Buffer.allocUnsafe(r.length);
-          await seedFiles.get(r.seed)!.read(data, 0, r.length, r.offset);
-          parts.push(data);
-        }
-        return Buffer.concat(parts);
-      };
-      try {
-        await forEachLimit(step.frames, opts.parallel ?? 4, async (f) => {
-          let data: Buffer;
-          try {
-            data = await ctx.withRetry(`pack frame at ${f.offset}`, () =>
-              opts.store.readRange(key, f.offset, f.bytes),
-            );
-          } catch (err) {
-            // A pack is an optimisation: when it cannot be read, its chunks come one by one.
-            if (!isBulkheadError(err)) throw err;
-            opts.onWarning?.(
-              `cannot read the frame at byte ${f.offset} of ${key} (${err.message}); fetching its chunks one by one`,
-            );
-            return;
-          }
-          ctx.packFrames++;
-          let raw: Buffer;
-          try {
-            raw = decompress(
-              data,
-              f.rawBytes,
-              () => new BulkheadError(ErrorCodes.PACK_CORRUPT, 'frame does not decompress'),
-              await dictionaryOf(f),
-            );
-          } catch {
-            opts.onWarning?.(
-              `pack frame at byte ${f.offset} of ${key} is damaged; fetching its chunks one by one`,
-            );
-            return;
-          }
-          let pos = 0;
-          for (const digest of f.chunks) {
-            const length = ctx.lengthOf.get(digest)!;
-            const slice = raw.subarray(pos, pos + length);
-            pos += length;
-            // Wanted once: a chunk that two frames hold is written from the first to arrive.
-            const c = wanted.get(digest);
-            if (!c) continue;
-            if (createHash('sha256').update(slice).digest('hex') !== digest) {
-              opts.onWarning?.(corruptChunk(digest, `pack ${key}`).message);
-              continue;
-            }
-            wanted.delete(digest);
-            await writeDownloaded(c, Buffer.from(slice));
-          }
+        ctx.packFrames++;
+        // Wanted once: a chunk that two frames hold is written from the first to arrive.
+        const mine = f.chunks.map((d) => {
+          const c = wanted.get(d);
+          if (c) wanted.delete(d);
+          return c;
         });
-      } finally {
-        for (const h of seedFiles.values()) await h.close();
-      }
+        // A worker decodes the frame against the seed's copies of its references, checks each
+        // chunk's digest and writes it in place. A seed that changed since it was scanned only
+        // spoils the frame: its chunks fail their digests and come one by one.
+        const r = await ctx.pool
+          .run({
+            op: 'unpack',
+            frame: data,
+            rawBytes: f.rawBytes,
+            refs: f.refs.map((p) => {
+              const at = refs.get(p)!;
+              return { path: at.seed, offset: at.offset, length: at.length };
+            }),
+            digests: f.chunks,
+            lengths: f.chunks.map((d) => ctx.lengthOf.get(d)!),
+            at: mine.map((c) => (c ? c.at.map((i) => facts.target[i]!.offset) : [])),
+            out: partial,
+          })
+          .catch((err: unknown) => {
+            throw writeError(err, partial);
+          });
+        if (r.damaged) {
+          opts.onWarning?.(
+            `pack frame at byte ${f.offset} of ${key} is damaged; fetching its chunks one by one`,
+          );
+          return;
+        }
+        const done: Placement[] = [];
+        mine.forEach((c, k) => {
+          if (!c) return;
+          if (r.written[k] === 1) done.push(c);
+          else opts.onWarning?.(corruptChunk(c.digest, `pack ${key}`).message);
+        });
+        await recordDownloaded(done);
+      });
       // Used: what it did not deliver comes from the store chunk by chunk.
       facts.pack = [];
     },

@@ -1,7 +1,7 @@
 // Worker thread of the image pipeline: the CPU-heavy, embarrassingly parallel steps
 // (block fingerprints, chunk digests, compression) on byte ranges of a file it opens itself.
 import { createHash, hash } from 'node:crypto';
-import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import type { StoredChunks, WorkerRequest, WorkerResponse } from './pool.ts';
@@ -196,6 +196,72 @@ function sha256Of(path: string, size: number): string {
   return h.digest('hex');
 }
 
+function copyRanges(from: string, to: string, spans: Float64Array): void {
+  const src = openSync(from, 'r');
+  try {
+    const dst = openSync(to, 'r+');
+    try {
+      let buf = Buffer.allocUnsafe(1 << 20);
+      for (let i = 0; i < spans.length; i += 3) {
+        const length = spans[i + 2]!;
+        if (buf.length < length) buf = Buffer.allocUnsafe(length);
+        const data = readRange(src, spans[i]!, length, buf);
+        writeAll(dst, data, spans[i + 1]!);
+      }
+    } finally {
+      closeSync(dst);
+    }
+  } finally {
+    closeSync(src);
+  }
+}
+
+function writeAll(fd: number, data: Uint8Array, offset: number): void {
+  for (let done = 0; done < data.length;) {
+    done += writeSync(fd, data, done, data.length - done, offset + done);
+  }
+}
+
+function unpack(req: Extract<WorkerRequest, { op: 'unpack' }>) {
+  const written = new Uint8Array(req.digests.length);
+  let raw: Buffer;
+  try {
+    const parts = req.refs.map((r) => {
+      const fd = openSync(r.path, 'r');
+      try {
+        return readRange(fd, r.offset, r.length);
+      } finally {
+        closeSync(fd);
+      }
+    });
+    raw = zstdDecompressSync(req.frame, {
+      maxOutputLength: Math.max(1, req.rawBytes),
+      ...(parts.length > 0 ? { dictionary: Buffer.concat(parts) } : {}),
+    });
+  } catch {
+    return { damaged: true, written };
+  }
+  if (raw.length !== req.rawBytes) return { damaged: true, written };
+  const fd = openSync(req.out, 'r+');
+  try {
+    let pos = 0;
+    for (let k = 0; k < req.digests.length; k++) {
+      const chunk = raw.subarray(pos, pos + req.lengths[k]!);
+      pos += req.lengths[k]!;
+      if (req.at[k]!.length === 0) {
+        written[k] = 2;
+        continue;
+      }
+      if (hash('sha256', chunk) !== req.digests[k]) continue;
+      for (const offset of req.at[k]!) writeAll(fd, chunk, offset);
+      written[k] = 1;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return { damaged: false, written };
+}
+
 function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffer[] } {
   switch (req.op) {
     case 'fingerprint': {
@@ -212,6 +278,13 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
     case 'compress': {
       const r = compressSpans(req.path, req.spans, req.level, req.joined, req.refs);
       return { res: { op: 'compress', ...r }, transfer: [r.digests.buffer] };
+    }
+    case 'copy':
+      copyRanges(req.from, req.to, req.spans);
+      return { res: { op: 'copy' }, transfer: [] };
+    case 'unpack': {
+      const r = unpack(req);
+      return { res: { op: 'unpack', ...r }, transfer: [r.written.buffer] };
     }
     case 'sha256':
       return { res: { op: 'sha256', sha256: sha256Of(req.path, req.size) }, transfer: [] };
