@@ -19,3 +19,14 @@ export function writeError(err: unknown, path: string): BulkheadError {
     { cause: err },
   );
 }
+
+/**
+ * A failure of a worker that reads and writes files: one of writing (a full or read-only disk,
+ * no permission, an I/O error) as writeError says it, any other as it was.
+ */
+export function workerWriteError(err: unknown, path: string): unknown {
+  const code = errnoCode(err);
+  return code && ['ENOSPC', 'EDQUOT', 'EROFS', 'EACCES', 'EPERM', 'EIO'].includes(code)
+    ? writeError(err, path)
+    : err;
+}

@@ -10,7 +10,7 @@ import {
 import { exists } from '../durable/index.ts';
 import type { PublicKeyInfo } from '../signing/index.ts';
 import { forEachLimit, sha256File } from './digest-file.ts';
-import { writeError } from './fs-errors.ts';
+import { workerWriteError, writeError } from './fs-errors.ts';
 import { consistentFrames } from './pack-plan.ts';
 import {
   JOURNAL_SUFFIX,
@@ -371,7 +371,7 @@ function createPullExecutors(ctx: PullContext): PullExecutors {
         await ctx.pool
           .run({ op: 'copy', from: b.seed, to: partial, spans })
           .catch((err: unknown) => {
-            throw writeError(err, partial);
+            throw workerWriteError(err, partial);
           });
         for (const c of b.chunks) for (const i of c.at) facts.placed.add(i);
         copied += b.bytes;
@@ -445,7 +445,7 @@ function createPullExecutors(ctx: PullContext): PullExecutors {
             out: partial,
           })
           .catch((err: unknown) => {
-            throw writeError(err, partial);
+            throw workerWriteError(err, partial);
           });
         if (r.damaged) {
           opts.onWarning?.(
