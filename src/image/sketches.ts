@@ -105,36 +105,43 @@ function perInput(results: readonly SketchResult[]): Uint32Array[] {
 }
 
 /** Sketches of chunks read from an image file at their offsets. */
-export async function sketchFromFile(
+export function sketchFromFile(
   pool: WorkerPool,
   path: string,
   entries: readonly ChunkEntry[],
 ): Promise<Sketches> {
-  const batches = cut(entries, BATCH);
-  const results: SketchResult[] = [];
-  await forEachLimit(batches, pool.size * 2, async (b, i) => {
+  return sketchInBatches(pool, entries, async (b) => {
     const spans = new Float64Array(b.flatMap((e) => [e.offset, e.length]));
-    results[i] = await pool.run({ op: 'sketch', path, spans });
+    return pool.run({ op: 'sketch', path, spans });
   });
-  const sketches = perInput(results);
-  return new Map(entries.map((e, i) => [e.digest!, sketches[i]!]));
 }
 
 /** Sketches of chunks read back from the store (when no sketch file was kept for them). */
-export async function sketchFromStore(
+export function sketchFromStore(
   pool: WorkerPool,
   store: WritableChunkStore,
   entries: readonly ChunkEntry[],
 ): Promise<Sketches> {
-  const batches = cut(entries, BATCH);
-  const results: SketchResult[] = [];
-  await forEachLimit(batches, pool.size * 2, async (b, i) => {
+  return sketchInBatches(pool, entries, async (b) => {
+    const lengthOf = new Map(b.map((e) => [e.digest, e.length]));
     const chunks = await storedChunks(
       store,
       b.map((e) => e.digest!),
-      new Map(b.map((e) => [e.digest, e.length])),
+      lengthOf,
     );
-    results[i] = await pool.run({ op: 'sketch', chunks });
+    return pool.run({ op: 'sketch', chunks });
+  });
+}
+
+/** Runs `sketchBatch` over `entries` in batches, two per worker at a time. */
+async function sketchInBatches(
+  pool: WorkerPool,
+  entries: readonly ChunkEntry[],
+  sketchBatch: (batch: ChunkEntry[]) => Promise<SketchResult>,
+): Promise<Sketches> {
+  const results: SketchResult[] = [];
+  await forEachLimit(cut(entries, BATCH), pool.size * 2, async (b, i) => {
+    results[i] = await sketchBatch(b);
   });
   const sketches = perInput(results);
   return new Map(entries.map((e, i) => [e.digest!, sketches[i]!]));

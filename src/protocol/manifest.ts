@@ -118,6 +118,14 @@ const packIndexHead = {
   pack: z.strictObject({ bytes: count, sha256: DigestSchema }),
 };
 
+const frameHead = {
+  /** Where the frame starts in the pack file, and its compressed bytes. */
+  offset: count,
+  bytes: count,
+  /** Uncompressed bytes of the frame: the chunks' bytes, concatenated in this order. */
+  rawBytes: count,
+};
+
 /** Hex digits of a chunk digest that name a reference: unambiguous among a seed's chunks. */
 export const REF_PREFIX_HEX = 16;
 
@@ -138,15 +146,7 @@ export const PackIndexSchema = z.discriminatedUnion('formatVersion', [
     ...packIndexHead,
     formatVersion: z.literal(1),
     frames: z
-      .array(
-        z.strictObject({
-          offset: count,
-          bytes: count,
-          /** Uncompressed bytes of the frame: the chunks' bytes, concatenated in this order. */
-          rawBytes: count,
-          chunks: z.array(DigestSchema).max(1 << 16),
-        }),
-      )
+      .array(z.strictObject({ ...frameHead, chunks: z.array(DigestSchema).max(1 << 16) }))
       .max(1 << 20),
   }),
   z.strictObject({
@@ -155,9 +155,7 @@ export const PackIndexSchema = z.discriminatedUnion('formatVersion', [
     frames: z
       .array(
         z.strictObject({
-          offset: count,
-          bytes: count,
-          rawBytes: count,
+          ...frameHead,
           at: z.array(z.number().int().min(1).max(Number.MAX_SAFE_INTEGER)).max(1 << 16),
           refs: z.array(z.string().regex(new RegExp(`^[0-9a-f]{${REF_PREFIX_HEX}}$`))).max(1 << 16),
         }),
