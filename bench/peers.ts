@@ -1,5 +1,5 @@
 // Measures the peers Bulkhead is compared with, for one pair of images (a holder of `old` wants
-// `new`): casync, zsync, rsync, zstd of the whole image, and a lower bound on what any
+// `new`): casync, zsync, rsync, zstd of the whole image, xdelta3, and a lower bound on what any
 // block-level delta must ship (the novel 4 KiB blocks, compressed).
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -504,4 +504,58 @@ export async function measureZstd(opts: {
     }
   }
   throw new Error('zstd: no level given');
+}
+
+// ---------------------------------------------------------------------------------------------
+// xdelta3: a whole-image VCDIFF delta (what Mender's delta updates are built on)
+
+/** xdelta3's largest source window (-B), 2 GiB. */
+const XDELTA3_MAX_WINDOW = 2 ** 31;
+
+export interface Xdelta3Result {
+  encode: string;
+  decode: string;
+  /** The delta a holder of old downloads. */
+  deltaBytes: number;
+  encodeSeconds: number;
+  decodeSeconds: number;
+  /** False when old is larger than xdelta3's largest source window (the delta then grows). */
+  windowCoversOld: boolean;
+  verified: boolean;
+}
+
+/**
+ * `xdelta3 -9 -B <size of old> -e -s old new delta`, then `xdelta3 -d -s old delta out`; the
+ * source window covers the whole old image, so a block that moved anywhere is still found.
+ */
+export async function measureXdelta3(opts: {
+  oldImage: string;
+  newImage: string;
+  work: string;
+  log: Log;
+}): Promise<Xdelta3Result> {
+  const { oldImage, newImage, log } = opts;
+  const work = await fresh(opts.work);
+  const oldBytes = await fileBytes(oldImage);
+  const window = Math.min(oldBytes, XDELTA3_MAX_WINDOW);
+  const delta = join(work, 'new.vcdiff');
+  const out = join(work, 'out.raw');
+  const encode = ['-9', '-B', String(window), '-e', '-s', oldImage, newImage, delta];
+  log(`xdelta3: -9 -B ${window} -e ${basename(newImage)} against ${basename(oldImage)}`);
+  const enc = await run('xdelta3', encode);
+  const deltaBytes = await fileBytes(delta);
+  const decode = ['-d', '-s', oldImage, delta, out];
+  log(`xdelta3: -d the ${(deltaBytes / 1e6).toFixed(1)} MB delta onto ${basename(oldImage)}`);
+  const dec = await run('xdelta3', decode);
+  const verified = await sameContents(out, newImage);
+  await rm(work, { recursive: true, force: true });
+  return {
+    encode: describeCommand('xdelta3', encode.slice(0, 5)),
+    decode: describeCommand('xdelta3', decode.slice(0, 2)),
+    deltaBytes,
+    encodeSeconds: round(enc.seconds, 1),
+    decodeSeconds: round(dec.seconds, 1),
+    windowCoversOld: window === oldBytes,
+    verified,
+  };
 }
