@@ -234,4 +234,6 @@ test('store keys follow the layout exactly', () => {
   assert.equal(isStoreKey('manifests/../1.json'), false);
   assert.equal(isStoreKey('packs/os/2/from-1.pack'), true);
   assert.equal(isStoreKey('packs/os/2/from-1.exe'), false);
+  assert.equal(isStoreKey('packs/os/2/from-1.index'), true);
+  assert.equal(isStoreKey('packs/os/2/from-1.index.tmp'), false);
 });

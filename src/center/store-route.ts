@@ -15,7 +15,7 @@ const STORE_KEY = new RegExp(
     'catalog\\.json',
     `manifests/${name}/${name}\\.json`,
     `(?:chunks|indexes)/[0-9a-f]{2}/[0-9a-f]{2}/${hex}`,
-    `packs/${name}/${name}/from-${name}\\.(?:pack|json)`,
+    `packs/${name}/${name}/from-${name}\\.(?:pack|json|index)`,
   ]
     .map((p) => `^${p}$`)
     .join('|'),

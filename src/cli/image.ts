@@ -127,6 +127,11 @@ const importCmd: Command = {
         ctx.out(
           `  pack      from ${result.pack.from}: ${result.pack.chunks} chunks, ${formatBytes(result.pack.rawBytes)} → ${formatBytes(result.pack.bytes)}; ${result.pack.deltaChunks} compressed against ${result.pack.refs} chunks of ${result.pack.from}`,
         );
+        if (result.indexDeltaBytes !== null) {
+          ctx.out(
+            `  index     ${formatBytes(result.indexBytes)}; ${formatBytes(result.indexDeltaBytes)} against ${result.pack.from}'s`,
+          );
+        }
       }
     }
     return result;

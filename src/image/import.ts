@@ -2,7 +2,8 @@ import { randomBytes, createHash, type KeyObject } from 'node:crypto';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { constants, zstdCompressSync } from 'node:zlib';
+import { promisify } from 'node:util';
+import { constants, zstdCompress } from 'node:zlib';
 import {
   BulkheadError,
   ErrorCodes,
@@ -35,6 +36,7 @@ import { scanImage } from './scan.ts';
 import { openRawSource } from './source.ts';
 import {
   chunkKey,
+  indexDeltaKey,
   indexKey,
   manifestKey,
   packIndexKey,
@@ -100,6 +102,8 @@ export interface ImportResult {
   /** Compressed bytes written for new chunks. */
   storedBytes: number;
   indexBytes: number;
+  /** The index compressed against the parent's, what a PC holding the parent fetches. */
+  indexDeltaBytes: number | null;
   parent: string | null;
   pack: {
     from: string;
@@ -124,6 +128,28 @@ const BATCH_BYTES = 16 * 1024 * 1024;
  * level 6 sends 44 % more; the levels above 12 cost several times the import for a few %.
  */
 export const DEFAULT_PACK_LEVEL = 9;
+
+/**
+ * zstd levels of the chunk index: its digests do not compress, so level 19 saved 3 % over level
+ * 9 at 25 times the time (1.4 s on a 2 GiB desktop image). Against the parent's index, level 12
+ * is within 2 % of level 19 at a sixth of its time.
+ */
+const INDEX_LEVEL = 9;
+const INDEX_DELTA_LEVEL = 12;
+
+const zstdCompressAsync = promisify(zstdCompress);
+
+/**
+ * Compresses a chunk index on libuv's threads while the import goes on: alone, or with the
+ * parent's raw index as its dictionary (window enough for both, up to what decoders accept).
+ */
+function compressIndex(raw: Buffer, level: number, parentRaw?: Buffer): Promise<Buffer> {
+  const params: Record<number, number> = { [constants.ZSTD_c_compressionLevel]: level };
+  if (!parentRaw) return zstdCompressAsync(raw, { params });
+  const span = Math.ceil(Math.log2(raw.length + parentRaw.length + 1));
+  params[constants.ZSTD_c_windowLog] = Math.min(27, Math.max(20, span));
+  return zstdCompressAsync(raw, { params, dictionary: parentRaw });
+}
 
 export async function importImage(opts: ImportOptions): Promise<ImportResult> {
   const started = performance.now();
@@ -161,6 +187,14 @@ export async function importImage(opts: ImportOptions): Promise<ImportResult> {
     // they were on stable storage. Others found there are checked before being trusted.
     const parentEntries = parent ? await readIndex(store, parent.body) : [];
     const published = new Set(parentEntries.map((e) => e.digest));
+    // The index is known from here on: it compresses beside the work below.
+    const indexBytes = encodeChunkIndex(entries);
+    const compressedIndex = compressIndex(indexBytes, INDEX_LEVEL);
+    const indexDelta =
+      parent && opts.pack !== false
+        ? compressIndex(indexBytes, INDEX_DELTA_LEVEL, encodeChunkIndex(parentEntries))
+        : null;
+    for (const p of [compressedIndex, indexDelta]) p?.catch(() => {});
     // What each chunk resembles: for this pack's references and the next version's.
     const sketches =
       opts.delta !== false
@@ -192,12 +226,13 @@ export async function importImage(opts: ImportOptions): Promise<ImportResult> {
     const sha256 = await imageDigest;
     if (sketches) await writeSketches(store, name, version, (await sketches).own);
 
-    const indexBytes = encodeChunkIndex(entries);
     const indexDigest = createHash('sha256').update(indexBytes).digest('hex');
-    const compressedIndex = zstdCompressSync(indexBytes, {
-      params: { [constants.ZSTD_c_compressionLevel]: 19 },
-    });
-    await store.write(indexKey(indexDigest), compressedIndex);
+    const indexObject = await compressedIndex;
+    await store.write(indexKey(indexDigest), indexObject);
+    // Written only where it saves bytes; a PC without it fetches the whole index.
+    const delta = await indexDelta;
+    const keepDelta = parent !== null && delta !== null && delta.length < indexObject.length;
+    if (keepDelta) await store.write(indexDeltaKey(name, version, parent.body.version), delta);
 
     const dataEntries = entries.filter((e) => e.digest !== null);
     const body: ManifestBody = {
@@ -237,7 +272,8 @@ export async function importImage(opts: ImportOptions): Promise<ImportResult> {
       newChunks: stored.newChunks,
       newBytes: stored.newBytes,
       storedBytes: stored.storedBytes,
-      indexBytes: compressedIndex.length,
+      indexBytes: indexObject.length,
+      indexDeltaBytes: keepDelta ? delta.length : null,
       parent: parent?.body.version ?? null,
       pack,
       seconds: (performance.now() - started) / 1000,

@@ -16,6 +16,7 @@ import { chooseFrames } from './pack-plan.ts';
 import {
   readChunk,
   readIndex,
+  readIndexFromParent,
   readManifest,
   readManifestBytes,
   readPackIndex,
@@ -24,6 +25,7 @@ import {
 import {
   DirectoryStore,
   chunkKey,
+  indexDeltaKey,
   indexKey,
   manifestKey,
   packKey,
@@ -123,6 +125,12 @@ export async function verifyImage(
         : new Map<string, number>();
       packs.push({ from, ...(await verifyPack(store, m.body, from, index, unique, fromLengths)) });
     }
+    const problem = await verifyIndexDelta(store, m.body, from, trusted);
+    if (problem !== null) {
+      const pack = packs.find((p) => p.from === from);
+      if (pack?.ok) Object.assign(pack, { ok: false, problem });
+      else if (!pack) packs.push({ from, ok: false, problem });
+    }
   }
   let file: VerifyReport['file'];
   if (options.file) {
@@ -152,6 +160,24 @@ export async function verifyImage(
     packs,
     ...(file ? { file } : {}),
   };
+}
+
+/** What is wrong with the index's delta against `from`, if the store holds one. */
+async function verifyIndexDelta(
+  store: ChunkStore,
+  body: ManifestBody,
+  from: string,
+  trusted: readonly PublicKeyInfo[],
+): Promise<string | null> {
+  if (!(await store.has(indexDeltaKey(body.name, body.version, from)))) return null;
+  const parent = await inspectAndIndex(store, body.name, from, trusted).catch((err: unknown) => {
+    if (isBulkheadError(err, ErrorCodes.IMAGE_NOT_FOUND)) return null;
+    throw err;
+  });
+  if (!parent) return null;
+  let problem: string | null = null;
+  const rebuilt = await readIndexFromParent(store, body, [parent.entries], (w) => (problem = w));
+  return rebuilt ? null : (problem ?? `the index's delta against ${from} was not read`);
 }
 
 async function verifyPack(

@@ -33,7 +33,14 @@ import {
   type SeedScan,
 } from './pull-plan.ts';
 import { WorkerPool } from './pool.ts';
-import { corruptChunk, readChunk, readIndex, readManifest, readPackIndex } from './read.ts';
+import {
+  corruptChunk,
+  readChunk,
+  readIndex,
+  readIndexFromParent,
+  readManifest,
+  readPackIndex,
+} from './read.ts';
 import { scanImage } from './scan.ts';
 import { detectFormat } from './source.ts';
 import { packKey, type ChunkStore } from './store/index.ts';
@@ -120,7 +127,6 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
     );
   }
   const body = manifest.body;
-  const entries = await withRetry('chunk index', () => readIndex(store, body));
 
   const pool = opts.pool ?? new WorkerPool();
   const partial = `${out}.partial`;
@@ -133,7 +139,7 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
     journalPath,
     withRetry,
     facts: {
-      target: entries,
+      target: [],
       seeds: [],
       journal: null,
       partial: null,
@@ -141,9 +147,7 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
       hasParent: body.parent !== null,
       pack: null,
     },
-    lengthOf: new Map(
-      entries.flatMap((e) => (e.digest === null ? [] : [[e.digest, e.length] as const])),
-    ),
+    lengthOf: new Map(),
     pool,
     seedStats: new Map(),
     files: null,
@@ -159,6 +163,18 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
       if (st) ctx.seedStats.set(seed, st);
     }
     ctx.facts.seeds = await scanSeeds(opts.seeds ?? [], body, pool, opts.onProgress);
+    // A PC holding the parent rebuilds its index from its copy and fetches only the delta.
+    const seedEntries = ctx.facts.seeds.map((s) => s.entries);
+    const entries = await withRetry(
+      'chunk index',
+      async () =>
+        (await readIndexFromParent(store, body, seedEntries, opts.onWarning)) ??
+        (await readIndex(store, body)),
+    );
+    ctx.facts.target = entries;
+    ctx.lengthOf = new Map(
+      entries.flatMap((e) => (e.digest === null ? [] : [[e.digest, e.length] as const])),
+    );
     ctx.facts.journal = await loadJournal(journalPath, partial, manifest.id, body.size);
     await applyPlan(ctx);
     await closeFiles(ctx, true);

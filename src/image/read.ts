@@ -12,10 +12,17 @@ import {
   type PackFrame,
   type PackIndex,
 } from '../protocol/index.ts';
-import { decodeChunkIndex, type ChunkEntry } from './chunk-index.ts';
+import { decodeChunkIndex, encodeChunkIndex, type ChunkEntry } from './chunk-index.ts';
 import type { PublicKeyInfo } from '../signing/index.ts';
-import { verifyManifest } from './manifest.ts';
-import { chunkKey, indexKey, manifestKey, packIndexKey, type ChunkStore } from './store/index.ts';
+import { parseManifest, verifyManifest } from './manifest.ts';
+import {
+  chunkKey,
+  indexDeltaKey,
+  indexKey,
+  manifestKey,
+  packIndexKey,
+  type ChunkStore,
+} from './store/index.ts';
 
 /** Reads a manifest's bytes, unverified; a missing one is ERR_IMAGE_NOT_FOUND. */
 export async function readManifestBytes(
@@ -75,6 +82,63 @@ export async function readIndex(store: ChunkStore, body: ManifestBody): Promise<
         hint: 'do not use this store or mirror; re-import the image or use another one',
       },
     );
+  }
+  return decodeChunkIndex(raw, body.size);
+}
+
+/**
+ * The chunk index of a (verified) manifest rebuilt from its delta against the parent's index,
+ * when one of `seeds` (chunk entries of local images, cut with this version's chunker) is the
+ * parent: its index is then the dictionary the delta was compressed with. Null when no seed is
+ * the parent or the store has no delta; a delta that does not decode to the index the signed
+ * manifest names is reported through `onWarning` and null returned, so the caller reads the
+ * whole index instead.
+ */
+export async function readIndexFromParent(
+  store: ChunkStore,
+  body: ManifestBody,
+  seeds: readonly (readonly ChunkEntry[])[],
+  onWarning?: (message: string) => void,
+): Promise<ChunkEntry[] | null> {
+  const parent = body.parent;
+  if (!parent || seeds.length === 0) return null;
+  const missing = (err: unknown) => {
+    if (isBulkheadError(err, ErrorCodes.OBJECT_NOT_FOUND)) return null;
+    if (isBulkheadError(err, ErrorCodes.IMAGE_NOT_FOUND)) return null;
+    throw err;
+  };
+  // The parent's manifest only says which index to look for; what is rebuilt is checked against
+  // this version's signed manifest.
+  const parentBytes = await readManifestBytes(store, body.name, parent.version).catch(missing);
+  if (!parentBytes) return null;
+  let parentDigest: string;
+  try {
+    parentDigest = parseManifest(parentBytes).signed.index.digest;
+  } catch {
+    return null;
+  }
+  const dictionary = seeds
+    .map((entries) => encodeChunkIndex(entries))
+    .find((raw) => createHash('sha256').update(raw).digest('hex') === parentDigest);
+  if (!dictionary) return null;
+  const key = indexDeltaKey(body.name, body.version, parent.version);
+  const delta = await store.read(key, body.index.bytes + 64 * 1024).catch(missing);
+  if (!delta) return null;
+  let raw: Buffer | null = null;
+  try {
+    raw = zstdDecompressSync(delta, { dictionary, maxOutputLength: Math.max(1, body.index.bytes) });
+  } catch {
+    // damaged: reported below
+  }
+  if (
+    raw === null ||
+    raw.length !== body.index.bytes ||
+    createHash('sha256').update(raw).digest('hex') !== body.index.digest
+  ) {
+    onWarning?.(
+      `${key} in ${store.location} does not rebuild the chunk index the signed manifest names; reading the whole index`,
+    );
+    return null;
   }
   return decodeChunkIndex(raw, body.size);
 }

@@ -8,6 +8,7 @@ import {
   decodeSketches,
   diffImages,
   importImage,
+  indexDeltaKey,
   packIndexKey,
   pullImage,
   sketchesKey,
@@ -203,4 +204,62 @@ test("an import keeps its chunks' sketches for the next one; a damaged sketch fi
   assert.equal(fromStore.refs, fromFile.refs);
   assert.equal(fromStore.bytes, fromFile.bytes);
   assert.ok(decodeSketches(await readFile(join(damagedStore.location, sketchesKey('os', '2')))));
+});
+
+test("a PC holding the parent fetches the chunk index as a delta against the parent's; a damaged delta is named and the whole index read", async (t) => {
+  const dir = await tempDir(t);
+  const { keys, store, v1, v2, r2 } = await publish(dir, true);
+  assert.ok(r2.indexDeltaBytes !== null, 'the import wrote the delta');
+  assert.ok(
+    r2.indexDeltaBytes < r2.indexBytes,
+    `delta ${r2.indexDeltaBytes} bytes, index ${r2.indexBytes}`,
+  );
+  const deltaFile = join(store.location, indexDeltaKey('os', '2', '1'));
+  assert.equal((await readFile(deltaFile)).length, r2.indexDeltaBytes);
+
+  const pull = async (out: string, seeds: string[]) => {
+    const counting = new DirectoryStore(store.location);
+    const keysRead: string[] = [];
+    const read = counting.read.bind(counting);
+    counting.read = (key, max) => {
+      keysRead.push(key);
+      return read(key, max);
+    };
+    const warnings: string[] = [];
+    const r = await pullImage({
+      store: counting,
+      name: 'os',
+      version: '2',
+      trusted: keys.trusted,
+      out: join(dir, out),
+      seeds,
+      onWarning: (m) => warnings.push(m),
+    });
+    assert.equal(await sha256Of(join(dir, out)), await sha256Of(v2));
+    return { r, keysRead, warnings };
+  };
+  const withParent = await pull('a.raw', [v1]);
+  assert.ok(withParent.keysRead.includes(indexDeltaKey('os', '2', '1')));
+  assert.ok(
+    !withParent.keysRead.some((k) => k.startsWith('indexes/')),
+    'the whole index was not read',
+  );
+  assert.deepEqual(withParent.warnings, []);
+
+  // A seed that is not the parent: the delta is not even fetched.
+  const other = await pull('b.raw', [v2]);
+  assert.ok(!other.keysRead.includes(indexDeltaKey('os', '2', '1')));
+  assert.ok(other.keysRead.some((k) => k.startsWith('indexes/')));
+
+  // A damaged delta: named, and the whole index read instead; verify names it too.
+  const bytes = await readFile(deltaFile);
+  bytes[bytes.length >> 1]! ^= 0xff;
+  await writeFile(deltaFile, bytes);
+  const damaged = await pull('c.raw', [v1]);
+  assert.ok(damaged.keysRead.some((k) => k.startsWith('indexes/')));
+  assert.equal(damaged.warnings.length, 1, damaged.warnings.join('\n'));
+  assert.match(damaged.warnings[0]!, /from-1\.index .*does not rebuild the chunk index/);
+  const report = await verifyImage(store, 'os', '2', keys.trusted);
+  assert.equal(report.ok, false);
+  assert.match(report.packs[0]?.problem ?? '', /does not rebuild the chunk index/);
 });

@@ -3,6 +3,7 @@ import { keyIdOf } from '../../signing/index.ts';
 import {
   DirectoryStore,
   chunkKey,
+  indexDeltaKey,
   indexKey,
   manifestKey,
   packIndexKey,
@@ -69,6 +70,8 @@ export async function seedImages(opts: {
     if (body.parent && (await source.has(packIndexKey(name, version, body.parent.version)))) {
       await copyObject(source, target, packKey(name, version, body.parent.version));
       await copyObject(source, target, packIndexKey(name, version, body.parent.version));
+      const delta = indexDeltaKey(name, version, body.parent.version);
+      if (await source.has(delta)) await copyObject(source, target, delta);
     }
     const pushed = await pushVersion(
       { db, store: target },

@@ -10,6 +10,7 @@ import { BulkheadError, ErrorCodes, isValidDigest, isValidName } from '../../pro
  *   chunks/ab/cd/<sha256>                         zstd-compressed chunk, named by its raw bytes
  *   packs/<name>/<version>/from-<parent>.pack     the new chunks since <parent>, zstd frames
  *   packs/<name>/<version>/from-<parent>.json     which chunks each frame holds
+ *   packs/<name>/<version>/from-<parent>.index    the chunk index, zstd against <parent>'s
  *   sketches/<name>/<version>.bin                 what the chunks resemble (for imports only)
  *
  * Keys are only ever built here from validated names and digests, so no key can climb out of
@@ -66,6 +67,14 @@ export function packKey(name: string, version: string, from: string): StoreKey {
 
 export function packIndexKey(name: string, version: string, from: string): StoreKey {
   return packKey(name, version, from).replace(/\.pack$/, '.json') as StoreKey;
+}
+
+/**
+ * The chunk index compressed with the parent's raw index as its zstd dictionary: a PC holding
+ * the parent rebuilds that index from its own copy and fetches a fraction of the index's bytes.
+ */
+export function indexDeltaKey(name: string, version: string, from: string): StoreKey {
+  return packKey(name, version, from).replace(/\.pack$/, '.index') as StoreKey;
 }
 
 export function sketchesKey(name: string, version: string): StoreKey {
