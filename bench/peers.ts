@@ -544,14 +544,15 @@ export async function measureXdelta3(opts: {
   log(`xdelta3: -9 -B ${window} -e ${basename(newImage)} against ${basename(oldImage)}`);
   const enc = await run('xdelta3', encode);
   const deltaBytes = await fileBytes(delta);
-  const decode = ['-d', '-s', oldImage, delta, out];
+  // The same source window to apply it: without it xdelta3 rereads the old image per window.
+  const decode = ['-d', '-B', String(window), '-s', oldImage, delta, out];
   log(`xdelta3: -d the ${(deltaBytes / 1e6).toFixed(1)} MB delta onto ${basename(oldImage)}`);
   const dec = await run('xdelta3', decode);
   const verified = await sameContents(out, newImage);
   await rm(work, { recursive: true, force: true });
   return {
     encode: describeCommand('xdelta3', encode.slice(0, 5)),
-    decode: describeCommand('xdelta3', decode.slice(0, 2)),
+    decode: describeCommand('xdelta3', decode.slice(0, 4)),
     deltaBytes,
     encodeSeconds: round(enc.seconds, 1),
     decodeSeconds: round(dec.seconds, 1),
