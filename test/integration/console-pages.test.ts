@@ -309,7 +309,7 @@ test('the catalog pages in Chromium: an admin trusts, publishes and enrols; a vi
     '/groups': /lab/,
     '/tokens': /lab/,
     '/apps': /No apps/,
-    '/profiles': /work/,
+    '/profiles': /\bwork\b/,
     '/rollouts': /os@1/,
     [new URL(rolloutUrl).pathname]: /wrong version chosen/,
     [new URL(profileUrl).pathname]: /Clipboard: off/,
