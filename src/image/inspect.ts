@@ -108,24 +108,25 @@ export async function verifyImage(
   const packs: VerifyReport['packs'] = [];
   if (m.body.parent) {
     const from = m.body.parent.version;
+    // The index of `from`, read once if the pack's references or the index delta need it; null
+    // when `from` is gone from the store, and then what needs it is reported.
+    let fromRead: Promise<ChunkEntry[] | null> | undefined;
+    const fromEntries = () =>
+      (fromRead ??= inspectAndIndex(store, name, from, trusted).then(
+        (a) => a.entries,
+        (err: unknown) => {
+          if (isBulkheadError(err, ErrorCodes.IMAGE_NOT_FOUND)) return null;
+          throw err;
+        },
+      ));
     const index = await readPackIndex(store, name, version, from, entries);
     if (index) {
-      // Chunks of `from` that frames are compressed against; none when it is gone from the
-      // store, and then such frames are reported.
+      // Chunks of `from` that frames are compressed against.
       const needsFrom = index.frames.some((f) => f.refs.length > 0);
-      const fromLengths = needsFrom
-        ? await inspectAndIndex(store, name, from, trusted).then(
-            (a) => uniqueChunks(a.entries),
-            (err: unknown) => {
-              if (isBulkheadError(err, ErrorCodes.IMAGE_NOT_FOUND))
-                return new Map<string, number>();
-              throw err;
-            },
-          )
-        : new Map<string, number>();
+      const fromLengths = uniqueChunks((needsFrom ? await fromEntries() : null) ?? []);
       packs.push({ from, ...(await verifyPack(store, m.body, from, index, unique, fromLengths)) });
     }
-    const problem = await verifyIndexDelta(store, m.body, from, trusted);
+    const problem = await verifyIndexDelta(store, m.body, from, fromEntries);
     if (problem !== null) {
       const pack = packs.find((p) => p.from === from);
       if (pack?.ok) Object.assign(pack, { ok: false, problem });
@@ -167,16 +168,13 @@ async function verifyIndexDelta(
   store: ChunkStore,
   body: ManifestBody,
   from: string,
-  trusted: readonly PublicKeyInfo[],
+  fromEntries: () => Promise<ChunkEntry[] | null>,
 ): Promise<string | null> {
   if (!(await store.has(indexDeltaKey(body.name, body.version, from)))) return null;
-  const parent = await inspectAndIndex(store, body.name, from, trusted).catch((err: unknown) => {
-    if (isBulkheadError(err, ErrorCodes.IMAGE_NOT_FOUND)) return null;
-    throw err;
-  });
+  const parent = await fromEntries();
   if (!parent) return null;
   let problem: string | null = null;
-  const rebuilt = await readIndexFromParent(store, body, [parent.entries], (w) => (problem = w));
+  const rebuilt = await readIndexFromParent(store, body, [parent], (w) => (problem = w));
   return rebuilt ? null : (problem ?? `the index's delta against ${from} was not read`);
 }
 
