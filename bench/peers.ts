@@ -8,7 +8,15 @@ import { readdirSync } from 'node:fs';
 import { chmod, mkdir, open, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { startStaticServer } from './http-server.ts';
-import { CommandError, describeCommand, mb, round, run, secondsSince } from './util.ts';
+import {
+  CommandError,
+  describeCommand,
+  mb,
+  removeLater,
+  round,
+  run,
+  secondsSince,
+} from './util.ts';
 
 export type Log = (msg: string) => void;
 
@@ -310,7 +318,7 @@ export async function measureCasync(opts: {
   }
   const httpOk = await sameContents(outHttp, newImage);
   await rm(outHttp, { force: true });
-  await rm(neu.store, { recursive: true, force: true });
+  removeLater(neu.store);
 
   return {
     chunkSize: 'default (avg 64 KiB)',

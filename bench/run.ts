@@ -36,7 +36,16 @@ import {
   sameContents,
 } from './peers.ts';
 import type { CasyncStore, Log } from './peers.ts';
-import { errorMessage, mb, round, run, secondsSince, sizes } from './util.ts';
+import {
+  errorMessage,
+  mb,
+  removeDeferred,
+  removeLater,
+  round,
+  run,
+  secondsSince,
+  sizes,
+} from './util.ts';
 
 const benchDir = dirname(fileURLToPath(import.meta.url));
 const repoRoot = resolve(benchDir, '..');
@@ -232,7 +241,7 @@ export async function runBulkhead(opts: {
   };
   const importsNoPack: BulkheadRun['importsNoPack'] = {};
   await importAll(join(work, 'store-nopack'), ['--no-pack'], importsNoPack);
-  await rm(join(work, 'store-nopack'), { recursive: true, force: true });
+  removeLater(join(work, 'store-nopack'));
   const imports: BulkheadRun['imports'] = {};
   await importAll(store, [], imports);
 
@@ -367,7 +376,7 @@ async function runPeers(opts: {
       ]),
     );
   }
-  await rm(work, { recursive: true, force: true });
+  removeLater(work);
   return res;
 }
 
@@ -515,7 +524,7 @@ async function main(): Promise<void> {
       peersByPair[pair] = await runPeers({ oldImage, newImage, pair, oldCasync, args });
       stageSeconds[`peers ${pair}`] = round(secondsSince(t), 1);
     }
-    await rm(casyncWork, { recursive: true, force: true });
+    removeLater(casyncWork);
   }
 
   const bulkhead: Partial<Record<ImageName, BulkheadRun | { error: string }>> = {};
@@ -527,7 +536,7 @@ async function main(): Promise<void> {
         runBulkhead({ images, old, pairs: pairsOf(old), work, log }),
       );
       stageSeconds[`bulkhead ${pairsOf(old).join(', ')}`] = round(secondsSince(t), 1);
-      await rm(work, { recursive: true, force: true });
+      removeLater(work);
     }
   }
 
@@ -588,6 +597,7 @@ async function main(): Promise<void> {
   await writeFile(file, json + '\n');
   log(`results written to ${file}`);
   process.stdout.write(json + '\n');
+  await removeDeferred();
 }
 
 if (import.meta.main && process.argv[2] === 'engine') {
@@ -603,8 +613,9 @@ if (import.meta.main && process.argv[2] === 'engine') {
   // `npm run bench -- guest`: the full Debian guest on QEMU (bench/guest.ts runs itself too).
   await import('./guest.ts');
 } else if (import.meta.main) {
-  main().catch((err: unknown) => {
+  main().catch(async (err: unknown) => {
     log(`failed: ${errorMessage(err)}`);
     process.exitCode = 1;
+    await removeDeferred();
   });
 }

@@ -2,7 +2,7 @@
 // timing, file sizes, and finding the Debian mirror this machine is configured to use.
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 export interface RunOptions {
@@ -197,4 +197,21 @@ export function debianMirror(suite = 'bookworm'): string {
   throw new Error(
     `no Debian mirror for suite ${suite} found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list`,
   );
+}
+
+const deferred: string[] = [];
+
+/**
+ * Removes a folder of many files at the end of the run instead of now. ext4 skips inodes freed in
+ * the last minutes when it allocates new ones, so creating tens of thousands of files right after
+ * deleting as many costs several times the system time: the next timed step would pay for this
+ * one's clean-up.
+ */
+export function removeLater(path: string): void {
+  deferred.push(path);
+}
+
+/** Removes what removeLater was given. */
+export async function removeDeferred(): Promise<void> {
+  for (const path of deferred.splice(0)) await rm(path, { recursive: true, force: true });
 }

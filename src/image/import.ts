@@ -1,7 +1,8 @@
 import { randomBytes, createHash, type KeyObject } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { constants, zstdCompress } from 'node:zlib';
 import {
@@ -18,7 +19,7 @@ import { rebuildCatalog, scanCatalog } from './catalog.ts';
 import { encodeChunkIndex, type ChunkEntry } from './chunk-index.ts';
 import { DEFAULT_CHUNKER } from './chunker.ts';
 import { forEachLimit } from './digest-file.ts';
-import { writeError } from './fs-errors.ts';
+import { workerWriteError, writeError } from './fs-errors.ts';
 import { encodeManifest, manifestId, parseManifest, signManifest } from './manifest.ts';
 import { WorkerPool } from './pool.ts';
 import { readChunk, readIndex, readManifestBytes, refPrefixes } from './read.ts';
@@ -202,10 +203,21 @@ export async function importImage(opts: ImportOptions): Promise<ImportResult> {
         : null;
     // Awaited below; a failure before then must not go unhandled.
     sketches?.catch(() => {});
-    // The pack compresses (slowly, for every PC's sake) while new chunks are stored.
-    const [stored, pack] = await Promise.all([
-      storeChunks(entries, path, store, pool, opts.chunkLevel ?? 3, published, progress),
-      parent && opts.pack !== false
+    const missing = await missingChunks(entries, store, published);
+    const singles = new SingleWriter(store, missing, progress);
+    // The pack's chunks are stored singly from the same read as their frame (each new chunk is
+    // read and hashed once); the rest of what the store lacks, on its own.
+    const packed = parent && opts.pack !== false ? chunksSince(entries, parentEntries) : null;
+    const inPack = new Set(packed?.map((e) => e.digest));
+    const [, pack] = await Promise.all([
+      storeChunks(
+        missing.filter((e) => !inPack.has(e.digest)),
+        path,
+        pool,
+        opts.chunkLevel ?? 3,
+        singles,
+      ),
+      parent && packed
         ? buildPack({
             store,
             pool,
@@ -215,7 +227,10 @@ export async function importImage(opts: ImportOptions): Promise<ImportResult> {
             from: parent.body.version,
             entries,
             parentEntries,
+            wanted: packed,
             level: opts.packLevel ?? DEFAULT_PACK_LEVEL,
+            singleLevel: opts.chunkLevel ?? 3,
+            singles,
             frameBytes: opts.packFrameBytes ?? 8 * 1024 * 1024,
             sketches,
             tempDir,
@@ -223,6 +238,7 @@ export async function importImage(opts: ImportOptions): Promise<ImportResult> {
           })
         : null,
     ]);
+    const stored = singles.done();
     const sha256 = await imageDigest;
     if (sketches) await writeSketches(store, name, version, (await sketches).own);
 
@@ -308,30 +324,23 @@ async function resolveParent(
   return { body, id: manifestId(body) };
 }
 
-async function storeChunks(
+/**
+ * The distinct chunks of the image the store lacks, first occurrence of each. Chunks are written
+ * in place (not via rename), so one already in the store that no published manifest vouches for
+ * counts only when it reads back right: a partial file from a crash is found here and rewritten.
+ */
+async function missingChunks(
   entries: ChunkEntry[],
-  path: string,
   store: WritableChunkStore,
-  pool: WorkerPool,
-  level: number,
   published: ReadonlySet<string | null>,
-  progress: ImportOptions['onProgress'],
-) {
-  // First occurrence of each distinct chunk, then only those the store lacks.
-  const firstOf = new Map<string, ChunkEntry>();
-  for (const e of entries)
-    if (e.digest !== null && !firstOf.has(e.digest)) firstOf.set(e.digest, e);
-  const unique = [...firstOf.values()];
-  const missing: ChunkEntry[] = [];
+): Promise<ChunkEntry[]> {
+  const unique = firstOfEach(entries).filter((e) => !published.has(e.digest));
+  // In a local store a file's absence is told without a failed open and its error object for
+  // each of a patch's new chunks.
+  const local = store.localPath?.bind(store);
   const present = new Array<boolean>(unique.length).fill(false);
-  // Chunks are written in place (not via rename), so one already in the store that no
-  // published manifest vouches for counts only when it reads back right: a partial file from
-  // a crash is found here and rewritten.
   await forEachLimit(unique, 64, async (e, i) => {
-    if (published.has(e.digest)) {
-      present[i] = true;
-      return;
-    }
+    if (local && !existsSync(local(chunkKey(e.digest!)))) return;
     try {
       await readChunk(store, e.digest!, e.length);
       present[i] = true;
@@ -342,35 +351,119 @@ async function storeChunks(
       if (!healable) throw err;
     }
   });
-  unique.forEach((e, i) => {
-    if (!present[i]) missing.push(e);
+  return unique.filter((_, i) => !present[i]);
+}
+
+/** The error for a chunk whose bytes changed between the scan and a later read. */
+function inputChanged(e: ChunkEntry): BulkheadError {
+  return new BulkheadError(
+    ErrorCodes.INPUT_UNREADABLE,
+    `the input image changed while it was being imported (at byte ${e.offset})`,
+    {
+      hint: 'import an image that nothing is writing to (shut its VM down first)',
+    },
+  );
+}
+
+/** Writes the chunks the store lacks, each compressed on its own, and counts them. */
+class SingleWriter {
+  private readonly store: WritableChunkStore;
+  private readonly missing: readonly ChunkEntry[];
+  private readonly progress: ImportOptions['onProgress'];
+  private readonly wanted: Set<string>;
+  private readonly totalBytes: number;
+  private readonly dirs = new Set<string>();
+  private doneBytes = 0;
+  private storedBytes = 0;
+
+  constructor(
+    store: WritableChunkStore,
+    missing: readonly ChunkEntry[],
+    progress: ImportOptions['onProgress'],
+  ) {
+    this.store = store;
+    this.missing = missing;
+    this.progress = progress;
+    this.wanted = new Set(missing.map((e) => e.digest!));
+    this.totalBytes = missing.reduce((n, e) => n + e.length, 0);
+  }
+
+  /** Whether the store lacks this chunk. */
+  has(digest: string): boolean {
+    return this.wanted.has(digest);
+  }
+
+  /**
+   * The files of a local store that `chunks` go to, their folders made: a worker writes them
+   * there without a round trip through this thread per chunk. Undefined for other stores.
+   */
+  async filesFor(chunks: readonly ChunkEntry[]): Promise<string[] | undefined> {
+    if (!this.store.localPath || chunks.length === 0) return undefined;
+    const files = chunks.map((e) => this.store.localPath!(chunkKey(e.digest!)));
+    for (const dir of new Set(files.map((f) => dirname(f)))) {
+      if (this.dirs.has(dir)) continue;
+      await mkdir(dir, { recursive: true }).catch((err: unknown) => {
+        throw writeError(err, dir);
+      });
+      this.dirs.add(dir);
+    }
+    return files;
+  }
+
+  /** Counts chunks a worker wrote to the files filesFor gave. */
+  wrote(chunks: readonly ChunkEntry[], storedBytes: number): void {
+    this.storedBytes += storedBytes;
+    this.doneBytes += chunks.reduce((n, e) => n + e.length, 0);
+    this.progress?.({ phase: 'store', doneBytes: this.doneBytes, totalBytes: this.totalBytes });
+  }
+
+  async write(chunks: readonly { entry: ChunkEntry; data: Uint8Array }[]): Promise<void> {
+    await forEachLimit(chunks, 16, async ({ entry, data }) => {
+      await this.store.write(chunkKey(entry.digest!), data, { atomic: false });
+      this.storedBytes += data.length;
+      this.doneBytes += entry.length;
+    });
+    this.progress?.({ phase: 'store', doneBytes: this.doneBytes, totalBytes: this.totalBytes });
+  }
+
+  done() {
+    return {
+      newChunks: this.missing.length,
+      newBytes: this.totalBytes,
+      storedBytes: this.storedBytes,
+    };
+  }
+}
+
+/** The digests a compress request returned, checked against the scan's. */
+function checkDigests(batch: readonly ChunkEntry[], digests: Uint8Array): void {
+  batch.forEach((e, k) => {
+    const digest = Buffer.from(digests.subarray(k * 32, k * 32 + 32)).toString('hex');
+    if (digest !== e.digest) throw inputChanged(e);
   });
-  const totalBytes = missing.reduce((n, e) => n + e.length, 0);
-  let doneBytes = 0;
-  let storedBytes = 0;
+}
+
+async function storeChunks(
+  missing: ChunkEntry[],
+  path: string,
+  pool: WorkerPool,
+  level: number,
+  singles: SingleWriter,
+): Promise<void> {
   const batches = cutRuns(missing, BATCH_BYTES);
   await forEachLimit(batches, pool.size * 2, async (b) => {
     const spans = new Float64Array(b.flatMap((e) => [e.offset, e.length]));
-    const r = await pool.run({ op: 'compress', path, spans, level, joined: false });
-    await forEachLimit(b, 16, async (e, k) => {
-      const digest = Buffer.from(r.digests.subarray(k * 32, k * 32 + 32)).toString('hex');
-      if (digest !== e.digest) {
-        throw new BulkheadError(
-          ErrorCodes.INPUT_UNREADABLE,
-          `the input image changed while it was being imported (at byte ${e.offset})`,
-          {
-            hint: 'import an image that nothing is writing to (shut its VM down first)',
-          },
-        );
-      }
-      const data = r.compressed[k]!;
-      await store.write(chunkKey(e.digest), data, { atomic: false });
-      storedBytes += data.length;
-    });
-    doneBytes += b.reduce((n, e) => n + e.length, 0);
-    progress?.({ phase: 'store', doneBytes, totalBytes });
+    const files = await singles.filesFor(b);
+    const fileDigests = files && b.map((e) => e.digest!);
+    const r = await pool
+      .run({ op: 'compress', path, spans, level, joined: false, files, fileDigests })
+      .catch((err: unknown) => {
+        throw workerWriteError(err, files ? dirname(files[0]!) : path);
+      });
+    checkDigests(b, r.digests);
+    if (files) singles.wrote(b, r.storedBytes);
+    else await singles.write(b.map((entry, k) => ({ entry, data: r.compressed[k]! })));
   });
-  return { newChunks: missing.length, newBytes: totalBytes, storedBytes };
 }
 
 interface PackInput {
@@ -382,7 +475,12 @@ interface PackInput {
   from: string;
   entries: ChunkEntry[];
   parentEntries: ChunkEntry[];
+  /** The chunks a holder of `from` lacks, in image order. */
+  wanted: ChunkEntry[];
   level: number;
+  /** The level of chunks stored singly, and where they go. */
+  singleLevel: number;
+  singles: SingleWriter;
   frameBytes: number;
   /** Sketches of this version's chunks and its parent's, when the pack is delta-encoded. */
   sketches: Promise<VersionSketches> | null;
@@ -397,14 +495,7 @@ interface PackInput {
  */
 async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']>> {
   const started = performance.now();
-  const have = new Set(p.parentEntries.map((e) => e.digest));
-  const seen = new Set<string>();
-  const wanted: ChunkEntry[] = [];
-  for (const e of p.entries) {
-    if (e.digest === null || have.has(e.digest) || seen.has(e.digest)) continue;
-    seen.add(e.digest);
-    wanted.push(e);
-  }
+  const { wanted } = p;
   // Frames of about frameBytes, their count a multiple of the workers so that the last round
   // of compression keeps every core busy.
   const rawTotal = wanted.reduce((n, e) => n + e.length, 0);
@@ -439,24 +530,42 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
     });
     const lengthOf = new Map(p.parentEntries.map((e) => [e.digest, e.length]));
     // Compress frames in parallel but append them in order.
-    const compressed = frames.map(async (f, i) =>
-      p.pool.run(
-        {
-          op: 'compress',
-          path: p.path,
-          spans: new Float64Array(f.flatMap((e) => [e.offset, e.length])),
-          level: p.level,
-          joined: true,
-          refs: await storedChunks(p.store, frameRefs[i]!, lengthOf),
-        },
-        { background: true },
-      ),
-    );
+    // Its chunks the store lacks are stored singly as each frame comes back.
+    const compressed = frames.map(async (f, i) => {
+      const singles = Uint8Array.from(f, (e) => (p.singles.has(e.digest!) ? 1 : 0));
+      const own = f.filter((_, k) => singles[k] === 1);
+      const files = await p.singles.filesFor(own);
+      const r = await p.pool
+        .run(
+          {
+            op: 'compress',
+            path: p.path,
+            spans: new Float64Array(f.flatMap((e) => [e.offset, e.length])),
+            level: p.level,
+            joined: true,
+            refs: await storedChunks(p.store, frameRefs[i]!, lengthOf),
+            singles,
+            singleLevel: p.singleLevel,
+            files,
+            fileDigests: files && own.map((e) => e.digest!),
+          },
+          { background: true },
+        )
+        .catch((err: unknown) => {
+          throw workerWriteError(err, files ? dirname(files[0]!) : p.path);
+        });
+      checkDigests(f, r.digests);
+      if (files) p.singles.wrote(own, r.storedBytes);
+      else await p.singles.write(own.map((entry, k) => ({ entry, data: r.compressed[k + 1]! })));
+      return r.compressed[0]!;
+    });
+    // Frames complete in any order; a failure of one must not go unhandled while an earlier
+    // one is awaited.
+    for (const c of compressed) c.catch(() => {});
     const written: PackFrame[] = [];
     let offset = 0;
     for (let i = 0; i < frames.length; i++) {
-      const r = await compressed[i]!;
-      const data = r.compressed[0]!;
+      const data = await compressed[i]!;
       try {
         await fh.write(data);
       } catch (err) {
@@ -544,6 +653,12 @@ async function referencesOf(
   const candidates = firstOfEach(p.parentEntries).filter((e) => !current.has(e.digest));
   const candidateSketches = sketches.parent ?? (await sketchFromStore(p.pool, p.store, candidates));
   return chooseReferences(candidates, candidateSketches, wanted, sketches.own);
+}
+
+/** The first entry of each distinct data chunk that `parentEntries` lack, in order. */
+function chunksSince(entries: readonly ChunkEntry[], parentEntries: readonly ChunkEntry[]) {
+  const have = new Set(parentEntries.map((e) => e.digest));
+  return firstOfEach(entries).filter((e) => !have.has(e.digest));
 }
 
 /** The first entry of each distinct data chunk, in order. */

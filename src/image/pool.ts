@@ -13,6 +13,13 @@ export type WorkerRequest =
       joined: boolean;
       /** For a joined frame: the chunks whose raw bytes, concatenated, are its dictionary. */
       refs?: StoredChunks;
+      /** For a joined frame: 1 for each span also to be compressed on its own, at singleLevel. */
+      singles?: Uint8Array;
+      singleLevel?: number;
+      /** Where chunks compressed on their own are written, one file each, in order. */
+      files?: string[];
+      /** The digest each of `files` is for: a chunk that no longer has it is not written. */
+      fileDigests?: string[];
     }
   /** SHA-256 of a file's first `size` bytes. */
   | { op: 'sha256'; path: string; size: number }
@@ -48,7 +55,14 @@ export type StoredChunks = { lengths: number[]; digests: string[] } & (
 export type WorkerResponse =
   | { op: 'fingerprint'; fingerprints: Uint32Array; isZero: Uint8Array }
   | { op: 'digest'; digests: Uint8Array; isZero: Uint8Array }
-  | { op: 'compress'; compressed: Uint8Array[]; digests: Uint8Array }
+  | {
+      op: 'compress';
+      /** The joined frame first, then chunks compressed on their own that had no file. */
+      compressed: Uint8Array[];
+      digests: Uint8Array;
+      /** Bytes written to `files`. */
+      storedBytes: number;
+    }
   | { op: 'sha256'; sha256: string }
   | { op: 'copy' }
   /** Per chunk: 1 written, 0 its bytes did not match its digest, 2 not wanted. */

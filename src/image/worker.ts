@@ -1,7 +1,15 @@
 // Worker thread of the image pipeline: the CPU-heavy, embarrassingly parallel steps
 // (block fingerprints, chunk digests, compression) on byte ranges of a file it opens itself.
 import { createHash, hash } from 'node:crypto';
-import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  openSync,
+  readFileSync,
+  readSync,
+  unlinkSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import type { StoredChunks, WorkerRequest, WorkerResponse } from './pool.ts';
@@ -78,37 +86,73 @@ function digestSpans(path: string, spans: Float64Array) {
 /**
  * Compresses each span on its own, or (`joined`) all of them as one frame, as a pack does; a
  * joined frame with `refs` is compressed with their raw bytes as its dictionary, so what it
- * shares with them costs a few bytes. Digests are taken again from the very bytes compressed, so
- * a file changed under us between passes is caught instead of storing a chunk under the wrong
- * name.
+ * shares with them costs a few bytes. A joined frame's `singles` are also compressed on their
+ * own (after the frame, in order) from the same read, so each new chunk is read and hashed once.
+ * Chunks compressed on their own go to `files` (one per chunk, in order) when it is given: a
+ * local store's, written from this thread. Digests are taken again from the very bytes compressed, so a file changed under us between
+ * passes is caught instead of storing a chunk under the wrong name.
  */
-function compressSpans(
-  path: string,
-  spans: Float64Array,
-  level: number,
-  joined: boolean,
-  refs: StoredChunks | undefined,
-) {
+function compressSpans(req: Extract<WorkerRequest, { op: 'compress' }>) {
+  const { spans, level, joined, refs, singles } = req;
   const out: Uint8Array[] = [];
   const n = spans.length / 2;
   const digests = new Uint8Array(n * 32);
-  const fd = openSync(path, 'r');
+  let storedBytes = 0;
+  const fd = openSync(req.path, 'r');
   try {
-    const parts: Buffer[] = [];
+    // A joined frame reads its spans into one buffer, which the frame is compressed from.
+    const total = joined ? spans.reduce((sum, v, k) => (k % 2 === 1 ? sum + v : sum), 0) : 0;
+    const whole = joined ? Buffer.allocUnsafe(total) : null;
+    let scratch = Buffer.allocUnsafe(joined ? 0 : 1 << 20);
+    let at = 0;
+    let written = 0;
     for (let i = 0; i < n; i++) {
-      const buf = readRange(fd, spans[2 * i]!, spans[2 * i + 1]!);
+      const length = spans[2 * i + 1]!;
+      if (!whole && scratch.length < length) scratch = Buffer.allocUnsafe(length);
+      const buf = readRange(fd, spans[2 * i]!, length, whole ? whole.subarray(at) : scratch);
+      at += length;
       digests.set(hash('sha256', buf, 'buffer'), i * 32);
-      if (joined) parts.push(buf);
-      else out.push(compress(buf, level));
+      if (joined && !singles?.[i]) continue;
+      const single = compress(buf, req.singleLevel ?? level);
+      const k = written++;
+      const file = req.files?.[k];
+      if (file === undefined) out.push(single);
+      else if (digestHex(digests, i) === req.fileDigests?.[k]) {
+        // A chunk that changed since the scan is not stored under its old name; the caller
+        // finds the mismatch in the digests returned.
+        writeChunkFile(file, single);
+        storedBytes += single.length;
+      }
     }
-    if (joined) {
+    if (whole) {
       const dictionary = refs && refs.digests.length > 0 ? Buffer.concat(rawChunks(refs)) : null;
-      out.push(compress(Buffer.concat(parts), level, dictionary));
+      out.unshift(compress(whole, level, dictionary));
     }
   } finally {
     closeSync(fd);
   }
-  return { compressed: out, digests };
+  return { compressed: out, digests, storedBytes };
+}
+
+function digestHex(digests: Uint8Array, i: number): string {
+  return Buffer.from(digests.buffer, digests.byteOffset + i * 32, 32).toString('hex');
+}
+
+/**
+ * Writes a chunk into its file of a local store, in place: every reader verifies chunks, and an
+ * import finds a partial one from a crash and writes it again. A failed write leaves no file.
+ */
+function writeChunkFile(file: string, data: Uint8Array): void {
+  try {
+    writeFileSync(file, data, { mode: 0o644 });
+  } catch (err) {
+    try {
+      unlinkSync(file);
+    } catch {
+      // Nothing was created.
+    }
+    throw err;
+  }
 }
 
 /** The raw bytes of chunks as the store holds them, each checked against its digest. */
@@ -276,7 +320,7 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
       return { res: { op: 'digest', ...r }, transfer: [r.digests.buffer, r.isZero.buffer] };
     }
     case 'compress': {
-      const r = compressSpans(req.path, req.spans, req.level, req.joined, req.refs);
+      const r = compressSpans(req);
       return { res: { op: 'compress', ...r }, transfer: [r.digests.buffer] };
     }
     case 'copy':
