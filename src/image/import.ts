@@ -21,7 +21,7 @@ import { DEFAULT_CHUNKER } from './chunker.ts';
 import { forEachLimit } from './digest-file.ts';
 import { workerWriteError, writeError } from './fs-errors.ts';
 import { encodeManifest, manifestId, parseManifest, signManifest } from './manifest.ts';
-import { WorkerPool } from './pool.ts';
+import { WorkerPool, type WorkerRequest } from './pool.ts';
 import { readChunk, readIndex, readManifestBytes, refPrefixes } from './read.ts';
 import { MAX_DICTIONARY_BYTES } from './resemblance.ts';
 import {
@@ -372,7 +372,6 @@ class SingleWriter {
   private readonly progress: ImportOptions['onProgress'];
   private readonly wanted: Set<string>;
   private readonly totalBytes: number;
-  private readonly dirs = new Set<string>();
   private doneBytes = 0;
   private storedBytes = 0;
 
@@ -394,36 +393,42 @@ class SingleWriter {
   }
 
   /**
-   * The files of a local store that `chunks` go to, their folders made: a worker writes them
-   * there without a round trip through this thread per chunk. Undefined for other stores.
+   * Runs a compress request over `batch` and stores the chunks it marks as single (all of them
+   * unless it is a joined frame). In a local store the worker writes their files itself, with no
+   * round trip through this thread per chunk. Returns the joined frame, if any.
    */
-  async filesFor(chunks: readonly ChunkEntry[]): Promise<string[] | undefined> {
-    if (!this.store.localPath || chunks.length === 0) return undefined;
-    const files = chunks.map((e) => this.store.localPath!(chunkKey(e.digest!)));
-    for (const dir of new Set(files.map((f) => dirname(f)))) {
-      if (this.dirs.has(dir)) continue;
-      await mkdir(dir, { recursive: true }).catch((err: unknown) => {
-        throw writeError(err, dir);
-      });
-      this.dirs.add(dir);
-    }
-    return files;
-  }
-
-  /** Counts chunks a worker wrote to the files filesFor gave. */
-  wrote(chunks: readonly ChunkEntry[], storedBytes: number): void {
-    this.storedBytes += storedBytes;
-    this.doneBytes += chunks.reduce((n, e) => n + e.length, 0);
-    this.progress?.({ phase: 'store', doneBytes: this.doneBytes, totalBytes: this.totalBytes });
-  }
-
-  async write(chunks: readonly { entry: ChunkEntry; data: Uint8Array }[]): Promise<void> {
-    await forEachLimit(chunks, 16, async ({ entry, data }) => {
-      await this.store.write(chunkKey(entry.digest!), data, { atomic: false });
-      this.storedBytes += data.length;
-      this.doneBytes += entry.length;
+  async compress(
+    pool: WorkerPool,
+    req: Omit<Extract<WorkerRequest, { op: 'compress' }>, 'files' | 'fileDigests'>,
+    batch: readonly ChunkEntry[],
+    options: { background?: boolean } = {},
+  ): Promise<Uint8Array | undefined> {
+    const own = req.joined ? batch.filter((_, k) => req.singles?.[k] === 1) : batch;
+    const forWrite = this.store.localPathForWrite?.bind(this.store);
+    const files =
+      forWrite && own.length > 0
+        ? await Promise.all(own.map((e) => forWrite(chunkKey(e.digest!))))
+        : undefined;
+    const fileDigests = files && own.map((e) => e.digest!);
+    const r = await pool.run({ ...req, files, fileDigests }, options).catch((err: unknown) => {
+      throw workerWriteError(err, files ? dirname(files[0]!) : req.path);
     });
+    batch.forEach((e, k) => {
+      const digest = Buffer.from(r.digests.subarray(k * 32, k * 32 + 32)).toString('hex');
+      if (digest !== e.digest) throw inputChanged(e);
+    });
+    const frame = req.joined ? r.compressed.shift() : undefined;
+    if (files) this.storedBytes += r.storedBytes;
+    else {
+      await forEachLimit(own, 16, async (e, k) => {
+        const data = r.compressed[k]!;
+        await this.store.write(chunkKey(e.digest!), data, { atomic: false });
+        this.storedBytes += data.length;
+      });
+    }
+    this.doneBytes += own.reduce((n, e) => n + e.length, 0);
     this.progress?.({ phase: 'store', doneBytes: this.doneBytes, totalBytes: this.totalBytes });
+    return frame;
   }
 
   done() {
@@ -433,14 +438,6 @@ class SingleWriter {
       storedBytes: this.storedBytes,
     };
   }
-}
-
-/** The digests a compress request returned, checked against the scan's. */
-function checkDigests(batch: readonly ChunkEntry[], digests: Uint8Array): void {
-  batch.forEach((e, k) => {
-    const digest = Buffer.from(digests.subarray(k * 32, k * 32 + 32)).toString('hex');
-    if (digest !== e.digest) throw inputChanged(e);
-  });
 }
 
 async function storeChunks(
@@ -453,16 +450,7 @@ async function storeChunks(
   const batches = cutRuns(missing, BATCH_BYTES);
   await forEachLimit(batches, pool.size * 2, async (b) => {
     const spans = new Float64Array(b.flatMap((e) => [e.offset, e.length]));
-    const files = await singles.filesFor(b);
-    const fileDigests = files && b.map((e) => e.digest!);
-    const r = await pool
-      .run({ op: 'compress', path, spans, level, joined: false, files, fileDigests })
-      .catch((err: unknown) => {
-        throw workerWriteError(err, files ? dirname(files[0]!) : path);
-      });
-    checkDigests(b, r.digests);
-    if (files) singles.wrote(b, r.storedBytes);
-    else await singles.write(b.map((entry, k) => ({ entry, data: r.compressed[k]! })));
+    await singles.compress(pool, { op: 'compress', path, spans, level, joined: false }, b);
   });
 }
 
@@ -532,32 +520,22 @@ async function buildPack(p: PackInput): Promise<NonNullable<ImportResult['pack']
     // Compress frames in parallel but append them in order.
     // Its chunks the store lacks are stored singly as each frame comes back.
     const compressed = frames.map(async (f, i) => {
-      const singles = Uint8Array.from(f, (e) => (p.singles.has(e.digest!) ? 1 : 0));
-      const own = f.filter((_, k) => singles[k] === 1);
-      const files = await p.singles.filesFor(own);
-      const r = await p.pool
-        .run(
-          {
-            op: 'compress',
-            path: p.path,
-            spans: new Float64Array(f.flatMap((e) => [e.offset, e.length])),
-            level: p.level,
-            joined: true,
-            refs: await storedChunks(p.store, frameRefs[i]!, lengthOf),
-            singles,
-            singleLevel: p.singleLevel,
-            files,
-            fileDigests: files && own.map((e) => e.digest!),
-          },
-          { background: true },
-        )
-        .catch((err: unknown) => {
-          throw workerWriteError(err, files ? dirname(files[0]!) : p.path);
-        });
-      checkDigests(f, r.digests);
-      if (files) p.singles.wrote(own, r.storedBytes);
-      else await p.singles.write(own.map((entry, k) => ({ entry, data: r.compressed[k + 1]! })));
-      return r.compressed[0]!;
+      const frame = await p.singles.compress(
+        p.pool,
+        {
+          op: 'compress',
+          path: p.path,
+          spans: new Float64Array(f.flatMap((e) => [e.offset, e.length])),
+          level: p.level,
+          joined: true,
+          refs: await storedChunks(p.store, frameRefs[i]!, lengthOf),
+          singles: Uint8Array.from(f, (e) => (p.singles.has(e.digest!) ? 1 : 0)),
+          singleLevel: p.singleLevel,
+        },
+        f,
+        { background: true },
+      );
+      return frame!;
     });
     // Frames complete in any order; a failure of one must not go unhandled while an earlier
     // one is awaited.

@@ -30,6 +30,12 @@ export class DirectoryStore implements WritableChunkStore {
     return this.path(key);
   }
 
+  async localPathForWrite(key: StoreKey): Promise<string> {
+    const path = this.path(key);
+    await this.ensureDir(dirname(path));
+    return path;
+  }
+
   async read(key: StoreKey, maxBytes: number): Promise<Buffer> {
     const path = this.path(key);
     let fh;

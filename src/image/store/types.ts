@@ -50,6 +50,11 @@ export interface WritableChunkStore extends ChunkStore {
    * from there directly, without a round trip through this thread per chunk.
    */
   localPath?(key: StoreKey): string;
+  /**
+   * The file an object of a local store is to be written to in place by another thread, its
+   * folder made. As write with `atomic: false`: only for objects every reader verifies.
+   */
+  localPathForWrite?(key: StoreKey): Promise<string>;
   /** Writes an object from a file by moving or copying it in; same guarantees as write. */
   writeFromFile(key: StoreKey, path: string, options?: WriteOptions): Promise<void>;
   /** Flushes every earlier write to stable storage. */
